@@ -1,0 +1,230 @@
+"""Profiles: traits, consent, segments, time zone and suppression.
+
+Every write goes through :class:`ProfileStore`; reads for decisions return a
+:class:`~overture_rules.engine.ProfileView`. Consent changes are ordered by
+when the subject made them: an older change never overwrites a newer one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from overture.common.v1 import event_pb2, messaging_pb2
+from overture.rules.v1 import audit_event_pb2, profile_pb2
+from overture_runtime.clock import Clock
+from overture_runtime.db import Database, insert_ignore
+from overture_runtime.errors import FieldViolation, NotFound, Violations
+from overture_runtime.privacy import pseudonymize
+from overture_runtime.protojson import struct_from_dict, struct_to_dict
+
+from . import audit
+from .engine import ProfileView, channel_name
+from .tables import consents, decisions, profiles
+
+__all__ = ["ProfileStore"]
+
+_PROFILE_EVENTS = {"identify", "consent.granted", "consent.revoked", "segment.entered", "segment.exited"}
+_TRAITS_MAX_KEYS = 256
+
+
+def _channel_value(name: str) -> int:
+    try:
+        return messaging_pb2.Channel.Value(f"CHANNEL_{name.upper()}")
+    except ValueError:
+        return messaging_pb2.CHANNEL_UNSPECIFIED
+
+
+class ProfileStore:
+    """Profiles of all tenants, in the database."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def view(self, *, tenant: str, subject_id: str) -> ProfileView:
+        """What a decision reads of a profile; an empty view when there is none."""
+        async with self._db.connect() as conn:
+            row = (await conn.execute(self._row(tenant, subject_id))).first()
+            rows = (await conn.execute(self._consents(tenant, subject_id))).all()
+        if row is None:
+            return ProfileView(subject_id=subject_id, exists=False)
+        granted = frozenset((r.channel, r.purpose) for r in rows if r.status == "granted")
+        revoked = frozenset((r.channel, r.purpose) for r in rows if r.status == "revoked")
+        return ProfileView(
+            subject_id=subject_id, traits=row.traits, granted=granted, revoked=revoked, segments=tuple(row.segments),
+            timezone=row.timezone, suppression_lists=frozenset(row.suppression_lists), erased=row.erased,
+        )
+
+    async def get(self, *, tenant: str, subject_id: str) -> profile_pb2.Profile:
+        """The profile as its proto."""
+        async with self._db.connect() as conn:
+            profile = await self._load(conn, tenant, subject_id)
+        if profile is None:
+            raise NotFound("the subject has no profile", reason="PROFILE_NOT_FOUND")
+        return profile
+
+    async def upsert(
+        self, *, tenant: str, subject_id: str, traits: Mapping[str, Any] | None = None, timezone: str = "",
+        add_lists: Sequence[str] = (), remove_lists: Sequence[str] = (),
+        add_segments: Sequence[str] = (), remove_segments: Sequence[str] = (),
+    ) -> profile_pb2.Profile:
+        """Create the profile or merge into it; a None trait value removes the trait."""
+        async with self._db.begin() as conn:
+            await self._merge(conn, tenant, subject_id, traits or {}, timezone, add_lists, remove_lists, add_segments, remove_segments)
+            profile = await self._load(conn, tenant, subject_id)
+        assert profile is not None
+        return profile
+
+    async def set_consent(
+        self, *, tenant: str, subject_id: str, channel: int, purpose: str, granted: bool, source: str, when: dt.datetime | None
+    ) -> profile_pb2.Profile:
+        """Grant or revoke one consent, unless a newer change is stored."""
+        async with self._db.begin() as conn:
+            await self._merge(conn, tenant, subject_id, {}, "", (), (), (), ())
+            await self._consent(conn, tenant, subject_id, channel_name(channel), purpose, granted, source, when or self._clock.now())
+            profile = await self._load(conn, tenant, subject_id)
+        assert profile is not None
+        return profile
+
+    async def apply_events(self, *, tenant: str, events: Sequence[event_pb2.Event]) -> list[tuple[bool, list[FieldViolation]]]:
+        """Apply identify, consent and segment events in order; one result per event."""
+        results: list[tuple[bool, list[FieldViolation]]] = []
+        async with self._db.begin() as conn:
+            for event in events:
+                if event.event_type not in _PROFILE_EVENTS:
+                    results.append((False, []))
+                    continue
+                v = Violations()
+                if not event.subject_id:
+                    v.add("subject_id", "subject_id is required", "REQUIRED")
+                attrs = struct_to_dict(event.attributes)
+                when = event.occurred_at.ToDatetime(tzinfo=dt.UTC) if event.HasField("occurred_at") else self._clock.now()
+                if event.event_type == "identify":
+                    traits = attrs.get("traits", attrs)
+                    if not isinstance(traits, dict):
+                        v.add("attributes.traits", "traits must be an object", "WRONG_TYPE")
+                    elif len(traits) > _TRAITS_MAX_KEYS:
+                        v.add("attributes.traits", f"at most {_TRAITS_MAX_KEYS} traits", "TOO_MANY")
+                    timezone = attrs.get("timezone") or (traits.get("timezone") if isinstance(traits, dict) else "")
+                    if timezone and not _valid_timezone(str(timezone)):
+                        v.add("attributes.timezone", f"unknown time zone {timezone!r}", "UNKNOWN_TIMEZONE")
+                    if not v:
+                        await self._merge(conn, tenant, event.subject_id, traits, str(timezone or ""), (), (), (), ())
+                elif event.event_type.startswith("consent."):
+                    channel, purpose = str(attrs.get("channel", "")), str(attrs.get("purpose", "marketing"))
+                    if _channel_value(channel) == messaging_pb2.CHANNEL_UNSPECIFIED:
+                        v.add("attributes.channel", "channel must name a channel, for example 'email'", "INVALID_CHANNEL")
+                    if not v:
+                        await self._merge(conn, tenant, event.subject_id, {}, "", (), (), (), ())
+                        await self._consent(conn, tenant, event.subject_id, channel.lower(), purpose,
+                                            event.event_type == "consent.granted", f"event:{event.event_id}", when)
+                else:
+                    segment = str(attrs.get("segment", ""))
+                    v.require("attributes.segment", segment)
+                    if not v:
+                        entered = event.event_type == "segment.entered"
+                        await self._merge(conn, tenant, event.subject_id, {}, "", (), (),
+                                          (segment,) if entered else (), () if entered else (segment,))
+                results.append((not v, v.items))
+        return results
+
+    async def erase(self, *, tenant: str, subject_id: str, reason: str, actor: str) -> str:
+        """Erase the subject's personal data; keep an audit entry under a pseudonym."""
+        pseudonym = pseudonymize(subject_id, salt=tenant)
+        now = self._clock.now()
+        for _ in range(5):
+            try:
+                async with self._db.begin() as conn:
+                    await self._merge(conn, tenant, subject_id, {}, "", (), (), (), ())
+                    await conn.execute(profiles.update().where(self._key(profiles, tenant, subject_id)).values(
+                        traits={}, segments=[], timezone="", erased=True, update_time=now))
+                    await conn.execute(consents.delete().where(self._key(consents, tenant, subject_id)))
+                    await conn.execute(decisions.update().where(self._key(decisions, tenant, subject_id)).values(subject_id=pseudonym))
+                    await audit.append(conn, tenant=tenant, action=audit_event_pb2.AUDIT_ACTION_PROFILE_ERASED, actor=actor,
+                                       time=now, reason=reason, target=f"profile/{pseudonym}", details={})
+                return pseudonym
+            except audit.ConcurrentAppend:
+                continue
+        raise RuntimeError("audit log contention")
+
+    # -- internals -----------------------------------------------------------
+
+    @staticmethod
+    def _key(table: sa.Table, tenant: str, subject_id: str) -> Any:
+        return (table.c.tenant == tenant) & (table.c.subject_id == subject_id)
+
+    def _row(self, tenant: str, subject_id: str) -> Any:
+        return sa.select(profiles).where(self._key(profiles, tenant, subject_id))
+
+    def _consents(self, tenant: str, subject_id: str) -> Any:
+        return sa.select(consents).where(self._key(consents, tenant, subject_id))
+
+    async def _merge(
+        self, conn: AsyncConnection, tenant: str, subject_id: str, traits: Mapping[str, Any], timezone: str,
+        add_lists: Sequence[str], remove_lists: Sequence[str], add_segments: Sequence[str], remove_segments: Sequence[str],
+    ) -> None:
+        now = self._clock.now()
+        await conn.execute(insert_ignore(conn, profiles, index_elements=["tenant", "subject_id"]).values(
+            tenant=tenant, subject_id=subject_id, traits={}, segments=[], suppression_lists=[], timezone="",
+            erased=False, create_time=now, update_time=now))
+        if not (traits or timezone or add_lists or remove_lists or add_segments or remove_segments):
+            return
+        query = self._row(tenant, subject_id)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        row = (await conn.execute(query)).one()
+        if row.erased:
+            return  # an erased profile takes no new personal data
+        merged = dict(row.traits)
+        for key, value in traits.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        lists = [x for x in row.suppression_lists if x not in remove_lists] + [x for x in add_lists if x not in row.suppression_lists]
+        segments = [x for x in row.segments if x not in remove_segments] + [x for x in add_segments if x not in row.segments]
+        await conn.execute(profiles.update().where(self._key(profiles, tenant, subject_id)).values(
+            traits=merged, timezone=timezone or row.timezone, suppression_lists=lists, segments=segments, update_time=now))
+
+    async def _consent(
+        self, conn: AsyncConnection, tenant: str, subject_id: str, channel: str, purpose: str, granted: bool,
+        source: str, when: dt.datetime,
+    ) -> None:
+        status = "granted" if granted else "revoked"
+        key = self._key(consents, tenant, subject_id) & (consents.c.channel == channel) & (consents.c.purpose == purpose)
+        inserted = await conn.execute(insert_ignore(conn, consents, index_elements=["tenant", "subject_id", "channel", "purpose"]).values(
+            tenant=tenant, subject_id=subject_id, channel=channel, purpose=purpose, status=status, source=source, update_time=when))
+        if inserted.rowcount == 0:
+            await conn.execute(consents.update().where(key & (consents.c.update_time <= when)).values(
+                status=status, source=source, update_time=when))
+
+    async def _load(self, conn: AsyncConnection, tenant: str, subject_id: str) -> profile_pb2.Profile | None:
+        row = (await conn.execute(self._row(tenant, subject_id))).first()
+        if row is None:
+            return None
+        profile = profile_pb2.Profile(
+            subject_id=subject_id, traits=struct_from_dict(row.traits), segments=row.segments, timezone=row.timezone,
+            suppression_lists=row.suppression_lists, erased=row.erased,
+        )
+        profile.update_time.FromDatetime(row.update_time)
+        for c in (await conn.execute(self._consents(tenant, subject_id))).all():
+            consent = profile.consents.add(
+                channel=_channel_value(c.channel), purpose=c.purpose, source=c.source,
+                status=profile_pb2.CONSENT_STATUS_GRANTED if c.status == "granted" else profile_pb2.CONSENT_STATUS_REVOKED,
+            )
+            consent.update_time.FromDatetime(c.update_time)
+        return profile
+
+
+def _valid_timezone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True

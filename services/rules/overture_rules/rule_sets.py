@@ -1,0 +1,197 @@
+"""Rule set versions: create (validated and tested), read, list, activate,
+diff; every change audited. Compiled versions are cached: they are immutable."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from types import SimpleNamespace
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from overture.rules.v1 import audit_event_pb2, rule_set_pb2
+from overture_runtime.clock import Clock
+from overture_runtime.db import Database
+from overture_runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
+from overture_runtime.protojson import canonical_json, digest, from_json
+
+from . import audit
+from .compiler import CompiledRuleSet, compile_rule_set
+from .diff import diff_specs
+from .tables import rule_set_versions, rule_sets
+from .testcases import run_test_cases
+
+__all__ = ["RuleSetStore"]
+
+_CACHE_SIZE = 512
+
+
+class RuleSetStore:
+    """Rule sets of all tenants. Safe for concurrent use within one event loop."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+        self._compiled: OrderedDict[tuple[str, str, int], CompiledRuleSet] = OrderedDict()
+
+    async def create_version(
+        self, *, tenant: str, name: str, spec: rule_set_pb2.RuleSetSpec, reason: str, parent_version: int, author: str
+    ) -> tuple[rule_set_pb2.RuleSetVersion, bool]:
+        """Validate, test and store a new version. Returns it and whether the
+        content was unchanged (in which case the latest version is returned)."""
+        compiled, problems = compile_rule_set(spec)
+        if problems:
+            raise InvalidArgument(f"the rule set is invalid: {problems[0].description}", violations=problems)
+        assert compiled is not None
+        failures = run_test_cases(compiled)
+        if failures:
+            raise InvalidArgument(f"a test case failed: {failures[0].description}", violations=failures, reason="TEST_CASE_FAILED")
+        spec_digest = digest(spec)
+        now = self._clock.now()
+        for _ in range(5):
+            try:
+                async with self._db.begin() as conn:
+                    head = (await conn.execute(self._head(tenant, name, lock=True))).first()
+                    latest = head.latest_version if head else 0
+                    if parent_version and parent_version != latest:
+                        raise FailedPrecondition(
+                            f"parent_version {parent_version} is not the latest version ({latest}) of {name!r}",
+                            reason="STALE_PARENT_VERSION",
+                        )
+                    if head is not None:
+                        row = (await conn.execute(self._version_query(tenant, name, latest))).one()
+                        if row.digest == spec_digest:
+                            return self._to_proto(row, active=head.active_version == latest), True
+                    version = latest + 1
+                    values: dict[str, Any] = dict(
+                        tenant=tenant, rule_set=name, version=version, digest=spec_digest, spec=canonical_json(spec),
+                        author=author, reason=reason, parent_version=latest, create_time=now,
+                    )
+                    await conn.execute(rule_set_versions.insert().values(**values))
+                    if head is None:
+                        await conn.execute(rule_sets.insert().values(
+                            tenant=tenant, name=name, latest_version=version, active_version=None,
+                            create_time=now, update_time=now))
+                    else:
+                        await conn.execute(rule_sets.update().where(
+                            (rule_sets.c.tenant == tenant) & (rule_sets.c.name == name)
+                        ).values(latest_version=version, update_time=now))
+                    await audit.append(
+                        conn, tenant=tenant, action=audit_event_pb2.AUDIT_ACTION_RULE_SET_VERSION_CREATED, actor=author,
+                        time=now, reason=reason, target=f"rule_set/{name}/{version}",
+                        details={"digest": spec_digest, "parent_version": latest},
+                    )
+                self._remember(tenant, name, version, compiled)
+                return self._to_proto(SimpleNamespace(**values), active=False), False
+            except (IntegrityError, audit.ConcurrentAppend):
+                continue  # a concurrent create took the number; read the head again
+        raise FailedPrecondition("the rule set is changing too fast; retry", reason="CONTENTION")
+
+    async def activate(self, *, tenant: str, name: str, version: int, reason: str, actor: str) -> tuple[rule_set_pb2.RuleSetVersion, int]:
+        """Make *version* active; returns it and the previously active version."""
+        now = self._clock.now()
+        for _ in range(5):
+            try:
+                async with self._db.begin() as conn:
+                    head = (await conn.execute(self._head(tenant, name, lock=True))).first()
+                    if head is None:
+                        raise NotFound(f"rule set {name!r} does not exist", reason="RULE_SET_NOT_FOUND")
+                    row = (await conn.execute(self._version_query(tenant, name, version))).first()
+                    if row is None:
+                        raise NotFound(f"rule set {name!r} has no version {version}", reason="VERSION_NOT_FOUND")
+                    previous = head.active_version or 0
+                    if previous == version:
+                        return self._to_proto(row, active=True), previous
+                    await conn.execute(rule_sets.update().where(
+                        (rule_sets.c.tenant == tenant) & (rule_sets.c.name == name)
+                    ).values(active_version=version, update_time=now))
+                    action = (audit_event_pb2.AUDIT_ACTION_RULE_SET_ROLLED_BACK if previous and version < previous
+                              else audit_event_pb2.AUDIT_ACTION_RULE_SET_VERSION_ACTIVATED)
+                    await audit.append(
+                        conn, tenant=tenant, action=action, actor=actor, time=now, reason=reason,
+                        target=f"rule_set/{name}/{version}", details={"previous_version": previous, "digest": row.digest},
+                    )
+                return self._to_proto(row, active=True), previous
+            except audit.ConcurrentAppend:
+                continue
+        raise FailedPrecondition("the audit log is changing too fast; retry", reason="CONTENTION")
+
+    async def get(self, *, tenant: str, name: str, version: int = 0) -> rule_set_pb2.RuleSetVersion:
+        """A version, or the active one when *version* is 0."""
+        async with self._db.connect() as conn:
+            head = (await conn.execute(self._head(tenant, name))).first()
+            if head is None:
+                raise NotFound(f"rule set {name!r} does not exist", reason="RULE_SET_NOT_FOUND")
+            if not version:
+                if head.active_version is None:
+                    raise FailedPrecondition(f"rule set {name!r} has no active version; activate one", reason="NO_ACTIVE_VERSION")
+                version = head.active_version
+            row = (await conn.execute(self._version_query(tenant, name, version))).first()
+            if row is None:
+                raise NotFound(f"rule set {name!r} has no version {version}", reason="VERSION_NOT_FOUND")
+            return self._to_proto(row, active=head.active_version == version)
+
+    async def list(self, *, tenant: str, name: str, limit: int, before: int | None) -> list[rule_set_pb2.RuleSetVersion]:
+        """Versions newest first, below *before* when given."""
+        t = rule_set_versions
+        async with self._db.connect() as conn:
+            head = (await conn.execute(self._head(tenant, name))).first()
+            if head is None:
+                raise NotFound(f"rule set {name!r} does not exist", reason="RULE_SET_NOT_FOUND")
+            query = sa.select(t).where((t.c.tenant == tenant) & (t.c.rule_set == name))
+            if before is not None:
+                query = query.where(t.c.version < before)
+            rows = (await conn.execute(query.order_by(t.c.version.desc()).limit(limit))).all()
+        return [self._to_proto(r, active=head.active_version == r.version, with_tests=False) for r in rows]
+
+    async def compiled(self, *, tenant: str, name: str, version: int = 0) -> tuple[CompiledRuleSet, rule_set_pb2.RuleSetVersion]:
+        """The compiled form of a version (the active one when *version* is 0)."""
+        record = await self.get(tenant=tenant, name=name, version=version)
+        key = (tenant, name, record.version)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled, problems = compile_rule_set(record.spec)
+            if compiled is None:  # stored versions were valid when created
+                raise FailedPrecondition(f"stored version {record.version} no longer compiles: {problems[0].description}")
+            self._remember(tenant, name, record.version, compiled)
+        else:
+            self._compiled.move_to_end(key)
+        return compiled, record
+
+    async def diff(self, *, tenant: str, name: str, from_version: int, to_version: int) -> list[rule_set_pb2.RuleSetChange]:
+        """The changes from one version to another."""
+        v = Violations()
+        v.require("from_version", from_version)
+        v.require("to_version", to_version)
+        v.raise_if_any()
+        before = await self.get(tenant=tenant, name=name, version=from_version)
+        after = await self.get(tenant=tenant, name=name, version=to_version)
+        return diff_specs(before.spec, after.spec)
+
+    def _remember(self, tenant: str, name: str, version: int, compiled: CompiledRuleSet) -> None:
+        self._compiled[(tenant, name, version)] = compiled
+        while len(self._compiled) > _CACHE_SIZE:
+            self._compiled.popitem(last=False)
+
+    @staticmethod
+    def _head(tenant: str, name: str, *, lock: bool = False) -> Any:
+        query = sa.select(rule_sets).where((rule_sets.c.tenant == tenant) & (rule_sets.c.name == name))
+        return query.with_for_update() if lock else query
+
+    @staticmethod
+    def _version_query(tenant: str, name: str, version: int) -> Any:
+        t = rule_set_versions
+        return sa.select(t).where((t.c.tenant == tenant) & (t.c.rule_set == name) & (t.c.version == version))
+
+    @staticmethod
+    def _to_proto(row: Any, *, active: bool, with_tests: bool = True) -> rule_set_pb2.RuleSetVersion:
+        spec = from_json(row.spec, rule_set_pb2.RuleSetSpec)
+        if not with_tests:
+            del spec.test_cases[:]
+        version = rule_set_pb2.RuleSetVersion(
+            rule_set=row.rule_set, version=row.version, digest=row.digest, author=row.author, reason=row.reason,
+            parent_version=row.parent_version, active=active, spec=spec,
+        )
+        version.create_time.FromDatetime(row.create_time)
+        return version

@@ -1,0 +1,277 @@
+"""The rules service's gRPC servicers: they validate and translate, and
+leave every decision to the domain modules."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import grpc
+import sqlalchemy as sa
+
+from overture.common.v1 import field_violation_pb2, messaging_pb2
+from overture.rules.v1 import (
+    profile_pb2,
+    profile_service_pb2,
+    profile_service_pb2_grpc,
+    rules_service_pb2,
+    rules_service_pb2_grpc,
+)
+from overture_runtime import Unimplemented, Violations, current_principal
+from overture_runtime.db import Database
+from overture_runtime.errors import FieldViolation
+from overture_runtime.idempotency import Idempotency
+from overture_runtime.protojson import struct_to_dict
+from overture_runtime.validation import (
+    check_identifier,
+    check_name,
+    check_struct,
+    decode_page_token,
+    encode_page_token,
+    page_size,
+)
+
+from . import audit
+from .decisions import Decider, validate_evaluate
+from .profiles import ProfileStore
+from .rule_sets import RuleSetStore
+from .tables import audit_events
+
+R = rules_service_pb2
+P = profile_service_pb2
+_BATCH_MAX = 1000
+_REASON_MAX = 1024
+
+
+def _fv(violations: list[FieldViolation]) -> list[field_violation_pb2.FieldViolation]:
+    return [field_violation_pb2.FieldViolation(field=v.field, description=v.description, reason=v.reason) for v in violations]
+
+
+def _check_reason(v: Violations, reason: str) -> None:
+    if v.require("reason", reason.strip()) and len(reason) > _REASON_MAX:
+        v.add("reason", f"reason must be at most {_REASON_MAX} characters", "TOO_LONG")
+
+
+class RulesServicer(rules_service_pb2_grpc.RulesServiceServicer):
+    """``overture.rules.v1.RulesService``."""
+
+    def __init__(self, *, db: Database, rule_sets: RuleSetStore, decider: Decider, idempotency: Idempotency) -> None:
+        self._db = db
+        self._rule_sets = rule_sets
+        self._decider = decider
+        self._idempotency = idempotency
+
+    async def Evaluate(self, request: R.EvaluateRequest, context: grpc.aio.ServicerContext) -> R.EvaluateResponse:
+        tenant = current_principal().tenant
+        violations = validate_evaluate(request)
+        if violations:
+            Violations(violations).raise_if_any("the evaluate request is invalid")
+        return R.EvaluateResponse(decision=await self._decider.evaluate(tenant, request))
+
+    async def EvaluateBatch(self, request: R.EvaluateBatchRequest, context: grpc.aio.ServicerContext) -> R.EvaluateBatchResponse:
+        tenant = current_principal().tenant
+        v = Violations()
+        if not request.requests:
+            v.add("requests", "requests must hold 1 to 1000 requests", "REQUIRED")
+        elif len(request.requests) > _BATCH_MAX:
+            v.add("requests", f"at most {_BATCH_MAX} requests per batch", "TOO_MANY")
+        v.raise_if_any("the batch is invalid")
+        response = R.EvaluateBatchResponse()
+        for index, item in enumerate(request.requests):
+            problems = validate_evaluate(item)
+            result = response.results.add(index=index)
+            if problems:
+                result.violations.extend(_fv(problems))
+            else:
+                result.decision.CopyFrom(await self._decider.evaluate(tenant, item))
+        return response
+
+    async def CreateRuleSetVersion(
+        self, request: R.CreateRuleSetVersionRequest, context: grpc.aio.ServicerContext
+    ) -> R.CreateRuleSetVersionResponse:
+        principal = current_principal()
+        v = Violations()
+        check_name(v, "rule_set", request.rule_set)
+        _check_reason(v, request.reason)
+        if request.parent_version < 0:
+            v.add("parent_version", "parent_version must not be negative", "OUT_OF_RANGE")
+        check_identifier(v, "request_id", request.request_id, required=False)
+        v.raise_if_any("the rule set version is invalid")
+
+        async def create() -> R.CreateRuleSetVersionResponse:
+            version, unchanged = await self._rule_sets.create_version(
+                tenant=principal.tenant, name=request.rule_set, spec=request.spec, reason=request.reason,
+                parent_version=request.parent_version, author=principal.name,
+            )
+            return R.CreateRuleSetVersionResponse(rule_set_version=version, unchanged=unchanged)
+
+        return await self._idempotency.run(
+            tenant=principal.tenant, method="CreateRuleSetVersion", request_id=request.request_id, request=request,
+            response_type=R.CreateRuleSetVersionResponse, compute=create,
+        )
+
+    async def GetRuleSetVersion(self, request: R.GetRuleSetVersionRequest, context: grpc.aio.ServicerContext) -> R.GetRuleSetVersionResponse:
+        tenant = current_principal().tenant
+        v = Violations()
+        check_name(v, "rule_set", request.rule_set)
+        if request.version < 0:
+            v.add("version", "version must not be negative", "OUT_OF_RANGE")
+        v.raise_if_any()
+        return R.GetRuleSetVersionResponse(
+            rule_set_version=await self._rule_sets.get(tenant=tenant, name=request.rule_set, version=request.version)
+        )
+
+    async def ListRuleSetVersions(
+        self, request: R.ListRuleSetVersionsRequest, context: grpc.aio.ServicerContext
+    ) -> R.ListRuleSetVersionsResponse:
+        tenant = current_principal().tenant
+        v = Violations()
+        check_name(v, "rule_set", request.rule_set)
+        size = page_size(v, request.page_size)
+        v.raise_if_any()
+        cursor = decode_page_token(request.page_token)
+        versions = await self._rule_sets.list(tenant=tenant, name=request.rule_set, limit=size + 1, before=cursor.get("before"))
+        token = encode_page_token({"before": versions[size - 1].version}) if len(versions) > size else ""
+        return R.ListRuleSetVersionsResponse(rule_set_versions=versions[:size], next_page_token=token)
+
+    async def ActivateRuleSetVersion(
+        self, request: R.ActivateRuleSetVersionRequest, context: grpc.aio.ServicerContext
+    ) -> R.ActivateRuleSetVersionResponse:
+        principal = current_principal()
+        v = Violations()
+        check_name(v, "rule_set", request.rule_set)
+        if request.version <= 0:
+            v.add("version", "version is required", "REQUIRED")
+        _check_reason(v, request.reason)
+        check_identifier(v, "request_id", request.request_id, required=False)
+        v.raise_if_any("the activation is invalid")
+
+        async def activate() -> R.ActivateRuleSetVersionResponse:
+            version, previous = await self._rule_sets.activate(
+                tenant=principal.tenant, name=request.rule_set, version=request.version, reason=request.reason, actor=principal.name
+            )
+            return R.ActivateRuleSetVersionResponse(rule_set_version=version, previous_version=previous)
+
+        return await self._idempotency.run(
+            tenant=principal.tenant, method="ActivateRuleSetVersion", request_id=request.request_id, request=request,
+            response_type=R.ActivateRuleSetVersionResponse, compute=activate,
+        )
+
+    async def DiffRuleSetVersions(
+        self, request: R.DiffRuleSetVersionsRequest, context: grpc.aio.ServicerContext
+    ) -> R.DiffRuleSetVersionsResponse:
+        tenant = current_principal().tenant
+        v = Violations()
+        check_name(v, "rule_set", request.rule_set)
+        v.raise_if_any()
+        changes = await self._rule_sets.diff(
+            tenant=tenant, name=request.rule_set, from_version=request.from_version, to_version=request.to_version
+        )
+        return R.DiffRuleSetVersionsResponse(changes=changes)
+
+    async def BacktestRuleSet(self, request: R.BacktestRuleSetRequest, context: grpc.aio.ServicerContext) -> R.BacktestRuleSetResponse:
+        current_principal()
+        raise Unimplemented("BacktestRuleSet is not built yet", reason="NOT_BUILT")
+
+    async def ListAuditEvents(self, request: R.ListAuditEventsRequest, context: grpc.aio.ServicerContext) -> R.ListAuditEventsResponse:
+        tenant = current_principal().tenant
+        v = Violations()
+        size = page_size(v, request.page_size, default=100, maximum=1000)
+        v.raise_if_any()
+        after = int(decode_page_token(request.page_token).get("after", 0))
+        t = audit_events
+        async with self._db.connect() as conn:
+            rows = (await conn.execute(
+                sa.select(t).where((t.c.tenant == tenant) & (t.c.sequence > after)).order_by(t.c.sequence).limit(size + 1)
+            )).all()
+        events = [audit.to_proto(r) for r in rows[:size]]
+        token = encode_page_token({"after": events[-1].sequence}) if len(rows) > size else ""
+        return R.ListAuditEventsResponse(audit_events=events, next_page_token=token)
+
+    async def GetDecision(self, request: R.GetDecisionRequest, context: grpc.aio.ServicerContext) -> R.GetDecisionResponse:
+        tenant = current_principal().tenant
+        v = Violations()
+        check_identifier(v, "decision_id", request.decision_id)
+        v.raise_if_any()
+        return R.GetDecisionResponse(decision=await self._decider.get(tenant, request.decision_id))
+
+    async def ListDecisions(self, request: R.ListDecisionsRequest, context: grpc.aio.ServicerContext) -> R.ListDecisionsResponse:
+        tenant = current_principal().tenant
+        v = Violations()
+        check_identifier(v, "subject_id", request.subject_id)
+        size = page_size(v, request.page_size)
+        v.raise_if_any()
+        before = decode_page_token(request.page_token).get("before")
+        found = await self._decider.list_for_subject(tenant, request.subject_id, limit=size + 1, before=before)
+        token = encode_page_token({"before": found[size - 1].decision_id}) if len(found) > size else ""
+        return R.ListDecisionsResponse(decisions=found[:size], next_page_token=token)
+
+
+class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
+    """``overture.rules.v1.ProfileService``."""
+
+    def __init__(self, *, profiles: ProfileStore) -> None:
+        self._profiles = profiles
+
+    async def GetProfile(self, request: P.GetProfileRequest, context: grpc.aio.ServicerContext) -> P.GetProfileResponse:
+        tenant = current_principal().tenant
+        v = Violations()
+        check_identifier(v, "subject_id", request.subject_id)
+        v.raise_if_any()
+        return P.GetProfileResponse(profile=await self._profiles.get(tenant=tenant, subject_id=request.subject_id))
+
+    async def UpsertProfile(self, request: P.UpsertProfileRequest, context: grpc.aio.ServicerContext) -> P.UpsertProfileResponse:
+        tenant = current_principal().tenant
+        v = Violations()
+        check_identifier(v, "subject_id", request.subject_id)
+        check_struct(v, "traits", request.traits, max_bytes=32 * 1024)
+        for i, name in enumerate(request.add_suppression_lists):
+            check_name(v, f"add_suppression_lists[{i}]", name)
+        v.raise_if_any("the profile is invalid")
+        profile = await self._profiles.upsert(
+            tenant=tenant, subject_id=request.subject_id, traits=struct_to_dict(request.traits), timezone=request.timezone,
+            add_lists=request.add_suppression_lists, remove_lists=request.remove_suppression_lists,
+        )
+        return P.UpsertProfileResponse(profile=profile)
+
+    async def SetConsent(self, request: P.SetConsentRequest, context: grpc.aio.ServicerContext) -> P.SetConsentResponse:
+        tenant = current_principal().tenant
+        v = Violations()
+        check_identifier(v, "subject_id", request.subject_id)
+        if request.channel == messaging_pb2.CHANNEL_UNSPECIFIED:
+            v.add("channel", "channel is required", "REQUIRED")
+        check_name(v, "purpose", request.purpose.replace("_", "-"))
+        if request.status == profile_pb2.CONSENT_STATUS_UNSPECIFIED:
+            v.add("status", "status must be GRANTED or REVOKED", "REQUIRED")
+        v.raise_if_any("the consent is invalid")
+        when = request.occur_time.ToDatetime(tzinfo=dt.UTC) if request.HasField("occur_time") else None
+        profile = await self._profiles.set_consent(
+            tenant=tenant, subject_id=request.subject_id, channel=request.channel, purpose=request.purpose,
+            granted=request.status == profile_pb2.CONSENT_STATUS_GRANTED, source=request.source or "api", when=when,
+        )
+        return P.SetConsentResponse(profile=profile)
+
+    async def ApplyProfileEvents(
+        self, request: P.ApplyProfileEventsRequest, context: grpc.aio.ServicerContext
+    ) -> P.ApplyProfileEventsResponse:
+        tenant = current_principal().tenant
+        v = Violations()
+        if not request.events:
+            v.add("events", "events must hold 1 to 1000 events", "REQUIRED")
+        elif len(request.events) > _BATCH_MAX:
+            v.add("events", f"at most {_BATCH_MAX} events per call", "TOO_MANY")
+        v.raise_if_any()
+        results = await self._profiles.apply_events(tenant=tenant, events=request.events)
+        return P.ApplyProfileEventsResponse(
+            results=[P.ApplyProfileEventResult(index=i, applied=ok, violations=_fv(problems)) for i, (ok, problems) in enumerate(results)]
+        )
+
+    async def EraseProfile(self, request: P.EraseProfileRequest, context: grpc.aio.ServicerContext) -> P.EraseProfileResponse:
+        principal = current_principal()
+        v = Violations()
+        check_identifier(v, "subject_id", request.subject_id)
+        _check_reason(v, request.reason)
+        v.raise_if_any()
+        pseudonym = await self._profiles.erase(
+            tenant=principal.tenant, subject_id=request.subject_id, reason=request.reason, actor=principal.name
+        )
+        return P.EraseProfileResponse(pseudonymous_id=pseudonym)

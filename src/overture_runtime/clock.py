@@ -1,0 +1,79 @@
+"""Time and ids, injected so that timers, caps and replays are testable.
+
+Domain code takes a :class:`Clock` and an :class:`IdGenerator` instead of
+calling ``datetime.now()`` or ``uuid4()`` itself.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+__all__ = ["Clock", "IdGenerator", "ManualClock", "SystemClock", "new_id", "utcnow"]
+
+
+class Clock(Protocol):
+    """A source of the current time, always timezone-aware UTC."""
+
+    def now(self) -> datetime:
+        """The current time in UTC."""
+        ...
+
+
+class SystemClock:
+    """The real clock."""
+
+    def now(self) -> datetime:
+        """The current time in UTC."""
+        return datetime.now(UTC)
+
+
+class ManualClock:
+    """A clock that moves only when told to. For tests; not thread-safe."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = start or datetime(2025, 1, 1, 12, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        """The clock's current time."""
+        return self._now
+
+    def advance(self, delta: timedelta) -> None:
+        """Move the clock forward by *delta*."""
+        self._now += delta
+
+    def set(self, when: datetime) -> None:
+        """Set the clock to *when* (timezone-aware)."""
+        self._now = when
+
+
+def utcnow() -> datetime:
+    """The current time in UTC, for code at the edges that has no clock injected."""
+    return datetime.now(UTC)
+
+
+class IdGenerator:
+    """Time-ordered UUIDv7 strings (RFC 9562), so ids sort by creation time."""
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self._clock = clock
+
+    def new(self) -> str:
+        """A new id."""
+        ms = int(self._clock.now().timestamp() * 1000) if self._clock else time.time_ns() // 1_000_000
+        rand = int.from_bytes(os.urandom(10), "big")
+        value = (ms & ((1 << 48) - 1)) << 80 | rand
+        value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+        value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 9562 variant
+        h = f"{value:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_default_ids = IdGenerator()
+
+
+def new_id() -> str:
+    """A new UUIDv7 string from the system clock."""
+    return _default_ids.new()

@@ -1,0 +1,153 @@
+"""Settings, read once from the environment into a frozen object.
+
+Every service reads its configuration through :func:`load_settings` at
+start-up, and nothing else reads ``os.environ``. Names are ``OVERTURE_*``,
+except the conventional ``DATABASE_URL`` and ``REDIS_URL``, which are also
+accepted with the prefix. A missing required value fails loudly at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["Settings", "TokenGrant", "load_settings", "SERVICES", "ServiceName"]
+
+ServiceName = Literal["ingest", "rules", "orchestrator", "connectors"]
+SERVICES: tuple[ServiceName, ...] = ("ingest", "rules", "orchestrator", "connectors")
+
+
+class TokenGrant(BaseModel, frozen=True):
+    """One bearer token and what it grants.
+
+    Either ``token`` (the secret itself) or ``token_sha256`` (its hex digest,
+    so that the secret need not sit in the environment) must be given.
+    """
+
+    token: SecretStr | None = None
+    """The bearer token."""
+    token_sha256: str | None = None
+    """The lower-case hex sha256 of the bearer token."""
+    tenant: str
+    """The tenant the token acts for; ``*`` for an internal service principal
+    that names the tenant per call in the ``x-overture-tenant`` header."""
+    roles: tuple[str, ...] = ()
+    """The roles granted; ``*`` grants every role."""
+    principal: str = ""
+    """Who holds the token, for audit logs (for example ``svc:orchestrator``)."""
+
+
+class Settings(BaseSettings):
+    """All of Overture's settings. Not every service uses every field."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OVERTURE_", frozen=True, extra="ignore", validate_by_name=True, validate_by_alias=True
+    )
+
+    environment: Literal["dev", "test", "prod"] = "prod"
+    """The deployment environment; ``dev`` relaxes nothing about auth."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console", "auto"] = "json"
+    """``auto`` renders for humans on a TTY and JSON otherwise."""
+    otel_exporter: Literal["none", "console", "otlp"] = "none"
+    """Where traces go; they are always created and propagated."""
+
+    database_url: str = Field(validation_alias=AliasChoices("OVERTURE_DATABASE_URL", "DATABASE_URL"))
+    """SQLAlchemy async URL: ``postgresql+asyncpg://...`` or ``sqlite+aiosqlite:///...``."""
+    redis_url: str = Field(validation_alias=AliasChoices("OVERTURE_REDIS_URL", "REDIS_URL"))
+    """``redis://host:port/db``."""
+    redis_namespace: str = "ovt"
+    """Prefix of every Redis key, so that deployments can share one Redis."""
+    auto_migrate: bool = True
+    """Run the service's Alembic migrations at start-up (under a lock)."""
+
+    host: str = "127.0.0.1"
+    """The interface servers bind to."""
+    ingest_grpc_port: int = 50051
+    rules_grpc_port: int = 50052
+    orchestrator_grpc_port: int = 50053
+    connectors_grpc_port: int = 50054
+    ingest_http_port: int = 8080
+    ingest_metrics_port: int = 9091
+    rules_metrics_port: int = 9092
+    orchestrator_metrics_port: int = 9093
+    connectors_metrics_port: int = 9094
+
+    ingest_address: str = "127.0.0.1:50051"
+    rules_address: str = "127.0.0.1:50052"
+    orchestrator_address: str = "127.0.0.1:50053"
+    connectors_address: str = "127.0.0.1:50054"
+    """Where each service is reached by the others."""
+
+    auth_tokens: Annotated[tuple[TokenGrant, ...], NoDecode] = ()
+    """A JSON list of token grants, see :class:`TokenGrant`."""
+    tenants: Annotated[tuple[str, ...], NoDecode] = ()
+    """Extra known tenants (comma-separated) beyond those named by tokens."""
+    service_token: SecretStr | None = None
+    """The token this service presents when it calls the other services."""
+
+    shutdown_grace_seconds: float = 10.0
+    """How long in-flight RPCs may finish after SIGTERM."""
+    max_message_bytes: int = 4 * 1024 * 1024
+    """The largest gRPC message a server accepts."""
+    rpc_timeout_seconds: float = 5.0
+    """The deadline of calls to other services."""
+
+    # connectors
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 1025
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+    smtp_from: str = "Overture <no-reply@overture.local>"
+    smtp_timeout_seconds: float = 10.0
+
+    # orchestrator
+    stream_partitions: int = 8
+    """How many partitions the event stream has; events go by subject hash."""
+    consumer_name: str = ""
+    """This replica's consumer name in the stream's group; defaults to host:pid."""
+
+    @field_validator("auth_tokens", mode="before")
+    @classmethod
+    def _parse_tokens(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(json.loads(value)) if value.strip() else ()
+        return value
+
+    @field_validator("tenants", mode="before")
+    @classmethod
+    def _parse_tenants(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(t.strip() for t in value.split(",") if t.strip())
+        return value
+
+    @field_validator("stream_partitions")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if not 1 <= value <= 1024:
+            raise ValueError("must be between 1 and 1024")
+        return value
+
+    def grpc_port(self, service: ServiceName) -> int:
+        """The gRPC port *service* listens on."""
+        return int(getattr(self, f"{service}_grpc_port"))
+
+    def metrics_port(self, service: ServiceName) -> int:
+        """The Prometheus port of *service*."""
+        return int(getattr(self, f"{service}_metrics_port"))
+
+    def address(self, service: ServiceName) -> str:
+        """Where *service* is reached."""
+        return str(getattr(self, f"{service}_address"))
+
+
+_S = TypeVar("_S", bound=Settings)
+
+
+def load_settings(cls: type[_S] = Settings, **overrides: object) -> _S:  # type: ignore[assignment]
+    """Read settings from the environment, with *overrides* taking precedence."""
+    return cls(**overrides)

@@ -1,0 +1,176 @@
+"""Relational storage: SQLAlchemy 2 async engines and Alembic migrations.
+
+Production runs PostgreSQL through asyncpg; ``overture dev`` runs SQLite
+through aiosqlite (one file per service), the way the Prefect and Temporal
+dev servers do. Code stays portable between the two by using SQLAlchemy
+Core and :func:`insert_ignore` for "insert unless it exists".
+
+Each service owns its tables (prefixed with its name) and its own Alembic
+history with its own version table, so services migrate and deploy
+independently even when they share one database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
+
+__all__ = ["JSONType", "Database", "insert_ignore", "migrate", "run_migrations_in_env", "utc_datetime"]
+
+
+class Database:
+    """An async engine and its session factory. Not fork-safe: create one per process."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        # hide_parameters: errors must not carry row values (personal data) into logs.
+        kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
+        if self.is_sqlite:
+            path = url.split("///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if self.is_sqlite:
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    def connect(self) -> Any:
+        """``async with db.connect() as conn``: a connection, no transaction."""
+        return self.engine.connect()
+
+    def begin(self) -> Any:
+        """``async with db.begin() as conn``: a connection in a transaction, committed on exit."""
+        return self.engine.begin()
+
+    async def close(self) -> None:
+        """Dispose of the connection pool."""
+        await self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers run beside the one writer; busy_timeout waits for the
+    # write lock instead of failing at once.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def insert_ignore(conn: AsyncConnection, table: sa.Table, *, index_elements: list[str]) -> Any:
+    """An ``INSERT ... ON CONFLICT (index_elements) DO NOTHING`` for the connection's dialect."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).on_conflict_do_nothing(index_elements=index_elements)
+
+
+class utc_datetime(sa.types.TypeDecorator[Any]):  # noqa: N801 - used like a type name
+    """A timezone-aware UTC datetime on PostgreSQL and SQLite alike.
+
+    SQLite has no time zones; values are stored naive in UTC and given back
+    aware, so domain code only ever sees aware datetimes.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        if dialect.name == "sqlite":
+            from datetime import UTC
+
+            return value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        if value is not None and value.tzinfo is None:
+            from datetime import UTC
+
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+def _alembic_config(url: str, script_location: Path, version_table: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(script_location))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.attributes["version_table"] = version_table
+    return cfg
+
+
+async def migrate(url: str, *, script_location: Path, version_table: str, revision: str = "head") -> None:
+    """Upgrade the database at *url* to *revision* with one service's migrations.
+
+    Alembic's runner is synchronous and starts its own event loop, so it runs
+    in a worker thread. On PostgreSQL an advisory lock serializes replicas
+    that start at the same time.
+    """
+    cfg = _alembic_config(url, script_location, version_table)
+    await asyncio.to_thread(command.upgrade, cfg, revision)
+
+
+def _render_item(type_: str, obj: Any, autogen_context: Any) -> Any:
+    """Render our portable column types as plain SQLAlchemy in migrations,
+    so that migration files do not import application code."""
+    if type_ != "type":
+        return False
+    if isinstance(obj, utc_datetime):
+        return "sa.DateTime(timezone=True)"
+    if isinstance(obj, sa.JSON):
+        autogen_context.imports.add("from sqlalchemy.dialects import postgresql")
+        return 'sa.JSON().with_variant(postgresql.JSONB(), "postgresql")'
+    return False
+
+
+def run_migrations_in_env(target_metadata: sa.MetaData) -> None:
+    """The body of every service's ``migrations/env.py``."""
+    from alembic import context
+
+    cfg = context.config
+    url = cfg.get_main_option("sqlalchemy.url")
+    version_table = cfg.attributes.get("version_table", "alembic_version")
+    assert url is not None
+
+    def run(connection: sa.Connection) -> None:
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            version_table=version_table,
+            render_as_batch=connection.dialect.name == "sqlite",
+            render_item=_render_item,
+        )
+        with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # Transaction-scoped: released when the migration commits.
+                connection.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:t))"), {"t": version_table})
+            context.run_migrations()
+
+    async def main() -> None:
+        engine = create_async_engine(url)
+        try:
+            async with engine.connect() as connection:
+                await connection.run_sync(run)
+                await connection.commit()
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
+
+
+JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+"""JSON on SQLite, JSONB on PostgreSQL."""

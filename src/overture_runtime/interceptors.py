@@ -1,0 +1,203 @@
+"""The server interceptors every Overture service runs, outermost first:
+
+1. :class:`ObservabilityInterceptor`: request and trace ids, the OpenTelemetry
+   server span, one canonical JSON log line per RPC, Prometheus metrics.
+2. :class:`ErrorInterceptor`: :class:`~overture_runtime.errors.OvertureError`
+   becomes a ``google.rpc.Status`` with details; anything else becomes
+   ``INTERNAL`` with a logged error id, and no traceback reaches the caller.
+3. :class:`AuthInterceptor`: authenticates the bearer token and checks the
+   role the method declares with the ``(overture.common.v1.required_role)``
+   option, before the servicer runs (so permission is checked before
+   existence).
+
+Only ``/overture.*`` methods are intercepted; health and reflection stay open
+for probes and stock tools. Only unary-response methods are supported.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf import descriptor_pool
+from grpc_status import rpc_status
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from prometheus_client import Counter, Histogram
+
+from overture.common.v1 import auth_pb2
+
+from .auth import TokenTable
+from .clock import new_id
+from .context import CallState, current_call, reset_call, set_call
+from .errors import OvertureError, PermissionDenied, to_rpc_status
+
+__all__ = ["AuthInterceptor", "ErrorInterceptor", "ObservabilityInterceptor", "default_interceptors", "required_role"]
+
+log = structlog.get_logger("overture.rpc")
+tracer = trace.get_tracer("overture")
+
+RPC_TOTAL = Counter("overture_rpc_requests_total", "RPCs served, by method and status code.", ["method", "code"])
+RPC_SECONDS = Histogram(
+    "overture_rpc_duration_seconds",
+    "Time to serve an RPC.",
+    ["method"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Around = Callable[[Callable[[], Awaitable[Any]], grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+
+
+class _AroundInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps the behaviour of each intercepted unary-response method."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        if handler is None or not method.startswith("/overture."):
+            return handler
+        if handler.unary_unary is not None:
+            inner, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
+        elif handler.stream_unary is not None:
+            inner, factory = handler.stream_unary, grpc.stream_unary_rpc_method_handler
+        else:
+            raise TypeError(f"{method}: response-streaming methods are not supported by the interceptors")
+
+        async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await self.around(method, lambda: inner(request, context), context)
+
+        return factory(
+            behavior,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    async def around(
+        self, method: str, call: Callable[[], Awaitable[Any]], context: grpc.aio.ServicerContext
+    ) -> Any:
+        raise NotImplementedError
+
+
+class ObservabilityInterceptor(_AroundInterceptor):
+    """Ids, tracing, the canonical log line and metrics of each RPC."""
+
+    async def around(
+        self, method: str, call: Callable[[], Awaitable[Any]], context: grpc.aio.ServicerContext
+    ) -> Any:
+        metadata = _metadata(context)
+        state = CallState(method=method, request_id=metadata.get("x-request-id") or new_id())
+        token = set_call(state)
+        parent = propagate.extract(metadata)
+        started = time.perf_counter()
+        with tracer.start_as_current_span(method.lstrip("/"), context=parent, kind=SpanKind.SERVER) as span:
+            trace_id = format(span.get_span_context().trace_id, "032x")
+            structlog.contextvars.bind_contextvars(request_id=state.request_id, trace_id=trace_id, rpc=method)
+            try:
+                return await call()
+            except BaseException:
+                if state.code == grpc.StatusCode.OK:  # aborted by the servicer itself, or cancelled
+                    state.code = _code_of(context)
+                raise
+            finally:
+                elapsed = time.perf_counter() - started
+                code = state.code.name
+                span.set_attribute("rpc.grpc.status_code", state.code.value[0])
+                if state.code != grpc.StatusCode.OK:
+                    span.set_status(Status(StatusCode.ERROR, state.reason or code))
+                RPC_TOTAL.labels(method, code).inc()
+                RPC_SECONDS.labels(method).observe(elapsed)
+                fields: dict[str, Any] = {"code": code, "duration_ms": round(elapsed * 1000, 3)}
+                if state.principal is not None:
+                    fields.update(tenant=state.principal.tenant, principal=state.principal.name)
+                if state.reason:
+                    fields["reason"] = state.reason
+                if state.error_id:
+                    fields["error_id"] = state.error_id
+                log.info("rpc", **fields)
+                structlog.contextvars.unbind_contextvars("request_id", "trace_id", "rpc", "tenant")
+                reset_call(token)
+
+
+def _code_of(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    if isinstance(code, int):
+        return next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
+    return grpc.StatusCode.CANCELLED
+
+
+class ErrorInterceptor(_AroundInterceptor):
+    """Maps errors to rich statuses; hides bugs behind a logged id."""
+
+    def __init__(self, *, domain: str) -> None:
+        self._domain = domain
+
+    async def around(
+        self, method: str, call: Callable[[], Awaitable[Any]], context: grpc.aio.ServicerContext
+    ) -> Any:
+        state = current_call()
+        try:
+            return await call()
+        except OvertureError as error:
+            if state is not None:
+                state.code, state.reason = error.code, error.reason
+            status = rpc_status.to_status(to_rpc_status(error, domain=self._domain))
+            await context.abort(status.code, status.details, status.trailing_metadata)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            error_id = new_id()
+            log.exception("rpc.unexpected_error", error_id=error_id)
+            if state is not None:
+                state.code, state.reason, state.error_id = grpc.StatusCode.INTERNAL, "INTERNAL", error_id
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error; reference {error_id}")
+
+
+def required_role(method: str) -> str:
+    """The role a method declares with ``(overture.common.v1.required_role)``."""
+    service, _, name = method.lstrip("/").partition("/")
+    descriptor = descriptor_pool.Default().FindServiceByName(service).FindMethodByName(name)
+    role: str = descriptor.GetOptions().Extensions[auth_pb2.required_role]
+    return role
+
+
+class AuthInterceptor(_AroundInterceptor):
+    """Authenticates the caller and checks the method's declared role."""
+
+    def __init__(self, tokens: TokenTable) -> None:
+        self._tokens = tokens
+        self._roles: dict[str, str] = {}
+
+    async def around(
+        self, method: str, call: Callable[[], Awaitable[Any]], context: grpc.aio.ServicerContext
+    ) -> Any:
+        role = self._roles.get(method)
+        if role is None:
+            role = self._roles[method] = required_role(method)
+        principal = self._tokens.authenticate(_metadata(context))
+        state = current_call()
+        if state is not None:
+            state.principal = principal
+        structlog.contextvars.bind_contextvars(tenant=principal.tenant)
+        if not role:  # fail closed: a method without a declared role is nobody's
+            raise PermissionDenied(f"{method} declares no role", reason="NO_ROLE_DECLARED")
+        self._tokens.authorize(principal, role)
+        return await call()
+
+
+def default_interceptors(*, tokens: TokenTable, domain: str) -> list[grpc.aio.ServerInterceptor]:
+    """The interceptor chain of every Overture server, outermost first."""
+    return [ObservabilityInterceptor(), ErrorInterceptor(domain=domain), AuthInterceptor(tokens)]

@@ -1,0 +1,68 @@
+"""Keeping personal data out of logs, errors and stored records.
+
+:func:`mask_mapping` masks the values of keys that name personal data
+(``email``, ``phone``, ``first_name``, ...) and any value that looks like an
+email address or a phone number, recursively.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["PII_KEYS", "mask", "mask_mapping", "pseudonymize"]
+
+PII_KEYS = frozenset(
+    {
+        "email", "email_address", "phone", "phone_number", "mobile", "name", "first_name", "last_name",
+        "full_name", "address", "street", "postal_code", "zip", "ip", "ip_address", "birthday",
+        "date_of_birth", "token", "device_token", "password", "ssn",
+    }
+)
+"""Keys whose values are personal data, whatever they look like."""
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_PHONE = re.compile(r"^\+?[\d\s().-]{7,20}$")
+
+
+def pseudonymize(value: str, *, salt: str = "") -> str:
+    """A stable, non-reversible short id for a piece of personal data."""
+    return "p_" + hashlib.sha256(f"{salt}\x00{value}".encode()).hexdigest()[:16]
+
+
+def mask(value: str) -> str:
+    """Mask personal data for display, keeping just enough to recognise it.
+
+    ``alice@example.com`` becomes ``a***@e***.com``; anything else keeps only
+    its first character.
+    """
+    if not value:
+        return value
+    if "@" in value:
+        local, _, domain = value.partition("@")
+        host, dot, tld = domain.rpartition(".")
+        return f"{local[:1]}***@{(host or tld)[:1]}***{dot}{tld if host else ''}"
+    return f"{value[:1]}***"
+
+
+def _looks_personal(value: str) -> bool:
+    return bool(_EMAIL.match(value) or (_PHONE.match(value) and sum(c.isdigit() for c in value) >= 7))
+
+
+def mask_mapping(data: Mapping[str, Any], *, key: str = "") -> dict[str, Any]:
+    """A copy of *data* with personal data masked, recursively."""
+    return {k: _mask_value(k, v) for k, v in data.items()}
+
+
+def _mask_value(key: str, value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return mask_mapping(value)
+    if isinstance(value, (list, tuple)):
+        return [_mask_value(key, item) for item in value]
+    if isinstance(value, str) and (key.lower() in PII_KEYS or _looks_personal(value)):
+        return mask(value)
+    if key.lower() in PII_KEYS and value is not None and not isinstance(value, bool):
+        return "***"
+    return value

@@ -1,0 +1,42 @@
+"""Redis through ``redis.asyncio``, with every key scoped.
+
+Keys are built by :class:`Keys` only: ``<namespace>:<tenant>:...`` for
+tenant data, with a ``{hash tag}`` around the part that must keep related
+keys on one Redis Cluster slot (a subject, a stream partition).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+__all__ = ["Keys", "create_redis"]
+
+
+def create_redis(url: str) -> aioredis.Redis:
+    """A client for *url*, returning ``bytes`` (callers decode what they need)."""
+    return aioredis.Redis.from_url(url, health_check_interval=30, socket_keepalive=True)
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Builds Redis keys under one namespace."""
+
+    namespace: str = "ovt"
+    """The prefix of every key."""
+
+    def tenant(self, tenant: str, *parts: str) -> str:
+        """A key of *tenant*'s data: ``ns:t:<tenant>:<parts...>``."""
+        return ":".join((self.namespace, "t", tenant, *parts))
+
+    def subject(self, tenant: str, subject_id: str, *parts: str) -> str:
+        """A key of one subject's data, hash-tagged so a subject's keys share a
+        slot. The subject id is hashed: it may hold personal data or braces."""
+        tag = hashlib.sha256(f"{tenant}\x00{subject_id}".encode()).hexdigest()[:20]
+        return ":".join((self.namespace, "t", tenant, "{s" + tag + "}", *parts))
+
+    def stream(self, name: str, partition: int) -> str:
+        """One partition of a shared stream, hash-tagged per partition."""
+        return f"{self.namespace}:stream:{name}:{{p{partition}}}"

@@ -1,0 +1,118 @@
+"""The one bootstrap every Overture service starts through.
+
+:func:`serve` builds a ``grpc.aio`` server with the shared interceptors,
+``grpc.health.v1`` health, server reflection and a Prometheus ``/metrics``
+port, starts the service's own resources, and on SIGTERM or SIGINT drains:
+health turns NOT_SERVING, in-flight RPCs get ``shutdown_grace_seconds`` to
+finish, then the service's resources close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Sequence
+from typing import Protocol
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from .auth import TokenTable
+from .config import Settings
+from .interceptors import default_interceptors
+
+__all__ = ["Server", "ServiceApp", "serve"]
+
+log = structlog.get_logger("overture.server")
+
+
+class ServiceApp(Protocol):
+    """What a service gives the bootstrap."""
+
+    name: str
+    """The service's short name, for example ``rules``."""
+    service_names: Sequence[str]
+    """The full names of the gRPC services it serves."""
+
+    async def start(self) -> None:
+        """Open databases and clients, run migrations, start background work."""
+
+    def register(self, server: grpc.aio.Server) -> None:
+        """Add the servicers to *server*."""
+
+    async def stop(self) -> None:
+        """Stop background work and close resources. Called after the drain."""
+
+
+class Server:
+    """One running service: its gRPC server, health, reflection and metrics."""
+
+    def __init__(self, app: ServiceApp, settings: Settings, *, port: int | None = None, metrics_port: int | None = None) -> None:
+        self.app = app
+        self.settings = settings
+        self._port = port
+        self._metrics_port = metrics_port
+        self._health = health.aio.HealthServicer()
+        self._metrics_server: object | None = None
+        self.port = 0
+        self._tokens = TokenTable(settings.auth_tokens, extra_tenants=settings.tenants)
+        self._server: grpc.aio.Server
+
+    async def start(self) -> int:
+        """Start the service and its server; return the bound gRPC port."""
+        settings = self.settings
+        self._server = grpc.aio.server(
+            interceptors=default_interceptors(tokens=self._tokens, domain=f"{self.app.name}.overture.dev"),
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        await self.app.start()
+        self.app.register(self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        names = (*self.app.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, self._server)
+        port = self.settings.grpc_port(self.app.name) if self._port is None else self._port  # type: ignore[arg-type]
+        self.port = self._server.add_insecure_port(f"{self.settings.host}:{port}")
+        if self.port == 0:
+            raise RuntimeError(f"could not bind {self.settings.host}:{port}")
+        await self._server.start()
+        metrics_port = self.settings.metrics_port(self.app.name) if self._metrics_port is None else self._metrics_port  # type: ignore[arg-type]
+        if metrics_port:
+            self._metrics_server, _ = start_http_server(metrics_port, addr=self.settings.host)
+        for name in ("", *self.app.service_names):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("server.started", service=self.app.name, port=self.port, metrics_port=metrics_port or None)
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain and stop: NOT_SERVING, let in-flight RPCs finish, close resources."""
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        await self.app.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()  # type: ignore[attr-defined]
+        log.info("server.stopped", service=self.app.name)
+
+    async def wait_for_termination(self) -> None:
+        """Return when the gRPC server has stopped."""
+        await self._server.wait_for_termination()
+
+
+async def serve(app: ServiceApp, settings: Settings) -> None:
+    """Run *app* until SIGTERM or SIGINT, then drain gracefully."""
+    server = Server(app, settings)
+    await server.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("server.draining", service=app.name, grace_seconds=settings.shutdown_grace_seconds)
+    await server.stop()

@@ -1,0 +1,113 @@
+"""Checks shared by every servicer's input validation, and page tokens.
+
+Each check records a :class:`~overture_runtime.errors.FieldViolation` in a
+:class:`~overture_runtime.errors.Violations` collector instead of raising, so
+that one answer reports every problem of a request.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from typing import Any
+
+from google.protobuf import struct_pb2
+
+from .errors import InvalidArgument, Violations
+
+__all__ = [
+    "NAME_PATTERN",
+    "check_identifier",
+    "check_name",
+    "check_struct",
+    "decode_page_token",
+    "encode_page_token",
+    "page_size",
+]
+
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+"""Names of rule sets, journeys, rules and steps: lower-case, digits, dashes."""
+_ID_MAX = 256
+
+
+def check_name(v: Violations, field: str, value: str, *, required: bool = True) -> None:
+    """A resource name: ``[a-z][a-z0-9-]{0,62}``."""
+    if not value:
+        if required:
+            v.add(field, f"{field} is required", "REQUIRED")
+        return
+    if not NAME_PATTERN.fullmatch(value):
+        v.add(field, f"{field} must be lower-case letters, digits and dashes, starting with a letter, at most 63 characters", "INVALID_NAME")
+
+
+def check_identifier(v: Violations, field: str, value: str, *, required: bool = True) -> None:
+    """An opaque id (subject id, event id): 1 to 256 printable characters."""
+    if not value:
+        if required:
+            v.add(field, f"{field} is required", "REQUIRED")
+        return
+    if len(value) > _ID_MAX:
+        v.add(field, f"{field} must be at most {_ID_MAX} characters", "TOO_LONG")
+    elif not value.isprintable():
+        v.add(field, f"{field} must not contain control characters", "INVALID_CHARACTERS")
+
+
+def check_struct(v: Violations, field: str, value: struct_pb2.Struct, *, max_bytes: int, max_depth: int = 16) -> None:
+    """A ``Struct`` within a serialized size and nesting depth."""
+    size = value.ByteSize()
+    if size > max_bytes:
+        v.add(field, f"{field} is {size} bytes; the limit is {max_bytes}", "TOO_LARGE")
+        return
+    if _depth(value) > max_depth:
+        v.add(field, f"{field} nests deeper than {max_depth} levels", "TOO_DEEP")
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    if isinstance(value, struct_pb2.Struct):
+        return max((_depth(item, level + 1) for item in value.fields.values()), default=level + 1)
+    if isinstance(value, struct_pb2.ListValue):
+        return max((_depth(item, level + 1) for item in value.values), default=level + 1)
+    if isinstance(value, struct_pb2.Value):
+        kind = value.WhichOneof("kind")
+        if kind == "struct_value":
+            return _depth(value.struct_value, level)
+        if kind == "list_value":
+            return _depth(value.list_value, level)
+    return level
+
+
+def page_size(v: Violations, value: int, *, default: int = 20, maximum: int = 100) -> int:
+    """The page size of a List call: 0 means *default*; negative or above *maximum* is invalid."""
+    if value < 0 or value > maximum:
+        v.add("page_size", f"page_size must be between 0 and {maximum}", "OUT_OF_RANGE")
+        return default
+    return value or default
+
+
+def encode_page_token(cursor: dict[str, Any]) -> str:
+    """An opaque page token for *cursor*."""
+    return base64.urlsafe_b64encode(json.dumps(cursor, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> dict[str, Any]:
+    """The cursor of a page token; an empty token is the first page."""
+    if not token:
+        return {}
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        cursor = json.loads(raw)
+    except (binascii.Error, ValueError) as error:
+        raise InvalidArgument(
+            "page_token is not a token this service issued", violations=[_bad_token()]
+        ) from error
+    if not isinstance(cursor, dict):
+        raise InvalidArgument("page_token is not a token this service issued", violations=[_bad_token()])
+    return cursor
+
+
+def _bad_token() -> Any:
+    from .errors import FieldViolation
+
+    return FieldViolation("page_token", "page_token is not a token this service issued", "INVALID_PAGE_TOKEN")
