@@ -1,0 +1,5 @@
+"""The connectors service: exactly-once delivery through channel connectors."""
+
+from .app import ConnectorsApp
+
+__all__ = ["ConnectorsApp"]

@@ -1,0 +1,5 @@
+"""The ingest service: where events enter Overture, durably."""
+
+from .app import IngestApp
+
+__all__ = ["IngestApp"]

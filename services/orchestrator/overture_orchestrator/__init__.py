@@ -1,0 +1,5 @@
+"""The orchestrator service: journeys, runs, timers and retries."""
+
+from .app import OrchestratorApp
+
+__all__ = ["OrchestratorApp"]

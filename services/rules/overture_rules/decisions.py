@@ -39,7 +39,6 @@ _MAX_TAGS = 32
 def validate_evaluate(req: rules_service_pb2.EvaluateRequest) -> list[FieldViolation]:
     """The problems of one Evaluate request."""
     v = Violations()
-    check_name(v, "rule_set", req.rule_set)
     if req.version < 0:
         v.add("version", "version must not be negative", "OUT_OF_RANGE")
     mode = req.mode or D.EVALUATION_MODE_CHECK
@@ -47,6 +46,7 @@ def validate_evaluate(req: rules_service_pb2.EvaluateRequest) -> list[FieldViola
     if settling:
         check_identifier(v, "decision_id", req.decision_id)
     else:
+        check_name(v, "rule_set", req.rule_set)
         check_identifier(v, "subject_id", req.subject_id)
         if req.channel == messaging_pb2.CHANNEL_UNSPECIFIED:
             v.add("channel", "channel is required", "REQUIRED")

@@ -1,0 +1,90 @@
+"""The connectors service's gRPC servicer: validation and translation."""
+
+from __future__ import annotations
+
+import grpc
+
+from overture.common.v1 import messaging_pb2
+from overture.connectors.v1 import connector_service_pb2, connector_service_pb2_grpc, delivery_pb2
+from overture_runtime import Violations, current_principal
+from overture_runtime.validation import check_identifier, check_struct, decode_page_token, encode_page_token, page_size
+
+from .deliveries import DeliveryService
+
+C = connector_service_pb2
+_CONTENT_MAX = 256 * 1024
+_ADDRESS_MAX = 512
+
+
+def validate_message(v: Violations, message: delivery_pb2.Message) -> None:
+    """Record the problems of a message to send."""
+    check_identifier(v, "message.idempotency_key", message.idempotency_key)
+    if message.channel == messaging_pb2.CHANNEL_UNSPECIFIED:
+        v.add("message.channel", "channel is required", "REQUIRED")
+    elif message.channel not in messaging_pb2.Channel.values():
+        v.add("message.channel", f"unknown channel {message.channel}", "INVALID_ENUM")
+    check_identifier(v, "message.subject_id", message.subject_id)
+    if not message.address.strip():
+        v.add("message.address", "address is required", "REQUIRED")
+    elif len(message.address) > _ADDRESS_MAX:
+        v.add("message.address", f"address must be at most {_ADDRESS_MAX} characters", "TOO_LONG")
+    elif message.channel == messaging_pb2.CHANNEL_EMAIL and ("@" not in message.address or any(c in message.address for c in "\r\n<>,;")):
+        v.add("message.address", "address is not a valid email address", "INVALID_ADDRESS")
+    content = message.content
+    size = len(content.subject) + len(content.text_body) + len(content.html_body)
+    if size > _CONTENT_MAX:
+        v.add("message.content", f"content is {size} characters; the limit is {_CONTENT_MAX}", "TOO_LARGE")
+    if "\n" in content.subject or "\r" in content.subject:
+        v.add("message.content.subject", "subject must be one line", "INVALID")
+    check_struct(v, "message.content.data", content.data, max_bytes=_CONTENT_MAX)
+    if message.channel == messaging_pb2.CHANNEL_EMAIL and not (content.text_body or content.html_body):
+        v.add("message.content", "an email needs a text or HTML body", "REQUIRED")
+
+
+class ConnectorServicer(connector_service_pb2_grpc.ConnectorServiceServicer):
+    """``overture.connectors.v1.ConnectorService``."""
+
+    def __init__(self, *, deliveries: DeliveryService) -> None:
+        self._deliveries = deliveries
+
+    async def Send(self, request: C.SendRequest, context: grpc.aio.ServicerContext) -> C.SendResponse:
+        tenant = current_principal().tenant
+        v = Violations()
+        if not request.HasField("message"):
+            v.add("message", "message is required", "REQUIRED")
+        else:
+            validate_message(v, request.message)
+        v.raise_if_any("the message is invalid")
+        delivery, duplicate = await self._deliveries.send(tenant, request.message)
+        return C.SendResponse(delivery=delivery, duplicate=duplicate)
+
+    async def GetDeliveryStatus(self, request: C.GetDeliveryStatusRequest, context: grpc.aio.ServicerContext) -> C.GetDeliveryStatusResponse:
+        tenant = current_principal().tenant
+        v = Violations()
+        if bool(request.delivery_id) == bool(request.idempotency_key):
+            v.add("delivery_id", "set exactly one of delivery_id and idempotency_key", "ONE_OF")
+        check_identifier(v, "delivery_id", request.delivery_id, required=False)
+        check_identifier(v, "idempotency_key", request.idempotency_key, required=False)
+        v.raise_if_any()
+        delivery = await self._deliveries.get(tenant, delivery_id=request.delivery_id, idempotency_key=request.idempotency_key)
+        return C.GetDeliveryStatusResponse(delivery=delivery)
+
+    async def ListConnectors(self, request: C.ListConnectorsRequest, context: grpc.aio.ServicerContext) -> C.ListConnectorsResponse:
+        current_principal()
+        v = Violations()
+        size = page_size(v, request.page_size)
+        v.raise_if_any()
+        start = int(decode_page_token(request.page_token).get("offset", 0))
+        names = sorted(self._deliveries.connectors)
+        page = names[start:start + size]
+        connectors = [
+            delivery_pb2.Connector(
+                name=name, channel=self._deliveries.connectors[name].channel,
+                default=self._deliveries.defaults.get(self._deliveries.connectors[name].channel) == name,
+                circuit_state=delivery_pb2.CIRCUIT_STATE_CLOSED,
+                rate_limit_per_second=self._deliveries.connectors[name].rate_limit_per_second,
+            )
+            for name in page
+        ]
+        token = encode_page_token({"offset": start + size}) if start + size < len(names) else ""
+        return C.ListConnectorsResponse(connectors=connectors, next_page_token=token)

@@ -1,0 +1,91 @@
+"""The ingest service application: gRPC and HTTP doors, the relay, and the
+retry loop for profile updates."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import uvicorn
+
+from overture.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
+from overture.orchestrator.v1 import orchestrator_service_pb2_grpc
+from overture.rules.v1 import profile_service_pb2_grpc
+from overture_runtime import BaseApp
+from overture_runtime.auth import TokenTable
+
+from .http import create_http_app
+from .log import EventLog, Relay
+from .pipeline import IngestPipeline
+from .servicer import IngestServicer
+
+__all__ = ["IngestApp"]
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """Uvicorn inside our event loop: the service owns the signal handling."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    def install_signal_handlers(self) -> None:  # older uvicorn releases
+        pass
+
+
+class IngestApp(BaseApp):
+    """``overture serve ingest``."""
+
+    name = "ingest"
+    service_names = (ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,)
+    migrations = Path(__file__).parent / "migrations"
+
+    def __init__(self, *args: object, http_port: int | None = None, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._http_port = http_port
+        self._http: _EmbeddedUvicorn | None = None
+        self.http_port = 0
+
+    async def on_start(self) -> None:
+        self.log = EventLog(self.db, self.clock)
+        self.relay = Relay(self.db, self.redis, self.keys, self.clock)
+        self.pipeline = IngestPipeline(
+            log_=self.log, relay=self.relay, clock=self.clock, settings=self.settings,
+            profiles=profile_service_pb2_grpc.ProfileServiceStub(self.channel("rules")),
+        )
+        self.spawn("relay", lambda: self.relay.run(self.stopping))
+        self.spawn("profile-retry", self._retry_profiles)
+        port = self.settings.ingest_http_port if self._http_port is None else self._http_port
+        if port >= 0:
+            tokens = TokenTable(self.settings.auth_tokens, extra_tenants=self.settings.tenants)
+            config = uvicorn.Config(
+                create_http_app(pipeline=self.pipeline, tokens=tokens), host=self.settings.host, port=port,
+                log_config=None, access_log=False, lifespan="off", limit_concurrency=1000,
+            )
+            self._http = _EmbeddedUvicorn(config)
+            self.spawn("http", self._http.serve)
+            while not self._http.started:
+                await asyncio.sleep(0.01)
+            self.http_port = self._http.servers[0].sockets[0].getsockname()[1]
+
+    async def _retry_profiles(self) -> None:
+        while not self.stopping.is_set():
+            await self.pipeline.retry_pending_profiles()
+            try:
+                await asyncio.wait_for(self.stopping.wait(), timeout=5.0)
+            except TimeoutError:
+                pass
+
+    def register(self, server: grpc.aio.Server) -> None:
+        ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(
+            IngestServicer(pipeline=self.pipeline, log_=self.log, settings=self.settings,
+                           orchestrator=orchestrator_service_pb2_grpc.OrchestratorServiceStub(self.channel("orchestrator"))),
+            server,
+        )
+
+    async def on_stop(self) -> None:
+        if self._http is not None:
+            self._http.should_exit = True

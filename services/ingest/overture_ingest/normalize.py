@@ -1,0 +1,124 @@
+"""Validating and normalizing one event. Pure: no I/O, time passed in.
+
+An event is rejected with one field violation per problem; a valid event is
+normalized: aliases resolved, times in UTC, ``received_at`` and ``source``
+stamped, and an id derived from the content when the sender gave none.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from overture.common.v1 import event_pb2
+from overture_runtime.errors import FieldViolation, Violations
+from overture_runtime.protojson import struct_to_dict
+from overture_runtime.validation import check_identifier, check_struct
+
+__all__ = ["Limits", "NormalizedEvent", "PROFILE_EVENT_TYPES", "normalize", "partition_of"]
+
+EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){0,7}$")
+PROFILE_EVENT_TYPES = frozenset({"identify", "consent.granted", "consent.revoked", "segment.entered", "segment.exited"})
+"""Event types that update the subject's profile through the rules service."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What ingest accepts."""
+
+    max_attributes_bytes: int = 32 * 1024
+    """The largest serialized attributes."""
+    max_attribute_depth: int = 8
+    """The deepest nesting of attributes."""
+    max_attribute_keys: int = 256
+    """The most keys at any one level of the attributes."""
+    max_future: dt.timedelta = dt.timedelta(hours=72)
+    """How far in the future ``occurred_at`` may be."""
+    max_age: dt.timedelta = dt.timedelta(days=365)
+    """How far in the past ``occurred_at`` may be."""
+
+
+@dataclass(frozen=True)
+class NormalizedEvent:
+    """A valid event, ready to store."""
+
+    event: event_pb2.Event
+    """The normalized event."""
+    original_event_type: str
+    """The type as sent, before aliases."""
+    partition: int
+    """The stream partition, from the subject."""
+
+
+def partition_of(tenant: str, subject_id: str, partitions: int) -> int:
+    """The stream partition of a subject: stable, so a subject's events stay in order."""
+    digest = hashlib.sha256(f"{tenant}\x00{subject_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % partitions
+
+
+def _too_many_keys(value: object, limit: int) -> bool:
+    if isinstance(value, dict):
+        return len(value) > limit or any(_too_many_keys(v, limit) for v in value.values())
+    if isinstance(value, list):
+        return len(value) > limit * 4 or any(_too_many_keys(v, limit) for v in value)
+    return False
+
+
+def derive_id(tenant: str, event: event_pb2.Event, occurred: dt.datetime | None, received: dt.datetime) -> str:
+    """A deterministic id from the event's content. Without ``occurred_at``
+    the receipt time is part of it: identical timeless events stay distinct."""
+    body = {
+        "tenant": tenant, "event_type": event.event_type, "subject_id": event.subject_id,
+        "occurred_at": (occurred or received).isoformat(), "attributes": struct_to_dict(event.attributes),
+    }
+    return "d_" + hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:40]
+
+
+def normalize(
+    tenant: str, event: event_pb2.Event, *, received_at: dt.datetime, source: str, partitions: int,
+    aliases: Mapping[str, str] | None = None, limits: Limits = Limits(),
+) -> NormalizedEvent | list[FieldViolation]:
+    """Validate *event*; return it normalized, or its violations."""
+    v = Violations()
+    original = event.event_type
+    event_type = (aliases or {}).get(original, original)
+    if not event_type:
+        v.add("event_type", "event_type is required", "REQUIRED")
+    elif len(event_type) > 128 or not EVENT_TYPE.fullmatch(event_type):
+        v.add("event_type", "event_type must be lower-case words separated by dots, for example 'user.signed_up'", "INVALID_EVENT_TYPE")
+    check_identifier(v, "subject_id", event.subject_id)
+    check_identifier(v, "event_id", event.event_id, required=False)
+    occurred: dt.datetime | None = None
+    if event.HasField("occurred_at"):
+        try:
+            occurred = event.occurred_at.ToDatetime(tzinfo=dt.UTC)
+        except (ValueError, OverflowError):
+            v.add("occurred_at", "occurred_at is not a valid timestamp", "INVALID_TIMESTAMP")
+        else:
+            if occurred > received_at + limits.max_future:
+                v.add("occurred_at", f"occurred_at is more than {limits.max_future.total_seconds() / 3600:g} hours in the future", "TOO_FAR_IN_FUTURE")
+            elif occurred < received_at - limits.max_age:
+                v.add("occurred_at", f"occurred_at is older than {limits.max_age.days} days", "TOO_OLD")
+    check_struct(v, "attributes", event.attributes, max_bytes=limits.max_attributes_bytes, max_depth=limits.max_attribute_depth)
+    if not v and _too_many_keys(struct_to_dict(event.attributes), limits.max_attribute_keys):
+        v.add("attributes", f"attributes have more than {limits.max_attribute_keys} keys at one level", "TOO_MANY_KEYS")
+    if event.causation.depth < 0:
+        v.add("causation.depth", "depth must not be negative", "OUT_OF_RANGE")
+    if v:
+        return v.items
+    normalized = event_pb2.Event()
+    normalized.CopyFrom(event)
+    normalized.event_type = event_type
+    normalized.source = source if not event.source else event.source[:64]
+    normalized.occurred_at.FromDatetime(occurred or received_at)
+    normalized.received_at.FromDatetime(received_at)
+    if not event.event_id:
+        normalized.event_id = derive_id(tenant, event, occurred, received_at)
+        normalized.id_derived = True
+    else:
+        normalized.id_derived = False
+    return NormalizedEvent(event=normalized, original_event_type=original, partition=partition_of(tenant, event.subject_id, partitions))

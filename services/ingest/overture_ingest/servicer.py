@@ -1,0 +1,82 @@
+"""The ingest service's gRPC servicer: validation and translation only."""
+
+from __future__ import annotations
+
+import grpc
+import structlog
+
+from overture.common.v1 import field_violation_pb2
+from overture.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc, ingested_event_pb2
+from overture.orchestrator.v1 import orchestrator_service_pb2, orchestrator_service_pb2_grpc
+from overture_runtime import NotFound, Violations, current_principal
+from overture_runtime.clients import call_metadata
+from overture_runtime.config import Settings
+from overture_runtime.validation import check_identifier
+
+from .log import EventLog
+from .pipeline import ACCEPTED, DUPLICATE, IngestPipeline
+
+__all__ = ["BATCH_MAX", "IngestServicer"]
+
+log = structlog.get_logger("overture.ingest")
+I = ingest_service_pb2
+BATCH_MAX = 1000
+_STATUS = {ACCEPTED: I.EVENT_RESULT_STATUS_ACCEPTED, DUPLICATE: I.EVENT_RESULT_STATUS_DUPLICATE}
+
+
+class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
+    """``overture.ingest.v1.IngestService``."""
+
+    def __init__(
+        self, *, pipeline: IngestPipeline, log_: EventLog, settings: Settings,
+        orchestrator: orchestrator_service_pb2_grpc.OrchestratorServiceStub | None,
+    ) -> None:
+        self._pipeline = pipeline
+        self._log = log_
+        self._settings = settings
+        self._orchestrator = orchestrator
+
+    async def IngestEvents(self, request: I.IngestEventsRequest, context: grpc.aio.ServicerContext) -> I.IngestEventsResponse:
+        tenant = current_principal().tenant
+        v = Violations()
+        if not request.events:
+            v.add("events", "events must hold 1 to 1000 events", "REQUIRED")
+        elif len(request.events) > BATCH_MAX:
+            v.add("events", f"at most {BATCH_MAX} events per call; split the batch", "TOO_MANY")
+        v.raise_if_any("the batch is invalid")
+        outcomes = await self._pipeline.ingest(tenant, request.events, source="grpc")
+        return I.IngestEventsResponse(results=[
+            I.EventResult(
+                index=i, event_id=o.event_id, status=_STATUS.get(o.status, I.EVENT_RESULT_STATUS_REJECTED),
+                violations=[field_violation_pb2.FieldViolation(field=x.field, description=x.description, reason=x.reason) for x in o.violations],
+            )
+            for i, o in enumerate(outcomes)
+        ])
+
+    async def GetEvent(self, request: I.GetEventRequest, context: grpc.aio.ServicerContext) -> I.GetEventResponse:
+        tenant = current_principal().tenant
+        v = Violations()
+        check_identifier(v, "event_id", request.event_id)
+        v.raise_if_any()
+        stored = await self._log.get(tenant, request.event_id)
+        if stored is None:
+            raise NotFound(f"no accepted event with id {request.event_id!r}", reason="EVENT_NOT_FOUND")
+        result = ingested_event_pb2.IngestedEvent(
+            event=stored.event, original_event_type=stored.original_event_type, partition=stored.partition,
+            state=ingested_event_pb2.INGESTED_EVENT_STATE_PUBLISHED if stored.published_at else ingested_event_pb2.INGESTED_EVENT_STATE_COMMITTED,
+        )
+        result.commit_time.FromDatetime(stored.commit_time)
+        if stored.published_at:
+            result.publish_time.FromDatetime(stored.published_at)
+        if stored.profile_applied_at:
+            result.profile_apply_time.FromDatetime(stored.profile_applied_at)
+        if self._orchestrator is not None and stored.published_at:
+            try:
+                runs = await self._orchestrator.ListRuns(
+                    orchestrator_service_pb2.ListRunsRequest(trigger_event_id=request.event_id, page_size=100),
+                    metadata=call_metadata(self._settings, tenant), timeout=self._settings.rpc_timeout_seconds,
+                )
+                result.run_ids.extend(r.run_id for r in runs.runs)
+            except grpc.aio.AioRpcError as error:  # the event itself is still the answer
+                log.warning("ingest.run_lookup_failed", code=error.code().name)
+        return I.GetEventResponse(event=result)

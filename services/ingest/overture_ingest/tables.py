@@ -1,0 +1,39 @@
+"""The ingest service's tables: the durable event log is the source of truth.
+
+``seq`` orders the log for the relay; ``(tenant, event_id)`` is unique, which
+is what drops duplicates.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from overture_runtime.db import utc_datetime
+
+metadata = sa.MetaData()
+
+events = sa.Table(
+    "ingest_events",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("event_id", sa.String(256), nullable=False),
+    sa.Column("event_type", sa.String(128), nullable=False),
+    sa.Column("original_event_type", sa.String(128), nullable=False),
+    sa.Column("subject_id", sa.String(256), nullable=False),
+    sa.Column("occurred_at", utc_datetime, nullable=False),
+    sa.Column("received_at", utc_datetime, nullable=False),
+    sa.Column("commit_time", utc_datetime, nullable=False),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("id_derived", sa.Boolean, nullable=False),
+    sa.Column("partition", sa.Integer, nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),  # the normalized common.v1.Event
+    sa.Column("published_at", utc_datetime, nullable=True),
+    sa.Column("profile_pending", sa.Boolean, nullable=False),
+    sa.Column("profile_applied_at", utc_datetime, nullable=True),
+    sa.UniqueConstraint("tenant", "event_id", name="ingest_events_tenant_event_id"),
+    sa.Index("ingest_events_unpublished", "seq", postgresql_where=sa.text("published_at IS NULL"),
+             sqlite_where=sa.text("published_at IS NULL")),
+    sa.Index("ingest_events_profile_pending", "seq", postgresql_where=sa.text("profile_pending"),
+             sqlite_where=sa.text("profile_pending")),
+)

@@ -1,0 +1,82 @@
+"""The orchestrator application: stores, executor, the stream consumer and
+the timer loop that resumes due runs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from pathlib import Path
+
+import grpc
+import structlog
+
+from overture.connectors.v1 import connector_service_pb2_grpc
+from overture.orchestrator.v1 import orchestrator_service_pb2, orchestrator_service_pb2_grpc
+from overture.rules.v1 import profile_service_pb2_grpc, rules_service_pb2_grpc
+from overture_runtime import BaseApp
+from overture_runtime.idempotency import Idempotency
+
+from .consumer import EventConsumer
+from .executor import Executor
+from .journeys import JourneyStore
+from .runs import RunStore
+from .servicer import OrchestratorServicer
+from .starter import Starter
+from .tables import idempotency
+
+__all__ = ["OrchestratorApp"]
+
+log = structlog.get_logger("overture.orchestrator")
+_TIMER_INTERVAL = 0.2
+
+
+class OrchestratorApp(BaseApp):
+    """``overture serve orchestrator``."""
+
+    name = "orchestrator"
+    service_names = (orchestrator_service_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name,)
+    migrations = Path(__file__).parent / "migrations"
+
+    async def on_start(self) -> None:
+        consumer = self.settings.consumer_name or f"{socket.gethostname()}:{os.getpid()}"
+        self.journeys = JourneyStore(self.db, self.clock)
+        self.runs = RunStore(self.db, self.clock, self.ids, owner=consumer)
+        self.executor = Executor(
+            db=self.db, runs=self.runs, journeys=self.journeys, settings=self.settings, clock=self.clock, ids=self.ids,
+            rules=rules_service_pb2_grpc.RulesServiceStub(self.channel("rules")),
+            profiles=profile_service_pb2_grpc.ProfileServiceStub(self.channel("rules")),
+            connectors=connector_service_pb2_grpc.ConnectorServiceStub(self.channel("connectors")),
+        )
+        self.starter = Starter(journeys=self.journeys, runs=self.runs, executor=self.executor, clock=self.clock, ids=self.ids)
+        self.consumer = EventConsumer(
+            redis=self.redis, keys=self.keys, partitions=self.settings.stream_partitions, consumer=consumer,
+            db=self.db, clock=self.clock, ids=self.ids, handle=self.starter.on_event,
+        )
+        self.spawn("consumer", lambda: self.consumer.run(self.stopping))
+        self.spawn("reclaim", lambda: self.consumer.reclaim(self.stopping))
+        self.spawn("timers", self._timers)
+
+    async def _timers(self) -> None:
+        """Resume runs whose timers are due (delays, quiet hours, retries) and
+        runs whose replica stopped mid-step."""
+        while not self.stopping.is_set():
+            for tenant, run_id in await self.runs.due():
+                try:
+                    await self.executor.advance(tenant, run_id)
+                except Exception:  # noqa: BLE001 - one run's failure must not stop the others
+                    log.exception("run.advance_failed", run_id=run_id)
+            try:
+                await asyncio.wait_for(self.stopping.wait(), timeout=_TIMER_INTERVAL)
+            except TimeoutError:
+                pass
+
+    def register(self, server: grpc.aio.Server) -> None:
+        orchestrator_service_pb2_grpc.add_OrchestratorServiceServicer_to_server(
+            OrchestratorServicer(journeys=self.journeys, runs=self.runs, starter=self.starter,
+                                 idempotency=Idempotency(self.db, idempotency, self.clock)),
+            server,
+        )
+
+    async def on_stop(self) -> None:
+        await self.starter.drain()

@@ -1,0 +1,281 @@
+"""Advancing runs, step by step.
+
+A run is advanced only under its lease. Each step's outcome is recorded
+before the run moves on, and every side effect carries a key derived from
+``run_id:step_id``, so a run resumed after a crash repeats no effect: the
+rules decision is idempotent on its id, and connectors send at most once
+per key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import jinja2
+import rule_engine
+import sqlalchemy as sa
+import structlog
+
+from overture.common.v1 import messaging_pb2
+from overture.connectors.v1 import connector_service_pb2, connector_service_pb2_grpc, delivery_pb2
+from overture.orchestrator.v1 import journey_pb2
+from overture.rules.v1 import decision_pb2, profile_service_pb2, profile_service_pb2_grpc, rules_service_pb2, rules_service_pb2_grpc
+from overture_runtime.clients import call_metadata
+from overture_runtime.clock import Clock, IdGenerator
+from overture_runtime.config import Settings
+from overture_runtime.db import Database
+from overture_runtime.protojson import from_json, struct_to_dict
+
+from .definition import CompiledJourney, compile_journey, render, templates_env
+from .journeys import JourneyStore
+from .runs import RunRecord, RunStore, StepRecord
+from .tables import dead_letters
+
+__all__ = ["Executor"]
+
+log = structlog.get_logger("overture.orchestrator")
+D = decision_pb2
+_NS = uuid.UUID("6f1c4d2e-8a5b-4c3d-9e7f-0a1b2c3d4e5f")
+_TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
+              grpc.StatusCode.ABORTED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+_ADDRESS_TRAIT = {messaging_pb2.CHANNEL_EMAIL: "email", messaging_pb2.CHANNEL_SMS: "phone", messaging_pb2.CHANNEL_WEBHOOK: "webhook_url"}
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What executing a step decided."""
+
+    state: str
+    """The step's state: completed, skipped, waiting, retry or failed."""
+    next_step: str = ""
+    """Where the run goes after a completed or skipped step."""
+    wake_time: dt.datetime | None = None
+    """When a waiting or retrying step runs again."""
+
+
+class _Retry(Exception):
+    """A transient failure: try the step again after a backoff."""
+
+
+class Executor:
+    """Runs journeys' steps against the rules and connectors services."""
+
+    def __init__(
+        self, *, db: Database, runs: RunStore, journeys: JourneyStore, settings: Settings, clock: Clock, ids: IdGenerator,
+        rules: rules_service_pb2_grpc.RulesServiceStub, profiles: profile_service_pb2_grpc.ProfileServiceStub,
+        connectors: connector_service_pb2_grpc.ConnectorServiceStub,
+    ) -> None:
+        self._db = db
+        self._runs = runs
+        self._journeys = journeys
+        self._settings = settings
+        self._clock = clock
+        self._ids = ids
+        self._rules = rules
+        self._profiles = profiles
+        self._connectors = connectors
+
+    async def advance(self, tenant: str, run_id: str) -> None:
+        """Execute the run's steps until it waits or ends."""
+        run = await self._runs.lease(tenant, run_id)
+        if run is None:
+            return
+        if run.inline_spec is not None:
+            compiled, _ = compile_journey(from_json(run.inline_spec, journey_pb2.JourneySpec))
+            assert compiled is not None
+            journey = compiled
+        else:
+            if await self._journeys.state(tenant, run.journey) == "paused":
+                await self._runs.finish(run, "cancelled")
+                log.info("run.cancelled", run_id=run_id, reason="journey paused")
+                return
+            journey = await self._journeys.compiled(tenant, run.journey, run.journey_version)
+        positions = {s.id: i for i, s in enumerate(journey.spec.steps)}
+        while run.state in ("running", "waiting") and run.current_step:
+            step = journey.steps[run.current_step]
+            record = await self._runs.step(tenant, run_id, step.id, positions[step.id])
+            result = await self._execute(run, journey, step, record)
+            if result.state in ("completed", "skipped"):
+                record.end_time = self._clock.now()
+                record.wake_time = None
+                run_state = "running" if result.next_step else "completed"
+                await self._runs.save(run, record, run_state=run_state, next_step=result.next_step, wake_time=self._clock.now())
+            elif result.state in ("waiting", "retry"):
+                record.state = "waiting" if result.state == "waiting" else "running"
+                record.wake_time = result.wake_time
+                await self._runs.save(run, record, run_state="waiting", next_step=step.id, wake_time=result.wake_time)
+                return
+            else:
+                record.end_time = self._clock.now()
+                await self._runs.save(run, record, run_state="failed", next_step=step.id, wake_time=None)
+                await self._dead_letter(run, record)
+                return
+
+    async def _execute(self, run: RunRecord, journey: CompiledJourney, step: journey_pb2.Step, record: StepRecord) -> StepResult:
+        record.attempts += 1
+        kind = step.WhichOneof("kind")
+        try:
+            if kind == "send":
+                return await self._send(run, journey, step, record)
+            if kind == "condition":
+                scope = {"event": _event_scope(run), "profile": await self._profile(run)}
+                try:
+                    matched = bool(journey.conditions[step.id].matches(scope))
+                except rule_engine.EngineError as error:
+                    record.state, record.error = "failed", f"condition failed to evaluate: {error.message}"
+                    return StepResult("failed")
+                record.state, record.outcome = "completed", f"condition was {str(matched).lower()}"
+                return StepResult("completed", step.condition.then_step if matched else step.condition.else_step)
+            if kind == "delay":
+                if record.state == "waiting":
+                    record.state, record.outcome = "completed", "delay elapsed"
+                    return StepResult("completed", step.next)
+                wake = self._clock.now() + step.delay.duration.ToTimedelta()
+                record.state, record.outcome, record.attempts = "waiting", f"waiting until {wake.isoformat()}", 0
+                return StepResult("waiting", wake_time=wake)
+            if kind == "exit":
+                record.state, record.outcome = "completed", f"exited{': goal ' + step.exit.goal if step.exit.goal else ''}"
+                return StepResult("completed", "")
+        except _Retry as error:
+            return self._retry(step, record, str(error))
+        record.state, record.error = "failed", f"unsupported step kind {kind!r}"
+        return StepResult("failed")
+
+    def _retry(self, step: journey_pb2.Step, record: StepRecord, error: str) -> StepResult:
+        policy = step.retry
+        max_attempts = policy.max_attempts or 5
+        record.error = error
+        if record.attempts >= max_attempts:
+            record.state = "failed"
+            record.error = f"gave up after {record.attempts} attempts: {error}"
+            return StepResult("failed")
+        initial = policy.initial_backoff.ToTimedelta() if policy.HasField("initial_backoff") else dt.timedelta(seconds=1)
+        ceiling = policy.max_backoff.ToTimedelta() if policy.HasField("max_backoff") else dt.timedelta(minutes=5)
+        delay = min(initial * (2 ** (record.attempts - 1)), ceiling)
+        return StepResult("retry", wake_time=self._clock.now() + delay)
+
+    async def _call(self, method: Any, request: Any, tenant: str, what: str) -> Any:
+        try:
+            return await method(request, metadata=call_metadata(self._settings, tenant), timeout=self._settings.rpc_timeout_seconds)
+        except grpc.aio.AioRpcError as error:
+            if error.code() in _TRANSIENT:
+                raise _Retry(f"{what}: {error.code().name}: {error.details()}") from None
+            raise
+
+    async def _profile(self, run: RunRecord) -> dict[str, Any]:
+        try:
+            response = await self._call(self._profiles.GetProfile, profile_service_pb2.GetProfileRequest(subject_id=run.subject_id),
+                                        run.tenant, "profile")
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return {"subject_id": run.subject_id, "traits": {}, "segments": []}
+            raise
+        profile = response.profile
+        return {"subject_id": run.subject_id, "traits": struct_to_dict(profile.traits), "segments": list(profile.segments),
+                "timezone": profile.timezone}
+
+    async def _settle(self, run: RunRecord, decision_id: str, mode: int) -> None:
+        try:
+            await self._call(self._rules.Evaluate, rules_service_pb2.EvaluateRequest(
+                decision_id=decision_id, mode=mode), run.tenant, "rules")
+        except (grpc.aio.AioRpcError, _Retry) as error:  # an unsettled reservation expires on its own
+            log.warning("run.settle_failed", run_id=run.run_id, error=str(error)[:200])
+
+    async def _send(self, run: RunRecord, journey: CompiledJourney, step: journey_pb2.Step, record: StepRecord) -> StepResult:
+        send = step.send
+        tenant = run.tenant
+        decision_id = str(uuid.uuid5(_NS, f"{tenant}:{run.run_id}:{step.id}:{record.evaluations}"))
+        record.decision_id = decision_id
+        try:
+            profile = await self._profile(run)
+            response = await self._call(self._rules.Evaluate, rules_service_pb2.EvaluateRequest(
+                rule_set=journey.spec.rule_set, subject_id=run.subject_id, channel=send.channel, tags=send.tags,
+                category=send.category, priority=send.priority, context=run.trigger_event.attributes,
+                mode=D.EVALUATION_MODE_RESERVE, decision_id=decision_id,
+            ), tenant, "rules")
+        except grpc.aio.AioRpcError as error:
+            record.state, record.error = "failed", f"rules refused: {error.code().name}: {error.details()}"
+            return StepResult("failed")
+        decision = response.decision
+        if not decision.allowed:
+            denying = [v for v in decision.verdicts if v.outcome in (D.VERDICT_OUTCOME_DENY, D.VERDICT_OUTCOME_ERROR)]
+            if denying and all(v.kind == D.VERDICT_KIND_SYSTEM for v in denying):
+                # Failing closed on a store outage is not a verdict about the
+                # person: decide again later, with a new decision.
+                record.evaluations += 1
+                raise _Retry(decision.summary)
+            record.state, record.outcome = "skipped", decision.summary
+            return StepResult("skipped", step.next)
+        now = self._clock.now()
+        if decision.HasField("defer_until") and decision.defer_until.ToDatetime(tzinfo=dt.UTC) > now:
+            wake = decision.defer_until.ToDatetime(tzinfo=dt.UTC)
+            record.evaluations += 1
+            record.state, record.outcome, record.attempts = "waiting", f"deferred by quiet hours until {wake.isoformat()}", 0
+            await self._settle(run, decision_id, D.EVALUATION_MODE_RELEASE)
+            return StepResult("waiting", wake_time=wake)
+        scope = {"profile": profile, "event": _event_scope(run), "run": {"run_id": run.run_id, "journey": run.journey}}
+        try:
+            address = _address(send, profile, scope)
+            template = journey.templates.get(send.template, {})
+            content = delivery_pb2.MessageContent(
+                subject=render(template.get("subject"), scope).strip(), text_body=render(template.get("text_body"), scope),
+                html_body=render(template.get("html_body"), scope),
+            )
+        except jinja2.TemplateError as error:
+            await self._settle(run, decision_id, D.EVALUATION_MODE_RELEASE)
+            record.state, record.error = "failed", f"template failed to render: {error}"
+            return StepResult("failed")
+        if not address:
+            await self._settle(run, decision_id, D.EVALUATION_MODE_RELEASE)
+            record.state, record.outcome = "skipped", "the subject has no address for this channel"
+            return StepResult("skipped", step.next)
+        message = delivery_pb2.Message(
+            idempotency_key=f"{run.run_id}:{step.id}", channel=send.channel, subject_id=run.subject_id, address=address,
+            content=content, category=send.category, tags=send.tags,
+            metadata={"run_id": run.run_id, "journey": run.journey, "step_id": step.id, "decision_id": decision_id},
+        )
+        try:
+            sent = await self._call(self._connectors.Send, connector_service_pb2.SendRequest(message=message), tenant, "connectors")
+        except grpc.aio.AioRpcError as error:
+            await self._settle(run, decision_id, D.EVALUATION_MODE_RELEASE)
+            record.state, record.error = "failed", f"connectors refused: {error.code().name}: {error.details()}"
+            return StepResult("failed")
+        delivery = sent.delivery
+        record.delivery_id = delivery.delivery_id
+        status = delivery.status
+        if status == messaging_pb2.DELIVERY_STATUS_SENDING:
+            raise _Retry("the delivery is still in flight")
+        if status == messaging_pb2.DELIVERY_STATUS_FAILED:
+            await self._settle(run, decision_id, D.EVALUATION_MODE_RELEASE)
+            record.state, record.error = "failed", f"delivery failed: {delivery.last_error}"
+            return StepResult("failed")
+        await self._settle(run, decision_id, D.EVALUATION_MODE_COMMIT)
+        name = messaging_pb2.DeliveryStatus.Name(status).removeprefix("DELIVERY_STATUS_").lower()
+        record.state, record.outcome = "completed", "sent" if name == "sent" else f"delivery {name}"
+        return StepResult("completed", step.next)
+
+    async def _dead_letter(self, run: RunRecord, record: StepRecord) -> None:
+        log.warning("run.dead_lettered", run_id=run.run_id, step_id=record.step_id, error=record.error[:200])
+        async with self._db.begin() as conn:
+            await conn.execute(sa.insert(dead_letters).values(
+                tenant=run.tenant, entry_id=self._ids.new(), kind="run", ref=run.run_id, payload=run.trigger_event.SerializeToString(),
+                attempts=record.attempts, last_error=record.error, create_time=self._clock.now()))
+
+
+def _event_scope(run: RunRecord) -> dict[str, Any]:
+    event = run.trigger_event
+    return {"event_id": event.event_id, "event_type": event.event_type, "attributes": struct_to_dict(event.attributes),
+            "occurred_at": event.occurred_at.ToJsonString() if event.HasField("occurred_at") else ""}
+
+
+def _address(send: journey_pb2.SendStep, profile: Mapping[str, Any], scope: Mapping[str, Any]) -> str:
+    if send.to:
+        return templates_env.from_string(send.to).render(**scope).strip()
+    trait = _ADDRESS_TRAIT.get(send.channel, "")
+    value = profile.get("traits", {}).get(trait) or scope["event"]["attributes"].get(trait)
+    return str(value).strip() if value else ""

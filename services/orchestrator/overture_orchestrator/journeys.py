@@ -1,0 +1,165 @@
+"""Journeys: versioned definitions, published, read, paused and resumed.
+
+Every publish creates a new immutable version that becomes the latest;
+runs keep the version they started on. Compiled versions are cached.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from overture.orchestrator.v1 import journey_pb2
+from overture_runtime.clock import Clock
+from overture_runtime.db import Database
+from overture_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from overture_runtime.protojson import canonical_json, digest, from_json
+
+from .definition import CompiledJourney, compile_journey
+from .tables import journey_versions, journeys
+
+__all__ = ["ActiveJourney", "JourneyStore"]
+
+_STATES = {"active": journey_pb2.JOURNEY_STATE_ACTIVE, "paused": journey_pb2.JOURNEY_STATE_PAUSED}
+
+
+@dataclass(frozen=True)
+class ActiveJourney:
+    """A journey version that starts runs."""
+
+    name: str
+    version: int
+    compiled: CompiledJourney
+
+
+class JourneyStore:
+    """Journeys of all tenants."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+        self._compiled: OrderedDict[tuple[str, str, int], CompiledJourney] = OrderedDict()
+
+    async def publish(self, *, tenant: str, name: str, spec: journey_pb2.JourneySpec, reason: str, author: str) -> tuple[journey_pb2.Journey, bool]:
+        """Validate and store a new version; returns it and whether nothing changed."""
+        compiled, problems = compile_journey(spec)
+        if problems:
+            raise InvalidArgument(f"the journey is invalid: {problems[0].description}", violations=problems)
+        assert compiled is not None
+        spec_digest = digest(spec)
+        now = self._clock.now()
+        trigger = spec.trigger.event.event_type if spec.trigger.WhichOneof("kind") == "event" else None
+        for _ in range(5):
+            try:
+                async with self._db.begin() as conn:
+                    query = sa.select(journeys).where((journeys.c.tenant == tenant) & (journeys.c.name == name))
+                    head = (await conn.execute(query.with_for_update())).first()
+                    if head is not None:
+                        latest = (await conn.execute(self._version(tenant, name, head.latest_version))).one()
+                        if latest.digest == spec_digest:
+                            return self._to_proto(latest, head.state), True
+                    version = (head.latest_version if head else 0) + 1
+                    values: dict[str, Any] = dict(tenant=tenant, name=name, version=version, digest=spec_digest,
+                                                  spec=canonical_json(spec), author=author, reason=reason, create_time=now)
+                    await conn.execute(journey_versions.insert().values(**values))
+                    if head is None:
+                        await conn.execute(journeys.insert().values(tenant=tenant, name=name, latest_version=version, state="active",
+                                                                    trigger_event_type=trigger, update_time=now))
+                    else:
+                        await conn.execute(journeys.update().where((journeys.c.tenant == tenant) & (journeys.c.name == name))
+                                           .values(latest_version=version, trigger_event_type=trigger, update_time=now))
+                    row = (await conn.execute(self._version(tenant, name, version))).one()
+                    state = head.state if head else "active"
+                self._remember((tenant, name, version), compiled)
+                return self._to_proto(row, state), False
+            except IntegrityError:
+                continue
+        raise FailedPrecondition("the journey is changing too fast; retry", reason="CONTENTION")
+
+    async def get(self, *, tenant: str, name: str, version: int = 0) -> journey_pb2.Journey:
+        """A version, or the latest."""
+        async with self._db.connect() as conn:
+            head = (await conn.execute(sa.select(journeys).where((journeys.c.tenant == tenant) & (journeys.c.name == name)))).first()
+            if head is None:
+                raise NotFound(f"journey {name!r} does not exist", reason="JOURNEY_NOT_FOUND")
+            row = (await conn.execute(self._version(tenant, name, version or head.latest_version))).first()
+        if row is None:
+            raise NotFound(f"journey {name!r} has no version {version}", reason="VERSION_NOT_FOUND")
+        state = head.state if row.version == head.latest_version else "superseded"
+        return self._to_proto(row, state)
+
+    async def list(self, *, tenant: str, after: str, limit: int) -> list[journey_pb2.Journey]:
+        """Latest versions by name, after the name *after*."""
+        j, v = journeys, journey_versions
+        query = (
+            sa.select(v, j.c.state).join(j, (j.c.tenant == v.c.tenant) & (j.c.name == v.c.name) & (j.c.latest_version == v.c.version))
+            .where((j.c.tenant == tenant) & (j.c.name > after)).order_by(j.c.name).limit(limit)
+        )
+        async with self._db.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [self._to_proto(r, r.state) for r in rows]
+
+    async def set_state(self, *, tenant: str, name: str, state: str) -> journey_pb2.Journey:
+        """Pause or resume a journey."""
+        async with self._db.begin() as conn:
+            result = await conn.execute(journeys.update().where((journeys.c.tenant == tenant) & (journeys.c.name == name))
+                                        .values(state=state, update_time=self._clock.now()))
+        if result.rowcount == 0:
+            raise NotFound(f"journey {name!r} does not exist", reason="JOURNEY_NOT_FOUND")
+        return await self.get(tenant=tenant, name=name)
+
+    async def triggered_by(self, tenant: str, event_type: str) -> list[ActiveJourney]:
+        """The active journeys an event of *event_type* triggers."""
+        j = journeys
+        async with self._db.connect() as conn:
+            rows = (await conn.execute(sa.select(j.c.name, j.c.latest_version).where(
+                (j.c.tenant == tenant) & (j.c.trigger_event_type == event_type) & (j.c.state == "active")))).all()
+        return [ActiveJourney(r.name, r.latest_version, await self.compiled(tenant, r.name, r.latest_version)) for r in rows]
+
+    async def compiled(self, tenant: str, name: str, version: int) -> CompiledJourney:
+        """The compiled form of one version."""
+        key = (tenant, name, version)
+        cached = self._compiled.get(key)
+        if cached is not None:
+            self._compiled.move_to_end(key)
+            return cached
+        async with self._db.connect() as conn:
+            row = (await conn.execute(self._version(tenant, name, version))).first()
+        if row is None:
+            raise NotFound(f"journey {name!r} has no version {version}", reason="VERSION_NOT_FOUND")
+        compiled, problems = compile_journey(from_json(row.spec, journey_pb2.JourneySpec))
+        if compiled is None:
+            raise FailedPrecondition(f"journey {name!r} v{version} no longer compiles: {problems[0].description}")
+        self._remember(key, compiled)
+        return compiled
+
+    async def state(self, tenant: str, name: str) -> str:
+        """``active`` or ``paused``; raises NotFound."""
+        async with self._db.connect() as conn:
+            state = (await conn.execute(sa.select(journeys.c.state).where((journeys.c.tenant == tenant) & (journeys.c.name == name)))).scalar()
+        if state is None:
+            raise NotFound(f"journey {name!r} does not exist", reason="JOURNEY_NOT_FOUND")
+        return str(state)
+
+    def _remember(self, key: tuple[str, str, int], compiled: CompiledJourney) -> None:
+        self._compiled[key] = compiled
+        while len(self._compiled) > 512:
+            self._compiled.popitem(last=False)
+
+    @staticmethod
+    def _version(tenant: str, name: str, version: int) -> Any:
+        v = journey_versions
+        return sa.select(v).where((v.c.tenant == tenant) & (v.c.name == name) & (v.c.version == version))
+
+    @staticmethod
+    def _to_proto(row: Any, state: str) -> journey_pb2.Journey:
+        journey = journey_pb2.Journey(
+            name=row.name, version=row.version, digest=row.digest, spec=from_json(row.spec, journey_pb2.JourneySpec),
+            author=row.author, reason=row.reason, state=_STATES.get(state, journey_pb2.JOURNEY_STATE_SUPERSEDED),
+        )
+        journey.create_time.FromDatetime(row.create_time)
+        return journey

@@ -1,0 +1,6 @@
+"""Alembic environment of the orchestrator service; see overture_runtime.db."""
+
+from overture_orchestrator.tables import metadata
+from overture_runtime.db import run_migrations_in_env
+
+run_migrations_in_env(metadata)

@@ -1,0 +1,94 @@
+"""The orchestrator's tables. Every table is keyed by tenant first."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from overture_runtime.db import utc_datetime
+from overture_runtime.idempotency import idempotency_table
+
+metadata = sa.MetaData()
+
+journeys = sa.Table(
+    "orchestrator_journeys",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(63), primary_key=True),
+    sa.Column("latest_version", sa.BigInteger, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # active | paused
+    sa.Column("trigger_event_type", sa.String(128), nullable=True),
+    sa.Column("update_time", utc_datetime, nullable=False),
+    sa.Index("orchestrator_journeys_trigger", "tenant", "trigger_event_type"),
+)
+
+journey_versions = sa.Table(
+    "orchestrator_journey_versions",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(63), primary_key=True),
+    sa.Column("version", sa.BigInteger, primary_key=True),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("spec", sa.Text, nullable=False),  # canonical JSON of JourneySpec
+    sa.Column("author", sa.String(256), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("create_time", utc_datetime, nullable=False),
+)
+
+runs = sa.Table(
+    "orchestrator_runs",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("journey", sa.String(63), nullable=False),
+    sa.Column("journey_version", sa.BigInteger, nullable=False),
+    sa.Column("subject_id", sa.String(256), nullable=False),
+    sa.Column("trigger_event_id", sa.String(300), nullable=False),
+    sa.Column("trigger_event", sa.LargeBinary, nullable=False),  # the common.v1.Event snapshot
+    sa.Column("inline_spec", sa.Text, nullable=True),  # the JourneySpec of an Enqueue run
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("current_step", sa.String(63), nullable=False),
+    sa.Column("wake_time", utc_datetime, nullable=True),
+    sa.Column("lease_owner", sa.String(128), nullable=True),
+    sa.Column("lease_until", utc_datetime, nullable=True),
+    sa.Column("create_time", utc_datetime, nullable=False),
+    sa.Column("update_time", utc_datetime, nullable=False),
+    # One trigger event makes at most one run per journey version and subject.
+    sa.UniqueConstraint("tenant", "journey", "journey_version", "subject_id", "trigger_event_id", name="orchestrator_runs_once"),
+    sa.Index("orchestrator_runs_due", "wake_time"),
+    sa.Index("orchestrator_runs_subject", "tenant", "subject_id", "create_time"),
+    sa.Index("orchestrator_runs_event", "tenant", "trigger_event_id"),
+)
+
+step_runs = sa.Table(
+    "orchestrator_step_runs",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("step_id", sa.String(63), primary_key=True),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("evaluations", sa.Integer, nullable=False),
+    sa.Column("decision_id", sa.String(64), nullable=False),
+    sa.Column("delivery_id", sa.String(64), nullable=False),
+    sa.Column("outcome", sa.Text, nullable=False),
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("start_time", utc_datetime, nullable=False),
+    sa.Column("end_time", utc_datetime, nullable=True),
+    sa.Column("wake_time", utc_datetime, nullable=True),
+)
+
+dead_letters = sa.Table(
+    "orchestrator_dead_letters",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("entry_id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # event | run
+    sa.Column("ref", sa.String(300), nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("last_error", sa.Text, nullable=False),
+    sa.Column("create_time", utc_datetime, nullable=False),
+)
+
+idempotency = idempotency_table(metadata, "orchestrator")
