@@ -29,7 +29,7 @@ def configure_logging(*, level: str = "info", fmt: str = "json", service: str = 
     if service:
         shared.insert(0, _add_service(service))
     renderer: Any = (
-        structlog.dev.ConsoleRenderer() if fmt == "console" else structlog.processors.JSONRenderer(sort_keys=False)
+        structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty()) if fmt == "console" else structlog.processors.JSONRenderer(sort_keys=False)
     )
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],

@@ -82,12 +82,16 @@ class EventConsumer:
         while not stopping.is_set():
             for stream in self._streams:
                 try:
-                    pending = await self._redis.xpending_range(stream, GROUP, min="-", max="+", count=100, idle=min_idle_ms)
+                    # Filtered here rather than with IDLE, which not every
+                    # Redis-protocol server (fakeredis under `overture dev`) has.
+                    pending = await self._redis.xpending_range(stream, GROUP, min="-", max="+", count=100)
                 except ResponseError as error:
                     if "NOGROUP" in str(error):
                         continue
                     raise
                 for entry in pending:
+                    if entry["time_since_delivered"] < min_idle_ms:
+                        continue
                     claimed = await self._redis.xclaim(stream, GROUP, self._consumer, min_idle_ms, [entry["message_id"]])
                     for message_id, fields in claimed:
                         if fields:

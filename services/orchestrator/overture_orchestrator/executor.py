@@ -79,9 +79,21 @@ class Executor:
         self._rules = rules
         self._profiles = profiles
         self._connectors = connectors
+        self._active: set[tuple[str, str]] = set()
 
     async def advance(self, tenant: str, run_id: str) -> None:
-        """Execute the run's steps until it waits or ends."""
+        """Execute the run's steps until it waits or ends. A run already being
+        advanced in this process is left to that task."""
+        key = (tenant, run_id)
+        if key in self._active:
+            return
+        self._active.add(key)
+        try:
+            await self._advance(tenant, run_id)
+        finally:
+            self._active.discard(key)
+
+    async def _advance(self, tenant: str, run_id: str) -> None:
         run = await self._runs.lease(tenant, run_id)
         if run is None:
             return

@@ -1,0 +1,185 @@
+"""``overture dev``: all four services as separate processes on one machine.
+
+With no ``DATABASE_URL`` or ``REDIS_URL`` it runs on embedded defaults, the
+way the Prefect and Temporal dev servers do: SQLite files (one per service)
+under the data folder, and an in-process Redis-protocol server (fakeredis).
+Unless SMTP settings are given it also runs a local mail sink and keeps
+what arrives under ``<data>/mail``. It prints the addresses and a
+development token for tenant ``demo`` with every role (``OVERTURE_DEV_TOKEN``
+when set), and writes them to ``<data>/dev.json`` for the other commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from overture_runtime.config import SERVICES
+
+from .mailsink import MailSink, _free_port
+
+__all__ = ["run_dev"]
+
+_COLORS = {"ingest": "36", "rules": "35", "orchestrator": "33", "connectors": "32"}
+_INTERNAL_ROLES = ["rules.evaluate", "profiles.read", "profiles.write", "deliveries.send", "runs.read"]
+_PORTS = {"ingest": 50051, "rules": 50052, "orchestrator": 50053, "connectors": 50054}
+
+
+def _say(text: str) -> None:
+    print(f"\033[1moverture\033[0m  {text}" if sys.stdout.isatty() else f"overture  {text}", flush=True)
+
+
+class _FakeRedis:
+    """fakeredis's TCP server in a daemon thread."""
+
+    def __init__(self) -> None:
+        from fakeredis import TcpFakeServer
+
+        self.port = _free_port()
+        self._server = TcpFakeServer(("127.0.0.1", self.port), server_type="redis")
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="fakeredis")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _port(service: str, kind: str, default: int) -> int:
+    return int(os.environ.get(f"OVERTURE_{service.upper()}_{kind}_PORT", default))
+
+
+async def _healthy(address: str, timeout: float) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.2)
+    return False
+
+
+async def _pump(service: str, stream: asyncio.StreamReader) -> None:
+    color = _COLORS.get(service, "0")
+    tty = sys.stdout.isatty()
+    label = f"\033[{color}m{service:<12}\033[0m" if tty else f"{service:<12}"
+    while line := await stream.readline():
+        sys.stdout.write(f"{label} {line.decode(errors='replace')}")
+        sys.stdout.flush()
+
+
+async def _main(data_dir: Path) -> int:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env: dict[str, str] = dict(os.environ)
+    host = env.get("OVERTURE_HOST", "127.0.0.1")
+    embedded: list[Any] = []
+    token = env.get("OVERTURE_DEV_TOKEN") or f"ovt_dev_{secrets.token_urlsafe(24)}"
+    service_token = f"ovt_svc_{secrets.token_urlsafe(24)}"
+    env.update(
+        OVERTURE_ENVIRONMENT="dev",
+        OVERTURE_LOG_FORMAT=env.get("OVERTURE_LOG_FORMAT", "console"),
+        OVERTURE_SERVICE_TOKEN=service_token,
+        OVERTURE_AUTH_TOKENS=json.dumps([
+            {"token": token, "tenant": "demo", "roles": ["*"], "principal": "dev"},
+            {"token": service_token, "tenant": "*", "roles": _INTERNAL_ROLES, "principal": "svc:overture"},
+        ]),
+    )
+    if not env.get("REDIS_URL") and not env.get("OVERTURE_REDIS_URL"):
+        fake = _FakeRedis()
+        fake.start()
+        embedded.append(fake)
+        env["REDIS_URL"] = f"redis://127.0.0.1:{fake.port}/0"
+        _say(f"redis     embedded (fakeredis) on 127.0.0.1:{fake.port}")
+    sink: MailSink | None = None
+    if not env.get("OVERTURE_SMTP_HOST"):
+        sink = MailSink(data_dir / "mail", announce=lambda text: _say(f"\033[1;32m{text}\033[0m" if sys.stdout.isatty() else text))
+        sink.start()
+        embedded.append(sink)
+        env.update(OVERTURE_SMTP_HOST="127.0.0.1", OVERTURE_SMTP_PORT=str(sink.port))
+        _say(f"mail      sink on 127.0.0.1:{sink.port}, messages saved under {sink.folder}/")
+    shared_db = env.get("DATABASE_URL") or env.get("OVERTURE_DATABASE_URL")
+    addresses = {svc: f"{host}:{_port(svc, 'GRPC', _PORTS[svc])}" for svc in SERVICES}
+    for svc, address in addresses.items():
+        env[f"OVERTURE_{svc.upper()}_ADDRESS"] = address
+    processes: dict[str, asyncio.subprocess.Process] = {}
+    pumps = []
+    for svc in SERVICES:
+        child = dict(env)
+        child["DATABASE_URL"] = shared_db or f"sqlite+aiosqlite:///{(data_dir / 'data' / f'{svc}.db').resolve()}"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "overture_cli.main", "serve", svc, env=child,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+        )
+        processes[svc] = proc
+        assert proc.stdout is not None
+        pumps.append(asyncio.create_task(_pump(svc, proc.stdout)))
+    _say("database  " + ("DATABASE_URL" if shared_db else f"SQLite under {data_dir / 'data'}/"))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    ready = await asyncio.gather(*(_healthy(addresses[s], 90) for s in SERVICES))
+    code = 0
+    if not all(ready):
+        failed = [s for s, ok in zip(SERVICES, ready) if not ok]
+        _say(f"services did not become healthy: {', '.join(failed)}")
+        stop.set()
+        code = 1
+    else:
+        http_port = _port("ingest", "HTTP", 8080)
+        (data_dir / "dev.json").write_text(json.dumps({"token": token, "addresses": addresses, "http": f"http://{host}:{http_port}"}, indent=2))
+        os.chmod(data_dir / "dev.json", 0o600)
+        _say("ready.")
+        for svc in SERVICES:
+            _say(f"  {svc:<13} grpc://{addresses[svc]}")
+        _say(f"  {'ingest http':<13} http://{host}:{http_port}/automation/events")
+        _say(f"  tenant demo, token: {token}")
+        _say(f"  (saved to {data_dir / 'dev.json'}; other `overture` commands in this folder use it)")
+
+    async def watch(svc: str, proc: asyncio.subprocess.Process) -> None:
+        await proc.wait()
+        if not stop.is_set():
+            _say(f"{svc} exited with code {proc.returncode}; stopping")
+            stop.set()
+
+    watchers = [asyncio.create_task(watch(s, p)) for s, p in processes.items()]
+    await stop.wait()
+    _say("stopping")
+    for proc in processes.values():
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(asyncio.gather(*(p.wait() for p in processes.values())), timeout=20)
+    except TimeoutError:
+        for proc in processes.values():
+            if proc.returncode is None:
+                proc.kill()
+    for task in (*watchers, *pumps):
+        task.cancel()
+    for thing in embedded:
+        thing.stop()
+    if any(p.returncode not in (0, -signal.SIGTERM) for p in processes.values()) and code == 0:
+        code = 1 if not stop.is_set() else 0
+    return code
+
+
+def run_dev(*, data_dir: str = ".overture") -> int:
+    """Run ``overture dev`` until interrupted; returns the exit code."""
+    return asyncio.run(_main(Path(data_dir)))
