@@ -54,7 +54,7 @@ def generate(out: Path) -> None:
 def _diff(a: Path, b: Path) -> list[str]:
     cmp = filecmp.dircmp(a, b, ignore=["__pycache__"])
     stale = [*cmp.left_only, *cmp.right_only, *cmp.diff_files]
-    for name, sub in cmp.subdirs.items():
+    for name in cmp.subdirs:
         stale += [f"{name}/{s}" for s in _diff(a / name, b / name)]
     return stale
 

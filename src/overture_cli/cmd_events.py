@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-
+from typing import Any
 
 from overture.common.v1 import event_pb2
 from overture.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
@@ -13,7 +13,7 @@ from .client import fail, target
 from .output import emit, run_async
 
 __all__ = ["add_commands"]
-I = ingest_service_pb2
+IS = ingest_service_pb2
 
 
 def _value(text: str) -> object:
@@ -25,7 +25,7 @@ def _value(text: str) -> object:
 
 def send(args: argparse.Namespace) -> int:
     """Send one event."""
-    attributes: dict[str, object] = {}
+    attributes: dict[str, Any] = {}
     if args.json_attributes:
         try:
             attributes.update(json.loads(args.json_attributes))
@@ -48,10 +48,10 @@ def send(args: argparse.Namespace) -> int:
         t = target(args.token)
         async with t.channel("ingest") as channel:
             response = await ingest_service_pb2_grpc.IngestServiceStub(channel).IngestEvents(
-                I.IngestEventsRequest(events=[event]), metadata=t.metadata)
+                IS.IngestEventsRequest(events=[event]), metadata=t.metadata)
         result = response.results[0]
-        status = I.EventResultStatus.Name(result.status).removeprefix("EVENT_RESULT_STATUS_").lower()
-        if result.status == I.EVENT_RESULT_STATUS_REJECTED:
+        status = IS.EventResultStatus.Name(result.status).removeprefix("EVENT_RESULT_STATUS_").lower()
+        if result.status == IS.EVENT_RESULT_STATUS_REJECTED:
             fail("event rejected:\n" + "\n".join(f"  {v.field}: {v.description}" for v in result.violations))
         emit(result, as_json=args.json, text=lambda: f"event {result.event_id}: {status}")
         return 0
@@ -65,7 +65,7 @@ def get(args: argparse.Namespace) -> int:
     async def go() -> int:
         t = target(args.token)
         async with t.channel("ingest") as channel:
-            response = await ingest_service_pb2_grpc.IngestServiceStub(channel).GetEvent(I.GetEventRequest(event_id=args.event_id), metadata=t.metadata)
+            response = await ingest_service_pb2_grpc.IngestServiceStub(channel).GetEvent(IS.GetEventRequest(event_id=args.event_id), metadata=t.metadata)
         emit(response.event, as_json=True)
         return 0
 

@@ -13,7 +13,7 @@ from .output import emit, run_async
 from .specfile import SpecFileError, load_spec
 
 __all__ = ["add_commands"]
-O = orchestrator_service_pb2
+OS = orchestrator_service_pb2
 
 
 def _load(path: str) -> tuple[str, journey_pb2.JourneySpec]:
@@ -45,7 +45,7 @@ def publish(args: argparse.Namespace) -> int:
         t = target(args.token)
         async with t.channel("orchestrator") as channel:
             result = await orchestrator_service_pb2_grpc.OrchestratorServiceStub(channel).PublishJourney(
-                O.PublishJourneyRequest(name=name, spec=spec, reason=args.reason, request_id=new_id()), metadata=t.metadata)
+                OS.PublishJourneyRequest(name=name, spec=spec, reason=args.reason, request_id=new_id()), metadata=t.metadata)
         verb = "unchanged, still" if result.unchanged else "published"
         print(f"journey {name}: {verb} version {result.journey.version} (digest {result.journey.digest[:12]})")
         return 0
@@ -60,7 +60,7 @@ def get(args: argparse.Namespace) -> int:
         t = target(args.token)
         async with t.channel("orchestrator") as channel:
             result = await orchestrator_service_pb2_grpc.OrchestratorServiceStub(channel).GetJourney(
-                O.GetJourneyRequest(name=args.name, version=args.version), metadata=t.metadata)
+                OS.GetJourneyRequest(name=args.name, version=args.version), metadata=t.metadata)
         emit(result.journey, as_json=True)
         return 0
 
@@ -75,9 +75,9 @@ def set_state(args: argparse.Namespace) -> int:
         async with t.channel("orchestrator") as channel:
             stub = orchestrator_service_pb2_grpc.OrchestratorServiceStub(channel)
             if args.action == "pause":
-                await stub.PauseJourney(O.PauseJourneyRequest(name=args.name, reason=args.reason), metadata=t.metadata)
+                await stub.PauseJourney(OS.PauseJourneyRequest(name=args.name, reason=args.reason), metadata=t.metadata)
             else:
-                await stub.ResumeJourney(O.ResumeJourneyRequest(name=args.name, reason=args.reason), metadata=t.metadata)
+                await stub.ResumeJourney(OS.ResumeJourneyRequest(name=args.name, reason=args.reason), metadata=t.metadata)
         print(f"journey {args.name}: {args.action}d")
         return 0
 

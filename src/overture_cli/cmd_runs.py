@@ -4,6 +4,7 @@ happened to whom, and why."""
 from __future__ import annotations
 
 import argparse
+import functools
 
 from overture.common.v1 import messaging_pb2
 from overture.orchestrator.v1 import orchestrator_service_pb2, orchestrator_service_pb2_grpc, run_pb2
@@ -13,12 +14,12 @@ from .client import target
 from .output import emit, run_async
 
 __all__ = ["add_commands", "describe_decision", "describe_run"]
-O = orchestrator_service_pb2
+OS = orchestrator_service_pb2
 D = decision_pb2
 
 
 def _short(enum: object, value: int, prefix: str) -> str:
-    return enum.Name(value).removeprefix(prefix).lower()  # type: ignore[attr-defined]
+    return str(enum.Name(value)).removeprefix(prefix).lower()  # type: ignore[attr-defined]
 
 
 def describe_run(run: run_pb2.Run) -> str:
@@ -65,7 +66,7 @@ def runs_list(args: argparse.Namespace) -> int:
     async def go() -> int:
         t = target(args.token)
         async with t.channel("orchestrator") as channel:
-            result = await orchestrator_service_pb2_grpc.OrchestratorServiceStub(channel).ListRuns(O.ListRunsRequest(
+            result = await orchestrator_service_pb2_grpc.OrchestratorServiceStub(channel).ListRuns(OS.ListRunsRequest(
                 journey=args.journey, subject_id=args.subject, trigger_event_id=args.event, page_size=args.limit), metadata=t.metadata)
         emit(result, as_json=args.json, text=lambda: "\n".join(describe_run(r) for r in result.runs) or "no runs")
         return 0
@@ -79,7 +80,7 @@ def runs_get(args: argparse.Namespace) -> int:
     async def go() -> int:
         t = target(args.token)
         async with t.channel("orchestrator") as channel:
-            result = await orchestrator_service_pb2_grpc.OrchestratorServiceStub(channel).GetRun(O.GetRunRequest(run_id=args.run_id), metadata=t.metadata)
+            result = await orchestrator_service_pb2_grpc.OrchestratorServiceStub(channel).GetRun(OS.GetRunRequest(run_id=args.run_id), metadata=t.metadata)
         emit(result.run, as_json=args.json, text=lambda: describe_run(result.run))
         return 0
 
@@ -99,7 +100,7 @@ def explain(args: argparse.Namespace) -> int:
             else:
                 decisions = [(await stub.GetDecision(rules_service_pb2.GetDecisionRequest(decision_id=args.target), metadata=t.metadata)).decision]
         for d in decisions:
-            emit(d, as_json=args.json, text=lambda d=d: describe_decision(d))
+            emit(d, as_json=args.json, text=functools.partial(describe_decision, d))
         if not decisions:
             print("no decisions")
         return 0

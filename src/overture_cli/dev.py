@@ -61,8 +61,8 @@ def _port(service: str, kind: str, default: int) -> int:
     return int(os.environ.get(f"OVERTURE_{service.upper()}_{kind}_PORT", default))
 
 
-async def _healthy(address: str, timeout: float) -> bool:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def _healthy(address: str, within: float) -> bool:
+    deadline = asyncio.get_running_loop().time() + within
     async with grpc.aio.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while asyncio.get_running_loop().time() < deadline:
@@ -86,7 +86,7 @@ async def _pump(service: str, stream: asyncio.StreamReader) -> None:
 
 
 async def _main(data_dir: Path) -> int:
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, at start-up
     env: dict[str, str] = dict(os.environ)
     host = env.get("OVERTURE_HOST", "127.0.0.1")
     embedded: list[Any] = []
@@ -138,7 +138,7 @@ async def _main(data_dir: Path) -> int:
     ready = await asyncio.gather(*(_healthy(addresses[s], 90) for s in SERVICES))
     code = 0
     if not all(ready):
-        failed = [s for s, ok in zip(SERVICES, ready) if not ok]
+        failed = [s for s, ok in zip(SERVICES, ready, strict=True) if not ok]
         _say(f"services did not become healthy: {', '.join(failed)}")
         stop.set()
         code = 1

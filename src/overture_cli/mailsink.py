@@ -25,7 +25,7 @@ class _Handler:
         self._announce = announce
         self._counter = itertools.count(1)
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's hook name
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         content: bytes = envelope.original_content or envelope.content
         message = message_from_bytes(content, policy=default_policy)
         path = self._folder / f"{time.strftime('%Y%m%dT%H%M%S')}-{next(self._counter):04d}.eml"

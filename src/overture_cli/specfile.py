@@ -49,23 +49,25 @@ def _fix_field(value: Any, field: FieldDescriptor) -> Any:
     if field.is_repeated and isinstance(value, list) and not _is_map(field):
         return [_fix_scalar(v, field) for v in value]
     if _is_map(field) and isinstance(value, dict):
+        assert field.message_type is not None
         value_field = field.message_type.fields_by_name["value"]
         return {k: _fix_scalar(v, value_field) for k, v in value.items()}
     return _fix_scalar(value, field)
 
 
 def _is_map(field: FieldDescriptor) -> bool:
-    return field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry
+    return field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type is not None and field.message_type.GetOptions().map_entry
 
 
 def _fix_scalar(value: Any, field: FieldDescriptor) -> Any:
     if field.type == FieldDescriptor.TYPE_ENUM and isinstance(value, str):
         enum = field.enum_type
+        assert enum is not None
         if value in enum.values_by_name:
             return value
         candidate = _enum_prefix(enum) + value.upper().replace("-", "_").replace("/", "_")
         return candidate if candidate in enum.values_by_name else value
-    if field.type == FieldDescriptor.TYPE_MESSAGE:
+    if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type is not None:
         full = field.message_type.full_name
         if full == "google.protobuf.Duration" and isinstance(value, (str, int)):
             text = str(value)
@@ -90,7 +92,7 @@ def load_spec(path: Path, message_type: type[_M]) -> tuple[str, _M]:
         raise SpecFileError(f"{path}: a top-level 'name' is required")
     message = message_type()
     try:
-        json_format.ParseDict(_fix(data, message_type.DESCRIPTOR), message)
+        json_format.ParseDict(_fix(data, message_type.DESCRIPTOR), message)  # type: ignore[arg-type]
     except json_format.ParseError as error:
         raise SpecFileError(f"{path}: {error}") from None
     return name, message

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from .config import TokenGrant
 from .errors import InvalidArgument, PermissionDenied, Unauthenticated
 
-__all__ = ["ANY_TENANT", "Principal", "TokenTable", "TENANT_HEADER", "bearer_token"]
+__all__ = ["ANY_TENANT", "TENANT_HEADER", "Principal", "TokenTable", "bearer_token"]
 
 ANY_TENANT = "*"
 TENANT_HEADER = "x-overture-tenant"

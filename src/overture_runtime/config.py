@@ -14,7 +14,7 @@ from typing import Annotated, Literal, TypeVar
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["Settings", "TokenGrant", "load_settings", "SERVICES", "ServiceName"]
+__all__ = ["SERVICES", "ServiceName", "Settings", "TokenGrant", "load_settings"]
 
 ServiceName = Literal["ingest", "rules", "orchestrator", "connectors"]
 SERVICES: tuple[ServiceName, ...] = ("ingest", "rules", "orchestrator", "connectors")
@@ -150,4 +150,4 @@ _S = TypeVar("_S", bound=Settings)
 
 def load_settings(cls: type[_S] = Settings, **overrides: object) -> _S:  # type: ignore[assignment]
     """Read settings from the environment, with *overrides* taking precedence."""
-    return cls(**overrides)
+    return cls(**overrides)  # type: ignore[arg-type]

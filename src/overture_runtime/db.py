@@ -23,7 +23,7 @@ from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 
-__all__ = ["JSONType", "Database", "insert_ignore", "migrate", "run_migrations_in_env", "utc_datetime"]
+__all__ = ["Database", "JSONType", "insert_ignore", "migrate", "run_migrations_in_env", "utc_datetime"]
 
 
 class Database:
@@ -76,7 +76,7 @@ def insert_ignore(conn: AsyncConnection, table: sa.Table, *, index_elements: lis
     return dialect.insert(table).on_conflict_do_nothing(index_elements=index_elements)
 
 
-class utc_datetime(sa.types.TypeDecorator[Any]):  # noqa: N801 - used like a type name
+class utc_datetime(sa.types.TypeDecorator[Any]):
     """A timezone-aware UTC datetime on PostgreSQL and SQLite alike.
 
     SQLite has no time zones; values are stored naive in UTC and given back

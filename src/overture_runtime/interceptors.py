@@ -56,7 +56,7 @@ def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
     return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
 
 
-class _AroundInterceptor(grpc.aio.ServerInterceptor):
+class _AroundInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Wraps the behaviour of each intercepted unary-response method."""
 
     async def intercept_service(

@@ -41,7 +41,7 @@ def from_json(text: str | Mapping[str, Any], message_type: type[_M]) -> _M:
     if isinstance(text, str):
         json_format.Parse(text, message)
     else:
-        json_format.ParseDict(text, message)
+        json_format.ParseDict(dict(text), message)
     return message
 
 

@@ -29,7 +29,7 @@ def configure_tracing(*, service: str, exporter: str = "none") -> None:
         span_exporter = ConsoleSpanExporter()
     elif exporter == "otlp":
         try:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter  # type: ignore[import-not-found]
         except ImportError as error:  # pragma: no cover - depends on the deployment
             raise RuntimeError("OVERTURE_OTEL_EXPORTER=otlp needs opentelemetry-exporter-otlp installed") from error
         span_exporter = OTLPSpanExporter()

@@ -35,25 +35,25 @@ S = messaging_pb2
 _STALE_CLAIM = dt.timedelta(minutes=2)
 
 
-def _status(name: str) -> int:
+def _status(name: str) -> messaging_pb2.DeliveryStatus.ValueType:
     return S.DeliveryStatus.Value(f"DELIVERY_STATUS_{name.upper()}")
 
 
-def _name(status: int) -> str:
+def _name(status: messaging_pb2.DeliveryStatus.ValueType) -> str:
     return S.DeliveryStatus.Name(status).removeprefix("DELIVERY_STATUS_").lower()
 
 
 class DeliveryService:
     """Sends messages through the configured connectors."""
 
-    def __init__(self, db: Database, connectors: Mapping[str, Connector], defaults: Mapping[int, str], clock: Clock, ids: IdGenerator) -> None:
+    def __init__(self, db: Database, connectors: Mapping[str, Connector], defaults: Mapping[messaging_pb2.Channel.ValueType, str], clock: Clock, ids: IdGenerator) -> None:
         self._db = db
         self.connectors = connectors
         self.defaults = defaults
         self._clock = clock
         self._ids = ids
 
-    def resolve(self, channel: int, name: str) -> Connector:
+    def resolve(self, channel: messaging_pb2.Channel.ValueType, name: str) -> Connector:
         """The connector for a message: *name*, or the channel's default."""
         if name:
             connector = self.connectors.get(name)
@@ -144,7 +144,7 @@ class DeliveryService:
             await conn.execute(t.update().where((t.c.tenant == tenant) & (t.c.idempotency_key == key)).values(**values))
 
 
-def _channel(channel: int) -> str:
+def _channel(channel: messaging_pb2.Channel.ValueType) -> str:
     return S.Channel.Name(channel).removeprefix("CHANNEL_").lower()
 
 

@@ -25,8 +25,8 @@ __all__ = ["SmtpConnector"]
 class SmtpConnector:
     """Email over SMTP. One connection per message; not pooled."""
 
-    name = "smtp"
-    channel = messaging_pb2.CHANNEL_EMAIL
+    name: str = "smtp"
+    channel: messaging_pb2.Channel.ValueType = messaging_pb2.CHANNEL_EMAIL
 
     def __init__(
         self, *, host: str, port: int, sender: str, username: str | None = None, password: str | None = None,

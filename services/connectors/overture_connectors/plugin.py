@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from overture.common.v1 import messaging_pb2
+
 __all__ = ["Connector", "InDoubt", "OutboundMessage", "PermanentFailure", "SendResult", "TransientFailure"]
 
 
@@ -69,7 +71,7 @@ class Connector(Protocol):
 
     name: str
     """The connector's name, for example ``smtp``."""
-    channel: int
+    channel: messaging_pb2.Channel.ValueType
     """The ``Channel`` it serves."""
     rate_limit_per_second: float
     """Its send rate limit; 0 for none."""

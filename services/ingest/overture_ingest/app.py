@@ -67,7 +67,7 @@ class IngestApp(BaseApp):
             )
             self._http = _EmbeddedUvicorn(config)
             self.spawn("http", self._http.serve)
-            while not self._http.started:
+            while not self._http.started:  # noqa: ASYNC110 - uvicorn exposes only a flag
                 await asyncio.sleep(0.01)
             self.http_port = self._http.servers[0].sockets[0].getsockname()[1]
 

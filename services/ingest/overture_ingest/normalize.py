@@ -19,7 +19,7 @@ from overture_runtime.errors import FieldViolation, Violations
 from overture_runtime.protojson import struct_to_dict
 from overture_runtime.validation import check_identifier, check_struct
 
-__all__ = ["Limits", "NormalizedEvent", "PROFILE_EVENT_TYPES", "normalize", "partition_of"]
+__all__ = ["PROFILE_EVENT_TYPES", "Limits", "NormalizedEvent", "normalize", "partition_of"]
 
 EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){0,7}$")
 PROFILE_EVENT_TYPES = frozenset({"identify", "consent.granted", "consent.revoked", "segment.entered", "segment.exited"})

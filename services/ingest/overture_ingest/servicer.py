@@ -19,9 +19,9 @@ from .pipeline import ACCEPTED, DUPLICATE, IngestPipeline
 __all__ = ["BATCH_MAX", "IngestServicer"]
 
 log = structlog.get_logger("overture.ingest")
-I = ingest_service_pb2
+IS = ingest_service_pb2
 BATCH_MAX = 1000
-_STATUS = {ACCEPTED: I.EVENT_RESULT_STATUS_ACCEPTED, DUPLICATE: I.EVENT_RESULT_STATUS_DUPLICATE}
+_STATUS = {ACCEPTED: IS.EVENT_RESULT_STATUS_ACCEPTED, DUPLICATE: IS.EVENT_RESULT_STATUS_DUPLICATE}
 
 
 class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
@@ -36,7 +36,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         self._settings = settings
         self._orchestrator = orchestrator
 
-    async def IngestEvents(self, request: I.IngestEventsRequest, context: grpc.aio.ServicerContext) -> I.IngestEventsResponse:
+    async def IngestEvents(self, request: IS.IngestEventsRequest, context: grpc.aio.ServicerContext) -> IS.IngestEventsResponse:
         tenant = current_principal().tenant
         v = Violations()
         if not request.events:
@@ -45,15 +45,15 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             v.add("events", f"at most {BATCH_MAX} events per call; split the batch", "TOO_MANY")
         v.raise_if_any("the batch is invalid")
         outcomes = await self._pipeline.ingest(tenant, request.events, source="grpc")
-        return I.IngestEventsResponse(results=[
-            I.EventResult(
-                index=i, event_id=o.event_id, status=_STATUS.get(o.status, I.EVENT_RESULT_STATUS_REJECTED),
+        return IS.IngestEventsResponse(results=[
+            IS.EventResult(
+                index=i, event_id=o.event_id, status=_STATUS.get(o.status, IS.EVENT_RESULT_STATUS_REJECTED),
                 violations=[field_violation_pb2.FieldViolation(field=x.field, description=x.description, reason=x.reason) for x in o.violations],
             )
             for i, o in enumerate(outcomes)
         ])
 
-    async def GetEvent(self, request: I.GetEventRequest, context: grpc.aio.ServicerContext) -> I.GetEventResponse:
+    async def GetEvent(self, request: IS.GetEventRequest, context: grpc.aio.ServicerContext) -> IS.GetEventResponse:
         tenant = current_principal().tenant
         v = Violations()
         check_identifier(v, "event_id", request.event_id)
@@ -79,4 +79,4 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                 result.run_ids.extend(r.run_id for r in runs.runs)
             except grpc.aio.AioRpcError as error:  # the event itself is still the answer
                 log.warning("ingest.run_lookup_failed", code=error.code().name)
-        return I.GetEventResponse(event=result)
+        return IS.GetEventResponse(event=result)

@@ -64,7 +64,7 @@ class OrchestratorApp(BaseApp):
             for tenant, run_id in await self.runs.due():
                 try:
                     await self.executor.advance(tenant, run_id)
-                except Exception:  # noqa: BLE001 - one run's failure must not stop the others
+                except Exception:
                     log.exception("run.advance_failed", run_id=run_id)
             try:
                 await asyncio.wait_for(self.stopping.wait(), timeout=_TIMER_INTERVAL)

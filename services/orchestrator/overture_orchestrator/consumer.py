@@ -28,7 +28,7 @@ from overture_runtime.redis import Keys
 
 from .tables import dead_letters
 
-__all__ = ["EventConsumer", "GROUP", "STREAM"]
+__all__ = ["GROUP", "STREAM", "EventConsumer"]
 
 log = structlog.get_logger("overture.orchestrator")
 GROUP = "orchestrator"
@@ -66,7 +66,7 @@ class EventConsumer:
         await self.ensure_groups()
         while not stopping.is_set():
             try:
-                batches = await self._redis.xreadgroup(GROUP, self._consumer, {s: ">" for s in self._streams}, count=100, block=500)
+                batches: Any = await self._redis.xreadgroup(GROUP, self._consumer, {s: ">" for s in self._streams}, count=100, block=500)
             except ResponseError as error:
                 if "NOGROUP" in str(error):
                     log.warning("consumer.group_lost", detail="recreating the consumer groups")
@@ -84,7 +84,7 @@ class EventConsumer:
                 try:
                     # Filtered here rather than with IDLE, which not every
                     # Redis-protocol server (fakeredis under `overture dev`) has.
-                    pending = await self._redis.xpending_range(stream, GROUP, min="-", max="+", count=100)
+                    pending: Any = await self._redis.xpending_range(stream, GROUP, min="-", max="+", count=100)
                 except ResponseError as error:
                     if "NOGROUP" in str(error):
                         continue
@@ -92,7 +92,7 @@ class EventConsumer:
                 for entry in pending:
                     if entry["time_since_delivered"] < min_idle_ms:
                         continue
-                    claimed = await self._redis.xclaim(stream, GROUP, self._consumer, min_idle_ms, [entry["message_id"]])
+                    claimed: Any = await self._redis.xclaim(stream, GROUP, self._consumer, min_idle_ms, [entry["message_id"]])
                     for message_id, fields in claimed:
                         if fields:
                             await self._process(stream, message_id, fields, deliveries=int(entry["times_delivered"]) + 1)
@@ -105,12 +105,12 @@ class EventConsumer:
         tenant = _text(fields.get(b"tenant", b""))
         try:
             event = event_pb2.Event.FromString(fields[b"event"])
-        except Exception as error:  # noqa: BLE001 - a malformed entry is poison, not a crash
+        except Exception as error:
             await self._poison(stream, message_id, tenant, fields.get(b"event", b""), f"unreadable entry: {type(error).__name__}", deliveries)
             return
         try:
             await self._handle(tenant, event)
-        except Exception as error:  # noqa: BLE001 - stays pending, retried by reclaim
+        except Exception as error:
             if deliveries >= self._max_deliveries:
                 await self._poison(stream, message_id, tenant, fields[b"event"], f"{type(error).__name__}: {error}"[:500], deliveries)
             else:

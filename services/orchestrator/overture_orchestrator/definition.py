@@ -24,7 +24,7 @@ from overture.orchestrator.v1 import journey_pb2
 from overture_runtime.errors import FieldViolation, Violations
 from overture_runtime.validation import check_name
 
-__all__ = ["CompiledJourney", "SUPPORTED_STEPS", "compile_journey", "templates_env"]
+__all__ = ["SUPPORTED_STEPS", "CompiledJourney", "compile_journey", "templates_env"]
 
 SUPPORTED_STEPS = frozenset({"send", "condition", "delay", "exit"})
 """Step kinds this release runs; the others are part of the contract, not built yet."""

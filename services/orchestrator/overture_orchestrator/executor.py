@@ -191,7 +191,7 @@ class Executor:
         return {"subject_id": run.subject_id, "traits": struct_to_dict(profile.traits), "segments": list(profile.segments),
                 "timezone": profile.timezone}
 
-    async def _settle(self, run: RunRecord, decision_id: str, mode: int) -> None:
+    async def _settle(self, run: RunRecord, decision_id: str, mode: decision_pb2.EvaluationMode.ValueType) -> None:
         try:
             await self._call(self._rules.Evaluate, rules_service_pb2.EvaluateRequest(
                 decision_id=decision_id, mode=mode), run.tenant, "rules")

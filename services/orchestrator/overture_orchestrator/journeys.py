@@ -92,7 +92,7 @@ class JourneyStore:
         state = head.state if row.version == head.latest_version else "superseded"
         return self._to_proto(row, state)
 
-    async def list(self, *, tenant: str, after: str, limit: int) -> list[journey_pb2.Journey]:
+    async def list_latest(self, *, tenant: str, after: str, limit: int) -> list[journey_pb2.Journey]:
         """Latest versions by name, after the name *after*."""
         j, v = journeys, journey_versions
         query = (

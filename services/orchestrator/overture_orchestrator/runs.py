@@ -189,7 +189,7 @@ class RunStore:
                 (step_runs.c.tenant == tenant) & (step_runs.c.run_id == run_id)).order_by(step_runs.c.position))).all()
         return _run_proto(row, steps)
 
-    async def list(self, *, tenant: str, journey: str, subject_id: str, trigger_event_id: str, limit: int, before: str | None) -> list[run_pb2.Run]:
+    async def list_runs(self, *, tenant: str, journey: str, subject_id: str, trigger_event_id: str, limit: int, before: str | None) -> list[run_pb2.Run]:
         """Runs newest first, filtered; without their steps' details beyond the summary."""
         query = sa.select(runs).where(runs.c.tenant == tenant)
         if journey:

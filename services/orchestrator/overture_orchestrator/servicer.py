@@ -18,7 +18,7 @@ from .starter import Starter
 __all__ = ["OrchestratorServicer"]
 
 log = structlog.get_logger("overture.orchestrator")
-O = orchestrator_service_pb2
+OS = orchestrator_service_pb2
 _CONTEXT_MAX = 32 * 1024
 _REASON_MAX = 1024
 
@@ -39,7 +39,7 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         self._starter = starter
         self._idempotency = idempotency
 
-    async def Trigger(self, request: O.TriggerRequest, context: grpc.aio.ServicerContext) -> O.TriggerResponse:
+    async def Trigger(self, request: OS.TriggerRequest, context: grpc.aio.ServicerContext) -> OS.TriggerResponse:
         tenant = current_principal().tenant
         v = Violations()
         check_name(v, "journey", request.journey)
@@ -49,9 +49,9 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         v.raise_if_any("the trigger is invalid")
         run_id = await self._starter.trigger(tenant, journey=request.journey, subject_id=request.subject_id,
                                              context=request.context, request_id=request.request_id)
-        return O.TriggerResponse(run=await self._runs.get(tenant, run_id))
+        return OS.TriggerResponse(run=await self._runs.get(tenant, run_id))
 
-    async def Enqueue(self, request: O.EnqueueRequest, context: grpc.aio.ServicerContext) -> O.EnqueueResponse:
+    async def Enqueue(self, request: OS.EnqueueRequest, context: grpc.aio.ServicerContext) -> OS.EnqueueResponse:
         tenant = current_principal().tenant
         v = Violations()
         check_identifier(v, "subject_id", request.subject_id)
@@ -72,13 +72,13 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         )
         run_id = await self._starter.enqueue(tenant, spec=spec, subject_id=request.subject_id, context=request.context,
                                              request_id=request.request_id)
-        return O.EnqueueResponse(run=await self._runs.get(tenant, run_id))
+        return OS.EnqueueResponse(run=await self._runs.get(tenant, run_id))
 
-    async def ReportDeliveryStatus(self, request: O.ReportDeliveryStatusRequest, context: grpc.aio.ServicerContext) -> O.ReportDeliveryStatusResponse:
+    async def ReportDeliveryStatus(self, request: OS.ReportDeliveryStatusRequest, context: grpc.aio.ServicerContext) -> OS.ReportDeliveryStatusResponse:
         current_principal()
         raise Unimplemented("ReportDeliveryStatus is not built yet", reason="NOT_BUILT")
 
-    async def PublishJourney(self, request: O.PublishJourneyRequest, context: grpc.aio.ServicerContext) -> O.PublishJourneyResponse:
+    async def PublishJourney(self, request: OS.PublishJourneyRequest, context: grpc.aio.ServicerContext) -> OS.PublishJourneyResponse:
         principal = current_principal()
         v = Violations()
         check_name(v, "name", request.name)
@@ -88,35 +88,35 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
             v.add("spec", "spec is required", "REQUIRED")
         v.raise_if_any("the journey is invalid")
 
-        async def publish() -> O.PublishJourneyResponse:
+        async def publish() -> OS.PublishJourneyResponse:
             journey, unchanged = await self._journeys.publish(
                 tenant=principal.tenant, name=request.name, spec=request.spec, reason=request.reason or "published", author=principal.name
             )
-            return O.PublishJourneyResponse(journey=journey, unchanged=unchanged)
+            return OS.PublishJourneyResponse(journey=journey, unchanged=unchanged)
 
         return await self._idempotency.run(tenant=principal.tenant, method="PublishJourney", request_id=request.request_id,
-                                           request=request, response_type=O.PublishJourneyResponse, compute=publish)
+                                           request=request, response_type=OS.PublishJourneyResponse, compute=publish)
 
-    async def GetJourney(self, request: O.GetJourneyRequest, context: grpc.aio.ServicerContext) -> O.GetJourneyResponse:
+    async def GetJourney(self, request: OS.GetJourneyRequest, context: grpc.aio.ServicerContext) -> OS.GetJourneyResponse:
         tenant = current_principal().tenant
         v = Violations()
         check_name(v, "name", request.name)
         if request.version < 0:
             v.add("version", "version must not be negative", "OUT_OF_RANGE")
         v.raise_if_any()
-        return O.GetJourneyResponse(journey=await self._journeys.get(tenant=tenant, name=request.name, version=request.version))
+        return OS.GetJourneyResponse(journey=await self._journeys.get(tenant=tenant, name=request.name, version=request.version))
 
-    async def ListJourneys(self, request: O.ListJourneysRequest, context: grpc.aio.ServicerContext) -> O.ListJourneysResponse:
+    async def ListJourneys(self, request: OS.ListJourneysRequest, context: grpc.aio.ServicerContext) -> OS.ListJourneysResponse:
         tenant = current_principal().tenant
         v = Violations()
         size = page_size(v, request.page_size)
         v.raise_if_any()
         after = str(decode_page_token(request.page_token).get("after", ""))
-        found = await self._journeys.list(tenant=tenant, after=after, limit=size + 1)
+        found = await self._journeys.list_latest(tenant=tenant, after=after, limit=size + 1)
         token = encode_page_token({"after": found[size - 1].name}) if len(found) > size else ""
-        return O.ListJourneysResponse(journeys=found[:size], next_page_token=token)
+        return OS.ListJourneysResponse(journeys=found[:size], next_page_token=token)
 
-    async def PauseJourney(self, request: O.PauseJourneyRequest, context: grpc.aio.ServicerContext) -> O.PauseJourneyResponse:
+    async def PauseJourney(self, request: OS.PauseJourneyRequest, context: grpc.aio.ServicerContext) -> OS.PauseJourneyResponse:
         tenant = current_principal().tenant
         v = Violations()
         check_name(v, "name", request.name)
@@ -124,9 +124,9 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         v.raise_if_any()
         journey = await self._journeys.set_state(tenant=tenant, name=request.name, state="paused")
         log.info("journey.paused", journey=request.name)
-        return O.PauseJourneyResponse(journey=journey)
+        return OS.PauseJourneyResponse(journey=journey)
 
-    async def ResumeJourney(self, request: O.ResumeJourneyRequest, context: grpc.aio.ServicerContext) -> O.ResumeJourneyResponse:
+    async def ResumeJourney(self, request: OS.ResumeJourneyRequest, context: grpc.aio.ServicerContext) -> OS.ResumeJourneyResponse:
         tenant = current_principal().tenant
         v = Violations()
         check_name(v, "name", request.name)
@@ -134,16 +134,16 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         v.raise_if_any()
         journey = await self._journeys.set_state(tenant=tenant, name=request.name, state="active")
         log.info("journey.resumed", journey=request.name)
-        return O.ResumeJourneyResponse(journey=journey)
+        return OS.ResumeJourneyResponse(journey=journey)
 
-    async def GetRun(self, request: O.GetRunRequest, context: grpc.aio.ServicerContext) -> O.GetRunResponse:
+    async def GetRun(self, request: OS.GetRunRequest, context: grpc.aio.ServicerContext) -> OS.GetRunResponse:
         tenant = current_principal().tenant
         v = Violations()
         check_identifier(v, "run_id", request.run_id)
         v.raise_if_any()
-        return O.GetRunResponse(run=await self._runs.get(tenant, request.run_id))
+        return OS.GetRunResponse(run=await self._runs.get(tenant, request.run_id))
 
-    async def ListRuns(self, request: O.ListRunsRequest, context: grpc.aio.ServicerContext) -> O.ListRunsResponse:
+    async def ListRuns(self, request: OS.ListRunsRequest, context: grpc.aio.ServicerContext) -> OS.ListRunsResponse:
         tenant = current_principal().tenant
         v = Violations()
         check_name(v, "journey", request.journey, required=False)
@@ -152,12 +152,12 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         size = page_size(v, request.page_size)
         v.raise_if_any()
         before = decode_page_token(request.page_token).get("before")
-        found = await self._runs.list(tenant=tenant, journey=request.journey, subject_id=request.subject_id,
+        found = await self._runs.list_runs(tenant=tenant, journey=request.journey, subject_id=request.subject_id,
                                       trigger_event_id=request.trigger_event_id, limit=size + 1, before=before)
         token = encode_page_token({"before": found[size - 1].run_id}) if len(found) > size else ""
-        return O.ListRunsResponse(runs=found[:size], next_page_token=token)
+        return OS.ListRunsResponse(runs=found[:size], next_page_token=token)
 
-    async def CancelRun(self, request: O.CancelRunRequest, context: grpc.aio.ServicerContext) -> O.CancelRunResponse:
+    async def CancelRun(self, request: OS.CancelRunRequest, context: grpc.aio.ServicerContext) -> OS.CancelRunResponse:
         tenant = current_principal().tenant
         v = Violations()
         check_identifier(v, "run_id", request.run_id)
@@ -167,24 +167,24 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         if await self._runs.cancel(tenant, request.run_id):
             log.info("run.cancelled", run_id=request.run_id)
             run = await self._runs.get(tenant, request.run_id)
-        return O.CancelRunResponse(run=run)
+        return OS.CancelRunResponse(run=run)
 
-    async def RetryRun(self, request: O.RetryRunRequest, context: grpc.aio.ServicerContext) -> O.RetryRunResponse:
+    async def RetryRun(self, request: OS.RetryRunRequest, context: grpc.aio.ServicerContext) -> OS.RetryRunResponse:
         current_principal()
         raise Unimplemented("RetryRun is not built yet", reason="NOT_BUILT")
 
-    async def DecideApproval(self, request: O.DecideApprovalRequest, context: grpc.aio.ServicerContext) -> O.DecideApprovalResponse:
+    async def DecideApproval(self, request: OS.DecideApprovalRequest, context: grpc.aio.ServicerContext) -> OS.DecideApprovalResponse:
         current_principal()
         raise Unimplemented("approval steps are not built yet", reason="NOT_BUILT")
 
-    async def ListDeadLetters(self, request: O.ListDeadLettersRequest, context: grpc.aio.ServicerContext) -> O.ListDeadLettersResponse:
+    async def ListDeadLetters(self, request: OS.ListDeadLettersRequest, context: grpc.aio.ServicerContext) -> OS.ListDeadLettersResponse:
         current_principal()
         raise Unimplemented("ListDeadLetters is not built yet", reason="NOT_BUILT")
 
-    async def RedriveDeadLetters(self, request: O.RedriveDeadLettersRequest, context: grpc.aio.ServicerContext) -> O.RedriveDeadLettersResponse:
+    async def RedriveDeadLetters(self, request: OS.RedriveDeadLettersRequest, context: grpc.aio.ServicerContext) -> OS.RedriveDeadLettersResponse:
         current_principal()
         raise Unimplemented("RedriveDeadLetters is not built yet", reason="NOT_BUILT")
 
-    async def PreviewJourney(self, request: O.PreviewJourneyRequest, context: grpc.aio.ServicerContext) -> O.PreviewJourneyResponse:
+    async def PreviewJourney(self, request: OS.PreviewJourneyRequest, context: grpc.aio.ServicerContext) -> OS.PreviewJourneyResponse:
         current_principal()
         raise Unimplemented("PreviewJourney is not built yet", reason="NOT_BUILT")

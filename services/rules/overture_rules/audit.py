@@ -45,7 +45,7 @@ def _ts(time: datetime) -> str:
 
 
 async def append(
-    conn: AsyncConnection, *, tenant: str, action: int, actor: str, time: datetime, reason: str,
+    conn: AsyncConnection, *, tenant: str, action: audit_event_pb2.AuditAction.ValueType, actor: str, time: datetime, reason: str,
     target: str, details: Mapping[str, object],
 ) -> None:
     """Append one entry to *tenant*'s chain, inside the caller's transaction.

@@ -93,7 +93,7 @@ def _walk(node: Any) -> Any:
             continue
         try:
             value = getattr(node, name)
-        except Exception:  # noqa: BLE001 - some AST properties evaluate lazily
+        except Exception:
             continue
         if isinstance(value, rast.ExpressionBase):
             yield from _walk(value)
@@ -142,7 +142,7 @@ def compile_expression(
                 symbols.add(node.name)
         elif isinstance(node, rast.FuzzyComparisonExpression):
             right = getattr(node, "_right", None)
-            pattern = right.pattern if hasattr(right, "pattern") else None
+            pattern = getattr(right, "pattern", None)
             if pattern and dangerous_regex(pattern):
                 problems.append(
                     FieldViolation(field, f"regular expression {pattern!r} can backtrack catastrophically", "UNSAFE_REGEX")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.exc import IntegrityError
@@ -99,7 +98,7 @@ class Decider:
         decision.evaluate_time.FromDatetime(now)
         try:
             profile: ProfileView | None = await self._profiles.view(tenant=tenant, subject_id=req.subject_id)
-        except Exception as error:  # noqa: BLE001 - any store failure fails closed
+        except Exception as error:
             log.warning("rules.profile_store_unavailable", error=type(error).__name__)
             profile = None
         if profile is None:
@@ -159,7 +158,7 @@ class Decider:
             row = (await conn.execute(sa.select(t.c.record).where((t.c.tenant == tenant) & (t.c.decision_id == decision_id)))).first()
         return D.Decision.FromString(row.record) if row else None
 
-    async def _settle(self, tenant: str, decision_id: str, mode: int) -> decision_pb2.Decision:
+    async def _settle(self, tenant: str, decision_id: str, mode: decision_pb2.EvaluationMode.ValueType) -> decision_pb2.Decision:
         decision = await self._load(tenant, decision_id)
         if decision is None:
             raise NotFound(f"decision {decision_id!r} does not exist", reason="DECISION_NOT_FOUND")
@@ -181,5 +180,5 @@ class Decider:
 
 
 
-def _state_name(state: int) -> str:
+def _state_name(state: decision_pb2.ReservationState.ValueType) -> str:
     return D.ReservationState.Name(state).removeprefix("RESERVATION_STATE_").lower()

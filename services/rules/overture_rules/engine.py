@@ -27,12 +27,12 @@ __all__ = ["DecisionOutcome", "EvaluationInput", "ProfileView", "channel_name", 
 V = decision_pb2
 
 
-def channel_name(channel: int) -> str:
+def channel_name(channel: messaging_pb2.Channel.ValueType) -> str:
     """``CHANNEL_EMAIL`` -> ``email``."""
     return messaging_pb2.Channel.Name(channel).removeprefix("CHANNEL_").lower()
 
 
-def category_name(category: int) -> str:
+def category_name(category: messaging_pb2.MessageCategory.ValueType) -> str:
     """``MESSAGE_CATEGORY_TRANSACTIONAL`` -> ``transactional``; unspecified is marketing."""
     if category == messaging_pb2.MESSAGE_CATEGORY_TRANSACTIONAL:
         return "transactional"
@@ -67,9 +67,9 @@ class ProfileView:
 class EvaluationInput:
     """The message a decision is about."""
 
-    channel: int
+    channel: messaging_pb2.Channel.ValueType
     """``Channel``."""
-    category: int
+    category: messaging_pb2.MessageCategory.ValueType
     """``MessageCategory``."""
     now: dt.datetime
     """The decision time, aware UTC."""
@@ -97,7 +97,7 @@ class DecisionOutcome:
     """The profile fields the decision read, unmasked (mask before storing)."""
 
 
-def _verdict(kind: int, id_: str, outcome: int, reason: str) -> decision_pb2.Verdict:
+def _verdict(kind: decision_pb2.VerdictKind.ValueType, id_: str, outcome: decision_pb2.VerdictOutcome.ValueType, reason: str) -> decision_pb2.Verdict:
     return decision_pb2.Verdict(kind=kind, id=id_, outcome=outcome, reason=reason)
 
 

@@ -33,7 +33,7 @@ _PROFILE_EVENTS = {"identify", "consent.granted", "consent.revoked", "segment.en
 _TRAITS_MAX_KEYS = 256
 
 
-def _channel_value(name: str) -> int:
+def _channel_value(name: str) -> messaging_pb2.Channel.ValueType:
     try:
         return messaging_pb2.Channel.Value(f"CHANNEL_{name.upper()}")
     except ValueError:
@@ -82,7 +82,7 @@ class ProfileStore:
         return profile
 
     async def set_consent(
-        self, *, tenant: str, subject_id: str, channel: int, purpose: str, granted: bool, source: str, when: dt.datetime | None
+        self, *, tenant: str, subject_id: str, channel: messaging_pb2.Channel.ValueType, purpose: str, granted: bool, source: str, when: dt.datetime | None
     ) -> profile_pb2.Profile:
         """Grant or revoke one consent, unless a newer change is stored."""
         async with self._db.begin() as conn:

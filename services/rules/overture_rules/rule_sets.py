@@ -132,7 +132,7 @@ class RuleSetStore:
                 raise NotFound(f"rule set {name!r} has no version {version}", reason="VERSION_NOT_FOUND")
             return self._to_proto(row, active=head.active_version == version)
 
-    async def list(self, *, tenant: str, name: str, limit: int, before: int | None) -> list[rule_set_pb2.RuleSetVersion]:
+    async def list_versions(self, *, tenant: str, name: str, limit: int, before: int | None) -> list[rule_set_pb2.RuleSetVersion]:
         """Versions newest first, below *before* when given."""
         t = rule_set_versions
         async with self._db.connect() as conn:

@@ -129,7 +129,7 @@ class RulesServicer(rules_service_pb2_grpc.RulesServiceServicer):
         size = page_size(v, request.page_size)
         v.raise_if_any()
         cursor = decode_page_token(request.page_token)
-        versions = await self._rule_sets.list(tenant=tenant, name=request.rule_set, limit=size + 1, before=cursor.get("before"))
+        versions = await self._rule_sets.list_versions(tenant=tenant, name=request.rule_set, limit=size + 1, before=cursor.get("before"))
         token = encode_page_token({"before": versions[size - 1].version}) if len(versions) > size else ""
         return R.ListRuleSetVersionsResponse(rule_set_versions=versions[:size], next_page_token=token)
 
