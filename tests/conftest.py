@@ -1,0 +1,76 @@
+"""Shared fixtures: real PostgreSQL and Redis, scoped so tests run in any order.
+
+Each test that needs a database gets its own scratch PostgreSQL database, and
+each gets its own Redis key namespace on the shared Redis; nothing a test
+does is visible to another.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from overture_runtime.config import Settings
+from overture_runtime.testing import temporary_database
+
+PG_ADMIN = os.environ.get("OVERTURE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("OVERTURE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+TENANT = "acme"
+ADMIN_TOKEN = "test-admin-token"
+READER_TOKEN = "test-reader-token"
+OTHER_TENANT_TOKEN = "test-other-tenant-token"
+SERVICE_TOKEN = "test-service-token"
+TOKENS = [
+    {"token": ADMIN_TOKEN, "tenant": TENANT, "roles": ["*"], "principal": "alice@acme"},
+    {"token": READER_TOKEN, "tenant": TENANT, "roles": ["rules.read", "events.read", "runs.read", "journeys.read"], "principal": "reader"},
+    {"token": OTHER_TENANT_TOKEN, "tenant": "globex", "roles": ["*"], "principal": "bob@globex"},
+    {"token": SERVICE_TOKEN, "tenant": "*", "roles": ["*"], "principal": "svc:test"},
+]
+
+
+def admin_metadata(tenant_token: str = ADMIN_TOKEN) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying *tenant_token*."""
+    return (("authorization", f"Bearer {tenant_token}"),)
+
+
+@pytest.fixture
+async def database_url() -> AsyncIterator[str]:
+    """A scratch PostgreSQL database for this test."""
+    async with temporary_database(PG_ADMIN) as url:
+        yield url
+
+
+@pytest.fixture
+async def redis_namespace() -> AsyncIterator[str]:
+    """A Redis key namespace for this test, deleted afterwards."""
+    namespace = f"test{secrets.token_hex(4)}"
+    yield namespace
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{namespace}:*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def make_settings(database_url: str, redis_namespace: str) -> Callable[..., Settings]:
+    """Build settings for in-process services on this test's database and namespace."""
+
+    def build(**overrides: object) -> Settings:
+        values: dict[str, object] = dict(
+            database_url=database_url, redis_url=REDIS_URL, redis_namespace=redis_namespace,
+            auth_tokens=json.dumps(TOKENS), service_token=SERVICE_TOKEN, environment="test",
+            ingest_http_port=-1, stream_partitions=4, shutdown_grace_seconds=1,
+        )
+        values.update(overrides)
+        return Settings(**values)  # type: ignore[arg-type]
+
+    return build

@@ -1,0 +1,65 @@
+"""All four services in this process, on real PostgreSQL and Redis, with a
+real SMTP sink: the fixture integration tests share."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from overture.connectors.v1 import connector_service_pb2_grpc
+from overture.ingest.v1 import ingest_service_pb2_grpc
+from overture.orchestrator.v1 import orchestrator_service_pb2_grpc
+from overture.rules.v1 import profile_service_pb2_grpc, rules_service_pb2_grpc
+from overture_cli.mailsink import MailSink
+from overture_connectors import ConnectorsApp
+from overture_ingest import IngestApp
+from overture_orchestrator import OrchestratorApp
+from overture_rules import RulesApp
+from overture_runtime.config import Settings
+from overture_runtime.testing import serving
+
+
+@dataclass
+class Cluster:
+    """Stubs to the four services and the mail they sent."""
+
+    ingest: ingest_service_pb2_grpc.IngestServiceStub
+    rules: rules_service_pb2_grpc.RulesServiceStub
+    profiles: profile_service_pb2_grpc.ProfileServiceStub
+    orchestrator: orchestrator_service_pb2_grpc.OrchestratorServiceStub
+    connectors: connector_service_pb2_grpc.ConnectorServiceStub
+    mail: MailSink
+    addresses: dict[str, str]
+
+
+@contextlib.asynccontextmanager
+async def running_cluster(make_settings: Callable[..., Settings], mail_dir: Path) -> AsyncIterator[Cluster]:
+    """Start rules and connectors, then the orchestrator, then ingest."""
+    sink = MailSink(mail_dir, announce=lambda _: None)
+    sink.start()
+    try:
+        base = make_settings(smtp_port=sink.port)
+        async with contextlib.AsyncExitStack() as stack:
+            rules = await stack.enter_async_context(serving(RulesApp(base), base))
+            connectors = await stack.enter_async_context(serving(ConnectorsApp(base), base))
+            linked = base.model_copy(update={"rules_address": rules, "connectors_address": connectors})
+            orchestrator = await stack.enter_async_context(serving(OrchestratorApp(linked), linked))
+            linked = linked.model_copy(update={"orchestrator_address": orchestrator})
+            ingest = await stack.enter_async_context(serving(IngestApp(linked), linked))
+            channels = {name: await stack.enter_async_context(grpc.aio.insecure_channel(addr))
+                        for name, addr in (("ingest", ingest), ("rules", rules), ("orchestrator", orchestrator), ("connectors", connectors))}
+            yield Cluster(
+                ingest=ingest_service_pb2_grpc.IngestServiceStub(channels["ingest"]),
+                rules=rules_service_pb2_grpc.RulesServiceStub(channels["rules"]),
+                profiles=profile_service_pb2_grpc.ProfileServiceStub(channels["rules"]),
+                orchestrator=orchestrator_service_pb2_grpc.OrchestratorServiceStub(channels["orchestrator"]),
+                connectors=connector_service_pb2_grpc.ConnectorServiceStub(channels["connectors"]),
+                mail=sink,
+                addresses={"ingest": ingest, "rules": rules, "orchestrator": orchestrator, "connectors": connectors},
+            )
+    finally:
+        sink.stop()
