@@ -33,7 +33,7 @@ from overture.common.v1 import auth_pb2
 from .auth import TokenTable
 from .clock import new_id
 from .context import CallState, current_call, reset_call, set_call
-from .errors import OvertureError, PermissionDenied, to_rpc_status
+from .errors import InvalidArgument, OvertureError, PermissionDenied, to_rpc_status
 
 __all__ = ["AuthInterceptor", "ErrorInterceptor", "ObservabilityInterceptor", "default_interceptors", "required_role"]
 
@@ -56,8 +56,29 @@ def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
     return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
 
 
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _checked_decoder(method: str, deserializer: Callable[[bytes], Any]) -> Callable[[Any], Any]:
+    def decode(raw: Any) -> Any:
+        if not isinstance(raw, bytes):
+            return raw
+        try:
+            return deserializer(raw)
+        except Exception:  # noqa: BLE001 - protobuf raises several types for bad input
+            raise InvalidArgument(
+                f"the request is not a valid {method.rsplit('/', 1)[-1]} request message", reason="MALFORMED_REQUEST"
+            ) from None
+
+    return decode
+
+
 class _AroundInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Wraps the behaviour of each intercepted unary-response method."""
+
+    decodes_requests = False
+    """Whether this interceptor decodes request bytes itself (see AuthInterceptor)."""
 
     async def intercept_service(
         self,
@@ -68,21 +89,23 @@ class _AroundInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method: str = handler_call_details.method  # type: ignore[attr-defined]
         if handler is None or not method.startswith("/overture."):
             return handler
+        deserializer = handler.request_deserializer
         if handler.unary_unary is not None:
             inner, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
         elif handler.stream_unary is not None:
             inner, factory = handler.stream_unary, grpc.stream_unary_rpc_method_handler
         else:
             raise TypeError(f"{method}: response-streaming methods are not supported by the interceptors")
+        decode: Callable[[Any], Any] = _identity
+        if self.decodes_requests and handler.unary_unary is not None and deserializer is not None:
+            # grpc answers an undecodable request with INTERNAL before any
+            # interceptor runs; decoding here makes it INVALID_ARGUMENT.
+            decode, deserializer = _checked_decoder(method, deserializer), _identity
 
         async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            return await self.around(method, lambda: inner(request, context), context)
+            return await self.around(method, lambda: inner(decode(request), context), context)
 
-        return factory(
-            behavior,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return factory(behavior, request_deserializer=deserializer, response_serializer=handler.response_serializer)
 
     async def around(
         self, method: str, call: Callable[[], Awaitable[Any]], context: grpc.aio.ServicerContext
@@ -175,7 +198,11 @@ def required_role(method: str) -> str:
 
 
 class AuthInterceptor(_AroundInterceptor):
-    """Authenticates the caller and checks the method's declared role."""
+    """Authenticates the caller and checks the method's declared role. It
+    also decodes the request, after authorization, so that malformed bytes
+    are INVALID_ARGUMENT (and only for callers allowed to call at all)."""
+
+    decodes_requests = True
 
     def __init__(self, tokens: TokenTable) -> None:
         self._tokens = tokens
