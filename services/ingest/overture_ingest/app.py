@@ -66,8 +66,10 @@ class IngestApp(BaseApp):
                 log_config=None, access_log=False, lifespan="off", limit_concurrency=1000,
             )
             self._http = _EmbeddedUvicorn(config)
-            self.spawn("http", self._http.serve)
+            self._http_task = asyncio.create_task(self._http.serve(), name="ingest:http")
             while not self._http.started:  # noqa: ASYNC110 - uvicorn exposes only a flag
+                if self._http_task.done():
+                    raise RuntimeError(f"the ingest HTTP server could not start on {self.settings.host}:{port}")
                 await asyncio.sleep(0.01)
             self.http_port = self._http.servers[0].sockets[0].getsockname()[1]
 
@@ -88,4 +90,6 @@ class IngestApp(BaseApp):
 
     async def on_stop(self) -> None:
         if self._http is not None:
+            # Uvicorn stops accepting, finishes in-flight requests, closes its sockets.
             self._http.should_exit = True
+            await asyncio.wait_for(self._http_task, timeout=self.settings.shutdown_grace_seconds + 5)
