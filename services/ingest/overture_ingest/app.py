@@ -67,7 +67,7 @@ class IngestApp(BaseApp):
             )
             self._http = _EmbeddedUvicorn(config)
             self._http_task = asyncio.create_task(self._http.serve(), name="ingest:http")
-            while not self._http.started:  # noqa: ASYNC110 - uvicorn exposes only a flag
+            while not self._http.started:
                 if self._http_task.done():
                     raise RuntimeError(f"the ingest HTTP server could not start on {self.settings.host}:{port}")
                 await asyncio.sleep(0.01)

@@ -105,12 +105,12 @@ class EventConsumer:
         tenant = _text(fields.get(b"tenant", b""))
         try:
             event = event_pb2.Event.FromString(fields[b"event"])
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - a malformed entry is poison, not a crash
             await self._poison(stream, message_id, tenant, fields.get(b"event", b""), f"unreadable entry: {type(error).__name__}", deliveries)
             return
         try:
             await self._handle(tenant, event)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - stays pending and is retried by reclaim
             if deliveries >= self._max_deliveries:
                 await self._poison(stream, message_id, tenant, fields[b"event"], f"{type(error).__name__}: {error}"[:500], deliveries)
             else:

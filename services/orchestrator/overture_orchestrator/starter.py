@@ -116,5 +116,5 @@ class Starter:
 def _matches(rule: Any, event: event_pb2.Event) -> bool:
     try:
         return bool(rule.matches({"attributes": struct_to_dict(event.attributes), "event_type": event.event_type}))
-    except Exception:
+    except Exception:  # noqa: BLE001 - a filter that cannot evaluate does not match
         return False

@@ -93,7 +93,7 @@ def _walk(node: Any) -> Any:
             continue
         try:
             value = getattr(node, name)
-        except Exception:
+        except Exception:  # noqa: BLE001 - some AST properties evaluate lazily
             continue
         if isinstance(value, rast.ExpressionBase):
             yield from _walk(value)

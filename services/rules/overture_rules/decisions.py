@@ -98,7 +98,7 @@ class Decider:
         decision.evaluate_time.FromDatetime(now)
         try:
             profile: ProfileView | None = await self._profiles.view(tenant=tenant, subject_id=req.subject_id)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - any store failure fails closed
             log.warning("rules.profile_store_unavailable", error=type(error).__name__)
             profile = None
         if profile is None:
