@@ -43,7 +43,7 @@ def describe_decision(d: decision_pb2.Decision) -> str:
     lines = [
         f"decision {d.decision_id}: {verdict}  ({d.summary})",
         f"  subject  {d.subject_id}   channel {_short(messaging_pb2.Channel, d.channel, 'CHANNEL_')}   "
-        f"category {_short(messaging_pb2.MessageCategory, d.category, 'MESSAGE_CATEGORY_')}",
+        f"category {_short(messaging_pb2.MessageCategory, d.category or messaging_pb2.MESSAGE_CATEGORY_MARKETING, 'MESSAGE_CATEGORY_')}",
         f"  rules    {d.rule_set} v{d.version}  digest {d.digest[:16]}",
         f"  at       {d.evaluate_time.ToJsonString()}   mode {_short(D.EvaluationMode, d.mode, 'EVALUATION_MODE_')}",
     ]

@@ -32,10 +32,13 @@ log = structlog.get_logger("overture.server")
 class ServiceApp(Protocol):
     """What a service gives the bootstrap."""
 
-    name: str
-    """The service's short name, for example ``rules``."""
-    service_names: Sequence[str]
-    """The full names of the gRPC services it serves."""
+    @property
+    def name(self) -> str:
+        """The service's short name, for example ``rules``."""
+
+    @property
+    def service_names(self) -> Sequence[str]:
+        """The full names of the gRPC services it serves."""
 
     async def start(self) -> None:
         """Open databases and clients, run migrations, start background work."""

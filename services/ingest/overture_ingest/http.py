@@ -21,9 +21,9 @@ from starlette.routing import Route
 
 from overture.common.v1 import event_pb2
 from overture_runtime.auth import Principal, TokenTable
-from overture_runtime.errors import InvalidArgument, OvertureError, Violations
+from overture_runtime.errors import FieldViolation, InvalidArgument, OvertureError, Violations
 
-from .pipeline import REJECTED, IngestPipeline
+from .pipeline import REJECTED, IngestPipeline, Outcome
 from .servicer import BATCH_MAX
 
 __all__ = ["create_http_app"]
@@ -86,8 +86,10 @@ def parse_event(item: Any, prefix: str, v: Violations) -> event_pb2.Event | None
     try:
         json_format.ParseDict({k: item[k] for k in _FIELDS if k in item}, event)
     except json_format.ParseError as error:
-        field = "occurred_at" if "occurred_at" in str(error) else "body"
-        v.add(f"{prefix}{field}", "occurred_at must be an RFC 3339 timestamp, for example 2025-01-01T12:00:00Z" if field == "occurred_at" else "the event could not be read", "INVALID")
+        if "occurred_at" in str(error):
+            v.add(f"{prefix}occurred_at", "occurred_at must be an RFC 3339 timestamp, for example 2025-01-01T12:00:00Z", "INVALID_TIMESTAMP")
+        else:
+            v.add(prefix.rstrip(".") or "body", "the event could not be read", "INVALID")
         return None
     return event
 
@@ -111,42 +113,30 @@ def create_http_app(*, pipeline: IngestPipeline, tokens: TokenTable) -> Starlett
 
     async def automation_events(request: Request, principal: Principal) -> Response:
         body = await read_json(request)
-        items = body.get("events") if isinstance(body, dict) and "events" in body else [body]
-        v = Violations()
+        single = not (isinstance(body, dict) and "events" in body)
+        items = [body] if single else body["events"]
         if not isinstance(items, list) or not items:
-            raise InvalidArgument("events must be a non-empty list", violations=[], reason="REQUIRED")
+            raise InvalidArgument("events must be a non-empty list", reason="REQUIRED",
+                                  violations=[FieldViolation("events", "events must be a non-empty list", "REQUIRED")])
         if len(items) > BATCH_MAX:
-            raise InvalidArgument(f"at most {BATCH_MAX} events per request", reason="TOO_MANY")
-        batch: list[event_pb2.Event] = []
-        parse_problems: dict[int, list[Any]] = {}
+            raise InvalidArgument(f"at most {BATCH_MAX} events per request", reason="TOO_MANY",
+                                  violations=[FieldViolation("events", f"at most {BATCH_MAX} events per request", "TOO_MANY")])
+        # Events that are not even well-typed JSON are rejected here; the rest
+        # go through the same pipeline as gRPC, in one batch.
+        parsed: list[event_pb2.Event | Outcome] = []
         for i, item in enumerate(items):
-            item_v = Violations()
-            event = parse_event(item, "" if len(items) == 1 and "events" not in body else f"events[{i}].", item_v)
-            if event is None:
-                parse_problems[i] = item_v.items
-                batch.append(event_pb2.Event())
-            else:
-                batch.append(event)
-        outcomes = await pipeline.ingest(principal.tenant, [e for i, e in enumerate(batch) if i not in parse_problems], source="http")
-        results: list[dict[str, Any]] = []
-        it = iter(outcomes)
-        for i in range(len(batch)):
-            if i in parse_problems:
-                results.append({"index": i, "status": REJECTED, "field_violations": [vars(x) for x in parse_problems[i]]})
-                continue
-            o = next(it)
-            entry: dict[str, Any] = {"index": i, "status": o.status, "event_id": o.event_id}
-            if o.violations:
-                entry["field_violations"] = [vars(x) for x in o.violations]
-            results.append(entry)
-        del v
-        if len(results) == 1 and not (isinstance(body, dict) and "events" in body):
-            only = results[0]
-            if only["status"] == REJECTED:
-                raise InvalidArgument(f"the event is invalid: {only['field_violations'][0]['description']}",
-                                      violations=[_fv(x) for x in only["field_violations"]])
-            return JSONResponse({"event_id": only["event_id"], "status": only["status"]}, status_code=202)
-        return JSONResponse({"results": results}, status_code=207 if any(r["status"] == REJECTED for r in results) else 202)
+            v = Violations()
+            event = parse_event(item, "" if single else f"events[{i}].", v)
+            parsed.append(event if event is not None else Outcome(REJECTED, violations=tuple(v.items)))
+        ingested = iter(await pipeline.ingest(principal.tenant, [p for p in parsed if isinstance(p, event_pb2.Event)], source="http"))
+        outcomes = [next(ingested) if isinstance(p, event_pb2.Event) else p for p in parsed]
+        if single:
+            (only,) = outcomes
+            if only.status == REJECTED:
+                raise InvalidArgument(f"the event is invalid: {only.violations[0].description}", violations=only.violations)
+            return JSONResponse({"event_id": only.event_id, "status": only.status}, status_code=202)
+        results = [_result(i, o) for i, o in enumerate(outcomes)]
+        return JSONResponse({"results": results}, status_code=207 if any(o.status == REJECTED for o in outcomes) else 202)
 
     async def health(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -157,7 +147,11 @@ def create_http_app(*, pipeline: IngestPipeline, tokens: TokenTable) -> Starlett
     ])
 
 
-def _fv(item: dict[str, str]) -> Any:
-    from overture_runtime.errors import FieldViolation
 
-    return FieldViolation(item["field"], item["description"], item["reason"])
+def _result(index: int, outcome: Outcome) -> dict[str, Any]:
+    result: dict[str, Any] = {"index": index, "status": outcome.status}
+    if outcome.event_id:
+        result["event_id"] = outcome.event_id
+    if outcome.violations:
+        result["field_violations"] = [{"field": v.field, "description": v.description, "reason": v.reason} for v in outcome.violations]
+    return result

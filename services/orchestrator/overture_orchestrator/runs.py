@@ -179,6 +179,14 @@ class RunStore:
             ).values(state="cancelled", current_step="", wake_time=None, lease_until=None, update_time=self._clock.now()))
         return bool(result.rowcount)
 
+    async def cancel_waiting(self, tenant: str, journey: str) -> int:
+        """Cancel the journey's runs that wait on a timer; return how many."""
+        async with self._db.begin() as conn:
+            result = await conn.execute(runs.update().where(
+                (runs.c.tenant == tenant) & (runs.c.journey == journey) & (runs.c.state == "waiting")
+            ).values(state="cancelled", current_step="", wake_time=None, lease_until=None, update_time=self._clock.now()))
+        return int(result.rowcount)
+
     async def get(self, tenant: str, run_id: str) -> run_pb2.Run:
         """One run with its steps."""
         async with self._db.connect() as conn:

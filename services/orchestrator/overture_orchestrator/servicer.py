@@ -123,7 +123,9 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         _reason(v, request.reason)
         v.raise_if_any()
         journey = await self._journeys.set_state(tenant=tenant, name=request.name, state="paused")
-        log.info("journey.paused", journey=request.name)
+        # Pausing cancels pending timers; runs mid-step are cancelled when they next advance.
+        cancelled = await self._runs.cancel_waiting(tenant, request.name)
+        log.info("journey.paused", journey=request.name, cancelled_runs=cancelled)
         return OS.PauseJourneyResponse(journey=journey)
 
     async def ResumeJourney(self, request: OS.ResumeJourneyRequest, context: grpc.aio.ServicerContext) -> OS.ResumeJourneyResponse:
