@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -37,24 +38,38 @@ async def wait_healthy(address: str, *, within: float = 60.0) -> None:
             await asyncio.sleep(0.2)
 
 
+@dataclass(frozen=True)
+class Running:
+    """The service processes' addresses and ports."""
+
+    addresses: dict[str, str]
+    metrics_ports: dict[str, int]
+    http_port: int
+
+    def __getitem__(self, service: str) -> str:
+        return self.addresses[service]
+
+
 @contextlib.asynccontextmanager
 async def service_processes(
     *, database_url: str, redis_namespace: str, smtp_port: int, log_dir: Path, extra_env: Mapping[str, str] | None = None,
-) -> AsyncIterator[dict[str, str]]:
+) -> AsyncIterator[Running]:
     """Run `overture serve <svc>` for each service; yield their addresses."""
     ports = {svc: free_port() for svc in SERVICES}
+    metrics = {svc: free_port() for svc in SERVICES}
+    http_port = free_port()
     addresses = {svc: f"127.0.0.1:{port}" for svc, port in ports.items()}
     env = {k: v for k, v in os.environ.items() if not k.startswith("OVERTURE_") and k not in ("DATABASE_URL", "REDIS_URL")}
     env.update(
         DATABASE_URL=database_url, REDIS_URL=REDIS_URL, OVERTURE_REDIS_NAMESPACE=redis_namespace,
         OVERTURE_AUTH_TOKENS=json.dumps(TOKENS), OVERTURE_SERVICE_TOKEN=SERVICE_TOKEN,
         OVERTURE_SMTP_HOST="127.0.0.1", OVERTURE_SMTP_PORT=str(smtp_port), OVERTURE_STREAM_PARTITIONS="4",
-        OVERTURE_INGEST_HTTP_PORT=str(free_port()), OVERTURE_SHUTDOWN_GRACE_SECONDS="2",
+        OVERTURE_INGEST_HTTP_PORT=str(http_port), OVERTURE_SHUTDOWN_GRACE_SECONDS="2",
     )
     for svc in SERVICES:
         env[f"OVERTURE_{svc.upper()}_GRPC_PORT"] = str(ports[svc])
         env[f"OVERTURE_{svc.upper()}_ADDRESS"] = addresses[svc]
-        env[f"OVERTURE_{svc.upper()}_METRICS_PORT"] = str(free_port())
+        env[f"OVERTURE_{svc.upper()}_METRICS_PORT"] = str(metrics[svc])
     env.update(extra_env or {})
     log_dir.mkdir(parents=True, exist_ok=True)
     processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -64,7 +79,7 @@ async def service_processes(
             log = logs.enter_context((log_dir / f"{svc}.log").open("wb"))
             processes[svc] = subprocess.Popen([sys.executable, "-m", "overture_cli.main", "serve", svc], env=env, stdout=log, stderr=subprocess.STDOUT)
         await asyncio.gather(*(wait_healthy(a) for a in addresses.values()))
-        yield addresses
+        yield Running(addresses=addresses, metrics_ports=metrics, http_port=http_port)
     finally:
         for proc in processes.values():
             if proc.poll() is None:
