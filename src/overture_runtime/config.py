@@ -105,6 +105,14 @@ class Settings(BaseSettings):
     smtp_from: str = "Overture <no-reply@overture.local>"
     smtp_timeout_seconds: float = 10.0
 
+    # rules
+    reservation_ttl_seconds: float = 300.0
+    """How long a frequency-cap reservation is held before it expires unsettled."""
+    cap_history_days: int = 35
+    """How long the cap ledger remembers sends; rolling cap windows may not be longer."""
+    profile_cache_ttl_seconds: float = 600.0
+    """How long a profile stays in the Redis read-through cache."""
+
     # orchestrator
     stream_partitions: int = 8
     """How many partitions the event stream has; events go by subject hash."""

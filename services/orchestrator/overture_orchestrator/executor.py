@@ -191,12 +191,23 @@ class Executor:
         return {"subject_id": run.subject_id, "traits": struct_to_dict(profile.traits), "segments": list(profile.segments),
                 "timezone": profile.timezone}
 
-    async def _settle(self, run: RunRecord, decision_id: str, mode: decision_pb2.EvaluationMode.ValueType) -> None:
+    async def _release(self, run: RunRecord, decision_id: str) -> None:
+        """Give a reservation back; if that fails, it expires on its own."""
         try:
             await self._call(self._rules.Evaluate, rules_service_pb2.EvaluateRequest(
-                decision_id=decision_id, mode=mode), run.tenant, "rules")
-        except (grpc.aio.AioRpcError, _Retry) as error:  # an unsettled reservation expires on its own
-            log.warning("run.settle_failed", run_id=run.run_id, error=str(error)[:200])
+                decision_id=decision_id, mode=D.EVALUATION_MODE_RELEASE), run.tenant, "rules")
+        except (grpc.aio.AioRpcError, _Retry) as error:
+            log.warning("run.release_failed", run_id=run.run_id, error=str(error)[:200])
+
+    async def _commit(self, run: RunRecord, decision_id: str) -> decision_pb2.Decision:
+        """Confirm a reservation just before the send; transient failures retry the step."""
+        try:
+            response = await self._call(self._rules.Evaluate, rules_service_pb2.EvaluateRequest(
+                decision_id=decision_id, mode=D.EVALUATION_MODE_COMMIT), run.tenant, "rules")
+        except grpc.aio.AioRpcError as error:
+            raise _Retry(f"rules: {error.code().name}: {error.details()}") from None
+        decision: decision_pb2.Decision = response.decision
+        return decision
 
     async def _send(self, run: RunRecord, journey: CompiledJourney, step: journey_pb2.Step, record: StepRecord) -> StepResult:
         send = step.send
@@ -228,7 +239,6 @@ class Executor:
             wake = decision.defer_until.ToDatetime(tzinfo=dt.UTC)
             record.evaluations += 1
             record.state, record.outcome, record.attempts = "waiting", f"deferred by quiet hours until {wake.isoformat()}", 0
-            await self._settle(run, decision_id, D.EVALUATION_MODE_RELEASE)
             return StepResult("waiting", wake_time=wake)
         scope = {"profile": profile, "event": _event_scope(run), "run": {"run_id": run.run_id, "journey": run.journey}}
         try:
@@ -239,13 +249,24 @@ class Executor:
                 html_body=render(template.get("html_body"), scope),
             )
         except jinja2.TemplateError as error:
-            await self._settle(run, decision_id, D.EVALUATION_MODE_RELEASE)
+            await self._release(run, decision_id)
             record.state, record.error = "failed", f"template failed to render: {error}"
             return StepResult("failed")
         if not address:
-            await self._settle(run, decision_id, D.EVALUATION_MODE_RELEASE)
+            await self._release(run, decision_id)
             record.state, record.outcome = "skipped", "the subject has no address for this channel"
             return StepResult("skipped", step.next)
+        # Commit before the provider call: a held reservation can still be
+        # preempted by a higher-priority message, a committed one cannot, so
+        # the cap holds even when messages race.
+        committed = await self._commit(run, decision_id)
+        if committed.reservation_state == D.RESERVATION_STATE_PREEMPTED:
+            record.state = "skipped"
+            record.outcome = f"denied by frequency cap: a higher-priority message ({committed.preempted_by}) took the slot"
+            return StepResult("skipped", step.next)
+        if committed.reservation_state == D.RESERVATION_STATE_EXPIRED:
+            record.evaluations += 1
+            raise _Retry("the reservation expired before the send; deciding again")
         message = delivery_pb2.Message(
             idempotency_key=f"{run.run_id}:{step.id}", channel=send.channel, subject_id=run.subject_id, address=address,
             content=content, category=send.category, tags=send.tags,
@@ -254,7 +275,7 @@ class Executor:
         try:
             sent = await self._call(self._connectors.Send, connector_service_pb2.SendRequest(message=message), tenant, "connectors")
         except grpc.aio.AioRpcError as error:
-            await self._settle(run, decision_id, D.EVALUATION_MODE_RELEASE)
+            await self._release(run, decision_id)
             record.state, record.error = "failed", f"connectors refused: {error.code().name}: {error.details()}"
             return StepResult("failed")
         delivery = sent.delivery
@@ -263,10 +284,9 @@ class Executor:
         if status == messaging_pb2.DELIVERY_STATUS_SENDING:
             raise _Retry("the delivery is still in flight")
         if status == messaging_pb2.DELIVERY_STATUS_FAILED:
-            await self._settle(run, decision_id, D.EVALUATION_MODE_RELEASE)
+            await self._release(run, decision_id)
             record.state, record.error = "failed", f"delivery failed: {delivery.last_error}"
             return StepResult("failed")
-        await self._settle(run, decision_id, D.EVALUATION_MODE_COMMIT)
         name = messaging_pb2.DeliveryStatus.Name(status).removeprefix("DELIVERY_STATUS_").lower()
         record.state, record.outcome = "completed", "sent" if name == "sent" else f"delivery {name}"
         return StepResult("completed", step.next)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import grpc
@@ -10,7 +11,9 @@ from overture.rules.v1 import profile_service_pb2, profile_service_pb2_grpc, rul
 from overture_runtime import BaseApp
 from overture_runtime.idempotency import Idempotency
 
+from .caps import CapLedger
 from .decisions import Decider
+from .profile_cache import ProfileCache
 from .profiles import ProfileStore
 from .rule_sets import RuleSetStore
 from .servicer import ProfileServicer, RulesServicer
@@ -30,9 +33,13 @@ class RulesApp(BaseApp):
     migrations = Path(__file__).parent / "migrations"
 
     async def on_start(self) -> None:
+        s = self.settings
+        self.ledger = CapLedger(self.redis, self.keys, hold=dt.timedelta(seconds=s.reservation_ttl_seconds),
+                                retention=dt.timedelta(days=s.cap_history_days))
+        cache = ProfileCache(self.redis, self.keys, ttl=dt.timedelta(seconds=s.profile_cache_ttl_seconds))
         self.rule_sets = RuleSetStore(self.db, self.clock)
-        self.profiles = ProfileStore(self.db, self.clock)
-        self.decider = Decider(self.db, self.rule_sets, self.profiles, self.clock, self.ids)
+        self.profiles = ProfileStore(self.db, self.clock, cache=cache, ledger=self.ledger)
+        self.decider = Decider(self.db, self.rule_sets, self.profiles, self.ledger, self.clock, self.ids)
 
     def register(self, server: grpc.aio.Server) -> None:
         rules_service_pb2_grpc.add_RulesServiceServicer_to_server(

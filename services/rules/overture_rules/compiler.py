@@ -11,6 +11,7 @@ Rejected, with the rule id and the error's position:
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,7 +26,10 @@ from overture.rules.v1 import rule_set_pb2
 from overture_runtime.errors import FieldViolation, Violations
 from overture_runtime.validation import check_name
 
-__all__ = ["BUILTINS", "CompiledRule", "CompiledRuleSet", "compile_rule_set"]
+__all__ = ["BUILTINS", "MAX_ROLLING_WINDOW", "CompiledRule", "CompiledRuleSet", "compile_rule_set"]
+
+MAX_ROLLING_WINDOW = dt.timedelta(days=31)
+"""The longest rolling cap window; the ledger keeps a little more history."""
 
 _T = rule_engine.DataType
 _TYPES: Mapping[int, Any] = {
@@ -193,8 +197,28 @@ def compile_rule_set(spec: rule_set_pb2.RuleSetSpec, *, prefix: str = "spec") ->
             v.add(f"{field}.channel", "channel is required", "REQUIRED")
         if not _IDENTIFIER.fullmatch(c.purpose):
             v.add(f"{field}.purpose", "purpose is a lower-case identifier, for example 'marketing'", "INVALID_NAME")
-    if spec.frequency_caps:
-        v.add(f"{prefix}.frequency_caps", "frequency caps are not supported yet by this release", "UNSUPPORTED")
+    cap_ids: set[str] = set()
+    for i, cap in enumerate(spec.frequency_caps):
+        field = f"{prefix}.frequency_caps[{i}]"
+        check_name(v, f"{field}.id", cap.id)
+        if cap.id in cap_ids:
+            v.add(f"{field}.id", f"cap id {cap.id!r} is used twice", "DUPLICATE")
+        cap_ids.add(cap.id)
+        if cap.scope == rule_set_pb2.CAP_SCOPE_UNSPECIFIED:
+            v.add(f"{field}.scope", "scope must be CHANNEL, ALL_CHANNELS or TAG", "REQUIRED")
+        elif cap.scope == rule_set_pb2.CAP_SCOPE_CHANNEL and cap.channel == messaging_pb2.CHANNEL_UNSPECIFIED:
+            v.add(f"{field}.channel", "a CHANNEL cap needs its channel", "REQUIRED")
+        elif cap.scope == rule_set_pb2.CAP_SCOPE_TAG:
+            check_name(v, f"{field}.tag", cap.tag)
+        if cap.limit < 1:
+            v.add(f"{field}.limit", "limit must be at least 1", "OUT_OF_RANGE")
+        kind = cap.window.kind
+        if kind == rule_set_pb2.CAP_WINDOW_KIND_UNSPECIFIED:
+            v.add(f"{field}.window.kind", "window kind must be ROLLING, CALENDAR_DAY or CALENDAR_WEEK", "REQUIRED")
+        elif kind == rule_set_pb2.CAP_WINDOW_KIND_ROLLING:
+            length = cap.window.duration.ToTimedelta()
+            if not dt.timedelta(0) < length <= MAX_ROLLING_WINDOW:
+                v.add(f"{field}.window.duration", f"a rolling window must be longer than 0 and at most {MAX_ROLLING_WINDOW.days} days", "OUT_OF_RANGE")
     qh = spec.quiet_hours
     if qh.start or qh.end:
         for name in ("start", "end"):

@@ -22,7 +22,7 @@ from overture.rules.v1 import decision_pb2, rule_set_pb2
 
 from .compiler import CompiledRuleSet
 
-__all__ = ["DecisionOutcome", "EvaluationInput", "ProfileView", "channel_name", "evaluate", "quiet_hours_end"]
+__all__ = ["DecisionOutcome", "EvaluationInput", "ProfileView", "channel_name", "evaluate", "quiet_hours_end", "recipient_zone"]
 
 V = decision_pb2
 
@@ -140,6 +140,25 @@ def _resolve(compiled: CompiledRuleSet, profile: ProfileView, msg: EvaluationInp
     return thing
 
 
+def recipient_zone(spec: rule_set_pb2.RuleSetSpec, profile: ProfileView) -> ZoneInfo:
+    """The recipient's time zone, for quiet hours and calendar caps: the trait
+    named by ``quiet_hours.timezone_attribute``, else the profile's own zone,
+    else the rule set's ``quiet_hours.default_timezone``, else UTC. A zone
+    that does not exist falls back the same way."""
+    qh = spec.quiet_hours
+    candidates = [
+        str(profile.traits.get(qh.timezone_attribute) or "") if qh.timezone_attribute else "",
+        profile.timezone, qh.default_timezone, "UTC",
+    ]
+    for name in candidates:
+        if name:
+            try:
+                return ZoneInfo(name)
+            except (ZoneInfoNotFoundError, ValueError):
+                continue
+    return ZoneInfo("UTC")
+
+
 def quiet_hours_end(now: dt.datetime, tz: dt.tzinfo, start: str, end: str) -> dt.datetime | None:
     """When the quiet period containing *now* ends (UTC), or None outside one."""
     local = now.astimezone(tz)
@@ -229,13 +248,8 @@ def evaluate(compiled: CompiledRuleSet, profile: ProfileView, msg: EvaluationInp
         if transactional:
             verdicts.append(_verdict(V.VERDICT_KIND_QUIET_HOURS, "quiet-hours", V.VERDICT_OUTCOME_SKIP, "transactional messages ignore quiet hours"))
         else:
-            tz_name = str(profile.traits.get(qh.timezone_attribute) or "") if qh.timezone_attribute else profile.timezone
-            tz_name = tz_name or qh.default_timezone or "UTC"
-            read["timezone"] = tz_name
-            try:
-                tz = ZoneInfo(tz_name)
-            except (ZoneInfoNotFoundError, ValueError):
-                tz = ZoneInfo(qh.default_timezone or "UTC")
+            tz = recipient_zone(spec, profile)
+            read["timezone"] = tz.key
             until = quiet_hours_end(msg.now, tz, qh.start, qh.end)
             if until is None:
                 verdicts.append(_verdict(V.VERDICT_KIND_QUIET_HOURS, "quiet-hours", V.VERDICT_OUTCOME_PASS, f"outside quiet hours {qh.start}-{qh.end} {tz.key}"))

@@ -13,6 +13,8 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
+import structlog
+from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from overture.common.v1 import event_pb2, messaging_pb2
@@ -24,10 +26,14 @@ from overture_runtime.privacy import pseudonymize
 from overture_runtime.protojson import struct_from_dict, struct_to_dict
 
 from . import audit
+from .caps import CapLedger
 from .engine import ProfileView, channel_name
+from .profile_cache import ProfileCache
 from .tables import consents, decisions, profiles
 
 __all__ = ["ProfileStore"]
+
+log = structlog.get_logger("overture.rules")
 
 _PROFILE_EVENTS = {"identify", "consent.granted", "consent.revoked", "segment.entered", "segment.exited"}
 _TRAITS_MAX_KEYS = 256
@@ -43,23 +49,65 @@ def _channel_value(name: str) -> messaging_pb2.Channel.ValueType:
 class ProfileStore:
     """Profiles of all tenants, in the database."""
 
-    def __init__(self, db: Database, clock: Clock) -> None:
+    def __init__(self, db: Database, clock: Clock, *, cache: ProfileCache | None = None, ledger: CapLedger | None = None) -> None:
         self._db = db
         self._clock = clock
+        self._cache = cache
+        self._ledger = ledger
 
     async def view(self, *, tenant: str, subject_id: str) -> ProfileView:
         """What a decision reads of a profile; an empty view when there is none."""
+        return (await self.view_many(tenant=tenant, subject_ids=[subject_id]))[subject_id]
+
+    async def view_many(self, *, tenant: str, subject_ids: Sequence[str]) -> dict[str, ProfileView]:
+        """Views of many subjects: from the cache, the rest from the database
+        (which then fills the cache). Raises if the database is needed and down."""
+        wanted = list(dict.fromkeys(subject_ids))
+        cached: dict[str, tuple[ProfileView | None, str]] = {}
+        if self._cache is not None:
+            try:
+                cached = await self._cache.get_many(tenant, wanted)
+            except RedisError as error:
+                log.warning("rules.profile_cache_unavailable", error=type(error).__name__)
+        views = {s: v for s, (v, _) in cached.items() if v is not None}
+        missing = [s for s in wanted if s not in views]
+        if missing:
+            loaded = await self._load_views(tenant, missing)
+            views.update(loaded)
+            if self._cache is not None and cached:
+                try:
+                    await self._cache.put_many(tenant, [(loaded[s], cached[s][1]) for s in missing])
+                except RedisError as error:
+                    log.warning("rules.profile_cache_unavailable", error=type(error).__name__)
+        return views
+
+    async def _load_views(self, tenant: str, subject_ids: Sequence[str]) -> dict[str, ProfileView]:
         async with self._db.connect() as conn:
-            row = (await conn.execute(self._row(tenant, subject_id))).first()
-            rows = (await conn.execute(self._consents(tenant, subject_id))).all()
-        if row is None:
-            return ProfileView(subject_id=subject_id, exists=False)
-        granted = frozenset((r.channel, r.purpose) for r in rows if r.status == "granted")
-        revoked = frozenset((r.channel, r.purpose) for r in rows if r.status == "revoked")
-        return ProfileView(
-            subject_id=subject_id, traits=row.traits, granted=granted, revoked=revoked, segments=tuple(row.segments),
-            timezone=row.timezone, suppression_lists=frozenset(row.suppression_lists), erased=row.erased,
-        )
+            rows = (await conn.execute(sa.select(profiles).where((profiles.c.tenant == tenant) & profiles.c.subject_id.in_(subject_ids)))).all()
+            consent_rows = (await conn.execute(sa.select(consents).where(
+                (consents.c.tenant == tenant) & consents.c.subject_id.in_(subject_ids)))).all()
+        by_subject: dict[str, list[Any]] = {}
+        for c in consent_rows:
+            by_subject.setdefault(c.subject_id, []).append(c)
+        views = {s: ProfileView(subject_id=s, exists=False) for s in subject_ids}
+        for row in rows:
+            held = by_subject.get(row.subject_id, [])
+            views[row.subject_id] = ProfileView(
+                subject_id=row.subject_id, traits=row.traits,
+                granted=frozenset((c.channel, c.purpose) for c in held if c.status == "granted"),
+                revoked=frozenset((c.channel, c.purpose) for c in held if c.status == "revoked"),
+                segments=tuple(row.segments), timezone=row.timezone, suppression_lists=frozenset(row.suppression_lists),
+                erased=row.erased,
+            )
+        return views
+
+    async def _invalidate(self, tenant: str, subject_ids: Sequence[str]) -> None:
+        if self._cache is None or not subject_ids:
+            return
+        try:
+            await self._cache.invalidate(tenant, list(dict.fromkeys(subject_ids)))
+        except RedisError as error:  # the cached view expires on its own
+            log.error("rules.profile_cache_invalidation_failed", error=type(error).__name__, subjects=len(subject_ids))
 
     async def get(self, *, tenant: str, subject_id: str) -> profile_pb2.Profile:
         """The profile as its proto."""
@@ -78,6 +126,7 @@ class ProfileStore:
         async with self._db.begin() as conn:
             await self._merge(conn, tenant, subject_id, traits or {}, timezone, add_lists, remove_lists, add_segments, remove_segments)
             profile = await self._load(conn, tenant, subject_id)
+        await self._invalidate(tenant, [subject_id])
         assert profile is not None
         return profile
 
@@ -89,6 +138,7 @@ class ProfileStore:
             await self._merge(conn, tenant, subject_id, {}, "", (), (), (), ())
             await self._consent(conn, tenant, subject_id, channel_name(channel), purpose, granted, source, when or self._clock.now())
             profile = await self._load(conn, tenant, subject_id)
+        await self._invalidate(tenant, [subject_id])
         assert profile is not None
         return profile
 
@@ -132,6 +182,7 @@ class ProfileStore:
                         await self._merge(conn, tenant, event.subject_id, {}, "", (), (),
                                           (segment,) if entered else (), () if entered else (segment,))
                 results.append((not v, v.items))
+        await self._invalidate(tenant, [e.subject_id for e, (ok, _) in zip(events, results, strict=True) if ok])
         return results
 
     async def erase(self, *, tenant: str, subject_id: str, reason: str, actor: str) -> str:
@@ -148,6 +199,12 @@ class ProfileStore:
                     await conn.execute(decisions.update().where(self._key(decisions, tenant, subject_id)).values(subject_id=pseudonym))
                     await audit.append(conn, tenant=tenant, action=audit_event_pb2.AUDIT_ACTION_PROFILE_ERASED, actor=actor,
                                        time=now, reason=reason, target=f"profile/{pseudonym}", details={})
+                await self._invalidate(tenant, [subject_id])
+                if self._ledger is not None:
+                    try:
+                        await self._ledger.forget(tenant, subject_id)
+                    except RedisError as error:  # the ledger holds no personal data and expires on its own
+                        log.warning("rules.cap_ledger_forget_failed", error=type(error).__name__)
                 return pseudonym
             except audit.ConcurrentAppend:
                 continue

@@ -16,7 +16,7 @@ from overture.rules.v1 import (
     rules_service_pb2,
     rules_service_pb2_grpc,
 )
-from overture_runtime import Unimplemented, Violations, current_principal
+from overture_runtime import OvertureError, Unimplemented, Violations, current_principal
 from overture_runtime.db import Database
 from overture_runtime.errors import FieldViolation
 from overture_runtime.idempotency import Idempotency
@@ -76,13 +76,21 @@ class RulesServicer(rules_service_pb2_grpc.RulesServiceServicer):
             v.add("requests", f"at most {_BATCH_MAX} requests per batch", "TOO_MANY")
         v.raise_if_any("the batch is invalid")
         response = R.EvaluateBatchResponse()
+        valid: list[int] = []
         for index, item in enumerate(request.requests):
             problems = validate_evaluate(item)
             result = response.results.add(index=index)
             if problems:
                 result.violations.extend(_fv(problems))
             else:
-                result.decision.CopyFrom(await self._decider.evaluate(tenant, item))
+                valid.append(index)
+        decided = await self._decider.evaluate_many(tenant, [request.requests[i] for i in valid])
+        for index, outcome in zip(valid, decided, strict=True):
+            result = response.results[index]
+            if isinstance(outcome, OvertureError):
+                result.violations.extend(_fv(list(outcome.violations) or [FieldViolation("rule_set", outcome.message, outcome.reason)]))
+            else:
+                result.decision.CopyFrom(outcome)
         return response
 
     async def CreateRuleSetVersion(

@@ -89,6 +89,7 @@ decisions = sa.Table(
     sa.Column("evaluate_time", utc_datetime, nullable=False),
     sa.Column("create_time", utc_datetime, nullable=False),
     sa.Column("record", sa.LargeBinary, nullable=False),  # the serialized Decision
+    sa.Column("replay", JSONType, nullable=True),  # masked inputs, for backtests (see replay.py)
     sa.Index("rules_decisions_subject", "tenant", "subject_id", "create_time"),
     sa.Index("rules_decisions_window", "tenant", "rule_set", "evaluate_time"),
 )

@@ -34,12 +34,17 @@ class _EvaluationModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Evalua
     """Decide only; reserve nothing."""
     EVALUATION_MODE_RESERVE: _EvaluationMode.ValueType  # 2
     """Decide and, if allowed, atomically reserve the frequency-cap slots.
-    Idempotent on `decision_id`.
+    Idempotent on `decision_id`. When a cap is full only because of held
+    (uncommitted) reservations of lower priority, the lowest of them is
+    preempted and this message takes its slot: higher priority wins a race.
     """
     EVALUATION_MODE_COMMIT: _EvaluationMode.ValueType  # 3
-    """Settle a reservation after a successful send: the slots stay counted."""
+    """Confirm a reservation just before the send: the slots stay counted and
+    can no longer be preempted. Answers with the reservation's state; when it
+    is PREEMPTED or EXPIRED the message must not be sent.
+    """
     EVALUATION_MODE_RELEASE: _EvaluationMode.ValueType  # 4
-    """Settle a reservation after a failed send: the slots are freed."""
+    """Give a reservation back: the send did not happen or failed for good."""
 
 class EvaluationMode(_EvaluationMode, metaclass=_EvaluationModeEnumTypeWrapper):
     """How Evaluate treats frequency caps."""
@@ -50,12 +55,17 @@ EVALUATION_MODE_CHECK: EvaluationMode.ValueType  # 1
 """Decide only; reserve nothing."""
 EVALUATION_MODE_RESERVE: EvaluationMode.ValueType  # 2
 """Decide and, if allowed, atomically reserve the frequency-cap slots.
-Idempotent on `decision_id`.
+Idempotent on `decision_id`. When a cap is full only because of held
+(uncommitted) reservations of lower priority, the lowest of them is
+preempted and this message takes its slot: higher priority wins a race.
 """
 EVALUATION_MODE_COMMIT: EvaluationMode.ValueType  # 3
-"""Settle a reservation after a successful send: the slots stay counted."""
+"""Confirm a reservation just before the send: the slots stay counted and
+can no longer be preempted. Answers with the reservation's state; when it
+is PREEMPTED or EXPIRED the message must not be sent.
+"""
 EVALUATION_MODE_RELEASE: EvaluationMode.ValueType  # 4
-"""Settle a reservation after a failed send: the slots are freed."""
+"""Give a reservation back: the send did not happen or failed for good."""
 Global___EvaluationMode: _TypeAlias = EvaluationMode  # noqa: Y015
 
 class _ReservationState:
@@ -74,6 +84,10 @@ class _ReservationStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Rese
     """Settled by RELEASE."""
     RESERVATION_STATE_EXPIRED: _ReservationState.ValueType  # 4
     """Not settled in time; the slots were freed."""
+    RESERVATION_STATE_PREEMPTED: _ReservationState.ValueType  # 5
+    """A higher-priority message took the slot before this reservation was
+    committed. The message must not be sent.
+    """
 
 class ReservationState(_ReservationState, metaclass=_ReservationStateEnumTypeWrapper):
     """The state of a frequency-cap reservation."""
@@ -88,6 +102,10 @@ RESERVATION_STATE_RELEASED: ReservationState.ValueType  # 3
 """Settled by RELEASE."""
 RESERVATION_STATE_EXPIRED: ReservationState.ValueType  # 4
 """Not settled in time; the slots were freed."""
+RESERVATION_STATE_PREEMPTED: ReservationState.ValueType  # 5
+"""A higher-priority message took the slot before this reservation was
+committed. The message must not be sent.
+"""
 Global___ReservationState: _TypeAlias = ReservationState  # noqa: Y015
 
 class _VerdictKind:
@@ -199,6 +217,7 @@ class Decision(_message.Message):
     EVALUATE_TIME_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     RESERVATION_STATE_FIELD_NUMBER: _builtins.int
+    PREEMPTED_BY_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     """The decision's id, for GetDecision and `overture explain`."""
     rule_set: _builtins.str
@@ -225,6 +244,8 @@ class Decision(_message.Message):
     """
     reservation_state: Global___ReservationState.ValueType
     """The state of the frequency-cap reservation made by a RESERVE decision."""
+    preempted_by: _builtins.str
+    """The decision whose higher-priority reservation preempted this one."""
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The tags of the message."""
@@ -280,10 +301,11 @@ class Decision(_message.Message):
         evaluate_time: _timestamp_pb2.Timestamp | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         reservation_state: Global___ReservationState.ValueType = ...,
+        preempted_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "create_time", b"create_time", "defer_until", b"defer_until", "evaluate_time", b"evaluate_time", "profile_snapshot", b"profile_snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "cap_counters", b"cap_counters", "category", b"category", "channel", b"channel", "context", b"context", "create_time", b"create_time", "decision_id", b"decision_id", "defer_until", b"defer_until", "digest", b"digest", "evaluate_time", b"evaluate_time", "mode", b"mode", "priority", b"priority", "profile_snapshot", b"profile_snapshot", "reservation_state", b"reservation_state", "rule_set", b"rule_set", "subject_id", b"subject_id", "summary", b"summary", "tags", b"tags", "verdicts", b"verdicts", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "cap_counters", b"cap_counters", "category", b"category", "channel", b"channel", "context", b"context", "create_time", b"create_time", "decision_id", b"decision_id", "defer_until", b"defer_until", "digest", b"digest", "evaluate_time", b"evaluate_time", "mode", b"mode", "preempted_by", b"preempted_by", "priority", b"priority", "profile_snapshot", b"profile_snapshot", "reservation_state", b"reservation_state", "rule_set", b"rule_set", "subject_id", b"subject_id", "summary", b"summary", "tags", b"tags", "verdicts", b"verdicts", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,167 @@
+"""Frequency caps: which caps a message counts against, their windows, and
+the per-subject ledger in Redis that checks and reserves atomically.
+
+The ledger is one Lua script over two keys hash-tagged by subject
+(Redis-Cluster-safe). A reservation is *held* until it is committed (just
+before the send) or released, and expires if neither comes. A message that
+finds a cap full only because of held reservations of lower priority
+preempts the lowest of them: higher priority wins a race, and the cap is
+never exceeded, because only held (unsent) messages are ever preempted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import redis.asyncio as aioredis
+
+from overture.common.v1 import messaging_pb2
+from overture.rules.v1 import decision_pb2, rule_set_pb2
+from overture_runtime.redis import Keys
+
+from .engine import channel_name
+
+__all__ = ["CapLedger", "CapWindow", "LedgerResult", "plan_caps"]
+
+_SCRIPT = (Path(__file__).parent / "caps.lua").read_text()
+R = rule_set_pb2
+_STATES = {
+    "h": decision_pb2.RESERVATION_STATE_HELD, "c": decision_pb2.RESERVATION_STATE_COMMITTED,
+    "r": decision_pb2.RESERVATION_STATE_RELEASED, "x": decision_pb2.RESERVATION_STATE_EXPIRED,
+    "p": decision_pb2.RESERVATION_STATE_PREEMPTED,
+}
+
+
+@dataclass(frozen=True)
+class CapWindow:
+    """One cap that a message counts against, with its current window."""
+
+    cap: rule_set_pb2.FrequencyCap
+    """The cap."""
+    start: dt.datetime
+    """The window's start (UTC)."""
+    end: dt.datetime
+    """The window's end (UTC)."""
+
+
+def _window(cap: rule_set_pb2.FrequencyCap, now: dt.datetime, zone: ZoneInfo) -> tuple[dt.datetime, dt.datetime]:
+    kind = cap.window.kind
+    if kind == R.CAP_WINDOW_KIND_ROLLING:
+        return now - cap.window.duration.ToTimedelta(), now
+    local = now.astimezone(zone)
+    day = local.date()
+    if kind == R.CAP_WINDOW_KIND_CALENDAR_WEEK:
+        day -= dt.timedelta(days=local.weekday())
+        days = 7
+    else:
+        days = 1
+    # Midnights are built from the wall clock in the zone, so a day is 23 or
+    # 25 hours long across a DST change, as the recipient lives it.
+    start = dt.datetime.combine(day, dt.time(), tzinfo=zone)
+    end = dt.datetime.combine(day + dt.timedelta(days=days), dt.time(), tzinfo=zone)
+    return start.astimezone(dt.UTC), end.astimezone(dt.UTC)
+
+
+def plan_caps(
+    spec: rule_set_pb2.RuleSetSpec, *, channel: messaging_pb2.Channel.ValueType, tags: Sequence[str], now: dt.datetime, zone: ZoneInfo,
+) -> list[CapWindow]:
+    """The caps a message on *channel* with *tags* counts against, with their windows."""
+    planned = []
+    for cap in spec.frequency_caps:
+        if cap.scope == R.CAP_SCOPE_CHANNEL and cap.channel != channel:
+            continue
+        if cap.scope == R.CAP_SCOPE_TAG and cap.tag not in tags:
+            continue
+        start, end = _window(cap, now, zone)
+        planned.append(CapWindow(cap, start, end))
+    return planned
+
+
+@dataclass(frozen=True)
+class LedgerResult:
+    """What the ledger said about one message."""
+
+    allowed: bool
+    """Whether every cap had room (after any preemption)."""
+    counters: tuple[decision_pb2.CapCounter, ...]
+    """Each cap's count before this message."""
+    preempted: tuple[str, ...]
+    """Decisions whose held reservations this one preempted."""
+    replayed: bool
+    """True when the decision id had already reserved (an idempotent repeat)."""
+
+
+def _ms(when: dt.datetime) -> int:
+    return int(when.timestamp() * 1000)
+
+
+class CapLedger:
+    """The per-subject frequency-cap ledger in Redis."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys, *, hold: dt.timedelta, retention: dt.timedelta) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._hold_ms = int(hold.total_seconds() * 1000)
+        self._retention_ms = int(retention.total_seconds() * 1000)
+        self._script = redis.register_script(_SCRIPT)
+
+    def _keys_of(self, tenant: str, subject_id: str) -> list[str]:
+        return [self._keys.subject(tenant, subject_id, "caps", "z"), self._keys.subject(tenant, subject_id, "caps", "h")]
+
+    def args(
+        self, op: str, *, decision_id: str, priority: int, channel: messaging_pb2.Channel.ValueType, tags: Sequence[str],
+        windows: Sequence[CapWindow], now: dt.datetime,
+    ) -> list[Any]:
+        """The script arguments of a check or a reservation."""
+        args: list[Any] = [op, _ms(now), decision_id, priority, self._hold_ms, self._retention_ms, channel_name(channel),
+                           ",".join(tags), len(windows)]
+        for w in windows:
+            kind, value = {R.CAP_SCOPE_CHANNEL: ("c", channel_name(w.cap.channel)), R.CAP_SCOPE_TAG: ("t", w.cap.tag)}.get(w.cap.scope, ("a", ""))
+            args += [w.cap.id, kind, value, w.cap.limit, _ms(w.start)]
+        return args
+
+    async def run(self, tenant: str, subject_id: str, args: list[Any], windows: Sequence[CapWindow]) -> LedgerResult:
+        """Check or reserve, as *args* say."""
+        reply = await self._script(keys=self._keys_of(tenant, subject_id), args=args)
+        return self.parse(reply, windows)
+
+    def pipeline(self) -> Any:
+        """A non-transactional pipeline on the ledger's Redis, for :meth:`queue`."""
+        return self._redis.pipeline(transaction=False)
+
+    async def queue(self, pipe: Any, tenant: str, subject_id: str, args: list[Any]) -> None:
+        """Queue a check or reservation on a pipeline (for batches)."""
+        await self._script(keys=self._keys_of(tenant, subject_id), args=args, client=pipe)
+
+    @staticmethod
+    def parse(reply: list[Any], windows: Sequence[CapWindow]) -> LedgerResult:
+        """The result of a check or reservation reply."""
+        outcome, replayed = _text(reply[0]), bool(int(reply[1]))
+        counts = reply[2:2 + len(windows)]
+        counters = []
+        for w, (cap_id, count, limit) in zip(windows, counts, strict=True):
+            counter = decision_pb2.CapCounter(cap_id=_text(cap_id), count=int(count), limit=int(limit))
+            counter.window_start.FromDatetime(w.start)
+            counter.window_end.FromDatetime(w.end)
+            counters.append(counter)
+        preempted = tuple(_text(v) for v in reply[2 + len(windows):])
+        return LedgerResult(outcome == "allowed", tuple(counters), preempted, replayed)
+
+    async def settle(self, tenant: str, subject_id: str, decision_id: str, *, commit: bool, now: dt.datetime) -> decision_pb2.ReservationState.ValueType:
+        """Commit or release a reservation; returns its state after the call.
+        ``UNSPECIFIED`` when the ledger has no such reservation."""
+        reply = await self._script(keys=self._keys_of(tenant, subject_id), args=["commit" if commit else "release", _ms(now), decision_id])
+        return _STATES.get(_text(reply), decision_pb2.RESERVATION_STATE_UNSPECIFIED)
+
+    async def forget(self, tenant: str, subject_id: str) -> None:
+        """Drop a subject's ledger (erasure)."""
+        await self._redis.delete(*self._keys_of(tenant, subject_id))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,41 @@
+"""What a decision record keeps to replay it: the inputs a rule set reads,
+with personal data masked. Backtests evaluate candidate versions on it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from overture.rules.v1 import decision_pb2
+from overture_runtime.privacy import mask_mapping
+
+from .engine import EvaluationInput, ProfileView
+
+__all__ = ["decode", "encode"]
+
+
+def encode(profile: ProfileView, message: EvaluationInput, counters: tuple[decision_pb2.CapCounter, ...]) -> dict[str, Any]:
+    """The replay input of a decision, masked."""
+    return {
+        "traits": mask_mapping(profile.traits), "granted": sorted(profile.granted), "revoked": sorted(profile.revoked),
+        "segments": list(profile.segments), "timezone": profile.timezone, "lists": sorted(profile.suppression_lists),
+        "erased": profile.erased, "exists": profile.exists,
+        "channel": int(message.channel), "category": int(message.category), "tags": list(message.tags),
+        "priority": message.priority, "context": mask_mapping(message.context), "now": message.now.isoformat(),
+        "caps": {c.cap_id: c.count for c in counters},
+    }
+
+
+def decode(subject_id: str, data: Mapping[str, Any]) -> tuple[ProfileView, EvaluationInput, dict[str, int]]:
+    """The profile, message and cap counts a decision was made on."""
+    profile = ProfileView(
+        subject_id=subject_id, traits=data["traits"], granted=frozenset(tuple(x) for x in data["granted"]),  # type: ignore[misc]
+        revoked=frozenset(tuple(x) for x in data["revoked"]), segments=tuple(data["segments"]),  # type: ignore[misc]
+        timezone=data["timezone"], suppression_lists=frozenset(data["lists"]), erased=data["erased"], exists=data["exists"],
+    )
+    message = EvaluationInput(
+        channel=data["channel"], category=data["category"], now=dt.datetime.fromisoformat(data["now"]),
+        tags=tuple(data["tags"]), priority=data["priority"], context=data["context"],
+    )
+    return profile, message, dict(data.get("caps", {}))
