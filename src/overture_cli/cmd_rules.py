@@ -115,6 +115,41 @@ def diff(args: argparse.Namespace) -> int:
     return run_async(go)
 
 
+def backtest(args: argparse.Namespace) -> int:
+    """Replay stored decisions of a window on a candidate version."""
+    from google.protobuf import timestamp_pb2
+
+    window = []
+    for text in (args.since, args.until):
+        stamp = timestamp_pb2.Timestamp()
+        try:
+            stamp.FromJsonString(text)
+        except ValueError:
+            fail(f"{text!r} is not an RFC 3339 time, for example 2026-11-01T00:00:00Z")
+        window.append(stamp)
+
+    async def go() -> int:
+        t = target(args.token)
+        async with t.channel("rules") as channel:
+            result = await rules_service_pb2_grpc.RulesServiceStub(channel).BacktestRuleSet(R.BacktestRuleSetRequest(
+                rule_set=args.name, candidate_version=args.version, start_time=window[0], end_time=window[1], page_size=args.limit),
+                metadata=t.metadata)
+
+        def text() -> str:
+            lines = [f"{result.evaluated_count} decisions replayed on {args.name} v{args.version}: {result.changed_count} would change "
+                     f"({result.newly_denied_count} newly denied, {result.newly_allowed_count} newly allowed)"]
+            for c in result.changes:
+                why = "; ".join(v.reason for v in c.verdicts_after) or "allowed"
+                lines.append(f"  {c.decision_id}  {c.subject_id:<20} {'allowed' if c.allowed_before else 'denied'} -> "
+                             f"{'allowed' if c.allowed_after else 'denied'}  {why}")
+            return "\n".join(lines)
+
+        emit(result, as_json=args.json, text=text)
+        return 0
+
+    return run_async(go)
+
+
 def audit_verify(args: argparse.Namespace) -> int:
     """Walk the audit log's hash chain and report the first tampered entry."""
     from overture_rules.audit import verify_chain
@@ -184,7 +219,16 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("name")
     p.add_argument("from_version", type=int)
     p.add_argument("to_version", type=int)
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=diff)
+    p = rules.add_parser("backtest", help="replay stored decisions of a time window on a candidate version", parents=[common])
+    p.add_argument("name")
+    p.add_argument("version", type=int, help="the candidate version (create it with publish --no-activate)")
+    p.add_argument("--since", required=True, help="window start, RFC 3339")
+    p.add_argument("--until", required=True, help="window end, RFC 3339")
+    p.add_argument("--limit", type=int, default=100, help="changed decisions to list")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=backtest)
     audit = sub.add_parser("audit", help="read and verify the audit log").add_subparsers(dest="action", required=True, metavar="ACTION")
     p = audit.add_parser("list", help="print the audit log", parents=[common])
     p.set_defaults(func=audit_list)

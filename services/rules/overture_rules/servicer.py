@@ -16,7 +16,7 @@ from overture.rules.v1 import (
     rules_service_pb2,
     rules_service_pb2_grpc,
 )
-from overture_runtime import OvertureError, Unimplemented, Violations, current_principal
+from overture_runtime import OvertureError, Violations, current_principal
 from overture_runtime.db import Database
 from overture_runtime.errors import FieldViolation
 from overture_runtime.idempotency import Idempotency
@@ -31,6 +31,7 @@ from overture_runtime.validation import (
 )
 
 from . import audit
+from .backtest import backtest
 from .decisions import Decider, validate_evaluate
 from .profiles import ProfileStore
 from .rule_sets import RuleSetStore
@@ -177,8 +178,27 @@ class RulesServicer(rules_service_pb2_grpc.RulesServiceServicer):
         return R.DiffRuleSetVersionsResponse(changes=changes)
 
     async def BacktestRuleSet(self, request: R.BacktestRuleSetRequest, context: grpc.aio.ServicerContext) -> R.BacktestRuleSetResponse:
-        current_principal()
-        raise Unimplemented("BacktestRuleSet is not built yet", reason="NOT_BUILT")
+        tenant = current_principal().tenant
+        v = Violations()
+        check_name(v, "rule_set", request.rule_set)
+        if request.candidate_version <= 0:
+            v.add("candidate_version", "candidate_version is required", "REQUIRED")
+        for name in ("start_time", "end_time"):
+            if not request.HasField(name):
+                v.add(name, f"{name} is required", "REQUIRED")
+        if request.HasField("start_time") and request.HasField("end_time") and request.end_time.ToDatetime() <= request.start_time.ToDatetime():
+            v.add("end_time", "end_time must be after start_time", "OUT_OF_RANGE")
+        keep = page_size(v, request.page_size, default=100, maximum=1000)
+        v.raise_if_any("the backtest is invalid")
+        candidate, _ = await self._rule_sets.compiled(tenant=tenant, name=request.rule_set, version=request.candidate_version)
+        outcome = await backtest(
+            self._db, candidate, tenant=tenant, rule_set=request.rule_set, keep=keep,
+            start=request.start_time.ToDatetime(tzinfo=dt.UTC), end=request.end_time.ToDatetime(tzinfo=dt.UTC),
+        )
+        return R.BacktestRuleSetResponse(
+            evaluated_count=outcome.evaluated, changed_count=outcome.changed, newly_denied_count=outcome.newly_denied,
+            newly_allowed_count=outcome.newly_allowed, changes=outcome.changes,
+        )
 
     async def ListAuditEvents(self, request: R.ListAuditEventsRequest, context: grpc.aio.ServicerContext) -> R.ListAuditEventsResponse:
         tenant = current_principal().tenant
