@@ -38,7 +38,7 @@ class RulesApp(BaseApp):
                                 retention=dt.timedelta(days=s.cap_history_days))
         cache = ProfileCache(self.redis, self.keys, ttl=dt.timedelta(seconds=s.profile_cache_ttl_seconds))
         self.rule_sets = RuleSetStore(self.db, self.clock)
-        self.profiles = ProfileStore(self.db, self.clock, cache=cache, ledger=self.ledger)
+        self.profiles = ProfileStore(self.db, self.clock, cache=cache, ledger=self.ledger, read_timeout=s.profile_read_timeout_seconds)
         self.decider = Decider(self.db, self.rule_sets, self.profiles, self.ledger, self.clock, self.ids)
 
     def register(self, server: grpc.aio.Server) -> None:

@@ -14,7 +14,7 @@
 --
 -- Reply for check/reserve: {outcome, replayed, {cap_id, count, limit}..., victims...}
 --   outcome: "allowed" | "denied"; counts are before this message.
--- Reply for commit/release: the entry's state after the call, or "missing".
+-- Reply for commit/release: {state after the call (or "missing"), preempting decision id}.
 
 local z, h = KEYS[1], KEYS[2]
 local op = ARGV[1]
@@ -32,12 +32,12 @@ end
 
 if op == 'commit' or op == 'release' then
   local meta = redis.call('HGET', h, id)
-  if not meta then return 'missing' end
+  if not meta then return {'missing', ''} end
   local e = parse(meta)
   if e.state == 'h' and e.exp < now then
     e.state = 'x'
     redis.call('HSET', h, id, pack(e))
-    return 'x'
+    return {'x', ''}
   end
   if op == 'commit' and e.state == 'h' then
     e.state = 'c'
@@ -46,7 +46,7 @@ if op == 'commit' or op == 'release' then
     e.state = 'r'
     redis.call('HSET', h, id, pack(e))
   end
-  return e.state
+  return {e.state, e.by or ''}
 end
 
 local prio = tonumber(ARGV[4])

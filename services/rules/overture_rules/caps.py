@@ -152,11 +152,14 @@ class CapLedger:
         preempted = tuple(_text(v) for v in reply[2 + len(windows):])
         return LedgerResult(outcome == "allowed", tuple(counters), preempted, replayed)
 
-    async def settle(self, tenant: str, subject_id: str, decision_id: str, *, commit: bool, now: dt.datetime) -> decision_pb2.ReservationState.ValueType:
-        """Commit or release a reservation; returns its state after the call.
-        ``UNSPECIFIED`` when the ledger has no such reservation."""
-        reply = await self._script(keys=self._keys_of(tenant, subject_id), args=["commit" if commit else "release", _ms(now), decision_id])
-        return _STATES.get(_text(reply), decision_pb2.RESERVATION_STATE_UNSPECIFIED)
+    async def settle(
+        self, tenant: str, subject_id: str, decision_id: str, *, commit: bool, now: dt.datetime,
+    ) -> tuple[decision_pb2.ReservationState.ValueType, str]:
+        """Commit or release a reservation; returns its state after the call
+        (``UNSPECIFIED`` when the ledger has no such reservation) and, when it
+        was preempted, the decision that preempted it."""
+        state, by = await self._script(keys=self._keys_of(tenant, subject_id), args=["commit" if commit else "release", _ms(now), decision_id])
+        return _STATES.get(_text(state), decision_pb2.RESERVATION_STATE_UNSPECIFIED), _text(by)
 
     async def forget(self, tenant: str, subject_id: str) -> None:
         """Drop a subject's ledger (erasure)."""

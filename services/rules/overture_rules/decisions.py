@@ -103,7 +103,8 @@ class Decider:
         for i, req in enumerate(requests):
             if (req.mode or D.EVALUATION_MODE_CHECK) in (D.EVALUATION_MODE_COMMIT, D.EVALUATION_MODE_RELEASE):
                 try:
-                    results[i] = await self._settle(tenant, req.decision_id, req.mode)
+                    at = req.now.ToDatetime(tzinfo=dt.UTC) if req.HasField("now") else self._clock.now()
+                    results[i] = await self._settle(tenant, req.decision_id, req.mode, at)
                 except OvertureError as error:
                     results[i] = error
             else:
@@ -310,7 +311,9 @@ class Decider:
         await conn.execute(t.update().where(key).values(reservation_state=_state_name(state), record=decision.SerializeToString()))
         return decision
 
-    async def _settle(self, tenant: str, decision_id: str, mode: decision_pb2.EvaluationMode.ValueType) -> decision_pb2.Decision:
+    async def _settle(
+        self, tenant: str, decision_id: str, mode: decision_pb2.EvaluationMode.ValueType, now: dt.datetime,
+    ) -> decision_pb2.Decision:
         decision = await self.get(tenant, decision_id)
         if decision.mode != D.EVALUATION_MODE_RESERVE:
             raise InvalidArgument(
@@ -322,9 +325,10 @@ class Decider:
         ):
             return decision  # denied, deferred, or already settled: nothing (more) to do
         commit = mode == D.EVALUATION_MODE_COMMIT
+        by = ""
         if decision.cap_counters:
             try:
-                state = await self._ledger.settle(tenant, decision.subject_id, decision_id, commit=commit, now=self._clock.now())
+                state, by = await self._ledger.settle(tenant, decision.subject_id, decision_id, commit=commit, now=now)
             except RedisError as error:
                 raise Unavailable("the frequency-cap store could not be reached; retry", reason="CAP_LEDGER_UNAVAILABLE",
                                   retry_after=dt.timedelta(seconds=1)) from error
@@ -333,7 +337,7 @@ class Decider:
         else:  # no cap counted this message: nothing is held in the ledger
             state = D.RESERVATION_STATE_COMMITTED if commit else D.RESERVATION_STATE_RELEASED
         async with self._db.begin() as conn:
-            marked = await self._mark(conn, tenant, decision_id, state)
+            marked = await self._mark(conn, tenant, decision_id, state, preempted_by=by)
         return marked or decision
 
 

@@ -49,7 +49,11 @@ def _channel_value(name: str) -> messaging_pb2.Channel.ValueType:
 class ProfileStore:
     """Profiles of all tenants, in the database."""
 
-    def __init__(self, db: Database, clock: Clock, *, cache: ProfileCache | None = None, ledger: CapLedger | None = None) -> None:
+    def __init__(
+        self, db: Database, clock: Clock, *, cache: ProfileCache | None = None, ledger: CapLedger | None = None,
+        read_timeout: float = 1.0,
+    ) -> None:
+        self._read_timeout_ms = read_timeout * 1000
         self._db = db
         self._clock = clock
         self._cache = cache
@@ -82,7 +86,11 @@ class ProfileStore:
         return views
 
     async def _load_views(self, tenant: str, subject_ids: Sequence[str]) -> dict[str, ProfileView]:
-        async with self._db.connect() as conn:
+        async with self._db.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # A decision must not hang on a locked or overloaded store: past
+                # the timeout the read fails and the decision fails closed.
+                await conn.execute(sa.text(f"SET LOCAL statement_timeout = {int(self._read_timeout_ms)}"))
             rows = (await conn.execute(sa.select(profiles).where((profiles.c.tenant == tenant) & profiles.c.subject_id.in_(subject_ids)))).all()
             consent_rows = (await conn.execute(sa.select(consents).where(
                 (consents.c.tenant == tenant) & consents.c.subject_id.in_(subject_ids)))).all()

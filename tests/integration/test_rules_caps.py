@@ -1,0 +1,119 @@
+"""Frequency caps under concurrency, on real Redis and PostgreSQL: the check
+and the reservation are one atomic step, higher priority wins a race, and
+reservations are settled or expire."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from overture.rules.v1 import decision_pb2 as D
+from overture_runtime.config import Settings
+
+from .rules_support import Rules, cap, running_rules, spec, utc
+
+
+@pytest.fixture
+async def svc(make_settings: Callable[..., Settings]) -> AsyncIterator[Rules]:
+    async with running_rules(make_settings) as running:
+        yield running
+
+
+async def test_two_hundred_concurrent_reservations_leave_exactly_the_three_highest_priorities(svc: Rules) -> None:
+    """200 concurrent RESERVE calls for one subject against a cap of 3 leave exactly 3 slots, held by the highest priorities."""
+    await svc.publish("capped", spec(caps=[cap("three-a-day", 3)]))
+    await svc.consent("racer")
+    priorities = [i % 101 for i in range(200)]
+    random.Random(7).shuffle(priorities)
+    decisions = await asyncio.gather(*(
+        svc.evaluate(rule_set="capped", subject_id="racer", mode=D.EVALUATION_MODE_RESERVE, priority=p, decision_id=f"race-{i}")
+        for i, p in enumerate(priorities)
+    ))
+    settled = await asyncio.gather(*(svc.evaluate(decision_id=d.decision_id, mode=D.EVALUATION_MODE_COMMIT) for d in decisions if d.allowed))
+    committed = [d for d in settled if d.reservation_state == D.RESERVATION_STATE_COMMITTED]
+    assert len(committed) == 3
+    assert sorted(d.priority for d in committed) == sorted(priorities)[-3:]
+    preempted = [d for d in settled if d.reservation_state == D.RESERVATION_STATE_PREEMPTED]
+    assert all(d.preempted_by for d in preempted)
+    stored = [await svc.evaluate(decision_id=d.decision_id, mode=D.EVALUATION_MODE_COMMIT) for d in decisions]
+    assert sum(d.reservation_state == D.RESERVATION_STATE_COMMITTED for d in stored) == 3
+    # A fourth message, even of the top priority, finds the cap full of committed (unpreemptable) sends.
+    late = await svc.evaluate(rule_set="capped", subject_id="racer", mode=D.EVALUATION_MODE_RESERVE, priority=100)
+    assert not late.allowed and "three-a-day" in late.summary
+
+
+async def test_reserve_is_idempotent_on_the_decision_id(svc: Rules) -> None:
+    """Repeating a RESERVE with the same decision id returns the first decision and takes no second slot."""
+    await svc.publish("capped", spec(caps=[cap("two", 2)]))
+    await svc.consent("u")
+    first = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE, decision_id="same")
+    again = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE, decision_id="same")
+    assert first == again and first.reservation_state == D.RESERVATION_STATE_HELD
+    other = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE)
+    assert other.allowed and [c.count for c in other.cap_counters] == [1]
+
+
+async def test_check_mode_reserves_nothing_and_release_frees_the_slot(svc: Rules) -> None:
+    """CHECK counts without reserving; RELEASE gives a reserved slot back; the counters are in the record."""
+    await svc.publish("capped", spec(caps=[cap("one", 1)]))
+    await svc.consent("u")
+    for _ in range(3):
+        checked = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_CHECK)
+        assert checked.allowed and checked.reservation_state == D.RESERVATION_STATE_UNSPECIFIED
+    held = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE)
+    blocked = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE)
+    assert held.allowed and not blocked.allowed
+    assert [(c.cap_id, c.count, c.limit) for c in blocked.cap_counters] == [("one", 1, 1)]
+    released = await svc.evaluate(decision_id=held.decision_id, mode=D.EVALUATION_MODE_RELEASE)
+    assert released.reservation_state == D.RESERVATION_STATE_RELEASED
+    assert (await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE)).allowed
+
+
+async def test_unsettled_reservations_expire(make_settings: Callable[..., Settings]) -> None:
+    """A reservation that is neither committed nor released stops counting after the hold time, and cannot be committed."""
+    async with running_rules(make_settings, reservation_ttl_seconds=60) as svc:
+        await svc.publish("capped", spec(caps=[cap("one", 1, hours=24 * 7)]))
+        await svc.consent("u")
+        start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+        held = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE, now=start)
+        assert held.allowed
+        blocked = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE, now=start + dt.timedelta(seconds=30))
+        assert not blocked.allowed
+        later = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE, now=start + dt.timedelta(seconds=61))
+        assert later.allowed
+        expired = await svc.evaluate(decision_id=held.decision_id, mode=D.EVALUATION_MODE_COMMIT, now=start + dt.timedelta(seconds=61))
+        assert expired.reservation_state == D.RESERVATION_STATE_EXPIRED
+
+
+async def test_channel_all_and_tag_caps_count_what_they_scope(svc: Rules) -> None:
+    """A tag cap counts only tagged messages; an all-channels cap counts every message."""
+    await svc.publish("capped", spec(caps=[cap("promo", 1, scope="tag", tag="promo"), cap("all", 3, scope="all")]))
+    await svc.consent("u")
+    now = utc(2026, 6, 1, 12)
+
+    async def send(*tags: str) -> D.Decision:
+        decision = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE, tags=list(tags), now=now)
+        if decision.allowed:
+            await svc.evaluate(decision_id=decision.decision_id, mode=D.EVALUATION_MODE_COMMIT, now=now)
+        return decision
+
+    assert (await send("promo")).allowed
+    second_promo = await send("promo")
+    assert not second_promo.allowed and "promo" in second_promo.summary
+    assert (await send()).allowed
+    assert (await send("news")).allowed
+    fourth = await send()
+    assert not fourth.allowed and "frequency cap all reached: 3 of 3" in fourth.summary
+
+
+async def test_transactional_messages_are_not_capped(svc: Rules) -> None:
+    """Transactional messages skip caps (and count against none)."""
+    await svc.publish("capped", spec(caps=[cap("one", 1)]))
+    for _ in range(3):
+        decision = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE, category=2)
+        assert decision.allowed
+        assert [v.outcome for v in decision.verdicts if v.kind == D.VERDICT_KIND_FREQUENCY_CAP] == [D.VERDICT_OUTCOME_SKIP]
