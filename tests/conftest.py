@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -74,3 +75,42 @@ def make_settings(database_url: str, redis_namespace: str) -> Callable[..., Sett
         return Settings(**values)  # type: ignore[arg-type]
 
     return build
+
+
+@pytest.fixture
+def throwaway_redis(tmp_path: Any) -> Iterator[Callable[[], str]]:
+    """Start a private redis-server on a free port (for tests that kill or flush it).
+
+    Yields a function that (re)starts it and returns its URL; the server is
+    stopped at the end of the test.
+    """
+    import shutil
+    import subprocess
+    import time
+
+    from overture_runtime.testing import free_port
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> str:
+        proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                 "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(proc)
+        import socket
+
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return f"redis://127.0.0.1:{port}/0"
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()

@@ -29,6 +29,8 @@ from tests.conftest import admin_metadata
 MD = admin_metadata()
 R = rule_set_pb2
 EMAIL = messaging_pb2.CHANNEL_EMAIL
+STRING = rule_set_pb2.ATTRIBUTE_TYPE_STRING
+NUMBER = rule_set_pb2.ATTRIBUTE_TYPE_NUMBER
 
 
 @dataclass

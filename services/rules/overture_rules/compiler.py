@@ -47,7 +47,8 @@ BUILTINS: Mapping[str, Any] = {
     "priority": _T.FLOAT,
 }
 """Names every expression may read besides the declared attributes."""
-_BANNED_BUILTINS = frozenset({"now", "today", "random"})
+_BANNED_REFERENCE = re.compile(r"\$(now|today|random)\b")
+_STRING_LITERAL = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 # A group that is quantified and contains a quantifier (or an alternation of
@@ -117,6 +118,15 @@ def compile_expression(
 ) -> tuple[rule_engine.Rule | None, frozenset[str], list[FieldViolation]]:
     """Compile one expression; return it, the symbols it reads, and its problems."""
     problems: list[FieldViolation] = []
+    banned = sorted({m.group(1) for m in _BANNED_REFERENCE.finditer(_STRING_LITERAL.sub("", text))})
+    if banned:
+        # Checked before compiling, so that the reason is the ban even where
+        # the built-in's use would also be a type error.
+        return None, frozenset(), [
+            FieldViolation(field, f"${name} is not allowed: decisions must replay, so the time comes with the request and nothing may be random",
+                           "BANNED_BUILTIN")
+            for name in banned
+        ]
     try:
         rule = rule_engine.Rule(text, context=context)
     except rule_engine.RuleSyntaxError as error:
@@ -132,18 +142,8 @@ def compile_expression(
         return None, frozenset(), [FieldViolation(field, f"type error: {error.message}", "TYPE_ERROR")]
     symbols: set[str] = set()
     for node in _walk(rule.statement.expression):
-        if isinstance(node, rast.SymbolExpression):
-            if node.scope == "built-in":
-                if node.name in _BANNED_BUILTINS:
-                    problems.append(
-                        FieldViolation(
-                            field,
-                            f"${node.name} is not allowed: pass the time with the request so decisions can be replayed",
-                            "BANNED_BUILTIN",
-                        )
-                    )
-            else:
-                symbols.add(node.name)
+        if isinstance(node, rast.SymbolExpression) and node.scope != "built-in":
+            symbols.add(node.name)
         elif isinstance(node, rast.FuzzyComparisonExpression):
             right = getattr(node, "_right", None)
             pattern = getattr(right, "pattern", None)
