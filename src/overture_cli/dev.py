@@ -21,9 +21,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
+from overture_runtime.clients import wait_until_serving
 from overture_runtime.config import SERVICES
 
 from .mailsink import MailSink, _free_port
@@ -59,21 +57,6 @@ class _FakeRedis:
 
 def _port(service: str, kind: str, default: int) -> int:
     return int(os.environ.get(f"OVERTURE_{service.upper()}_{kind}_PORT", default))
-
-
-async def _healthy(address: str, within: float) -> bool:
-    deadline = asyncio.get_running_loop().time() + within
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while asyncio.get_running_loop().time() < deadline:
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return True
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.2)
-    return False
 
 
 async def _pump(service: str, stream: asyncio.StreamReader) -> None:
@@ -135,7 +118,7 @@ async def _main(data_dir: Path) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    ready = await asyncio.gather(*(_healthy(addresses[s], 90) for s in SERVICES))
+    ready = await asyncio.gather(*(wait_until_serving(addresses[s], within=90) for s in SERVICES))
     code = 0
     if not all(ready):
         failed = [s for s, ok in zip(SERVICES, ready, strict=True) if not ok]

@@ -7,17 +7,19 @@ context of the current call travel along.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import propagate
 
 from .auth import TENANT_HEADER
 from .config import Settings
 from .context import current_call
 
-__all__ = ["call_metadata", "open_channel"]
+__all__ = ["call_metadata", "open_channel", "wait_until_serving"]
 
 # Retry only what cannot have been processed: UNAVAILABLE means the call did
 # not reach a handler. Mutating RPCs are idempotent on their keys anyway.
@@ -62,3 +64,20 @@ def call_metadata(settings: Settings, tenant: str) -> Sequence[tuple[str, str]]:
         metadata["x-request-id"] = state.request_id
     propagate.inject(metadata)
     return tuple(metadata.items())
+
+
+async def wait_until_serving(address: str, *, within: float = 60.0) -> bool:
+    """Poll ``grpc.health.v1`` at *address* until it says SERVING; False after *within* seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while loop.time() < deadline:
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.2)
+    return False

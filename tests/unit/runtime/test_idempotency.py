@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -87,7 +88,7 @@ async def test_first_call_computes_and_stores_the_response(harness: Harness) -> 
 async def test_repeat_returns_the_stored_response_without_computing(harness: Harness) -> None:
     """A repeat of the same request with the same id returns the first response and does not run compute again."""
     first = await harness.run(_request())
-    harness.clock.advance(__import__("datetime").timedelta(minutes=5))
+    harness.clock.advance(timedelta(minutes=5))
     second = await harness.run(_request(), compute=harness.compute("other"))
     assert second == first
     assert harness.computed == 1
