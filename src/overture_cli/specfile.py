@@ -9,6 +9,7 @@ case (``channel: email`` for ``CHANNEL_EMAIL``), and durations may use
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -72,7 +73,10 @@ def _fix_scalar(value: Any, field: FieldDescriptor) -> Any:
         if full == "google.protobuf.Duration" and isinstance(value, (str, int)):
             text = str(value)
             match = _DURATION.fullmatch(text)
-            return f"{float(match.group(1)) * _UNITS[match.group(2)]:g}s" if match else text
+            if not match:
+                return text
+            seconds = Decimal(match.group(1)) * _UNITS[match.group(2)]
+            return f"{seconds.normalize():f}s"
         if full in ("google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.Timestamp"):
             return value
         return _fix(value, field.message_type)

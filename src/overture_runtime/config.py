@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     """How long the cap ledger remembers sends; rolling cap windows may not be longer."""
     profile_cache_ttl_seconds: float = 600.0
     """How long a profile stays in the Redis read-through cache."""
+    active_version_ttl_seconds: float = 2.0
+    """How long a replica trusts its cached active-version pointer; an activation
+    through another replica takes effect here within this time."""
     profile_read_timeout_seconds: float = 1.0
     """How long a decision waits for the profile store before it fails closed."""
 

@@ -58,6 +58,8 @@ def mask_mapping(data: Mapping[str, Any], *, key: str = "") -> dict[str, Any]:
 
 def _mask_value(key: str, value: Any) -> Any:
     if isinstance(value, Mapping):
+        if key.lower() in PII_KEYS:  # everything under a personal key is personal
+            return {k: _mask_value(key, v) for k, v in value.items()}
         return mask_mapping(value)
     if isinstance(value, (list, tuple)):
         return [_mask_value(key, item) for item in value]

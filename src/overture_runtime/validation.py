@@ -98,7 +98,7 @@ def decode_page_token(token: str) -> dict[str, Any]:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         cursor = json.loads(raw)
-    except (binascii.Error, ValueError) as error:
+    except (binascii.Error, ValueError, RecursionError) as error:
         raise InvalidArgument(
             "page_token is not a token this service issued", violations=[_bad_token()]
         ) from error

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -187,6 +188,16 @@ def _has_cycle(spec: journey_pb2.JourneySpec) -> bool:
         return False
 
     return any(node not in state and visit(node) for node in graph)
+
+
+def evaluate_expression(rule: rule_engine.Rule, scope: Mapping[str, Any]) -> bool:
+    """Whether *rule* holds for *scope*. Expressions read nested data with dot
+    syntax (``profile.traits.plan``), which rule-engine 5 (pinned) supports and
+    announces it will drop in 6; the notice is silenced here, and moving to
+    rule-engine 6 means migrating expressions to ``profile["traits"]["plan"]``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rule_engine.errors.MappingAttributeLookupDeprecation)
+        return bool(rule.matches(scope))
 
 
 def render(template: jinja2.Template | None, scope: Mapping[str, Any]) -> str:

@@ -31,7 +31,7 @@ from overture_runtime.config import Settings
 from overture_runtime.db import Database
 from overture_runtime.protojson import from_json, struct_to_dict
 
-from .definition import CompiledJourney, compile_journey, render, templates_env
+from .definition import CompiledJourney, compile_journey, evaluate_expression, render, templates_env
 from .journeys import JourneyStore
 from .runs import RunRecord, RunStore, StepRecord
 from .tables import dead_letters
@@ -137,7 +137,7 @@ class Executor:
             if kind == "condition":
                 scope = {"event": _event_scope(run), "profile": await self._profile(run)}
                 try:
-                    matched = bool(journey.conditions[step.id].matches(scope))
+                    matched = evaluate_expression(journey.conditions[step.id], scope)
                 except rule_engine.EngineError as error:
                     record.state, record.error = "failed", f"condition failed to evaluate: {error.message}"
                     return StepResult("failed")

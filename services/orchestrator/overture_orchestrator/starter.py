@@ -19,7 +19,7 @@ from overture_runtime.clock import Clock, IdGenerator
 from overture_runtime.errors import FailedPrecondition, InvalidArgument
 from overture_runtime.protojson import canonical_json, struct_to_dict
 
-from .definition import compile_journey
+from .definition import compile_journey, evaluate_expression
 from .executor import Executor
 from .journeys import JourneyStore
 from .runs import RunStore
@@ -115,6 +115,6 @@ class Starter:
 
 def _matches(rule: Any, event: event_pb2.Event) -> bool:
     try:
-        return bool(rule.matches({"attributes": struct_to_dict(event.attributes), "event_type": event.event_type}))
+        return evaluate_expression(rule, {"attributes": struct_to_dict(event.attributes), "event_type": event.event_type})
     except Exception:  # noqa: BLE001 - a filter that cannot evaluate does not match
         return False

@@ -37,7 +37,7 @@ class RulesApp(BaseApp):
         self.ledger = CapLedger(self.redis, self.keys, hold=dt.timedelta(seconds=s.reservation_ttl_seconds),
                                 retention=dt.timedelta(days=s.cap_history_days))
         cache = ProfileCache(self.redis, self.keys, ttl=dt.timedelta(seconds=s.profile_cache_ttl_seconds))
-        self.rule_sets = RuleSetStore(self.db, self.clock)
+        self.rule_sets = RuleSetStore(self.db, self.clock, active_ttl=s.active_version_ttl_seconds)
         self.profiles = ProfileStore(self.db, self.clock, cache=cache, ledger=self.ledger, read_timeout=s.profile_read_timeout_seconds)
         self.decider = Decider(self.db, self.rule_sets, self.profiles, self.ledger, self.clock, self.ids)
 

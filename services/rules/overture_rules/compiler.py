@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import rule_engine
 import rule_engine.ast as rast
+from rule_engine.builtins import Builtins
 
 from overture.common.v1 import messaging_pb2
 from overture.rules.v1 import rule_set_pb2
 from overture_runtime.errors import FieldViolation, Violations
 from overture_runtime.validation import check_name
+
+from .fastpath import compile_fast
 
 __all__ = ["BUILTINS", "MAX_ROLLING_WINDOW", "CompiledRule", "CompiledRuleSet", "compile_rule_set"]
 
@@ -47,6 +50,7 @@ BUILTINS: Mapping[str, Any] = {
     "priority": _T.FLOAT,
 }
 """Names every expression may read besides the declared attributes."""
+_KNOWN_BUILTINS = frozenset(Builtins.from_defaults().keys())
 _BANNED_REFERENCE = re.compile(r"\$(now|today|random)\b")
 _STRING_LITERAL = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -71,6 +75,13 @@ class CompiledRule:
     """The compiled expression. Thread-safe for evaluation."""
     symbols: frozenset[str]
     """The attributes the expression reads."""
+    fast: Callable[[Mapping[str, Any]], bool] | None = None
+    """The same expression as a closure over pre-coerced contexts, when every
+    node kind it uses is supported (see :mod:`.fastpath`)."""
+
+    def matches(self, thing: Mapping[str, Any]) -> bool:
+        """Whether the expression holds for *thing* (pre-coerced values)."""
+        return self.fast(thing) if self.fast is not None else bool(self.rule.matches(thing))
 
 
 @dataclass(frozen=True)
@@ -142,8 +153,11 @@ def compile_expression(
         return None, frozenset(), [FieldViolation(field, f"type error: {error.message}", "TYPE_ERROR")]
     symbols: set[str] = set()
     for node in _walk(rule.statement.expression):
-        if isinstance(node, rast.SymbolExpression) and node.scope != "built-in":
-            symbols.add(node.name)
+        if isinstance(node, rast.SymbolExpression):
+            if node.scope != "built-in":
+                symbols.add(node.name)
+            elif node.name not in _KNOWN_BUILTINS:
+                problems.append(FieldViolation(field, f"${node.name} is not a built-in", "UNKNOWN_BUILTIN"))
         elif isinstance(node, rast.FuzzyComparisonExpression):
             right = getattr(node, "_right", None)
             pattern = getattr(right, "pattern", None)
@@ -190,7 +204,7 @@ def compile_rule_set(spec: rule_set_pb2.RuleSetSpec, *, prefix: str = "spec") ->
         for p in problems:
             v.add(p.field, f"rule {r.id!r}: {p.description}", p.reason)
         if compiled is not None and not problems:
-            rules.append(CompiledRule(r.id, r.effect, r.reason or r.description or r.id, compiled, symbols))
+            rules.append(CompiledRule(r.id, r.effect, r.reason or r.description or r.id, compiled, symbols, compile_fast(compiled)))
     for i, c in enumerate(spec.consents):
         field = f"{prefix}.consents[{i}]"
         if c.channel == messaging_pb2.CHANNEL_UNSPECIFIED:

@@ -258,6 +258,12 @@ class Decider:
             ))
         preempted = [(victim, w.decision_id) for w in work if w.ledger for victim in w.ledger.preempted]
         async with self._db.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Decision records are written without waiting for the WAL
+                # flush: a PostgreSQL crash may lose the last moments of
+                # records (never corrupt them), a rules-service crash loses
+                # nothing, and a decision costs no disk sync.
+                await conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
             stored = await conn.execute(insert_ignore(conn, decisions_table, index_elements=["tenant", "decision_id"]).values(rows)
                                         .returning(decisions_table.c.decision_id))
             new = {r.decision_id for r in stored}

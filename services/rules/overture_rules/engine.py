@@ -128,13 +128,10 @@ def _resolve(compiled: CompiledRuleSet, profile: ProfileView, msg: EvaluationInp
         "priority": Decimal(msg.priority),
     }
     for name, decl in compiled.attributes.items():
-        if decl.source == rule_set_pb2.ATTRIBUTE_SOURCE_TRAIT:
-            raw = profile.traits.get(name)
-        elif decl.source == rule_set_pb2.ATTRIBUTE_SOURCE_CONTEXT:
-            raw = msg.context.get(name)
-        else:
-            raw = msg.context[name] if name in msg.context else profile.traits.get(name)
-        if name in profile.traits and decl.source != rule_set_pb2.ATTRIBUTE_SOURCE_CONTEXT:
+        from_context = decl.source == rule_set_pb2.ATTRIBUTE_SOURCE_CONTEXT or (
+            decl.source == rule_set_pb2.ATTRIBUTE_SOURCE_UNSPECIFIED and name in msg.context)
+        raw = msg.context.get(name) if from_context else profile.traits.get(name)
+        if not from_context and name in profile.traits:
             read.setdefault("traits", {})[name] = profile.traits[name]
         thing[name] = _coerce(decl, raw)
     return thing
@@ -174,7 +171,12 @@ def quiet_hours_end(now: dt.datetime, tz: dt.tzinfo, start: str, end: str) -> dt
             return None
         end_date = local.date() if t < e else local.date() + dt.timedelta(days=1)
     # Built from the wall clock in the zone, so the end is right across DST.
-    return dt.datetime.combine(end_date, e, tzinfo=tz).astimezone(dt.UTC)
+    # In the hour repeated when clocks go back, the first reading of the end
+    # time may already be past: then the quiet period ends at its second one.
+    end_utc = dt.datetime.combine(end_date, e, tzinfo=tz).astimezone(dt.UTC)
+    if end_utc <= now:
+        end_utc = dt.datetime.combine(end_date, e, tzinfo=tz).replace(fold=1).astimezone(dt.UTC)
+    return end_utc if end_utc > now else None
 
 
 def evaluate(compiled: CompiledRuleSet, profile: ProfileView, msg: EvaluationInput) -> DecisionOutcome:
@@ -229,9 +231,12 @@ def evaluate(compiled: CompiledRuleSet, profile: ProfileView, msg: EvaluationInp
         if thing is None:
             break
         try:
-            matched = bool(rule.rule.matches(thing))
+            matched = rule.matches(thing)
         except rule_engine.EngineError as error:
             verdicts.append(_verdict(V.VERDICT_KIND_RULE, rule.id, V.VERDICT_OUTCOME_ERROR, f"rule failed to evaluate: {error.message}"))
+            continue
+        except (TypeError, ValueError, ArithmeticError) as error:  # rule-engine lets some of these through (e.g. `x in null`)
+            verdicts.append(_verdict(V.VERDICT_KIND_RULE, rule.id, V.VERDICT_OUTCOME_ERROR, f"rule failed to evaluate: {type(error).__name__}"))
             continue
         if rule.effect == rule_set_pb2.RULE_EFFECT_REQUIRE:
             outcome = V.VERDICT_OUTCOME_PASS if matched else V.VERDICT_OUTCOME_DENY

@@ -3,6 +3,7 @@ diff; every change audited. Compiled versions are cached: they are immutable."""
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from types import SimpleNamespace
 from typing import Any
@@ -30,10 +31,12 @@ _CACHE_SIZE = 512
 class RuleSetStore:
     """Rule sets of all tenants. Safe for concurrent use within one event loop."""
 
-    def __init__(self, db: Database, clock: Clock) -> None:
+    def __init__(self, db: Database, clock: Clock, *, active_ttl: float = 2.0) -> None:
         self._db = db
         self._clock = clock
-        self._compiled: OrderedDict[tuple[str, str, int], CompiledRuleSet] = OrderedDict()
+        self._active_ttl = active_ttl
+        self._active: dict[tuple[str, str], tuple[int, float]] = {}
+        self._compiled: OrderedDict[tuple[str, str, int], tuple[CompiledRuleSet, rule_set_pb2.RuleSetVersion]] = OrderedDict()
 
     async def create_version(
         self, *, tenant: str, name: str, spec: rule_set_pb2.RuleSetSpec, reason: str, parent_version: int, author: str
@@ -82,8 +85,9 @@ class RuleSetStore:
                         time=now, reason=reason, target=f"rule_set/{name}/{version}",
                         details={"digest": spec_digest, "parent_version": latest},
                     )
-                self._remember(tenant, name, version, compiled)
-                return self._to_proto(SimpleNamespace(**values), active=False), False
+                created = self._to_proto(SimpleNamespace(**values), active=False)
+                self._remember(tenant, name, created, compiled)
+                return created, False
             except (IntegrityError, audit.ConcurrentAppend):
                 continue  # a concurrent create took the number; read the head again
         raise FailedPrecondition("the rule set is changing too fast; retry", reason="CONTENTION")
@@ -112,6 +116,7 @@ class RuleSetStore:
                         conn, tenant=tenant, action=action, actor=actor, time=now, reason=reason,
                         target=f"rule_set/{name}/{version}", details={"previous_version": previous, "digest": row.digest},
                     )
+                self._active[(tenant, name)] = (version, time.monotonic() + self._active_ttl)
                 return self._to_proto(row, active=True), previous
             except audit.ConcurrentAppend:
                 continue
@@ -146,18 +151,38 @@ class RuleSetStore:
         return [self._to_proto(r, active=head.active_version == r.version, with_tests=False) for r in rows]
 
     async def compiled(self, *, tenant: str, name: str, version: int = 0) -> tuple[CompiledRuleSet, rule_set_pb2.RuleSetVersion]:
-        """The compiled form of a version (the active one when *version* is 0)."""
-        record = await self.get(tenant=tenant, name=name, version=version)
-        key = (tenant, name, record.version)
-        compiled = self._compiled.get(key)
-        if compiled is None:
-            compiled, problems = compile_rule_set(record.spec)
-            if compiled is None:  # stored versions were valid when created
-                raise FailedPrecondition(f"stored version {record.version} no longer compiles: {problems[0].description}")
-            self._remember(tenant, name, record.version, compiled)
-        else:
+        """The compiled form of a version (the active one when *version* is 0).
+
+        Versions are immutable, so their compiled forms are cached for good.
+        The active pointer is cached for ``active_ttl`` seconds: an activation
+        made through another replica takes effect here within that time (at
+        once through this one)."""
+        if not version:
+            version = await self._active_version(tenant, name)
+        key = (tenant, name, version)
+        hit = self._compiled.get(key)
+        if hit is not None:
             self._compiled.move_to_end(key)
+            return hit
+        record = await self.get(tenant=tenant, name=name, version=version)
+        compiled, problems = compile_rule_set(record.spec)
+        if compiled is None:  # stored versions were valid when created
+            raise FailedPrecondition(f"stored version {record.version} no longer compiles: {problems[0].description}")
+        self._remember(tenant, name, record, compiled)
         return compiled, record
+
+    async def _active_version(self, tenant: str, name: str) -> int:
+        cached = self._active.get((tenant, name))
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        async with self._db.connect() as conn:
+            head = (await conn.execute(self._head(tenant, name))).first()
+        if head is None:
+            raise NotFound(f"rule set {name!r} does not exist", reason="RULE_SET_NOT_FOUND")
+        if head.active_version is None:
+            raise FailedPrecondition(f"rule set {name!r} has no active version; activate one", reason="NO_ACTIVE_VERSION")
+        self._active[(tenant, name)] = (int(head.active_version), time.monotonic() + self._active_ttl)
+        return int(head.active_version)
 
     async def diff(self, *, tenant: str, name: str, from_version: int, to_version: int) -> list[rule_set_pb2.RuleSetChange]:
         """The changes from one version to another."""
@@ -169,8 +194,8 @@ class RuleSetStore:
         after = await self.get(tenant=tenant, name=name, version=to_version)
         return diff_specs(before.spec, after.spec)
 
-    def _remember(self, tenant: str, name: str, version: int, compiled: CompiledRuleSet) -> None:
-        self._compiled[(tenant, name, version)] = compiled
+    def _remember(self, tenant: str, name: str, record: rule_set_pb2.RuleSetVersion, compiled: CompiledRuleSet) -> None:
+        self._compiled[(tenant, name, record.version)] = (compiled, record)
         while len(self._compiled) > _CACHE_SIZE:
             self._compiled.popitem(last=False)
 

@@ -144,6 +144,7 @@ def test_invalid_regular_expression_is_a_type_error() -> None:
         ('signed_up < $now', "$now"),
         ('$today > d"2020-01-01"', "$today"),
         ("$random() > 0.5", "$random"),
+        ("$random > 0.5", "$random"),
         ("score > $random(10)", "$random"),
         ('vip and (signed_up > $now or plan == "pro")', "$now"),
     ],
@@ -155,11 +156,34 @@ def test_time_and_randomness_builtins_are_banned(expression: str, builtin: str) 
     assert all(builtin in v.description for v in violations)
 
 
+@pytest.mark.parametrize("expression", ['name == "$now"', "name == '$today at noon'", r'name == "say \"$random\""'])
+def test_banned_names_inside_string_literals_are_allowed(expression: str) -> None:
+    """Text such as "$now" inside a string literal is data, not a built-in, and compiles."""
+    compiled, violations = compile_rule_set(spec_with(rule(expression)))
+    assert violations == []
+    assert compiled is not None
+
+
+@pytest.mark.parametrize("expression", ['$NOW > d"2020-01-01"', "$nosuch > 1", "$Random() > 0.5"])
+def test_unknown_builtins_are_rejected(expression: str) -> None:
+    """An expression reading a built-in that does not exist is rejected when compiled, like an unknown attribute."""
+    compiled, violations = compile_rule_set(spec_with(rule(expression)))
+    assert compiled is None
+    assert violations
+
+
 def test_harmless_builtins_are_allowed() -> None:
     """Built-in constants that do not depend on time or chance, such as $pi, are allowed."""
     compiled, violations = compile_rule_set(spec_with(rule("score > $pi")))
     assert violations == []
     assert compiled is not None
+
+
+def test_plain_string_catastrophic_regex_is_rejected() -> None:
+    """The classic `name =~ "(a+)+$"` is UNSAFE_REGEX at the rule's expression, naming the pattern."""
+    (v,) = violations_of(spec_with(rule('name =~ "(a+)+$"')))
+    assert (v.field, v.reason) == ("spec.rules[0].expression", "UNSAFE_REGEX")
+    assert "(a+)+$" in v.description
 
 
 @pytest.mark.parametrize("pattern", ["(a+)+$", "(a*)*", "(a|a)*", r"(\w+\s?)+", "^(x+y*){2,}$"])

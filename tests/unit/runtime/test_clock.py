@@ -5,8 +5,6 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
 from overture_runtime.clock import IdGenerator, ManualClock, SystemClock, new_id, utcnow
 
 START = datetime(2025, 3, 1, 9, 30, tzinfo=UTC)
@@ -86,11 +84,6 @@ def test_ids_are_unique_at_the_same_instant() -> None:
     assert len({ids.new() for _ in range(1000)}) == 1000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: ids created in the same millisecond are in random order (no monotonic counter), "
-    "so 'ids sort by creation time' fails within a millisecond (e.g. ListRuns 'newest first' by run_id)",
-)
 def test_ids_created_in_the_same_millisecond_sort_in_creation_order() -> None:
     """Ids generated one after another at the same clock time still sort in generation order."""
     ids = IdGenerator(ManualClock(START))

@@ -7,6 +7,7 @@ what each test tells it to.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -126,6 +127,18 @@ def _details(error: grpc.aio.AioRpcError) -> tuple[status_pb2.Status, error_deta
 
 def _rpc_lines(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [entry for entry in logs if entry["event"] == "rpc"]
+
+
+async def _logged(logs: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """The rpc lines once *count* of them are logged.
+
+    A failed call's status reaches the client as soon as the server aborts,
+    and the server logs its line just after, so the client waits for it.
+    """
+    async with asyncio.timeout(10):
+        while len(_rpc_lines(logs)) < count:
+            await asyncio.sleep(0.001)
+    return _rpc_lines(logs)
 
 
 def test_required_role_comes_from_the_proto_option() -> None:
@@ -278,6 +291,7 @@ async def test_unexpected_error_is_internal_with_a_reference_only(served: Served
     served.servicer.behaviour = crash
     with capture_logs() as logs:
         error = await _fail(served.stub.ListConnectors(pb.ListConnectorsRequest(), metadata=_md()))
+        [line] = await _logged(logs, 1)
     details = error.details() or ""
     assert error.code() == grpc.StatusCode.INTERNAL
     assert "reference" in details
@@ -285,7 +299,6 @@ async def test_unexpected_error_is_internal_with_a_reference_only(served: Served
     [logged] = [entry for entry in logs if entry["event"] == "rpc.unexpected_error"]
     assert logged["log_level"] == "error"
     assert logged["error_id"] and logged["error_id"] in details
-    [line] = _rpc_lines(logs)
     assert (line["code"], line["reason"], line["error_id"]) == ("INTERNAL", "INTERNAL", logged["error_id"])
 
 
@@ -298,8 +311,9 @@ async def test_servicer_abort_keeps_its_code(served: Served) -> None:
     served.servicer.behaviour = abort
     with capture_logs() as logs:
         error = await _fail(served.stub.ListConnectors(pb.ListConnectorsRequest(), metadata=_md()))
+        lines = await _logged(logs, 1)
     assert (error.code(), error.details()) == (grpc.StatusCode.FAILED_PRECONDITION, "not now")
-    assert [line["code"] for line in _rpc_lines(logs)] == ["FAILED_PRECONDITION"]
+    assert [line["code"] for line in lines] == ["FAILED_PRECONDITION"]
 
 
 async def test_malformed_request_bytes_are_invalid_argument(served: Served) -> None:
@@ -333,11 +347,15 @@ async def test_one_canonical_log_line_per_call(served: Served) -> None:
 
     with capture_logs() as logs:
         await served.stub.ListConnectors(pb.ListConnectorsRequest(), metadata=_md(CONNECTOR_READER))
+        await _logged(logs, 1)
         await _fail(served.stub.ListConnectors(pb.ListConnectorsRequest(), metadata=_md(None)))
+        await _logged(logs, 2)
         await _fail(served.stub.ListConnectors(pb.ListConnectorsRequest(), metadata=_md(RULES_READER)))
+        await _logged(logs, 3)
         served.servicer.behaviour = reject
         await _fail(served.stub.ListConnectors(pb.ListConnectorsRequest(), metadata=_md(ADMIN)))
-    lines = _rpc_lines(logs)
+        lines = await _logged(logs, 4)
+    assert len(_rpc_lines(logs)) == 4
     assert [(line["code"], line.get("tenant"), line.get("principal"), line.get("reason")) for line in lines] == [
         ("OK", "acme", "dashboard", None),
         ("UNAUTHENTICATED", None, None, "MISSING_TOKEN"),
@@ -353,6 +371,7 @@ async def test_log_lines_never_carry_tokens(served: Served) -> None:
     with capture_logs() as logs:
         await served.stub.ListConnectors(pb.ListConnectorsRequest(), metadata=_md(ADMIN))
         await _fail(served.stub.ListConnectors(pb.ListConnectorsRequest(), metadata=_md("leaked-token-value")))
+        await _logged(logs, 2)
     assert len(_rpc_lines(logs)) == 2
     assert ADMIN not in repr(logs) and "leaked-token-value" not in repr(logs)
 
@@ -363,7 +382,9 @@ async def test_calls_are_counted_by_method_and_code(served: Served) -> None:
         return REGISTRY.get_sample_value("overture_rpc_requests_total", {"method": LIST_CONNECTORS, "code": code}) or 0.0
 
     ok, unauthenticated = count("OK"), count("UNAUTHENTICATED")
-    await served.stub.ListConnectors(pb.ListConnectorsRequest(), metadata=_md())
-    await _fail(served.stub.ListConnectors(pb.ListConnectorsRequest(), metadata=_md(None)))
+    with capture_logs() as logs:
+        await served.stub.ListConnectors(pb.ListConnectorsRequest(), metadata=_md())
+        await _fail(served.stub.ListConnectors(pb.ListConnectorsRequest(), metadata=_md(None)))
+        await _logged(logs, 2)  # the counters are incremented just before the line is logged
     assert count("OK") == ok + 1
     assert count("UNAUTHENTICATED") == unauthenticated + 1

@@ -1,0 +1,240 @@
+"""Unit tests of :mod:`overture_cli.specfile`: reading rule sets and journeys from YAML."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from overture.common.v1 import messaging_pb2 as M
+from overture.orchestrator.v1 import journey_pb2 as J
+from overture.rules.v1 import rule_set_pb2 as R
+from overture_cli.specfile import SpecFileError, load_spec
+from overture_rules.compiler import compile_rule_set
+from overture_rules.testcases import run_test_cases
+from overture_runtime.protojson import struct_to_dict
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    """Write *text* to a YAML file under *tmp_path*."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return path
+
+
+def delay_of(tmp_path: Path, duration: str) -> dt.timedelta:
+    """Load a one-step journey whose delay is *duration*; return the parsed delay."""
+    _, spec = load_spec(write(tmp_path, f"name: j\nsteps:\n  - id: wait\n    delay: {{duration: {duration}}}\n"), J.JourneySpec)
+    return spec.steps[0].delay.duration.ToTimedelta()
+
+
+# --- the examples ------------------------------------------------------------
+
+
+def test_marketing_email_example_loads_and_passes_its_tests() -> None:
+    """examples/marketing-email.yaml loads into a RuleSetSpec that compiles and passes its own test cases."""
+    name, spec = load_spec(EXAMPLES / "marketing-email.yaml", R.RuleSetSpec)
+    assert name == "marketing-email"
+    assert spec.description == "Guardrails for marketing email."
+    assert [(a.name, a.type, a.source) for a in spec.attributes] == [("plan", R.ATTRIBUTE_TYPE_STRING, R.ATTRIBUTE_SOURCE_TRAIT)]
+    assert [(r.id, r.effect) for r in spec.rules] == [("not-churned", R.RULE_EFFECT_DENY)]
+    assert [(c.channel, c.purpose) for c in spec.consents] == [(M.CHANNEL_EMAIL, "marketing")]
+    assert list(spec.suppression_lists) == ["hard-bounces", "unsubscribed"]
+    assert len(spec.test_cases) == 4
+    assert spec.test_cases[3].category == M.MESSAGE_CATEGORY_TRANSACTIONAL
+    assert struct_to_dict(spec.test_cases[0].profile.traits) == {"plan": "pro"}
+    compiled, violations = compile_rule_set(spec)
+    assert violations == []
+    assert compiled is not None
+    assert run_test_cases(compiled) == []
+
+
+def test_welcome_journey_example_loads() -> None:
+    """examples/welcome-journey.yaml loads into a JourneySpec with its trigger, template and send step."""
+    name, spec = load_spec(EXAMPLES / "welcome-journey.yaml", J.JourneySpec)
+    assert name == "welcome"
+    assert spec.trigger.event.event_type == "user.signed_up"
+    assert spec.rule_set == "marketing-email"
+    assert set(spec.templates) == {"welcome"}
+    assert "first_name" in spec.templates["welcome"].subject
+    (step,) = spec.steps
+    assert (step.id, step.send.channel, step.send.template) == ("send-welcome", M.CHANNEL_EMAIL, "welcome")
+
+
+# --- conveniences ------------------------------------------------------------
+
+
+def test_short_enum_names_map_to_full_names(tmp_path: Path) -> None:
+    """`channel: email`, `effect: deny`, `type: string` and `source: trait` map to the full enum values."""
+    path = write(tmp_path, """
+name: r
+attributes:
+  - {name: plan, type: string, source: trait}
+  - {name: tags_of, type: string_list, source: context}
+rules:
+  - {id: a, expression: 'plan == "x"', effect: deny}
+  - {id: b, expression: 'plan == "y"', effect: require}
+consents:
+  - {channel: email, purpose: marketing}
+""")
+    _, spec = load_spec(path, R.RuleSetSpec)
+    assert [(a.type, a.source) for a in spec.attributes] == [
+        (R.ATTRIBUTE_TYPE_STRING, R.ATTRIBUTE_SOURCE_TRAIT),
+        (R.ATTRIBUTE_TYPE_STRING_LIST, R.ATTRIBUTE_SOURCE_CONTEXT),
+    ]
+    assert [r.effect for r in spec.rules] == [R.RULE_EFFECT_DENY, R.RULE_EFFECT_REQUIRE]
+    assert spec.consents[0].channel == M.CHANNEL_EMAIL
+
+
+@pytest.mark.parametrize(("given", "expected"), [("email", M.CHANNEL_EMAIL), ("EMAIL", M.CHANNEL_EMAIL), ("Sms", M.CHANNEL_SMS),
+                                                  ("in-app", M.CHANNEL_IN_APP), ("in_app", M.CHANNEL_IN_APP),
+                                                  ("audience/sync", M.CHANNEL_AUDIENCE_SYNC), ("CHANNEL_PUSH", M.CHANNEL_PUSH)])
+def test_enum_short_names_in_any_case(tmp_path: Path, given: str, expected: int) -> None:
+    """Short enum names are matched in any case, with dashes or slashes for underscores, and full names still work."""
+    _, spec = load_spec(write(tmp_path, f"name: r\nconsents:\n  - {{channel: {given}, purpose: marketing}}\n"), R.RuleSetSpec)
+    assert spec.consents[0].channel == expected
+
+
+def test_repeated_and_nested_enums_are_mapped(tmp_path: Path) -> None:
+    """Enums in repeated fields and nested messages (quiet_hours.channels, frequency cap scope and window kind) are mapped."""
+    path = write(tmp_path, """
+name: r
+quiet_hours: {start: "22:00", end: "07:00", channels: [email, push]}
+frequency_caps:
+  - {id: weekly, scope: channel, channel: email, limit: 3, window: {kind: rolling, duration: 7d}}
+  - {id: daily, scope: all_channels, limit: 1, window: {kind: calendar_day}}
+""")
+    _, spec = load_spec(path, R.RuleSetSpec)
+    assert list(spec.quiet_hours.channels) == [M.CHANNEL_EMAIL, M.CHANNEL_PUSH]
+    weekly, daily = spec.frequency_caps
+    assert (weekly.scope, weekly.channel, weekly.window.kind) == (R.CAP_SCOPE_CHANNEL, M.CHANNEL_EMAIL, R.CAP_WINDOW_KIND_ROLLING)
+    assert weekly.window.duration.ToTimedelta() == dt.timedelta(days=7)
+    assert (daily.scope, daily.window.kind) == (R.CAP_SCOPE_ALL_CHANNELS, R.CAP_WINDOW_KIND_CALENDAR_DAY)
+
+
+def test_enums_in_journey_steps_are_mapped(tmp_path: Path) -> None:
+    """Enums nested in repeated messages of a journey (send.channel, send.category) are mapped."""
+    path = write(tmp_path, """
+name: j
+rule_set: r
+templates: {t: {subject: hi}}
+steps:
+  - {id: s, send: {channel: sms, template: t, category: transactional}}
+""")
+    _, spec = load_spec(path, J.JourneySpec)
+    assert (spec.steps[0].send.channel, spec.steps[0].send.category) == (M.CHANNEL_SMS, M.MESSAGE_CATEGORY_TRANSACTIONAL)
+    assert spec.templates["t"].subject == "hi"
+
+
+@pytest.mark.parametrize(
+    ("duration", "expected"),
+    [
+        ("2d", dt.timedelta(days=2)),
+        ("90m", dt.timedelta(minutes=90)),
+        ("1.5h", dt.timedelta(minutes=90)),
+        ("45s", dt.timedelta(seconds=45)),
+        ("0.5s", dt.timedelta(milliseconds=500)),
+        ("3600s", dt.timedelta(hours=1)),
+    ],
+)
+def test_durations_with_units(tmp_path: Path, duration: str, expected: dt.timedelta) -> None:
+    """Durations may be written with s, m, h or d, and with a fraction."""
+    assert delay_of(tmp_path, duration) == expected
+
+
+@pytest.mark.parametrize(("duration", "expected"), [("14d", dt.timedelta(days=14)), ("30d", dt.timedelta(days=30)),
+                                                    ("1000000s", dt.timedelta(seconds=1_000_000))])
+def test_long_durations(tmp_path: Path, duration: str, expected: dt.timedelta) -> None:
+    """Durations of about twelve days or more (within the 366-day delay limit) load."""
+    assert delay_of(tmp_path, duration) == expected
+
+
+def test_duration_keeps_its_precision(tmp_path: Path) -> None:
+    """A duration with a fraction keeps it exactly."""
+    assert delay_of(tmp_path, "100000.5s") == dt.timedelta(seconds=100000, milliseconds=500)
+
+
+def test_duration_without_unit_is_an_error(tmp_path: Path) -> None:
+    """A bare number as a duration is a SpecFileError: the unit is required."""
+    with pytest.raises(SpecFileError):
+        delay_of(tmp_path, "30")
+
+
+def test_structs_are_kept_as_given(tmp_path: Path) -> None:
+    """Struct fields (traits, context) are passed through, even when their keys look like enum fields."""
+    path = write(tmp_path, """
+name: r
+test_cases:
+  - name: t
+    profile: {traits: {channel: email, plan: pro, score: 3}}
+    context: {effect: deny}
+""")
+    _, spec = load_spec(path, R.RuleSetSpec)
+    assert struct_to_dict(spec.test_cases[0].profile.traits) == {"channel": "email", "plan": "pro", "score": 3.0}
+    assert struct_to_dict(spec.test_cases[0].context) == {"effect": "deny"}
+
+
+def test_camel_case_keys_are_accepted(tmp_path: Path) -> None:
+    """Keys in the JSON mapping's camelCase form work like proto field names."""
+    path = write(tmp_path, "name: r\nsuppressionLists: [a]\nquietHours: {start: '22:00', end: '07:00', defaultTimezone: UTC}\n")
+    _, spec = load_spec(path, R.RuleSetSpec)
+    assert list(spec.suppression_lists) == ["a"]
+    assert spec.quiet_hours.default_timezone == "UTC"
+
+
+def test_name_is_not_part_of_the_message(tmp_path: Path) -> None:
+    """The top-level name is returned separately and does not reach the message."""
+    name, spec = load_spec(write(tmp_path, "name: my-rules\ndescription: d\n"), R.RuleSetSpec)
+    assert name == "my-rules"
+    assert spec == R.RuleSetSpec(description="d")
+
+
+# --- errors ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["description: no name\n", "name: ''\ndescription: d\n", "name: 42\n", "name: [a]\n"])
+def test_missing_or_bad_name_is_an_error(tmp_path: Path, text: str) -> None:
+    """A file without a non-empty string `name` is a SpecFileError that says so."""
+    with pytest.raises(SpecFileError, match="'name' is required"):
+        load_spec(write(tmp_path, text), R.RuleSetSpec)
+
+
+def test_bad_yaml_is_an_error(tmp_path: Path) -> None:
+    """A file that is not valid YAML is a SpecFileError naming the file."""
+    path = write(tmp_path, "name: r\nrules: [ {id: a\n")
+    with pytest.raises(SpecFileError, match="cannot read") as raised:
+        load_spec(path, R.RuleSetSpec)
+    assert str(path) in str(raised.value)
+
+
+@pytest.mark.parametrize("text", ["", "- a\n- b\n", "just a string\n"])
+def test_non_mapping_is_an_error(tmp_path: Path, text: str) -> None:
+    """A file whose top level is not a mapping is a SpecFileError."""
+    with pytest.raises(SpecFileError, match="mapping"):
+        load_spec(write(tmp_path, text), R.RuleSetSpec)
+
+
+def test_missing_file_is_an_error(tmp_path: Path) -> None:
+    """A file that does not exist is a SpecFileError, not an OSError."""
+    with pytest.raises(SpecFileError, match="cannot read"):
+        load_spec(tmp_path / "absent.yaml", R.RuleSetSpec)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "name: r\nno_such_field: 1\n",
+        "name: r\nconsents: [{channel: carrier-pigeon, purpose: marketing}]\n",
+        "name: r\nrules: [{id: a, effect: maybe}]\n",
+        "name: r\nrules: notalist\n",
+    ],
+)
+def test_content_that_does_not_fit_the_message_is_an_error(tmp_path: Path, text: str) -> None:
+    """Unknown fields, unknown enum names and wrongly shaped values are a SpecFileError naming the file."""
+    path = write(tmp_path, text)
+    with pytest.raises(SpecFileError) as raised:
+        load_spec(path, R.RuleSetSpec)
+    assert str(path) in str(raised.value)
