@@ -58,7 +58,7 @@ class BaseApp:
     def redis(self) -> aioredis.Redis:
         """The service's Redis client. Available after :meth:`start`."""
         if self._redis is None:
-            self._redis = create_redis(self.settings.redis_url)
+            self._redis = create_redis(self.settings.redis_url, cluster=self.settings.redis_cluster)
         return self._redis
 
     def channel(self, service: ServiceName) -> grpc.aio.Channel:
@@ -69,7 +69,7 @@ class BaseApp:
 
     async def start(self) -> None:
         """Open the database (migrating it), then start the service."""
-        self._db = Database(self.settings.database_url)
+        self._db = Database(self.settings.database_url, pool_size=self.settings.db_pool_size, max_overflow=self.settings.db_max_overflow)
         if self.migrations is not None and self.settings.auto_migrate:
             await migrate(self.settings.database_url, script_location=self.migrations, version_table=f"{self.name}_alembic_version")
         await self.on_start()

@@ -23,8 +23,11 @@ __all__ = ["call_metadata", "open_channel", "wait_until_serving"]
 
 # Retry only what cannot have been processed: UNAVAILABLE means the call did
 # not reach a handler. Mutating RPCs are idempotent on their keys anyway.
+# Calls are spread round-robin over every address the name resolves to: with
+# a headless Kubernetes Service (dns:///name:port) that is every replica.
 _SERVICE_CONFIG = json.dumps(
     {
+        "loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [
             {
                 "name": [{}],

@@ -59,8 +59,14 @@ class Settings(BaseSettings):
     """SQLAlchemy async URL: ``postgresql+asyncpg://...`` or ``sqlite+aiosqlite:///...``."""
     redis_url: str = Field(validation_alias=AliasChoices("OVERTURE_REDIS_URL", "REDIS_URL"))
     """``redis://host:port/db``."""
+    redis_cluster: bool = False
+    """Talk to a Redis Cluster (keys are hash-tagged per subject and partition)."""
     redis_namespace: str = "ovt"
     """Prefix of every Redis key, so that deployments can share one Redis."""
+    db_pool_size: int = 10
+    """PostgreSQL connections each replica keeps open; size replicas x (pool + overflow) under max_connections."""
+    db_max_overflow: int = 10
+    """Extra connections a replica may open under load."""
     auto_migrate: bool = True
     """Run the service's Alembic migrations at start-up (under a lock)."""
 

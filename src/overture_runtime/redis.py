@@ -15,8 +15,15 @@ import redis.asyncio as aioredis
 __all__ = ["Keys", "create_redis"]
 
 
-def create_redis(url: str) -> aioredis.Redis:
-    """A client for *url*, returning ``bytes`` (callers decode what they need)."""
+def create_redis(url: str, *, cluster: bool = False) -> aioredis.Redis:
+    """A client for *url*, returning ``bytes`` (callers decode what they need).
+
+    With *cluster*, a Redis Cluster client: every multi-key script and
+    transaction in Overture touches keys of one hash tag (one slot), and the
+    stream partitions are read one at a time. Not exercised by the test suite,
+    which has no cluster to run against."""
+    if cluster:
+        return aioredis.RedisCluster.from_url(url, health_check_interval=30, socket_keepalive=True)  # type: ignore[return-value]
     return aioredis.Redis.from_url(url, health_check_interval=30, socket_keepalive=True)
 
 

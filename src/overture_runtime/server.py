@@ -109,13 +109,18 @@ class Server:
 
 
 async def serve(app: ServiceApp, settings: Settings) -> None:
-    """Run *app* until SIGTERM or SIGINT, then drain gracefully."""
-    server = Server(app, settings)
-    await server.start()
+    """Run *app* until SIGTERM or SIGINT, then drain gracefully.
+
+    The handlers are installed before start-up (migrations included): as PID 1
+    in a container, a process without a handler would ignore SIGTERM. A stop
+    requested during start-up lets the start (and a running migration) finish
+    and then drains at once."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    server = Server(app, settings)
+    await server.start()
     await stopping.wait()
     log.info("server.draining", service=app.name, grace_seconds=settings.shutdown_grace_seconds)
     await server.stop()

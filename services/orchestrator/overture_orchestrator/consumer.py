@@ -62,20 +62,25 @@ class EventConsumer:
                     raise
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Consume until *stopping* is set."""
+        """Consume every partition until *stopping* is set: one reader per
+        partition, since partitions live on different Redis Cluster slots and
+        one slow partition must not hold up the others."""
         await self.ensure_groups()
+        await asyncio.gather(*(self._consume(stream, stopping) for stream in self._streams))
+
+    async def _consume(self, stream: str, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             try:
-                batches: Any = await self._redis.xreadgroup(GROUP, self._consumer, {s: ">" for s in self._streams}, count=100, block=500)
+                batches: Any = await self._redis.xreadgroup(GROUP, self._consumer, {stream: ">"}, count=100, block=500)
             except ResponseError as error:
                 if "NOGROUP" in str(error):
-                    log.warning("consumer.group_lost", detail="recreating the consumer groups")
+                    log.warning("consumer.group_lost", stream=stream, detail="recreating the consumer group")
                     await self.ensure_groups()
                     continue
                 raise
-            for stream, messages in batches or []:
+            for _, messages in batches or []:
                 for message_id, fields in messages:
-                    await self._process(_text(stream), message_id, fields, deliveries=1)
+                    await self._process(stream, message_id, fields, deliveries=1)
 
     async def reclaim(self, stopping: asyncio.Event, *, min_idle_ms: int = 30_000, interval: float = 10.0) -> None:
         """Claim events left pending by a crashed or failing consumer, until stopping."""

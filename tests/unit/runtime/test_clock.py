@@ -91,6 +91,15 @@ def test_ids_created_in_the_same_millisecond_sort_in_creation_order() -> None:
     assert sorted(created) == created
 
 
+def test_ids_stay_ordered_past_the_per_millisecond_counter() -> None:
+    """More ids in one millisecond than the 12-bit counter holds still sort in creation order and stay unique."""
+    ids = IdGenerator(ManualClock(START))
+    created = [ids.new() for _ in range(5000)]
+    assert sorted(created) == created
+    assert len(set(created)) == len(created)
+    assert all(_unix_ms(value) >= int(START.timestamp() * 1000) for value in created)
+
+
 def test_new_id_uses_the_system_clock() -> None:
     """new_id gives a version-7 id stamped with the current time."""
     value = new_id()
