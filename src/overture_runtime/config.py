@@ -124,6 +124,24 @@ class Settings(BaseSettings):
     profile_read_timeout_seconds: float = 1.0
     """How long a decision waits for the profile store before it fails closed."""
 
+    # ingest
+    ingest_rate_per_second: float = 20_000
+    """Events per second each tenant may send, sustained (token bucket); 0 turns limiting off."""
+    ingest_burst: int = 40_000
+    """Events a tenant may send at once; at least the largest batch (1,000)."""
+    ingest_daily_quota: int = 0
+    """Events per tenant per UTC day; 0 for none."""
+    ingest_tenant_limits: Annotated[dict[str, dict[str, float]], NoDecode] = {}
+    """Per-tenant overrides: JSON ``{"tenant": {"rate": ..., "burst": ..., "daily_quota": ...}}``."""
+    event_type_aliases: Annotated[dict[str, dict[str, str]], NoDecode] = {}
+    """Per-tenant event type aliases: JSON ``{"tenant": {"email_open": "email.opened"}}``."""
+    max_event_age_days: int = 365
+    """How old ``occurred_at`` may be."""
+    event_retention_days: int = 30
+    """How long published events are kept (and deduplicated against)."""
+    republish_horizon_hours: float = 24
+    """After Redis loses the stream, events published within this horizon are published again."""
+
     # orchestrator
     stream_partitions: int = 8
     """How many partitions the event stream has; events go by subject hash."""
@@ -135,6 +153,13 @@ class Settings(BaseSettings):
     def _parse_tokens(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(json.loads(value)) if value.strip() else ()
+        return value
+
+    @field_validator("ingest_tenant_limits", "event_type_aliases", mode="before")
+    @classmethod
+    def _parse_json_object(cls, value: object) -> object:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
         return value
 
     @field_validator("tenants", mode="before")

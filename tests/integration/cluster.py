@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -34,10 +35,12 @@ class Cluster:
     connectors: connector_service_pb2_grpc.ConnectorServiceStub
     mail: MailSink
     addresses: dict[str, str]
+    http: str
+    """The ingest HTTP base URL."""
 
 
 @contextlib.asynccontextmanager
-async def running_cluster(make_settings: Callable[..., Settings], mail_dir: Path) -> AsyncIterator[Cluster]:
+async def running_cluster(make_settings: Callable[..., Settings], mail_dir: Path, **ingest_overrides: Any) -> AsyncIterator[Cluster]:
     """Start rules and connectors, then the orchestrator, then ingest."""
     sink = MailSink(mail_dir, announce=lambda _: None)
     sink.start()
@@ -48,8 +51,9 @@ async def running_cluster(make_settings: Callable[..., Settings], mail_dir: Path
             connectors = await stack.enter_async_context(serving(ConnectorsApp(base), base))
             linked = base.model_copy(update={"rules_address": rules, "connectors_address": connectors})
             orchestrator = await stack.enter_async_context(serving(OrchestratorApp(linked), linked))
-            linked = linked.model_copy(update={"orchestrator_address": orchestrator})
-            ingest = await stack.enter_async_context(serving(IngestApp(linked), linked))
+            linked = linked.model_copy(update={"orchestrator_address": orchestrator, "ingest_http_port": 0, **ingest_overrides})
+            ingest_app = IngestApp(linked)
+            ingest = await stack.enter_async_context(serving(ingest_app, linked))
             channels = {name: await stack.enter_async_context(grpc.aio.insecure_channel(addr))
                         for name, addr in (("ingest", ingest), ("rules", rules), ("orchestrator", orchestrator), ("connectors", connectors))}
             yield Cluster(
@@ -60,6 +64,7 @@ async def running_cluster(make_settings: Callable[..., Settings], mail_dir: Path
                 connectors=connector_service_pb2_grpc.ConnectorServiceStub(channels["connectors"]),
                 mail=sink,
                 addresses={"ingest": ingest, "rules": rules, "orchestrator": orchestrator, "connectors": connectors},
+                http=f"http://127.0.0.1:{ingest_app.http_port}",
             )
     finally:
         sink.stop()

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import structlog
 import uvicorn
 
 from overture.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
@@ -19,10 +21,14 @@ from overture_runtime.auth import TokenTable
 
 from .http import create_http_app
 from .log import EventLog, Relay
+from .normalize import Limits as EventLimits
 from .pipeline import IngestPipeline
+from .ratelimit import Limits, RateLimiter
 from .servicer import IngestServicer
 
 __all__ = ["IngestApp"]
+
+log = structlog.get_logger("overture.ingest")
 
 
 class _EmbeddedUvicorn(uvicorn.Server):
@@ -50,14 +56,22 @@ class IngestApp(BaseApp):
         self.http_port = 0
 
     async def on_start(self) -> None:
+        s = self.settings
         self.log = EventLog(self.db, self.clock)
-        self.relay = Relay(self.db, self.redis, self.keys, self.clock)
+        self.relay = Relay(self.db, self.redis, self.keys, self.clock, republish_horizon=dt.timedelta(hours=s.republish_horizon_hours))
+        limiter = RateLimiter(
+            self.redis, self.keys, default=Limits(rate=s.ingest_rate_per_second, burst=s.ingest_burst, daily_quota=s.ingest_daily_quota),
+            per_tenant={t: Limits(rate=v.get("rate", s.ingest_rate_per_second), burst=int(v.get("burst", s.ingest_burst)),
+                                  daily_quota=int(v.get("daily_quota", s.ingest_daily_quota))) for t, v in s.ingest_tenant_limits.items()},
+        )
         self.pipeline = IngestPipeline(
-            log_=self.log, relay=self.relay, clock=self.clock, settings=self.settings,
+            log_=self.log, relay=self.relay, clock=self.clock, settings=s, limiter=limiter, aliases=s.event_type_aliases,
+            limits=EventLimits(max_age=dt.timedelta(days=s.max_event_age_days)),
             profiles=profile_service_pb2_grpc.ProfileServiceStub(self.channel("rules")),
         )
         self.spawn("relay", lambda: self.relay.run(self.stopping))
         self.spawn("profile-retry", self._retry_profiles)
+        self.spawn("retention", self._purge)
         port = self.settings.ingest_http_port if self._http_port is None else self._http_port
         if port >= 0:
             tokens = TokenTable(self.settings.auth_tokens, extra_tenants=self.settings.tenants)
@@ -78,6 +92,17 @@ class IngestApp(BaseApp):
             await self.pipeline.retry_pending_profiles()
             try:
                 await asyncio.wait_for(self.stopping.wait(), timeout=5.0)
+            except TimeoutError:
+                pass
+
+    async def _purge(self) -> None:
+        """Delete published events past the retention window, hourly."""
+        while not self.stopping.is_set():
+            purged = await self.log.purge(older_than=dt.timedelta(days=self.settings.event_retention_days))
+            if purged:
+                log.info("ingest.purged", events=purged)
+            try:
+                await asyncio.wait_for(self.stopping.wait(), timeout=3600)
             except TimeoutError:
                 pass
 

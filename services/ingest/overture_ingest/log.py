@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 import structlog
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from overture.common.v1 import event_pb2
 from overture_runtime.clock import Clock
@@ -26,7 +28,7 @@ from overture_runtime.db import Database, insert_ignore
 from overture_runtime.redis import Keys
 
 from .normalize import PROFILE_EVENT_TYPES, NormalizedEvent
-from .tables import events
+from .tables import events, relay_state
 
 __all__ = ["EVENT_STREAM", "EventLog", "Relay"]
 
@@ -99,6 +101,15 @@ class EventLog:
             )).all()
         return [(r.tenant, event_pb2.Event.FromString(r.payload)) for r in rows]
 
+    async def purge(self, *, older_than: dt.timedelta) -> int:
+        """Delete published events committed before the retention window; their
+        ids stop deduplicating. Returns how many were deleted."""
+        t = events
+        cutoff = self._clock.now() - older_than
+        async with self._db.begin() as conn:
+            result = await conn.execute(t.delete().where((t.c.commit_time < cutoff) & t.c.published_at.is_not(None) & ~t.c.profile_pending))
+        return int(result.rowcount)
+
     async def mark_profile_applied(self, tenant: str, event_ids: Sequence[str]) -> None:
         """Record that these events' profile updates were applied."""
         if not event_ids:
@@ -114,15 +125,43 @@ class Relay:
 
     On PostgreSQL, an advisory lock makes one relay replica the publisher at
     a time, so that a subject's events keep their order across replicas.
+
+    Redis may lose the stream (a flush, a restart without persistence). The
+    relay keeps a random epoch marker both in PostgreSQL and in Redis; when
+    Redis no longer holds it, every event published within the republish
+    horizon is published again. Consumers deduplicate by event id.
     """
 
-    def __init__(self, db: Database, redis: aioredis.Redis, keys: Keys, clock: Clock, *, batch_size: int = 500) -> None:
+    def __init__(
+        self, db: Database, redis: aioredis.Redis, keys: Keys, clock: Clock, *, batch_size: int = 500,
+        republish_horizon: dt.timedelta = dt.timedelta(hours=24),
+    ) -> None:
         self._db = db
         self._redis = redis
         self._keys = keys
         self._clock = clock
         self._batch = batch_size
+        self._horizon = republish_horizon
+        self._epoch_key = f"{keys.namespace}:stream:{EVENT_STREAM}:epoch"
         self.wake = asyncio.Event()
+
+    async def check_epoch(self, conn: AsyncConnection) -> int:
+        """Detect a Redis that lost the stream; mark recent events unpublished. Returns how many."""
+        stored = (await conn.execute(sa.select(relay_state.c.epoch).where(relay_state.c.name == EVENT_STREAM))).scalar()
+        current: Any = await self._redis.get(self._epoch_key)
+        if stored is not None and current is not None and (current.decode() if isinstance(current, bytes) else current) == stored:
+            return 0
+        now = self._clock.now()
+        epoch = secrets.token_hex(16)
+        reset = 0
+        if stored is not None:  # we published before, and Redis forgot: it lost data
+            result = await conn.execute(events.update().where(events.c.published_at >= now - self._horizon).values(published_at=None))
+            reset = int(result.rowcount)
+            log.warning("relay.stream_lost", republishing=reset, horizon_hours=self._horizon.total_seconds() / 3600)
+        await conn.execute(relay_state.delete().where(relay_state.c.name == EVENT_STREAM))
+        await conn.execute(relay_state.insert().values(name=EVENT_STREAM, epoch=epoch, update_time=now))
+        await self._redis.set(self._epoch_key, epoch)
+        return reset
 
     async def publish_once(self) -> int:
         """Publish one batch of unpublished events; return how many."""
@@ -132,6 +171,7 @@ class Relay:
                 locked = (await conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(hashtext('overture-ingest-relay'))"))).scalar()
                 if not locked:
                     return 0
+            await self.check_epoch(conn)
             rows = (await conn.execute(
                 sa.select(t.c.seq, t.c.tenant, t.c.event_id, t.c.partition, t.c.payload)
                 .where(t.c.published_at.is_(None)).order_by(t.c.seq).limit(self._batch)

@@ -80,12 +80,14 @@ def derive_id(tenant: str, event: event_pb2.Event, occurred: dt.datetime | None,
 
 def normalize(
     tenant: str, event: event_pb2.Event, *, received_at: dt.datetime, source: str, partitions: int,
-    aliases: Mapping[str, str] | None = None, limits: Limits = Limits(),
+    aliases: Mapping[str, str] | None = None, limits: Limits = Limits(), sent_as: str = "",
 ) -> NormalizedEvent | list[FieldViolation]:
-    """Validate *event*; return it normalized, or its violations."""
+    """Validate *event*; return it normalized, or its violations. *sent_as* is
+    the type as the producer named it, when a door already translated it
+    (Segment's ``Order Completed``)."""
     v = Violations()
-    original = event.event_type
-    event_type = (aliases or {}).get(original, original)
+    original = sent_as or event.event_type
+    event_type = (aliases or {}).get(original) or (aliases or {}).get(event.event_type, event.event_type)
     if not event_type:
         v.add("event_type", "event_type is required", "REQUIRED")
     elif len(event_type) > 128 or not EVENT_TYPE.fullmatch(event_type):

@@ -22,6 +22,7 @@ from overture_runtime.errors import FieldViolation
 
 from .log import EventLog, Relay
 from .normalize import PROFILE_EVENT_TYPES, Limits, NormalizedEvent, normalize
+from .ratelimit import RateLimiter
 
 __all__ = ["IngestPipeline", "Outcome"]
 
@@ -48,8 +49,9 @@ class IngestPipeline:
     def __init__(
         self, *, log_: EventLog, relay: Relay | None, clock: Clock, settings: Settings,
         profiles: profile_service_pb2_grpc.ProfileServiceStub | None, aliases: Mapping[str, Mapping[str, str]] | None = None,
-        limits: Limits = Limits(),
+        limits: Limits = Limits(), limiter: RateLimiter | None = None,
     ) -> None:
+        self._limiter = limiter
         self._log = log_
         self._relay = relay
         self._clock = clock
@@ -58,15 +60,18 @@ class IngestPipeline:
         self._aliases = aliases or {}
         self._limits = limits
 
-    async def ingest(self, tenant: str, batch: Sequence[event_pb2.Event], *, source: str) -> list[Outcome]:
-        """Ingest *batch* for *tenant*; one outcome per event, in order."""
+    async def ingest(self, tenant: str, batch: Sequence[event_pb2.Event], *, source: str, sent_as: Sequence[str] = ()) -> list[Outcome]:
+        """Ingest *batch* for *tenant*; one outcome per event, in order.
+        Raises :class:`ResourceExhausted` when the tenant is over its limits."""
         received = self._clock.now()
+        if self._limiter is not None:
+            await self._limiter.admit(tenant, len(batch), received)
         outcomes: list[Outcome | None] = [None] * len(batch)
         valid: list[tuple[int, NormalizedEvent]] = []
         seen: dict[str, int] = {}
         for index, raw in enumerate(batch):
             result = normalize(tenant, raw, received_at=received, source=source, partitions=self._settings.stream_partitions,
-                               aliases=self._aliases.get(tenant), limits=self._limits)
+                               aliases=self._aliases.get(tenant), limits=self._limits, sent_as=sent_as[index] if sent_as else "")
             if isinstance(result, list):
                 outcomes[index] = Outcome(REJECTED, raw.event_id, tuple(result))
                 continue

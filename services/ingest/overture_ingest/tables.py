@@ -36,4 +36,15 @@ events = sa.Table(
              sqlite_where=sa.text("published_at IS NULL")),
     sa.Index("ingest_events_profile_pending", "seq", postgresql_where=sa.text("profile_pending"),
              sqlite_where=sa.text("profile_pending")),
+    sa.Index("ingest_events_commit_time", "commit_time"),
+)
+
+relay_state = sa.Table(
+    "ingest_relay_state",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    # A random marker also kept in Redis: when Redis no longer has it, Redis
+    # lost data, and recently published events are published again.
+    sa.Column("epoch", sa.String(64), nullable=False),
+    sa.Column("update_time", utc_datetime, nullable=False),
 )
