@@ -9,6 +9,7 @@ different request is an error. Each service owns one such table.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -23,6 +24,8 @@ from .errors import FailedPrecondition
 __all__ = ["Idempotency", "idempotency_table"]
 
 _R = TypeVar("_R", bound=Message)
+_CLAIM_TIMEOUT = dt.timedelta(seconds=60)
+"""A claim older than this with no response belongs to a call that died; it may be taken over."""
 
 
 def idempotency_table(metadata: sa.MetaData, prefix: str) -> sa.Table:
@@ -72,18 +75,22 @@ class Idempotency:
                 )
             )
             if claimed.rowcount == 0:
-                row = (await conn.execute(sa.select(t.c.request_digest, t.c.response).where(key))).one()
+                row = (await conn.execute(sa.select(t.c.request_digest, t.c.response, t.c.create_time).where(key))).one()
                 if row.request_digest != request_digest:
                     raise FailedPrecondition(
                         f"request_id {request_id!r} was already used for a different request",
                         reason="REQUEST_ID_REUSED",
                     )
-                if row.response is None:
+                if row.response is None and row.create_time < self._clock.now() - _CLAIM_TIMEOUT:
+                    # The first call's process died mid-way: this call takes the claim over.
+                    await conn.execute(sa.update(t).where(key).values(create_time=self._clock.now()))
+                elif row.response is None:
                     raise FailedPrecondition(
                         f"a request with request_id {request_id!r} is still in progress; retry shortly",
                         reason="REQUEST_IN_PROGRESS",
                     )
-                return response_type.FromString(row.response)
+                else:
+                    return response_type.FromString(row.response)
         try:
             response = await compute()
         except BaseException:

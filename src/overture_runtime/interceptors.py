@@ -181,6 +181,10 @@ class ErrorInterceptor(_AroundInterceptor):
             await context.abort(status.code, status.details, status.trailing_metadata)
         except grpc.aio.AbortError:
             raise
+        except NotImplementedError:  # a method of the generated base class nobody overrode
+            if state is not None:
+                state.code, state.reason = grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED"
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented")
         except Exception:
             error_id = new_id()
             log.exception("rpc.unexpected_error", error_id=error_id)

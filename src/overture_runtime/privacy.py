@@ -24,6 +24,7 @@ PII_KEYS = frozenset(
 """Keys whose values are personal data, whatever they look like."""
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]|$)")
 _PHONE = re.compile(r"^\+?[\d\s().-]{7,20}$")
 
 
@@ -48,6 +49,8 @@ def mask(value: str) -> str:
 
 
 def _looks_personal(value: str) -> bool:
+    if _DATE.match(value):  # 2025-01-01, 2025-01-01T12:00:00Z: dates, not phone numbers
+        return False
     return bool(_EMAIL.match(value) or (_PHONE.match(value) and sum(c.isdigit() for c in value) >= 7))
 
 

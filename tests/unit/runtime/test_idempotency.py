@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -168,3 +169,18 @@ async def test_concurrent_repeat_is_told_the_request_is_in_progress(harness: Har
     assert [error.reason for error in inner] == ["REQUEST_IN_PROGRESS"]
     assert harness.computed == 0
     assert (await harness.run(_request())).delivery.delivery_id == "outer"
+
+
+async def test_a_claim_abandoned_by_a_dead_call_is_taken_over(harness: Harness) -> None:
+    """A claim with no response that is older than the claim timeout belongs to a call that died: a retry runs the work."""
+    request = pb.SendRequest()
+    async with harness.db.begin() as conn:
+        await conn.execute(harness.table.insert().values(
+            tenant="acme", method=METHOD, request_id="req-1", request_digest=hashlib.sha256(
+                request.SerializeToString(deterministic=True)).hexdigest(), response=None, create_time=harness.clock.now()))
+    with pytest.raises(FailedPrecondition):
+        await harness.run(request)
+    harness.clock.advance(timedelta(minutes=2))
+    response = await harness.run(request)
+    assert harness.computed == 1 and response.delivery.delivery_id == "d-1#1"
+    assert (await harness.run(request)) == response
