@@ -118,6 +118,10 @@ class Settings(BaseSettings):
     """How long the cap ledger remembers sends; rolling cap windows may not be longer."""
     profile_cache_ttl_seconds: float = 600.0
     """How long a profile stays in the Redis read-through cache."""
+    decision_writes: Literal["sync", "async"] = "sync"
+    """``sync``: answer a decision after its record is inserted (grouped with
+    concurrent ones). ``async``: answer once queued, flush within 2 ms; a crash
+    loses at most that much of the record trail, and the database leaves the latency."""
     active_version_ttl_seconds: float = 2.0
     """How long a replica trusts its cached active-version pointer; an activation
     through another replica takes effect here within this time."""

@@ -60,6 +60,8 @@ def mask_mapping(data: Mapping[str, Any], *, key: str = "") -> dict[str, Any]:
 
 
 def _mask_value(key: str, value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float)):  # the common case, first
+        return "***" if key.lower() in PII_KEYS and value is not None and not isinstance(value, bool) else value
     if isinstance(value, Mapping):
         if key.lower() in PII_KEYS:  # everything under a personal key is personal
             return {k: _mask_value(key, v) for k, v in value.items()}

@@ -39,7 +39,12 @@ class RulesApp(BaseApp):
         cache = ProfileCache(self.redis, self.keys, ttl=dt.timedelta(seconds=s.profile_cache_ttl_seconds))
         self.rule_sets = RuleSetStore(self.db, self.clock, active_ttl=s.active_version_ttl_seconds)
         self.profiles = ProfileStore(self.db, self.clock, cache=cache, ledger=self.ledger, read_timeout=s.profile_read_timeout_seconds)
-        self.decider = Decider(self.db, self.rule_sets, self.profiles, self.ledger, self.clock, self.ids)
+        self.decider = Decider(self.db, self.rule_sets, self.profiles, self.ledger, self.clock, self.ids,
+                               durable_writes=s.decision_writes == "sync")
+        self.decider.start()
+
+    async def on_stop(self) -> None:
+        await self.decider.close()
 
     def register(self, server: grpc.aio.Server) -> None:
         rules_service_pb2_grpc.add_RulesServiceServicer_to_server(

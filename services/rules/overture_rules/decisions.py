@@ -10,6 +10,7 @@ scripts, one insert.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ from overture_runtime.validation import check_identifier, check_name, check_stru
 
 from .caps import CapLedger, CapWindow, LedgerResult, plan_caps
 from .compiler import CompiledRuleSet
+from .decision_writer import DecisionWriter
 from .engine import DecisionOutcome, EvaluationInput, ProfileView, evaluate, recipient_zone
 from .profiles import ProfileStore
 from .replay import encode
@@ -79,7 +81,9 @@ class Decider:
 
     def __init__(
         self, db: Database, rule_sets: RuleSetStore, profiles: ProfileStore, ledger: CapLedger, clock: Clock, ids: IdGenerator,
+        *, durable_writes: bool = True,
     ) -> None:
+        self._writer = DecisionWriter(self._insert, durable=durable_writes)
         self._db = db
         self._rule_sets = rule_sets
         self._profiles = profiles
@@ -256,24 +260,36 @@ class Decider:
                 reservation_state=_state_name(decision.reservation_state), evaluate_time=decision.evaluate_time.ToDatetime(tzinfo=dt.UTC),
                 create_time=now, record=decision.SerializeToString(), replay=replay,
             ))
+        new = await self._writer.write(rows, decisions)
         preempted = [(victim, w.decision_id) for w in work if w.ledger for victim in w.ledger.preempted]
-        async with self._db.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                # Decision records are written without waiting for the WAL
-                # flush: a PostgreSQL crash may lose the last moments of
-                # records (never corrupt them), a rules-service crash loses
-                # nothing, and a decision costs no disk sync.
-                await conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
-            stored = await conn.execute(insert_ignore(conn, decisions_table, index_elements=["tenant", "decision_id"]).values(rows)
-                                        .returning(decisions_table.c.decision_id))
-            new = {r.decision_id for r in stored}
-            for victim, by in preempted:
-                await self._mark(conn, tenant, victim, D.RESERVATION_STATE_PREEMPTED, preempted_by=by)
+        if preempted:
+            async with self._db.begin() as conn:
+                for victim, by in preempted:
+                    await self._mark(conn, tenant, victim, D.RESERVATION_STATE_PREEMPTED, preempted_by=by)
         lost = [d.decision_id for d in decisions if d.decision_id not in new]
         if lost:  # a concurrent call with the same decision id stored first: its answer stands
             winners = await self._load_many(tenant, lost)
             decisions = [winners.get(d.decision_id, d) for d in decisions]
         return decisions
+
+    def start(self) -> None:
+        """Start writing records in the background."""
+        self._writer.start()
+
+    async def close(self) -> None:
+        """Flush queued records."""
+        await self._writer.close()
+
+    async def _insert(self, rows: list[dict[str, Any]]) -> set[str]:
+        async with self._db.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Decision records are written without waiting for the WAL
+                # flush: a PostgreSQL crash may lose the last moments of
+                # records (never corrupt them), a rules-service crash loses
+                # nothing in the default (durable) mode, and a decision costs
+                # no disk sync. See ADR 0007.
+                await conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
+            return await _insert_decisions(conn, rows)
 
     async def get(self, tenant: str, decision_id: str) -> decision_pb2.Decision:
         """One stored decision."""
@@ -293,11 +309,20 @@ class Decider:
         return [D.Decision.FromString(r.record) for r in rows]
 
     async def _load_many(self, tenant: str, decision_ids: Sequence[str]) -> dict[str, decision_pb2.Decision]:
-        t = decisions_table
-        async with self._db.connect() as conn:
-            rows = (await conn.execute(sa.select(t.c.record).where((t.c.tenant == tenant) & t.c.decision_id.in_(decision_ids)))).all()
-        found = [D.Decision.FromString(r.record) for r in rows]
-        return {d.decision_id: d for d in found}
+        found: dict[str, decision_pb2.Decision] = {}
+        for decision_id in decision_ids:
+            queued = self._writer.pending(tenant, decision_id)
+            if queued is not None:
+                found[decision_id] = queued
+        rest = [d for d in decision_ids if d not in found]
+        if rest:
+            t = decisions_table
+            async with self._db.connect() as conn:
+                rows = (await conn.execute(sa.select(t.c.record).where((t.c.tenant == tenant) & t.c.decision_id.in_(rest)))).all()
+            for row in rows:
+                decision = D.Decision.FromString(row.record)
+                found[decision.decision_id] = decision
+        return found
 
     async def _mark(
         self, conn: Any, tenant: str, decision_id: str, state: decision_pb2.ReservationState.ValueType, *, preempted_by: str = "",
@@ -308,12 +333,15 @@ class Decider:
         if conn.dialect.name == "postgresql":
             query = query.with_for_update()
         row = (await conn.execute(query)).first()
-        if row is None:
+        queued = self._writer.pending(tenant, decision_id) if row is None else None
+        if row is None and queued is None:
             return None
-        decision = D.Decision.FromString(row.record)
+        decision = D.Decision.FromString(row.record) if row is not None else D.Decision.FromString(queued.SerializeToString())  # type: ignore[union-attr]
         decision.reservation_state = state
         if preempted_by:
             decision.preempted_by = preempted_by
+        if row is None and self._writer.amend(tenant, decision, reservation_state=_state_name(state)):
+            return decision
         await conn.execute(t.update().where(key).values(reservation_state=_state_name(state), record=decision.SerializeToString()))
         return decision
 
@@ -362,6 +390,32 @@ class _Work:
     windows: list[CapWindow] = field(default_factory=list)
     ledger: LedgerResult | None = None
     ledger_error: bool = False
+
+
+_UNNEST = sa.text("""
+    INSERT INTO rules_decisions (tenant, decision_id, rule_set, version, subject_id, allowed, mode, reservation_state,
+                                 evaluate_time, create_time, record, replay)
+    SELECT * FROM unnest(CAST(:tenant AS text[]), CAST(:decision_id AS text[]), CAST(:rule_set AS text[]), CAST(:version AS bigint[]),
+                         CAST(:subject_id AS text[]), CAST(:allowed AS boolean[]), CAST(:mode AS text[]), CAST(:reservation_state AS text[]),
+                         CAST(:evaluate_time AS timestamptz[]), CAST(:create_time AS timestamptz[]), CAST(:record AS bytea[]),
+                         CAST(:replay AS jsonb[]))
+    ON CONFLICT (tenant, decision_id) DO NOTHING
+    RETURNING decision_id
+""")
+
+
+async def _insert_decisions(conn: Any, rows: list[dict[str, Any]]) -> set[str]:
+    """Insert decision rows, skipping ids that exist; return the ids inserted.
+
+    On PostgreSQL the whole batch is one statement over arrays (``unnest``):
+    one round trip, whatever the batch size."""
+    if conn.dialect.name == "postgresql":
+        columns = {name: [row[name] for row in rows] for name in rows[0]}
+        columns["replay"] = [json.dumps(v) if v is not None else None for v in columns["replay"]]
+        return {r.decision_id for r in await conn.execute(_UNNEST, columns)}
+    result = await conn.execute(insert_ignore(conn, decisions_table, index_elements=["tenant", "decision_id"]).returning(
+        decisions_table.c.decision_id), rows)
+    return {r.decision_id for r in result}
 
 
 def _v(kind: decision_pb2.VerdictKind.ValueType, id_: str, outcome: decision_pb2.VerdictOutcome.ValueType, reason: str) -> decision_pb2.Verdict:
