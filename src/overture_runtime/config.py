@@ -97,6 +97,8 @@ class Settings(BaseSettings):
 
     shutdown_grace_seconds: float = 10.0
     """How long in-flight RPCs may finish after SIGTERM."""
+    max_concurrent_rpcs: int = 2000
+    """RPCs a server handles at once; more are refused with RESOURCE_EXHAUSTED (bounded memory)."""
     max_message_bytes: int = 4 * 1024 * 1024
     """The largest gRPC message a server accepts."""
     rpc_timeout_seconds: float = 5.0

@@ -69,6 +69,9 @@ class Server:
         settings = self.settings
         self._server = grpc.aio.server(
             interceptors=default_interceptors(tokens=self._tokens, domain=f"{self.app.name}.overture.dev"),
+            # Past this many RPCs in flight, new ones are refused with
+            # RESOURCE_EXHAUSTED instead of queueing without bound.
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
