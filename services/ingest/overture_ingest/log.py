@@ -38,6 +38,19 @@ EVENT_STREAM = "events"
 _STREAM_MAXLEN = 1_000_000
 
 
+_UNNEST = sa.text("""
+    INSERT INTO ingest_events (tenant, event_id, event_type, original_event_type, subject_id, occurred_at, received_at, commit_time,
+                               source, id_derived, partition, payload, published_at, profile_pending, profile_applied_at)
+    SELECT * FROM unnest(CAST(:tenant AS text[]), CAST(:event_id AS text[]), CAST(:event_type AS text[]),
+                         CAST(:original_event_type AS text[]), CAST(:subject_id AS text[]), CAST(:occurred_at AS timestamptz[]),
+                         CAST(:received_at AS timestamptz[]), CAST(:commit_time AS timestamptz[]), CAST(:source AS text[]),
+                         CAST(:id_derived AS boolean[]), CAST(:partition AS integer[]), CAST(:payload AS bytea[]),
+                         CAST(:published_at AS timestamptz[]), CAST(:profile_pending AS boolean[]), CAST(:profile_applied_at AS timestamptz[]))
+    ON CONFLICT (tenant, event_id) DO NOTHING
+    RETURNING event_id
+""")
+
+
 @dataclass(frozen=True)
 class StoredEvent:
     """One row of the log."""
@@ -74,8 +87,12 @@ class EventLog:
             for n in batch
         ]
         async with self._db.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # One statement over arrays: one round trip per batch.
+                columns = {name: [row[name] for row in rows] for name in rows[0]}
+                return {r.event_id for r in await conn.execute(_UNNEST, columns)}
             statement = insert_ignore(conn, events, index_elements=["tenant", "event_id"]).returning(events.c.event_id)
-            result = await conn.execute(statement.values(rows))
+            result = await conn.execute(statement, rows)
             return {r.event_id for r in result}
 
     async def get(self, tenant: str, event_id: str) -> StoredEvent | None:
