@@ -83,6 +83,8 @@ class Processes:
     """The ingest HTTP port."""
     exit_codes: dict[str, int | None]
     """Filled when the processes have stopped."""
+    env: dict[str, str]
+    """The environment the processes run with."""
 
     def __getitem__(self, service: str) -> str:
         return self.addresses[service]
@@ -98,7 +100,7 @@ async def service_processes(
     ports = {svc: free_port() for svc in SERVICES}
     running = Processes(
         addresses={svc: f"127.0.0.1:{port}" for svc, port in ports.items()},
-        metrics_ports={svc: free_port() for svc in SERVICES}, http_port=free_port(), exit_codes={},
+        metrics_ports={svc: free_port() for svc in SERVICES}, http_port=free_port(), exit_codes={}, env={},
     )
     child = {k: v for k, v in os.environ.items() if not k.startswith("OVERTURE_") and k not in ("DATABASE_URL", "REDIS_URL")}
     child.update(OVERTURE_INGEST_HTTP_PORT=str(running.http_port), OVERTURE_SHUTDOWN_GRACE_SECONDS="2")
@@ -107,6 +109,7 @@ async def service_processes(
         child[f"OVERTURE_{svc.upper()}_ADDRESS"] = running.addresses[svc]
         child[f"OVERTURE_{svc.upper()}_METRICS_PORT"] = str(running.metrics_ports[svc])
     child.update(env)
+    running.env.update(child)
     log_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - a test helper, before anything runs
     processes: dict[str, subprocess.Popen[bytes]] = {}
     with contextlib.ExitStack() as logs:

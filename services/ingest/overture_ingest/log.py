@@ -79,7 +79,7 @@ class EventLog:
             dict(
                 tenant=tenant, event_id=n.event.event_id, event_type=n.event.event_type,
                 original_event_type=n.original_event_type, subject_id=n.event.subject_id,
-                occurred_at=n.event.occurred_at.ToDatetime(tzinfo=dt.UTC), received_at=n.event.received_at.ToDatetime(tzinfo=dt.UTC),
+                occurred_at=n.occurred_at, received_at=n.received_at,
                 commit_time=now, source=n.event.source, id_derived=n.event.id_derived, partition=n.partition,
                 payload=n.event.SerializeToString(), published_at=None,
                 profile_pending=n.event.event_type in PROFILE_EVENT_TYPES, profile_applied_at=None,

@@ -14,6 +14,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from google.protobuf import struct_pb2
+
 from overture.common.v1 import event_pb2
 from overture_runtime.errors import FieldViolation, Violations
 from overture_runtime.protojson import struct_to_dict
@@ -52,6 +54,10 @@ class NormalizedEvent:
     """The type as sent, before aliases."""
     partition: int
     """The stream partition, from the subject."""
+    occurred_at: dt.datetime
+    """When it happened (UTC), as a datetime."""
+    received_at: dt.datetime
+    """When ingest received it (UTC)."""
 
 
 def partition_of(tenant: str, subject_id: str, partitions: int) -> int:
@@ -60,11 +66,17 @@ def partition_of(tenant: str, subject_id: str, partitions: int) -> int:
     return int.from_bytes(digest[:8], "big") % partitions
 
 
-def _too_many_keys(value: object, limit: int) -> bool:
-    if isinstance(value, dict):
-        return len(value) > limit or any(_too_many_keys(v, limit) for v in value.values())
-    if isinstance(value, list):
-        return len(value) > limit * 4 or any(_too_many_keys(v, limit) for v in value)
+def _too_many_keys(value: struct_pb2.Struct | struct_pb2.ListValue | struct_pb2.Value, limit: int) -> bool:
+    """Whether any object holds more than *limit* keys (or any list more than 4x), walking the proto itself."""
+    if isinstance(value, struct_pb2.Struct):
+        return len(value.fields) > limit or any(_too_many_keys(v, limit) for v in value.fields.values())
+    if isinstance(value, struct_pb2.ListValue):
+        return len(value.values) > limit * 4 or any(_too_many_keys(v, limit) for v in value.values)
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return _too_many_keys(value.struct_value, limit)
+    if kind == "list_value":
+        return _too_many_keys(value.list_value, limit)
     return False
 
 
@@ -106,7 +118,7 @@ def normalize(
             elif occurred < received_at - limits.max_age:
                 v.add("occurred_at", f"occurred_at is older than {limits.max_age.days} days", "TOO_OLD")
     check_struct(v, "attributes", event.attributes, max_bytes=limits.max_attributes_bytes, max_depth=limits.max_attribute_depth)
-    if not v and _too_many_keys(struct_to_dict(event.attributes), limits.max_attribute_keys):
+    if not v and _too_many_keys(event.attributes, limits.max_attribute_keys):
         v.add("attributes", f"attributes have more than {limits.max_attribute_keys} keys at one level", "TOO_MANY_KEYS")
     if event.causation.depth < 0:
         v.add("causation.depth", "depth must not be negative", "OUT_OF_RANGE")
@@ -123,4 +135,5 @@ def normalize(
         normalized.id_derived = True
     else:
         normalized.id_derived = False
-    return NormalizedEvent(event=normalized, original_event_type=original, partition=partition_of(tenant, event.subject_id, partitions))
+    return NormalizedEvent(event=normalized, original_event_type=original, partition=partition_of(tenant, event.subject_id, partitions),
+                           occurred_at=occurred or received_at, received_at=received_at)

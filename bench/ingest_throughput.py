@@ -1,0 +1,178 @@
+"""Benchmark of ingest.
+
+    .venv/bin/python bench/ingest_throughput.py [--seconds 10] [--clients 4]
+
+1. Durable IngestEvents throughput over gRPC with batches of 100 and 1,000
+   (acknowledged only after the batch commits). Goal: >= 50,000 events/s.
+   Baseline in the same run: raw batched asyncpg inserts of the same rows
+   into a copy of the events table (same indexes and unique key), with the
+   same batch sizes and concurrency; the ratio is printed.
+2. The Segment door: /v1/batch throughput with the official
+   segment-analytics-python client (gzip, batches of 100).
+3. Ack latency on the Segment door at a fixed 2,000 events/s (batches of 20
+   at 100 requests/s, open loop): p50/p99.
+
+Ingest runs as its own process against real PostgreSQL and Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import gzip
+import json
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import grpc
+import httpx
+import segment.analytics as analytics
+from common import METADATA, TOKEN, percentiles, services, show  # type: ignore[import-not-found]
+
+from overture.common.v1 import event_pb2
+from overture.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
+
+
+def _batch(size: int, tag: str) -> ingest_service_pb2.IngestEventsRequest:
+    events = []
+    for i in range(size):
+        event = event_pb2.Event(event_id=f"{tag}-{i}", event_type="item.viewed", subject_id=f"s{i % 5000}")
+        event.attributes.update({"sku": f"SKU-{i % 300}", "price": 19.99, "currency": "EUR"})
+        event.occurred_at.FromJsonString("2026-11-23T12:00:00Z")
+        events.append(event)
+    return ingest_service_pb2.IngestEventsRequest(events=events)
+
+
+async def grpc_throughput(address: str, *, batch: int, seconds: float, clients: int) -> dict[str, object]:
+    async with grpc.aio.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+        stub = ingest_service_pb2_grpc.IngestServiceStub(channel)
+        await stub.IngestEvents(_batch(batch, f"warm{batch}"), metadata=METADATA)
+        accepted = 0
+        latencies: list[float] = []
+        end = time.perf_counter() + seconds
+
+        async def client(n: int) -> None:
+            nonlocal accepted
+            k = 0
+            while time.perf_counter() < end:
+                request = _batch(batch, f"b{batch}-c{n}-{k}")
+                k += 1
+                started = time.perf_counter()
+                reply = await stub.IngestEvents(request, metadata=METADATA, timeout=60)
+                latencies.append(time.perf_counter() - started)
+                accepted += sum(r.status == ingest_service_pb2.EVENT_RESULT_STATUS_ACCEPTED for r in reply.results)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client(n) for n in range(clients)))
+        elapsed = time.perf_counter() - started
+    return {"events/s": accepted / elapsed, "batch": batch, "clients": clients,
+            **{f"batch ack {k} (ms)": v for k, v in percentiles(latencies).items()}}
+
+
+async def raw_asyncpg(dsn: str, *, batch: int, seconds: float, clients: int) -> float:
+    """The same rows, inserted in batches with asyncpg directly: the floor the pipeline is compared to."""
+    pool = await asyncpg.create_pool(dsn, min_size=clients, max_size=clients)
+    async with pool.acquire() as conn:
+        await conn.execute("DROP TABLE IF EXISTS bench_raw_events")
+        await conn.execute("CREATE TABLE bench_raw_events (LIKE ingest_events INCLUDING ALL)")
+    template = _batch(batch, "raw").events
+    now = dt.datetime.now(dt.UTC)
+    inserted = 0
+    end = time.perf_counter() + seconds
+
+    async def client(n: int) -> None:
+        nonlocal inserted
+        k = 0
+        while time.perf_counter() < end:
+            rows = [("bench", f"raw-{n}-{k}-{i}", e.event_type, e.event_type, e.subject_id, now, now, now, "grpc", False, i % 8,
+                     e.SerializeToString(), None, False, None) for i, e in enumerate(template)]
+            k += 1
+            async with pool.acquire() as conn:
+                result = await conn.fetch(
+                    "INSERT INTO bench_raw_events (tenant, event_id, event_type, original_event_type, subject_id, occurred_at, received_at, "
+                    "commit_time, source, id_derived, partition, payload, published_at, profile_pending, profile_applied_at) "
+                    "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[], "
+                    "$8::timestamptz[], $9::text[], $10::boolean[], $11::int[], $12::bytea[], $13::timestamptz[], $14::boolean[], "
+                    "$15::timestamptz[]) ON CONFLICT (tenant, event_id) DO NOTHING RETURNING event_id",
+                    *[list(col) for col in zip(*rows, strict=True)])
+                inserted += len(result)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(n) for n in range(clients)))
+    elapsed = time.perf_counter() - started
+    await pool.close()
+    return inserted / elapsed
+
+
+def segment_throughput(http: str, events: int) -> dict[str, object]:
+    errors: list[Exception] = []
+    client = analytics.Client(write_key=TOKEN, host=http, gzip=True, upload_size=100, max_queue_size=events + 10,
+                              on_error=lambda error, _: errors.append(error))
+    started = time.perf_counter()
+    for i in range(events):
+        client.track(f"user-{i % 1000}", "Product Viewed", {"sku": f"SKU-{i % 300}", "price": 19.99})
+    client.flush()
+    client.join()
+    elapsed = time.perf_counter() - started
+    return {"events": events, "events/s": events / elapsed, "errors": len(errors)}
+
+
+async def segment_latency(http: str, *, events_per_second: int, per_request: int, seconds: float) -> dict[str, object]:
+    rate = events_per_second / per_request
+    total = int(rate * seconds)
+    latencies: list[float] = []
+    failures = 0
+    auth = httpx.BasicAuth(TOKEN, "")
+    async with httpx.AsyncClient(base_url=http, auth=auth, timeout=10, limits=httpx.Limits(max_connections=200)) as client:
+        loop = asyncio.get_running_loop()
+        start = loop.time() + 0.1
+
+        async def one(i: int) -> None:
+            nonlocal failures
+            scheduled = start + i / rate
+            await asyncio.sleep(max(0.0, scheduled - loop.time()))
+            body = {"batch": [{"type": "track", "userId": f"u{(i * per_request + j) % 1000}", "event": "Product Viewed",
+                               "messageId": str(uuid.uuid4()), "properties": {"price": 19.99}} for j in range(per_request)]}
+            response = await client.post("/v1/batch", content=gzip.compress(json.dumps(body).encode()),
+                                         headers={"content-encoding": "gzip", "content-type": "application/json"})
+            latencies.append(loop.time() - scheduled)
+            failures += response.status_code != 200
+
+        await asyncio.gather(*(one(i) for i in range(total)))
+        elapsed = loop.time() - start
+    result: dict[str, object] = {"target events/s": events_per_second, "achieved events/s": total * per_request / elapsed,
+                                 "requests": total, "failures": failures}
+    result.update({f"ack {k} (ms)": v for k, v in percentiles(latencies).items()})
+    return result
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--clients", type=int, default=4)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as logs:
+        async with services(["ingest"], log_dir=Path(logs), OVERTURE_INGEST_RATE_PER_SECOND="0",
+                            OVERTURE_RULES_ADDRESS="127.0.0.1:1", OVERTURE_ORCHESTRATOR_ADDRESS="127.0.0.1:1") as running:
+            address = running["ingest"]
+            http = f"http://127.0.0.1:{running.http_port}"
+            dsn = running.env["DATABASE_URL"].replace("postgresql+asyncpg://", "postgresql://")
+            for batch in (100, 1000):
+                figures = await grpc_throughput(address, batch=batch, seconds=args.seconds, clients=args.clients)
+                raw = await raw_asyncpg(dsn, batch=batch, seconds=args.seconds, clients=args.clients)
+                figures["raw asyncpg inserts events/s"] = raw
+                figures["ratio (ingest / raw)"] = float(figures["events/s"]) / raw  # type: ignore[arg-type]
+                figures["goal >= 50,000 events/s"] = "met" if float(figures["events/s"]) >= 50_000 else "NOT met"  # type: ignore[arg-type]
+                show(f"IngestEvents over gRPC, durable, batches of {batch}", figures)
+            show("Segment /v1/batch with segment-analytics-python (gzip, batches of 100)",
+                 await asyncio.to_thread(segment_throughput, http, 20_000))
+            show("Segment /v1/batch ack latency at 2,000 events/s (batches of 20, open loop)",
+                 await segment_latency(http, events_per_second=2000, per_request=20, seconds=args.seconds))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
