@@ -32,6 +32,7 @@ from starlette.routing import Route
 
 from overture.common.v1 import event_pb2
 from overture_runtime.auth import Principal, TokenTable
+from overture_runtime.clock import new_id
 from overture_runtime.errors import FieldViolation, InvalidArgument, OvertureError, Unauthenticated, Violations
 
 from .cloud_events import from_binary, from_structured
@@ -188,6 +189,13 @@ def create_http_app(*, pipeline: IngestPipeline, tokens: TokenTable) -> Starlett
                 return JSONResponse({"code": "body_too_large", "message": f"the body exceeds {MAX_BODY} bytes",
                                      "error": {"code": "RESOURCE_EXHAUSTED", "reason": "BODY_TOO_LARGE",
                                                "message": f"the body exceeds {MAX_BODY} bytes"}}, status_code=413)
+            except Exception:
+                # A bug, not bad input: logged with an id, no traceback to the caller.
+                error_id = new_id()
+                log.exception("http.unexpected_error", error_id=error_id, path=request.url.path)
+                return JSONResponse({"code": "internal", "message": f"internal error; reference {error_id}",
+                                     "error": {"code": "INTERNAL", "reason": "INTERNAL", "message": f"internal error; reference {error_id}"}},
+                                    status_code=500)
 
         return endpoint
 
