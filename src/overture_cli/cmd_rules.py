@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from overture.rules.v1 import audit_event_pb2, rule_set_pb2, rules_service_pb2, rules_service_pb2_grpc
 from overture_runtime.clock import new_id
 
 from .client import fail, target
-from .output import emit, run_async
+from .output import each_page, emit, run_async
 from .specfile import SpecFileError, load_spec
 
 __all__ = ["add_commands"]
@@ -85,15 +87,13 @@ def versions(args: argparse.Namespace) -> int:
         t = target(args.token)
         async with t.channel("rules") as channel:
             stub = rules_service_pb2_grpc.RulesServiceStub(channel)
-            token = ""
-            while True:
-                page = await stub.ListRuleSetVersions(R.ListRuleSetVersionsRequest(rule_set=args.name, page_size=100, page_token=token), metadata=t.metadata)
+            pages = each_page(lambda token: stub.ListRuleSetVersions(
+                R.ListRuleSetVersionsRequest(rule_set=args.name, page_size=100, page_token=token), metadata=t.metadata))
+            async for page in pages:
                 for v in page.rule_set_versions:
                     mark = "*" if v.active else " "
                     print(f"{mark} v{v.version:<4} {v.create_time.ToJsonString()}  {v.author:<20} {v.digest[:12]}  {v.reason}")
-                token = page.next_page_token
-                if not token:
-                    return 0
+        return 0
 
     return run_async(go)
 
@@ -150,22 +150,20 @@ def backtest(args: argparse.Namespace) -> int:
     return run_async(go)
 
 
+async def _audit_events(stub: rules_service_pb2_grpc.RulesServiceStub, metadata: Any) -> AsyncIterator[audit_event_pb2.AuditEvent]:
+    async for page in each_page(lambda token: stub.ListAuditEvents(R.ListAuditEventsRequest(page_size=1000, page_token=token), metadata=metadata)):
+        for event in page.audit_events:
+            yield event
+
+
 def audit_verify(args: argparse.Namespace) -> int:
     """Walk the audit log's hash chain and report the first tampered entry."""
     from overture_rules.audit import verify_chain
 
     async def go() -> int:
         t = target(args.token)
-        entries = []
         async with t.channel("rules") as channel:
-            stub = rules_service_pb2_grpc.RulesServiceStub(channel)
-            token = ""
-            while True:
-                page = await stub.ListAuditEvents(R.ListAuditEventsRequest(page_size=1000, page_token=token), metadata=t.metadata)
-                entries.extend(page.audit_events)
-                token = page.next_page_token
-                if not token:
-                    break
+            entries = [e async for e in _audit_events(rules_service_pb2_grpc.RulesServiceStub(channel), t.metadata)]
         problem = verify_chain(entries)
         if problem is None:
             print(f"audit chain verified: {len(entries)} entries")
@@ -182,16 +180,10 @@ def audit_list(args: argparse.Namespace) -> int:
     async def go() -> int:
         t = target(args.token)
         async with t.channel("rules") as channel:
-            stub = rules_service_pb2_grpc.RulesServiceStub(channel)
-            token = ""
-            while True:
-                page = await stub.ListAuditEvents(R.ListAuditEventsRequest(page_size=1000, page_token=token), metadata=t.metadata)
-                for e in page.audit_events:
-                    action = audit_event_pb2.AuditAction.Name(e.action)
-                    print(f"{e.sequence:>5} {e.time.ToJsonString()} {action.removeprefix('AUDIT_ACTION_').lower():<28} {e.actor:<20} {e.target}  {e.reason}")
-                token = page.next_page_token
-                if not token:
-                    return 0
+            async for e in _audit_events(rules_service_pb2_grpc.RulesServiceStub(channel), t.metadata):
+                action = audit_event_pb2.AuditAction.Name(e.action)
+                print(f"{e.sequence:>5} {e.time.ToJsonString()} {action.removeprefix('AUDIT_ACTION_').lower():<28} {e.actor:<20} {e.target}  {e.reason}")
+        return 0
 
     return run_async(go)
 

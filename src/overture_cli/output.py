@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -14,7 +14,7 @@ from overture_runtime.protojson import to_dict
 
 from .client import rpc_error
 
-__all__ = ["emit", "run_async"]
+__all__ = ["each_page", "emit", "run_async"]
 
 
 def emit(message: Message | dict[str, Any], *, as_json: bool, text: Callable[[], str] | None = None) -> None:
@@ -24,6 +24,17 @@ def emit(message: Message | dict[str, Any], *, as_json: bool, text: Callable[[],
         print(json.dumps(data, indent=2, ensure_ascii=False))
     else:
         print(text())
+
+
+async def each_page(fetch: Callable[[str], Awaitable[Any]]) -> AsyncIterator[Any]:
+    """Every page of a List call: *fetch* takes a page token and returns a response with ``next_page_token``."""
+    token = ""
+    while True:
+        page = await fetch(token)
+        yield page
+        token = page.next_page_token
+        if not token:
+            return
 
 
 def run_async(factory: Callable[[], Awaitable[int | None]]) -> int:

@@ -11,20 +11,26 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Iterable, Sized
 from typing import Any
 
 from google.protobuf import struct_pb2
 
-from .errors import InvalidArgument, Violations
+from overture.common.v1 import field_violation_pb2
+
+from .errors import FieldViolation, InvalidArgument, Violations
 
 __all__ = [
     "NAME_PATTERN",
+    "check_batch",
     "check_identifier",
     "check_name",
+    "check_reason",
     "check_struct",
     "decode_page_token",
     "encode_page_token",
     "page_size",
+    "to_proto_violations",
 ]
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -78,6 +84,27 @@ def _depth(value: Any, level: int = 0) -> int:
     return level
 
 
+def check_reason(v: Violations, reason: str, *, required: bool = True, maximum: int = 1024) -> None:
+    """A human reason for an audited change: present (unless optional) and at most *maximum* characters."""
+    if required and not reason.strip():
+        v.add("reason", "reason is required", "REQUIRED")
+    elif len(reason) > maximum:
+        v.add("reason", f"reason must be at most {maximum} characters", "TOO_LONG")
+
+
+def check_batch(v: Violations, field: str, items: Sized, *, maximum: int = 1000) -> None:
+    """A batch of 1 to *maximum* items."""
+    if not len(items):
+        v.add(field, f"{field} must hold 1 to {maximum} items", "REQUIRED")
+    elif len(items) > maximum:
+        v.add(field, f"at most {maximum} {field} per call; split the batch", "TOO_MANY")
+
+
+def to_proto_violations(violations: Iterable[FieldViolation]) -> list[field_violation_pb2.FieldViolation]:
+    """Field violations as the proto that per-item results carry."""
+    return [field_violation_pb2.FieldViolation(field=v.field, description=v.description, reason=v.reason) for v in violations]
+
+
 def page_size(v: Violations, value: int, *, default: int = 20, maximum: int = 100) -> int:
     """The page size of a List call: 0 means *default*; negative or above *maximum* is invalid."""
     if value < 0 or value > maximum:
@@ -107,7 +134,5 @@ def decode_page_token(token: str) -> dict[str, Any]:
     return cursor
 
 
-def _bad_token() -> Any:
-    from .errors import FieldViolation
-
+def _bad_token() -> FieldViolation:
     return FieldViolation("page_token", "page_token is not a token this service issued", "INVALID_PAGE_TOKEN")

@@ -76,14 +76,10 @@ class SmtpConnector:
             await client.rcpt(message.address)
         except aiosmtplib.SMTPRecipientRefused as error:
             _close(client)
-            if 400 <= error.code < 500:
-                raise TransientFailure(f"recipient temporarily refused ({error.code})") from None
-            raise PermanentFailure(f"recipient refused ({error.code})") from None
+            raise _refused(error.code, "recipient refused") from None
         except aiosmtplib.SMTPResponseException as error:
             _close(client)
-            if 400 <= error.code < 500:
-                raise TransientFailure(f"SMTP server refused the message for now ({error.code})") from None
-            raise PermanentFailure(f"SMTP server refused the message ({error.code})") from None
+            raise _refused(error.code, "SMTP server refused the message") from None
         except (aiosmtplib.SMTPException, OSError) as error:
             _close(client)
             raise TransientFailure(f"SMTP server unreachable: {type(error).__name__}") from None
@@ -92,9 +88,7 @@ class SmtpConnector:
         except aiosmtplib.SMTPResponseException as error:
             # The server answered the payload with a refusal: it did not accept it.
             _close(client)
-            if 400 <= error.code < 500:
-                raise TransientFailure(f"SMTP server deferred the message ({error.code})") from None
-            raise PermanentFailure(f"SMTP server rejected the message ({error.code})") from None
+            raise _refused(error.code, "SMTP server rejected the message") from None
         except (aiosmtplib.SMTPException, OSError) as error:
             _close(client)
             raise InDoubt(f"connection lost after the message was sent: {type(error).__name__}") from None
@@ -107,6 +101,13 @@ class SmtpConnector:
     async def status(self, provider_message_id: str) -> str | None:
         """SMTP has no status lookup: an in-doubt email stays in doubt."""
         return None
+
+
+def _refused(code: int, what: str) -> TransientFailure | PermanentFailure:
+    """A 4xx reply is a refusal for now (retry); anything else is for good."""
+    if 400 <= code < 500:
+        return TransientFailure(f"{what} for now ({code})")
+    return PermanentFailure(f"{what} ({code})")
 
 
 def _close(client: aiosmtplib.SMTP) -> None:

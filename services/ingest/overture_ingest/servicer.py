@@ -5,13 +5,12 @@ from __future__ import annotations
 import grpc
 import structlog
 
-from overture.common.v1 import field_violation_pb2
 from overture.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc, ingested_event_pb2
 from overture.orchestrator.v1 import orchestrator_service_pb2, orchestrator_service_pb2_grpc
 from overture_runtime import NotFound, Violations, current_principal
 from overture_runtime.clients import call_metadata
 from overture_runtime.config import Settings
-from overture_runtime.validation import check_identifier
+from overture_runtime.validation import check_batch, check_identifier, to_proto_violations
 
 from .log import EventLog
 from .pipeline import ACCEPTED, DUPLICATE, IngestPipeline
@@ -39,16 +38,13 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
     async def IngestEvents(self, request: IS.IngestEventsRequest, context: grpc.aio.ServicerContext) -> IS.IngestEventsResponse:
         tenant = current_principal().tenant
         v = Violations()
-        if not request.events:
-            v.add("events", "events must hold 1 to 1000 events", "REQUIRED")
-        elif len(request.events) > BATCH_MAX:
-            v.add("events", f"at most {BATCH_MAX} events per call; split the batch", "TOO_MANY")
+        check_batch(v, "events", request.events, maximum=BATCH_MAX)
         v.raise_if_any("the batch is invalid")
         outcomes = await self._pipeline.ingest(tenant, request.events, source="grpc")
         return IS.IngestEventsResponse(results=[
             IS.EventResult(
                 index=i, event_id=o.event_id, status=_STATUS.get(o.status, IS.EVENT_RESULT_STATUS_REJECTED),
-                violations=[field_violation_pb2.FieldViolation(field=x.field, description=x.description, reason=x.reason) for x in o.violations],
+                violations=to_proto_violations(o.violations),
             )
             for i, o in enumerate(outcomes)
         ])

@@ -9,7 +9,15 @@ from overture.common.v1 import messaging_pb2
 from overture.orchestrator.v1 import journey_pb2, orchestrator_service_pb2, orchestrator_service_pb2_grpc
 from overture_runtime import Unimplemented, Violations, current_principal
 from overture_runtime.idempotency import Idempotency
-from overture_runtime.validation import check_identifier, check_name, check_struct, decode_page_token, encode_page_token, page_size
+from overture_runtime.validation import (
+    check_identifier,
+    check_name,
+    check_reason,
+    check_struct,
+    decode_page_token,
+    encode_page_token,
+    page_size,
+)
 
 from .journeys import JourneyStore
 from .runs import RunStore
@@ -20,14 +28,6 @@ __all__ = ["OrchestratorServicer"]
 log = structlog.get_logger("overture.orchestrator")
 OS = orchestrator_service_pb2
 _CONTEXT_MAX = 32 * 1024
-_REASON_MAX = 1024
-
-
-def _reason(v: Violations, reason: str, *, required: bool = False) -> None:
-    if required:
-        v.require("reason", reason.strip())
-    if len(reason) > _REASON_MAX:
-        v.add("reason", f"reason must be at most {_REASON_MAX} characters", "TOO_LONG")
 
 
 class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServicer):
@@ -82,7 +82,7 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         principal = current_principal()
         v = Violations()
         check_name(v, "name", request.name)
-        _reason(v, request.reason)
+        check_reason(v, request.reason, required=False)
         check_identifier(v, "request_id", request.request_id, required=False)
         if not request.HasField("spec"):
             v.add("spec", "spec is required", "REQUIRED")
@@ -120,7 +120,7 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         tenant = current_principal().tenant
         v = Violations()
         check_name(v, "name", request.name)
-        _reason(v, request.reason)
+        check_reason(v, request.reason, required=False)
         v.raise_if_any()
         journey = await self._journeys.set_state(tenant=tenant, name=request.name, state="paused")
         # Pausing cancels pending timers; runs mid-step are cancelled when they next advance.
@@ -132,7 +132,7 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         tenant = current_principal().tenant
         v = Violations()
         check_name(v, "name", request.name)
-        _reason(v, request.reason)
+        check_reason(v, request.reason, required=False)
         v.raise_if_any()
         journey = await self._journeys.set_state(tenant=tenant, name=request.name, state="active")
         log.info("journey.resumed", journey=request.name)
@@ -163,7 +163,7 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         tenant = current_principal().tenant
         v = Violations()
         check_identifier(v, "run_id", request.run_id)
-        _reason(v, request.reason)
+        check_reason(v, request.reason, required=False)
         v.raise_if_any()
         run = await self._runs.get(tenant, request.run_id)
         if await self._runs.cancel(tenant, request.run_id):

@@ -8,7 +8,7 @@ import datetime as dt
 import grpc
 import sqlalchemy as sa
 
-from overture.common.v1 import field_violation_pb2, messaging_pb2
+from overture.common.v1 import messaging_pb2
 from overture.rules.v1 import (
     profile_pb2,
     profile_service_pb2,
@@ -22,12 +22,15 @@ from overture_runtime.errors import FieldViolation
 from overture_runtime.idempotency import Idempotency
 from overture_runtime.protojson import struct_to_dict
 from overture_runtime.validation import (
+    check_batch,
     check_identifier,
     check_name,
+    check_reason,
     check_struct,
     decode_page_token,
     encode_page_token,
     page_size,
+    to_proto_violations,
 )
 
 from . import audit
@@ -39,17 +42,7 @@ from .tables import audit_events
 
 R = rules_service_pb2
 P = profile_service_pb2
-_BATCH_MAX = 1000
 _REASON_MAX = 1024
-
-
-def _fv(violations: list[FieldViolation]) -> list[field_violation_pb2.FieldViolation]:
-    return [field_violation_pb2.FieldViolation(field=v.field, description=v.description, reason=v.reason) for v in violations]
-
-
-def _check_reason(v: Violations, reason: str) -> None:
-    if v.require("reason", reason.strip()) and len(reason) > _REASON_MAX:
-        v.add("reason", f"reason must be at most {_REASON_MAX} characters", "TOO_LONG")
 
 
 class RulesServicer(rules_service_pb2_grpc.RulesServiceServicer):
@@ -71,10 +64,7 @@ class RulesServicer(rules_service_pb2_grpc.RulesServiceServicer):
     async def EvaluateBatch(self, request: R.EvaluateBatchRequest, context: grpc.aio.ServicerContext) -> R.EvaluateBatchResponse:
         tenant = current_principal().tenant
         v = Violations()
-        if not request.requests:
-            v.add("requests", "requests must hold 1 to 1000 requests", "REQUIRED")
-        elif len(request.requests) > _BATCH_MAX:
-            v.add("requests", f"at most {_BATCH_MAX} requests per batch", "TOO_MANY")
+        check_batch(v, "requests", request.requests)
         v.raise_if_any("the batch is invalid")
         response = R.EvaluateBatchResponse()
         valid: list[int] = []
@@ -82,14 +72,14 @@ class RulesServicer(rules_service_pb2_grpc.RulesServiceServicer):
             problems = validate_evaluate(item)
             result = response.results.add(index=index)
             if problems:
-                result.violations.extend(_fv(problems))
+                result.violations.extend(to_proto_violations(problems))
             else:
                 valid.append(index)
         decided = await self._decider.evaluate_many(tenant, [request.requests[i] for i in valid])
         for index, outcome in zip(valid, decided, strict=True):
             result = response.results[index]
             if isinstance(outcome, OvertureError):
-                result.violations.extend(_fv(list(outcome.violations) or [FieldViolation("rule_set", outcome.message, outcome.reason)]))
+                result.violations.extend(to_proto_violations(list(outcome.violations) or [FieldViolation("rule_set", outcome.message, outcome.reason)]))
             else:
                 result.decision.CopyFrom(outcome)
         return response
@@ -100,7 +90,7 @@ class RulesServicer(rules_service_pb2_grpc.RulesServiceServicer):
         principal = current_principal()
         v = Violations()
         check_name(v, "rule_set", request.rule_set)
-        _check_reason(v, request.reason)
+        check_reason(v, request.reason)
         if request.parent_version < 0:
             v.add("parent_version", "parent_version must not be negative", "OUT_OF_RANGE")
         check_identifier(v, "request_id", request.request_id, required=False)
@@ -150,7 +140,7 @@ class RulesServicer(rules_service_pb2_grpc.RulesServiceServicer):
         check_name(v, "rule_set", request.rule_set)
         if request.version <= 0:
             v.add("version", "version is required", "REQUIRED")
-        _check_reason(v, request.reason)
+        check_reason(v, request.reason)
         check_identifier(v, "request_id", request.request_id, required=False)
         v.raise_if_any("the activation is invalid")
 
@@ -283,21 +273,18 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
     ) -> P.ApplyProfileEventsResponse:
         tenant = current_principal().tenant
         v = Violations()
-        if not request.events:
-            v.add("events", "events must hold 1 to 1000 events", "REQUIRED")
-        elif len(request.events) > _BATCH_MAX:
-            v.add("events", f"at most {_BATCH_MAX} events per call", "TOO_MANY")
+        check_batch(v, "events", request.events)
         v.raise_if_any()
         results = await self._profiles.apply_events(tenant=tenant, events=request.events)
         return P.ApplyProfileEventsResponse(
-            results=[P.ApplyProfileEventResult(index=i, applied=ok, violations=_fv(problems)) for i, (ok, problems) in enumerate(results)]
+            results=[P.ApplyProfileEventResult(index=i, applied=ok, violations=to_proto_violations(problems)) for i, (ok, problems) in enumerate(results)]
         )
 
     async def EraseProfile(self, request: P.EraseProfileRequest, context: grpc.aio.ServicerContext) -> P.EraseProfileResponse:
         principal = current_principal()
         v = Violations()
         check_identifier(v, "subject_id", request.subject_id)
-        _check_reason(v, request.reason)
+        check_reason(v, request.reason)
         v.raise_if_any()
         pseudonym = await self._profiles.erase(
             tenant=principal.tenant, subject_id=request.subject_id, reason=request.reason, actor=principal.name
