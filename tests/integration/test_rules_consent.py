@@ -110,3 +110,19 @@ async def test_an_unreachable_cap_store_denies_capped_marketing(make_settings: C
         assert not marketing.allowed and _denied_by(marketing) == [(D.VERDICT_KIND_SYSTEM, "cap-ledger")]
         transactional = await svc.evaluate(rule_set="capped", subject_id="u", category=TRANSACTIONAL)
         assert transactional.allowed
+
+
+async def test_erasure_leaves_no_personal_data_in_decisions_or_audit(svc: Rules) -> None:
+    """After erasure the subject's decisions are filed under a pseudonym without the profile snapshot, and the audit entry names only the pseudonym."""
+    from overture.rules.v1 import rules_service_pb2 as R
+
+    await svc.profile("erin@example.com", traits={"first_name": "Erin"})
+    await svc.consent("erin@example.com")
+    decision = await svc.evaluate(rule_set="email", subject_id="erin@example.com")
+    erased = await svc.profiles.EraseProfile(profile_service_pb2.EraseProfileRequest(subject_id="erin@example.com", reason="GDPR"), metadata=MD)
+    stored = (await svc.rules.GetDecision(R.GetDecisionRequest(decision_id=decision.decision_id), metadata=MD)).decision
+    assert stored.subject_id == erased.pseudonymous_id and not stored.profile_snapshot.fields
+    assert "erin" not in str(stored).lower()
+    events = (await svc.rules.ListAuditEvents(R.ListAuditEventsRequest(), metadata=MD)).audit_events
+    assert events[-1].target == f"profile/{erased.pseudonymous_id}" and "erin" not in str(events[-1]).lower()
+    assert (await svc.rules.ListDecisions(R.ListDecisionsRequest(subject_id="erin@example.com"), metadata=MD)).decisions == []

@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from overture.common.v1 import event_pb2, messaging_pb2
-from overture.rules.v1 import audit_event_pb2, profile_pb2
+from overture.rules.v1 import audit_event_pb2, decision_pb2, profile_pb2
 from overture_runtime.clock import Clock
 from overture_runtime.db import Database, insert_ignore
 from overture_runtime.errors import FieldViolation, NotFound, Violations
@@ -204,7 +204,7 @@ class ProfileStore:
                     await conn.execute(profiles.update().where(self._key(profiles, tenant, subject_id)).values(
                         traits={}, segments=[], timezone="", erased=True, update_time=now))
                     await conn.execute(consents.delete().where(self._key(consents, tenant, subject_id)))
-                    await conn.execute(decisions.update().where(self._key(decisions, tenant, subject_id)).values(subject_id=pseudonym))
+                    await self._pseudonymize_decisions(conn, tenant, subject_id, pseudonym)
                     await audit.append(conn, tenant=tenant, action=audit_event_pb2.AUDIT_ACTION_PROFILE_ERASED, actor=actor,
                                        time=now, reason=reason, target=f"profile/{pseudonym}", details={})
                 await self._invalidate(tenant, [subject_id])
@@ -219,6 +219,20 @@ class ProfileStore:
         raise RuntimeError("audit log contention")
 
     # -- internals -----------------------------------------------------------
+
+    @staticmethod
+    async def _pseudonymize_decisions(conn: AsyncConnection, tenant: str, subject_id: str, pseudonym: str) -> None:
+        """Rewrite the subject's decision records under its pseudonym: the
+        column, the stored record, and the replay inputs (which lose the
+        profile's traits altogether)."""
+        rows = (await conn.execute(sa.select(decisions.c.decision_id, decisions.c.record).where(
+            (decisions.c.tenant == tenant) & (decisions.c.subject_id == subject_id)))).all()
+        for row in rows:
+            record = decision_pb2.Decision.FromString(row.record)
+            record.subject_id = pseudonym
+            record.profile_snapshot.Clear()
+            await conn.execute(decisions.update().where((decisions.c.tenant == tenant) & (decisions.c.decision_id == row.decision_id))
+                               .values(subject_id=pseudonym, record=record.SerializeToString(), replay=None))
 
     @staticmethod
     def _key(table: sa.Table, tenant: str, subject_id: str) -> Any:
