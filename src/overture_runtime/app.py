@@ -26,6 +26,7 @@ from .redis import Keys, create_redis
 __all__ = ["BaseApp"]
 
 log = structlog.get_logger("overture.app")
+_LOOP_GRACE = 3.0
 
 
 class BaseApp:
@@ -78,9 +79,14 @@ class BaseApp:
         """Stop background loops, then close clients and the database."""
         self._stopping.set()
         await self.on_stop()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Loops watch `stopping` and return within a poll interval; waiting for
+        # that (rather than cancelling at once) lets blocking Redis reads
+        # finish and hand their connections back to be closed.
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=_LOOP_GRACE)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         for channel in self._channels.values():
             await channel.close()
         if self._redis is not None:

@@ -58,6 +58,7 @@ class IngestApp(BaseApp):
     async def on_start(self) -> None:
         s = self.settings
         self.log = EventLog(self.db, self.clock)
+        self.log.start()
         self.relay = Relay(self.db, self.redis, self.keys, self.clock, republish_horizon=dt.timedelta(hours=s.republish_horizon_hours))
         limiter = RateLimiter(
             self.redis, self.keys, default=Limits(rate=s.ingest_rate_per_second, burst=s.ingest_burst, daily_quota=s.ingest_daily_quota),
@@ -118,3 +119,4 @@ class IngestApp(BaseApp):
             # Uvicorn stops accepting, finishes in-flight requests, closes its sockets.
             self._http.should_exit = True
             await asyncio.wait_for(self._http_task, timeout=self.settings.shutdown_grace_seconds + 5)
+        await self.log.close()

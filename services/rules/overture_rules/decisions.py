@@ -24,13 +24,13 @@ from overture.rules.v1 import decision_pb2, rule_set_pb2, rules_service_pb2
 from overture_runtime.clock import Clock, IdGenerator
 from overture_runtime.db import Database, insert_ignore
 from overture_runtime.errors import FieldViolation, InvalidArgument, NotFound, OvertureError, Unavailable, Violations
+from overture_runtime.group_commit import GroupWriter
 from overture_runtime.privacy import mask_mapping
 from overture_runtime.protojson import struct_from_dict, struct_to_dict
 from overture_runtime.validation import check_identifier, check_name, check_struct
 
 from .caps import CapLedger, CapWindow, LedgerResult, plan_caps
 from .compiler import CompiledRuleSet
-from .decision_writer import DecisionWriter
 from .engine import DecisionOutcome, EvaluationInput, ProfileView, evaluate, recipient_zone
 from .profiles import ProfileStore
 from .replay import encode
@@ -83,7 +83,8 @@ class Decider:
         self, db: Database, rule_sets: RuleSetStore, profiles: ProfileStore, ledger: CapLedger, clock: Clock, ids: IdGenerator,
         *, durable_writes: bool = True,
     ) -> None:
-        self._writer = DecisionWriter(self._insert, durable=durable_writes)
+        self._writer = GroupWriter(self._insert, key=lambda row: (row["tenant"], row["decision_id"]), name="decisions",
+                                   durable=durable_writes)
         self._db = db
         self._rule_sets = rule_sets
         self._profiles = profiles
@@ -260,7 +261,7 @@ class Decider:
                 reservation_state=_state_name(decision.reservation_state), evaluate_time=decision.evaluate_time.ToDatetime(tzinfo=dt.UTC),
                 create_time=now, record=decision.SerializeToString(), replay=replay,
             ))
-        new = await self._writer.write(rows, decisions)
+        new = {d.decision_id for d, fresh in zip(decisions, await self._writer.write(rows, decisions), strict=True) if fresh}
         preempted = [(victim, w.decision_id) for w in work if w.ledger for victim in w.ledger.preempted]
         if preempted:
             async with self._db.begin() as conn:
@@ -280,7 +281,7 @@ class Decider:
         """Flush queued records."""
         await self._writer.close()
 
-    async def _insert(self, rows: list[dict[str, Any]]) -> set[str]:
+    async def _insert(self, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
         async with self._db.begin() as conn:
             if conn.dialect.name == "postgresql":
                 # Decision records are written without waiting for the WAL
@@ -311,7 +312,7 @@ class Decider:
     async def _load_many(self, tenant: str, decision_ids: Sequence[str]) -> dict[str, decision_pb2.Decision]:
         found: dict[str, decision_pb2.Decision] = {}
         for decision_id in decision_ids:
-            queued = self._writer.pending(tenant, decision_id)
+            queued = self._writer.pending((tenant, decision_id))
             if queued is not None:
                 found[decision_id] = queued
         rest = [d for d in decision_ids if d not in found]
@@ -333,14 +334,15 @@ class Decider:
         if conn.dialect.name == "postgresql":
             query = query.with_for_update()
         row = (await conn.execute(query)).first()
-        queued = self._writer.pending(tenant, decision_id) if row is None else None
+        queued = self._writer.pending((tenant, decision_id)) if row is None else None
         if row is None and queued is None:
             return None
         decision = D.Decision.FromString(row.record) if row is not None else D.Decision.FromString(queued.SerializeToString())  # type: ignore[union-attr]
         decision.reservation_state = state
         if preempted_by:
             decision.preempted_by = preempted_by
-        if row is None and self._writer.amend(tenant, decision, reservation_state=_state_name(state)):
+        if row is None and self._writer.amend((tenant, decision_id), decision, record=decision.SerializeToString(),
+                                              reservation_state=_state_name(state)):
             return decision
         await conn.execute(t.update().where(key).values(reservation_state=_state_name(state), record=decision.SerializeToString()))
         return decision
@@ -400,22 +402,22 @@ _UNNEST = sa.text("""
                          CAST(:evaluate_time AS timestamptz[]), CAST(:create_time AS timestamptz[]), CAST(:record AS bytea[]),
                          CAST(:replay AS jsonb[]))
     ON CONFLICT (tenant, decision_id) DO NOTHING
-    RETURNING decision_id
+    RETURNING tenant, decision_id
 """)
 
 
-async def _insert_decisions(conn: Any, rows: list[dict[str, Any]]) -> set[str]:
-    """Insert decision rows, skipping ids that exist; return the ids inserted.
+async def _insert_decisions(conn: Any, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """Insert decision rows, skipping ids that exist; return the (tenant, id) inserted.
 
     On PostgreSQL the whole batch is one statement over arrays (``unnest``):
     one round trip, whatever the batch size."""
     if conn.dialect.name == "postgresql":
         columns = {name: [row[name] for row in rows] for name in rows[0]}
         columns["replay"] = [json.dumps(v) if v is not None else None for v in columns["replay"]]
-        return {r.decision_id for r in await conn.execute(_UNNEST, columns)}
+        return {(r.tenant, r.decision_id) for r in await conn.execute(_UNNEST, columns)}
     result = await conn.execute(insert_ignore(conn, decisions_table, index_elements=["tenant", "decision_id"]).returning(
-        decisions_table.c.decision_id), rows)
-    return {r.decision_id for r in result}
+        decisions_table.c.tenant, decisions_table.c.decision_id), rows)
+    return {(r.tenant, r.decision_id) for r in result}
 
 
 def _v(kind: decision_pb2.VerdictKind.ValueType, id_: str, outcome: decision_pb2.VerdictOutcome.ValueType, reason: str) -> decision_pb2.Verdict:
