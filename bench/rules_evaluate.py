@@ -139,6 +139,20 @@ async def fixed_rate(address: str, *, rate: int, seconds: float, mode: int) -> d
             **{f"{k} (ms)": v for k, v in percentiles(latencies).items()}}
 
 
+async def floor(address: str, calls: int = 500) -> dict[str, object]:
+    """The floor of any RPC on this machine: grpc.health.v1 Check, no interceptors, no I/O."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        latencies = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            await stub.Check(health_pb2.HealthCheckRequest())
+            latencies.append(time.perf_counter() - started)
+    return {"calls": calls, **{f"{k} (ms)": v for k, v in percentiles(latencies).items()}}
+
+
 async def closed_loop(address: str, *, seconds: float, workers: int, mode: int) -> dict[str, object]:
     """Capacity: as many Evaluate calls as *workers* concurrent callers get through."""
     async with grpc.aio.insecure_channel(address) as channel:
@@ -217,6 +231,7 @@ async def main() -> None:
         async with services(["rules"], log_dir=Path(logs), OVERTURE_DECISION_WRITES=args.writes) as running:
             address = running["rules"]
             await seed(address)
+            show("The floor: grpc.health.v1 Check on the same server, one caller", await floor(address))
             for mode, name in ((decision_pb2.EVALUATION_MODE_CHECK, "CHECK"), (decision_pb2.EVALUATION_MODE_RESERVE, "RESERVE")):
                 show(f"Evaluate over gRPC, {name}, one caller at a time", await closed_loop(address, seconds=min(args.seconds, 5), workers=1, mode=mode))
                 show(f"Evaluate over gRPC, {name}, capacity with 32 concurrent callers",
