@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import sqlalchemy as sa
 import structlog
 from redis.exceptions import RedisError
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from overture.common.v1 import event_pb2, messaging_pb2
@@ -151,47 +152,112 @@ class ProfileStore:
         return profile
 
     async def apply_events(self, *, tenant: str, events: Sequence[event_pb2.Event]) -> list[tuple[bool, list[FieldViolation]]]:
-        """Apply identify, consent and segment events in order; one result per event."""
+        """Apply identify, consent and segment events in order; one result per event.
+
+        The batch is applied in one transaction with a fixed number of
+        statements: the touched profiles and consents are read (locked) once,
+        the events are applied to them in memory, in order, and what changed
+        is written back."""
         results: list[tuple[bool, list[FieldViolation]]] = []
+        changes: list[tuple[event_pb2.Event, dict[str, Any]]] = []
+        for event in events:
+            if event.event_type not in _PROFILE_EVENTS:
+                results.append((False, []))
+                continue
+            change, problems = self._parse_profile_event(event)
+            results.append((not problems, problems))
+            if not problems:
+                changes.append((event, change))
+        if not changes:
+            return results
+        now = self._clock.now()
+        subjects = list(dict.fromkeys(e.subject_id for e, _ in changes))
         async with self._db.begin() as conn:
-            for event in events:
-                if event.event_type not in _PROFILE_EVENTS:
-                    results.append((False, []))
+            await conn.execute(insert_ignore(conn, profiles, index_elements=["tenant", "subject_id"]), [
+                dict(tenant=tenant, subject_id=s, traits={}, segments=[], suppression_lists=[], timezone="", erased=False,
+                     create_time=now, update_time=now) for s in subjects])
+            query = sa.select(profiles).where((profiles.c.tenant == tenant) & profiles.c.subject_id.in_(subjects))
+            if conn.dialect.name == "postgresql":
+                query = query.order_by(profiles.c.subject_id).with_for_update()  # a fixed lock order: no deadlocks between batches
+            state = {r.subject_id: {"traits": dict(r.traits), "segments": list(r.segments), "timezone": r.timezone, "erased": r.erased}
+                     for r in (await conn.execute(query)).all()}
+            held = {(c.subject_id, c.channel, c.purpose): c.update_time for c in (await conn.execute(sa.select(
+                consents.c.subject_id, consents.c.channel, consents.c.purpose, consents.c.update_time).where(
+                (consents.c.tenant == tenant) & consents.c.subject_id.in_(subjects)))).all()}
+            touched: set[str] = set()
+            consent_rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+            for event, change in changes:
+                profile = state[event.subject_id]
+                if profile["erased"]:
+                    continue  # an erased profile takes no new personal data
+                if "consent" in change:
+                    channel, purpose, granted, when = change["consent"]
+                    key = (event.subject_id, channel, purpose)
+                    if key in held and held[key] > when:
+                        continue  # an older change never overwrites a newer one
+                    held[key] = when
+                    consent_rows[key] = dict(tenant=tenant, subject_id=event.subject_id, channel=channel, purpose=purpose,
+                                             status="granted" if granted else "revoked", source=f"event:{event.event_id}", update_time=when)
                     continue
-                v = Violations()
-                if not event.subject_id:
-                    v.add("subject_id", "subject_id is required", "REQUIRED")
-                attrs = struct_to_dict(event.attributes)
-                when = event.occurred_at.ToDatetime(tzinfo=dt.UTC) if event.HasField("occurred_at") else self._clock.now()
-                if event.event_type == "identify":
-                    traits = attrs.get("traits", attrs)
-                    if not isinstance(traits, dict):
-                        v.add("attributes.traits", "traits must be an object", "WRONG_TYPE")
-                    elif len(traits) > _TRAITS_MAX_KEYS:
-                        v.add("attributes.traits", f"at most {_TRAITS_MAX_KEYS} traits", "TOO_MANY")
-                    timezone = attrs.get("timezone") or (traits.get("timezone") if isinstance(traits, dict) else "")
-                    if timezone and not _valid_timezone(str(timezone)):
-                        v.add("attributes.timezone", f"unknown time zone {timezone!r}", "UNKNOWN_TIMEZONE")
-                    if not v:
-                        await self._merge(conn, tenant, event.subject_id, traits, str(timezone or ""), (), (), (), ())
-                elif event.event_type.startswith("consent."):
-                    channel, purpose = str(attrs.get("channel", "")), str(attrs.get("purpose", "marketing"))
-                    if _channel_value(channel) == messaging_pb2.CHANNEL_UNSPECIFIED:
-                        v.add("attributes.channel", "channel must name a channel, for example 'email'", "INVALID_CHANNEL")
-                    if not v:
-                        await self._merge(conn, tenant, event.subject_id, {}, "", (), (), (), ())
-                        await self._consent(conn, tenant, event.subject_id, channel.lower(), purpose,
-                                            event.event_type == "consent.granted", f"event:{event.event_id}", when)
-                else:
-                    segment = str(attrs.get("segment", ""))
-                    v.require("attributes.segment", segment)
-                    if not v:
-                        entered = event.event_type == "segment.entered"
-                        await self._merge(conn, tenant, event.subject_id, {}, "", (), (),
-                                          (segment,) if entered else (), () if entered else (segment,))
-                results.append((not v, v.items))
-        await self._invalidate(tenant, [e.subject_id for e, (ok, _) in zip(events, results, strict=True) if ok])
+                for trait, value in change.get("traits", {}).items():
+                    if value is None:
+                        profile["traits"].pop(trait, None)
+                    else:
+                        profile["traits"][trait] = value
+                if change.get("timezone"):
+                    profile["timezone"] = change["timezone"]
+                if change.get("enter") and change["enter"] not in profile["segments"]:
+                    profile["segments"].append(change["enter"])
+                if change.get("exit") in profile["segments"]:
+                    profile["segments"].remove(change["exit"])
+                touched.add(event.subject_id)
+            if touched:
+                await conn.execute(profiles.update().where(
+                    (profiles.c.tenant == tenant) & (profiles.c.subject_id == sa.bindparam("b_subject"))
+                ).values(traits=sa.bindparam("b_traits"), segments=sa.bindparam("b_segments"), timezone=sa.bindparam("b_timezone"),
+                         update_time=now), [
+                    dict(b_subject=s, b_traits=state[s]["traits"], b_segments=state[s]["segments"], b_timezone=state[s]["timezone"])
+                    for s in touched])
+            if consent_rows:
+                dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+                upsert = dialect.insert(consents)
+                await conn.execute(upsert.on_conflict_do_update(
+                    index_elements=["tenant", "subject_id", "channel", "purpose"],
+                    set_={"status": upsert.excluded.status, "source": upsert.excluded.source, "update_time": upsert.excluded.update_time},
+                    where=consents.c.update_time <= upsert.excluded.update_time,
+                ), list(consent_rows.values()))
+        await self._invalidate(tenant, subjects)
         return results
+
+    def _parse_profile_event(self, event: event_pb2.Event) -> tuple[dict[str, Any], list[FieldViolation]]:
+        """What a profile event changes, or its problems."""
+        v = Violations()
+        if not event.subject_id:
+            v.add("subject_id", "subject_id is required", "REQUIRED")
+        attrs = struct_to_dict(event.attributes)
+        when = event.occurred_at.ToDatetime(tzinfo=dt.UTC) if event.HasField("occurred_at") else self._clock.now()
+        change: dict[str, Any] = {}
+        if event.event_type == "identify":
+            traits = attrs.get("traits", attrs)
+            if not isinstance(traits, dict):
+                v.add("attributes.traits", "traits must be an object", "WRONG_TYPE")
+                traits = {}
+            elif len(traits) > _TRAITS_MAX_KEYS:
+                v.add("attributes.traits", f"at most {_TRAITS_MAX_KEYS} traits", "TOO_MANY")
+            timezone = attrs.get("timezone") or traits.get("timezone") or ""
+            if timezone and not _valid_timezone(str(timezone)):
+                v.add("attributes.timezone", f"unknown time zone {timezone!r}", "UNKNOWN_TIMEZONE")
+            change = {"traits": traits, "timezone": str(timezone)}
+        elif event.event_type.startswith("consent."):
+            channel, purpose = str(attrs.get("channel", "")), str(attrs.get("purpose", "marketing"))
+            if _channel_value(channel) == messaging_pb2.CHANNEL_UNSPECIFIED:
+                v.add("attributes.channel", "channel must name a channel, for example 'email'", "INVALID_CHANNEL")
+            change = {"consent": (channel.lower(), purpose, event.event_type == "consent.granted", when)}
+        else:
+            segment = str(attrs.get("segment", ""))
+            v.require("attributes.segment", segment)
+            change = {"enter": segment} if event.event_type == "segment.entered" else {"exit": segment}
+        return change, v.items
 
     async def erase(self, *, tenant: str, subject_id: str, reason: str, actor: str) -> str:
         """Erase the subject's personal data; keep an audit entry under a pseudonym."""

@@ -1,0 +1,67 @@
+"""Profile events are applied in order, in one batch: traits merge, consent
+changes are ordered by when they happened, segments enter and exit, and an
+erased profile takes no new personal data."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from overture.common.v1 import event_pb2
+from overture.rules.v1 import profile_pb2
+from overture.rules.v1 import profile_service_pb2 as P
+from overture_runtime.config import Settings
+
+from .rules_support import MD, Rules, running_rules
+
+
+@pytest.fixture
+async def svc(make_settings: Callable[..., Settings]) -> AsyncIterator[Rules]:
+    async with running_rules(make_settings) as running:
+        yield running
+
+
+def _event(event_type: str, subject: str, at: str, **attributes: Any) -> event_pb2.Event:
+    event = event_pb2.Event(event_id=f"{event_type}-{subject}-{at}", event_type=event_type, subject_id=subject)
+    event.attributes.update(attributes)
+    event.occurred_at.FromJsonString(at)
+    return event
+
+
+async def test_profile_events_apply_in_order(svc: Rules) -> None:
+    """Traits merge (null removes), a stale consent change loses to a newer one, and segments follow enter/exit."""
+    events = [
+        _event("identify", "u", "2026-01-01T00:00:00Z", traits={"plan": "free", "city": "Oslo"}),
+        _event("consent.granted", "u", "2026-01-03T00:00:00Z", channel="email", purpose="marketing"),
+        _event("consent.revoked", "u", "2026-01-02T00:00:00Z", channel="email", purpose="marketing"),  # older: ignored
+        _event("identify", "u", "2026-01-04T00:00:00Z", traits={"plan": "pro", "city": None}, timezone="Europe/Oslo"),
+        _event("segment.entered", "u", "2026-01-05T00:00:00Z", segment="vip"),
+        _event("segment.entered", "u", "2026-01-05T00:00:01Z", segment="beta"),
+        _event("segment.exited", "u", "2026-01-06T00:00:00Z", segment="beta"),
+        _event("consent.granted", "u", "2026-01-07T00:00:00Z", channel="carrier-pigeon"),
+        _event("item.viewed", "u", "2026-01-07T00:00:00Z"),
+    ]
+    results = (await svc.profiles.ApplyProfileEvents(P.ApplyProfileEventsRequest(events=events), metadata=MD)).results
+    assert [r.applied for r in results] == [True] * 7 + [False, False]
+    assert [v.field for v in results[7].violations] == ["attributes.channel"] and not results[8].violations
+    profile = (await svc.profiles.GetProfile(P.GetProfileRequest(subject_id="u"), metadata=MD)).profile
+    assert dict(profile.traits) == {"plan": "pro"} and profile.timezone == "Europe/Oslo"
+    assert list(profile.segments) == ["vip"]
+    (consent,) = profile.consents
+    assert consent.status == profile_pb2.CONSENT_STATUS_GRANTED and consent.source == "event:consent.granted-u-2026-01-03T00:00:00Z"
+    later = [_event("consent.revoked", "u", "2026-01-08T00:00:00Z", channel="email", purpose="marketing")]
+    await svc.profiles.ApplyProfileEvents(P.ApplyProfileEventsRequest(events=later), metadata=MD)
+    profile = (await svc.profiles.GetProfile(P.GetProfileRequest(subject_id="u"), metadata=MD)).profile
+    assert profile.consents[0].status == profile_pb2.CONSENT_STATUS_REVOKED
+
+
+async def test_an_erased_profile_takes_no_new_personal_data(svc: Rules) -> None:
+    """After erasure, identify events leave the profile empty."""
+    await svc.profile("gone", traits={"email": "gone@example.com"})
+    await svc.profiles.EraseProfile(P.EraseProfileRequest(subject_id="gone", reason="GDPR"), metadata=MD)
+    await svc.profiles.ApplyProfileEvents(P.ApplyProfileEventsRequest(events=[
+        _event("identify", "gone", "2026-02-01T00:00:00Z", traits={"email": "again@example.com"})]), metadata=MD)
+    profile = (await svc.profiles.GetProfile(P.GetProfileRequest(subject_id="gone"), metadata=MD)).profile
+    assert profile.erased and not profile.traits.fields and not profile.consents
