@@ -34,6 +34,7 @@ from .auth import TokenTable
 from .clock import new_id
 from .context import CallState, current_call, reset_call, set_call
 from .errors import InvalidArgument, OvertureError, PermissionDenied, to_rpc_status
+from .privacy import mask_mapping
 
 __all__ = ["AuthInterceptor", "ErrorInterceptor", "ObservabilityInterceptor", "default_interceptors", "required_role"]
 
@@ -143,7 +144,8 @@ class ObservabilityInterceptor(_AroundInterceptor):
                 RPC_SECONDS.labels(method).observe(elapsed)
                 fields: dict[str, Any] = {"code": code, "duration_ms": round(elapsed * 1000, 3)}
                 if state.principal is not None:
-                    fields.update(tenant=state.principal.tenant, principal=state.principal.name)
+                    # Principals are operator-chosen names, which can be email addresses: masked like any.
+                    fields.update(tenant=state.principal.tenant, principal=mask_mapping({"p": state.principal.name})["p"])
                 if state.reason:
                     fields["reason"] = state.reason
                 if state.error_id:
