@@ -154,7 +154,10 @@ class Executor:
                 record.state, record.outcome = "completed", f"exited{': goal ' + step.exit.goal if step.exit.goal else ''}"
                 return StepResult("completed", "")
         except _Retry as error:
-            return self._retry(step, record, str(error))
+            result = self._retry(step, record, str(error))
+            if result.state == "failed" and kind == "send" and record.decision_id:
+                await self._release(run, record.decision_id)  # never sent: give the cap slot back
+            return result
         record.state, record.error = "failed", f"unsupported step kind {kind!r}"
         return StepResult("failed")
 
