@@ -47,6 +47,7 @@ class MailSink:
         self._handler = _Handler(folder, announce)
         self._controller = Controller(self._handler, hostname="127.0.0.1", port=port or _free_port())
         self.port = self._controller.port
+        self.running = False
 
     @property
     def messages(self) -> list[EmailMessage]:
@@ -56,10 +57,12 @@ class MailSink:
     def start(self) -> None:
         """Start serving in a background thread."""
         self._controller.start()
+        self.running = True
 
     def stop(self) -> None:
         """Stop serving."""
         self._controller.stop()
+        self.running = False
 
 
 def _free_port() -> int:

@@ -40,10 +40,15 @@ class Cluster:
 
 
 @contextlib.asynccontextmanager
-async def running_cluster(make_settings: Callable[..., Settings], mail_dir: Path, **ingest_overrides: Any) -> AsyncIterator[Cluster]:
-    """Start rules and connectors, then the orchestrator, then ingest."""
+async def running_cluster(
+    make_settings: Callable[..., Settings], mail_dir: Path, *, mail_up: bool = True, **ingest_overrides: Any,
+) -> AsyncIterator[Cluster]:
+    """Start rules and connectors, then the orchestrator, then ingest. With
+    *mail_up* false the SMTP sink's port is chosen but nothing listens yet
+    (``cluster.mail.start()`` brings it up)."""
     sink = MailSink(mail_dir, announce=lambda _: None)
-    sink.start()
+    if mail_up:
+        sink.start()
     try:
         base = make_settings(smtp_port=sink.port)
         async with contextlib.AsyncExitStack() as stack:
@@ -67,4 +72,5 @@ async def running_cluster(make_settings: Callable[..., Settings], mail_dir: Path
                 http=f"http://127.0.0.1:{ingest_app.http_port}",
             )
     finally:
-        sink.stop()
+        if sink.running:
+            sink.stop()

@@ -1,0 +1,52 @@
+"""A send whose provider is down is retried with backoff and delivered
+exactly once when the provider comes back; the run shows the attempts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from overture.common.v1 import event_pb2
+from overture.ingest.v1 import ingest_service_pb2 as I
+from overture.orchestrator.v1 import orchestrator_service_pb2 as O
+from overture.orchestrator.v1 import run_pb2
+from overture_runtime.config import Settings
+from tests.conftest import admin_metadata
+from tests.thinpath import eventually
+
+from .cluster import running_cluster
+from .test_thin_path import _event, publish_tour
+
+MD = admin_metadata()
+
+
+async def test_a_send_is_retried_until_the_provider_is_back_and_sent_once(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """With the SMTP server down the step waits and retries; once it is up the email arrives exactly once."""
+    async with running_cluster(make_settings, tmp_path / "mail", mail_up=False) as c:
+        await publish_tour(c)
+        await c.ingest.IngestEvents(I.IngestEventsRequest(events=[
+            _event("identify", "ann", traits={"email": "ann@example.com", "first_name": "Ann"}),
+            _event("consent.granted", "ann", channel="email", purpose="marketing"),
+            _event("user.signed_up", "ann", "retry-signup"),
+        ]), metadata=MD)
+
+        async def waiting() -> run_pb2.Run | None:
+            runs = (await c.orchestrator.ListRuns(O.ListRunsRequest(subject_id="ann"), metadata=MD)).runs
+            return runs[0] if runs and runs[0].state == run_pb2.RUN_STATE_WAITING and runs[0].steps[0].error else None
+
+        stalled = await eventually(waiting, what="the send to wait for a retry")
+        assert "SMTP server unreachable" in stalled.steps[0].error and stalled.steps[0].HasField("wake_time")
+        c.mail.start()
+
+        async def completed() -> run_pb2.Run | None:
+            run = (await c.orchestrator.GetRun(O.GetRunRequest(run_id=stalled.run_id), metadata=MD)).run
+            return run if run.state == run_pb2.RUN_STATE_COMPLETED else None
+
+        done = await eventually(completed, within=30, what="the retried send to complete")
+        assert done.steps[0].outcome == "sent" and done.steps[0].attempts >= 2
+        assert [m["To"] for m in c.mail.messages] == ["ann@example.com"]
+        # A repeat of the trigger event changes nothing.
+        again = event_pb2.Event(event_type="user.signed_up", subject_id="ann", event_id="retry-signup")
+        (result,) = (await c.ingest.IngestEvents(I.IngestEventsRequest(events=[again]), metadata=MD)).results
+        assert result.status == I.EVENT_RESULT_STATUS_DUPLICATE
+        assert len(c.mail.messages) == 1
