@@ -192,5 +192,9 @@ async def test_a_garbage_page_token_is_invalid(cluster: Cluster) -> None:
 
 async def test_unbuilt_rpcs_answer_unimplemented(cluster: Cluster) -> None:
     """RPCs of the v1 contract that are not built yet say so with UNIMPLEMENTED."""
-    code, message, _, _ = await _error(cluster.orchestrator.RetryRun(orch.RetryRunRequest(run_id="r"), metadata=MD))
+    code, message, _, _ = await _error(cluster.orchestrator.DecideApproval(orch.DecideApprovalRequest(run_id="r"), metadata=MD))
     assert code == grpc.StatusCode.UNIMPLEMENTED and "not built yet" in message
+    code, _, violations, _ = await _error(cluster.orchestrator.RedriveDeadLetters(orch.RedriveDeadLettersRequest(), metadata=MD))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "run_ids" in violations
+    code, _, _, _ = await _error(cluster.orchestrator.RetryRun(orch.RetryRunRequest(run_id="no-such-run"), metadata=MD))
+    assert code == grpc.StatusCode.NOT_FOUND

@@ -50,3 +50,38 @@ async def test_a_send_is_retried_until_the_provider_is_back_and_sent_once(make_s
         (result,) = (await c.ingest.IngestEvents(I.IngestEventsRequest(events=[again]), metadata=MD)).results
         assert result.status == I.EVENT_RESULT_STATUS_DUPLICATE
         assert len(c.mail.messages) == 1
+
+
+async def test_a_failed_run_is_dead_lettered_listed_and_redriven(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """A send the connector refuses for good fails the run into the dead-letter list; after the cause is fixed, a re-drive delivers it."""
+    from overture.rules.v1 import profile_service_pb2 as P
+
+    async with running_cluster(make_settings, tmp_path / "mail") as c:
+        await publish_tour(c)
+        await c.ingest.IngestEvents(I.IngestEventsRequest(events=[
+            _event("identify", "bea", traits={"email": "not-an-address"}),
+            _event("consent.granted", "bea", channel="email", purpose="marketing"),
+            _event("user.signed_up", "bea", "dlq-signup"),
+        ]), metadata=MD)
+
+        async def dead() -> list[run_pb2.Run] | None:
+            found = (await c.orchestrator.ListDeadLetters(O.ListDeadLettersRequest(journey="welcome"), metadata=MD)).runs
+            return list(found) or None
+
+        (failed,) = await eventually(dead, what="the run in the dead-letter list")
+        assert failed.state == run_pb2.RUN_STATE_FAILED and "not a valid email address" in failed.steps[0].error
+        request = P.UpsertProfileRequest(subject_id="bea")
+        request.traits.update({"email": "bea@example.com"})
+        await c.profiles.UpsertProfile(request, metadata=MD)
+        redriven = await c.orchestrator.RedriveDeadLetters(O.RedriveDeadLettersRequest(journey="welcome", reason="address fixed"), metadata=MD)
+        assert redriven.redriven_count == 1
+
+        async def delivered() -> run_pb2.Run | None:
+            run = (await c.orchestrator.GetRun(O.GetRunRequest(run_id=failed.run_id), metadata=MD)).run
+            return run if run.state == run_pb2.RUN_STATE_COMPLETED else None
+
+        done = await eventually(delivered, what="the re-driven run to complete")
+        assert done.steps[0].outcome == "sent" and [m["To"] for m in c.mail.messages] == ["bea@example.com"]
+        assert (await c.orchestrator.ListDeadLetters(O.ListDeadLettersRequest(), metadata=MD)).runs == []
+        again = await c.orchestrator.RedriveDeadLetters(O.RedriveDeadLettersRequest(run_ids=[failed.run_id]), metadata=MD)
+        assert again.redriven_count == 0

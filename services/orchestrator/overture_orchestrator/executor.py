@@ -267,9 +267,9 @@ class Executor:
             record.state = "skipped"
             record.outcome = f"denied by frequency cap: a higher-priority message ({committed.preempted_by}) took the slot"
             return StepResult("skipped", step.next)
-        if committed.reservation_state == D.RESERVATION_STATE_EXPIRED:
+        if committed.reservation_state in (D.RESERVATION_STATE_EXPIRED, D.RESERVATION_STATE_RELEASED):
             record.evaluations += 1
-            raise _Retry("the reservation expired before the send; deciding again")
+            raise _Retry("the reservation lapsed before the send; deciding again")
         message = delivery_pb2.Message(
             idempotency_key=f"{run.run_id}:{step.id}", channel=send.channel, subject_id=run.subject_id, address=address,
             content=content, category=send.category, tags=send.tags,

@@ -19,7 +19,7 @@ from overture_runtime.clock import Clock, IdGenerator
 from overture_runtime.db import Database, insert_ignore
 from overture_runtime.errors import NotFound
 
-from .tables import runs, step_runs
+from .tables import dead_letters, runs, step_runs
 
 __all__ = ["RunRecord", "RunStore", "StepRecord"]
 
@@ -179,6 +179,27 @@ class RunStore:
             ).values(state="cancelled", current_step="", wake_time=None, lease_until=None, update_time=self._clock.now()))
         return bool(result.rowcount)
 
+    async def retry(self, tenant: str, run_id: str) -> bool:
+        """Send a failed run back to the step that failed, with fresh attempts;
+        it runs on the next timer tick. Its dead-letter entry is removed."""
+        now = self._clock.now()
+        async with self._db.begin() as conn:
+            key = (runs.c.tenant == tenant) & (runs.c.run_id == run_id)
+            if (await conn.execute(sa.select(runs.c.run_id).where(key & (runs.c.state == "failed")))).first() is None:
+                return False
+            t = step_runs
+            failed = (await conn.execute(sa.select(t.c.step_id, t.c.error).where(
+                (t.c.tenant == tenant) & (t.c.run_id == run_id) & (t.c.state == "failed")).order_by(t.c.position.desc()).limit(1))).first()
+            if failed is None:
+                return False
+            await conn.execute(t.update().where((t.c.tenant == tenant) & (t.c.run_id == run_id) & (t.c.step_id == failed.step_id)).values(
+                state="running", attempts=0, evaluations=t.c.evaluations + 1, end_time=None, error=f"retried after: {failed.error}"[:2000]))
+            await conn.execute(runs.update().where(key).values(
+                state="waiting", current_step=failed.step_id, wake_time=now, lease_until=None, update_time=now))
+            await conn.execute(dead_letters.delete().where(
+                (dead_letters.c.tenant == tenant) & (dead_letters.c.kind == "run") & (dead_letters.c.ref == run_id)))
+        return True
+
     async def cancel_waiting(self, tenant: str, journey: str) -> int:
         """Cancel the journey's runs that wait on a timer; return how many."""
         async with self._db.begin() as conn:
@@ -197,9 +218,14 @@ class RunStore:
                 (step_runs.c.tenant == tenant) & (step_runs.c.run_id == run_id)).order_by(step_runs.c.position))).all()
         return _run_proto(row, steps)
 
-    async def list_runs(self, *, tenant: str, journey: str, subject_id: str, trigger_event_id: str, limit: int, before: str | None) -> list[run_pb2.Run]:
-        """Runs newest first, filtered; without their steps' details beyond the summary."""
+    async def list_runs(
+        self, *, tenant: str, journey: str = "", subject_id: str = "", trigger_event_id: str = "", limit: int, before: str | None,
+        state: str = "",
+    ) -> list[run_pb2.Run]:
+        """Runs newest first, filtered."""
         query = sa.select(runs).where(runs.c.tenant == tenant)
+        if state:
+            query = query.where(runs.c.state == state)
         if journey:
             query = query.where(runs.c.journey == journey)
         if subject_id:

@@ -7,7 +7,7 @@ import structlog
 
 from overture.common.v1 import messaging_pb2
 from overture.orchestrator.v1 import journey_pb2, orchestrator_service_pb2, orchestrator_service_pb2_grpc
-from overture_runtime import Unimplemented, Violations, current_principal
+from overture_runtime import FailedPrecondition, Unimplemented, Violations, current_principal
 from overture_runtime.idempotency import Idempotency
 from overture_runtime.validation import (
     check_identifier,
@@ -172,20 +172,56 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         return OS.CancelRunResponse(run=run)
 
     async def RetryRun(self, request: OS.RetryRunRequest, context: grpc.aio.ServicerContext) -> OS.RetryRunResponse:
-        current_principal()
-        raise Unimplemented("RetryRun is not built yet", reason="NOT_BUILT")
+        tenant = current_principal().tenant
+        v = Violations()
+        check_identifier(v, "run_id", request.run_id)
+        check_reason(v, request.reason, required=False)
+        v.raise_if_any()
+        run = await self._runs.get(tenant, request.run_id)
+        if not await self._runs.retry(tenant, request.run_id):
+            raise FailedPrecondition(f"run {request.run_id!r} has not failed; only failed runs can be retried", reason="RUN_NOT_FAILED")
+        log.info("run.retried", run_id=request.run_id)
+        return OS.RetryRunResponse(run=await self._runs.get(tenant, run.run_id))
 
     async def DecideApproval(self, request: OS.DecideApprovalRequest, context: grpc.aio.ServicerContext) -> OS.DecideApprovalResponse:
         current_principal()
         raise Unimplemented("approval steps are not built yet", reason="NOT_BUILT")
 
     async def ListDeadLetters(self, request: OS.ListDeadLettersRequest, context: grpc.aio.ServicerContext) -> OS.ListDeadLettersResponse:
-        current_principal()
-        raise Unimplemented("ListDeadLetters is not built yet", reason="NOT_BUILT")
+        tenant = current_principal().tenant
+        v = Violations()
+        check_name(v, "journey", request.journey, required=False)
+        size = page_size(v, request.page_size)
+        v.raise_if_any()
+        before = decode_page_token(request.page_token).get("before")
+        found = await self._runs.list_runs(tenant=tenant, journey=request.journey, state="failed", limit=size + 1, before=before)
+        token = encode_page_token({"before": found[size - 1].run_id}) if len(found) > size else ""
+        return OS.ListDeadLettersResponse(runs=found[:size], next_page_token=token)
 
     async def RedriveDeadLetters(self, request: OS.RedriveDeadLettersRequest, context: grpc.aio.ServicerContext) -> OS.RedriveDeadLettersResponse:
-        current_principal()
-        raise Unimplemented("RedriveDeadLetters is not built yet", reason="NOT_BUILT")
+        tenant = current_principal().tenant
+        v = Violations()
+        check_name(v, "journey", request.journey, required=False)
+        if not request.run_ids and not request.journey:
+            v.add("run_ids", "name the runs, or a journey to re-drive all of its dead letters", "REQUIRED")
+        if len(request.run_ids) > 1000:
+            v.add("run_ids", "at most 1000 runs per call", "TOO_MANY")
+        for i, run_id in enumerate(request.run_ids):
+            check_identifier(v, f"run_ids[{i}]", run_id)
+        check_reason(v, request.reason, required=False)
+        v.raise_if_any("the re-drive is invalid")
+        run_ids = list(request.run_ids)
+        if not run_ids:
+            before: str | None = None
+            while True:  # every dead-lettered run of the journey, page by page
+                page = await self._runs.list_runs(tenant=tenant, journey=request.journey, state="failed", limit=500, before=before)
+                run_ids += [r.run_id for r in page]
+                if len(page) < 500:
+                    break
+                before = page[-1].run_id
+        redriven = sum([await self._runs.retry(tenant, run_id) for run_id in run_ids])
+        log.info("dead_letters.redriven", count=redriven, journey=request.journey or None)
+        return OS.RedriveDeadLettersResponse(redriven_count=redriven)
 
     async def PreviewJourney(self, request: OS.PreviewJourneyRequest, context: grpc.aio.ServicerContext) -> OS.PreviewJourneyResponse:
         current_principal()
