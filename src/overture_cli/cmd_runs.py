@@ -87,6 +87,34 @@ def runs_get(args: argparse.Namespace) -> int:
     return run_async(go)
 
 
+def dead_letters(args: argparse.Namespace) -> int:
+    """List failed runs."""
+
+    async def go() -> int:
+        t = target(args.token)
+        async with t.channel("orchestrator") as channel:
+            result = await orchestrator_service_pb2_grpc.OrchestratorServiceStub(channel).ListDeadLetters(
+                OS.ListDeadLettersRequest(journey=args.journey, page_size=args.limit), metadata=t.metadata)
+        emit(result, as_json=args.json, text=lambda: "\n".join(describe_run(r) for r in result.runs) or "no dead letters")
+        return 0
+
+    return run_async(go)
+
+
+def redrive(args: argparse.Namespace) -> int:
+    """Re-drive failed runs from the step that failed."""
+
+    async def go() -> int:
+        t = target(args.token)
+        async with t.channel("orchestrator") as channel:
+            result = await orchestrator_service_pb2_grpc.OrchestratorServiceStub(channel).RedriveDeadLetters(
+                OS.RedriveDeadLettersRequest(run_ids=args.run_ids, journey=args.journey, reason=args.reason), metadata=t.metadata)
+        print(f"re-drove {result.redriven_count} run(s)")
+        return 0
+
+    return run_async(go)
+
+
 def explain(args: argparse.Namespace) -> int:
     """Why a subject was or was not messaged: one decision, or a subject's latest."""
 
@@ -136,6 +164,16 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("run_id")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=runs_get)
+    p = runs.add_parser("dead-letters", help="list failed runs", parents=[common])
+    p.add_argument("--journey", default="")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=dead_letters)
+    p = runs.add_parser("redrive", help="re-drive failed runs (by id, or all of a journey)", parents=[common])
+    p.add_argument("run_ids", nargs="*")
+    p.add_argument("--journey", default="")
+    p.add_argument("--reason", default="")
+    p.set_defaults(func=redrive)
     p = sub.add_parser("explain", help="show why a message was or was not sent", parents=[common])
     p.add_argument("target", help="a decision id, or a subject id with --subject")
     p.add_argument("--subject", action="store_true", help="explain the subject's latest decisions")
