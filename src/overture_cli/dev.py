@@ -29,7 +29,7 @@ from .mailsink import MailSink, _free_port
 __all__ = ["run_dev"]
 
 _COLORS = {"ingest": "36", "rules": "35", "orchestrator": "33", "connectors": "32"}
-_INTERNAL_ROLES = ["rules.evaluate", "profiles.read", "profiles.write", "deliveries.send", "runs.read"]
+_INTERNAL_ROLES = ["rules.evaluate", "profiles.read", "profiles.write", "deliveries.send", "deliveries.report", "runs.read", "events.write"]
 _PORTS = {"ingest": 50051, "rules": 50052, "orchestrator": 50053, "connectors": 50054}
 
 

@@ -61,9 +61,9 @@ async def temporary_database(admin_dsn: str) -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def serving(app: BaseApp, settings: Settings) -> AsyncIterator[str]:
-    """Run *app* in this process on a free port; yield its address."""
-    server = Server(app, settings, port=0, metrics_port=0)
+async def serving(app: BaseApp, settings: Settings, *, port: int = 0) -> AsyncIterator[str]:
+    """Run *app* in this process on *port* (a free one by default); yield its address."""
+    server = Server(app, settings, port=port, metrics_port=0)
     port = await server.start()
     try:
         yield f"127.0.0.1:{port}"

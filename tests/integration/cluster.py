@@ -21,7 +21,7 @@ from overture_ingest import IngestApp
 from overture_orchestrator import OrchestratorApp
 from overture_rules import RulesApp
 from overture_runtime.config import Settings
-from overture_runtime.testing import serving
+from overture_runtime.testing import free_port, serving
 
 
 @dataclass
@@ -54,11 +54,13 @@ async def running_cluster(
         async with contextlib.AsyncExitStack() as stack:
             rules = await stack.enter_async_context(serving(RulesApp(base), base))
             connectors = await stack.enter_async_context(serving(ConnectorsApp(base), base))
-            linked = base.model_copy(update={"rules_address": rules, "connectors_address": connectors})
+            ingest_port = free_port()
+            linked = base.model_copy(update={"rules_address": rules, "connectors_address": connectors,
+                                             "ingest_address": f"127.0.0.1:{ingest_port}"})
             orchestrator = await stack.enter_async_context(serving(OrchestratorApp(linked), linked))
             linked = linked.model_copy(update={"orchestrator_address": orchestrator, "ingest_http_port": 0, **ingest_overrides})
             ingest_app = IngestApp(linked)
-            ingest = await stack.enter_async_context(serving(ingest_app, linked))
+            ingest = await stack.enter_async_context(serving(ingest_app, linked, port=ingest_port))
             channels = {name: await stack.enter_async_context(grpc.aio.insecure_channel(addr))
                         for name, addr in (("ingest", ingest), ("rules", rules), ("orchestrator", orchestrator), ("connectors", connectors))}
             yield Cluster(

@@ -85,3 +85,43 @@ async def test_a_failed_run_is_dead_lettered_listed_and_redriven(make_settings: 
         assert (await c.orchestrator.ListDeadLetters(O.ListDeadLettersRequest(), metadata=MD)).runs == []
         again = await c.orchestrator.RedriveDeadLetters(O.RedriveDeadLettersRequest(run_ids=[failed.run_id]), metadata=MD)
         assert again.redriven_count == 0
+
+
+async def test_a_reported_bounce_suppresses_the_subject_and_becomes_an_event(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """A BOUNCED report marks the step, puts the subject on hard-bounces (so the next send is denied), and arrives as email.bounced with its causation."""
+    from overture.common.v1 import messaging_pb2
+
+    async with running_cluster(make_settings, tmp_path / "mail") as c:
+        await publish_tour(c)
+        await c.ingest.IngestEvents(I.IngestEventsRequest(events=[
+            _event("identify", "cy", traits={"email": "cy@example.com"}),
+            _event("consent.granted", "cy", channel="email", purpose="marketing"),
+            _event("user.signed_up", "cy", "bounce-signup"),
+        ]), metadata=MD)
+
+        async def sent() -> run_pb2.Run | None:
+            runs = (await c.orchestrator.ListRuns(O.ListRunsRequest(subject_id="cy"), metadata=MD)).runs
+            return runs[0] if runs and runs[0].state == run_pb2.RUN_STATE_COMPLETED else None
+
+        run = await eventually(sent, what="the welcome email")
+        step = run.steps[0]
+        report = O.ReportDeliveryStatusRequest(idempotency_key=f"{run.run_id}:{step.step_id}", delivery_id=step.delivery_id,
+                                               status=messaging_pb2.DELIVERY_STATUS_BOUNCED, detail="550 mailbox unavailable")
+        for _ in range(2):  # a repeated report is harmless
+            await c.orchestrator.ReportDeliveryStatus(report, metadata=MD)
+        updated = (await c.orchestrator.GetRun(O.GetRunRequest(run_id=run.run_id), metadata=MD)).run
+        assert updated.steps[0].outcome.startswith("delivery bounced")
+        stored = (await c.ingest.GetEvent(I.GetEventRequest(event_id=f"delivery:{step.delivery_id}:bounced"), metadata=MD)).event
+        assert stored.event.event_type == "email.bounced" and stored.event.subject_id == "cy"
+        assert stored.event.causation.depth == 1 and stored.event.causation.root_event_id == "bounce-signup"
+        assert stored.event.causation.run_id == run.run_id
+        await c.ingest.IngestEvents(I.IngestEventsRequest(events=[_event("user.signed_up", "cy", "second-signup")]), metadata=MD)
+
+        async def second() -> run_pb2.Run | None:
+            runs = (await c.orchestrator.ListRuns(O.ListRunsRequest(subject_id="cy"), metadata=MD)).runs
+            later = [r for r in runs if r.trigger_event_id == "second-signup" and r.state == run_pb2.RUN_STATE_COMPLETED]
+            return later[0] if later else None
+
+        denied = await eventually(second, what="the second run")
+        assert denied.steps[0].state == run_pb2.STEP_RUN_STATE_SKIPPED and "hard-bounces" in denied.steps[0].outcome
+        assert len(c.mail.messages) == 1

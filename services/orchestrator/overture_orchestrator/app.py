@@ -12,6 +12,7 @@ import grpc
 import structlog
 
 from overture.connectors.v1 import connector_service_pb2_grpc
+from overture.ingest.v1 import ingest_service_pb2_grpc
 from overture.orchestrator.v1 import orchestrator_service_pb2, orchestrator_service_pb2_grpc
 from overture.rules.v1 import profile_service_pb2_grpc, rules_service_pb2_grpc
 from overture_runtime import BaseApp
@@ -19,6 +20,7 @@ from overture_runtime.idempotency import Idempotency
 
 from .consumer import EventConsumer
 from .executor import Executor
+from .feedback import DeliveryFeedback
 from .journeys import JourneyStore
 from .runs import RunStore
 from .servicer import OrchestratorServicer
@@ -48,6 +50,11 @@ class OrchestratorApp(BaseApp):
             profiles=profile_service_pb2_grpc.ProfileServiceStub(self.channel("rules")),
             connectors=connector_service_pb2_grpc.ConnectorServiceStub(self.channel("connectors")),
         )
+        self.feedback = DeliveryFeedback(
+            runs=self.runs, journeys=self.journeys, settings=self.settings,
+            ingest=ingest_service_pb2_grpc.IngestServiceStub(self.channel("ingest")),
+            profiles=profile_service_pb2_grpc.ProfileServiceStub(self.channel("rules")),
+        )
         self.starter = Starter(journeys=self.journeys, runs=self.runs, executor=self.executor, clock=self.clock, ids=self.ids)
         self.consumer = EventConsumer(
             redis=self.redis, keys=self.keys, partitions=self.settings.stream_partitions, consumer=consumer,
@@ -74,7 +81,7 @@ class OrchestratorApp(BaseApp):
     def register(self, server: grpc.aio.Server) -> None:
         orchestrator_service_pb2_grpc.add_OrchestratorServiceServicer_to_server(
             OrchestratorServicer(journeys=self.journeys, runs=self.runs, starter=self.starter,
-                                 idempotency=Idempotency(self.db, idempotency, self.clock)),
+                                 idempotency=Idempotency(self.db, idempotency, self.clock), feedback=self.feedback),
             server,
         )
 

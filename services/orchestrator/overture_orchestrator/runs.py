@@ -200,6 +200,20 @@ class RunStore:
                 (dead_letters.c.tenant == tenant) & (dead_letters.c.kind == "run") & (dead_letters.c.ref == run_id)))
         return True
 
+    async def note_delivery(self, tenant: str, run_id: str, step_id: str, outcome: str) -> None:
+        """Record what a send step's delivery became."""
+        t = step_runs
+        async with self._db.begin() as conn:
+            await conn.execute(t.update().where((t.c.tenant == tenant) & (t.c.run_id == run_id) & (t.c.step_id == step_id))
+                               .values(outcome=outcome[:1000]))
+
+    async def trigger_event(self, tenant: str, event_id: str) -> event_pb2.Event | None:
+        """The event that started a run, from any run it started."""
+        async with self._db.connect() as conn:
+            row = (await conn.execute(sa.select(runs.c.trigger_event).where(
+                (runs.c.tenant == tenant) & (runs.c.trigger_event_id == event_id)).limit(1))).first()
+        return event_pb2.Event.FromString(row.trigger_event) if row else None
+
     async def cancel_waiting(self, tenant: str, journey: str) -> int:
         """Cancel the journey's runs that wait on a timer; return how many."""
         async with self._db.begin() as conn:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import grpc
 import structlog
 
@@ -19,6 +21,7 @@ from overture_runtime.validation import (
     page_size,
 )
 
+from .feedback import DeliveryFeedback
 from .journeys import JourneyStore
 from .runs import RunStore
 from .starter import Starter
@@ -33,7 +36,8 @@ _CONTEXT_MAX = 32 * 1024
 class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServicer):
     """``overture.orchestrator.v1.OrchestratorService``."""
 
-    def __init__(self, *, journeys: JourneyStore, runs: RunStore, starter: Starter, idempotency: Idempotency) -> None:
+    def __init__(self, *, journeys: JourneyStore, runs: RunStore, starter: Starter, idempotency: Idempotency, feedback: DeliveryFeedback) -> None:
+        self._feedback = feedback
         self._journeys = journeys
         self._runs = runs
         self._starter = starter
@@ -75,8 +79,24 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         return OS.EnqueueResponse(run=await self._runs.get(tenant, run_id))
 
     async def ReportDeliveryStatus(self, request: OS.ReportDeliveryStatusRequest, context: grpc.aio.ServicerContext) -> OS.ReportDeliveryStatusResponse:
-        current_principal()
-        raise Unimplemented("ReportDeliveryStatus is not built yet", reason="NOT_BUILT")
+        tenant = current_principal().tenant
+        v = Violations()
+        check_identifier(v, "idempotency_key", request.idempotency_key)
+        if request.idempotency_key and ":" not in request.idempotency_key:
+            v.add("idempotency_key", "idempotency_key must be run_id:step_id", "INVALID")
+        check_identifier(v, "delivery_id", request.delivery_id, required=False)
+        if request.status in (messaging_pb2.DELIVERY_STATUS_UNSPECIFIED, messaging_pb2.DELIVERY_STATUS_SENDING):
+            v.add("status", "status must be a reported outcome such as DELIVERED or BOUNCED", "REQUIRED")
+        elif request.status not in messaging_pb2.DeliveryStatus.values():
+            v.add("status", f"unknown status {request.status}", "INVALID_ENUM")
+        if len(request.detail) > 2000:
+            v.add("detail", "detail must be at most 2000 characters", "TOO_LONG")
+        v.raise_if_any("the delivery report is invalid")
+        await self._feedback.report(
+            tenant, idempotency_key=request.idempotency_key, delivery_id=request.delivery_id, status=request.status, detail=request.detail,
+            occur_time=request.occur_time.ToDatetime(tzinfo=dt.UTC) if request.HasField("occur_time") else None,
+        )
+        return OS.ReportDeliveryStatusResponse()
 
     async def PublishJourney(self, request: OS.PublishJourneyRequest, context: grpc.aio.ServicerContext) -> OS.PublishJourneyResponse:
         principal = current_principal()
