@@ -125,3 +125,35 @@ async def test_a_reported_bounce_suppresses_the_subject_and_becomes_an_event(mak
         denied = await eventually(second, what="the second run")
         assert denied.steps[0].state == run_pb2.STEP_RUN_STATE_SKIPPED and "hard-bounces" in denied.steps[0].outcome
         assert len(c.mail.messages) == 1
+
+
+async def test_events_caused_past_the_depth_limit_pause_the_journey(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """An event caused by a journey, at or past a journey's causation depth limit, pauses that journey instead of starting a run."""
+    from overture.common.v1 import messaging_pb2
+    from overture.orchestrator.v1 import journey_pb2 as J
+
+    async with running_cluster(make_settings, tmp_path / "mail") as c:
+        await publish_tour(c)
+        follow_up = J.JourneySpec(trigger=J.JourneyTrigger(event=J.EventTrigger(event_type="email.bounced")),
+                                  steps=[J.Step(id="stop", exit=J.ExitStep(goal="noted"))], settings=J.JourneySettings(max_causation_depth=1))
+        await c.orchestrator.PublishJourney(O.PublishJourneyRequest(name="bounce-follow-up", spec=follow_up), metadata=MD)
+        await c.ingest.IngestEvents(I.IngestEventsRequest(events=[
+            _event("identify", "dee", traits={"email": "dee@example.com"}),
+            _event("consent.granted", "dee", channel="email", purpose="marketing"),
+            _event("user.signed_up", "dee", "loop-signup"),
+        ]), metadata=MD)
+
+        async def sent() -> run_pb2.Run | None:
+            runs = (await c.orchestrator.ListRuns(O.ListRunsRequest(subject_id="dee", journey="welcome"), metadata=MD)).runs
+            return runs[0] if runs and runs[0].state == run_pb2.RUN_STATE_COMPLETED else None
+
+        run = await eventually(sent, what="the welcome email")
+        await c.orchestrator.ReportDeliveryStatus(O.ReportDeliveryStatusRequest(
+            idempotency_key=f"{run.run_id}:{run.steps[0].step_id}", status=messaging_pb2.DELIVERY_STATUS_BOUNCED), metadata=MD)
+
+        async def paused() -> J.Journey | None:
+            journey = (await c.orchestrator.GetJourney(O.GetJourneyRequest(name="bounce-follow-up"), metadata=MD)).journey
+            return journey if journey.state == J.JOURNEY_STATE_PAUSED else None
+
+        await eventually(paused, what="the follow-up journey to pause")
+        assert (await c.orchestrator.ListRuns(O.ListRunsRequest(journey="bounce-follow-up"), metadata=MD)).runs == []
