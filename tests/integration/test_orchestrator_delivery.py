@@ -157,3 +157,33 @@ async def test_events_caused_past_the_depth_limit_pause_the_journey(make_setting
 
         await eventually(paused, what="the follow-up journey to pause")
         assert (await c.orchestrator.ListRuns(O.ListRunsRequest(journey="bounce-follow-up"), metadata=MD)).runs == []
+
+
+async def test_enqueue_sends_one_message_per_request_id(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """Enqueue sends a one-off transactional message (no marketing consent needed) once per request id; marketing still needs consent."""
+    from overture.common.v1 import messaging_pb2
+    from overture.orchestrator.v1 import journey_pb2 as J
+
+    async with running_cluster(make_settings, tmp_path / "mail") as c:
+        await publish_tour(c)
+        await c.ingest.IngestEvents(I.IngestEventsRequest(events=[_event("identify", "eve", traits={"email": "eve@example.com"})]), metadata=MD)
+        receipt = O.EnqueueRequest(subject_id="eve", channel=messaging_pb2.CHANNEL_EMAIL, rule_set="marketing-email",
+                                   category=messaging_pb2.MESSAGE_CATEGORY_TRANSACTIONAL, request_id="receipt-42",
+                                   template=J.MessageTemplate(subject="Your receipt", text_body="Order {{ event.attributes.order }} is paid."))
+        receipt.context.update({"order": "A-42"})
+        first = (await c.orchestrator.Enqueue(receipt, metadata=MD)).run
+        again = (await c.orchestrator.Enqueue(receipt, metadata=MD)).run
+        assert first.run_id == again.run_id
+        promo = O.EnqueueRequest(subject_id="eve", channel=messaging_pb2.CHANNEL_EMAIL, rule_set="marketing-email", request_id="promo-1",
+                                 template=J.MessageTemplate(subject="Sale", text_body="50% off"))
+        denied_run = (await c.orchestrator.Enqueue(promo, metadata=MD)).run
+
+        async def ended(run_id: str) -> run_pb2.Run | None:
+            run = (await c.orchestrator.GetRun(O.GetRunRequest(run_id=run_id), metadata=MD)).run
+            return run if run.state == run_pb2.RUN_STATE_COMPLETED else None
+
+        sent = await eventually(lambda: ended(first.run_id), what="the receipt")
+        denied = await eventually(lambda: ended(denied_run.run_id), what="the promotion's run")
+        assert sent.steps[0].outcome == "sent" and "consent" in denied.steps[0].outcome
+        assert [(m["To"], m["Subject"]) for m in c.mail.messages] == [("eve@example.com", "Your receipt")]
+        assert "Order A-42 is paid." in c.mail.messages[0].get_content()
