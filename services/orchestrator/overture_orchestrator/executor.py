@@ -144,6 +144,8 @@ class Executor:
                 record.state, record.outcome = "completed", f"condition was {str(matched).lower()}"
                 return StepResult("completed", step.condition.then_step if matched else step.condition.else_step)
             if kind == "delay":
+                if record.state == "waiting" and record.wake_time is not None and record.wake_time > self._clock.now():
+                    return StepResult("waiting", wake_time=record.wake_time)  # never early, whoever advanced the run
                 if record.state == "waiting":
                     record.state, record.outcome = "completed", "delay elapsed"
                     return StepResult("completed", step.next)
