@@ -3,6 +3,7 @@ exactly once when the provider comes back; the run shows the attempts."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from overture.orchestrator.v1 import orchestrator_service_pb2 as O
 from overture.orchestrator.v1 import run_pb2
 from overture_runtime.config import Settings
 from tests.conftest import admin_metadata
-from tests.thinpath import eventually
+from tests.thinpath import eventually, example_journey
 
 from .cluster import running_cluster
 from .test_thin_path import _event, publish_tour
@@ -187,3 +188,38 @@ async def test_enqueue_sends_one_message_per_request_id(make_settings: Callable[
         assert sent.steps[0].outcome == "sent" and "consent" in denied.steps[0].outcome
         assert [(m["To"], m["Subject"]) for m in c.mail.messages] == [("eve@example.com", "Your receipt")]
         assert "Order A-42 is paid." in c.mail.messages[0].get_content()
+
+
+async def test_a_delay_holds_the_run_until_its_timer_and_never_fires_early(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """A delay step waits on a durable timer; the send after it happens no earlier than the timer's wake time."""
+    from google.protobuf import duration_pb2
+
+    from overture.orchestrator.v1 import journey_pb2 as J
+
+    async with running_cluster(make_settings, tmp_path / "mail") as c:
+        await publish_tour(c)
+        _, spec = example_journey()
+        spec.steps.insert(0, J.Step(id="wait-a-moment", next=spec.steps[0].id, delay=J.DelayStep(duration=duration_pb2.Duration(seconds=1))))
+        await c.orchestrator.PublishJourney(O.PublishJourneyRequest(name="welcome", spec=spec, reason="add a delay"), metadata=MD)
+        await c.ingest.IngestEvents(I.IngestEventsRequest(events=[
+            _event("identify", "fay", traits={"email": "fay@example.com"}),
+            _event("consent.granted", "fay", channel="email", purpose="marketing"),
+            _event("user.signed_up", "fay", "delay-signup"),
+        ]), metadata=MD)
+
+        async def waiting() -> run_pb2.Run | None:
+            runs = (await c.orchestrator.ListRuns(O.ListRunsRequest(subject_id="fay"), metadata=MD)).runs
+            return runs[0] if runs and runs[0].steps else None
+
+        first_seen = await eventually(waiting, what="the run")
+        assert first_seen.journey_version == 2
+
+        async def done() -> run_pb2.Run | None:
+            run = (await c.orchestrator.GetRun(O.GetRunRequest(run_id=first_seen.run_id), metadata=MD)).run
+            return run if run.state == run_pb2.RUN_STATE_COMPLETED else None
+
+        run = await eventually(done, what="the delayed send")
+        delay, send = run.steps
+        assert (delay.step_id, delay.outcome) == ("wait-a-moment", "delay elapsed")
+        assert send.outcome == "sent" and send.start_time.ToDatetime() >= delay.start_time.ToDatetime() + dt.timedelta(seconds=1)
+        assert [m["To"] for m in c.mail.messages] == ["fay@example.com"]
