@@ -87,7 +87,7 @@ class RunStore:
         run_id = self._ids.new()
         async with self._db.begin() as conn:
             result = await conn.execute(insert_ignore(
-                conn, runs, index_elements=["tenant", "journey", "journey_version", "subject_id", "trigger_event_id"]
+                conn, runs, index_elements=["tenant", "journey", "subject_id", "trigger_event_id"]
             ).values(
                 tenant=tenant, run_id=run_id, journey=journey, journey_version=version, subject_id=subject_id,
                 trigger_event_id=trigger_event_id, trigger_event=event.SerializeToString(), inline_spec=inline_spec,
@@ -97,7 +97,7 @@ class RunStore:
             if result.rowcount:
                 return run_id, True
             existing = (await conn.execute(sa.select(runs.c.run_id).where(
-                (runs.c.tenant == tenant) & (runs.c.journey == journey) & (runs.c.journey_version == version)
+                (runs.c.tenant == tenant) & (runs.c.journey == journey)
                 & (runs.c.subject_id == subject_id) & (runs.c.trigger_event_id == trigger_event_id)))).scalar_one()
         return str(existing), False
 

@@ -1,7 +1,9 @@
 """Starting runs: from events on the stream, from Trigger, from Enqueue.
 
-A trigger event makes at most one run per journey version and subject (the
-runs table's unique key). Events caused by journeys carry their causation
+A trigger event makes at most one run per journey and subject, whatever the
+journey's version (the runs table's unique key): an event delivered again,
+republished from the log after Redis lost the stream, or redriven, finds the
+run it made and starts nothing. Events caused by journeys carry their causation
 depth; past the journey's limit the journey is paused and an alert logged,
 so that journeys triggering each other stop.
 """

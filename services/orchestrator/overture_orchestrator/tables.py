@@ -52,8 +52,9 @@ runs = sa.Table(
     sa.Column("lease_until", utc_datetime, nullable=True),
     sa.Column("create_time", utc_datetime, nullable=False),
     sa.Column("update_time", utc_datetime, nullable=False),
-    # One trigger event makes at most one run per journey version and subject.
-    sa.UniqueConstraint("tenant", "journey", "journey_version", "subject_id", "trigger_event_id", name="orchestrator_runs_once"),
+    # One trigger event makes at most one run per journey and subject, whatever
+    # the version: a republished journey must not run an event a second time.
+    sa.UniqueConstraint("tenant", "journey", "subject_id", "trigger_event_id", name="orchestrator_runs_once_per_event"),
     sa.Index("orchestrator_runs_due", "wake_time"),
     sa.Index("orchestrator_runs_subject", "tenant", "subject_id", "create_time"),
     sa.Index("orchestrator_runs_event", "tenant", "trigger_event_id"),
