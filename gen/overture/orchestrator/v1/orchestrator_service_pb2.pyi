@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from overture.common.v1 import messaging_pb2 as _messaging_pb2
 from overture.orchestrator.v1 import journey_pb2 as _journey_pb2
 from overture.orchestrator.v1 import run_pb2 as _run_pb2
@@ -22,6 +23,48 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _JourneyVersionPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JourneyVersionPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JourneyVersionPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOURNEY_VERSION_POLICY_UNSPECIFIED: _JourneyVersionPolicy.ValueType  # 0
+    """Not set: the same as JOURNEY_VERSION_POLICY_PINNED."""
+    JOURNEY_VERSION_POLICY_PINNED: _JourneyVersionPolicy.ValueType  # 1
+    """The run continues on the journey version it started on. Right when the
+    cause of the failure was outside the journey, such as a provider outage
+    or a bad address.
+    """
+    JOURNEY_VERSION_POLICY_LATEST: _JourneyVersionPolicy.ValueType  # 2
+    """The run moves to the journey's latest published version and continues
+    there from the step with the id of the step that failed. Right when the
+    version the run started on is itself broken, for example when it names a
+    rule set that does not exist and a fixed version has been published. The
+    steps the run already took are not repeated. Runs sent with Enqueue
+    belong to no journey and cannot move.
+    """
+
+class JourneyVersionPolicy(_JourneyVersionPolicy, metaclass=_JourneyVersionPolicyEnumTypeWrapper):
+    """Which journey version a retried or re-driven run continues on."""
+
+JOURNEY_VERSION_POLICY_UNSPECIFIED: JourneyVersionPolicy.ValueType  # 0
+"""Not set: the same as JOURNEY_VERSION_POLICY_PINNED."""
+JOURNEY_VERSION_POLICY_PINNED: JourneyVersionPolicy.ValueType  # 1
+"""The run continues on the journey version it started on. Right when the
+cause of the failure was outside the journey, such as a provider outage
+or a bad address.
+"""
+JOURNEY_VERSION_POLICY_LATEST: JourneyVersionPolicy.ValueType  # 2
+"""The run moves to the journey's latest published version and continues
+there from the step with the id of the step that failed. Right when the
+version the run started on is itself broken, for example when it names a
+rule set that does not exist and a fixed version has been published. The
+steps the run already took are not repeated. Runs sent with Enqueue
+belong to no journey and cannot move.
+"""
+Global___JourneyVersionPolicy: _TypeAlias = JourneyVersionPolicy  # noqa: Y015
 
 @_typing.final
 class TriggerRequest(_message.Message):
@@ -668,19 +711,27 @@ class RetryRunRequest(_message.Message):
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    JOURNEY_VERSION_POLICY_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run's id."""
     reason: _builtins.str
     """Why."""
+    journey_version_policy: Global___JourneyVersionPolicy.ValueType
+    """Which journey version the run continues on; unspecified is PINNED. With
+    LATEST, the latest version must have a step with the id of the step that
+    failed, or the call fails with FAILED_PRECONDITION (reason
+    `STEP_NOT_IN_VERSION`) and the run stays in the dead-letter queue.
+    """
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
         reason: _builtins.str = ...,
+        journey_version_policy: Global___JourneyVersionPolicy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["journey_version_policy", b"journey_version_policy", "reason", b"reason", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -835,10 +886,17 @@ class RedriveDeadLettersRequest(_message.Message):
     RUN_IDS_FIELD_NUMBER: _builtins.int
     JOURNEY_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    JOURNEY_VERSION_POLICY_FIELD_NUMBER: _builtins.int
     journey: _builtins.str
     """Re-drive every dead-lettered run of this journey."""
     reason: _builtins.str
     """Why."""
+    journey_version_policy: Global___JourneyVersionPolicy.ValueType
+    """Which journey version the runs continue on; unspecified is PINNED. With
+    LATEST, a run whose failed step has no step of the same id in the latest
+    version is not re-driven: it stays in the dead-letter queue and is
+    reported in `rejections` with the reason `STEP_NOT_IN_VERSION`.
+    """
     @_builtins.property
     def run_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Re-drive these runs; empty with `journey` set re-drives all of its runs."""
@@ -849,10 +907,11 @@ class RedriveDeadLettersRequest(_message.Message):
         run_ids: _abc.Iterable[_builtins.str] | None = ...,
         journey: _builtins.str = ...,
         reason: _builtins.str = ...,
+        journey_version_policy: Global___JourneyVersionPolicy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["journey", b"journey", "reason", b"reason", "run_ids", b"run_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["journey", b"journey", "journey_version_policy", b"journey_version_policy", "reason", b"reason", "run_ids", b"run_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -865,20 +924,62 @@ class RedriveDeadLettersResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REDRIVEN_COUNT_FIELD_NUMBER: _builtins.int
+    REJECTIONS_FIELD_NUMBER: _builtins.int
     redriven_count: _builtins.int
     """How many runs were re-driven."""
+    @_builtins.property
+    def rejections(self) -> _containers.RepeatedCompositeFieldContainer[Global___RedriveRejection]:
+        """The named or listed runs that were not re-driven, and why."""
+
     def __init__(
         self,
         *,
         redriven_count: _builtins.int = ...,
+        rejections: _abc.Iterable[Global___RedriveRejection] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["redriven_count", b"redriven_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["redriven_count", b"redriven_count", "rejections", b"rejections"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RedriveDeadLettersResponse: _TypeAlias = RedriveDeadLettersResponse  # noqa: Y015
+
+@_typing.final
+class RedriveRejection(_message.Message):
+    """A run that a re-drive left where it was."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run's id."""
+    description: _builtins.str
+    """Why, for a human, for example that the latest version has no step
+    `send-welcome`.
+    """
+    reason: _builtins.str
+    """Why, for a machine, UPPER_SNAKE_CASE: `RUN_NOT_FOUND`, `RUN_NOT_FAILED`,
+    `STEP_NOT_IN_VERSION`, `NO_JOURNEY` (an Enqueue run, with LATEST) or
+    `RUN_EXISTS_ON_VERSION` (the latest version already has a run for the
+    same subject and event).
+    """
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        description: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "reason", b"reason", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedriveRejection: _TypeAlias = RedriveRejection  # noqa: Y015
 
 @_typing.final
 class PreviewJourneyRequest(_message.Message):

@@ -152,7 +152,11 @@ class OrchestratorServiceServicer:
     def PublishJourney(self, request, context):
         """Publishes a new version of a journey, which becomes the active one.
         The definition is validated first: unknown step references, unsupported
-        step kinds, bad expressions and missing templates are INVALID_ARGUMENT.
+        step kinds, bad expressions, missing templates and template variables
+        that cannot exist (see MessageTemplate) are INVALID_ARGUMENT. The rule
+        set that decides its send steps must exist and have an active version,
+        which the rules service is asked; if it cannot be asked, the call fails
+        with UNAVAILABLE and nothing is published. Recorded in the audit log.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -174,13 +178,14 @@ class OrchestratorServiceServicer:
 
     def PauseJourney(self, request, context):
         """Stops a journey from starting runs and cancels its pending timers.
+        Recorded in the audit log.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ResumeJourney(self, request, context):
-        """Lets a paused journey start runs again.
+        """Lets a paused journey start runs again. Recorded in the audit log.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -201,14 +206,16 @@ class OrchestratorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelRun(self, request, context):
-        """Cancels a run that has not ended.
+        """Cancels a run that has not ended. Recorded in the audit log.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RetryRun(self, request, context):
-        """Retries a failed run from the step that failed.
+        """Retries a failed run from the step that failed, on its own journey
+        version or, with `journey_version_policy` LATEST, on the journey's latest
+        version. Recorded in the audit log.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -229,7 +236,11 @@ class OrchestratorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RedriveDeadLetters(self, request, context):
-        """Re-drives dead-lettered runs, in bulk, from the step that failed.
+        """Re-drives dead-lettered runs, in bulk, from the step that failed, on
+        their own journey versions or, with `journey_version_policy` LATEST, on
+        their journeys' latest versions. A run that cannot be re-driven is
+        reported in `rejections`, and the others go ahead. Each re-driven run is
+        recorded in the audit log.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -51,30 +51,44 @@ class OrchestratorServiceStub:
     PublishJourney: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.PublishJourneyRequest, _orchestrator_service_pb2.PublishJourneyResponse]
     """Publishes a new version of a journey, which becomes the active one.
     The definition is validated first: unknown step references, unsupported
-    step kinds, bad expressions and missing templates are INVALID_ARGUMENT.
+    step kinds, bad expressions, missing templates and template variables
+    that cannot exist (see MessageTemplate) are INVALID_ARGUMENT. The rule
+    set that decides its send steps must exist and have an active version,
+    which the rules service is asked; if it cannot be asked, the call fails
+    with UNAVAILABLE and nothing is published. Recorded in the audit log.
     """
     GetJourney: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.GetJourneyRequest, _orchestrator_service_pb2.GetJourneyResponse]
     """Returns a journey's latest version, or a given version."""
     ListJourneys: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.ListJourneysRequest, _orchestrator_service_pb2.ListJourneysResponse]
     """Lists journeys (their latest versions), by name."""
     PauseJourney: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.PauseJourneyRequest, _orchestrator_service_pb2.PauseJourneyResponse]
-    """Stops a journey from starting runs and cancels its pending timers."""
+    """Stops a journey from starting runs and cancels its pending timers.
+    Recorded in the audit log.
+    """
     ResumeJourney: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.ResumeJourneyRequest, _orchestrator_service_pb2.ResumeJourneyResponse]
-    """Lets a paused journey start runs again."""
+    """Lets a paused journey start runs again. Recorded in the audit log."""
     GetRun: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.GetRunRequest, _orchestrator_service_pb2.GetRunResponse]
     """Returns one run with its steps."""
     ListRuns: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.ListRunsRequest, _orchestrator_service_pb2.ListRunsResponse]
     """Lists runs, newest first, filtered by journey, subject or event."""
     CancelRun: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.CancelRunRequest, _orchestrator_service_pb2.CancelRunResponse]
-    """Cancels a run that has not ended."""
+    """Cancels a run that has not ended. Recorded in the audit log."""
     RetryRun: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.RetryRunRequest, _orchestrator_service_pb2.RetryRunResponse]
-    """Retries a failed run from the step that failed."""
+    """Retries a failed run from the step that failed, on its own journey
+    version or, with `journey_version_policy` LATEST, on the journey's latest
+    version. Recorded in the audit log.
+    """
     DecideApproval: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.DecideApprovalRequest, _orchestrator_service_pb2.DecideApprovalResponse]
     """Approves or rejects a run waiting at an approval step."""
     ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.ListDeadLettersRequest, _orchestrator_service_pb2.ListDeadLettersResponse]
     """Lists the runs in the dead-letter queue, with their last errors."""
     RedriveDeadLetters: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.RedriveDeadLettersRequest, _orchestrator_service_pb2.RedriveDeadLettersResponse]
-    """Re-drives dead-lettered runs, in bulk, from the step that failed."""
+    """Re-drives dead-lettered runs, in bulk, from the step that failed, on
+    their own journey versions or, with `journey_version_policy` LATEST, on
+    their journeys' latest versions. A run that cannot be re-driven is
+    reported in `rejections`, and the others go ahead. Each re-driven run is
+    recorded in the audit log.
+    """
     PreviewJourney: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.PreviewJourneyRequest, _orchestrator_service_pb2.PreviewJourneyResponse]
     """Walks a journey definition for a sample subject and event without
     sending anything, and returns the path the run would take.
@@ -103,30 +117,44 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     PublishJourney: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.PublishJourneyRequest, _orchestrator_service_pb2.PublishJourneyResponse]  # type: ignore[assignment]
     """Publishes a new version of a journey, which becomes the active one.
     The definition is validated first: unknown step references, unsupported
-    step kinds, bad expressions and missing templates are INVALID_ARGUMENT.
+    step kinds, bad expressions, missing templates and template variables
+    that cannot exist (see MessageTemplate) are INVALID_ARGUMENT. The rule
+    set that decides its send steps must exist and have an active version,
+    which the rules service is asked; if it cannot be asked, the call fails
+    with UNAVAILABLE and nothing is published. Recorded in the audit log.
     """
     GetJourney: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.GetJourneyRequest, _orchestrator_service_pb2.GetJourneyResponse]  # type: ignore[assignment]
     """Returns a journey's latest version, or a given version."""
     ListJourneys: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.ListJourneysRequest, _orchestrator_service_pb2.ListJourneysResponse]  # type: ignore[assignment]
     """Lists journeys (their latest versions), by name."""
     PauseJourney: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.PauseJourneyRequest, _orchestrator_service_pb2.PauseJourneyResponse]  # type: ignore[assignment]
-    """Stops a journey from starting runs and cancels its pending timers."""
+    """Stops a journey from starting runs and cancels its pending timers.
+    Recorded in the audit log.
+    """
     ResumeJourney: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.ResumeJourneyRequest, _orchestrator_service_pb2.ResumeJourneyResponse]  # type: ignore[assignment]
-    """Lets a paused journey start runs again."""
+    """Lets a paused journey start runs again. Recorded in the audit log."""
     GetRun: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.GetRunRequest, _orchestrator_service_pb2.GetRunResponse]  # type: ignore[assignment]
     """Returns one run with its steps."""
     ListRuns: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.ListRunsRequest, _orchestrator_service_pb2.ListRunsResponse]  # type: ignore[assignment]
     """Lists runs, newest first, filtered by journey, subject or event."""
     CancelRun: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.CancelRunRequest, _orchestrator_service_pb2.CancelRunResponse]  # type: ignore[assignment]
-    """Cancels a run that has not ended."""
+    """Cancels a run that has not ended. Recorded in the audit log."""
     RetryRun: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.RetryRunRequest, _orchestrator_service_pb2.RetryRunResponse]  # type: ignore[assignment]
-    """Retries a failed run from the step that failed."""
+    """Retries a failed run from the step that failed, on its own journey
+    version or, with `journey_version_policy` LATEST, on the journey's latest
+    version. Recorded in the audit log.
+    """
     DecideApproval: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.DecideApprovalRequest, _orchestrator_service_pb2.DecideApprovalResponse]  # type: ignore[assignment]
     """Approves or rejects a run waiting at an approval step."""
     ListDeadLetters: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.ListDeadLettersRequest, _orchestrator_service_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
     """Lists the runs in the dead-letter queue, with their last errors."""
     RedriveDeadLetters: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.RedriveDeadLettersRequest, _orchestrator_service_pb2.RedriveDeadLettersResponse]  # type: ignore[assignment]
-    """Re-drives dead-lettered runs, in bulk, from the step that failed."""
+    """Re-drives dead-lettered runs, in bulk, from the step that failed, on
+    their own journey versions or, with `journey_version_policy` LATEST, on
+    their journeys' latest versions. A run that cannot be re-driven is
+    reported in `rejections`, and the others go ahead. Each re-driven run is
+    recorded in the audit log.
+    """
     PreviewJourney: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.PreviewJourneyRequest, _orchestrator_service_pb2.PreviewJourneyResponse]  # type: ignore[assignment]
     """Walks a journey definition for a sample subject and event without
     sending anything, and returns the path the run would take.
@@ -176,7 +204,11 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestrator_service_pb2.PublishJourneyResponse, _abc.Awaitable[_orchestrator_service_pb2.PublishJourneyResponse]]:
         """Publishes a new version of a journey, which becomes the active one.
         The definition is validated first: unknown step references, unsupported
-        step kinds, bad expressions and missing templates are INVALID_ARGUMENT.
+        step kinds, bad expressions, missing templates and template variables
+        that cannot exist (see MessageTemplate) are INVALID_ARGUMENT. The rule
+        set that decides its send steps must exist and have an active version,
+        which the rules service is asked; if it cannot be asked, the call fails
+        with UNAVAILABLE and nothing is published. Recorded in the audit log.
         """
 
     @_abc_1.abstractmethod
@@ -201,7 +233,9 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orchestrator_service_pb2.PauseJourneyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orchestrator_service_pb2.PauseJourneyResponse, _abc.Awaitable[_orchestrator_service_pb2.PauseJourneyResponse]]:
-        """Stops a journey from starting runs and cancels its pending timers."""
+        """Stops a journey from starting runs and cancels its pending timers.
+        Recorded in the audit log.
+        """
 
     @_abc_1.abstractmethod
     def ResumeJourney(
@@ -209,7 +243,7 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orchestrator_service_pb2.ResumeJourneyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orchestrator_service_pb2.ResumeJourneyResponse, _abc.Awaitable[_orchestrator_service_pb2.ResumeJourneyResponse]]:
-        """Lets a paused journey start runs again."""
+        """Lets a paused journey start runs again. Recorded in the audit log."""
 
     @_abc_1.abstractmethod
     def GetRun(
@@ -233,7 +267,7 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orchestrator_service_pb2.CancelRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orchestrator_service_pb2.CancelRunResponse, _abc.Awaitable[_orchestrator_service_pb2.CancelRunResponse]]:
-        """Cancels a run that has not ended."""
+        """Cancels a run that has not ended. Recorded in the audit log."""
 
     @_abc_1.abstractmethod
     def RetryRun(
@@ -241,7 +275,10 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orchestrator_service_pb2.RetryRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orchestrator_service_pb2.RetryRunResponse, _abc.Awaitable[_orchestrator_service_pb2.RetryRunResponse]]:
-        """Retries a failed run from the step that failed."""
+        """Retries a failed run from the step that failed, on its own journey
+        version or, with `journey_version_policy` LATEST, on the journey's latest
+        version. Recorded in the audit log.
+        """
 
     @_abc_1.abstractmethod
     def DecideApproval(
@@ -265,7 +302,12 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orchestrator_service_pb2.RedriveDeadLettersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orchestrator_service_pb2.RedriveDeadLettersResponse, _abc.Awaitable[_orchestrator_service_pb2.RedriveDeadLettersResponse]]:
-        """Re-drives dead-lettered runs, in bulk, from the step that failed."""
+        """Re-drives dead-lettered runs, in bulk, from the step that failed, on
+        their own journey versions or, with `journey_version_policy` LATEST, on
+        their journeys' latest versions. A run that cannot be re-driven is
+        reported in `rejections`, and the others go ahead. Each re-driven run is
+        recorded in the audit log.
+        """
 
     @_abc_1.abstractmethod
     def PreviewJourney(

@@ -35,6 +35,18 @@ class _AuditActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AuditActi
     """An older rule set version was activated again."""
     AUDIT_ACTION_PROFILE_ERASED: _AuditAction.ValueType  # 4
     """A profile's personal data was erased."""
+    AUDIT_ACTION_JOURNEY_VERSION_PUBLISHED: _AuditAction.ValueType  # 5
+    """A journey version was published and became the journey's latest."""
+    AUDIT_ACTION_JOURNEY_PAUSED: _AuditAction.ValueType  # 6
+    """A journey was paused: it starts no runs, and its pending timers were cancelled."""
+    AUDIT_ACTION_JOURNEY_RESUMED: _AuditAction.ValueType  # 7
+    """A paused journey was resumed."""
+    AUDIT_ACTION_RUN_CANCELLED: _AuditAction.ValueType  # 8
+    """A run was cancelled by an operator."""
+    AUDIT_ACTION_RUN_RETRIED: _AuditAction.ValueType  # 9
+    """A failed run was sent back to its failed step, by RetryRun or by a
+    re-drive of the dead-letter queue, possibly onto another journey version.
+    """
 
 class AuditAction(_AuditAction, metaclass=_AuditActionEnumTypeWrapper):
     """An action recorded in the audit log."""
@@ -49,6 +61,18 @@ AUDIT_ACTION_RULE_SET_ROLLED_BACK: AuditAction.ValueType  # 3
 """An older rule set version was activated again."""
 AUDIT_ACTION_PROFILE_ERASED: AuditAction.ValueType  # 4
 """A profile's personal data was erased."""
+AUDIT_ACTION_JOURNEY_VERSION_PUBLISHED: AuditAction.ValueType  # 5
+"""A journey version was published and became the journey's latest."""
+AUDIT_ACTION_JOURNEY_PAUSED: AuditAction.ValueType  # 6
+"""A journey was paused: it starts no runs, and its pending timers were cancelled."""
+AUDIT_ACTION_JOURNEY_RESUMED: AuditAction.ValueType  # 7
+"""A paused journey was resumed."""
+AUDIT_ACTION_RUN_CANCELLED: AuditAction.ValueType  # 8
+"""A run was cancelled by an operator."""
+AUDIT_ACTION_RUN_RETRIED: AuditAction.ValueType  # 9
+"""A failed run was sent back to its failed step, by RetryRun or by a
+re-drive of the dead-letter queue, possibly onto another journey version.
+"""
 Global___AuditAction: _TypeAlias = AuditAction  # noqa: Y015
 
 @_typing.final
@@ -56,6 +80,10 @@ class AuditEvent(_message.Message):
     """One entry of the tenant's append-only, hash-chained audit log. `hash` is
     the sha256 of the canonical JSON of every other field, including
     `previous_hash`, so that changing any entry breaks the chain after it.
+    (`record_id` and `recorded_by` are hashed when they are set; they are empty
+    on the entries the rules service writes itself.) The log covers changes to
+    rules and profiles, made by the rules service, and changes to journeys and
+    runs, which the orchestrator records through AuditService.RecordAuditEvents.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -69,6 +97,8 @@ class AuditEvent(_message.Message):
     DETAILS_FIELD_NUMBER: _builtins.int
     PREVIOUS_HASH_FIELD_NUMBER: _builtins.int
     HASH_FIELD_NUMBER: _builtins.int
+    RECORD_ID_FIELD_NUMBER: _builtins.int
+    RECORDED_BY_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """The entry's position in the tenant's chain, from 1."""
     action: Global___AuditAction.ValueType
@@ -85,6 +115,14 @@ class AuditEvent(_message.Message):
     """The hash of the previous entry; empty for the first."""
     hash: _builtins.str
     """The hash of this entry."""
+    record_id: _builtins.str
+    """For an entry another service recorded: the id it gave the record, unique
+    in the tenant's log. Empty for the rules service's own entries.
+    """
+    recorded_by: _builtins.str
+    """For an entry another service recorded: the principal of the service that
+    appended it. `actor` is who made the change; this is who reported it.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When it was done."""
@@ -105,10 +143,12 @@ class AuditEvent(_message.Message):
         details: _struct_pb2.Struct | None = ...,
         previous_hash: _builtins.str = ...,
         hash: _builtins.str = ...,
+        record_id: _builtins.str = ...,
+        recorded_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "details", b"details", "hash", b"hash", "previous_hash", b"previous_hash", "reason", b"reason", "sequence", b"sequence", "target", b"target", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "details", b"details", "hash", b"hash", "previous_hash", b"previous_hash", "reason", b"reason", "record_id", b"record_id", "recorded_by", b"recorded_by", "sequence", b"sequence", "target", b"target", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
