@@ -3,7 +3,9 @@
 A definition is rejected with a field violation for each problem: a bad
 trigger, unknown or duplicate step ids, a reference to a step or template
 that does not exist, a cycle, an expression that does not parse, a
-template that does not compile, or a step kind this release cannot run.
+template that does not compile or reads a name that cannot exist (checked
+against the scope the renderer provides, :mod:`overture_runtime.templates`),
+or a step kind this release cannot run.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ from typing import Any
 import jinja2
 import rule_engine
 from croniter import croniter
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from overture.common.v1 import messaging_pb2
 from overture.orchestrator.v1 import journey_pb2
 from overture_runtime.errors import FieldViolation, Violations
+from overture_runtime.templates import check_template, html_environment, text_environment
 from overture_runtime.validation import check_name
 
 __all__ = ["SUPPORTED_STEPS", "CompiledJourney", "compile_journey", "templates_env"]
@@ -33,8 +35,8 @@ _EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){0,7}$")
 _MAX_STEPS = 200
 _MAX_DELAY = dt.timedelta(days=366)
 
-templates_env = ImmutableSandboxedEnvironment(autoescape=False, undefined=jinja2.ChainableUndefined)
-"""The sandbox templates render in: no access to Python internals."""
+templates_env = text_environment
+"""The sandbox text templates render in (see :mod:`overture_runtime.templates`)."""
 _expressions = rule_engine.Context(default_value=None)
 
 
@@ -100,6 +102,10 @@ def compile_journey(spec: journey_pb2.JourneySpec, *, prefix: str = "spec") -> t
         if not croniter.is_valid(spec.trigger.schedule.cron):
             v.add(f"{prefix}.trigger.schedule.cron", "cron is not a valid five-field cron expression", "INVALID_CRON")
 
+    users: dict[str, list[str]] = {}
+    for i, step in enumerate(spec.steps):
+        if step.WhichOneof("kind") == "send" and step.send.template:
+            users.setdefault(step.send.template, []).append(f"step {step.id!r} ({prefix}.steps[{i}])")
     templates: dict[str, dict[str, jinja2.Template]] = {}
     for name, template in spec.templates.items():
         compiled: dict[str, jinja2.Template] = {}
@@ -107,10 +113,16 @@ def compile_journey(spec: journey_pb2.JourneySpec, *, prefix: str = "spec") -> t
             text = getattr(template, part)
             if not text:
                 continue
+            environment = html_environment if part == "html_body" else text_environment
+            field = f"{prefix}.templates[{name}].{part}"
             try:
-                compiled[part] = templates_env.from_string(text)
+                compiled[part] = environment.from_string(text)
             except jinja2.TemplateSyntaxError as error:
-                v.add(f"{prefix}.templates[{name}].{part}", f"template syntax error on line {error.lineno}: {error.message}", "TEMPLATE_SYNTAX_ERROR")
+                v.add(field, f"template syntax error on line {error.lineno}: {error.message}", "TEMPLATE_SYNTAX_ERROR")
+                continue
+            used_by = f" (template {name!r} {part}, sent by {', '.join(users[name])})" if name in users else f" (template {name!r} {part})"
+            for problem in check_template(text, environment=environment):
+                v.add(field, problem.description + used_by, "UNKNOWN_TEMPLATE_VARIABLE")
         templates[name] = compiled
 
     steps: dict[str, journey_pb2.Step] = {}
@@ -146,7 +158,8 @@ def compile_journey(spec: journey_pb2.JourneySpec, *, prefix: str = "spec") -> t
                 v.add(f"{field}.send.priority", "priority must be between 0 and 100", "OUT_OF_RANGE")
             if send.to:
                 try:
-                    templates_env.from_string(send.to)
+                    for problem in check_template(send.to):
+                        v.add(f"{field}.send.to", f"{problem.description} (the address of step {step.id!r})", "UNKNOWN_TEMPLATE_VARIABLE")
                 except jinja2.TemplateSyntaxError as error:
                     v.add(f"{field}.send.to", f"template syntax error: {error.message}", "TEMPLATE_SYNTAX_ERROR")
         elif kind == "condition":

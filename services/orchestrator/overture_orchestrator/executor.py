@@ -30,6 +30,7 @@ from overture_runtime.clock import Clock, IdGenerator
 from overture_runtime.config import Settings
 from overture_runtime.db import Database
 from overture_runtime.protojson import from_json, struct_to_dict
+from overture_runtime.templates import event_scope, profile_scope, run_scope, template_scope
 
 from .definition import CompiledJourney, compile_journey, evaluate_expression, render, templates_env
 from .journeys import JourneyStore
@@ -135,7 +136,7 @@ class Executor:
             if kind == "send":
                 return await self._send(run, journey, step, record)
             if kind == "condition":
-                scope = {"event": _event_scope(run), "profile": await self._profile(run)}
+                scope = {"event": event_scope(run.trigger_event), "profile": await self._profile(run)}
                 try:
                     matched = evaluate_expression(journey.conditions[step.id], scope)
                 except rule_engine.EngineError as error:
@@ -190,11 +191,11 @@ class Executor:
                                         run.tenant, "profile")
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
-                return {"subject_id": run.subject_id, "traits": {}, "segments": []}
+                return profile_scope(subject_id=run.subject_id, traits={}, segments=[], timezone="")
             raise
         profile = response.profile
-        return {"subject_id": run.subject_id, "traits": struct_to_dict(profile.traits), "segments": list(profile.segments),
-                "timezone": profile.timezone}
+        return profile_scope(subject_id=run.subject_id, traits=struct_to_dict(profile.traits), segments=profile.segments,
+                             timezone=profile.timezone)
 
     async def _release(self, run: RunRecord, decision_id: str) -> None:
         """Give a reservation back; if that fails, it expires on its own."""
@@ -245,17 +246,25 @@ class Executor:
             record.evaluations += 1
             record.state, record.outcome, record.attempts = "waiting", f"deferred by quiet hours until {wake.isoformat()}", 0
             return StepResult("waiting", wake_time=wake)
-        scope = {"profile": profile, "event": _event_scope(run), "run": {"run_id": run.run_id, "journey": run.journey}}
+        scope = template_scope(profile=profile, event=event_scope(run.trigger_event),
+                               run=run_scope(run_id=run.run_id, journey=run.journey, step_id=step.id))
+        part = "to"
         try:
             address = _address(send, profile, scope)
             template = journey.templates.get(send.template, {})
+            rendered: dict[str, str] = {}
+            for part in ("subject", "text_body", "html_body"):
+                rendered[part] = render(template.get(part), scope)
             content = delivery_pb2.MessageContent(
-                subject=render(template.get("subject"), scope).strip(), text_body=render(template.get("text_body"), scope),
-                html_body=render(template.get("html_body"), scope),
-            )
-        except jinja2.TemplateError as error:
+                subject=rendered["subject"].strip(), text_body=rendered["text_body"], html_body=rendered["html_body"])
+        except Exception as error:  # noqa: BLE001 - any failure to render fails the step; nothing half-rendered is sent
+            # Jinja's messages name the missing name and the type it was looked
+            # up on, never a value; other exceptions may quote values, so only
+            # their type is kept.
+            why = error.message if isinstance(error, jinja2.TemplateError) and error.message else type(error).__name__
+            where = f"the address of step {step.id!r}" if part == "to" else f"template {send.template!r} {part}"
             await self._release(run, decision_id)
-            record.state, record.error = "failed", f"template failed to render: {error}"
+            record.state, record.error = "failed", f"{where} failed to render: {why}"[:2000]
             return StepResult("failed")
         if not address:
             await self._release(run, decision_id)
@@ -302,12 +311,6 @@ class Executor:
             await conn.execute(sa.insert(dead_letters).values(
                 tenant=run.tenant, entry_id=self._ids.new(), kind="run", ref=run.run_id, payload=run.trigger_event.SerializeToString(),
                 attempts=record.attempts, last_error=record.error, create_time=self._clock.now()))
-
-
-def _event_scope(run: RunRecord) -> dict[str, Any]:
-    event = run.trigger_event
-    return {"event_id": event.event_id, "event_type": event.event_type, "attributes": struct_to_dict(event.attributes),
-            "occurred_at": event.occurred_at.ToJsonString() if event.HasField("occurred_at") else ""}
 
 
 def _address(send: journey_pb2.SendStep, profile: Mapping[str, Any], scope: Mapping[str, Any]) -> str:

@@ -345,14 +345,20 @@ def test_render_of_no_template_is_empty() -> None:
     assert render(None, {"profile": {}}) == ""
 
 
-def test_missing_values_render_empty() -> None:
-    """Undefined values, even chained, render as empty rather than failing the send."""
-    assert templates_env.from_string("Hi {{ profile.traits.first_name }}!").render(profile={}) == "Hi !"
+def test_missing_values_fail_the_render_unless_the_template_says_what_to_do() -> None:
+    """A value missing at send time fails the render; `default`, `is defined` and `if` handle it, even through a chain."""
+    with pytest.raises(jinja2.UndefinedError, match="first_name"):
+        templates_env.from_string("Hi {{ profile.traits.first_name }}!").render(profile={"traits": {}})
+    template = templates_env.from_string(
+        "Hi {{ profile.traits.address.city | default('there') }}{% if profile.traits.vip %} VIP{% endif %}"
+        "{{ ' (known)' if profile.traits.first_name is defined else '' }}!")
+    assert template.render(profile={"traits": {}}) == "Hi there!"
 
 
 def test_templates_render_in_a_sandbox() -> None:
     """Templates cannot reach Python internals or mutate what they are given."""
-    assert templates_env.from_string("{{ ''.__class__.__mro__ }}").render() == ""
+    with pytest.raises(jinja2.sandbox.SecurityError):
+        templates_env.from_string("{{ ''.__class__.__mro__ }}").render()
     items: list[int] = []
     with pytest.raises(jinja2.sandbox.SecurityError):
         templates_env.from_string("{{ items.append(1) }}").render(items=items)
