@@ -8,7 +8,8 @@
 3. :class:`AuthInterceptor`: authenticates the bearer token and checks the
    role the method declares with the ``(overture.common.v1.required_role)``
    option, before the servicer runs (so permission is checked before
-   existence).
+   existence). Then it decodes the request and runs the edge checks of
+   :mod:`overture_runtime.edge` on it (so validation comes after permission).
 
 Only ``/overture.*`` methods are intercepted; health and reflection stay open
 for probes and stock tools. Only unary-response methods are supported.
@@ -33,6 +34,7 @@ from overture.common.v1 import auth_pb2
 from .auth import TokenTable
 from .clock import new_id
 from .context import CallState, current_call, reset_call, set_call
+from .edge import check_request
 from .errors import InvalidArgument, OvertureError, PermissionDenied, to_rpc_status
 from .privacy import mask_mapping
 
@@ -64,13 +66,18 @@ def _identity(value: Any) -> Any:
 def _checked_decoder(method: str, deserializer: Callable[[bytes], Any]) -> Callable[[Any], Any]:
     def decode(raw: Any) -> Any:
         if not isinstance(raw, bytes):
-            return raw
-        try:
-            return deserializer(raw)
-        except Exception:  # noqa: BLE001 - protobuf raises several types for bad input
-            raise InvalidArgument(
-                f"the request is not a valid {method.rsplit('/', 1)[-1]} request message", reason="MALFORMED_REQUEST"
-            ) from None
+            request = raw
+        else:
+            try:
+                request = deserializer(raw)
+            except Exception:  # noqa: BLE001 - protobuf raises several types for bad input
+                raise InvalidArgument(
+                    f"the request is not a valid {method.rsplit('/', 1)[-1]} request message", reason="MALFORMED_REQUEST"
+                ) from None
+        # The edge checks: what no service can store or compute with is
+        # answered here, once, with field violations (see edge.py).
+        check_request(request)
+        return request
 
     return decode
 

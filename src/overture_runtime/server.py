@@ -1,7 +1,7 @@
 """The one bootstrap every Overture service starts through.
 
 :func:`serve` builds a ``grpc.aio`` server with the shared interceptors,
-``grpc.health.v1`` health, server reflection and a Prometheus ``/metrics``
+``grpc.health.v1`` health, server reflection (v1 and v1alpha) and a Prometheus ``/metrics``
 port, starts the service's own resources, and on SIGTERM or SIGINT drains:
 health turns NOT_SERVING, in-flight RPCs get ``shutdown_grace_seconds`` to
 finish, then the service's resources close.
@@ -17,7 +17,8 @@ from typing import Protocol
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import _async as reflection_aio
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import start_http_server
 
 from .auth import TokenTable
@@ -27,6 +28,24 @@ from .interceptors import default_interceptors
 __all__ = ["Server", "ServiceApp", "serve"]
 
 log = structlog.get_logger("overture.server")
+
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+"""Current grpcurl and buf ask for v1; grpcio-reflection serves only v1alpha."""
+
+
+def _serve_reflection_v1(names: Sequence[str], server: grpc.aio.Server) -> None:
+    """Serve ``grpc.reflection.v1`` with the v1alpha servicer: the two
+    protocols' messages are the same on the wire (v1 renamed the package)."""
+    servicer = reflection_aio.ReflectionServicer(names)
+    handler = grpc.method_handlers_generic_handler(REFLECTION_V1, {
+        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo,
+            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+        ),
+    })
+    server.add_generic_rpc_handlers((handler,))
 
 
 class ServiceApp(Protocol):
@@ -81,8 +100,9 @@ class Server:
         await self.app.start()
         self.app.register(self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        names = (*self.app.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        names = (*self.app.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1)
         reflection.enable_server_reflection(names, self._server)
+        _serve_reflection_v1(names, self._server)
         port = self.settings.grpc_port(self.app.name) if self._port is None else self._port  # type: ignore[arg-type]
         self.port = self._server.add_insecure_port(f"{self.settings.host}:{port}")
         if self.port == 0:

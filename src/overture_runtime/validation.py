@@ -18,6 +18,7 @@ from google.protobuf import struct_pb2
 
 from overture.common.v1 import field_violation_pb2
 
+from . import limits
 from .errors import FieldViolation, InvalidArgument, Violations
 
 __all__ = [
@@ -35,7 +36,7 @@ __all__ = [
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 """Names of rule sets, journeys, rules and steps: lower-case, digits, dashes."""
-_ID_MAX = 256
+_ID_MAX = limits.IDENTIFIER
 
 
 def check_name(v: Violations, field: str, value: str, *, required: bool = True) -> None:
@@ -84,7 +85,7 @@ def _depth(value: Any, level: int = 0) -> int:
     return level
 
 
-def check_reason(v: Violations, reason: str, *, required: bool = True, maximum: int = 1024) -> None:
+def check_reason(v: Violations, reason: str, *, required: bool = True, maximum: int = limits.REASON) -> None:
     """A human reason for an audited change: present (unless optional) and at most *maximum* characters."""
     if required and not reason.strip():
         v.add("reason", "reason is required", "REQUIRED")
@@ -118,10 +119,16 @@ def encode_page_token(cursor: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(cursor, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
-def decode_page_token(token: str) -> dict[str, Any]:
-    """The cursor of a page token; an empty token is the first page."""
+def decode_page_token(token: str, **fields: type[int] | type[str]) -> dict[str, Any]:
+    """The cursor of a page token, whose *fields* must have the given types
+    (``after=str``); an empty token is the first page (an empty dict).
+
+    A token this service did not issue, or one that decodes to other fields
+    or types, is INVALID_ARGUMENT: its values go into SQL comparisons."""
     if not token:
         return {}
+    if len(token) > limits.PAGE_TOKEN:
+        raise InvalidArgument("page_token is not a token this service issued", violations=[_bad_token()])
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         cursor = json.loads(raw)
@@ -129,9 +136,15 @@ def decode_page_token(token: str) -> dict[str, Any]:
         raise InvalidArgument(
             "page_token is not a token this service issued", violations=[_bad_token()]
         ) from error
-    if not isinstance(cursor, dict):
+    if not isinstance(cursor, dict) or set(cursor) != set(fields) or not all(_typed(cursor[k], t) for k, t in fields.items()):
         raise InvalidArgument("page_token is not a token this service issued", violations=[_bad_token()])
     return cursor
+
+
+def _typed(value: Any, expected: type[int] | type[str]) -> bool:
+    if expected is int:
+        return type(value) is int and 0 <= value <= 2**63 - 1
+    return isinstance(value, str) and 0 < len(value) <= limits.IDENTIFIER and "\x00" not in value
 
 
 def _bad_token() -> FieldViolation:

@@ -74,7 +74,7 @@ class ConnectorServicer(connector_service_pb2_grpc.ConnectorServiceServicer):
         v = Violations()
         size = page_size(v, request.page_size)
         v.raise_if_any()
-        start = int(decode_page_token(request.page_token).get("offset", 0))
+        start = int(decode_page_token(request.page_token, offset=int).get("offset", 0))
         names = sorted(self._deliveries.connectors)
         page = names[start:start + size]
         connectors = [

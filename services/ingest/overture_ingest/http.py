@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -31,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from overture.common.v1 import event_pb2
+from overture_runtime import edge
 from overture_runtime.auth import Principal, TokenTable
 from overture_runtime.clock import new_id
 from overture_runtime.errors import FieldViolation, InvalidArgument, OvertureError, Unauthenticated, Violations
@@ -91,11 +91,16 @@ async def read_body(request: Request) -> bytes:
 
 
 def parse_json(raw: bytes) -> Any:
-    """JSON, or INVALID_ARGUMENT."""
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidArgument("the body is not valid JSON", reason="MALFORMED_JSON") from None
+    """JSON, or INVALID_ARGUMENT (see :func:`overture_runtime.edge.loads`);
+    each item must still pass :func:`unstorable` before it is converted."""
+    return edge.loads(raw)
+
+
+def unstorable(item: Any, prefix: str) -> Outcome | None:
+    """A REJECTED outcome when *item* holds what no event can store (numbers
+    no double holds, NUL characters), naming each place; else None."""
+    problems = edge.json_violations(item, prefix.rstrip("."))
+    return Outcome(REJECTED, violations=tuple(problems)) if problems else None
 
 
 def credentials(request: Request) -> dict[str, str]:
@@ -205,8 +210,12 @@ def create_http_app(*, pipeline: IngestPipeline, tokens: TokenTable) -> Starlett
         items = [body] if is_single else _check_count(body["events"], "events")
         parsed: list[Parsed] = []
         for i, item in enumerate(items):
+            prefix = "" if is_single else f"events[{i}]."
+            if (bad := unstorable(item, prefix)) is not None:
+                parsed.append(bad)
+                continue
             v = Violations()
-            event = parse_event(item, "" if is_single else f"events[{i}].", v)
+            event = parse_event(item, prefix, v)
             parsed.append(event if event is not None else Outcome(REJECTED, violations=tuple(v.items)))
         outcomes = await ingest(principal, parsed, "http")
         return single(outcomes[0]) if is_single else many(outcomes)
@@ -224,6 +233,10 @@ def create_http_app(*, pipeline: IngestPipeline, tokens: TokenTable) -> Starlett
             parsed: list[Parsed] = []
             names: list[str] = []
             for i, message in enumerate(messages):
+                if (bad := unstorable(message, prefix.format(i))) is not None:
+                    parsed.append(bad)
+                    names.append("")
+                    continue
                 event, name, problems = from_segment(message, call, prefix.format(i))
                 parsed.append(event if event is not None else Outcome(REJECTED, violations=tuple(problems)))
                 names.append(name)
@@ -245,13 +258,21 @@ def create_http_app(*, pipeline: IngestPipeline, tokens: TokenTable) -> Starlett
             items = _check_count(parse_json(raw), "body")
             parsed: list[Parsed] = []
             for i, item in enumerate(items):
+                if (bad := unstorable(item, f"[{i}].")) is not None:
+                    parsed.append(bad)
+                    continue
                 event, problems = from_structured(item, f"[{i}].")
                 parsed.append(event if event is not None else Outcome(REJECTED, violations=tuple(problems)))
             return many(await ingest(principal, parsed, "cloudevents"))
         if content_type == "application/cloudevents+json":
-            event, problems = from_structured(parse_json(raw))
+            body = parse_json(raw)
+            if (bad := unstorable(body, "")) is not None:
+                return single(bad)
+            event, problems = from_structured(body)
         elif "ce-specversion" in request.headers:
             data = parse_json(raw) if raw else None
+            if (bad := unstorable(data, "data.")) is not None:
+                return single(bad)
             event, problems = from_binary(dict(request.headers), data)
         else:
             raise InvalidArgument("send application/cloudevents+json, application/cloudevents-batch+json, or binary mode with ce-* headers",

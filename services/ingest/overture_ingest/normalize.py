@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from google.protobuf import struct_pb2
 
 from overture.common.v1 import event_pb2
+from overture_runtime.edge import item_violations
 from overture_runtime.errors import FieldViolation, Violations
+from overture_runtime.limits import EVENT_TYPE as EVENT_TYPE_MAX
 from overture_runtime.protojson import struct_to_dict
 from overture_runtime.validation import check_identifier, check_struct
 
@@ -97,26 +99,25 @@ def normalize(
     """Validate *event*; return it normalized, or its violations. *sent_as* is
     the type as the producer named it, when a door already translated it
     (Segment's ``Order Completed``)."""
+    unstorable = item_violations(event)
+    if unstorable:  # times, numbers or text that nothing downstream could hold
+        return unstorable
     v = Violations()
     original = sent_as or event.event_type
     event_type = (aliases or {}).get(original) or (aliases or {}).get(event.event_type, event.event_type)
     if not event_type:
         v.add("event_type", "event_type is required", "REQUIRED")
-    elif len(event_type) > 128 or not EVENT_TYPE.fullmatch(event_type):
+    elif len(event_type) > EVENT_TYPE_MAX or not EVENT_TYPE.fullmatch(event_type):
         v.add("event_type", "event_type must be lower-case words separated by dots, for example 'user.signed_up'", "INVALID_EVENT_TYPE")
     check_identifier(v, "subject_id", event.subject_id)
     check_identifier(v, "event_id", event.event_id, required=False)
     occurred: dt.datetime | None = None
     if event.HasField("occurred_at"):
-        try:
-            occurred = event.occurred_at.ToDatetime(tzinfo=dt.UTC)
-        except (ValueError, OverflowError):
-            v.add("occurred_at", "occurred_at is not a valid timestamp", "INVALID_TIMESTAMP")
-        else:
-            if occurred > received_at + limits.max_future:
-                v.add("occurred_at", f"occurred_at is more than {limits.max_future.total_seconds() / 3600:g} hours in the future", "TOO_FAR_IN_FUTURE")
-            elif occurred < received_at - limits.max_age:
-                v.add("occurred_at", f"occurred_at is older than {limits.max_age.days} days", "TOO_OLD")
+        occurred = event.occurred_at.ToDatetime(tzinfo=dt.UTC)
+        if occurred > received_at + limits.max_future:
+            v.add("occurred_at", f"occurred_at is more than {limits.max_future.total_seconds() / 3600:g} hours in the future", "TOO_FAR_IN_FUTURE")
+        elif occurred < received_at - limits.max_age:
+            v.add("occurred_at", f"occurred_at is older than {limits.max_age.days} days", "TOO_OLD")
     check_struct(v, "attributes", event.attributes, max_bytes=limits.max_attributes_bytes, max_depth=limits.max_attribute_depth)
     if not v and _too_many_keys(event.attributes, limits.max_attribute_keys):
         v.add("attributes", f"attributes have more than {limits.max_attribute_keys} keys at one level", "TOO_MANY_KEYS")
@@ -127,7 +128,7 @@ def normalize(
     normalized = event_pb2.Event()
     normalized.CopyFrom(event)
     normalized.event_type = event_type
-    normalized.source = source if not event.source else event.source[:64]
+    normalized.source = event.source or source
     normalized.occurred_at.FromDatetime(occurred or received_at)
     normalized.received_at.FromDatetime(received_at)
     if not event.event_id:

@@ -131,7 +131,7 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         v = Violations()
         size = page_size(v, request.page_size)
         v.raise_if_any()
-        after = str(decode_page_token(request.page_token).get("after", ""))
+        after = str(decode_page_token(request.page_token, after=str).get("after", ""))
         found = await self._journeys.list_latest(tenant=tenant, after=after, limit=size + 1)
         token = encode_page_token({"after": found[size - 1].name}) if len(found) > size else ""
         return OS.ListJourneysResponse(journeys=found[:size], next_page_token=token)
@@ -173,7 +173,7 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         check_identifier(v, "trigger_event_id", request.trigger_event_id, required=False)
         size = page_size(v, request.page_size)
         v.raise_if_any()
-        before = decode_page_token(request.page_token).get("before")
+        before = decode_page_token(request.page_token, before=str).get("before")
         found = await self._runs.list_runs(tenant=tenant, journey=request.journey, subject_id=request.subject_id,
                                       trigger_event_id=request.trigger_event_id, limit=size + 1, before=before)
         token = encode_page_token({"before": found[size - 1].run_id}) if len(found) > size else ""
@@ -213,7 +213,7 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         check_name(v, "journey", request.journey, required=False)
         size = page_size(v, request.page_size)
         v.raise_if_any()
-        before = decode_page_token(request.page_token).get("before")
+        before = decode_page_token(request.page_token, before=str).get("before")
         found = await self._runs.list_runs(tenant=tenant, journey=request.journey, state="failed", limit=size + 1, before=before)
         token = encode_page_token({"before": found[size - 1].run_id}) if len(found) > size else ""
         return OS.ListDeadLettersResponse(runs=found[:size], next_page_token=token)

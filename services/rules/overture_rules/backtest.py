@@ -77,6 +77,8 @@ async def backtest(
         async with db.connect() as conn:
             rows = (await conn.execute(query)).all()
         for row in rows:
+            if not isinstance(row.replay, dict):  # erased before SQL NULL was written (JSON null): nothing to replay
+                continue
             result.evaluated += 1
             allowed, denying = replay_one(candidate, row.subject_id, row.replay)
             if allowed == row.allowed:

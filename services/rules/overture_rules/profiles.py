@@ -290,7 +290,9 @@ class ProfileStore:
     async def _pseudonymize_decisions(conn: AsyncConnection, tenant: str, subject_id: str, pseudonym: str) -> None:
         """Rewrite the subject's decision records under its pseudonym: the
         column, the stored record, and the replay inputs (which lose the
-        profile's traits altogether)."""
+        profile's traits altogether). ``sa.null()``, not ``None``: a JSON
+        column stores ``None`` as the JSON value null, which backtests would
+        then try to replay."""
         rows = (await conn.execute(sa.select(decisions.c.decision_id, decisions.c.record).where(
             (decisions.c.tenant == tenant) & (decisions.c.subject_id == subject_id)))).all()
         for row in rows:
@@ -298,7 +300,7 @@ class ProfileStore:
             record.subject_id = pseudonym
             record.profile_snapshot.Clear()
             await conn.execute(decisions.update().where((decisions.c.tenant == tenant) & (decisions.c.decision_id == row.decision_id))
-                               .values(subject_id=pseudonym, record=record.SerializeToString(), replay=None))
+                               .values(subject_id=pseudonym, record=record.SerializeToString(), replay=sa.null()))
 
     @staticmethod
     def _key(table: sa.Table, tenant: str, subject_id: str) -> Any:

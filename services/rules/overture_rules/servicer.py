@@ -18,6 +18,7 @@ from overture.rules.v1 import (
 )
 from overture_runtime import OvertureError, Violations, current_principal
 from overture_runtime.db import Database
+from overture_runtime.edge import item_violations
 from overture_runtime.errors import FieldViolation
 from overture_runtime.idempotency import Idempotency
 from overture_runtime.protojson import struct_to_dict
@@ -69,7 +70,7 @@ class RulesServicer(rules_service_pb2_grpc.RulesServiceServicer):
         response = R.EvaluateBatchResponse()
         valid: list[int] = []
         for index, item in enumerate(request.requests):
-            problems = validate_evaluate(item)
+            problems = item_violations(item) or validate_evaluate(item)
             result = response.results.add(index=index)
             if problems:
                 result.violations.extend(to_proto_violations(problems))
@@ -127,7 +128,7 @@ class RulesServicer(rules_service_pb2_grpc.RulesServiceServicer):
         check_name(v, "rule_set", request.rule_set)
         size = page_size(v, request.page_size)
         v.raise_if_any()
-        cursor = decode_page_token(request.page_token)
+        cursor = decode_page_token(request.page_token, before=int)
         versions = await self._rule_sets.list_versions(tenant=tenant, name=request.rule_set, limit=size + 1, before=cursor.get("before"))
         token = encode_page_token({"before": versions[size - 1].version}) if len(versions) > size else ""
         return R.ListRuleSetVersionsResponse(rule_set_versions=versions[:size], next_page_token=token)
@@ -195,7 +196,7 @@ class RulesServicer(rules_service_pb2_grpc.RulesServiceServicer):
         v = Violations()
         size = page_size(v, request.page_size, default=100, maximum=1000)
         v.raise_if_any()
-        after = int(decode_page_token(request.page_token).get("after", 0))
+        after = int(decode_page_token(request.page_token, after=int).get("after", 0))
         t = audit_events
         async with self._db.connect() as conn:
             rows = (await conn.execute(
@@ -218,7 +219,7 @@ class RulesServicer(rules_service_pb2_grpc.RulesServiceServicer):
         check_identifier(v, "subject_id", request.subject_id)
         size = page_size(v, request.page_size)
         v.raise_if_any()
-        before = decode_page_token(request.page_token).get("before")
+        before = decode_page_token(request.page_token, before=str).get("before")
         found = await self._decider.list_for_subject(tenant, request.subject_id, limit=size + 1, before=before)
         token = encode_page_token({"before": found[size - 1].decision_id}) if len(found) > size else ""
         return R.ListDecisionsResponse(decisions=found[:size], next_page_token=token)
@@ -275,7 +276,10 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
         v = Violations()
         check_batch(v, "events", request.events)
         v.raise_if_any()
-        results = await self._profiles.apply_events(tenant=tenant, events=request.events)
+        unstorable = [item_violations(event) for event in request.events]
+        valid = [event for event, problems in zip(request.events, unstorable, strict=True) if not problems]
+        applied = iter(await self._profiles.apply_events(tenant=tenant, events=valid) if valid else [])
+        results = [next(applied) if not problems else (False, problems) for problems in unstorable]
         return P.ApplyProfileEventsResponse(
             results=[P.ApplyProfileEventResult(index=i, applied=ok, violations=to_proto_violations(problems)) for i, (ok, problems) in enumerate(results)]
         )

@@ -87,10 +87,11 @@ def test_missing_occurred_at_defaults_to_received_at() -> None:
     assert accepted(event()).event.occurred_at.ToDatetime(tzinfo=dt.UTC) == RECEIVED
 
 
-def test_sender_source_is_kept_and_truncated() -> None:
-    """A source given by the sender wins over the door's, cut to 64 characters."""
+def test_sender_source_is_kept_and_limited() -> None:
+    """A source given by the sender wins over the door's; one longer than 64 characters rejects the event."""
     assert accepted(event(source="segment")).event.source == "segment"
-    assert accepted(event(source="s" * 100)).event.source == "s" * 64
+    result = run(event(source="s" * 65))
+    assert isinstance(result, list) and [(v.field, v.reason) for v in result] == [("source", "TOO_LONG")]
 
 
 @pytest.mark.parametrize("event_type", ["identify", "user.signed_up", "a.b.c.d.e.f.g.h", "order_2.paid"])
@@ -115,11 +116,16 @@ def test_missing_event_type_and_subject_are_required() -> None:
 
 @pytest.mark.parametrize(
     "event_type",
-    ["User.SignedUp", "user signed up", "user..signed_up", ".user", "user.", "1user", "user.1signed", "a.b.c.d.e.f.g.h.i", "x" * 129, "user-signed-up"],
+    ["User.SignedUp", "user signed up", "user..signed_up", ".user", "user.", "1user", "user.1signed", "a.b.c.d.e.f.g.h.i", "user-signed-up"],
 )
 def test_bad_event_type_pattern_is_rejected(event_type: str) -> None:
     """An event type that is not lower-case dot-separated words is INVALID_EVENT_TYPE."""
     assert rejected(event(event_type)) == {("event_type", "INVALID_EVENT_TYPE")}
+
+
+def test_event_type_longer_than_its_column_is_too_long() -> None:
+    """An event type over 128 characters is TOO_LONG (the edge limit of every event_type field)."""
+    assert rejected(event("x" * 129)) == {("event_type", "TOO_LONG")}
 
 
 def test_subject_id_limits() -> None:
@@ -313,7 +319,7 @@ def test_normalize_never_raises(event_type: str, subject: str, event_id: str, so
         assert isinstance(result, list)
         assert result
         assert all(isinstance(v, FieldViolation) for v in result)
-        assert {v.field for v in result} <= {"event_type", "subject_id", "event_id"}
+        assert {v.field for v in result} <= {"event_type", "subject_id", "event_id", "source"}
 
 
 @settings(deadline=None, database=None)

@@ -165,12 +165,28 @@ def test_page_size_honours_custom_default_and_maximum() -> None:
     assert not violations
 
 
-@pytest.mark.parametrize("cursor", [{}, {"after": "marketing-email"}, {"seq": 42, "name": "ünïcødé", "nested": {"a": [1, 2]}}])
-def test_page_token_round_trip(cursor: dict[str, Any]) -> None:
-    """decode_page_token gives back the cursor encode_page_token was given."""
+@pytest.mark.parametrize(("cursor", "fields"), [
+    ({"after": "marketing-email"}, {"after": str}), ({"before": 42}, {"before": int}),
+    ({"after": "ünïcødé", "seq": 7}, {"after": str, "seq": int}),
+])
+def test_page_token_round_trip(cursor: dict[str, Any], fields: dict[str, type]) -> None:
+    """decode_page_token gives back the cursor encode_page_token was given, when its fields have the expected types."""
     token = encode_page_token(cursor)
     assert "=" not in token
-    assert decode_page_token(token) == cursor
+    assert decode_page_token(token, **fields) == cursor
+
+
+@pytest.mark.parametrize(("cursor", "fields"), [
+    ({"before": 5}, {"before": str}), ({"after": "x"}, {"after": int}), ({"after": True}, {"after": int}),
+    ({"after": -1}, {"after": int}), ({"after": 2**70}, {"after": int}), ({"after": ""}, {"after": str}),
+    ({"after": "a\x00b"}, {"after": str}), ({"after": "x" * 300}, {"after": str}), ({}, {"after": str}),
+    ({"after": "x", "extra": 1}, {"after": str}), ({"after": ["x"]}, {"after": str}), ({"after": 1.5}, {"after": int}),
+])
+def test_page_token_of_the_wrong_shape_is_invalid_argument(cursor: dict[str, Any], fields: dict[str, type]) -> None:
+    """A page token whose fields are missing, extra or of the wrong type never reaches SQL: it is INVALID_PAGE_TOKEN."""
+    with pytest.raises(InvalidArgument) as caught:
+        decode_page_token(encode_page_token(cursor), **fields)
+    assert [v.reason for v in caught.value.violations] == ["INVALID_PAGE_TOKEN"]
 
 
 def test_empty_page_token_is_the_first_page() -> None:
@@ -189,7 +205,7 @@ def _garbage_tokens() -> list[str]:
 def test_garbage_page_token_is_invalid_argument(token: str) -> None:
     """A page token this service did not issue is InvalidArgument with a page_token violation."""
     with pytest.raises(InvalidArgument) as caught:
-        decode_page_token(token)
+        decode_page_token(token, after=str)
     assert caught.value.violations == (
         FieldViolation("page_token", "page_token is not a token this service issued", "INVALID_PAGE_TOKEN"),
     )
@@ -199,5 +215,5 @@ def test_deeply_nested_page_token_is_invalid_argument() -> None:
     """A client-made page token holding deeply nested JSON is InvalidArgument, not an internal error."""
     token = base64.urlsafe_b64encode(b"[" * 100_000).decode()
     with pytest.raises(InvalidArgument) as caught:
-        decode_page_token(token)
+        decode_page_token(token, after=str)
     assert [v.field for v in caught.value.violations] == ["page_token"]

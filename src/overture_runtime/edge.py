@@ -1,0 +1,312 @@
+"""The checks every input gets at the edge, driven by message descriptors.
+
+Every request that reaches a servicer has passed :func:`check_request` (the
+auth interceptor runs it right after decoding), and every HTTP JSON body has
+passed :func:`loads`. So no servicer or domain module has to think about
+what PostgreSQL, JSON or ``datetime`` cannot hold:
+
+- Timestamps inside :data:`~overture_runtime.limits.TIMESTAMP_MIN` ..
+  ``TIMESTAMP_MAX`` with nanos in range; Durations from zero to
+  ``DURATION_MAX``, with nanos of the same sign.
+- Strings without NUL characters or lone surrogates, within the limit their
+  field's name has in :mod:`overture_runtime.limits`.
+- Floats and doubles finite, also inside ``Struct`` values; ``Struct`` keys
+  and strings clean; nesting at most ``STRUCT_DEPTH``.
+- Enum fields set to a number the enum declares.
+
+Items of a repeated field marked ``(overture.common.v1.per_item) = true``
+are skipped by :func:`check_request`: a batch RPC answers each item on its
+own, and checks it with :func:`item_violations` so that one bad item never
+fails its neighbours.
+
+Field paths use the proto's field names: ``events[3].attributes.revenue``.
+The checks walk only the fields that are set. Not thread-safe to mutate the
+plan cache from several threads; it is filled once per message type.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from google.protobuf import descriptor, struct_pb2
+from google.protobuf.message import Message
+
+from overture.common.v1 import validation_pb2
+
+from . import limits
+from .errors import FieldViolation, InvalidArgument
+
+__all__ = ["Unrepresentable", "check_request", "item_violations", "json_violations", "loads", "message_violations"]
+
+_F = descriptor.FieldDescriptor
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_PROTO_TS_MIN, _PROTO_TS_MAX = -62_135_596_800, 253_402_300_799  # 0001-01-01 .. 9999-12-31T23:59:59, per timestamp.proto
+_TS_MIN = int(limits.TIMESTAMP_MIN.timestamp())
+_TS_MAX = int(limits.TIMESTAMP_MAX.timestamp())
+_DURATION_MAX = int(limits.DURATION_MAX.total_seconds())
+_STRUCT_TYPES = ("google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue")
+_per_item: dict[str, bool] = {}
+
+
+def check_request(request: Message) -> None:
+    """Raise :class:`InvalidArgument` naming every field of *request* that
+    no Overture service can take (per-item batch fields excepted)."""
+    found = list(_message(request, "", skip_items=True))
+    if found:
+        raise InvalidArgument(f"the request is invalid: {found[0].field}: {found[0].description}", violations=found)
+
+
+def item_violations(item: Message, *, prefix: str = "") -> list[FieldViolation]:
+    """What is wrong with one item of a per-item batch field."""
+    return list(_message(item, prefix, skip_items=False))
+
+
+def message_violations(message: Message, *, prefix: str = "") -> list[FieldViolation]:
+    """What is wrong anywhere in *message*, batch items included."""
+    return list(_message(message, prefix, skip_items=False))
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _is_map(field: Any) -> bool:
+    return bool(field.message_type.GetOptions().map_entry)
+
+
+def _is_per_item(field: Any) -> bool:
+    known = _per_item.get(field.full_name)
+    if known is None:
+        known = _per_item[field.full_name] = bool(field.GetOptions().Extensions[validation_pb2.per_item])
+    return known
+
+
+def _message(message: Message, prefix: str, *, skip_items: bool, depth: int = 0) -> Iterator[FieldViolation]:
+    if depth > limits.STRUCT_DEPTH:
+        yield FieldViolation(prefix or "request", f"nests deeper than {limits.STRUCT_DEPTH} levels", "TOO_DEEP")
+        return
+    for field, value in message.ListFields():
+        path = _join(prefix, field.name)
+        repeated = field.is_repeated
+        if field.type == _F.TYPE_MESSAGE:
+            if _is_map(field):
+                yield from _map(field, value, path, depth)
+            elif repeated:
+                if skip_items and _is_per_item(field):
+                    continue
+                for i, item in enumerate(value):
+                    yield from _submessage(field, item, f"{path}[{i}]", skip_items, depth)
+            else:
+                yield from _submessage(field, value, path, skip_items, depth)
+        elif repeated:
+            for i, item in enumerate(value):
+                yield from _scalar(field, item, f"{path}[{i}]")
+        else:
+            yield from _scalar(field, value, path)
+
+
+def _map(field: Any, value: Any, path: str, depth: int) -> Iterator[FieldViolation]:
+    value_field = field.message_type.fields_by_name["value"]
+    for key, item in value.items():
+        item_path = f"{path}[{_show_key(key)}]" if isinstance(key, str) else f"{path}[{key}]"
+        if isinstance(key, str):
+            yield from _string(key, item_path, limits.TEXT)
+        if value_field.type == _F.TYPE_MESSAGE:
+            yield from _submessage(value_field, item, item_path, False, depth)
+        else:
+            yield from _scalar(value_field, item, item_path)
+
+
+def _submessage(field: Any, value: Message, path: str, skip_items: bool, depth: int) -> Iterator[FieldViolation]:
+    name = field.message_type.full_name
+    if name == "google.protobuf.Timestamp":
+        yield from _timestamp(value, path)
+    elif name == "google.protobuf.Duration":
+        yield from _duration(value, path)
+    elif name in _STRUCT_TYPES:
+        yield from _struct(value, path, depth)
+    else:
+        yield from _message(value, path, skip_items=skip_items, depth=depth + 1)
+
+
+def _scalar(field: Any, value: Any, path: str) -> Iterator[FieldViolation]:
+    kind = field.type
+    if kind == _F.TYPE_STRING:
+        yield from _string(value, path, limits.string_limit(field.full_name, field.name))
+    elif kind == _F.TYPE_ENUM:
+        if value not in field.enum_type.values_by_number:
+            names = ", ".join(v.name for v in field.enum_type.values if v.number)
+            yield FieldViolation(path, f"{value} is not a {field.enum_type.name}; use one of {names}", "UNKNOWN_ENUM_VALUE")
+    elif kind in (_F.TYPE_DOUBLE, _F.TYPE_FLOAT):
+        if not math.isfinite(value):
+            yield FieldViolation(path, "must be a finite number", "NOT_FINITE")
+
+
+def _string(value: str, path: str, maximum: int) -> Iterator[FieldViolation]:
+    if len(value) > maximum:
+        yield FieldViolation(path, f"must be at most {maximum} characters", "TOO_LONG")
+    if "\x00" in value:
+        yield FieldViolation(path, "must not contain NUL characters", "INVALID_CHARACTERS")
+    elif _SURROGATE.search(value):
+        yield FieldViolation(path, "must be valid Unicode (a lone surrogate was found)", "INVALID_CHARACTERS")
+
+
+def _timestamp(value: Any, path: str) -> Iterator[FieldViolation]:
+    if not 0 <= value.nanos <= 999_999_999:
+        yield FieldViolation(path, "nanos must be between 0 and 999,999,999", "INVALID_TIMESTAMP")
+    elif not _PROTO_TS_MIN <= value.seconds <= _PROTO_TS_MAX:
+        yield FieldViolation(path, "is not a valid Timestamp (years 1 to 9999)", "INVALID_TIMESTAMP")
+    elif not _TS_MIN <= value.seconds < _TS_MAX:
+        yield FieldViolation(
+            path, f"must be between {limits.TIMESTAMP_MIN:%Y-%m-%d} and {limits.TIMESTAMP_MAX:%Y-%m-%d}", "OUT_OF_RANGE"
+        )
+
+
+def _duration(value: Any, path: str) -> Iterator[FieldViolation]:
+    if not -999_999_999 <= value.nanos <= 999_999_999 or (value.seconds and value.nanos and (value.seconds < 0) != (value.nanos < 0)):
+        yield FieldViolation(path, "is not a valid Duration (nanos out of range or of the other sign)", "INVALID_DURATION")
+    elif value.seconds < 0 or value.nanos < 0:
+        yield FieldViolation(path, "must not be negative", "OUT_OF_RANGE")
+    elif value.seconds > _DURATION_MAX or (value.seconds == _DURATION_MAX and value.nanos):
+        yield FieldViolation(path, f"must be at most {limits.DURATION_MAX.days} days", "OUT_OF_RANGE")
+
+
+def _show_key(key: str) -> str:
+    return key if _KEY.fullmatch(key) and len(key) <= 64 else json.dumps(key[:64] + ("…" if len(key) > 64 else ""))
+
+
+def _struct(value: Any, path: str, depth: int) -> Iterator[FieldViolation]:
+    # Iterative: a Struct can nest up to protobuf's recursion limit.
+    stack: list[tuple[Any, str, int]] = [(value, path, depth)]
+    while stack:
+        node, at, level = stack.pop()
+        if isinstance(node, struct_pb2.Value):
+            kind = node.WhichOneof("kind")
+            if kind == "number_value":
+                if not math.isfinite(node.number_value):
+                    yield FieldViolation(at, "must be a finite number (not NaN or Infinity)", "NOT_FINITE")
+                continue
+            if kind == "string_value":
+                yield from _string(node.string_value, at, limits.TEXT)
+                continue
+            if kind == "struct_value":
+                node = node.struct_value
+            elif kind == "list_value":
+                node = node.list_value
+            else:
+                continue
+        if level - depth >= limits.STRUCT_DEPTH:
+            yield FieldViolation(at, f"nests deeper than {limits.STRUCT_DEPTH} levels", "TOO_DEEP")
+            continue
+        if isinstance(node, struct_pb2.Struct):
+            for key, item in node.fields.items():
+                child = _child(at, key)
+                for problem in _string(key, child, limits.TEXT):
+                    yield FieldViolation(child, f"key {problem.description}", problem.reason)
+                stack.append((item, child, level + 1))
+        elif isinstance(node, struct_pb2.ListValue):
+            for i, item in enumerate(node.values):
+                stack.append((item, f"{at}[{i}]", level + 1))
+
+
+def loads(raw: bytes | str) -> Any:
+    """Parse an HTTP JSON body, or raise :class:`InvalidArgument` when it is
+    not JSON at all or nests deeper than :data:`~overture_runtime.limits.JSON_DEPTH`.
+
+    Numbers no double can hold (``NaN``, ``Infinity``, ``1e999``, integers
+    past 2^63) parse into placeholders that :func:`json_violations` reports
+    with their path, so that a batch rejects the one item that holds them
+    and keeps its neighbours. Call :func:`json_violations` on every item
+    before converting it."""
+    try:
+        value = json.loads(raw, parse_constant=_constant, parse_float=_float, parse_int=_int)
+    except RecursionError:
+        raise _too_deep() from None
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument("the body is not valid JSON", reason="MALFORMED_JSON",
+                              violations=[FieldViolation("body", "the body is not valid JSON", "MALFORMED_JSON")]) from None
+    if _json_depth(value) > limits.JSON_DEPTH:
+        raise _too_deep()
+    return value
+
+
+class Unrepresentable:
+    """A JSON number that no double holds, kept in place of its value."""
+
+    __slots__ = ("description",)
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+
+    def __repr__(self) -> str:
+        return f"Unrepresentable({self.description!r})"
+
+
+def _constant(name: str) -> Any:
+    return Unrepresentable(f"{name} is not a JSON number")
+
+
+def _float(text: str) -> float | Unrepresentable:
+    number = float(text)
+    return number if math.isfinite(number) else Unrepresentable(f"the number {text[:32]} is too large for a double")
+
+
+def _int(text: str) -> int | Unrepresentable:
+    if len(text) > 20 or abs(number := int(text)) > limits.JSON_INTEGER_MAX:
+        return Unrepresentable(f"the integer {text[:24]}{'…' if len(text) > 24 else ''} is out of range (at most 2^63-1 in magnitude)")
+    return number
+
+
+def _too_deep() -> InvalidArgument:
+    message = f"the body nests deeper than {limits.JSON_DEPTH} levels"
+    return InvalidArgument(message, reason="TOO_DEEP", violations=[FieldViolation("body", message, "TOO_DEEP")])
+
+
+def _json_depth(value: Any) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, level)
+            if deepest > limits.JSON_DEPTH:
+                return deepest
+            stack.extend((child, level + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
+def _child(at: str, key: str) -> str:
+    if _KEY.fullmatch(key) and len(key) <= 64:
+        return f"{at}.{key}" if at else key
+    return f"{at}[{_show_key(key)}]"
+
+
+def json_violations(value: Any, path: str = "") -> list[FieldViolation]:
+    """What in a value parsed by :func:`loads` cannot be stored: numbers no
+    double holds, NUL characters and lone surrogates in keys or strings, and
+    nesting past ``STRUCT_DEPTH``. *path* names the value (empty for a body)."""
+    found: list[FieldViolation] = []
+    stack: list[tuple[Any, str, int]] = [(value, path, 0)]
+    while stack:
+        node, at, level = stack.pop()
+        if isinstance(node, str):
+            found.extend(_string(node, at or "body", limits.TEXT))
+        elif isinstance(node, Unrepresentable):
+            found.append(FieldViolation(at or "body", node.description, "NOT_FINITE"))
+        elif isinstance(node, dict | list):
+            if level >= limits.STRUCT_DEPTH:
+                found.append(FieldViolation(at or "body", f"nests deeper than {limits.STRUCT_DEPTH} levels", "TOO_DEEP"))
+                continue
+            if isinstance(node, dict):
+                for key, item in node.items():
+                    child = _child(at, key)
+                    found.extend(FieldViolation(child, f"key {p.description}", p.reason) for p in _string(key, child, limits.TEXT))
+                    stack.append((item, child, level + 1))
+            else:
+                stack.extend((item, f"{at}[{i}]", level + 1) for i, item in enumerate(node))
+    found.sort(key=lambda v: v.field)
+    return found
