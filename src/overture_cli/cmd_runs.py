@@ -4,71 +4,105 @@ happened to whom, and why."""
 from __future__ import annotations
 
 import argparse
-import functools
-
-from overture.common.v1 import messaging_pb2
-from overture.orchestrator.v1 import orchestrator_service_pb2, orchestrator_service_pb2_grpc, run_pb2
-from overture.rules.v1 import decision_pb2, profile_service_pb2, profile_service_pb2_grpc, rules_service_pb2, rules_service_pb2_grpc
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from .client import target
-from .output import emit, run_async
+from .output import Fields, Table, emit, flatten_data, run_async, short, to_data
 
-__all__ = ["add_commands", "describe_decision", "describe_run"]
-OS = orchestrator_service_pb2
-D = decision_pb2
+if TYPE_CHECKING:
+    from overture.orchestrator.v1 import run_pb2
+    from overture.rules.v1 import decision_pb2, profile_pb2
 
-
-def _short(enum: object, value: int, prefix: str) -> str:
-    return str(enum.Name(value)).removeprefix(prefix).lower()  # type: ignore[attr-defined]
+__all__ = ["add_commands", "describe_decision", "describe_profile", "describe_run", "runs_table"]
 
 
-def describe_run(run: run_pb2.Run) -> str:
-    """A run as lines of text."""
-    lines = [f"run {run.run_id}  {run.journey or '(enqueued)'} v{run.journey_version}  subject {run.subject_id}  "
-             f"{_short(run_pb2.RunState, run.state, 'RUN_STATE_')}"]
-    for s in run.steps:
-        extra = []
-        if s.decision_id:
-            extra.append(f"decision {s.decision_id}")
-        if s.delivery_id:
-            extra.append(f"delivery {s.delivery_id}")
-        lines.append(f"  - {s.step_id:<20} {_short(run_pb2.StepRunState, s.state, 'STEP_RUN_STATE_'):<10} "
-                     f"{s.outcome or s.error}{'  (' + ', '.join(extra) + ')' if extra else ''}")
-    return "\n".join(lines)
+def runs_table(runs: Iterable[run_pb2.Run], *, empty: str = "no runs") -> Table:
+    """Runs as one table, a row per step (a run's own columns on its first row)."""
+    from overture.orchestrator.v1 import run_pb2
+
+    rows: list[list[object]] = []
+    for run in runs:
+        head: list[object] = [run.run_id, f"{run.journey or '(enqueued)'} v{run.journey_version}", run.subject_id, short(run_pb2.RunState, run.state)]
+        if not run.steps:
+            rows.append([*head, "", "", "", ""])
+        for i, s in enumerate(run.steps):
+            rows.append([*(head if i == 0 else [""] * len(head)), s.step_id, short(run_pb2.StepRunState, s.state), s.outcome or s.error, s.decision_id])
+    return Table(["run", "journey", "subject", "state", "step", "step state", "outcome", "decision"], rows, empty=empty)
 
 
-def describe_decision(d: decision_pb2.Decision) -> str:
-    """A decision record as lines of text, for `overture explain`."""
-    verdict = "ALLOWED" if d.allowed else "DENIED"
-    lines = [
-        f"decision {d.decision_id}: {verdict}  ({d.summary})",
-        f"  subject  {d.subject_id}   channel {_short(messaging_pb2.Channel, d.channel, 'CHANNEL_')}   "
-        f"category {_short(messaging_pb2.MessageCategory, d.category or messaging_pb2.MESSAGE_CATEGORY_MARKETING, 'MESSAGE_CATEGORY_')}",
-        f"  rules    {d.rule_set} v{d.version}  digest {d.digest[:16]}",
-        f"  at       {d.evaluate_time.ToJsonString()}   mode {_short(D.EvaluationMode, d.mode, 'EVALUATION_MODE_')}",
+def describe_run(run: run_pb2.Run) -> list[Fields | Table]:
+    """A run: its own fields, then a row per step."""
+    from overture.orchestrator.v1 import run_pb2
+
+    header = Fields([
+        ("run", run.run_id), ("journey", f"{run.journey or '(enqueued)'} v{run.journey_version}"), ("subject", run.subject_id),
+        ("trigger event", run.trigger_event_id), ("state", short(run_pb2.RunState, run.state)), ("current step", run.current_step),
+        ("created", run.create_time.ToJsonString() if run.HasField("create_time") else ""),
+        ("updated", run.update_time.ToJsonString() if run.HasField("update_time") else ""),
+    ])
+    steps = Table(["step", "state", "attempts", "outcome", "error", "decision", "delivery", "wakes"], [
+        [s.step_id, short(run_pb2.StepRunState, s.state), s.attempts, s.outcome, s.error, s.decision_id, s.delivery_id,
+         s.wake_time.ToJsonString() if s.HasField("wake_time") else ""] for s in run.steps
+    ], title="steps", empty="no steps yet")
+    return [header, steps]
+
+
+def describe_decision(d: decision_pb2.Decision) -> list[Fields | Table]:
+    """A decision record, for `overture explain`: what was decided, each verdict, and what was read."""
+    from overture.common.v1 import messaging_pb2
+    from overture.rules.v1 import decision_pb2 as D
+
+    items: list[tuple[str, object]] = [
+        ("decision", d.decision_id), ("verdict", "ALLOWED" if d.allowed else "DENIED"), ("summary", d.summary), ("subject", d.subject_id),
+        ("channel", short(messaging_pb2.Channel, d.channel)),
+        ("category", short(messaging_pb2.MessageCategory, d.category or messaging_pb2.MESSAGE_CATEGORY_MARKETING)),
+        ("rule set", f"{d.rule_set} v{d.version}"), ("digest", d.digest[:16]),
+        ("evaluated", d.evaluate_time.ToJsonString()), ("mode", short(D.EvaluationMode, d.mode)),
     ]
     if d.HasField("defer_until"):
-        lines.append(f"  deferred until {d.defer_until.ToJsonString()}")
-    lines.append("  verdicts:")
-    for v in d.verdicts:
-        lines.append(f"    {_short(D.VerdictOutcome, v.outcome, 'VERDICT_OUTCOME_'):<6} {_short(D.VerdictKind, v.kind, 'VERDICT_KIND_'):<14} "
-                     f"{v.id:<22} {v.reason}")
+        items.append(("deferred until", d.defer_until.ToJsonString()))
+    blocks: list[Fields | Table] = [Fields(items), Table(["outcome", "kind", "id", "reason"], [
+        [short(D.VerdictOutcome, v.outcome), short(D.VerdictKind, v.kind), v.id, v.reason] for v in d.verdicts
+    ], title="verdicts", empty="no verdicts")]
+    if d.cap_counters:
+        blocks.append(Table(["cap", "count", "limit", "window"], [
+            [c.cap_id, c.count, c.limit, f"{c.window_start.ToJsonString()} to {c.window_end.ToJsonString()}"] for c in d.cap_counters
+        ], title="frequency caps"))
     if d.profile_snapshot.fields:
-        from overture_runtime.protojson import struct_to_dict
+        blocks.append(Fields(flatten_data("", to_data(d.profile_snapshot)), title="profile read"))
+    return blocks
 
-        lines.append(f"  profile read: {struct_to_dict(d.profile_snapshot)}")
-    return "\n".join(lines)
+
+def describe_profile(profile: profile_pb2.Profile) -> list[Fields | Table | str]:
+    """A profile: its own fields, traits, and consents."""
+    from overture.common.v1 import messaging_pb2
+    from overture.rules.v1 import profile_pb2
+
+    header = Fields([
+        ("subject", profile.subject_id), ("timezone", profile.timezone), ("segments", list(profile.segments)),
+        ("suppression lists", list(profile.suppression_lists)), ("erased", profile.erased),
+        ("updated", profile.update_time.ToJsonString() if profile.HasField("update_time") else ""),
+    ])
+    traits = Fields(flatten_data("", to_data(profile.traits)), title="traits") if profile.traits.fields else "traits: none"
+    consents = Table(["channel", "purpose", "status", "source", "updated"], [
+        [short(messaging_pb2.Channel, c.channel), c.purpose, short(profile_pb2.ConsentStatus, c.status), c.source,
+         c.update_time.ToJsonString() if c.HasField("update_time") else ""] for c in profile.consents
+    ], title="consents", empty="no consents")
+    return [header, traits, consents]
 
 
 def runs_list(args: argparse.Namespace) -> int:
     """List runs."""
+    from overture.orchestrator.v1 import orchestrator_service_pb2 as OS
+    from overture.orchestrator.v1 import orchestrator_service_pb2_grpc
 
     async def go() -> int:
         t = target(args.token)
         async with t.channel("orchestrator") as channel:
             result = await orchestrator_service_pb2_grpc.OrchestratorServiceStub(channel).ListRuns(OS.ListRunsRequest(
                 journey=args.journey, subject_id=args.subject, trigger_event_id=args.event, page_size=args.limit), metadata=t.metadata)
-        emit(result, as_json=args.json, text=lambda: "\n".join(describe_run(r) for r in result.runs) or "no runs")
+        emit(result, as_json=args.json, human=lambda: [runs_table(result.runs)])
         return 0
 
     return run_async(go)
@@ -76,12 +110,14 @@ def runs_list(args: argparse.Namespace) -> int:
 
 def runs_get(args: argparse.Namespace) -> int:
     """Show a run."""
+    from overture.orchestrator.v1 import orchestrator_service_pb2 as OS
+    from overture.orchestrator.v1 import orchestrator_service_pb2_grpc
 
     async def go() -> int:
         t = target(args.token)
         async with t.channel("orchestrator") as channel:
             result = await orchestrator_service_pb2_grpc.OrchestratorServiceStub(channel).GetRun(OS.GetRunRequest(run_id=args.run_id), metadata=t.metadata)
-        emit(result.run, as_json=args.json, text=lambda: describe_run(result.run))
+        emit(result.run, as_json=args.json, human=lambda: describe_run(result.run))
         return 0
 
     return run_async(go)
@@ -89,13 +125,15 @@ def runs_get(args: argparse.Namespace) -> int:
 
 def dead_letters(args: argparse.Namespace) -> int:
     """List failed runs."""
+    from overture.orchestrator.v1 import orchestrator_service_pb2 as OS
+    from overture.orchestrator.v1 import orchestrator_service_pb2_grpc
 
     async def go() -> int:
         t = target(args.token)
         async with t.channel("orchestrator") as channel:
             result = await orchestrator_service_pb2_grpc.OrchestratorServiceStub(channel).ListDeadLetters(
                 OS.ListDeadLettersRequest(journey=args.journey, page_size=args.limit), metadata=t.metadata)
-        emit(result, as_json=args.json, text=lambda: "\n".join(describe_run(r) for r in result.runs) or "no dead letters")
+        emit(result, as_json=args.json, human=lambda: [runs_table(result.runs, empty="no dead letters")])
         return 0
 
     return run_async(go)
@@ -103,13 +141,17 @@ def dead_letters(args: argparse.Namespace) -> int:
 
 def redrive(args: argparse.Namespace) -> int:
     """Re-drive failed runs from the step that failed."""
+    from overture.orchestrator.v1 import orchestrator_service_pb2 as OS
+    from overture.orchestrator.v1 import orchestrator_service_pb2_grpc
 
     async def go() -> int:
         t = target(args.token)
         async with t.channel("orchestrator") as channel:
             result = await orchestrator_service_pb2_grpc.OrchestratorServiceStub(channel).RedriveDeadLetters(
                 OS.RedriveDeadLettersRequest(run_ids=args.run_ids, journey=args.journey, reason=args.reason), metadata=t.metadata)
-        print(f"re-drove {result.redriven_count} run(s)")
+        emit(result, as_json=args.json, human=lambda: [Fields([("re-driven", f"{result.redriven_count} run(s)")]), Table(
+            ["run", "not re-driven because"], [[r.run_id, r.description] for r in result.rejections], title="rejections", empty="no rejections",
+        )])
         return 0
 
     return run_async(go)
@@ -117,6 +159,7 @@ def redrive(args: argparse.Namespace) -> int:
 
 def explain(args: argparse.Namespace) -> int:
     """Why a subject was or was not messaged: one decision, or a subject's latest."""
+    from overture.rules.v1 import rules_service_pb2, rules_service_pb2_grpc
 
     async def go() -> int:
         t = target(args.token)
@@ -124,13 +167,11 @@ def explain(args: argparse.Namespace) -> int:
             stub = rules_service_pb2_grpc.RulesServiceStub(channel)
             if args.subject:
                 found = await stub.ListDecisions(rules_service_pb2.ListDecisionsRequest(subject_id=args.target, page_size=args.limit), metadata=t.metadata)
-                decisions = list(found.decisions)
+                emit({"decisions": list(found.decisions)}, as_json=args.json, human=lambda: [
+                    block for d in found.decisions for block in describe_decision(d)] or [f"no decisions about {args.target}"])
             else:
-                decisions = [(await stub.GetDecision(rules_service_pb2.GetDecisionRequest(decision_id=args.target), metadata=t.metadata)).decision]
-        for d in decisions:
-            emit(d, as_json=args.json, text=functools.partial(describe_decision, d))
-        if not decisions:
-            print("no decisions")
+                got = await stub.GetDecision(rules_service_pb2.GetDecisionRequest(decision_id=args.target), metadata=t.metadata)
+                emit(got.decision, as_json=args.json, human=lambda: describe_decision(got.decision))
         return 0
 
     return run_async(go)
@@ -138,19 +179,20 @@ def explain(args: argparse.Namespace) -> int:
 
 def profile_get(args: argparse.Namespace) -> int:
     """Show a profile."""
+    from overture.rules.v1 import profile_service_pb2, profile_service_pb2_grpc
 
     async def go() -> int:
         t = target(args.token)
         async with t.channel("rules") as channel:
             result = await profile_service_pb2_grpc.ProfileServiceStub(channel).GetProfile(
                 profile_service_pb2.GetProfileRequest(subject_id=args.subject), metadata=t.metadata)
-        emit(result.profile, as_json=True)
+        emit(result.profile, as_json=args.json, human=lambda: describe_profile(result.profile))
         return 0
 
     return run_async(go)
 
 
-def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser, fmt: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
     """Register ``runs``, ``explain`` and ``profiles``."""
     runs = sub.add_parser("runs", help="list and show journey runs").add_subparsers(dest="action", required=True, metavar="ACTION")
     p = runs.add_parser("list", help="list runs, newest first", parents=[common])
@@ -158,16 +200,13 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--journey", default="")
     p.add_argument("--event", default="", help="only runs started by this event id")
     p.add_argument("--limit", type=int, default=20)
-    p.add_argument("--json", action="store_true")
     p.set_defaults(func=runs_list)
     p = runs.add_parser("get", help="show a run and its steps", parents=[common])
     p.add_argument("run_id")
-    p.add_argument("--json", action="store_true")
     p.set_defaults(func=runs_get)
     p = runs.add_parser("dead-letters", help="list failed runs", parents=[common])
     p.add_argument("--journey", default="")
     p.add_argument("--limit", type=int, default=20)
-    p.add_argument("--json", action="store_true")
     p.set_defaults(func=dead_letters)
     p = runs.add_parser("redrive", help="re-drive failed runs (by id, or all of a journey)", parents=[common])
     p.add_argument("run_ids", nargs="*")
@@ -178,7 +217,6 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("target", help="a decision id, or a subject id with --subject")
     p.add_argument("--subject", action="store_true", help="explain the subject's latest decisions")
     p.add_argument("--limit", type=int, default=5)
-    p.add_argument("--json", action="store_true")
     p.set_defaults(func=explain)
     profiles = sub.add_parser("profiles", help="read profiles").add_subparsers(dest="action", required=True, metavar="ACTION")
     p = profiles.add_parser("get", help="show a profile", parents=[common])

@@ -6,18 +6,22 @@ under the data folder, and an in-process Redis-protocol server (fakeredis).
 Unless SMTP settings are given it also runs a local mail sink and keeps
 what arrives under ``<data>/mail``. It prints the addresses and a
 development token for tenant ``demo`` with every role (``OVERTURE_DEV_TOKEN``
-when set), and writes them to ``<data>/dev.json`` for the other commands.
+when set, else the one kept from the last run), and writes them to
+``<data>/dev.json`` (atomically) for the other commands.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
 import signal
 import sys
+import tempfile
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,7 @@ from overture_runtime.config import SERVICES
 
 from .mailsink import MailSink, _free_port
 
-__all__ = ["run_dev"]
+__all__ = ["dev_token", "run_dev", "write_dev_file"]
 
 _COLORS = {"ingest": "36", "rules": "35", "orchestrator": "33", "connectors": "32"}
 _INTERNAL_ROLES = ["rules.evaluate", "profiles.read", "profiles.write", "deliveries.send", "deliveries.report", "runs.read", "events.write"]
@@ -55,6 +59,42 @@ class _FakeRedis:
         self._server.server_close()
 
 
+def dev_token(env: Mapping[str, str], dev_file: Path) -> str:
+    """The development token: ``OVERTURE_DEV_TOKEN`` when set, else the one *dev_file* kept from the last run, else a new one.
+
+    Keeping it means a restart does not log out the other terminals, scripts
+    and SDK clients that were given it.
+    """
+    if env.get("OVERTURE_DEV_TOKEN"):
+        return env["OVERTURE_DEV_TOKEN"]
+    try:
+        kept = json.loads(dev_file.read_text()).get("token")
+    except (OSError, ValueError, AttributeError):
+        kept = None
+    return kept if isinstance(kept, str) and kept else f"ovt_dev_{secrets.token_urlsafe(24)}"
+
+
+def write_dev_file(path: Path, data: Mapping[str, Any]) -> None:
+    """Replace *path* with *data* as JSON, readable by its owner only, atomically.
+
+    The content goes to a temporary file in the same folder, is flushed to
+    disk, and is renamed over *path* (``os.replace``): a reader sees the old
+    file or the new one, never an empty or half-written one.
+    """
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump(data, out, indent=2)
+            out.write("\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
 def _port(service: str, kind: str, default: int) -> int:
     return int(os.environ.get(f"OVERTURE_{service.upper()}_{kind}_PORT", default))
 
@@ -73,7 +113,7 @@ async def _main(data_dir: Path) -> int:
     env: dict[str, str] = dict(os.environ)
     host = env.get("OVERTURE_HOST", "127.0.0.1")
     embedded: list[Any] = []
-    token = env.get("OVERTURE_DEV_TOKEN") or f"ovt_dev_{secrets.token_urlsafe(24)}"
+    token = dev_token(env, data_dir / "dev.json")
     service_token = f"ovt_svc_{secrets.token_urlsafe(24)}"
     env.update(
         OVERTURE_ENVIRONMENT="dev",
@@ -127,8 +167,7 @@ async def _main(data_dir: Path) -> int:
         code = 1
     else:
         http_port = _port("ingest", "HTTP", 8080)
-        (data_dir / "dev.json").write_text(json.dumps({"token": token, "addresses": addresses, "http": f"http://{host}:{http_port}"}, indent=2))
-        os.chmod(data_dir / "dev.json", 0o600)
+        write_dev_file(data_dir / "dev.json", {"token": token, "addresses": addresses, "http": f"http://{host}:{http_port}"})
         _say("ready.")
         for svc in SERVICES:
             _say(f"  {svc:<13} grpc://{addresses[svc]}")

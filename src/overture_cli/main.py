@@ -1,4 +1,9 @@
-"""The ``overture`` command line."""
+"""The ``overture`` command line.
+
+Building the parser imports nothing but the standard library: each command
+imports grpc, the stubs and the service code it needs when it runs, so
+``overture --help`` (and a typo's usage message) answers at once.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from overture_runtime.config import SERVICES
-
 from . import cmd_events, cmd_journeys, cmd_rules, cmd_runs
+from .client import SERVICES
+from .output import CliError, print_error
 
-__all__ = ["main"]
+__all__ = ["main", "parser"]
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -26,11 +31,19 @@ def _dev(args: argparse.Namespace) -> int:
     return run_dev(data_dir=args.data_dir)
 
 
+_JSON_HELP = "print the result as JSON (stable: proto field names, sorted keys) instead of text"
+
+
 def parser() -> argparse.ArgumentParser:
     """The CLI's argument parser."""
-    common = argparse.ArgumentParser(add_help=False)
+    # --json is accepted before the command (overture --json runs list) and after it (overture runs list --json);
+    # SUPPRESS keeps a subcommand's parser from resetting what the root parser read.
+    fmt = argparse.ArgumentParser(add_help=False)
+    fmt.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=_JSON_HELP)
+    common = argparse.ArgumentParser(add_help=False, parents=[fmt])
     common.add_argument("--token", default=None, help="bearer token (default: $OVERTURE_TOKEN, then .overture/dev.json)")
     root = argparse.ArgumentParser(prog="overture", description="Overture: a marketing-automation rules engine.")
+    root.add_argument("--json", action="store_true", default=False, help=_JSON_HELP)
     sub = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("serve", help="run one service in this process")
     p.add_argument("service", choices=SERVICES)
@@ -39,14 +52,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=".overture", help="where dev data, mail and the dev token are kept")
     p.set_defaults(func=_dev)
     for module in (cmd_rules, cmd_journeys, cmd_events, cmd_runs):
-        module.add_commands(sub, common)
+        module.add_commands(sub, common, fmt)
     return root
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     args = parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except CliError as error:
+        print_error(error, as_json=args.json)
+        return error.exit_code
 
 
 if __name__ == "__main__":
