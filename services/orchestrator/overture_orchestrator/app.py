@@ -1,5 +1,5 @@
-"""The orchestrator application: stores, executor, the stream consumer and
-the timer loop that resumes due runs."""
+"""The orchestrator application: stores, executor, the stream consumer, the
+timer loop that resumes due runs, and the loop that forwards audit records."""
 
 from __future__ import annotations
 
@@ -14,14 +14,17 @@ import structlog
 from overture.connectors.v1 import connector_service_pb2_grpc
 from overture.ingest.v1 import ingest_service_pb2_grpc
 from overture.orchestrator.v1 import orchestrator_service_pb2, orchestrator_service_pb2_grpc
-from overture.rules.v1 import profile_service_pb2_grpc, rules_service_pb2_grpc
+from overture.rules.v1 import audit_service_pb2_grpc, profile_service_pb2_grpc, rules_service_pb2_grpc
 from overture_runtime import BaseApp
 from overture_runtime.idempotency import Idempotency
 
+from .audit_outbox import AuditForwarder
 from .consumer import EventConsumer
 from .executor import Executor
 from .feedback import DeliveryFeedback
 from .journeys import JourneyStore
+from .references import RuleSetCheck
+from .retries import Retrier
 from .runs import RunStore
 from .servicer import OrchestratorServicer
 from .starter import Starter
@@ -42,7 +45,11 @@ class OrchestratorApp(BaseApp):
 
     async def on_start(self) -> None:
         consumer = self.settings.consumer_name or f"{socket.gethostname()}:{os.getpid()}"
-        self.journeys = JourneyStore(self.db, self.clock)
+        self.audit = AuditForwarder(db=self.db, audit=audit_service_pb2_grpc.AuditServiceStub(self.channel("rules")), settings=self.settings)
+        self.journeys = JourneyStore(
+            self.db, self.clock, ids=self.ids, audited=self.audit.after_commit,
+            references=RuleSetCheck(rules=rules_service_pb2_grpc.RulesServiceStub(self.channel("rules")), settings=self.settings),
+        )
         self.runs = RunStore(self.db, self.clock, self.ids, owner=consumer)
         self.executor = Executor(
             db=self.db, runs=self.runs, journeys=self.journeys, settings=self.settings, clock=self.clock, ids=self.ids,
@@ -63,6 +70,7 @@ class OrchestratorApp(BaseApp):
         self.spawn("consumer", lambda: self.consumer.run(self.stopping))
         self.spawn("reclaim", lambda: self.consumer.reclaim(self.stopping))
         self.spawn("timers", self._timers)
+        self.spawn("audit", lambda: self.audit.run(self.stopping))
 
     async def _timers(self) -> None:
         """Resume runs whose timers are due (delays, quiet hours, retries) and
@@ -81,7 +89,8 @@ class OrchestratorApp(BaseApp):
     def register(self, server: grpc.aio.Server) -> None:
         orchestrator_service_pb2_grpc.add_OrchestratorServiceServicer_to_server(
             OrchestratorServicer(journeys=self.journeys, runs=self.runs, starter=self.starter,
-                                 idempotency=Idempotency(self.db, idempotency, self.clock), feedback=self.feedback),
+                                 idempotency=Idempotency(self.db, idempotency, self.clock), feedback=self.feedback,
+                                 retrier=Retrier(runs=self.runs, journeys=self.journeys), audited=self.audit.after_commit),
             server,
         )
 

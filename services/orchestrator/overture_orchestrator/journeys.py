@@ -2,27 +2,33 @@
 
 Every publish creates a new immutable version that becomes the latest;
 runs keep the version they started on. Compiled versions are cached.
+Before a version is stored, what it names in other services (its rule set)
+is checked; every change writes its audit record in its own transaction
+(:mod:`.audit_outbox`).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from overture.orchestrator.v1 import journey_pb2
-from overture_runtime.clock import Clock
+from overture.rules.v1 import audit_event_pb2
+from overture_runtime.clock import Clock, IdGenerator
 from overture_runtime.db import Database
 from overture_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from overture_runtime.protojson import canonical_json, digest, from_json
 
+from .audit_outbox import SYSTEM_ACTOR, stage
 from .definition import CompiledJourney, compile_journey
 from .tables import journey_versions, journeys
 
-__all__ = ["ActiveJourney", "JourneyStore"]
+__all__ = ["ActiveJourney", "JourneyStore", "ReferenceCheck"]
 
 _STATES = {"active": journey_pb2.JOURNEY_STATE_ACTIVE, "paused": journey_pb2.JOURNEY_STATE_PAUSED}
 
@@ -36,12 +42,31 @@ class ActiveJourney:
     compiled: CompiledJourney
 
 
-class JourneyStore:
-    """Journeys of all tenants."""
+class ReferenceCheck(Protocol):
+    """Checks what a definition names in other services."""
 
-    def __init__(self, db: Database, clock: Clock) -> None:
+    async def check(self, tenant: str, spec: journey_pb2.JourneySpec) -> None:
+        """Raise InvalidArgument for a name that does not exist, Unavailable
+        when it cannot be checked."""
+
+
+class JourneyStore:
+    """Journeys of all tenants.
+
+    *references* checks a definition before it is published (None checks
+    nothing, for tests of the store alone); *audited* is awaited with the
+    tenant after each audited change commits.
+    """
+
+    def __init__(
+        self, db: Database, clock: Clock, *, ids: IdGenerator | None = None, references: ReferenceCheck | None = None,
+        audited: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         self._db = db
         self._clock = clock
+        self._ids = ids or IdGenerator(clock)
+        self._references = references
+        self._audited = audited
         self._compiled: OrderedDict[tuple[str, str, int], CompiledJourney] = OrderedDict()
 
     async def publish(self, *, tenant: str, name: str, spec: journey_pb2.JourneySpec, reason: str, author: str) -> tuple[journey_pb2.Journey, bool]:
@@ -50,6 +75,8 @@ class JourneyStore:
         if problems:
             raise InvalidArgument(f"the journey is invalid: {problems[0].description}", violations=problems)
         assert compiled is not None
+        if self._references is not None:
+            await self._references.check(tenant, spec)
         spec_digest = digest(spec)
         now = self._clock.now()
         trigger = spec.trigger.event.event_type if spec.trigger.WhichOneof("kind") == "event" else None
@@ -74,7 +101,12 @@ class JourneyStore:
                                            .values(latest_version=version, trigger_event_type=trigger, update_time=now))
                     row = (await conn.execute(self._version(tenant, name, version))).one()
                     state = head.state if head else "active"
+                    await stage(conn, tenant=tenant, record_id=self._ids.new(), action=audit_event_pb2.AUDIT_ACTION_JOURNEY_VERSION_PUBLISHED,
+                                actor=author, time=now, reason=reason, target=f"journey/{name}/{version}",
+                                details={"journey": name, "version": version, "digest": spec_digest, "rule_set": spec.rule_set,
+                                         "previous_version": head.latest_version if head else 0, "state": state})
                 self._remember((tenant, name, version), compiled)
+                await self._after_audit(tenant)
                 return self._to_proto(row, state), False
             except IntegrityError:
                 continue
@@ -103,14 +135,31 @@ class JourneyStore:
             rows = (await conn.execute(query)).all()
         return [self._to_proto(r, r.state) for r in rows]
 
-    async def set_state(self, *, tenant: str, name: str, state: str) -> journey_pb2.Journey:
-        """Pause or resume a journey."""
+    async def set_state(
+        self, *, tenant: str, name: str, state: str, actor: str = SYSTEM_ACTOR, reason: str = "", details: dict[str, object] | None = None,
+    ) -> journey_pb2.Journey:
+        """Pause or resume a journey. A change of state is audited with
+        *actor* and *reason* (the orchestrator itself when no actor is given);
+        setting the state it has already changes and records nothing."""
+        now = self._clock.now()
+        key = (journeys.c.tenant == tenant) & (journeys.c.name == name)
         async with self._db.begin() as conn:
-            result = await conn.execute(journeys.update().where((journeys.c.tenant == tenant) & (journeys.c.name == name))
-                                        .values(state=state, update_time=self._clock.now()))
-        if result.rowcount == 0:
-            raise NotFound(f"journey {name!r} does not exist", reason="JOURNEY_NOT_FOUND")
+            head = (await conn.execute(sa.select(journeys.c.state, journeys.c.latest_version).where(key).with_for_update())).first()
+            if head is None:
+                raise NotFound(f"journey {name!r} does not exist", reason="JOURNEY_NOT_FOUND")
+            changed = head.state != state
+            if changed:
+                await conn.execute(journeys.update().where(key).values(state=state, update_time=now))
+                action = audit_event_pb2.AUDIT_ACTION_JOURNEY_PAUSED if state == "paused" else audit_event_pb2.AUDIT_ACTION_JOURNEY_RESUMED
+                await stage(conn, tenant=tenant, record_id=self._ids.new(), action=action, actor=actor, time=now, reason=reason,
+                            target=f"journey/{name}", details={"journey": name, "latest_version": head.latest_version, **(details or {})})
+        if changed:
+            await self._after_audit(tenant)
         return await self.get(tenant=tenant, name=name)
+
+    async def _after_audit(self, tenant: str) -> None:
+        if self._audited is not None:
+            await self._audited(tenant)
 
     async def triggered_by(self, tenant: str, event_type: str) -> list[ActiveJourney]:
         """The active journeys an event of *event_type* triggers."""

@@ -2,7 +2,8 @@
 
 A run is advanced by whoever holds its lease, so replicas never execute the
 same run at once; a lease that expires (its holder crashed) lets another
-replica resume the run from its last recorded step.
+replica resume the run from its last recorded step. Operators' changes to
+runs (cancel, retry) write their audit record in the same transaction.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ import sqlalchemy as sa
 
 from overture.common.v1 import event_pb2
 from overture.orchestrator.v1 import run_pb2
+from overture.rules.v1 import audit_event_pb2
 from overture_runtime.clock import Clock, IdGenerator
 from overture_runtime.db import Database, insert_ignore
 from overture_runtime.errors import NotFound
 
+from .audit_outbox import SYSTEM_ACTOR, stage
 from .tables import dead_letters, runs, step_runs
 
-__all__ = ["RunRecord", "RunStore", "StepRecord"]
+__all__ = ["JourneyTarget", "RetryRefusal", "RunRecord", "RunStore", "StepRecord"]
 
 LEASE = dt.timedelta(seconds=30)
 _RUN_STATES = {
@@ -66,6 +69,26 @@ class RunRecord:
     inline_spec: str | None
     state: str
     current_step: str
+
+
+@dataclass(frozen=True)
+class JourneyTarget:
+    """The journey version a retried run moves to."""
+
+    version: int
+    """The version number."""
+    steps: frozenset[str]
+    """The ids of its steps."""
+
+
+@dataclass(frozen=True)
+class RetryRefusal:
+    """Why a run was not sent back to its failed step."""
+
+    reason: str
+    """UPPER_SNAKE: RUN_NOT_FAILED, STEP_NOT_IN_VERSION, NO_JOURNEY, RUN_NOT_FOUND."""
+    description: str
+    """For a human."""
 
 
 class RunStore:
@@ -171,34 +194,56 @@ class RunStore:
                                .values(state=state, current_step="", wake_time=None, lease_until=None, update_time=now))
         run.state, run.current_step = state, ""
 
-    async def cancel(self, tenant: str, run_id: str) -> bool:
-        """Cancel a run that has not ended; return whether it was cancelled."""
+    async def cancel(self, tenant: str, run_id: str, *, actor: str = SYSTEM_ACTOR, reason: str = "") -> bool:
+        """Cancel a run that has not ended, audited; return whether it was cancelled."""
+        now = self._clock.now()
+        key = (runs.c.tenant == tenant) & (runs.c.run_id == run_id)
         async with self._db.begin() as conn:
-            result = await conn.execute(runs.update().where(
-                (runs.c.tenant == tenant) & (runs.c.run_id == run_id) & runs.c.state.in_(("running", "waiting"))
-            ).values(state="cancelled", current_step="", wake_time=None, lease_until=None, update_time=self._clock.now()))
-        return bool(result.rowcount)
+            row = (await conn.execute(sa.select(runs.c.journey, runs.c.journey_version, runs.c.current_step).where(
+                key & runs.c.state.in_(("running", "waiting"))).with_for_update())).first()
+            if row is None:
+                return False
+            await conn.execute(runs.update().where(key).values(
+                state="cancelled", current_step="", wake_time=None, lease_until=None, update_time=now))
+            await stage(conn, tenant=tenant, record_id=self._ids.new(), action=audit_event_pb2.AUDIT_ACTION_RUN_CANCELLED, actor=actor,
+                        time=now, reason=reason, target=f"run/{run_id}",
+                        details={"journey": row.journey, "journey_version": row.journey_version, "step_id": row.current_step})
+        return True
 
-    async def retry(self, tenant: str, run_id: str) -> bool:
-        """Send a failed run back to the step that failed, with fresh attempts;
-        it runs on the next timer tick. Its dead-letter entry is removed."""
+    async def retry(
+        self, tenant: str, run_id: str, *, actor: str = SYSTEM_ACTOR, reason: str = "", via: str = "RetryRun",
+        move_to: JourneyTarget | None = None,
+    ) -> RetryRefusal | None:
+        """Send a failed run back to the step that failed, with fresh attempts,
+        on its own journey version or, with *move_to*, on that version, which
+        must have a step with the failed step's id. It runs on the next timer
+        tick; its dead-letter entry is removed and the retry audited, in one
+        transaction. Returns None, or why the run was left as it was."""
         now = self._clock.now()
         async with self._db.begin() as conn:
             key = (runs.c.tenant == tenant) & (runs.c.run_id == run_id)
-            if (await conn.execute(sa.select(runs.c.run_id).where(key & (runs.c.state == "failed")))).first() is None:
-                return False
+            run = (await conn.execute(sa.select(runs.c.journey, runs.c.journey_version).where(
+                key & (runs.c.state == "failed")).with_for_update())).first()
             t = step_runs
-            failed = (await conn.execute(sa.select(t.c.step_id, t.c.error).where(
+            failed = None if run is None else (await conn.execute(sa.select(t.c.step_id, t.c.error).where(
                 (t.c.tenant == tenant) & (t.c.run_id == run_id) & (t.c.state == "failed")).order_by(t.c.position.desc()).limit(1))).first()
-            if failed is None:
-                return False
+            if run is None or failed is None:
+                return RetryRefusal("RUN_NOT_FAILED", f"run {run_id!r} has not failed; only failed runs can be retried")
+            if move_to is not None and failed.step_id not in move_to.steps:
+                return RetryRefusal("STEP_NOT_IN_VERSION", f"run {run_id!r} failed at step {failed.step_id!r}, which version "
+                                    f"{move_to.version} of journey {run.journey!r} does not have; it stays in the dead-letter queue")
+            version = move_to.version if move_to is not None else run.journey_version
             await conn.execute(t.update().where((t.c.tenant == tenant) & (t.c.run_id == run_id) & (t.c.step_id == failed.step_id)).values(
                 state="running", attempts=0, evaluations=t.c.evaluations + 1, end_time=None, error=f"retried after: {failed.error}"[:2000]))
             await conn.execute(runs.update().where(key).values(
-                state="waiting", current_step=failed.step_id, wake_time=now, lease_until=None, update_time=now))
+                state="waiting", current_step=failed.step_id, journey_version=version, wake_time=now, lease_until=None, update_time=now))
             await conn.execute(dead_letters.delete().where(
                 (dead_letters.c.tenant == tenant) & (dead_letters.c.kind == "run") & (dead_letters.c.ref == run_id)))
-        return True
+            await stage(conn, tenant=tenant, record_id=self._ids.new(), action=audit_event_pb2.AUDIT_ACTION_RUN_RETRIED, actor=actor,
+                        time=now, reason=reason, target=f"run/{run_id}",
+                        details={"journey": run.journey, "step_id": failed.step_id, "from_version": run.journey_version,
+                                 "to_version": version, "via": via})
+        return None
 
     async def note_delivery(self, tenant: str, run_id: str, step_id: str, outcome: str) -> None:
         """Record what a send step's delivery became."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Awaitable, Callable
 
 import grpc
 import structlog
@@ -23,6 +24,7 @@ from overture_runtime.validation import (
 
 from .feedback import DeliveryFeedback
 from .journeys import JourneyStore
+from .retries import Retrier
 from .runs import RunStore
 from .starter import Starter
 
@@ -33,15 +35,27 @@ OS = orchestrator_service_pb2
 _CONTEXT_MAX = 32 * 1024
 
 
+def _to_latest(v: Violations, value: int) -> bool:
+    """Whether a journey_version_policy moves runs to the latest version (unspecified is PINNED)."""
+    if value not in OS.JourneyVersionPolicy.values():
+        v.add("journey_version_policy", f"unknown journey_version_policy {value}", "INVALID_ENUM")
+    return value == OS.JOURNEY_VERSION_POLICY_LATEST
+
+
 class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServicer):
     """``overture.orchestrator.v1.OrchestratorService``."""
 
-    def __init__(self, *, journeys: JourneyStore, runs: RunStore, starter: Starter, idempotency: Idempotency, feedback: DeliveryFeedback) -> None:
+    def __init__(
+        self, *, journeys: JourneyStore, runs: RunStore, starter: Starter, idempotency: Idempotency, feedback: DeliveryFeedback,
+        retrier: Retrier, audited: Callable[[str], Awaitable[None]],
+    ) -> None:
         self._feedback = feedback
         self._journeys = journeys
         self._runs = runs
         self._starter = starter
         self._idempotency = idempotency
+        self._retrier = retrier
+        self._audited = audited
 
     async def Trigger(self, request: OS.TriggerRequest, context: grpc.aio.ServicerContext) -> OS.TriggerResponse:
         tenant = current_principal().tenant
@@ -137,24 +151,26 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         return OS.ListJourneysResponse(journeys=found[:size], next_page_token=token)
 
     async def PauseJourney(self, request: OS.PauseJourneyRequest, context: grpc.aio.ServicerContext) -> OS.PauseJourneyResponse:
-        tenant = current_principal().tenant
+        principal = current_principal()
+        tenant = principal.tenant
         v = Violations()
         check_name(v, "name", request.name)
         check_reason(v, request.reason, required=False)
         v.raise_if_any()
-        journey = await self._journeys.set_state(tenant=tenant, name=request.name, state="paused")
+        journey = await self._journeys.set_state(tenant=tenant, name=request.name, state="paused", actor=principal.name, reason=request.reason)
         # Pausing cancels pending timers; runs mid-step are cancelled when they next advance.
         cancelled = await self._runs.cancel_waiting(tenant, request.name)
         log.info("journey.paused", journey=request.name, cancelled_runs=cancelled)
         return OS.PauseJourneyResponse(journey=journey)
 
     async def ResumeJourney(self, request: OS.ResumeJourneyRequest, context: grpc.aio.ServicerContext) -> OS.ResumeJourneyResponse:
-        tenant = current_principal().tenant
+        principal = current_principal()
+        tenant = principal.tenant
         v = Violations()
         check_name(v, "name", request.name)
         check_reason(v, request.reason, required=False)
         v.raise_if_any()
-        journey = await self._journeys.set_state(tenant=tenant, name=request.name, state="active")
+        journey = await self._journeys.set_state(tenant=tenant, name=request.name, state="active", actor=principal.name, reason=request.reason)
         log.info("journey.resumed", journey=request.name)
         return OS.ResumeJourneyResponse(journey=journey)
 
@@ -180,28 +196,33 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         return OS.ListRunsResponse(runs=found[:size], next_page_token=token)
 
     async def CancelRun(self, request: OS.CancelRunRequest, context: grpc.aio.ServicerContext) -> OS.CancelRunResponse:
-        tenant = current_principal().tenant
+        principal = current_principal()
+        tenant = principal.tenant
         v = Violations()
         check_identifier(v, "run_id", request.run_id)
         check_reason(v, request.reason, required=False)
         v.raise_if_any()
         run = await self._runs.get(tenant, request.run_id)
-        if await self._runs.cancel(tenant, request.run_id):
+        if await self._runs.cancel(tenant, request.run_id, actor=principal.name, reason=request.reason):
             log.info("run.cancelled", run_id=request.run_id)
+            await self._audited(tenant)
             run = await self._runs.get(tenant, request.run_id)
         return OS.CancelRunResponse(run=run)
 
     async def RetryRun(self, request: OS.RetryRunRequest, context: grpc.aio.ServicerContext) -> OS.RetryRunResponse:
-        tenant = current_principal().tenant
+        principal = current_principal()
+        tenant = principal.tenant
         v = Violations()
         check_identifier(v, "run_id", request.run_id)
         check_reason(v, request.reason, required=False)
+        to_latest = _to_latest(v, request.journey_version_policy)
         v.raise_if_any()
-        run = await self._runs.get(tenant, request.run_id)
-        if not await self._runs.retry(tenant, request.run_id):
-            raise FailedPrecondition(f"run {request.run_id!r} has not failed; only failed runs can be retried", reason="RUN_NOT_FAILED")
-        log.info("run.retried", run_id=request.run_id)
-        return OS.RetryRunResponse(run=await self._runs.get(tenant, run.run_id))
+        refusal = await self._retrier.retry(tenant, request.run_id, to_latest=to_latest, actor=principal.name, reason=request.reason)
+        if refusal is not None:
+            raise FailedPrecondition(refusal.description, reason=refusal.reason)
+        log.info("run.retried", run_id=request.run_id, to_latest=to_latest)
+        await self._audited(tenant)
+        return OS.RetryRunResponse(run=await self._runs.get(tenant, request.run_id))
 
     async def DecideApproval(self, request: OS.DecideApprovalRequest, context: grpc.aio.ServicerContext) -> OS.DecideApprovalResponse:
         current_principal()
@@ -219,7 +240,8 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         return OS.ListDeadLettersResponse(runs=found[:size], next_page_token=token)
 
     async def RedriveDeadLetters(self, request: OS.RedriveDeadLettersRequest, context: grpc.aio.ServicerContext) -> OS.RedriveDeadLettersResponse:
-        tenant = current_principal().tenant
+        principal = current_principal()
+        tenant = principal.tenant
         v = Violations()
         check_name(v, "journey", request.journey, required=False)
         if not request.run_ids and not request.journey:
@@ -229,19 +251,15 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         for i, run_id in enumerate(request.run_ids):
             check_identifier(v, f"run_ids[{i}]", run_id)
         check_reason(v, request.reason, required=False)
+        to_latest = _to_latest(v, request.journey_version_policy)
         v.raise_if_any("the re-drive is invalid")
-        run_ids = list(request.run_ids)
-        if not run_ids:
-            before: str | None = None
-            while True:  # every dead-lettered run of the journey, page by page
-                page = await self._runs.list_runs(tenant=tenant, journey=request.journey, state="failed", limit=500, before=before)
-                run_ids += [r.run_id for r in page]
-                if len(page) < 500:
-                    break
-                before = page[-1].run_id
-        redriven = sum([await self._runs.retry(tenant, run_id) for run_id in run_ids])
-        log.info("dead_letters.redriven", count=redriven, journey=request.journey or None)
-        return OS.RedriveDeadLettersResponse(redriven_count=redriven)
+        redriven, refused = await self._retrier.redrive(
+            tenant, run_ids=request.run_ids, journey=request.journey, to_latest=to_latest, actor=principal.name, reason=request.reason)
+        log.info("dead_letters.redriven", count=redriven, refused=len(refused), journey=request.journey or None, to_latest=to_latest)
+        if redriven:
+            await self._audited(tenant)
+        return OS.RedriveDeadLettersResponse(redriven_count=redriven, rejections=[
+            OS.RedriveRejection(run_id=run_id, description=r.description, reason=r.reason) for run_id, r in refused])
 
     async def PreviewJourney(self, request: OS.PreviewJourneyRequest, context: grpc.aio.ServicerContext) -> OS.PreviewJourneyResponse:
         current_principal()

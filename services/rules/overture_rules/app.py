@@ -7,10 +7,19 @@ from pathlib import Path
 
 import grpc
 
-from overture.rules.v1 import profile_service_pb2, profile_service_pb2_grpc, rules_service_pb2, rules_service_pb2_grpc
+from overture.rules.v1 import (
+    audit_service_pb2,
+    audit_service_pb2_grpc,
+    profile_service_pb2,
+    profile_service_pb2_grpc,
+    rules_service_pb2,
+    rules_service_pb2_grpc,
+)
 from overture_runtime import BaseApp
 from overture_runtime.idempotency import Idempotency
+from overture_runtime.redis import preload_scripts
 
+from .audit_servicer import AuditServicer
 from .caps import CapLedger
 from .decisions import Decider
 from .profile_cache import ProfileCache
@@ -29,6 +38,7 @@ class RulesApp(BaseApp):
     service_names = (
         rules_service_pb2.DESCRIPTOR.services_by_name["RulesService"].full_name,
         profile_service_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name,
+        audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
     )
     migrations = Path(__file__).parent / "migrations"
 
@@ -37,6 +47,7 @@ class RulesApp(BaseApp):
         self.ledger = CapLedger(self.redis, self.keys, hold=dt.timedelta(seconds=s.reservation_ttl_seconds),
                                 retention=dt.timedelta(days=s.cap_history_days))
         cache = ProfileCache(self.redis, self.keys, ttl=dt.timedelta(seconds=s.profile_cache_ttl_seconds))
+        await preload_scripts(self.redis, (*self.ledger.scripts, *cache.scripts))
         self.rule_sets = RuleSetStore(self.db, self.clock, active_ttl=s.active_version_ttl_seconds)
         self.profiles = ProfileStore(self.db, self.clock, cache=cache, ledger=self.ledger, read_timeout=s.profile_read_timeout_seconds)
         self.decider = Decider(self.db, self.rule_sets, self.profiles, self.ledger, self.clock, self.ids,
@@ -53,3 +64,4 @@ class RulesApp(BaseApp):
             server,
         )
         profile_service_pb2_grpc.add_ProfileServiceServicer_to_server(ProfileServicer(profiles=self.profiles), server)
+        audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(db=self.db), server)

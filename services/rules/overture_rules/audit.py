@@ -3,13 +3,20 @@
 Each entry's hash is the sha256 of the canonical JSON of all its other
 fields, including the previous entry's hash; editing any stored entry breaks
 the chain from that entry on, which :func:`verify_chain` reports.
+
+The rules service appends its own changes (rule-set versions, profile
+erasure) with :func:`append`, inside the change's transaction. Other
+services' changes (journeys, runs) arrive through
+``AuditService.RecordAuditEvents`` and are appended by :func:`record`,
+once per record id, with their original actor, time and reason (ADR 0008).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,22 +26,38 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from overture.rules.v1 import audit_event_pb2
+from overture_runtime.db import Database
+from overture_runtime.errors import Unavailable
 from overture_runtime.protojson import struct_from_dict, struct_to_dict
 
 from .tables import audit_events
 
-__all__ = ["append", "entry_hash", "to_proto", "verify_chain"]
+__all__ = ["RECORDED_ACTIONS", "ExternalRecord", "append", "entry_hash", "record", "to_proto", "verify_chain"]
+
+_A = audit_event_pb2
+RECORDED_ACTIONS = frozenset({
+    _A.AUDIT_ACTION_JOURNEY_VERSION_PUBLISHED, _A.AUDIT_ACTION_JOURNEY_PAUSED, _A.AUDIT_ACTION_JOURNEY_RESUMED,
+    _A.AUDIT_ACTION_RUN_CANCELLED, _A.AUDIT_ACTION_RUN_RETRIED,
+})
+"""The actions other services record through RecordAuditEvents; the rest
+are the rules service's own, which only it appends."""
 
 
 def entry_hash(
     *, sequence: int, action: str, actor: str, time: datetime, reason: str, target: str,
-    details: Mapping[str, Any], previous_hash: str,
+    details: Mapping[str, Any], previous_hash: str, record_id: str = "", recorded_by: str = "",
 ) -> str:
-    """The hash of one entry, over the canonical JSON of its fields."""
+    """The hash of one entry, over the canonical JSON of its fields. The
+    fields of recorded entries are hashed only when set, so the entries
+    written before they existed keep their hashes."""
     body = {
         "sequence": sequence, "action": action, "actor": actor, "time": _ts(time),
         "reason": reason, "target": target, "details": details, "previous_hash": previous_hash,
     }
+    if record_id:
+        body["record_id"] = record_id
+    if recorded_by:
+        body["recorded_by"] = recorded_by
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -46,9 +69,10 @@ def _ts(time: datetime) -> str:
 
 async def append(
     conn: AsyncConnection, *, tenant: str, action: audit_event_pb2.AuditAction.ValueType, actor: str, time: datetime, reason: str,
-    target: str, details: Mapping[str, object],
-) -> None:
-    """Append one entry to *tenant*'s chain, inside the caller's transaction.
+    target: str, details: Mapping[str, object], record_id: str = "", recorded_by: str = "",
+) -> int:
+    """Append one entry to *tenant*'s chain, inside the caller's transaction;
+    returns its sequence.
 
     The primary key (tenant, sequence) makes concurrent appends race safely:
     the loser's transaction fails and its caller's whole change rolls back.
@@ -66,14 +90,64 @@ async def append(
     # floats and change the hash.
     details = {str(k): str(v) for k, v in details.items()}
     digest = entry_hash(sequence=sequence, action=name, actor=actor, time=time, reason=reason,
-                        target=target, details=details, previous_hash=previous)
+                        target=target, details=details, previous_hash=previous, record_id=record_id, recorded_by=recorded_by)
     try:
         await conn.execute(
             t.insert().values(tenant=tenant, sequence=sequence, action=name, actor=actor, time=time,
-                              reason=reason, target=target, details=details, previous_hash=previous, hash=digest)
+                              reason=reason, target=target, details=details, previous_hash=previous, hash=digest,
+                              record_id=record_id or None, recorded_by=recorded_by or None)
         )
     except IntegrityError as error:
         raise ConcurrentAppend("the audit log changed concurrently; retry") from error
+    return sequence
+
+
+@dataclass(frozen=True)
+class ExternalRecord:
+    """A change another service made, to be appended as it was reported."""
+
+    record_id: str
+    """The reporting service's id for the record, unique in the tenant."""
+    action: audit_event_pb2.AuditAction.ValueType
+    """One of :data:`RECORDED_ACTIONS`."""
+    actor: str
+    """Who made the change."""
+    time: datetime
+    """When the change was committed."""
+    reason: str
+    """Why, as the actor said."""
+    target: str
+    """What the change was made to."""
+    details: Mapping[str, str]
+    """Details, as strings."""
+
+
+async def record(db: Database, *, tenant: str, records: Sequence[ExternalRecord], recorded_by: str) -> list[tuple[int, bool]]:
+    """Append *records* to *tenant*'s chain in order, in one transaction,
+    skipping those whose id is already in it. Returns, per record, the
+    sequence of the entry that holds it and whether it was there already."""
+    t = audit_events
+    ids = list({r.record_id for r in records})
+    for _ in range(8):
+        try:
+            async with db.begin() as conn:
+                rows = (await conn.execute(sa.select(t.c.record_id, t.c.sequence).where(
+                    (t.c.tenant == tenant) & t.c.record_id.in_(ids)))).all()
+                known: dict[str, int] = {r.record_id: r.sequence for r in rows}
+                outcome: list[tuple[int, bool]] = []
+                for item in records:
+                    if item.record_id in known:
+                        outcome.append((known[item.record_id], True))
+                        continue
+                    sequence = await append(
+                        conn, tenant=tenant, action=item.action, actor=item.actor, time=item.time, reason=item.reason,
+                        target=item.target, details=item.details, record_id=item.record_id, recorded_by=recorded_by)
+                    known[item.record_id] = sequence
+                    outcome.append((sequence, False))
+            return outcome
+        except ConcurrentAppend:
+            continue  # another writer took the sequence, or recorded the same id: read again
+    raise Unavailable("the audit log is changing too fast; retry", reason="CONTENTION")
 
 
 class ConcurrentAppend(Exception):
@@ -85,7 +159,7 @@ def to_proto(row: Any) -> audit_event_pb2.AuditEvent:
     event = audit_event_pb2.AuditEvent(
         sequence=row.sequence, action=audit_event_pb2.AuditAction.Value(row.action), actor=row.actor,
         reason=row.reason, target=row.target, details=struct_from_dict(row.details),
-        previous_hash=row.previous_hash, hash=row.hash,
+        previous_hash=row.previous_hash, hash=row.hash, record_id=row.record_id or "", recorded_by=row.recorded_by or "",
     )
     event.time.FromDatetime(row.time)
     return event
@@ -105,6 +179,7 @@ def verify_chain(events: Iterable[audit_event_pb2.AuditEvent]) -> tuple[int, str
             sequence=event.sequence, action=audit_event_pb2.AuditAction.Name(event.action), actor=event.actor,
             time=event.time.ToDatetime(tzinfo=UTC), reason=event.reason, target=event.target,
             details=struct_to_dict(event.details), previous_hash=event.previous_hash,
+            record_id=event.record_id, recorded_by=event.recorded_by,
         )
         if recomputed != event.hash:
             return event.sequence, "the entry's content does not match its hash"

@@ -47,6 +47,11 @@ audit_events = sa.Table(
     sa.Column("details", JSONType, nullable=False),
     sa.Column("previous_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+    # Set on entries other services recorded (AuditService.RecordAuditEvents):
+    # their id for the record, which makes recording idempotent, and who sent it.
+    sa.Column("record_id", sa.String(64), nullable=True),
+    sa.Column("recorded_by", sa.String(256), nullable=True),
+    sa.Index("rules_audit_events_record", "tenant", "record_id", unique=True),
 )
 
 profiles = sa.Table(

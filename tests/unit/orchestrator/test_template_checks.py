@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from google.protobuf import duration_pb2
+
 from overture.common.v1 import messaging_pb2 as M
 from overture.orchestrator.v1 import journey_pb2 as J
 from overture_orchestrator.definition import compile_journey
@@ -11,7 +13,7 @@ def spec(subject: str, *, to: str = "", html: str = "") -> J.JourneySpec:
     """A journey whose second step sends the `welcome` template with *subject*."""
     return J.JourneySpec(
         trigger=J.JourneyTrigger(event=J.EventTrigger(event_type="user.signed_up")), rule_set="marketing-email",
-        steps=[J.Step(id="wait", next="send-welcome", delay=J.DelayStep(duration={"seconds": 60})),
+        steps=[J.Step(id="wait", next="send-welcome", delay=J.DelayStep(duration=duration_pb2.Duration(seconds=60))),
                J.Step(id="send-welcome", send=J.SendStep(channel=M.CHANNEL_EMAIL, template="welcome", to=to))],
         templates={"welcome": J.MessageTemplate(subject=subject, text_body="Thanks", html_body=html)},
     )

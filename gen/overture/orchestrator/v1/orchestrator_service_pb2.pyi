@@ -961,10 +961,10 @@ class RedriveRejection(_message.Message):
     `send-welcome`.
     """
     reason: _builtins.str
-    """Why, for a machine, UPPER_SNAKE_CASE: `RUN_NOT_FOUND`, `RUN_NOT_FAILED`,
-    `STEP_NOT_IN_VERSION`, `NO_JOURNEY` (an Enqueue run, with LATEST) or
-    `RUN_EXISTS_ON_VERSION` (the latest version already has a run for the
-    same subject and event).
+    """Why, for a machine, UPPER_SNAKE_CASE: `RUN_NOT_FOUND`, `RUN_NOT_FAILED`
+    (it is no longer dead-lettered), `STEP_NOT_IN_VERSION` (with LATEST: the
+    latest version has no step with the failed step's id) or `NO_JOURNEY`
+    (with LATEST: a run sent with Enqueue, which has no other version).
     """
     def __init__(
         self,
