@@ -89,12 +89,14 @@ class SpecFile(Generic[_M]):
         else:
             return Problem(field, description, file=str(self.path))
         node: yaml.Node = self.root
+        anchor: yaml.Node = self.root  # the key naming *node*, where a missing field under it is shown
         shown: list[str | int] = []
         for i, token in enumerate(tokens):
             child = _child(node, token)
             if child is None:
-                return self._problem(node, _display([*shown, *tokens[i:]]), description)
-            key, node = child
+                return self._problem(anchor, _display([*shown, *tokens[i:]]), description)
+            key, key_node, node = child
+            anchor = key_node or node
             shown.append(key)
         return self._problem(node, _display(shown), description)
 
@@ -170,7 +172,7 @@ class _Reader:
     def message(self, node: yaml.Node, descriptor: Descriptor, path: list[str | int]) -> Any:
         if not isinstance(node, yaml.MappingNode):
             return self.add(node, _display(path), f"expected a mapping (key: value), got {_kind(node)}")
-        self._constructor.flatten_mapping(node)  # YAML merge keys (<<: *defaults)
+        _merge(self._constructor, node)
         result: dict[str, Any] = {}
         seen: dict[str, str] = {}
         oneofs: dict[str, str] = {}
@@ -206,7 +208,7 @@ class _Reader:
         if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
             if not isinstance(node, yaml.MappingNode):
                 return self.add(node, _display(path), f"expected a mapping of names to values, got {_kind(node)}")
-            self._constructor.flatten_mapping(node)
+            _merge(self._constructor, node)
             value_fd = fd.message_type.fields_by_name["value"]
             items: dict[str, Any] = {}
             for key_node, value_node in node.value:
@@ -320,6 +322,25 @@ class _Reader:
         return _jsonable(self._constructor.construct_object(node, deep=True))
 
 
+def _merge(constructor: yaml.SafeLoader, node: yaml.MappingNode) -> None:
+    """Resolve YAML merge keys (``<<: *defaults``) in place; keys written in *node* itself win over merged ones."""
+    if not any(k.tag == "tag:yaml.org,2002:merge" for k, _ in node.value):
+        return
+    own = {k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge"}
+    explicit = {id(k) for k, _ in node.value}
+    constructor.flatten_mapping(node)
+    merged: set[str] = set()
+    kept = []
+    for key_node, value_node in node.value:
+        name = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+        if id(key_node) not in explicit and name is not None:
+            if name in own or name in merged:
+                continue
+            merged.add(name)
+        kept.append((key_node, value_node))
+    node.value = kept
+
+
 def _walk(node: yaml.Node, at: str) -> Iterator[tuple[str, yaml.Node]]:
     yield at, node
     if isinstance(node, yaml.MappingNode):
@@ -411,11 +432,12 @@ def _same(key: str, token: str) -> bool:
     return key == token or key.replace("_", "").lower() == token.replace("_", "").lower()
 
 
-def _child(node: yaml.Node, token: str | int) -> tuple[str | int, yaml.Node] | None:
+def _child(node: yaml.Node, token: str | int) -> tuple[str | int, yaml.Node | None, yaml.Node] | None:
+    """The child of *node* that *token* names: its name as the file writes it, its key node (None in a list), and its value."""
     if isinstance(node, yaml.SequenceNode) and isinstance(token, int):
-        return (token, node.value[token]) if 0 <= token < len(node.value) else None
+        return (token, None, node.value[token]) if 0 <= token < len(node.value) else None
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             if isinstance(key_node, yaml.ScalarNode) and _same(key_node.value, str(token)):
-                return key_node.value, value_node
+                return key_node.value, key_node, value_node
     return None

@@ -10,7 +10,7 @@ import pytest
 from overture.common.v1 import messaging_pb2 as M
 from overture.orchestrator.v1 import journey_pb2 as J
 from overture.rules.v1 import rule_set_pb2 as R
-from overture_cli.specfile import SpecFileError, load_spec
+from overture_cli.specfile import SpecFileError, load_spec, read_spec
 from overture_rules.compiler import compile_rule_set
 from overture_rules.testcases import run_test_cases
 from overture_runtime.protojson import struct_to_dict
@@ -238,3 +238,140 @@ def test_content_that_does_not_fit_the_message_is_an_error(tmp_path: Path, text:
     with pytest.raises(SpecFileError) as raised:
         load_spec(path, R.RuleSetSpec)
     assert str(path) in str(raised.value)
+
+
+# --- where a problem is ------------------------------------------------------------
+
+JOURNEY = """\
+name: j
+rule_set: r
+trigger:
+  event: {event_type: user.signed_up}
+templates:
+  welcome: {subject: hi}
+steps:
+  - id: first
+    delay: {duration: 1h}
+  - id: second
+    delay: {duration: 2h}
+  - id: third
+    send:
+      channel: email
+      template: [welcome, other]
+"""
+
+
+def problems_of(tmp_path: Path, text: str, message_type: type = J.JourneySpec) -> list[str]:
+    """The problem lines (path:line:column: field: description) of loading *text*, with the file's folder left out."""
+    path = write(tmp_path, text)
+    with pytest.raises(SpecFileError) as raised:
+        load_spec(path, message_type)
+    return [p.text().removeprefix(str(tmp_path) + "/") for p in raised.value.problems]
+
+
+def test_error_names_the_yaml_path_line_and_column(tmp_path: Path) -> None:
+    """A value of the wrong shape is reported at its line and column, under its YAML path in the file's snake_case names."""
+    assert problems_of(tmp_path, JOURNEY) == ["spec.yaml:15:17: steps[2].send.template: expected text, got a list"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("name: j\nsteps:\n  - id: a\n    send: {channel: email, tempalte: t}\n",
+         "spec.yaml:4:28: steps[0].send.tempalte: unknown field 'tempalte'; did you mean 'template'?"),
+        ("name: j\nsteps:\n  - id: a\n    send: {channel: emial}\n",
+         "spec.yaml:4:21: steps[0].send.channel: unknown value 'emial' (did you mean 'email'?); "
+         "expected one of: email, sms, push, webhook, in_app, audience_sync"),
+        ("name: j\ntrigger: {event: {eventType: [a]}}\n", "spec.yaml:2:30: trigger.event.eventType: expected text, got a list"),
+        ("name: j\nsteps:\n  - id: a\n    delay: {duration: 30}\n",
+         "spec.yaml:4:23: steps[0].delay.duration: '30' needs a unit: write it as a number and s, m, h or d, for example 30s, 15m, 2h or 7d"),
+        ("name: j\nsteps:\n  - id: a\n    retry: {max_attempts: lots}\n", "spec.yaml:4:27: steps[0].retry.max_attempts: expected a whole number, got 'lots'"),
+        ("name: j\nsteps:\n  - id: a\n    send: {channel: email}\n    exit: {}\n",
+         "spec.yaml:5:5: steps[0].exit: 'send' and 'exit' are both given, but only one of 'send', 'condition', 'delay', 'wait_for_event', "
+         "'approval', 'update_profile', 'webhook', 'split' or 'exit' may be"),
+        ("name: j\nsteps: {id: a}\n", "spec.yaml:2:8: steps: expected a list, got a mapping"),
+        ("name: j\nsettings:\n  max_causation_depth: 3\n  max_causation_depth: 4\n",
+         "spec.yaml:4:3: settings.max_causation_depth: is given twice (also as 'max_causation_depth')"),
+        ("name: j\nsteps:\n  - id: a\n    update_profile: {traits: {score: .nan}}\n",
+         "spec.yaml:4:38: steps[0].update_profile.traits.score: '.nan' is not a finite number"),
+    ],
+)
+def test_each_kind_of_problem_is_located_and_plainly_worded(tmp_path: Path, text: str, expected: str) -> None:
+    """Unknown fields and enum values (with a suggestion), wrong types, unitless durations, two kinds in one step, duplicate keys
+    and non-finite numbers are each one plain sentence at the offending line and column."""
+    assert problems_of(tmp_path, text) == [expected]
+
+
+def test_every_problem_is_reported_in_file_order(tmp_path: Path) -> None:
+    """All the problems of a file are reported at once, in the order they appear."""
+    lines = problems_of(tmp_path, "name: j\nsteps:\n  - id: a\n    send: {channel: emial}\n  - id: b\n    delay: {duration: 2}\nnope: 1\n")
+    assert [line.split(": ")[1] for line in lines] == ["steps[0].send.channel", "steps[1].delay.duration", "nope"]
+    assert [line.split(":")[1] for line in lines] == ["4", "6", "7"]
+
+
+def test_errors_carry_none_of_the_raw_protobuf_text(tmp_path: Path) -> None:
+    """Problems never show protobuf's own wording: camelCase names, "Available Fields", message type names or a doubled period."""
+    text = "name: j\nrule_set: r\nruleSett: x\ntemplates: {t: {text_bodyy: x}}\nsteps:\n  - {id: a, send: {channel: 7x}}\n"
+    path = write(tmp_path, text)
+    with pytest.raises(SpecFileError) as raised:
+        load_spec(path, J.JourneySpec)
+    message = str(raised.value)
+    for raw in ("Available Fields", "textBody", "ruleSet ", "overture.", "JourneySpec", "..", "Message type"):
+        assert raw not in message, message
+    assert len(raised.value.problems) == 3
+
+
+def test_bad_yaml_is_located(tmp_path: Path) -> None:
+    """A YAML syntax error is reported at its line and column."""
+    (line,) = problems_of(tmp_path, "name: j\nsteps:\n  - id: a\n    send: {channel: email\n")
+    assert line.startswith("spec.yaml:5:1: cannot read: not valid YAML")
+
+
+def test_text_fields_take_what_was_written(tmp_path: Path) -> None:
+    """An unquoted 22:00 or 1.10 in a text field is that text, not the number YAML would make of it."""
+    _, spec = load_spec(write(tmp_path, "name: r\nquiet_hours: {start: 22:00, end: 07:30}\nrules: [{id: 1.10}]\n"), R.RuleSetSpec)
+    assert (spec.quiet_hours.start, spec.quiet_hours.end, spec.rules[0].id) == ("22:00", "07:30", "1.10")
+
+
+def test_yaml_merge_keys_work(tmp_path: Path) -> None:
+    """YAML anchors and merge keys may be used to share settings between steps."""
+    text = "name: j\nsteps:\n  - {id: a, send: &s {channel: email, template: t}}\n  - {id: b, send: {<<: *s, template: u}}\n"
+    _, spec = load_spec(write(tmp_path, text), J.JourneySpec)
+    assert [(s.send.channel, s.send.template) for s in spec.steps] == [(M.CHANNEL_EMAIL, "t"), (M.CHANNEL_EMAIL, "u")]
+
+
+@pytest.mark.parametrize(
+    ("field", "expected"),
+    [
+        ("spec.steps[2].send.template", "spec.yaml:15:17: steps[2].send.template: bad"),
+        ("spec.steps[2].send.channel", "spec.yaml:14:16: steps[2].send.channel: bad"),
+        ("spec.templates[welcome].subject", "spec.yaml:6:22: templates.welcome.subject: bad"),
+        ("spec.templates.welcome.subject", "spec.yaml:6:22: templates.welcome.subject: bad"),
+        ("spec.steps[2].send.rule_set", "spec.yaml:13:5: steps[2].send.rule_set: bad"),
+        ("spec.steps[7].id", "spec.yaml:7:1: steps[7].id: bad"),
+        ("spec.trigger.event.event_type", "spec.yaml:4:23: trigger.event.event_type: bad"),
+        ("spec", "spec.yaml:1:1: bad"),
+        ("name", "spec.yaml:1:7: name: bad"),
+        ("request_id", "spec.yaml: request_id: bad"),
+    ],
+)
+def test_server_field_paths_are_placed_in_the_file(tmp_path: Path, field: str, expected: str) -> None:
+    """A field path as a server names it is shown at its place in the file; a field the file lacks, at the key that would hold it."""
+    text = JOURNEY.replace("template: [welcome, other]", "template: welcome")
+    spec = read_spec(write(tmp_path, text), J.JourneySpec)
+    assert spec.locate(field, "bad").text().removeprefix(str(tmp_path) + "/") == expected
+
+
+def test_placed_paths_use_the_files_own_key_spelling(tmp_path: Path) -> None:
+    """When the file writes a key in camelCase, the placed path uses the file's spelling."""
+    spec = read_spec(write(tmp_path, "name: r\nquietHours: {start: '22:00', end: '07:00'}\n"), R.RuleSetSpec)
+    problem = spec.locate("spec.quiet_hours.end", "end must differ from start")
+    assert (problem.field, problem.line, problem.column) == ("quietHours.end", 2, 35)
+
+
+def test_local_compile_problems_are_placed_in_the_file(tmp_path: Path) -> None:
+    """The compiler's own field paths (spec.rules[0].expression) map to the file, so `rules test` can show where."""
+    spec = read_spec(write(tmp_path, "name: r\nrules:\n  - id: a\n    expression: plan ==\n    effect: deny\n"), R.RuleSetSpec)
+    _, problems = compile_rule_set(spec.message)
+    (problem,) = [spec.locate(p.field, p.description) for p in problems]
+    assert (problem.field, problem.line, problem.column) == ("rules[0].expression", 4, 17)

@@ -1,0 +1,181 @@
+"""A stand-in for the four services: one in-process gRPC server on loopback
+that answers each method with a canned response (or a canned error) and
+records the requests, so the CLI's commands can be run end to end without
+the services."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2, descriptor_pool, message_factory
+from google.protobuf.message import Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from overture.common.v1 import event_pb2, messaging_pb2
+from overture.ingest.v1 import ingest_service_pb2 as IS
+from overture.ingest.v1 import ingested_event_pb2
+from overture.orchestrator.v1 import journey_pb2 as J
+from overture.orchestrator.v1 import orchestrator_service_pb2 as OS
+from overture.orchestrator.v1 import run_pb2
+from overture.rules.v1 import decision_pb2, profile_pb2, rule_set_pb2
+from overture.rules.v1 import profile_service_pb2 as PS
+from overture.rules.v1 import rules_service_pb2 as R
+
+Answer = Message | Callable[[Message], Message] | status_pb2.Status
+
+NOW = dt.datetime(2026, 11, 20, 9, 30, tzinfo=dt.UTC)
+
+
+def _ts(when: dt.datetime = NOW) -> Any:
+    from google.protobuf import timestamp_pb2
+
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(when)
+    return stamp
+
+
+def bad_request(message: str, *violations: tuple[str, str]) -> status_pb2.Status:
+    """An INVALID_ARGUMENT status with BadRequest field violations, as the services send it."""
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.BadRequest(field_violations=[
+        error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations
+    ]))
+    return status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message, details=[detail])
+
+
+def not_found(message: str) -> status_pb2.Status:
+    """A NOT_FOUND status."""
+    return status_pb2.Status(code=code_pb2.NOT_FOUND, message=message)
+
+
+def _run(run_id: str, subject: str, state: int, outcome: str, decision: str) -> run_pb2.Run:
+    return run_pb2.Run(
+        run_id=run_id, journey="welcome", journey_version=1, subject_id=subject, trigger_event_id=f"signup-{subject}",
+        state=run_pb2.RUN_STATE_COMPLETED, create_time=_ts(), update_time=_ts(),
+        steps=[run_pb2.StepRun(step_id="send-welcome", state=state, attempts=1, decision_id=decision, outcome=outcome, start_time=_ts())],
+    )
+
+
+def _decision() -> decision_pb2.Decision:
+    D = decision_pb2
+    d = D.Decision(
+        decision_id="dec-bob", rule_set="marketing-email", version=1, digest="07a77e9e834241cc222a", subject_id="bob",
+        channel=messaging_pb2.CHANNEL_EMAIL, mode=D.EVALUATION_MODE_RESERVE, allowed=False, evaluate_time=_ts(),
+        summary="denied by consent: consent email/marketing not granted",
+        verdicts=[
+            D.Verdict(kind=D.VERDICT_KIND_CONSENT, id="email/marketing", outcome=D.VERDICT_OUTCOME_DENY, reason="consent email/marketing not granted"),
+            D.Verdict(kind=D.VERDICT_KIND_RULE, id="not-churned", outcome=D.VERDICT_OUTCOME_PASS, reason="not-churned: passed"),
+        ],
+    )
+    d.profile_snapshot.update({"traits": {"plan": "pro"}, "consents": {"email/marketing": "missing"}, "erased": False})
+    return d
+
+
+def _journey() -> J.Journey:
+    spec = J.JourneySpec(
+        description="Welcome new sign-ups.", rule_set="marketing-email",
+        trigger=J.JourneyTrigger(event=J.EventTrigger(event_type="user.signed_up")),
+        steps=[J.Step(id="send-welcome", send=J.SendStep(channel=messaging_pb2.CHANNEL_EMAIL, template="welcome"))],
+    )
+    spec.templates["welcome"].subject = "Welcome, {{ profile.traits.first_name }}!"
+    spec.templates["welcome"].text_body = "Hi,\n\nThanks for signing up."
+    return J.Journey(name="welcome", version=1, digest="1b02a9dcaad1ffff", state=J.JOURNEY_STATE_ACTIVE, spec=spec, author="dev",
+                     reason="published from the CLI", create_time=_ts())
+
+
+def _version(version: int, *, active: bool) -> rule_set_pb2.RuleSetVersion:
+    return rule_set_pb2.RuleSetVersion(rule_set="marketing-email", version=version, digest=f"{version}" * 16, author="dev",
+                                       create_time=_ts(), reason="published from the CLI", active=active)
+
+
+def _event() -> ingested_event_pb2.IngestedEvent:
+    event = event_pb2.Event(event_id="signup-alice", event_type="user.signed_up", subject_id="alice", occurred_at=_ts(), source="cli",
+                            received_at=_ts())
+    event.attributes.update({"plan": "pro", "referrer": {"campaign": "launch"}})
+    return ingested_event_pb2.IngestedEvent(event=event, state=ingested_event_pb2.INGESTED_EVENT_STATE_PUBLISHED, commit_time=_ts(),
+                                            publish_time=_ts(), partition=5, run_ids=["run-alice"])
+
+
+def _profile() -> profile_pb2.Profile:
+    profile = profile_pb2.Profile(subject_id="alice", timezone="Europe/Paris", segments=["trial"], update_time=_ts(), consents=[
+        profile_pb2.Consent(channel=messaging_pb2.CHANNEL_EMAIL, purpose="marketing", status=profile_pb2.CONSENT_STATUS_GRANTED, source="cli",
+                            update_time=_ts()),
+    ])
+    profile.traits.update({"first_name": "Alice", "plan": "pro"})
+    return profile
+
+
+def canned() -> dict[str, Answer]:
+    """A realistic answer for every method the CLI calls, after the tour of the README."""
+    alice = _run("run-alice", "alice", run_pb2.STEP_RUN_STATE_COMPLETED, "sent", "dec-alice")
+    bob = _run("run-bob", "bob", run_pb2.STEP_RUN_STATE_SKIPPED, "denied by consent", "dec-bob")
+    failed = _run("run-carol", "carol", run_pb2.STEP_RUN_STATE_FAILED, "", "")
+    failed.state = run_pb2.RUN_STATE_FAILED
+    failed.steps[0].error = "SMTP relay refused the connection"
+    return {
+        "IngestEvents": IS.IngestEventsResponse(results=[IS.EventResult(index=0, event_id="signup-alice", status=IS.EVENT_RESULT_STATUS_ACCEPTED)]),
+        "GetEvent": IS.GetEventResponse(event=_event()),
+        "CreateRuleSetVersion": R.CreateRuleSetVersionResponse(rule_set_version=_version(2, active=False)),
+        "ActivateRuleSetVersion": R.ActivateRuleSetVersionResponse(rule_set_version=_version(2, active=True), previous_version=1),
+        "ListRuleSetVersions": R.ListRuleSetVersionsResponse(rule_set_versions=[_version(2, active=True), _version(1, active=False)]),
+        "DiffRuleSetVersions": R.DiffRuleSetVersionsResponse(changes=[
+            rule_set_pb2.RuleSetChange(path="rules[id=not-churned].expression", kind=rule_set_pb2.RULE_SET_CHANGE_KIND_CHANGED,
+                                       before='"plan == \\"churned\\""', after='"plan in [\\"churned\\", \\"cancelled\\"]"'),
+        ]),
+        "BacktestRuleSet": R.BacktestRuleSetResponse(evaluated_count=2, changed_count=1, newly_denied_count=1, changes=[
+            R.BacktestChange(decision_id="dec-alice", subject_id="alice", allowed_before=True, allowed_after=False, verdicts_after=[
+                decision_pb2.Verdict(kind=decision_pb2.VERDICT_KIND_RULE, id="not-churned", outcome=decision_pb2.VERDICT_OUTCOME_DENY,
+                                     reason="churned and cancelled customers get no marketing email"),
+            ]),
+        ]),
+        "ListAuditEvents": R.ListAuditEventsResponse(audit_events=[]),
+        "GetDecision": R.GetDecisionResponse(decision=_decision()),
+        "ListDecisions": R.ListDecisionsResponse(decisions=[_decision()]),
+        "GetProfile": PS.GetProfileResponse(profile=_profile()),
+        "PublishJourney": OS.PublishJourneyResponse(journey=_journey()),
+        "GetJourney": OS.GetJourneyResponse(journey=_journey()),
+        "PauseJourney": OS.PauseJourneyResponse(journey=J.Journey(name="welcome", version=1, state=J.JOURNEY_STATE_PAUSED)),
+        "ResumeJourney": OS.ResumeJourneyResponse(journey=J.Journey(name="welcome", version=1, state=J.JOURNEY_STATE_ACTIVE)),
+        "ListRuns": OS.ListRunsResponse(runs=[bob, alice]),
+        "GetRun": OS.GetRunResponse(run=alice),
+        "ListDeadLetters": OS.ListDeadLettersResponse(runs=[failed]),
+        "RedriveDeadLetters": OS.RedriveDeadLettersResponse(redriven_count=1),
+    }
+
+
+class FakeServices(grpc.GenericRpcHandler):
+    """Answers every method of every Overture service from :attr:`answers` (by method name); records each request."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, Answer] = canned()
+        self.requests: dict[str, list[Message]] = {}
+        self.metadata: list[dict[str, str]] = []
+        self._pool = descriptor_pool.Default()
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        service_name, _, method_name = handler_call_details.method.strip("/").partition("/")
+        try:
+            method = self._pool.FindServiceByName(service_name).methods_by_name[method_name]
+        except KeyError:
+            return None
+        request_type = message_factory.GetMessageClass(method.input_type)
+        response_type = message_factory.GetMessageClass(method.output_type)
+
+        async def behave(request: Message, context: grpc.aio.ServicerContext) -> Message:
+            self.requests.setdefault(method_name, []).append(request)
+            self.metadata.append(dict(context.invocation_metadata() or ()))
+            answer = self.answers.get(method_name, status_pb2.Status(code=code_pb2.UNIMPLEMENTED, message=f"{method_name} is not faked"))
+            if isinstance(answer, status_pb2.Status):
+                s = rpc_status.to_status(answer)
+                await context.abort(s.code, s.details, s.trailing_metadata)
+            if callable(answer):
+                return answer(request)
+            assert isinstance(answer, response_type)
+            return answer
+
+        return grpc.unary_unary_rpc_method_handler(behave, request_deserializer=request_type.FromString,
+                                                   response_serializer=response_type.SerializeToString)

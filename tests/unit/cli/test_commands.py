@@ -1,0 +1,285 @@
+"""The CLI's commands end to end against stand-in services: one readable text
+form for people, one stable JSON form with ``--json``, and errors in both."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from overture.rules.v1 import audit_event_pb2
+from overture.rules.v1 import rules_service_pb2 as R
+from overture_cli.client import SERVICES
+from overture_cli.main import main, parser
+from tests.unit.cli.fakes import FakeServices, _ts, bad_request, not_found
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+RULES = str(EXAMPLES / "marketing-email.yaml")
+JOURNEY = str(EXAMPLES / "welcome-journey.yaml")
+
+
+@dataclass
+class Cli:
+    """Runs ``overture`` in a thread (it runs its own event loop) against the fake services."""
+
+    fake: FakeServices
+    capsys: pytest.CaptureFixture[str]
+
+    async def __call__(self, *argv: str) -> tuple[int, str, str]:
+        """Run ``overture *argv``; its exit code, stdout and stderr."""
+        self.capsys.readouterr()
+        code = await asyncio.to_thread(main, list(argv))
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+
+@pytest.fixture
+async def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> AsyncIterator[Cli]:
+    """The CLI pointed at a fresh set of fake services, in an empty folder (no dev.json)."""
+    fake = FakeServices()
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((fake,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    for svc in SERVICES:
+        monkeypatch.setenv(f"OVERTURE_{svc.upper()}_ADDRESS", f"127.0.0.1:{port}")
+    monkeypatch.setenv("OVERTURE_TOKEN", "test-token")
+    monkeypatch.chdir(tmp_path)
+    try:
+        yield Cli(fake, capsys)
+    finally:
+        await server.stop(None)
+
+
+# Every command, with what its text form must show. The test below checks the list is complete.
+COMMANDS: dict[str, tuple[list[str], list[str]]] = {
+    "events send": (["events", "send", "--type", "user.signed_up", "--subject", "alice", "--id", "signup-alice"],
+                    ["event:   signup-alice", "status:  accepted"]),
+    "events get": (["events", "get", "signup-alice"], ["type:", "user.signed_up", "published:", "attributes.plan:", "attributes.referrer.campaign:",
+                                                       "runs:", "run-alice"]),
+    "rules test": (["rules", "test", RULES], ["rule set:", "marketing-email", "4 passed"]),
+    "rules publish": (["rules", "publish", RULES], ["version:", "2", "active:", "yes (was 1)"]),
+    "rules activate": (["rules", "activate", "marketing-email", "2", "--reason", "tighter churn rule"], ["active:", "version 2", "previous:"]),
+    "rules versions": (["rules", "versions", "marketing-email"], ["ACTIVE", "VERSION", "*", "published from the CLI"]),
+    "rules diff": (["rules", "diff", "marketing-email", "1", "2"], ["CHANGE", "PATH", "changed", "rules[id=not-churned].expression"]),
+    "rules backtest": (["rules", "backtest", "marketing-email", "2", "--since", "1h"],
+                       ["replayed:", "2 decisions", "1 (1 newly denied, 0 newly allowed)", "DECISION", "dec-alice", "allowed", "denied"]),
+    "audit list": (["audit", "list"], ["SEQ", "ACTION", "rule_set_version_created", "alice@acme"]),
+    "audit verify": (["audit", "verify"], ["audit chain:", "verified"]),
+    "journeys validate": (["journeys", "validate", JOURNEY], ["journey:", "welcome", "valid"]),
+    "journeys publish": (["journeys", "publish", JOURNEY], ["journey:", "welcome", "published"]),
+    "journeys get": (["journeys", "get", "welcome"], ["state:", "active", "STEP", "send-welcome", "channel=email", "templates.welcome.text_body:",
+                                                      "Thanks for signing up."]),
+    "journeys pause": (["journeys", "pause", "welcome"], ["state:", "paused"]),
+    "journeys resume": (["journeys", "resume", "welcome"], ["state:", "active"]),
+    "runs list": (["runs", "list"], ["RUN", "STEP STATE", "run-bob", "skipped", "dec-bob", "run-alice", "sent"]),
+    "runs get": (["runs", "get", "run-alice"], ["run:", "run-alice", "trigger event:", "signup-alice", "ATTEMPTS"]),
+    "runs dead-letters": (["runs", "dead-letters"], ["run-carol", "failed", "SMTP relay refused the connection"]),
+    "runs redrive": (["runs", "redrive", "run-carol", "--reason", "fixed"], ["re-driven:", "1 run(s)"]),
+    "explain": (["explain", "dec-bob"], ["verdict:", "DENIED", "OUTCOME", "deny", "consent", "email/marketing", "profile read",
+                                         "traits.plan:", "pro"]),
+    "profiles get": (["profiles", "get", "alice"], ["subject:", "alice", "traits", "first_name:", "Alice", "CHANNEL", "granted"]),
+}
+
+
+def _audit_answer(fake: FakeServices) -> None:
+    fake.answers["ListAuditEvents"] = R.ListAuditEventsResponse(audit_events=[audit_event_pb2.AuditEvent(
+        sequence=1, action=audit_event_pb2.AUDIT_ACTION_RULE_SET_VERSION_CREATED, actor="alice@acme", time=_ts(),
+        target="rule_set/marketing-email/1", reason="first",
+    )])
+
+
+def _leaf_commands() -> set[str]:
+    found: set[str] = set()
+
+    def walk(p: argparse.ArgumentParser, prefix: list[str]) -> None:
+        subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            found.add(" ".join(prefix))
+        for action in subs:
+            for name, child in action.choices.items():
+                walk(child, [*prefix, name])
+
+    walk(parser(), [])
+    return found - {"serve", "dev"}
+
+
+def test_every_command_is_covered() -> None:
+    """Every command the CLI has (but serve and dev, which run services) is in this module's table of formats."""
+    assert _leaf_commands() == set(COMMANDS)
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+async def test_every_command_prints_readable_text(cli: Cli, name: str) -> None:
+    """By default each command prints key: value blocks and aligned tables: no JSON, no Python reprs."""
+    argv, expected = COMMANDS[name]
+    if name == "audit list":
+        _audit_answer(cli.fake)
+    code, out, err = await cli(*argv)
+    assert (code, err) == (0, "")
+    for text in expected:
+        assert text in out, f"{text!r} not in:\n{out}"
+    assert not out.lstrip().startswith(("{", "[")), out
+    assert "{'" not in out and "': " not in out, out
+    assert '"event_id"' not in out and "CHANNEL_EMAIL" not in out, out
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+@pytest.mark.parametrize("where", ["before", "after"])
+async def test_every_command_prints_stable_json_with_the_json_flag(cli: Cli, name: str, where: str) -> None:
+    """With --json (before or after the command) each command prints one JSON document, indented, keys sorted, every field present."""
+    argv, _ = COMMANDS[name]
+    code, out, err = await cli(*(["--json", *argv] if where == "before" else [*argv, "--json"]))
+    assert (code, err) == (0, "")
+    data = json.loads(out)
+    assert out.rstrip("\n") == json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False)
+    assert isinstance(data, dict)
+
+
+async def test_json_keeps_default_fields_and_full_enum_names(cli: Cli) -> None:
+    """--json output uses proto field names and full enum names, and keeps fields at their default value (allowed: false)."""
+    _, out, _ = await cli("explain", "dec-bob", "--json")
+    decision = json.loads(out)
+    assert decision["allowed"] is False
+    assert decision["channel"] == "CHANNEL_EMAIL"
+    assert decision["decision_id"] == "dec-bob"
+    assert decision["verdicts"][0]["kind"] == "VERDICT_KIND_CONSENT"
+
+
+async def test_explain_by_subject_is_one_json_document(cli: Cli) -> None:
+    """`explain --subject` prints one JSON object holding all the decisions, not one document per decision."""
+    _, out, _ = await cli("--json", "explain", "--subject", "bob")
+    assert [d["decision_id"] for d in json.loads(out)["decisions"]] == ["dec-bob"]
+
+
+async def test_key_value_blocks_are_aligned(cli: Cli) -> None:
+    """In a key: value block every value starts in the same column."""
+    _, out, _ = await cli("explain", "dec-bob")
+    block = out.split("\n\n")[0].splitlines()
+    columns = {len(line) - len(line.split(":", 1)[1].lstrip()) for line in block}
+    assert len(columns) == 1, block
+
+
+async def test_tables_are_aligned(cli: Cli) -> None:
+    """In a table every column starts at the same offset on every row."""
+    _, out, _ = await cli("runs", "list")
+    header, *rows = out.rstrip("\n").splitlines()
+    for column in ("STEP STATE", "DECISION"):
+        at = header.index(column)
+        assert all(row[at - 2:at] == "  " and row[at] != " " for row in rows), out
+
+
+async def test_rpc_error_is_readable_text_or_json_on_stderr(cli: Cli) -> None:
+    """A failed call prints its status and message on stderr (JSON with --json) and exits 1, with nothing on stdout."""
+    cli.fake.answers["DiffRuleSetVersions"] = not_found("rule set marketing-email has no version 2")
+    code, out, err = await cli("rules", "diff", "marketing-email", "1", "2")
+    assert (code, out) == (1, "")
+    assert err == "error: NOT_FOUND: rule set marketing-email has no version 2\n"
+    code, out, err = await cli("rules", "diff", "marketing-email", "1", "2", "--json")
+    assert (code, out) == (1, "")
+    assert json.loads(err) == {"error": {"code": "NOT_FOUND", "message": "rule set marketing-email has no version 2", "problems": []}}
+
+
+async def test_server_field_violations_are_placed_in_the_published_file(cli: Cli, tmp_path: Path) -> None:
+    """A publish refused with BadRequest field violations shows each at its file, line and column, in the file's names."""
+    path = tmp_path / "journey.yaml"
+    path.write_text(
+        "name: welcome\n"
+        "trigger:\n"
+        "  event: {event_type: user.signed_up}\n"
+        "rule_set: marketing-emial\n"
+        "templates:\n"
+        "  welcome: {subject: Hi}\n"
+        "steps:\n"
+        "  - id: send-welcome\n"
+        "    send:\n"
+        "      channel: email\n"
+        "      template: welcome\n"
+    )
+    cli.fake.answers["PublishJourney"] = bad_request(
+        "the journey is invalid",
+        ("spec.rule_set", "no rule set named 'marketing-emial'"),
+        ("spec.steps[0].send.template", "template 'welcome' uses profile.trait.first_name, which cannot exist"),
+        ("spec.steps[0].send.rule_set", "no rule set named 'marketing-emial'"),
+        ("request_id", "request_id is required"),
+    )
+    code, out, err = await cli("journeys", "publish", str(path))
+    assert (code, out) == (1, "")
+    assert err.splitlines() == [
+        "error: INVALID_ARGUMENT: the journey is invalid",
+        f"  {path}:4:11: rule_set: no rule set named 'marketing-emial'",
+        f"  {path}:11:17: steps[0].send.template: template 'welcome' uses profile.trait.first_name, which cannot exist",
+        f"  {path}:9:5: steps[0].send.rule_set: no rule set named 'marketing-emial'",
+        f"  {path}: request_id: request_id is required",
+    ]
+    _, _, err = await cli("--json", "journeys", "publish", str(path))
+    first = json.loads(err)["error"]["problems"][0]
+    assert first == {"field": "rule_set", "description": "no rule set named 'marketing-emial'", "file": str(path), "line": 4, "column": 11}
+
+
+async def test_spec_errors_are_shown_before_any_call(cli: Cli, tmp_path: Path) -> None:
+    """A file that does not fit the message fails with located problems and calls no service."""
+    path = tmp_path / "rules.yaml"
+    path.write_text("name: r\nrules:\n  - {id: a, expression: 'plan == \"x\"', effect: maybe}\n")
+    code, out, err = await cli("rules", "publish", str(path))
+    assert (code, out) == (1, "")
+    assert f"{path}:3:48: rules[0].effect: unknown value 'maybe'" in err
+    assert cli.fake.requests == {}
+
+
+async def test_backtest_takes_a_window_relative_to_now(cli: Cli) -> None:
+    """`--since 1h` asks for the last hour, up to now."""
+    before = dt.datetime.now(dt.UTC)
+    await cli("rules", "backtest", "marketing-email", "2", "--since", "1h")
+    (request,) = cli.fake.requests["BacktestRuleSet"]
+    start, end = request.start_time.ToDatetime(tzinfo=dt.UTC), request.end_time.ToDatetime(tzinfo=dt.UTC)
+    assert end - start == dt.timedelta(hours=1)
+    assert before <= end <= dt.datetime.now(dt.UTC)
+    assert request.candidate_version == 2
+
+
+async def test_backtest_takes_absolute_times_too(cli: Cli) -> None:
+    """`--since` and `--until` also take RFC 3339 times."""
+    await cli("rules", "backtest", "marketing-email", "2", "--since", "2026-11-01T00:00:00Z", "--until", "2026-11-23T00:00:00Z")
+    (request,) = cli.fake.requests["BacktestRuleSet"]
+    assert request.start_time.ToJsonString() == "2026-11-01T00:00:00Z"
+    assert request.end_time.ToJsonString() == "2026-11-23T00:00:00Z"
+
+
+async def test_backtest_refuses_an_empty_window(cli: Cli) -> None:
+    """A window whose end is not after its start is refused before any call."""
+    code, _, err = await cli("rules", "backtest", "marketing-email", "2", "--since", "1h", "--until", "2h")
+    assert code == 1 and "the window is empty" in err
+    assert "BacktestRuleSet" not in cli.fake.requests
+
+
+async def test_publish_sends_the_file_with_a_request_id(cli: Cli) -> None:
+    """`rules publish` sends the file's name and spec with a fresh request id, then activates the created version."""
+    await cli("rules", "publish", RULES)
+    (created,) = cli.fake.requests["CreateRuleSetVersion"]
+    (activated,) = cli.fake.requests["ActivateRuleSetVersion"]
+    assert created.rule_set == "marketing-email" and created.spec.rules[0].id == "not-churned"
+    assert created.request_id and activated.request_id and created.request_id != activated.request_id
+    assert (activated.rule_set, activated.version) == ("marketing-email", 2)
+    assert cli.fake.metadata[0]["authorization"] == "Bearer test-token"
+
+
+async def test_rejected_event_names_its_fields(cli: Cli) -> None:
+    """An event the server rejects fails with its field violations."""
+    from overture.common.v1 import field_violation_pb2
+    from overture.ingest.v1 import ingest_service_pb2 as IS
+
+    cli.fake.answers["IngestEvents"] = IS.IngestEventsResponse(results=[IS.EventResult(
+        event_id="e", status=IS.EVENT_RESULT_STATUS_REJECTED,
+        violations=[field_violation_pb2.FieldViolation(field="events[0].event_type", description="event_type is required")],
+    )])
+    code, _, err = await cli("events", "send", "--type", "x", "--subject", "s")
+    assert code == 1
+    assert err.splitlines() == ["error: the event was rejected", "  events[0].event_type: event_type is required"]
