@@ -19,6 +19,7 @@ __all__ = [
     "CONSENT_SOURCE_COLUMN",
     "DURATION_MAX",
     "EVENT_TYPE",
+    "GENERATED_ID",
     "IDENTIFIER",
     "JSON_DEPTH",
     "JSON_INTEGER_MAX",
@@ -43,7 +44,11 @@ TENANT = 64
 NAME = 63
 """A resource name: rule set, journey, step, rule, purpose, segment, suppression list."""
 IDENTIFIER = 256
-"""An opaque id: subject, event, request, run, decision, delivery, idempotency key."""
+"""An opaque id a caller chooses: subject, event, request, idempotency key."""
+GENERATED_ID = 64
+"""An id Overture issues (run, decision, delivery, dead-letter entry); a
+caller that names a decision itself (``EvaluateRequest.decision_id``) has
+the same room."""
 EVENT_TYPE = 128
 """An event type such as ``user.signed_up``."""
 TIMEZONE = 64
@@ -64,8 +69,8 @@ TEXT = 256 * 1024
 STRING_LIMITS: Mapping[str, int] = MappingProxyType({
     "tenant": TENANT,
     "subject_id": IDENTIFIER, "event_id": IDENTIFIER, "request_id": IDENTIFIER, "idempotency_key": IDENTIFIER,
-    "root_event_id": IDENTIFIER, "trigger_event_id": IDENTIFIER, "decision_id": IDENTIFIER, "run_id": IDENTIFIER,
-    "run_ids": IDENTIFIER, "delivery_id": IDENTIFIER,
+    "root_event_id": IDENTIFIER, "trigger_event_id": IDENTIFIER,
+    "decision_id": GENERATED_ID, "run_id": GENERATED_ID, "run_ids": GENERATED_ID, "delivery_id": GENERATED_ID,
     "journey": NAME, "rule_set": NAME, "step_id": NAME, "purpose": NAME,
     "event_type": EVENT_TYPE,
     "timezone": TIMEZONE, "default_timezone": TIMEZONE,

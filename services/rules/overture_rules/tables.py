@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from overture_runtime import limits
 from overture_runtime.db import JSONType, utc_datetime
 from overture_runtime.idempotency import idempotency_table
 
@@ -76,7 +77,7 @@ consents = sa.Table(
     sa.Column("channel", sa.String(32), primary_key=True),
     sa.Column("purpose", sa.String(64), primary_key=True),
     sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("source", sa.String(256), nullable=False),
+    sa.Column("source", sa.String(limits.CONSENT_SOURCE_COLUMN), nullable=False),  # "event:<event id>" or a caller's source
     sa.Column("update_time", utc_datetime, nullable=False),
 )
 
