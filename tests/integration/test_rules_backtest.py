@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from overture.rules.v1 import decision_pb2 as D
+from overture.rules.v1 import profile_service_pb2
 from overture.rules.v1 import rules_service_pb2 as R
 from overture_runtime.config import Settings
 
@@ -65,6 +66,21 @@ async def test_backtest_the_other_way_finds_newly_allowed(svc: Rules) -> None:
         rule_set="promo", candidate_version=lenient, start_time=_ts(utc(2026, 11, 1)), end_time=_ts(utc(2026, 11, 8)), page_size=1),
         metadata=MD)
     assert (result.changed_count, result.newly_allowed_count) == (1, 1)
+
+
+async def test_backtest_over_an_erased_subjects_decisions_skips_them(svc: Rules) -> None:
+    """A window holding decisions of an erased subject backtests the others (it was INTERNAL): erased inputs are not replayed."""
+    await svc.publish("promo", spec(attributes=[("plan", STRING)], rules=[("paying-only", 'plan == "free"', "deny")]))
+    lenient = await svc.publish("promo", spec(attributes=[("plan", STRING)]), activate=False)
+    for subject in ("ben", "gus"):
+        await svc.profile(subject, traits={"plan": "free"})
+        await svc.consent(subject)
+        await svc.evaluate(rule_set="promo", subject_id=subject, now=utc(2026, 11, 3))
+    await svc.profiles.EraseProfile(profile_service_pb2.EraseProfileRequest(subject_id="gus", reason="GDPR request"), metadata=MD)
+    result = await svc.rules.BacktestRuleSet(R.BacktestRuleSetRequest(
+        rule_set="promo", candidate_version=lenient, start_time=_ts(utc(2026, 11, 1)), end_time=_ts(utc(2026, 11, 8))), metadata=MD)
+    assert (result.evaluated_count, result.changed_count) == (1, 1)
+    assert [c.subject_id for c in result.changes] == ["ben"]
 
 
 def _ts(when: dt.datetime) -> object:
