@@ -11,6 +11,7 @@ import grpc
 from overture.rules.v1 import audit_event_pb2, audit_service_pb2, audit_service_pb2_grpc
 from overture_runtime import Violations, current_principal
 from overture_runtime.db import Database
+from overture_runtime.edge import item_violations
 from overture_runtime.protojson import struct_to_dict
 from overture_runtime.validation import check_batch, check_identifier, check_reason, check_struct, to_proto_violations
 
@@ -27,8 +28,11 @@ _DETAILS_MAX = 8 * 1024
 
 
 def validate_record(item: A.AuditRecord) -> Violations:
-    """The problems of one record, with field paths relative to it."""
-    v = Violations()
+    """The problems of one record, with field paths relative to it: the edge
+    checks every batch item gets, then the record's own rules."""
+    v = Violations(item_violations(item))
+    if v:
+        return v
     check_identifier(v, "record_id", item.record_id)
     if len(item.record_id) > _ID_MAX:
         v.add("record_id", f"record_id must be at most {_ID_MAX} characters", "TOO_LONG")

@@ -26,26 +26,29 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from overture.common.v1 import auth_pb2 as overture_dot_common_dot_v1_dot_auth__pb2
 from overture.common.v1 import field_violation_pb2 as overture_dot_common_dot_v1_dot_field__violation__pb2
+from overture.common.v1 import validation_pb2 as overture_dot_common_dot_v1_dot_validation__pb2
 from overture.rules.v1 import audit_event_pb2 as overture_dot_rules_dot_v1_dot_audit__event__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%overture/rules/v1/audit_service.proto\x12\x11overture.rules.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1doverture/common/v1/auth.proto\x1a(overture/common/v1/field_violation.proto\x1a#overture/rules/v1/audit_event.proto\"\xd3\x01\n\x0b\x41uditRecord\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12.\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x1e.overture.rules.v1.AuditAction\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0e\n\x06target\x18\x06 \x01(\t\x12(\n\x07\x64\x65tails\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"K\n\x18RecordAuditEventsRequest\x12/\n\x07records\x18\x01 \x03(\x0b\x32\x1e.overture.rules.v1.AuditRecord\"W\n\x19RecordAuditEventsResponse\x12:\n\x07results\x18\x01 \x03(\x0b\x32).overture.rules.v1.RecordAuditEventResult\"\x84\x01\n\x16RecordAuditEventResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12\x36\n\nviolations\x18\x04 \x03(\x0b\x32\".overture.common.v1.FieldViolation2\x8f\x01\n\x0c\x41uditService\x12\x7f\n\x11RecordAuditEvents\x12+.overture.rules.v1.RecordAuditEventsRequest\x1a,.overture.rules.v1.RecordAuditEventsResponse\"\x0f\x8a\xb5\x18\x0b\x61udit.writeb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%overture/rules/v1/audit_service.proto\x12\x11overture.rules.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1doverture/common/v1/auth.proto\x1a(overture/common/v1/field_violation.proto\x1a#overture/common/v1/validation.proto\x1a#overture/rules/v1/audit_event.proto\"\xd3\x01\n\x0b\x41uditRecord\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12.\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x1e.overture.rules.v1.AuditAction\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0e\n\x06target\x18\x06 \x01(\t\x12(\n\x07\x64\x65tails\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"Q\n\x18RecordAuditEventsRequest\x12\x35\n\x07records\x18\x01 \x03(\x0b\x32\x1e.overture.rules.v1.AuditRecordB\x04\x90\xb5\x18\x01\"W\n\x19RecordAuditEventsResponse\x12:\n\x07results\x18\x01 \x03(\x0b\x32).overture.rules.v1.RecordAuditEventResult\"\x84\x01\n\x16RecordAuditEventResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12\x36\n\nviolations\x18\x04 \x03(\x0b\x32\".overture.common.v1.FieldViolation2\x8f\x01\n\x0c\x41uditService\x12\x7f\n\x11RecordAuditEvents\x12+.overture.rules.v1.RecordAuditEventsRequest\x1a,.overture.rules.v1.RecordAuditEventsResponse\"\x0f\x8a\xb5\x18\x0b\x61udit.writeb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'overture.rules.v1.audit_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_RECORDAUDITEVENTSREQUEST'].fields_by_name['records']._loaded_options = None
+  _globals['_RECORDAUDITEVENTSREQUEST'].fields_by_name['records']._serialized_options = b'\220\265\030\001'
   _globals['_AUDITSERVICE'].methods_by_name['RecordAuditEvents']._loaded_options = None
   _globals['_AUDITSERVICE'].methods_by_name['RecordAuditEvents']._serialized_options = b'\212\265\030\013audit.write'
-  _globals['_AUDITRECORD']._serialized_start=234
-  _globals['_AUDITRECORD']._serialized_end=445
-  _globals['_RECORDAUDITEVENTSREQUEST']._serialized_start=447
-  _globals['_RECORDAUDITEVENTSREQUEST']._serialized_end=522
-  _globals['_RECORDAUDITEVENTSRESPONSE']._serialized_start=524
-  _globals['_RECORDAUDITEVENTSRESPONSE']._serialized_end=611
-  _globals['_RECORDAUDITEVENTRESULT']._serialized_start=614
-  _globals['_RECORDAUDITEVENTRESULT']._serialized_end=746
-  _globals['_AUDITSERVICE']._serialized_start=749
-  _globals['_AUDITSERVICE']._serialized_end=892
+  _globals['_AUDITRECORD']._serialized_start=271
+  _globals['_AUDITRECORD']._serialized_end=482
+  _globals['_RECORDAUDITEVENTSREQUEST']._serialized_start=484
+  _globals['_RECORDAUDITEVENTSREQUEST']._serialized_end=565
+  _globals['_RECORDAUDITEVENTSRESPONSE']._serialized_start=567
+  _globals['_RECORDAUDITEVENTSRESPONSE']._serialized_end=654
+  _globals['_RECORDAUDITEVENTRESULT']._serialized_start=657
+  _globals['_RECORDAUDITEVENTRESULT']._serialized_end=789
+  _globals['_AUDITSERVICE']._serialized_start=792
+  _globals['_AUDITSERVICE']._serialized_end=935
 # @@protoc_insertion_point(module_scope)
