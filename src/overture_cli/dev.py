@@ -33,7 +33,10 @@ from .mailsink import MailSink, _free_port
 __all__ = ["dev_token", "run_dev", "write_dev_file"]
 
 _COLORS = {"ingest": "36", "rules": "35", "orchestrator": "33", "connectors": "32"}
-_INTERNAL_ROLES = ["rules.evaluate", "profiles.read", "profiles.write", "deliveries.send", "deliveries.report", "runs.read", "events.write"]
+_INTERNAL_ROLES = [
+    "rules.evaluate", "rules.read", "profiles.read", "profiles.write", "deliveries.send", "deliveries.report", "runs.read", "events.write",
+    "audit.write",
+]
 _PORTS = {"ingest": 50051, "rules": 50052, "orchestrator": 50053, "connectors": 50054}
 
 
@@ -42,13 +45,40 @@ def _say(text: str) -> None:
 
 
 class _FakeRedis:
-    """fakeredis's TCP server in a daemon thread."""
+    """fakeredis's TCP server in a daemon thread.
+
+    Its request handler turns an error reply (NOGROUP, NOSCRIPT, WRONGTYPE)
+    into an exception that closes the connection, so a client's first
+    EVALSHA or XPENDING before its group exists failed with "Connection
+    closed by server". Here error replies are answered as replies, as Redis
+    does, and the connection stays open."""
 
     def __init__(self) -> None:
         from fakeredis import TcpFakeServer
+        from redis.exceptions import ResponseError
 
         self.port = _free_port()
         self._server = TcpFakeServer(("127.0.0.1", self.port), server_type="redis")
+        base: Any = self._server.RequestHandlerClass
+
+        class Handler(base):  # type: ignore[misc, valid-type]
+            def setup(self) -> None:
+                super().setup()
+                client = self.current_client
+                if getattr(client, "_overture_replies_errors", False):
+                    return
+                read = client.read_response
+
+                def read_response(*args: Any, **kwargs: Any) -> Any:
+                    try:
+                        return read(*args, **kwargs)
+                    except ResponseError as error:  # an error reply, not a broken connection
+                        return error
+
+                client.read_response = read_response
+                client._overture_replies_errors = True
+
+        self._server.RequestHandlerClass = Handler
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="fakeredis")
 
     def start(self) -> None:
