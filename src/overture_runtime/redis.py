@@ -8,17 +8,11 @@ keys on one Redis Cluster slot (a subject, a stream partition).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-import structlog
-from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
 
-__all__ = ["Keys", "create_redis", "preload_scripts"]
-
-log = structlog.get_logger("overture.redis")
+__all__ = ["Keys", "create_redis"]
 
 
 def create_redis(url: str, *, cluster: bool = False) -> aioredis.Redis:
@@ -31,19 +25,6 @@ def create_redis(url: str, *, cluster: bool = False) -> aioredis.Redis:
     if cluster:
         return aioredis.RedisCluster.from_url(url, health_check_interval=30, socket_keepalive=True)  # type: ignore[return-value]
     return aioredis.Redis.from_url(url, health_check_interval=30, socket_keepalive=True)
-
-
-async def preload_scripts(redis: aioredis.Redis, scripts: Iterable[AsyncScript]) -> None:
-    """Load Lua scripts before their first use, so that the first EVALSHA
-    finds them. Real Redis answers a missing script with NOSCRIPT, which the
-    script object handles by loading it; the embedded server of ``overture
-    dev`` (fakeredis) closes the connection instead, which would fail the
-    first calls. Best effort: if Redis is down now, scripts load on first use."""
-    try:
-        for script in scripts:
-            await redis.script_load(script.script)
-    except RedisError as error:
-        log.warning("redis.scripts_not_preloaded", error=type(error).__name__)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ from overture.orchestrator.v1 import orchestrator_service_pb2_grpc
 from overture.rules.v1 import profile_service_pb2_grpc
 from overture_runtime import BaseApp
 from overture_runtime.auth import TokenTable
-from overture_runtime.redis import preload_scripts
 
 from .http import create_http_app
 from .log import EventLog, Relay
@@ -66,7 +65,6 @@ class IngestApp(BaseApp):
             per_tenant={t: Limits(rate=v.get("rate", s.ingest_rate_per_second), burst=int(v.get("burst", s.ingest_burst)),
                                   daily_quota=int(v.get("daily_quota", s.ingest_daily_quota))) for t, v in s.ingest_tenant_limits.items()},
         )
-        await preload_scripts(self.redis, limiter.scripts)
         self.pipeline = IngestPipeline(
             log_=self.log, relay=self.relay, clock=self.clock, settings=s, limiter=limiter, aliases=s.event_type_aliases,
             limits=EventLimits(max_age=dt.timedelta(days=s.max_event_age_days)),

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 import structlog
-from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from overture_runtime.errors import ResourceExhausted
@@ -69,11 +68,6 @@ class RateLimiter:
         self._default = default
         self._per_tenant = dict(per_tenant or {})
         self._script = redis.register_script(_SCRIPT)
-
-    @property
-    def scripts(self) -> tuple[AsyncScript, ...]:
-        """The Lua scripts this limiter runs (see :func:`~overture_runtime.redis.preload_scripts`)."""
-        return (self._script,)
 
     def limits(self, tenant: str) -> Limits:
         """The limits that apply to *tenant*."""

@@ -17,7 +17,6 @@ from overture.rules.v1 import (
 )
 from overture_runtime import BaseApp
 from overture_runtime.idempotency import Idempotency
-from overture_runtime.redis import preload_scripts
 
 from .audit_servicer import AuditServicer
 from .caps import CapLedger
@@ -47,7 +46,6 @@ class RulesApp(BaseApp):
         self.ledger = CapLedger(self.redis, self.keys, hold=dt.timedelta(seconds=s.reservation_ttl_seconds),
                                 retention=dt.timedelta(days=s.cap_history_days))
         cache = ProfileCache(self.redis, self.keys, ttl=dt.timedelta(seconds=s.profile_cache_ttl_seconds))
-        await preload_scripts(self.redis, (*self.ledger.scripts, *cache.scripts))
         self.rule_sets = RuleSetStore(self.db, self.clock, active_ttl=s.active_version_ttl_seconds)
         self.profiles = ProfileStore(self.db, self.clock, cache=cache, ledger=self.ledger, read_timeout=s.profile_read_timeout_seconds)
         self.decider = Decider(self.db, self.rule_sets, self.profiles, self.ledger, self.clock, self.ids,

@@ -19,7 +19,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
 
 from overture.common.v1 import messaging_pb2
 from overture.rules.v1 import decision_pb2, rule_set_pb2
@@ -110,11 +109,6 @@ class CapLedger:
         self._hold_ms = int(hold.total_seconds() * 1000)
         self._retention_ms = int(retention.total_seconds() * 1000)
         self._script = redis.register_script(_SCRIPT)
-
-    @property
-    def scripts(self) -> tuple[AsyncScript, ...]:
-        """The Lua scripts this ledger runs (see :func:`~overture_runtime.redis.preload_scripts`)."""
-        return (self._script,)
 
     def _keys_of(self, tenant: str, subject_id: str) -> list[str]:
         return [self._keys.subject(tenant, subject_id, "caps", "z"), self._keys.subject(tenant, subject_id, "caps", "h")]

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
 
 from overture_runtime.redis import Keys
 
@@ -60,11 +59,6 @@ class ProfileCache:
         self._keys = keys
         self._ttl_ms = int(ttl.total_seconds() * 1000)
         self._set = redis.register_script(_SET_IF_GENERATION)
-
-    @property
-    def scripts(self) -> tuple[AsyncScript, ...]:
-        """The Lua scripts this cache runs (see :func:`~overture_runtime.redis.preload_scripts`)."""
-        return (self._set,)
 
     def _pair(self, tenant: str, subject_id: str) -> tuple[str, str]:
         return self._keys.subject(tenant, subject_id, "profile"), self._keys.subject(tenant, subject_id, "profile-gen")
