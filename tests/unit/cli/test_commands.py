@@ -283,3 +283,23 @@ async def test_rejected_event_names_its_fields(cli: Cli) -> None:
     code, _, err = await cli("events", "send", "--type", "x", "--subject", "s")
     assert code == 1
     assert err.splitlines() == ["error: the event was rejected", "  events[0].event_type: event_type is required"]
+
+
+async def test_a_broken_dev_file_is_a_clear_error(cli: Cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A half-written .overture/dev.json is reported in one line that says what to do, not with a traceback."""
+    monkeypatch.delenv("OVERTURE_TOKEN")
+    (tmp_path / ".overture").mkdir()
+    (tmp_path / ".overture" / "dev.json").write_text('{"tok')
+    code, out, err = await cli("runs", "list")
+    assert (code, out) == (1, "")
+    assert err == "error: cannot read .overture/dev.json (JSONDecodeError); restart `overture dev` or delete the file\n"
+
+
+async def test_the_token_and_addresses_come_from_the_dev_file(cli: Cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Without OVERTURE_TOKEN the CLI calls with the token `overture dev` saved."""
+    monkeypatch.delenv("OVERTURE_TOKEN")
+    (tmp_path / ".overture").mkdir()
+    (tmp_path / ".overture" / "dev.json").write_text(json.dumps({"token": "ovt_dev_saved"}))
+    code, _, _ = await cli("runs", "list")
+    assert code == 0
+    assert cli.fake.metadata[-1]["authorization"] == "Bearer ovt_dev_saved"
