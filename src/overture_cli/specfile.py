@@ -267,6 +267,8 @@ class _Reader:
         prefix = enum.values[0].name.removesuffix("UNSPECIFIED")
         if text in enum.values_by_name:
             return text
+        if node.tag == "tag:yaml.org,2002:int" and text.isdigit() and int(text) in enum.values_by_number:
+            return int(text)  # the JSON mapping's number form
         candidate = prefix + text.upper().replace("-", "_").replace("/", "_").replace(" ", "_")
         if candidate in enum.values_by_name and not candidate.endswith("_UNSPECIFIED"):
             return candidate

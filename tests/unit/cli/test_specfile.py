@@ -375,3 +375,11 @@ def test_local_compile_problems_are_placed_in_the_file(tmp_path: Path) -> None:
     _, problems = compile_rule_set(spec.message)
     (problem,) = [spec.locate(p.field, p.description) for p in problems]
     assert (problem.field, problem.line, problem.column) == ("rules[0].expression", 4, 17)
+
+
+def test_enum_numbers_of_the_json_mapping_still_work(tmp_path: Path) -> None:
+    """An enum given by its number, as the proto JSON mapping allows, loads; an unknown number is a located error."""
+    _, spec = load_spec(write(tmp_path, "name: r\nconsents: [{channel: 1, purpose: marketing}]\n"), R.RuleSetSpec)
+    assert spec.consents[0].channel == M.CHANNEL_EMAIL
+    (line,) = problems_of(tmp_path, "name: r\nconsents: [{channel: 999, purpose: marketing}]\n", R.RuleSetSpec)
+    assert line.startswith("spec.yaml:2:22: consents[0].channel: unknown value '999'")
