@@ -23,7 +23,11 @@ from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 
-__all__ = ["Database", "JSONType", "insert_ignore", "migrate", "run_migrations_in_env", "utc_datetime"]
+__all__ = ["SERVER_SETTINGS", "Database", "JSONType", "insert_ignore", "migrate", "run_migrations_in_env", "utc_datetime"]
+
+
+SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
+"""PostgreSQL settings of every connection Overture opens (see Database)."""
 
 
 class Database:
@@ -41,6 +45,14 @@ class Database:
             kwargs["connect_args"] = {"timeout": 30}
         else:
             kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)
+            # Prepared statements are cached per connection, and PostgreSQL
+            # switches a prepared statement to a generic plan after five
+            # runs. A generic plan made while a table was small (or its
+            # statistics stale: autovacuum may lag or be off) keeps scanning
+            # long after the table grew. A custom plan is made per execution
+            # from the table's current size, so the hot lookups stay on their
+            # index whatever the statistics say; planning them costs ~0.1 ms.
+            kwargs["connect_args"] = {"server_settings": dict(SERVER_SETTINGS)}
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
