@@ -195,3 +195,23 @@ async def test_redrive_moves_runs_to_the_latest_version_only_when_it_has_their_s
     done = await eventually(completed, what="the moved run to complete")
     assert done.journey_version == 4 and done.steps[0].outcome == "sent"
     assert [m["To"] for m in c.mail.messages] == ["eli@example.com"]
+
+
+async def test_preview_refuses_names_that_cannot_exist_and_shows_values_the_subject_lacks(cluster: Cluster) -> None:
+    """Previewing a spec with `profile.trait` is INVALID_ARGUMENT at the template; with a trait the subject lacks, the send step comes back FAILED naming it; nothing is sent."""
+    from overture.rules.v1 import profile_service_pb2 as P
+
+    c = cluster
+    await _publish_rules(c)
+    code, violations, _ = await _refusal(c.orchestrator.PreviewJourney(O.PreviewJourneyRequest(
+        spec=_welcome(subject="Hi {{ profile.trait.first_name }}"), subject_id="hal"), metadata=MD))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "profile.trait cannot exist" in violations["spec.templates[welcome].subject"]
+    strict = _welcome(subject="Hi {{ profile.traits.nickname }}")
+    (step,) = (await c.orchestrator.PreviewJourney(O.PreviewJourneyRequest(spec=strict, subject_id="hal"), metadata=MD)).steps
+    assert step.state == run_pb2.STEP_RUN_STATE_FAILED and "'nickname'" in step.error
+    request = P.UpsertProfileRequest(subject_id="hal")
+    request.traits.update({"nickname": "Hal"})
+    await c.profiles.UpsertProfile(request, metadata=MD)
+    (step,) = (await c.orchestrator.PreviewJourney(O.PreviewJourneyRequest(spec=strict, subject_id="hal"), metadata=MD)).steps
+    assert step.state == run_pb2.STEP_RUN_STATE_COMPLETED and step.outcome.startswith("would send template 'welcome' by email")
+    assert c.mail.messages == []

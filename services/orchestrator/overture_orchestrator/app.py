@@ -23,6 +23,7 @@ from .consumer import EventConsumer
 from .executor import Executor
 from .feedback import DeliveryFeedback
 from .journeys import JourneyStore
+from .preview import Previewer
 from .references import RuleSetCheck
 from .retries import Retrier
 from .runs import RunStore
@@ -46,10 +47,8 @@ class OrchestratorApp(BaseApp):
     async def on_start(self) -> None:
         consumer = self.settings.consumer_name or f"{socket.gethostname()}:{os.getpid()}"
         self.audit = AuditForwarder(db=self.db, audit=audit_service_pb2_grpc.AuditServiceStub(self.channel("rules")), settings=self.settings)
-        self.journeys = JourneyStore(
-            self.db, self.clock, ids=self.ids, audited=self.audit.after_commit,
-            references=RuleSetCheck(rules=rules_service_pb2_grpc.RulesServiceStub(self.channel("rules")), settings=self.settings),
-        )
+        self.references = RuleSetCheck(rules=rules_service_pb2_grpc.RulesServiceStub(self.channel("rules")), settings=self.settings)
+        self.journeys = JourneyStore(self.db, self.clock, ids=self.ids, audited=self.audit.after_commit, references=self.references)
         self.runs = RunStore(self.db, self.clock, self.ids, owner=consumer)
         self.executor = Executor(
             db=self.db, runs=self.runs, journeys=self.journeys, settings=self.settings, clock=self.clock, ids=self.ids,
@@ -90,7 +89,8 @@ class OrchestratorApp(BaseApp):
         orchestrator_service_pb2_grpc.add_OrchestratorServiceServicer_to_server(
             OrchestratorServicer(journeys=self.journeys, runs=self.runs, starter=self.starter,
                                  idempotency=Idempotency(self.db, idempotency, self.clock), feedback=self.feedback,
-                                 retrier=Retrier(runs=self.runs, journeys=self.journeys), audited=self.audit.after_commit),
+                                 retrier=Retrier(runs=self.runs, journeys=self.journeys), audited=self.audit.after_commit,
+                                 previewer=Previewer(journeys=self.journeys, references=self.references, profile_of=self.executor.profile_of)),
             server,
         )
 

@@ -27,7 +27,7 @@ from overture_runtime.errors import FieldViolation, Violations
 from overture_runtime.templates import check_template, html_environment, text_environment
 from overture_runtime.validation import check_name
 
-__all__ = ["SUPPORTED_STEPS", "CompiledJourney", "compile_journey", "templates_env"]
+__all__ = ["SUPPORTED_STEPS", "CompiledJourney", "RenderError", "compile_journey", "render_message", "templates_env"]
 
 SUPPORTED_STEPS = frozenset({"send", "condition", "delay", "exit"})
 """Step kinds this release runs; the others are part of the contract, not built yet."""
@@ -216,3 +216,31 @@ def evaluate_expression(rule: rule_engine.Rule, scope: Mapping[str, Any]) -> boo
 def render(template: jinja2.Template | None, scope: Mapping[str, Any]) -> str:
     """Render a compiled template in the sandbox; empty for no template."""
     return template.render(**scope) if template is not None else ""
+
+
+class RenderError(Exception):
+    """A send step's message could not be rendered. The message names the
+    part and the missing name, never a value."""
+
+
+def render_message(journey: CompiledJourney, step: journey_pb2.Step, scope: Mapping[str, Any]) -> dict[str, str]:
+    """The rendered ``to`` (empty when the step has none), ``subject``,
+    ``text_body`` and ``html_body`` of a send step, all or nothing: any
+    failure raises :class:`RenderError`, so nothing half-rendered is sent."""
+    send = step.send
+    template = journey.templates.get(send.template, {})
+    rendered: dict[str, str] = {}
+    part = "to"
+    try:
+        rendered["to"] = templates_env.from_string(send.to).render(**scope).strip() if send.to else ""
+        for part in ("subject", "text_body", "html_body"):
+            rendered[part] = render(template.get(part), scope)
+    except Exception as error:  # noqa: BLE001 - every failure to render is reported the same way
+        # Jinja's messages name the missing name and the type it was looked up
+        # on, never a value; other exceptions may quote values, so only their
+        # type is kept.
+        why = error.message if isinstance(error, jinja2.TemplateError) and error.message else type(error).__name__
+        where = f"the address of step {step.id!r}" if part == "to" else f"template {send.template!r} {part}"
+        raise RenderError(f"{where} failed to render: {why}"[:2000]) from None
+    rendered["subject"] = rendered["subject"].strip()
+    return rendered

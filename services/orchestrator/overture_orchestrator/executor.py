@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import jinja2
 import rule_engine
 import sqlalchemy as sa
 import structlog
@@ -32,7 +31,7 @@ from overture_runtime.db import Database
 from overture_runtime.protojson import from_json, struct_to_dict
 from overture_runtime.templates import event_scope, profile_scope, run_scope, template_scope
 
-from .definition import CompiledJourney, compile_journey, evaluate_expression, render, templates_env
+from .definition import CompiledJourney, RenderError, compile_journey, evaluate_expression, render_message
 from .journeys import JourneyStore
 from .runs import RunRecord, RunStore, StepRecord
 from .tables import dead_letters
@@ -186,15 +185,20 @@ class Executor:
             raise
 
     async def _profile(self, run: RunRecord) -> dict[str, Any]:
+        return await self.profile_of(run.tenant, run.subject_id)
+
+    async def profile_of(self, tenant: str, subject_id: str) -> dict[str, Any]:
+        """The ``profile`` templates and conditions read; empty for an unknown
+        subject. Transient failures raise the executor's retry signal."""
         try:
-            response = await self._call(self._profiles.GetProfile, profile_service_pb2.GetProfileRequest(subject_id=run.subject_id),
-                                        run.tenant, "profile")
+            response = await self._call(self._profiles.GetProfile, profile_service_pb2.GetProfileRequest(subject_id=subject_id),
+                                        tenant, "profile")
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
-                return profile_scope(subject_id=run.subject_id, traits={}, segments=[], timezone="")
+                return profile_scope(subject_id=subject_id, traits={}, segments=[], timezone="")
             raise
         profile = response.profile
-        return profile_scope(subject_id=run.subject_id, traits=struct_to_dict(profile.traits), segments=profile.segments,
+        return profile_scope(subject_id=subject_id, traits=struct_to_dict(profile.traits), segments=profile.segments,
                              timezone=profile.timezone)
 
     async def _release(self, run: RunRecord, decision_id: str) -> None:
@@ -248,24 +252,14 @@ class Executor:
             return StepResult("waiting", wake_time=wake)
         scope = template_scope(profile=profile, event=event_scope(run.trigger_event),
                                run=run_scope(run_id=run.run_id, journey=run.journey, step_id=step.id))
-        part = "to"
         try:
-            address = _address(send, profile, scope)
-            template = journey.templates.get(send.template, {})
-            rendered: dict[str, str] = {}
-            for part in ("subject", "text_body", "html_body"):
-                rendered[part] = render(template.get(part), scope)
-            content = delivery_pb2.MessageContent(
-                subject=rendered["subject"].strip(), text_body=rendered["text_body"], html_body=rendered["html_body"])
-        except Exception as error:  # noqa: BLE001 - any failure to render fails the step; nothing half-rendered is sent
-            # Jinja's messages name the missing name and the type it was looked
-            # up on, never a value; other exceptions may quote values, so only
-            # their type is kept.
-            why = error.message if isinstance(error, jinja2.TemplateError) and error.message else type(error).__name__
-            where = f"the address of step {step.id!r}" if part == "to" else f"template {send.template!r} {part}"
+            rendered = render_message(journey, step, scope)
+        except RenderError as error:
             await self._release(run, decision_id)
-            record.state, record.error = "failed", f"{where} failed to render: {why}"[:2000]
+            record.state, record.error = "failed", str(error)
             return StepResult("failed")
+        address = rendered["to"] or _default_address(send, profile, scope["event"])
+        content = delivery_pb2.MessageContent(subject=rendered["subject"], text_body=rendered["text_body"], html_body=rendered["html_body"])
         if not address:
             await self._release(run, decision_id)
             record.state, record.outcome = "skipped", "the subject has no address for this channel"
@@ -313,9 +307,9 @@ class Executor:
                 attempts=record.attempts, last_error=record.error, create_time=self._clock.now()))
 
 
-def _address(send: journey_pb2.SendStep, profile: Mapping[str, Any], scope: Mapping[str, Any]) -> str:
-    if send.to:
-        return templates_env.from_string(send.to).render(**scope).strip()
+def _default_address(send: journey_pb2.SendStep, profile: Mapping[str, Any], event: Mapping[str, Any]) -> str:
+    """The channel's trait (``email`` for email) of the profile, then of the
+    event's attributes, when the step has no ``to``."""
     trait = _ADDRESS_TRAIT.get(send.channel, "")
-    value = profile.get("traits", {}).get(trait) or scope["event"]["attributes"].get(trait)
+    value = profile.get("traits", {}).get(trait) or event["attributes"].get(trait)
     return str(value).strip() if value else ""

@@ -24,6 +24,7 @@ from overture_runtime.validation import (
 
 from .feedback import DeliveryFeedback
 from .journeys import JourneyStore
+from .preview import Previewer
 from .retries import Retrier
 from .runs import RunStore
 from .starter import Starter
@@ -47,8 +48,9 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
 
     def __init__(
         self, *, journeys: JourneyStore, runs: RunStore, starter: Starter, idempotency: Idempotency, feedback: DeliveryFeedback,
-        retrier: Retrier, audited: Callable[[str], Awaitable[None]],
+        retrier: Retrier, audited: Callable[[str], Awaitable[None]], previewer: Previewer,
     ) -> None:
+        self._previewer = previewer
         self._feedback = feedback
         self._journeys = journeys
         self._runs = runs
@@ -262,5 +264,16 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
             OS.RedriveRejection(run_id=run_id, description=r.description, reason=r.reason) for run_id, r in refused])
 
     async def PreviewJourney(self, request: OS.PreviewJourneyRequest, context: grpc.aio.ServicerContext) -> OS.PreviewJourneyResponse:
-        current_principal()
-        raise Unimplemented("PreviewJourney is not built yet", reason="NOT_BUILT")
+        tenant = current_principal().tenant
+        v = Violations()
+        check_name(v, "name", request.name, required=False)
+        if request.name and request.HasField("spec"):
+            v.add("spec", "give a journey's name or a spec, not both", "CONFLICT")
+        elif not request.name and not request.HasField("spec"):
+            v.add("name", "give a journey's name, or a spec to preview", "REQUIRED")
+        check_identifier(v, "subject_id", request.subject_id)
+        check_struct(v, "attributes", request.attributes, max_bytes=_CONTEXT_MAX)
+        v.raise_if_any("the preview is invalid")
+        steps = await self._previewer.preview(tenant, name=request.name, spec=request.spec if request.HasField("spec") else None,
+                                              subject_id=request.subject_id, attributes=request.attributes)
+        return OS.PreviewJourneyResponse(steps=steps)

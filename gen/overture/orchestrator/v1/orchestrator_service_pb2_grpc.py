@@ -248,7 +248,12 @@ class OrchestratorServiceServicer:
 
     def PreviewJourney(self, request, context):
         """Walks a journey definition for a sample subject and event without
-        sending anything, and returns the path the run would take.
+        sending anything, and returns the path the run would take. A `spec` gets
+        the checks of PublishJourney first (template variables that cannot
+        exist and an unknown rule set are INVALID_ARGUMENT). Send steps render
+        their message for the subject as a send would; one that does not render
+        (a trait the subject lacks) is returned FAILED with the reason, and the
+        walk stops there. Nothing is decided, reserved or sent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -91,7 +91,12 @@ class OrchestratorServiceStub:
     """
     PreviewJourney: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.PreviewJourneyRequest, _orchestrator_service_pb2.PreviewJourneyResponse]
     """Walks a journey definition for a sample subject and event without
-    sending anything, and returns the path the run would take.
+    sending anything, and returns the path the run would take. A `spec` gets
+    the checks of PublishJourney first (template variables that cannot
+    exist and an unknown rule set are INVALID_ARGUMENT). Send steps render
+    their message for the subject as a send would; one that does not render
+    (a trait the subject lacks) is returned FAILED with the reason, and the
+    walk stops there. Nothing is decided, reserved or sent.
     """
 
 @_typing.type_check_only
@@ -157,7 +162,12 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     """
     PreviewJourney: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.PreviewJourneyRequest, _orchestrator_service_pb2.PreviewJourneyResponse]  # type: ignore[assignment]
     """Walks a journey definition for a sample subject and event without
-    sending anything, and returns the path the run would take.
+    sending anything, and returns the path the run would take. A `spec` gets
+    the checks of PublishJourney first (template variables that cannot
+    exist and an unknown rule set are INVALID_ARGUMENT). Send steps render
+    their message for the subject as a send would; one that does not render
+    (a trait the subject lacks) is returned FAILED with the reason, and the
+    walk stops there. Nothing is decided, reserved or sent.
     """
 
 class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -316,7 +326,12 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orchestrator_service_pb2.PreviewJourneyResponse, _abc.Awaitable[_orchestrator_service_pb2.PreviewJourneyResponse]]:
         """Walks a journey definition for a sample subject and event without
-        sending anything, and returns the path the run would take.
+        sending anything, and returns the path the run would take. A `spec` gets
+        the checks of PublishJourney first (template variables that cannot
+        exist and an unknown rule set are INVALID_ARGUMENT). Send steps render
+        their message for the subject as a send would; one that does not render
+        (a trait the subject lacks) is returned FAILED with the reason, and the
+        walk stops there. Nothing is decided, reserved or sent.
         """
 
 def add_OrchestratorServiceServicer_to_server(servicer: OrchestratorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
