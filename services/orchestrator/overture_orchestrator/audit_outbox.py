@@ -84,11 +84,15 @@ class AuditForwarder:
 
     async def after_commit(self, tenant: str) -> None:
         """Forward *tenant*'s records right after a change commits, so the log
-        shows it at once. A failure is logged and left to the loop."""
+        shows it at once. A failure is logged and left to the loop: the change
+        has committed and its record is safe in the outbox, so the caller's
+        call must not fail for it."""
         try:
             await self.flush(tenant, rpc_timeout=_COMMIT_PATH_TIMEOUT)
         except grpc.aio.AioRpcError as error:
             log.warning("audit.forward_deferred", code=error.code().name, detail=(error.details() or "")[:200])
+        except Exception:  # the change has committed; the loop retries
+            log.exception("audit.forward_deferred")
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Forward pending records until *stopping* is set. An unreachable log
