@@ -1,14 +1,25 @@
 """Shared set-up of the benchmarks: a scratch database, a Redis namespace,
-services as separate processes, and latency statistics."""
+services as separate processes, the CPU time those processes use (read from
+``/proc/<pid>/stat``), a bare grpc.aio echo server to compare RPCs with, and
+latency statistics.
+
+    python bench/common.py echo --port N [--loop asyncio|uvloop]
+
+runs the echo server on its own (the benchmarks start it themselves).
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import contextlib
 import json
 import os
 import secrets
 import statistics
-from collections.abc import AsyncIterator, Sequence
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -46,6 +57,141 @@ async def services(names: Sequence[str], *, log_dir: Path, **env: str) -> AsyncI
             await client.aclose()
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name is in parentheses and may hold spaces: split after it.
+    return [str(pid), "comm", *text[text.rindex(")") + 2:].split()]
+
+
+def process_tree(root: int) -> list[int]:
+    """*root* and every process under it, by parent pid, at this moment."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
+            children.setdefault(int(fields[3]), []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+def service_pid(name: str) -> int:
+    """The pid of the ``overture serve <name>`` process this benchmark started."""
+    for pid in process_tree(os.getpid()):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"serve" in argv and name.encode() in argv and pid != os.getpid():
+            return pid
+    raise RuntimeError(f"no 'overture serve {name}' process under this benchmark")
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User plus system CPU time the processes *pids* (and their threads) have used."""
+    total = 0
+    for pid in pids:
+        fields = _stat(pid)
+        if fields is not None:
+            total += int(fields[13]) + int(fields[14])
+    return total / _TICK
+
+
+class CpuMeter:
+    """CPU seconds a process tree uses between :meth:`start` and :meth:`stop`.
+
+    The tree is read again at each end, so worker processes count too; a
+    worker that exits in between loses its share (none do here)."""
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.seconds = 0.0
+        self._started = 0.0
+
+    def start(self) -> None:
+        self._started = cpu_seconds(process_tree(self.root))
+
+    def stop(self) -> float:
+        self.seconds = cpu_seconds(process_tree(self.root)) - self._started
+        return self.seconds
+
+    @contextlib.contextmanager
+    def measure(self) -> Iterator[CpuMeter]:
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()
+
+    def per_cpu_second(self, work: float) -> float:
+        """*work* per CPU-second used, or 0 if none was measured."""
+        return work / self.seconds if self.seconds > 0 else 0.0
+
+
+def goal(met: bool) -> str:
+    """The goal column: ``met`` or ``NOT met``."""
+    return "met" if met else "NOT met"
+
+
+ECHO_METHOD = "/bench.Echo/Echo"
+
+
+@contextlib.asynccontextmanager
+async def echo_server(*, loop: str = "asyncio") -> AsyncIterator[tuple[str, int]]:
+    """A bare grpc.aio server (no interceptors, no I/O) in its own process
+    that answers ``ECHO_METHOD`` with the request it got, decoded and encoded
+    again as an ``EvaluateRequest``. Yields its address and pid."""
+    from overture_runtime.testing import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "echo", "--port", str(port), "--loop", loop],  # noqa: ASYNC220 - starting is quick
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.to_thread(proc.stdout.readline)
+        if not line.startswith(b"serving"):
+            raise RuntimeError(f"the echo server did not start: {line!r}")
+        yield f"127.0.0.1:{port}", proc.pid
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 10)
+
+
+def echo_stub(channel: object) -> object:
+    """A callable for ``ECHO_METHOD`` on *channel*."""
+    from overture.rules.v1 import rules_service_pb2
+
+    return channel.unary_unary(ECHO_METHOD, request_serializer=rules_service_pb2.EvaluateRequest.SerializeToString,  # type: ignore[attr-defined]
+                               response_deserializer=rules_service_pb2.EvaluateRequest.FromString)
+
+
+async def _run_echo(port: int) -> None:
+    import grpc
+
+    from overture.rules.v1 import rules_service_pb2
+
+    async def echo(request: rules_service_pb2.EvaluateRequest, context: object) -> rules_service_pb2.EvaluateRequest:
+        return request
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Echo", {
+        "Echo": grpc.unary_unary_rpc_method_handler(echo, request_deserializer=rules_service_pb2.EvaluateRequest.FromString,
+                                                    response_serializer=rules_service_pb2.EvaluateRequest.SerializeToString),
+    }),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    print("serving", flush=True)
+    await server.wait_for_termination()
+
+
 def percentiles(samples: Sequence[float]) -> dict[str, float]:
     """p50, p90, p99 and max of *samples* (seconds), in milliseconds."""
     ordered = sorted(samples)
@@ -58,3 +204,17 @@ def show(title: str, figures: dict[str, object]) -> None:
     print(f"\n{title}")
     for key, value in figures.items():
         print(f"  {key:<28} {value:.3f}" if isinstance(value, float) else f"  {key:<28} {value}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="benchmark helpers")
+    parser.add_argument("command", choices=["echo"])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    args = parser.parse_args()
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(_run_echo(args.port))
+    else:
+        asyncio.run(_run_echo(args.port))

@@ -1,14 +1,26 @@
 """Benchmark of the rules service's send decision.
 
-    .venv/bin/python bench/rules_evaluate.py [--rate 1000] [--seconds 10] [--batch 1000]
+    .venv/bin/python bench/rules_evaluate.py [--seconds 10] [--rate 1000] [--batch 1000] [--writes sync|async]
 
-1. Evaluate over gRPC at a fixed rate (open loop): p50/p99 latency, measured
-   from each request's scheduled start, so queueing counts. Goal: p99 <= 2 ms
-   at 1,000 requests/s.
-2. EvaluateBatch throughput: decisions/s with a 10-rule set plus consent,
-   frequency caps and quiet hours. Goal: >= 50,000 decisions/s on 2 cores.
-3. The baseline, in the same run: bare in-process rule-engine evaluation of
-   the same 10 rules over the same profiles, and the ratio.
+Baselines, in the same run on the same machine:
+
+- a bare grpc.aio echo server in its own process (no interceptors, no I/O;
+  it decodes an EvaluateRequest and sends it back), one caller and 32
+  callers;
+- bare rule-engine evaluating the same 10 rules over the same profiles, in
+  this process.
+
+Goals (issue 11), each printed with met or NOT met:
+
+1. Evaluate RESERVE, one caller: p50 <= 3x the echo server's p50; and p99
+   <= 2 ms at 1,000 requests/s, open loop (latency from each request's
+   scheduled start, so queueing counts).
+2. Evaluate RESERVE capacity with 32 callers: >= 50% of the echo server's.
+3. EvaluateBatch (10 rules, consent, suppression, 3 caps, quiet hours, every
+   decision stored): >= 1.0x bare rule-engine's decisions/s.
+5. Every figure also as work per CPU-second of the service process (user +
+   system time from /proc/<pid>/stat, its worker processes included): far
+   steadier than wall-clock on a shared machine.
 
 The rules service runs as its own process against real PostgreSQL and Redis;
 every decision is stored, as in production.
@@ -26,7 +38,17 @@ from pathlib import Path
 
 import grpc
 import rule_engine
-from common import METADATA, percentiles, services, show  # type: ignore[import-not-found]
+from common import (  # type: ignore[import-not-found]
+    METADATA,
+    CpuMeter,
+    echo_server,
+    echo_stub,
+    goal,
+    percentiles,
+    service_pid,
+    services,
+    show,
+)
 
 from overture.common.v1 import event_pb2, messaging_pb2
 from overture.rules.v1 import (
@@ -106,9 +128,14 @@ async def seed(address: str) -> None:
             events += [identify, consent]
         for start in range(0, len(events), 1000):
             await profiles.ApplyProfileEvents(profile_service_pb2.ApplyProfileEventsRequest(events=events[start:start + 1000]), metadata=METADATA)
+        # Warm up: one decision per subject, so that every profile is in the
+        # service's read-through cache, as it is for a subject messaged before.
+        for start in range(0, SUBJECTS, 1000):
+            await rules.EvaluateBatch(rules_service_pb2.EvaluateBatchRequest(
+                requests=[request(i, decision_pb2.EVALUATION_MODE_CHECK) for i in range(start, min(start + 1000, SUBJECTS))]), metadata=METADATA)
 
 
-async def fixed_rate(address: str, *, rate: int, seconds: float, mode: int) -> dict[str, object]:
+async def fixed_rate(address: str, cpu: CpuMeter, *, rate: int, seconds: float, mode: int) -> dict[str, object]:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = rules_service_pb2_grpc.RulesServiceStub(channel)
         for i in range(200):  # warm up: connections, caches, compiled rule set
@@ -133,14 +160,16 @@ async def fixed_rate(address: str, *, rate: int, seconds: float, mode: int) -> d
                 errors += 1
             latencies.append(loop.time() - scheduled)
 
-        await asyncio.gather(*(one(i) for i in range(total)))
+        with cpu.measure():
+            await asyncio.gather(*(one(i) for i in range(total)))
         elapsed = loop.time() - start
     return {"requests": total, "achieved rate (req/s)": total / elapsed, "errors": errors, "allowed": allowed,
-            **{f"{k} (ms)": v for k, v in percentiles(latencies).items()}}
+            **{f"{k} (ms)": v for k, v in percentiles(latencies).items()},
+            "service CPU (s)": cpu.seconds, "decisions per CPU-second": cpu.per_cpu_second(total - errors)}
 
 
 async def floor(address: str, calls: int = 500) -> dict[str, object]:
-    """The floor of any RPC on this machine: grpc.health.v1 Check, no interceptors, no I/O."""
+    """grpc.health.v1 Check on the rules server itself: no interceptors, no I/O."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     async with grpc.aio.insecure_channel(address) as channel:
@@ -153,10 +182,13 @@ async def floor(address: str, calls: int = 500) -> dict[str, object]:
     return {"calls": calls, **{f"{k} (ms)": v for k, v in percentiles(latencies).items()}}
 
 
-async def closed_loop(address: str, *, seconds: float, workers: int, mode: int) -> dict[str, object]:
-    """Capacity: as many Evaluate calls as *workers* concurrent callers get through."""
+async def closed_loop(address: str, cpu: CpuMeter, *, seconds: float, workers: int, mode: int, echo: bool = False) -> dict[str, object]:
+    """Capacity: as many calls as *workers* concurrent callers get through
+    (Evaluate, or the echo server's method with the same request)."""
     async with grpc.aio.insecure_channel(address) as channel:
-        stub = rules_service_pb2_grpc.RulesServiceStub(channel)
+        call = echo_stub(channel) if echo else rules_service_pb2_grpc.RulesServiceStub(channel).Evaluate
+        for i in range(100):  # warm up
+            await call(request(i, mode), metadata=METADATA, timeout=10)  # type: ignore[operator]
         latencies: list[float] = []
         done = 0
         end = time.perf_counter() + seconds
@@ -165,17 +197,20 @@ async def closed_loop(address: str, *, seconds: float, workers: int, mode: int) 
             nonlocal done
             while time.perf_counter() < end:
                 started = time.perf_counter()
-                await stub.Evaluate(request(done, mode), metadata=METADATA, timeout=10)
+                await call(request(done, mode), metadata=METADATA, timeout=10)  # type: ignore[operator]
                 latencies.append(time.perf_counter() - started)
                 done += 1
 
         started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(workers)))
+        with cpu.measure():
+            await asyncio.gather(*(worker() for _ in range(workers)))
         elapsed = time.perf_counter() - started
-    return {"requests/s": done / elapsed, "workers": workers, **{f"{k} (ms)": v for k, v in percentiles(latencies).items()}}
+    unit = "calls" if echo else "decisions"
+    return {"requests/s": done / elapsed, "workers": workers, **{f"{k} (ms)": v for k, v in percentiles(latencies).items()},
+            "server CPU (s)": cpu.seconds, f"{unit} per CPU-second": cpu.per_cpu_second(done)}
 
 
-async def batches(address: str, *, batch: int, seconds: float, concurrency: int) -> dict[str, object]:
+async def batches(address: str, cpu: CpuMeter, *, batch: int, seconds: float, concurrency: int) -> dict[str, object]:
     async with grpc.aio.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
         stub = rules_service_pb2_grpc.RulesServiceStub(channel)
         payload = rules_service_pb2.EvaluateBatchRequest(requests=[request(i, decision_pb2.EVALUATION_MODE_CHECK) for i in range(batch)])
@@ -190,12 +225,15 @@ async def batches(address: str, *, batch: int, seconds: float, concurrency: int)
                 reply = await stub.EvaluateBatch(payload, metadata=METADATA, timeout=60)
                 done += sum(1 for r in reply.results if r.HasField("decision"))
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        with cpu.measure():
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-    return {"decisions": done, "decisions/s": done / elapsed, "batch size": batch, "concurrent batches": concurrency}
+    return {"decisions": done, "decisions/s": done / elapsed, "batch size": batch, "concurrent batches": concurrency,
+            "service CPU (s)": cpu.seconds, "decisions per CPU-second": cpu.per_cpu_second(done)}
 
 
-def bare_rule_engine(seconds: float) -> float:
+def bare_rule_engine(seconds: float) -> tuple[float, float]:
+    """Bare rule-engine on the same rules and profiles: decisions/s and decisions per CPU-second (this process)."""
     compiled, _ = compile_rule_set(rule_set())
     assert compiled is not None
     things = []
@@ -206,7 +244,7 @@ def bare_rule_engine(seconds: float) -> float:
     rules = [r.rule for r in compiled.rules]
     count = 0
     deadline = time.perf_counter() + seconds
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     while time.perf_counter() < deadline:
         thing = things[count % SUBJECTS]
         for rule in rules:
@@ -215,36 +253,76 @@ def bare_rule_engine(seconds: float) -> float:
             except rule_engine.EngineError:
                 pass
         count += 1
-    return count / (time.perf_counter() - started)
+    return count / (time.perf_counter() - started), count / (time.process_time() - cpu_started)
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=int, default=1000)
-    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--seconds", type=float, default=10, help="length of the open-loop and batch runs; closed loops run min(this, 5)")
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--writes", choices=["sync", "async"], default="sync", help="OVERTURE_DECISION_WRITES of the rules service")
     args = parser.parse_args()
+    short = min(args.seconds, 5)
+    check, reserve = decision_pb2.EVALUATION_MODE_CHECK, decision_pb2.EVALUATION_MODE_RESERVE
     print(f"decision records written {args.writes} (OVERTURE_DECISION_WRITES={args.writes})")
+    summary: list[tuple[str, str, str, str, str]] = []
     with tempfile.TemporaryDirectory() as logs:
+        async with echo_server() as (echo_address, echo_pid):
+            echo_cpu = CpuMeter(echo_pid)
+            echo_one = await closed_loop(echo_address, echo_cpu, seconds=short, workers=1, mode=reserve, echo=True)
+            show("Baseline: bare grpc.aio echo server, one caller at a time", echo_one)
+            echo_many = await closed_loop(echo_address, echo_cpu, seconds=short, workers=32, mode=reserve, echo=True)
+            show("Baseline: bare grpc.aio echo server, 32 concurrent callers", echo_many)
         async with services(["rules"], log_dir=Path(logs), OVERTURE_DECISION_WRITES=args.writes) as running:
             address = running["rules"]
+            cpu = CpuMeter(service_pid("rules"))
             await seed(address)
-            show("The floor: grpc.health.v1 Check on the same server, one caller", await floor(address))
-            for mode, name in ((decision_pb2.EVALUATION_MODE_CHECK, "CHECK"), (decision_pb2.EVALUATION_MODE_RESERVE, "RESERVE")):
-                show(f"Evaluate over gRPC, {name}, one caller at a time", await closed_loop(address, seconds=min(args.seconds, 5), workers=1, mode=mode))
-                show(f"Evaluate over gRPC, {name}, capacity with 32 concurrent callers",
-                     await closed_loop(address, seconds=min(args.seconds, 5), workers=32, mode=mode))
-                result = await fixed_rate(address, rate=args.rate, seconds=args.seconds, mode=mode)
-                result["goal p99 <= 2 ms"] = "met" if result["p99 (ms)"] <= 2 and not result["errors"] else "NOT met"  # type: ignore[operator]
+            show("grpc.health.v1 Check on the rules server, one caller", await floor(address))
+            figures: dict[str, dict[str, object]] = {}
+            for mode, name in ((check, "CHECK"), (reserve, "RESERVE")):
+                one = figures[f"{name} one"] = await closed_loop(address, cpu, seconds=short, workers=1, mode=mode)
+                if mode == reserve:
+                    ratio = float(one["p50 (ms)"]) / float(echo_one["p50 (ms)"])  # type: ignore[arg-type]
+                    one["p50 / echo p50"] = ratio
+                    one["goal p50 <= 3x echo"] = goal(ratio <= 3)
+                    summary.append(("1. Evaluate RESERVE one caller, p50", f"{one['p50 (ms)']:.3f} ms", f"echo {echo_one['p50 (ms)']:.3f} ms",
+                                    f"{ratio:.2f}x (<= 3)", goal(ratio <= 3)))
+                show(f"Evaluate over gRPC, {name}, one caller at a time", one)
+                many = figures[f"{name} many"] = await closed_loop(address, cpu, seconds=short, workers=32, mode=mode)
+                if mode == reserve:
+                    ratio = float(many["requests/s"]) / float(echo_many["requests/s"])  # type: ignore[arg-type]
+                    many["ratio to echo"] = ratio
+                    many["goal >= 0.5x echo"] = goal(ratio >= 0.5)
+                    summary.append(("2. Evaluate RESERVE, 32 callers", f"{many['requests/s']:.0f} req/s", f"echo {echo_many['requests/s']:.0f} req/s",
+                                    f"{ratio:.2f}x (>= 0.5)", goal(ratio >= 0.5)))
+                show(f"Evaluate over gRPC, {name}, capacity with 32 concurrent callers", many)
+                result = await fixed_rate(address, cpu, rate=args.rate, seconds=args.seconds, mode=mode)
+                met = float(result["p99 (ms)"]) <= 2 and not result["errors"]  # type: ignore[arg-type]
+                result["goal p99 <= 2 ms"] = goal(met)
+                if mode == reserve:
+                    summary.append((f"1. Evaluate RESERVE open loop {args.rate}/s, p99", f"{result['p99 (ms)']:.3f} ms", "-",
+                                    "<= 2 ms", goal(met)))
                 show(f"Evaluate over gRPC, {name}, open loop at {args.rate} req/s for {args.seconds:g} s", result)
-            batch = await batches(address, batch=args.batch, seconds=args.seconds, concurrency=args.concurrency)
-    bare = bare_rule_engine(min(args.seconds, 5))
+            batch = await batches(address, cpu, batch=args.batch, seconds=args.seconds, concurrency=args.concurrency)
+    bare, bare_cpu = bare_rule_engine(short)
+    ratio = float(batch["decisions/s"]) / bare  # type: ignore[arg-type]
     batch["bare rule-engine decisions/s"] = bare
-    batch["ratio (batch / bare)"] = float(batch["decisions/s"]) / bare  # type: ignore[arg-type]
-    batch["goal >= 50,000 decisions/s"] = "met" if float(batch["decisions/s"]) >= 50_000 else "NOT met"  # type: ignore[arg-type]
-    show("EvaluateBatch over gRPC, 10 rules + consent + caps + quiet hours (goal >= 50,000 decisions/s)", batch)
+    batch["bare rule-engine per CPU-second"] = bare_cpu
+    batch["ratio (batch / bare)"] = ratio
+    batch["ratio per CPU-second"] = float(batch["decisions per CPU-second"]) / bare_cpu  # type: ignore[arg-type]
+    batch["goal >= 1.0x bare rule-engine"] = goal(ratio >= 1.0)
+    show("EvaluateBatch over gRPC, 10 rules + consent + caps + quiet hours, CHECK", batch)
+    summary.append(("3. EvaluateBatch", f"{batch['decisions/s']:.0f} decisions/s", f"rule-engine {bare:.0f}/s", f"{ratio:.2f}x (>= 1.0)", goal(ratio >= 1.0)))
+    reserve_one, reserve_many = figures["RESERVE one"], figures["RESERVE many"]
+    summary.append(("5. decisions per service CPU-second", f"{reserve_one['decisions per CPU-second']:.0f} (1 caller), "
+                    f"{reserve_many['decisions per CPU-second']:.0f} (32), {batch['decisions per CPU-second']:.0f} (batch)",
+                    f"echo {echo_many['calls per CPU-second']:.0f} calls, rule-engine {bare_cpu:.0f}",
+                    f"batch {batch['ratio per CPU-second']:.2f}x", "printed"))
+    print("\nGoals (issue 11)")
+    for row in summary:
+        print(f"  {row[0]:<40} {row[1]:<44} {row[2]:<36} {row[3]:<16} {row[4]}")
 
 
 if __name__ == "__main__":
