@@ -112,6 +112,14 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     smtp_from: str = "Overture <no-reply@overture.local>"
     smtp_timeout_seconds: float = 10.0
+    smtp_pool_size: int = Field(default=16, ge=1, le=1000)
+    """SMTP connections the email connector keeps open at most, per replica; sends wait for a free one."""
+    smtp_pool_idle_seconds: float = Field(default=30.0, gt=0)
+    """An SMTP connection idle this long is closed instead of reused."""
+    smtp_pool_max_messages: int = Field(default=100, ge=1)
+    """Messages sent over one SMTP connection before it is replaced (relays often cap a session)."""
+    connector_concurrency: int = Field(default=16, ge=1, le=1000)
+    """Provider calls each connector makes at once, per replica; a batch waits for a free slot."""
 
     # rules
     reservation_ttl_seconds: float = 300.0
@@ -153,6 +161,10 @@ class Settings(BaseSettings):
     """How many partitions the event stream has; events go by subject hash."""
     consumer_name: str = ""
     """This replica's consumer name in the stream's group; defaults to host:pid."""
+    orchestrator_workers: int = Field(default=4, ge=1, le=64)
+    """Workers per replica that claim and execute due tokens, each a batch at a time."""
+    orchestrator_batch: int = Field(default=100, ge=1, le=1000)
+    """Tokens a worker claims at once, and stream entries the consumer reads at once per partition."""
 
     @field_validator("auth_tokens", mode="before")
     @classmethod

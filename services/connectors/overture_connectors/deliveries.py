@@ -1,57 +1,105 @@
-"""Delivering exactly once per idempotency key.
+"""Delivering exactly once per idempotency key, a batch at a time.
 
 The key is claimed durably (a row in SENDING) before the provider is
 called. A repeat of the key, concurrent or retried, finds the claim and
 returns the first delivery without calling anything. A send that failed
 *before* the provider could accept it is marked retryable, and the next
-repeat of the key may try again; a send whose outcome is unknown is marked
-IN_DOUBT and is resolved only through the provider's status lookup.
+repeat of the key may try again; a send whose outcome is unknown is asked
+about through the connector's ``status`` and, if the provider cannot tell,
+marked IN_DOUBT, never to be sent again automatically.
+
+A batch costs one statement to claim its keys, one to read the keys seen
+before (only when there are some) and one to record its outcomes. Within
+one replica a repeat that arrives while the first call is still sending
+waits for it and returns its result; across replicas it returns the claim
+(SENDING). Provider calls are bounded per connector (``concurrency``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import datetime as dt
 import hashlib
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
 import structlog
 
 from overture.common.v1 import messaging_pb2
 from overture.connectors.v1 import delivery_pb2
 from overture_runtime.clock import Clock, IdGenerator
-from overture_runtime.db import Database, insert_ignore
-from overture_runtime.errors import FailedPrecondition, NotFound, Unavailable
+from overture_runtime.db import Database
+from overture_runtime.errors import FailedPrecondition, FieldViolation, NotFound, OvertureError, ResourceExhausted, Unavailable
 from overture_runtime.protojson import struct_to_dict
 
 from .plugin import Connector, InDoubt, OutboundMessage, PermanentFailure, TransientFailure
-from .tables import deliveries
+from .store import Claim, DeliveryStore, Finish
 
-__all__ = ["DeliveryService"]
+__all__ = ["MAX_BATCH", "DeliveryService", "Outcome", "check_batch_size"]
 
 log = structlog.get_logger("overture.connectors")
 S = messaging_pb2
+MAX_BATCH = 500
+"""The most messages one batch may hold."""
 _STALE_CLAIM = dt.timedelta(minutes=2)
+_RETRY_AFTER = dt.timedelta(seconds=5)
 
 
-def _status(name: str) -> messaging_pb2.DeliveryStatus.ValueType:
-    return S.DeliveryStatus.Value(f"DELIVERY_STATUS_{name.upper()}")
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one message of a batch."""
+
+    delivery: delivery_pb2.Delivery | None = None
+    """The delivery, new or, for a repeated key, the first one; None when nothing was recorded."""
+    duplicate: bool = False
+    """True when the key was seen before and nothing was sent for this message."""
+    error: OvertureError | None = None
+    """Why the message was not delivered: what :meth:`DeliveryService.send` raises for it alone."""
 
 
-def _name(status: messaging_pb2.DeliveryStatus.ValueType) -> str:
-    return S.DeliveryStatus.Name(status).removeprefix("DELIVERY_STATUS_").lower()
+@dataclass(frozen=True)
+class _Pending:
+    index: int
+    message: delivery_pb2.Message
+    connector: Connector
+    future: asyncio.Future[Outcome]
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    key: str
+    finish: Finish
+    error: OvertureError | None = None
+
+
+def check_batch_size(size: int) -> None:
+    """Raise :class:`ResourceExhausted` for a batch over :data:`MAX_BATCH`."""
+    if size > MAX_BATCH:
+        raise ResourceExhausted(
+            f"at most {MAX_BATCH} messages per call; split the batch", reason="BATCH_TOO_LARGE",
+            violations=[FieldViolation("messages", f"{size} messages; the limit is {MAX_BATCH}", "TOO_MANY")],
+            metadata={"max_messages": str(MAX_BATCH)},
+        )
 
 
 class DeliveryService:
-    """Sends messages through the configured connectors."""
+    """Sends messages through the configured connectors. One per event loop."""
 
-    def __init__(self, db: Database, connectors: Mapping[str, Connector], defaults: Mapping[messaging_pb2.Channel.ValueType, str], clock: Clock, ids: IdGenerator) -> None:
-        self._db = db
+    def __init__(
+        self, db: Database, connectors: Mapping[str, Connector], defaults: Mapping[messaging_pb2.Channel.ValueType, str],
+        clock: Clock, ids: IdGenerator, *, concurrency: int = 16,
+    ) -> None:
+        self._store = DeliveryStore(db)
         self.connectors = connectors
         self.defaults = defaults
         self._clock = clock
         self._ids = ids
+        self._slots = {name: asyncio.Semaphore(concurrency) for name in connectors}
+        self._inflight: dict[tuple[str, str], asyncio.Future[Outcome]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def resolve(self, channel: messaging_pb2.Channel.ValueType, name: str) -> Connector:
         """The connector for a message: *name*, or the channel's default."""
@@ -67,85 +115,186 @@ class DeliveryService:
 
     async def send(self, tenant: str, message: delivery_pb2.Message) -> tuple[delivery_pb2.Delivery, bool]:
         """Deliver *message* at most once; returns the delivery and whether it was a repeat."""
-        connector = self.resolve(message.channel, message.connector)
+        (outcome,) = await self.send_many(tenant, [message])
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.delivery is not None
+        return outcome.delivery, outcome.duplicate
+
+    async def send_many(self, tenant: str, messages: Sequence[delivery_pb2.Message]) -> list[Outcome]:
+        """Deliver each of *messages* (valid ones) at most once; one outcome per message, in order."""
+        check_batch_size(len(messages))
+        outcomes: list[Outcome | None] = [None] * len(messages)
+        mine: dict[str, _Pending] = {}
+        waits: list[tuple[int, asyncio.Future[Outcome]]] = []
+        loop = asyncio.get_running_loop()
+        for index, message in enumerate(messages):
+            try:
+                connector = self.resolve(message.channel, message.connector)
+            except OvertureError as error:
+                outcomes[index] = Outcome(error=error)
+                continue
+            key = message.idempotency_key
+            first = mine.get(key)
+            running = first.future if first else self._inflight.get((tenant, key))
+            if running is not None:  # earlier in this batch, or in a call still sending it
+                waits.append((index, running))
+                continue
+            future: asyncio.Future[Outcome] = loop.create_future()
+            self._inflight[(tenant, key)] = future
+            mine[key] = _Pending(index, message, connector, future)
+        if mine:
+            task = asyncio.create_task(self._deliver(tenant, list(mine.values())))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            # Shielded: a caller that gives up (its deadline) must not leave
+            # claimed keys without their outcome.
+            await asyncio.shield(task)
+        for pending in mine.values():
+            outcomes[pending.index] = pending.future.result()
+        for index, future in waits:
+            first_outcome = await future
+            outcomes[index] = dataclasses.replace(first_outcome, duplicate=first_outcome.delivery is not None)
+        return [outcome or Outcome() for outcome in outcomes]
+
+    async def get(self, tenant: str, *, delivery_id: str = "", idempotency_key: str = "") -> delivery_pb2.Delivery:
+        """A delivery by id or idempotency key."""
+        row = await self._store.get(tenant, delivery_id=delivery_id, idempotency_key=idempotency_key)
+        if row is None:
+            raise NotFound("no such delivery", reason="DELIVERY_NOT_FOUND")
+        return _to_proto(row)
+
+    async def wait_idle(self) -> None:
+        """Wait until no batch is in flight, including batches whose callers gave up."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Wait for the batches in flight, then close the connectors."""
+        await self.wait_idle()
+        for connector in self.connectors.values():
+            await connector.close()
+
+    async def _deliver(self, tenant: str, pending: list[_Pending]) -> None:
+        try:
+            results = await self._claim_send_record(tenant, pending)
+            for item in pending:
+                item.future.set_result(results[item.message.idempotency_key])
+        except Exception as error:
+            for item in pending:
+                if not item.future.done():
+                    item.future.set_exception(error)
+                    item.future.exception()  # the caller re-raises it from the task; repeats waiting still get it
+            raise
+        except BaseException:
+            for item in pending:
+                item.future.cancel()
+            raise
+        finally:
+            for item in pending:
+                self._inflight.pop((tenant, item.message.idempotency_key), None)
+
+    async def _claim_send_record(self, tenant: str, pending: list[_Pending]) -> dict[str, Outcome]:
         now = self._clock.now()
+        claims = [
+            Claim(idempotency_key=p.message.idempotency_key, delivery_id=self._ids.new(), connector=p.connector.name,
+                  channel=_channel(p.message.channel), subject_id=p.message.subject_id, address_hash=_address_hash(p.message.address))
+            for p in pending
+        ]
+        claimed = await self._store.claim(tenant, claims, now)
+        results: dict[str, Outcome] = {}
+        seen = [p.message.idempotency_key for p in pending if p.message.idempotency_key not in claimed]
+        if seen:
+            results.update(await self._repeats(tenant, seen, now))
+        to_send = [p for p in pending if p.message.idempotency_key in claimed]
+        if to_send:
+            attempts = await asyncio.gather(*(self._attempt(tenant, p, claimed[p.message.idempotency_key]) for p in to_send))
+            rows = await self._store.finish(tenant, [a.finish for a in attempts], self._clock.now())
+            missing = [a.key for a in attempts if a.key not in rows]
+            if missing:  # finished by someone else meanwhile: theirs stands
+                rows.update(await self._store.read(tenant, missing))
+            for attempt in attempts:
+                row = rows.get(attempt.key)
+                results[attempt.key] = Outcome(delivery=_to_proto(row) if row else None, error=attempt.error or _unreadable(row))
+        statuses = Counter(S.DeliveryStatus.Name(o.delivery.status) if o.delivery else "NONE" for o in results.values())
+        log.info("deliveries.batch", messages=len(pending), sent_now=len(to_send), repeats=len(seen), statuses=dict(statuses))
+        return results
+
+    async def _repeats(self, tenant: str, keys: list[str], now: dt.datetime) -> dict[str, Outcome]:
+        """The first deliveries of keys seen before; a claim abandoned mid-send is resolved first."""
+        rows = await self._store.read(tenant, keys)
+        stale = [row for row in rows.values() if row.status == "sending" and now - row.update_time >= _STALE_CLAIM]
+        if stale:
+            resolved = []
+            for row in stale:
+                status = await self._ask(self.connectors.get(row.connector), row.provider_message_id)
+                resolved.append(Finish(row=row, status=status or "in_doubt",
+                                       error="" if status else "the sending process stopped mid-send; the provider cannot confirm"))
+            rows.update(await self._store.finish(tenant, resolved, self._clock.now()))
+        return {key: Outcome(delivery=_to_proto(rows[key]), duplicate=True) if key in rows else Outcome(error=_unreadable(None))
+                for key in keys}
+
+    async def _attempt(self, tenant: str, pending: _Pending, row: Any) -> _Attempt:
+        """One provider call for a claimed key, inside the connector's concurrency bound."""
+        message, connector = pending.message, pending.connector
         key = message.idempotency_key
-        async with self._db.begin() as conn:
-            claimed = await conn.execute(insert_ignore(conn, deliveries, index_elements=["tenant", "idempotency_key"]).values(
-                tenant=tenant, idempotency_key=key, delivery_id=self._ids.new(), connector=connector.name,
-                channel=_channel(message.channel), subject_id=message.subject_id,
-                address_hash=hashlib.sha256(message.address.strip().lower().encode()).hexdigest(),
-                status="sending", retryable=False, provider_message_id="", attempts=1, last_error="",
-                create_time=now, update_time=now,
-            ))
-        if claimed.rowcount == 0:
-            row = await self._retake(tenant, key, now)
-            if row is None:  # a finished or in-flight delivery: return it, call nothing
-                return await self._resolve_doubt(tenant, await self.get(tenant, idempotency_key=key)), True
         outbound = OutboundMessage(
             idempotency_key=key, tenant=tenant, address=message.address, subject=message.content.subject,
             text_body=message.content.text_body, html_body=message.content.html_body,
             data=struct_to_dict(message.content.data), tags=tuple(message.tags), metadata=dict(message.metadata),
         )
+        async with self._slots[connector.name]:
+            try:
+                result = await connector.send(outbound)
+            except TransientFailure as error:
+                log.warning("delivery.failed_for_now", connector=connector.name, delivery_id=row.delivery_id, error=str(error))
+                return _Attempt(key, Finish(row=row, status="failed", retryable=True, error=str(error)),
+                                Unavailable(f"{connector.name}: {error}", reason="PROVIDER_UNAVAILABLE", retry_after=_RETRY_AFTER))
+            except PermanentFailure as error:
+                log.warning("delivery.failed", connector=connector.name, delivery_id=row.delivery_id, error=str(error))
+                return _Attempt(key, Finish(row=row, status="failed", error=str(error)))
+            except InDoubt as error:
+                status = await self._ask(connector, error.provider_message_id)
+                log.warning("delivery.in_doubt", connector=connector.name, delivery_id=row.delivery_id, error=str(error), resolved=status)
+                return _Attempt(key, Finish(row=row, status=status or "in_doubt", error="" if status else str(error),
+                                            provider_message_id=error.provider_message_id))
+            except Exception:
+                # A connector bug: it may or may not have called its provider.
+                log.exception("delivery.connector_error", connector=connector.name, delivery_id=row.delivery_id)
+                return _Attempt(key, Finish(row=row, status="in_doubt", error="the connector failed unexpectedly; the message may have been sent"))
+        return _Attempt(key, Finish(row=row, status="sent", provider_message_id=result.provider_message_id))
+
+    async def _ask(self, connector: Connector | None, provider_message_id: str) -> str | None:
+        """The provider's view of an in-doubt message: a DeliveryStatus name, or None if it cannot tell."""
+        if connector is None or not provider_message_id:
+            return None
         try:
-            result = await connector.send(outbound)
-        except TransientFailure as error:
-            await self._finish(tenant, key, status="failed", retryable=True, error=str(error))
-            raise Unavailable(f"{connector.name}: {error}", reason="PROVIDER_UNAVAILABLE", retry_after=dt.timedelta(seconds=5)) from None
-        except PermanentFailure as error:
-            await self._finish(tenant, key, status="failed", error=str(error))
-        except InDoubt as error:
-            await self._finish(tenant, key, status="in_doubt", error=str(error))
-        else:
-            await self._finish(tenant, key, status="sent", provider_message_id=result.provider_message_id)
-        delivery = await self.get(tenant, idempotency_key=key)
-        log.info("delivery.attempted", connector=connector.name, status=_name(delivery.status), delivery_id=delivery.delivery_id)
-        return delivery, False
+            status = await connector.status(provider_message_id)
+        except Exception:
+            log.exception("delivery.status_lookup_failed", connector=connector.name)
+            return None
+        if status is None or f"DELIVERY_STATUS_{status.upper()}" not in S.DeliveryStatus.keys():
+            return None
+        return status.lower()
 
-    async def get(self, tenant: str, *, delivery_id: str = "", idempotency_key: str = "") -> delivery_pb2.Delivery:
-        """A delivery by id or idempotency key."""
-        t = deliveries
-        where = (t.c.tenant == tenant) & ((t.c.delivery_id == delivery_id) if delivery_id else (t.c.idempotency_key == idempotency_key))
-        async with self._db.connect() as conn:
-            row = (await conn.execute(sa.select(t).where(where))).first()
-        if row is None:
-            raise NotFound("no such delivery", reason="DELIVERY_NOT_FOUND")
-        return _to_proto(row)
 
-    async def _retake(self, tenant: str, key: str, now: dt.datetime) -> Any:
-        """Claim a retryable failed delivery for another attempt; None if not retryable."""
-        t = deliveries
-        async with self._db.begin() as conn:
-            result = await conn.execute(
-                t.update()
-                .where((t.c.tenant == tenant) & (t.c.idempotency_key == key) & (t.c.status == "failed") & t.c.retryable)
-                .values(status="sending", retryable=False, attempts=t.c.attempts + 1, update_time=now)
-            )
-        return True if result.rowcount else None
+def _unreadable(row: Any) -> OvertureError | None:
+    if row is not None:
+        return None
+    return Unavailable("the delivery was recorded but could not be read back; ask again", reason="DELIVERY_UNREADABLE",
+                       retry_after=dt.timedelta(seconds=1))
 
-    async def _resolve_doubt(self, tenant: str, delivery: delivery_pb2.Delivery) -> delivery_pb2.Delivery:
-        """A claim left in SENDING by a crashed process is in doubt: ask the provider."""
-        if delivery.status != S.DELIVERY_STATUS_SENDING:
-            return delivery
-        if self._clock.now() - delivery.update_time.ToDatetime(tzinfo=dt.UTC) < _STALE_CLAIM:
-            return delivery  # probably still in flight in another request
-        connector = self.connectors.get(delivery.connector)
-        status = await connector.status(delivery.provider_message_id) if connector and delivery.provider_message_id else None
-        await self._finish(tenant, delivery.idempotency_key, status=status or "in_doubt",
-                           error="" if status else "the sending process stopped mid-send; the provider cannot confirm")
-        return await self.get(tenant, idempotency_key=delivery.idempotency_key)
 
-    async def _finish(self, tenant: str, key: str, *, status: str, retryable: bool = False, error: str = "", provider_message_id: str = "") -> None:
-        t = deliveries
-        values: dict[str, Any] = dict(status=status, retryable=retryable, last_error=error, update_time=self._clock.now())
-        if provider_message_id:
-            values["provider_message_id"] = provider_message_id
-        async with self._db.begin() as conn:
-            await conn.execute(t.update().where((t.c.tenant == tenant) & (t.c.idempotency_key == key)).values(**values))
+def _address_hash(address: str) -> str:
+    return hashlib.sha256(address.strip().lower().encode()).hexdigest()
 
 
 def _channel(channel: messaging_pb2.Channel.ValueType) -> str:
     return S.Channel.Name(channel).removeprefix("CHANNEL_").lower()
+
+
+def _status(name: str) -> messaging_pb2.DeliveryStatus.ValueType:
+    return S.DeliveryStatus.Value(f"DELIVERY_STATUS_{name.upper()}")
 
 
 def _to_proto(row: Any) -> delivery_pb2.Delivery:

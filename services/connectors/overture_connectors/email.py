@@ -1,15 +1,23 @@
-"""The SMTP email connector (aiosmtplib).
+"""The SMTP email connector (aiosmtplib), over a pool of open sessions.
 
 The SMTP conversation is driven step by step so that a failure is
 classified precisely: anything before the DATA payload is sent is safe to
 retry; a lost connection after it is in doubt. The Message-ID is derived
 from the idempotency key, so a duplicate that did slip through would carry
 the same id and be recognisable downstream.
+
+Sessions come from :class:`~.smtp_pool.SmtpPool`. A pooled session the
+server closed while it sat idle fails at MAIL, before anything was sent, so
+the message is tried once more on a new session. A refusal (a 4xx or 5xx
+reply to MAIL, RCPT or DATA) leaves the session usable; a broken or
+timed-out conversation closes it.
 """
 
 from __future__ import annotations
 
+import email.errors
 import hashlib
+import ssl
 from email.message import EmailMessage
 from email.utils import formatdate, parseaddr
 
@@ -17,13 +25,28 @@ import aiosmtplib
 
 from overture.common.v1 import messaging_pb2
 
-from .plugin import InDoubt, OutboundMessage, PermanentFailure, SendResult, TransientFailure
+from .plugin import ConnectorFailure, InDoubt, OutboundMessage, PermanentFailure, SendResult, TransientFailure
+from .smtp_pool import SmtpPool, SmtpSession
 
 __all__ = ["SmtpConnector"]
 
+_CLOSING = 421
+"""The reply of a server that is closing the session (RFC 5321 §3.8)."""
+
+
+class _Stale:
+    """A pooled session turned out to be closed before anything was sent."""
+
+
+_STALE = _Stale()
+
 
 class SmtpConnector:
-    """Email over SMTP. One connection per message; not pooled."""
+    """Email over SMTP, through a bounded pool of open sessions.
+
+    Safe for concurrent sends; at most ``pool_size`` run at once, the
+    others wait for a session.
+    """
 
     name: str = "smtp"
     channel: messaging_pb2.Channel.ValueType = messaging_pb2.CHANNEL_EMAIL
@@ -31,15 +54,17 @@ class SmtpConnector:
     def __init__(
         self, *, host: str, port: int, sender: str, username: str | None = None, password: str | None = None,
         starttls: bool = False, timeout: float = 10.0, rate_limit_per_second: float = 0.0,
+        tls_context: ssl.SSLContext | None = None, pool_size: int = 16, pool_idle_seconds: float = 30.0,
+        pool_max_messages: int = 100,
     ) -> None:
-        self._host = host
-        self._port = port
         self._sender = sender
-        self._username = username
-        self._password = password
-        self._starttls = starttls
-        self._timeout = timeout
+        self._envelope_sender = parseaddr(sender)[1]
         self.rate_limit_per_second = rate_limit_per_second
+        self.pool = SmtpPool(
+            host=host, port=port, timeout=timeout, starttls=starttls, username=username, password=password,
+            tls_context=tls_context, size=pool_size, max_idle=pool_idle_seconds, max_messages=pool_max_messages,
+        )
+        """The open sessions; :meth:`close` closes them."""
 
     def message_id(self, message: OutboundMessage) -> str:
         """The Message-ID of *message*, stable for its idempotency key."""
@@ -63,40 +88,68 @@ class SmtpConnector:
 
     async def send(self, message: OutboundMessage) -> SendResult:
         """Send *message*; see the module docstring for failure classes."""
-        mime = self.build(message)
-        sender = parseaddr(self._sender)[1]
-        client = aiosmtplib.SMTP(hostname=self._host, port=self._port, timeout=self._timeout, start_tls=False)
         try:
-            await client.connect()
-            if self._starttls:
-                await client.starttls()
-            if self._username and self._password:
-                await client.login(self._username, self._password)
-            await client.mail(sender)
-            await client.rcpt(message.address)
-        except aiosmtplib.SMTPRecipientRefused as error:
-            _close(client)
-            raise _refused(error.code, "recipient refused") from None
+            payload = self.build(message).as_bytes()
+        except (ValueError, email.errors.MessageError):
+            raise PermanentFailure("the message cannot be encoded as email") from None
+        message_id = self.message_id(message)
+        for fresh in (False, True):
+            try:
+                async with self.pool.session(fresh=fresh) as session:
+                    outcome = await self._transaction(session, message.address, payload, message_id)
+            except (aiosmtplib.SMTPException, OSError) as error:
+                raise TransientFailure(f"no SMTP session could be opened: {type(error).__name__}") from None
+            if isinstance(outcome, ConnectorFailure):
+                raise outcome
+            if isinstance(outcome, SendResult):
+                return outcome
+        raise AssertionError("a new session is never stale")
+
+    async def close(self) -> None:
+        """Close the pooled sessions."""
+        await self.pool.close()
+
+    async def _transaction(self, session: SmtpSession, recipient: str, payload: bytes, message_id: str) -> SendResult | ConnectorFailure | _Stale:
+        """One MAIL, RCPT, DATA exchange. Failures are returned, not raised, so
+        that the pool keeps a session that only saw a refusal."""
+        client = session.client
+        if recipient.isascii():
+            options: list[str] = []
+            encoding = "ascii"
+        elif client.supports_extension("smtputf8"):
+            options, encoding = ["SMTPUTF8"], "utf-8"
+        else:
+            return PermanentFailure("the address needs SMTPUTF8, which the SMTP server does not offer")
+        try:
+            await client.mail(self._envelope_sender, options=options, encoding=encoding)
+            await client.rcpt(recipient, encoding=encoding)
         except aiosmtplib.SMTPResponseException as error:
-            _close(client)
-            raise _refused(error.code, "SMTP server refused the message") from None
+            if error.code == _CLOSING:
+                session.discard()
+                if session.reused:
+                    return _STALE
+            else:
+                await _reset(session)
+            what = "recipient refused" if isinstance(error, aiosmtplib.SMTPRecipientRefused) else "SMTP server refused the message"
+            return _refused(error.code, what)
         except (aiosmtplib.SMTPException, OSError) as error:
-            _close(client)
-            raise TransientFailure(f"SMTP server unreachable: {type(error).__name__}") from None
+            session.discard()
+            if session.reused:
+                return _STALE
+            return TransientFailure(f"SMTP server unreachable: {type(error).__name__}")
         try:
-            response = await client.data(mime.as_bytes())
+            response = await client.data(payload)
         except aiosmtplib.SMTPResponseException as error:
-            # The server answered the payload with a refusal: it did not accept it.
-            _close(client)
-            raise _refused(error.code, "SMTP server rejected the message") from None
+            # The server answered the payload (or the DATA command) with a
+            # refusal: it did not accept the message, and the session is reset.
+            if error.code == _CLOSING:
+                session.discard()
+            return _refused(error.code, "SMTP server rejected the message")
         except (aiosmtplib.SMTPException, OSError) as error:
-            _close(client)
-            raise InDoubt(f"connection lost after the message was sent: {type(error).__name__}") from None
-        try:
-            await client.quit()
-        except (aiosmtplib.SMTPException, OSError):
-            pass
-        return SendResult(provider_message_id=mime["Message-ID"], detail=f"{response.code} {response.message[:120]}")
+            session.discard()
+            return InDoubt(f"connection lost after the message was sent: {type(error).__name__}", provider_message_id=message_id)
+        session.messages += 1
+        return SendResult(provider_message_id=message_id, detail=f"{response.code} {response.message[:120]}")
 
     async def status(self, provider_message_id: str) -> str | None:
         """SMTP has no status lookup: an in-doubt email stays in doubt."""
@@ -110,6 +163,9 @@ def _refused(code: int, what: str) -> TransientFailure | PermanentFailure:
     return PermanentFailure(f"{what} ({code})")
 
 
-def _close(client: aiosmtplib.SMTP) -> None:
-    if client.is_connected:
-        client.close()
+async def _reset(session: SmtpSession) -> None:
+    """RSET after a refusal, so the session can carry the next message."""
+    try:
+        await session.client.rset()
+    except (aiosmtplib.SMTPException, OSError):
+        session.discard()

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from overture.common.v1 import messaging_pb2
 
-__all__ = ["Connector", "InDoubt", "OutboundMessage", "PermanentFailure", "SendResult", "TransientFailure"]
+__all__ = ["Connector", "ConnectorFailure", "InDoubt", "OutboundMessage", "PermanentFailure", "SendResult", "TransientFailure"]
 
 
 @dataclass(frozen=True)
@@ -63,11 +63,24 @@ class PermanentFailure(ConnectorFailure):
 
 
 class InDoubt(ConnectorFailure):
-    """The provider may have accepted the message; do not send it again."""
+    """The provider may have accepted the message; do not send it again.
+
+    *provider_message_id* is the id the provider would know the message by,
+    when the connector chose it before sending (an SMTP Message-ID): the
+    delivery keeps it, and :meth:`Connector.status` is asked with it.
+    """
+
+    def __init__(self, message: str, *, provider_message_id: str = "") -> None:
+        super().__init__(message)
+        self.provider_message_id = provider_message_id
 
 
 class Connector(Protocol):
-    """One provider behind one channel."""
+    """One provider behind one channel.
+
+    ``send`` is called concurrently, up to the connector's concurrency
+    bound (``OVERTURE_CONNECTOR_CONCURRENCY``) at once.
+    """
 
     name: str
     """The connector's name, for example ``smtp``."""
@@ -83,4 +96,8 @@ class Connector(Protocol):
     async def status(self, provider_message_id: str) -> str | None:
         """The provider's view of a message (a ``DeliveryStatus`` name), or None
         when the provider cannot tell. Used to resolve in-doubt sends."""
+        ...
+
+    async def close(self) -> None:
+        """Release what the connector holds open (connections), at shutdown."""
         ...

@@ -7,38 +7,62 @@ import grpc
 from overture.common.v1 import messaging_pb2
 from overture.connectors.v1 import connector_service_pb2, connector_service_pb2_grpc, delivery_pb2
 from overture_runtime import Violations, current_principal
-from overture_runtime.validation import check_identifier, check_struct, decode_page_token, encode_page_token, page_size
+from overture_runtime.edge import item_violations
+from overture_runtime.errors import OvertureError
+from overture_runtime.validation import (
+    check_identifier,
+    check_struct,
+    decode_page_token,
+    encode_page_token,
+    page_size,
+    to_proto_violations,
+)
 
-from .deliveries import DeliveryService
+from .deliveries import DeliveryService, Outcome, check_batch_size
 
 C = connector_service_pb2
 _CONTENT_MAX = 256 * 1024
 _ADDRESS_MAX = 512
 
 
-def validate_message(v: Violations, message: delivery_pb2.Message) -> None:
-    """Record the problems of a message to send."""
-    check_identifier(v, "message.idempotency_key", message.idempotency_key)
+def validate_message(v: Violations, message: delivery_pb2.Message, *, prefix: str = "message.") -> None:
+    """Record the problems of a message to send, with field paths under *prefix*."""
+    check_identifier(v, f"{prefix}idempotency_key", message.idempotency_key)
     if message.channel == messaging_pb2.CHANNEL_UNSPECIFIED:
-        v.add("message.channel", "channel is required", "REQUIRED")
+        v.add(f"{prefix}channel", "channel is required", "REQUIRED")
     elif message.channel not in messaging_pb2.Channel.values():
-        v.add("message.channel", f"unknown channel {message.channel}", "INVALID_ENUM")
-    check_identifier(v, "message.subject_id", message.subject_id)
+        v.add(f"{prefix}channel", f"unknown channel {message.channel}", "INVALID_ENUM")
+    check_identifier(v, f"{prefix}subject_id", message.subject_id)
     if not message.address.strip():
-        v.add("message.address", "address is required", "REQUIRED")
+        v.add(f"{prefix}address", "address is required", "REQUIRED")
     elif len(message.address) > _ADDRESS_MAX:
-        v.add("message.address", f"address must be at most {_ADDRESS_MAX} characters", "TOO_LONG")
+        v.add(f"{prefix}address", f"address must be at most {_ADDRESS_MAX} characters", "TOO_LONG")
     elif message.channel == messaging_pb2.CHANNEL_EMAIL and ("@" not in message.address or any(c in message.address for c in "\r\n<>,;")):
-        v.add("message.address", "address is not a valid email address", "INVALID_ADDRESS")
+        v.add(f"{prefix}address", "address is not a valid email address", "INVALID_ADDRESS")
     content = message.content
     size = len(content.subject) + len(content.text_body) + len(content.html_body)
     if size > _CONTENT_MAX:
-        v.add("message.content", f"content is {size} characters; the limit is {_CONTENT_MAX}", "TOO_LARGE")
+        v.add(f"{prefix}content", f"content is {size} characters; the limit is {_CONTENT_MAX}", "TOO_LARGE")
     if "\n" in content.subject or "\r" in content.subject:
-        v.add("message.content.subject", "subject must be one line", "INVALID")
-    check_struct(v, "message.content.data", content.data, max_bytes=_CONTENT_MAX)
+        v.add(f"{prefix}content.subject", "subject must be one line", "INVALID")
+    check_struct(v, f"{prefix}content.data", content.data, max_bytes=_CONTENT_MAX)
     if message.channel == messaging_pb2.CHANNEL_EMAIL and not (content.text_body or content.html_body):
-        v.add("message.content", "an email needs a text or HTML body", "REQUIRED")
+        v.add(f"{prefix}content", "an email needs a text or HTML body", "REQUIRED")
+
+
+def _batch_error(error: OvertureError) -> C.SendBatchError:
+    result = C.SendBatchError(code=error.code.value[0], reason=error.reason, message=error.message)
+    if error.retry_after is not None:
+        result.retry_delay.FromTimedelta(error.retry_after)
+    return result
+
+
+def _fill(result: C.SendBatchResult, outcome: Outcome) -> None:
+    if outcome.delivery is not None:
+        result.delivery.CopyFrom(outcome.delivery)
+    result.duplicate = outcome.duplicate
+    if outcome.error is not None:
+        result.error.CopyFrom(_batch_error(outcome.error))
 
 
 class ConnectorServicer(connector_service_pb2_grpc.ConnectorServiceServicer):
@@ -57,6 +81,29 @@ class ConnectorServicer(connector_service_pb2_grpc.ConnectorServiceServicer):
         v.raise_if_any("the message is invalid")
         delivery, duplicate = await self._deliveries.send(tenant, request.message)
         return C.SendResponse(delivery=delivery, duplicate=duplicate)
+
+    async def SendBatch(self, request: C.SendBatchRequest, context: grpc.aio.ServicerContext) -> C.SendBatchResponse:
+        tenant = current_principal().tenant
+        check_batch_size(len(request.messages))
+        v = Violations()
+        if not request.messages:
+            v.add("messages", "messages must hold 1 to 500 messages", "REQUIRED")
+        v.raise_if_any("the batch is invalid")
+        response = C.SendBatchResponse()
+        valid: list[int] = []
+        for index, message in enumerate(request.messages):
+            problems = Violations(item_violations(message))
+            if not problems:
+                validate_message(problems, message, prefix="")
+            result = response.results.add(index=index)
+            if problems:
+                result.violations.extend(to_proto_violations(problems.items))
+            else:
+                valid.append(index)
+        outcomes = await self._deliveries.send_many(tenant, [request.messages[i] for i in valid])
+        for index, outcome in zip(valid, outcomes, strict=True):
+            _fill(response.results[index], outcome)
+        return response
 
     async def GetDeliveryStatus(self, request: C.GetDeliveryStatusRequest, context: grpc.aio.ServicerContext) -> C.GetDeliveryStatusResponse:
         tenant = current_principal().tenant

@@ -5,8 +5,10 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from overture.common.v1 import field_violation_pb2 as _field_violation_pb2
 from overture.connectors.v1 import delivery_pb2 as _delivery_pb2
 import builtins as _builtins
 import sys
@@ -70,6 +72,157 @@ class SendResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SendResponse: _TypeAlias = SendResponse  # noqa: Y015
+
+@_typing.final
+class SendBatchRequest(_message.Message):
+    """The request of SendBatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_delivery_pb2.Message]:
+        """The messages, 1 to 500 of them. Each is checked on its own: an invalid
+        message is rejected in its result, and the others are delivered.
+        """
+
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[_delivery_pb2.Message] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendBatchRequest: _TypeAlias = SendBatchRequest  # noqa: Y015
+
+@_typing.final
+class SendBatchResponse(_message.Message):
+    """The response of SendBatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___SendBatchResult]:
+        """One result per message, in the order of the request."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___SendBatchResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendBatchResponse: _TypeAlias = SendBatchResponse  # noqa: Y015
+
+@_typing.final
+class SendBatchResult(_message.Message):
+    """The outcome for one message of a SendBatch call. A rejected message has
+    only `violations`; a message that could not be delivered has `error`
+    (and `delivery` too when the attempt was recorded); any other message has
+    `delivery`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    DELIVERY_FIELD_NUMBER: _builtins.int
+    DUPLICATE_FIELD_NUMBER: _builtins.int
+    VIOLATIONS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """The message's position in the request, from 0."""
+    duplicate: _builtins.bool
+    """True when the key was seen before and nothing was sent for this message."""
+    @_builtins.property
+    def delivery(self) -> _delivery_pb2.Delivery:
+        """The delivery, new or, for a repeated key, the first one. Its `status`
+        says what became of the message: SENT, FAILED (for good, or for now when
+        `error` is set), IN_DOUBT, or SENDING while another call is still
+        delivering the same key.
+        """
+
+    @_builtins.property
+    def violations(self) -> _containers.RepeatedCompositeFieldContainer[_field_violation_pb2.FieldViolation]:
+        """Why the message was rejected: one violation per problem, with field
+        paths relative to the message (for example `address`). Nothing was
+        stored or sent for it.
+        """
+
+    @_builtins.property
+    def error(self) -> Global___SendBatchError:
+        """Why a valid message was not delivered: the error `Send` answers for the
+        same message alone.
+        """
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        delivery: _delivery_pb2.Delivery | None = ...,
+        duplicate: _builtins.bool = ...,
+        violations: _abc.Iterable[_field_violation_pb2.FieldViolation] | None = ...,
+        error: Global___SendBatchError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery", "error", b"error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery", "duplicate", b"duplicate", "error", b"error", "index", b"index", "violations", b"violations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendBatchResult: _TypeAlias = SendBatchResult  # noqa: Y015
+
+@_typing.final
+class SendBatchError(_message.Message):
+    """Why one valid message of a SendBatch call was not delivered."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    RETRY_DELAY_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """The gRPC status code `Send` would answer with, as a `google.rpc.Code`
+    number: 9 (FAILED_PRECONDITION) when no connector serves the message's
+    channel or the named connector, 14 (UNAVAILABLE) when the provider could
+    not take the message for now.
+    """
+    reason: _builtins.str
+    """The machine-readable reason, UPPER_SNAKE_CASE, as in the `ErrorInfo` of
+    `Send`: `NO_CONNECTOR`, `UNKNOWN_CONNECTOR` or `PROVIDER_UNAVAILABLE`.
+    """
+    message: _builtins.str
+    """What went wrong, for a human. Never contains personal data."""
+    @_builtins.property
+    def retry_delay(self) -> _duration_pb2.Duration:
+        """When set, sending the message again with the same idempotency key after
+        this delay may succeed.
+        """
+
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+        retry_delay: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["retry_delay", b"retry_delay"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "reason", b"reason", "retry_delay", b"retry_delay"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendBatchError: _TypeAlias = SendBatchError  # noqa: Y015
 
 @_typing.final
 class GetDeliveryStatusRequest(_message.Message):

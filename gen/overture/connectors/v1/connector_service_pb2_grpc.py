@@ -41,6 +41,11 @@ class ConnectorServiceStub:
                 request_serializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.SendRequest.SerializeToString,
                 response_deserializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.SendResponse.FromString,
                 _registered_method=True)
+        self.SendBatch = channel.unary_unary(
+                '/overture.connectors.v1.ConnectorService/SendBatch',
+                request_serializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.SendBatchRequest.SerializeToString,
+                response_deserializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.SendBatchResponse.FromString,
+                _registered_method=True)
         self.GetDeliveryStatus = channel.unary_unary(
                 '/overture.connectors.v1.ConnectorService/GetDeliveryStatus',
                 request_serializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.GetDeliveryStatusRequest.SerializeToString,
@@ -67,6 +72,22 @@ class ConnectorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendBatch(self, request, context):
+        """Delivers a batch of 1 to 500 messages, with one result per message in
+        the order of the request. Each message is handled exactly as `Send`
+        handles it alone: its idempotency key is claimed durably before the
+        provider is called; a key seen before (in an earlier call, in a call
+        running at the same time, or earlier in the same batch) returns the
+        first delivery and calls nothing; a send whose outcome is unknown is
+        resolved through the connector's status lookup or left IN_DOUBT, and is
+        never sent again. One invalid message is rejected in its own result and
+        never fails the others. More than 500 messages is RESOURCE_EXHAUSTED
+        (reason `BATCH_TOO_LARGE`): split the batch.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetDeliveryStatus(self, request, context):
         """Returns a delivery by id or by idempotency key.
         """
@@ -88,6 +109,11 @@ def add_ConnectorServiceServicer_to_server(servicer, server):
                     servicer.Send,
                     request_deserializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.SendRequest.FromString,
                     response_serializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.SendResponse.SerializeToString,
+            ),
+            'SendBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendBatch,
+                    request_deserializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.SendBatchRequest.FromString,
+                    response_serializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.SendBatchResponse.SerializeToString,
             ),
             'GetDeliveryStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDeliveryStatus,
@@ -129,6 +155,33 @@ class ConnectorService:
             '/overture.connectors.v1.ConnectorService/Send',
             overture_dot_connectors_dot_v1_dot_connector__service__pb2.SendRequest.SerializeToString,
             overture_dot_connectors_dot_v1_dot_connector__service__pb2.SendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/overture.connectors.v1.ConnectorService/SendBatch',
+            overture_dot_connectors_dot_v1_dot_connector__service__pb2.SendBatchRequest.SerializeToString,
+            overture_dot_connectors_dot_v1_dot_connector__service__pb2.SendBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

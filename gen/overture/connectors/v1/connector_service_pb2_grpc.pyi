@@ -40,6 +40,18 @@ class ConnectorServiceStub:
     durably before it calls the provider; a repeat of the same key, whether
     concurrent or retried, returns the first delivery and calls nothing.
     """
+    SendBatch: _grpc.UnaryUnaryMultiCallable[_connector_service_pb2.SendBatchRequest, _connector_service_pb2.SendBatchResponse]
+    """Delivers a batch of 1 to 500 messages, with one result per message in
+    the order of the request. Each message is handled exactly as `Send`
+    handles it alone: its idempotency key is claimed durably before the
+    provider is called; a key seen before (in an earlier call, in a call
+    running at the same time, or earlier in the same batch) returns the
+    first delivery and calls nothing; a send whose outcome is unknown is
+    resolved through the connector's status lookup or left IN_DOUBT, and is
+    never sent again. One invalid message is rejected in its own result and
+    never fails the others. More than 500 messages is RESOURCE_EXHAUSTED
+    (reason `BATCH_TOO_LARGE`): split the batch.
+    """
     GetDeliveryStatus: _grpc.UnaryUnaryMultiCallable[_connector_service_pb2.GetDeliveryStatusRequest, _connector_service_pb2.GetDeliveryStatusResponse]
     """Returns a delivery by id or by idempotency key."""
     ListConnectors: _grpc.UnaryUnaryMultiCallable[_connector_service_pb2.ListConnectorsRequest, _connector_service_pb2.ListConnectorsResponse]
@@ -56,6 +68,18 @@ class ConnectorServiceAsyncStub(ConnectorServiceStub):
     """Delivers a message. The connector claims the message's idempotency key
     durably before it calls the provider; a repeat of the same key, whether
     concurrent or retried, returns the first delivery and calls nothing.
+    """
+    SendBatch: _aio.UnaryUnaryMultiCallable[_connector_service_pb2.SendBatchRequest, _connector_service_pb2.SendBatchResponse]  # type: ignore[assignment]
+    """Delivers a batch of 1 to 500 messages, with one result per message in
+    the order of the request. Each message is handled exactly as `Send`
+    handles it alone: its idempotency key is claimed durably before the
+    provider is called; a key seen before (in an earlier call, in a call
+    running at the same time, or earlier in the same batch) returns the
+    first delivery and calls nothing; a send whose outcome is unknown is
+    resolved through the connector's status lookup or left IN_DOUBT, and is
+    never sent again. One invalid message is rejected in its own result and
+    never fails the others. More than 500 messages is RESOURCE_EXHAUSTED
+    (reason `BATCH_TOO_LARGE`): split the batch.
     """
     GetDeliveryStatus: _aio.UnaryUnaryMultiCallable[_connector_service_pb2.GetDeliveryStatusRequest, _connector_service_pb2.GetDeliveryStatusResponse]  # type: ignore[assignment]
     """Returns a delivery by id or by idempotency key."""
@@ -76,6 +100,24 @@ class ConnectorServiceServicer(metaclass=_abc_1.ABCMeta):
         """Delivers a message. The connector claims the message's idempotency key
         durably before it calls the provider; a repeat of the same key, whether
         concurrent or retried, returns the first delivery and calls nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def SendBatch(
+        self,
+        request: _connector_service_pb2.SendBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_connector_service_pb2.SendBatchResponse, _abc.Awaitable[_connector_service_pb2.SendBatchResponse]]:
+        """Delivers a batch of 1 to 500 messages, with one result per message in
+        the order of the request. Each message is handled exactly as `Send`
+        handles it alone: its idempotency key is claimed durably before the
+        provider is called; a key seen before (in an earlier call, in a call
+        running at the same time, or earlier in the same batch) returns the
+        first delivery and calls nothing; a send whose outcome is unknown is
+        resolved through the connector's status lookup or left IN_DOUBT, and is
+        never sent again. One invalid message is rejected in its own result and
+        never fails the others. More than 500 messages is RESOURCE_EXHAUSTED
+        (reason `BATCH_TOO_LARGE`): split the batch.
         """
 
     @_abc_1.abstractmethod
