@@ -1,9 +1,9 @@
-"""The orchestrator application: stores, executor, the stream consumer, the
-timer loop that resumes due runs, and the loop that forwards audit records."""
+"""The orchestrator application: stores, the stream consumer (which only
+starts runs), the pool of workers that executes due tokens (new runs,
+timers, retries), and the loop that forwards audit records."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 from pathlib import Path
@@ -20,6 +20,7 @@ from overture_runtime.idempotency import Idempotency
 
 from .audit_outbox import AuditForwarder
 from .consumer import EventConsumer
+from .deadletters import DeadLetters
 from .executor import Executor
 from .feedback import DeliveryFeedback
 from .journeys import JourneyStore
@@ -30,11 +31,11 @@ from .runs import RunStore
 from .servicer import OrchestratorServicer
 from .starter import Starter
 from .tables import idempotency
+from .worker import WorkerPool
 
 __all__ = ["OrchestratorApp"]
 
 log = structlog.get_logger("overture.orchestrator")
-_TIMER_INTERVAL = 0.2
 
 
 class OrchestratorApp(BaseApp):
@@ -49,41 +50,30 @@ class OrchestratorApp(BaseApp):
         self.audit = AuditForwarder(db=self.db, audit=audit_service_pb2_grpc.AuditServiceStub(self.channel("rules")), settings=self.settings)
         self.references = RuleSetCheck(rules=rules_service_pb2_grpc.RulesServiceStub(self.channel("rules")), settings=self.settings)
         self.journeys = JourneyStore(self.db, self.clock, ids=self.ids, audited=self.audit.after_commit, references=self.references)
-        self.runs = RunStore(self.db, self.clock, self.ids, owner=consumer)
+        self.dead_letters = DeadLetters(self.db, self.clock, self.ids)
+        self.runs = RunStore(self.db, self.clock, self.ids, owner=consumer, dead_letters=self.dead_letters)
         self.executor = Executor(
-            db=self.db, runs=self.runs, journeys=self.journeys, settings=self.settings, clock=self.clock, ids=self.ids,
+            journeys=self.journeys, settings=self.settings, clock=self.clock,
             rules=rules_service_pb2_grpc.RulesServiceStub(self.channel("rules")),
             profiles=profile_service_pb2_grpc.ProfileServiceStub(self.channel("rules")),
             connectors=connector_service_pb2_grpc.ConnectorServiceStub(self.channel("connectors")),
         )
+        self.workers = WorkerPool(runs=self.runs, executor=self.executor, clock=self.clock, owner=consumer,
+                                  concurrency=self.settings.orchestrator_workers, batch=self.settings.orchestrator_batch)
         self.feedback = DeliveryFeedback(
             runs=self.runs, journeys=self.journeys, settings=self.settings,
             ingest=ingest_service_pb2_grpc.IngestServiceStub(self.channel("ingest")),
             profiles=profile_service_pb2_grpc.ProfileServiceStub(self.channel("rules")),
         )
-        self.starter = Starter(journeys=self.journeys, runs=self.runs, executor=self.executor, clock=self.clock, ids=self.ids)
+        self.starter = Starter(journeys=self.journeys, runs=self.runs, clock=self.clock, ids=self.ids, wake=self.workers.wake)
         self.consumer = EventConsumer(
             redis=self.redis, keys=self.keys, partitions=self.settings.stream_partitions, consumer=consumer,
-            db=self.db, clock=self.clock, ids=self.ids, handle=self.starter.on_event,
+            dead_letters=self.dead_letters, handle=self.starter.on_events, batch=self.settings.orchestrator_batch,
         )
         self.spawn("consumer", lambda: self.consumer.run(self.stopping))
         self.spawn("reclaim", lambda: self.consumer.reclaim(self.stopping))
-        self.spawn("timers", self._timers)
+        self.spawn("workers", lambda: self.workers.run(self.stopping))
         self.spawn("audit", lambda: self.audit.run(self.stopping))
-
-    async def _timers(self) -> None:
-        """Resume runs whose timers are due (delays, quiet hours, retries) and
-        runs whose replica stopped mid-step."""
-        while not self.stopping.is_set():
-            for tenant, run_id in await self.runs.due():
-                try:
-                    await self.executor.advance(tenant, run_id)
-                except Exception:
-                    log.exception("run.advance_failed", run_id=run_id)
-            try:
-                await asyncio.wait_for(self.stopping.wait(), timeout=_TIMER_INTERVAL)
-            except TimeoutError:
-                pass
 
     def register(self, server: grpc.aio.Server) -> None:
         orchestrator_service_pb2_grpc.add_OrchestratorServiceServicer_to_server(
@@ -94,5 +84,3 @@ class OrchestratorApp(BaseApp):
             server,
         )
 
-    async def on_stop(self) -> None:
-        await self.starter.drain()

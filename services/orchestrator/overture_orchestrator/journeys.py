@@ -9,6 +9,7 @@ is checked; every change writes its audit record in its own transaction
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -42,6 +43,13 @@ class ActiveJourney:
     compiled: CompiledJourney
 
 
+@dataclass(frozen=True)
+class _Snapshot:
+    until: float
+    triggers: dict[str, list[ActiveJourney]]
+    paused: frozenset[str]
+
+
 class ReferenceCheck(Protocol):
     """Checks what a definition names in other services."""
 
@@ -60,7 +68,7 @@ class JourneyStore:
 
     def __init__(
         self, db: Database, clock: Clock, *, ids: IdGenerator | None = None, references: ReferenceCheck | None = None,
-        audited: Callable[[str], Awaitable[None]] | None = None,
+        audited: Callable[[str], Awaitable[None]] | None = None, snapshot_ttl: float = 1.0,
     ) -> None:
         self._db = db
         self._clock = clock
@@ -68,6 +76,8 @@ class JourneyStore:
         self._references = references
         self._audited = audited
         self._compiled: OrderedDict[tuple[str, str, int], CompiledJourney] = OrderedDict()
+        self._snapshots: dict[str, _Snapshot] = {}
+        self._snapshot_ttl = snapshot_ttl
 
     async def publish(self, *, tenant: str, name: str, spec: journey_pb2.JourneySpec, reason: str, author: str) -> tuple[journey_pb2.Journey, bool]:
         """Validate and store a new version; returns it and whether nothing changed."""
@@ -106,6 +116,7 @@ class JourneyStore:
                                 details={"journey": name, "version": version, "digest": spec_digest, "rule_set": spec.rule_set,
                                          "previous_version": head.latest_version if head else 0, "state": state})
                 self._remember((tenant, name, version), compiled)
+                self.forget(tenant)
                 await self._after_audit(tenant)
                 return self._to_proto(row, state), False
             except IntegrityError:
@@ -154,6 +165,7 @@ class JourneyStore:
                 await stage(conn, tenant=tenant, record_id=self._ids.new(), action=action, actor=actor, time=now, reason=reason,
                             target=f"journey/{name}", details={"journey": name, "latest_version": head.latest_version, **(details or {})})
         if changed:
+            self.forget(tenant)
             await self._after_audit(tenant)
         return await self.get(tenant=tenant, name=name)
 
@@ -163,11 +175,39 @@ class JourneyStore:
 
     async def triggered_by(self, tenant: str, event_type: str) -> list[ActiveJourney]:
         """The active journeys an event of *event_type* triggers."""
+        return list((await self._snapshot(tenant)).triggers.get(event_type, ()))
+
+    async def paused(self, tenant: str) -> frozenset[str]:
+        """The tenant's paused journeys."""
+        return (await self._snapshot(tenant)).paused
+
+    def forget(self, tenant: str) -> None:
+        """Drop the tenant's cached triggers, after a change in this replica."""
+        self._snapshots.pop(tenant, None)
+
+    async def _snapshot(self, tenant: str) -> _Snapshot:
+        """The tenant's active triggers and paused journeys, held in memory for
+        ``snapshot_ttl`` seconds (other replicas' changes show within it; this
+        replica's at once), so that starting runs reads no journey rows."""
+        now = time.monotonic()
+        held = self._snapshots.get(tenant)
+        if held is not None and held.until > now:
+            return held
         j = journeys
         async with self._db.connect() as conn:
-            rows = (await conn.execute(sa.select(j.c.name, j.c.latest_version).where(
-                (j.c.tenant == tenant) & (j.c.trigger_event_type == event_type) & (j.c.state == "active")))).all()
-        return [ActiveJourney(r.name, r.latest_version, await self.compiled(tenant, r.name, r.latest_version)) for r in rows]
+            rows = (await conn.execute(sa.select(j.c.name, j.c.latest_version, j.c.state, j.c.trigger_event_type).where(
+                j.c.tenant == tenant))).all()
+        triggers: dict[str, list[ActiveJourney]] = {}
+        for r in rows:
+            if r.state == "active" and r.trigger_event_type:
+                triggers.setdefault(r.trigger_event_type, []).append(
+                    ActiveJourney(r.name, r.latest_version, await self.compiled(tenant, r.name, r.latest_version)))
+        snapshot = _Snapshot(until=now + self._snapshot_ttl, triggers=triggers,
+                             paused=frozenset(r.name for r in rows if r.state == "paused"))
+        self._snapshots[tenant] = snapshot
+        while len(self._snapshots) > 10_000:
+            self._snapshots.pop(next(iter(self._snapshots)))
+        return snapshot
 
     async def compiled(self, tenant: str, name: str, version: int) -> CompiledJourney:
         """The compiled form of one version."""

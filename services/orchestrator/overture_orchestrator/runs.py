@@ -1,15 +1,21 @@
-"""Runs and their steps, in the database.
+"""Runs, their tokens and their step attempts, in the database.
 
-A run is advanced by whoever holds its lease, so replicas never execute the
-same run at once; a lease that expires (its holder crashed) lets another
-replica resume the run from its last recorded step. Operators' changes to
-runs (cancel, retry) write their audit record in the same transaction.
+A run is a small row (its state and where it is), its immutable inputs (the
+trigger event, an Enqueue's spec), one token per live branch, and the
+appended attempts of its steps. Work is claimed, not leased per run: a
+worker takes a batch of due tokens with ``FOR UPDATE SKIP LOCKED`` and
+pushes their due time past a lease, so a token whose worker died comes due
+again by itself, and replicas never execute the same token at once. A
+worker records a batch's outcomes in one transaction, and only for the
+tokens it still holds. Operators' changes to runs (cancel, retry) write
+their audit record in the same transaction.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,53 +28,75 @@ from overture_runtime.db import Database, insert_ignore
 from overture_runtime.errors import NotFound
 
 from .audit_outbox import SYSTEM_ACTOR, stage
-from .tables import dead_letters, runs, step_runs
+from .deadletters import DeadLetters
+from .model import LIVE, RunState, StepState, TokenState
+from .tables import run_inputs, runs, step_attempts, tokens
 
-__all__ = ["JourneyTarget", "RetryRefusal", "RunRecord", "RunStore", "StepRecord"]
+__all__ = ["Attempt", "JourneyTarget", "NewRun", "Outcome", "RetryRefusal", "RunStore", "Work"]
 
 LEASE = dt.timedelta(seconds=30)
-_RUN_STATES = {
-    "running": run_pb2.RUN_STATE_RUNNING, "waiting": run_pb2.RUN_STATE_WAITING, "completed": run_pb2.RUN_STATE_COMPLETED,
-    "failed": run_pb2.RUN_STATE_FAILED, "cancelled": run_pb2.RUN_STATE_CANCELLED,
-}
-_STEP_STATES = {
-    "running": run_pb2.STEP_RUN_STATE_RUNNING, "waiting": run_pb2.STEP_RUN_STATE_WAITING,
-    "completed": run_pb2.STEP_RUN_STATE_COMPLETED, "skipped": run_pb2.STEP_RUN_STATE_SKIPPED, "failed": run_pb2.STEP_RUN_STATE_FAILED,
-}
-ENDED = frozenset({"completed", "failed", "cancelled"})
+"""How long a claimed token is a worker's; past it, the token is due again."""
+_LIVE = tuple(s.value for s in LIVE)
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """A run to start."""
+
+    tenant: str
+    journey: str
+    version: int
+    subject_id: str
+    event: event_pb2.Event
+    first_step: str
+    inline_spec: str | None = None
 
 
 @dataclass
-class StepRecord:
-    """The recorded state of one step of a run. Mutable while the step runs."""
-
-    step_id: str
-    position: int
-    state: str = "running"
-    attempts: int = 0
-    evaluations: int = 0
-    decision_id: str = ""
-    delivery_id: str = ""
-    outcome: str = ""
-    error: str = ""
-    start_time: dt.datetime | None = None
-    end_time: dt.datetime | None = None
-    wake_time: dt.datetime | None = None
-
-
-@dataclass
-class RunRecord:
-    """A run as the executor sees it."""
+class Work:
+    """A claimed token with what executing it needs. Mutable while it runs."""
 
     tenant: str
     run_id: str
+    token: int
     journey: str
     journey_version: int
     subject_id: str
     trigger_event: event_pb2.Event
     inline_spec: str | None
-    state: str
-    current_step: str
+    node: str
+    state: TokenState
+    attempts: int
+    evaluations: int
+
+
+@dataclass
+class Attempt:
+    """One attempt of one step, to append."""
+
+    step_id: str
+    state: StepState
+    start_time: dt.datetime
+    outcome: str = ""
+    error: str = ""
+    decision_id: str = ""
+    delivery_id: str = ""
+    end_time: dt.datetime | None = None
+    wake_time: dt.datetime | None = None
+
+
+@dataclass
+class Outcome:
+    """Where a claimed token went: its attempts, and its run's new state."""
+
+    work: Work
+    run_state: RunState
+    node: str
+    token_state: TokenState = TokenState.READY
+    due_time: dt.datetime | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    dead_letter: str = ""
+    """The last error, when the run failed and goes to the dead-letter queue."""
 
 
 @dataclass(frozen=True)
@@ -94,105 +122,140 @@ class RetryRefusal:
 class RunStore:
     """Runs of all tenants."""
 
-    def __init__(self, db: Database, clock: Clock, ids: IdGenerator, *, owner: str) -> None:
+    def __init__(self, db: Database, clock: Clock, ids: IdGenerator, *, owner: str, dead_letters: DeadLetters) -> None:
         self._db = db
         self._clock = clock
         self._ids = ids
         self.owner = owner
+        self.dead_letters = dead_letters
 
-    async def create(
-        self, *, tenant: str, journey: str, version: int, subject_id: str, trigger_event_id: str,
-        event: event_pb2.Event, first_step: str, inline_spec: str | None = None,
-    ) -> tuple[str, bool]:
-        """Create a run, leased to this replica, unless this trigger already
-        made one. Returns the run id and whether it is new."""
+    # -- starting ------------------------------------------------------------
+
+    async def start(self, batch: Sequence[NewRun]) -> list[tuple[str, bool]]:
+        """Start the runs of *batch* that their trigger has not started yet, in
+        three statements. Returns (run id, new) per item, in order; an item
+        whose trigger already made a run gets that run's id."""
+        if not batch:
+            return []
         now = self._clock.now()
-        run_id = self._ids.new()
+        ids = [self._ids.new() for _ in batch]
+        key = (runs.c.tenant, runs.c.journey, runs.c.subject_id, runs.c.trigger_event_id)
         async with self._db.begin() as conn:
-            result = await conn.execute(insert_ignore(
-                conn, runs, index_elements=["tenant", "journey", "subject_id", "trigger_event_id"]
-            ).values(
-                tenant=tenant, run_id=run_id, journey=journey, journey_version=version, subject_id=subject_id,
-                trigger_event_id=trigger_event_id, trigger_event=event.SerializeToString(), inline_spec=inline_spec,
-                state="running", current_step=first_step, wake_time=now, lease_owner=self.owner, lease_until=now + LEASE,
-                create_time=now, update_time=now,
-            ))
-            if result.rowcount:
-                return run_id, True
-            existing = (await conn.execute(sa.select(runs.c.run_id).where(
-                (runs.c.tenant == tenant) & (runs.c.journey == journey)
-                & (runs.c.subject_id == subject_id) & (runs.c.trigger_event_id == trigger_event_id)))).scalar_one()
-        return str(existing), False
+            inserted = set((await conn.execute(insert_ignore(conn, runs, index_elements=["tenant", "journey", "subject_id", "trigger_event_id"]).values([
+                dict(tenant=r.tenant, run_id=i, journey=r.journey, journey_version=r.version, subject_id=r.subject_id,
+                     trigger_event_id=r.event.event_id, state=RunState.RUNNING.value, current_step=r.first_step, create_time=now,
+                     update_time=now) for r, i in zip(batch, ids, strict=True)
+            ]).returning(runs.c.run_id))).scalars())
+            fresh = [(r, i) for r, i in zip(batch, ids, strict=True) if i in inserted]
+            if fresh:
+                await conn.execute(run_inputs.insert(), [
+                    dict(tenant=r.tenant, run_id=i, trigger_event=r.event.SerializeToString(), inline_spec=r.inline_spec) for r, i in fresh])
+                await conn.execute(tokens.insert(), [
+                    dict(tenant=r.tenant, run_id=i, token=0, node=r.first_step, state=TokenState.READY.value, due_time=now, attempts=0,
+                         evaluations=0, lease_owner=None) for r, i in fresh])
+            existing: dict[tuple[str, str, str, str], str] = {}
+            others = [r for r, i in zip(batch, ids, strict=True) if i not in inserted]
+            if others:
+                rows = await conn.execute(sa.select(runs.c.run_id, *key).where(sa.tuple_(*key).in_(
+                    [(r.tenant, r.journey, r.subject_id, r.event.event_id) for r in others])))
+                existing = {(row.tenant, row.journey, row.subject_id, row.trigger_event_id): row.run_id for row in rows}
+        return [(i, True) if i in inserted else (existing.get((r.tenant, r.journey, r.subject_id, r.event.event_id), ""), False)
+                for r, i in zip(batch, ids, strict=True)]
 
-    async def has_unfinished(self, tenant: str, journey: str, subject_id: str) -> bool:
-        """Whether the subject has a run of *journey* that has not ended."""
+    async def unfinished(self, tenant: str, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which (journey, subject) pairs have a run that has not ended."""
+        wanted = list(set(pairs))
+        if not wanted:
+            return set()
         async with self._db.connect() as conn:
-            found = (await conn.execute(sa.select(runs.c.run_id).where(
-                (runs.c.tenant == tenant) & (runs.c.journey == journey) & (runs.c.subject_id == subject_id)
-                & runs.c.state.in_(("running", "waiting"))).limit(1))).first()
-        return found is not None
+            rows = await conn.execute(sa.select(runs.c.journey, runs.c.subject_id).where(
+                (runs.c.tenant == tenant) & sa.tuple_(runs.c.journey, runs.c.subject_id).in_(wanted) & runs.c.state.in_(_LIVE)))
+            return {(r.journey, r.subject_id) for r in rows}
 
-    async def lease(self, tenant: str, run_id: str) -> RunRecord | None:
-        """Take the run's lease if it is free or ours; None if another replica holds it or it ended."""
+    # -- working -------------------------------------------------------------
+
+    async def claim(self, *, owner: str, limit: int) -> list[Work]:
+        """Take up to *limit* due tokens for *owner* (one claim's unique name)."""
         now = self._clock.now()
-        key = (runs.c.tenant == tenant) & (runs.c.run_id == run_id)
-        free = runs.c.lease_until.is_(None) | (runs.c.lease_until < now) | (runs.c.lease_owner == self.owner)
+        t = tokens
+        due = (sa.select(t.c.tenant, t.c.run_id, t.c.token).where(t.c.due_time <= now).order_by(t.c.due_time).limit(limit)
+               .with_for_update(skip_locked=True))
         async with self._db.begin() as conn:
-            taken = await conn.execute(runs.update().where(key & free & runs.c.state.in_(("running", "waiting")))
-                                       .values(lease_owner=self.owner, lease_until=now + LEASE))
-            if not taken.rowcount:
-                return None
-            row = (await conn.execute(sa.select(runs).where(key))).one()
-        return RunRecord(
-            tenant=row.tenant, run_id=row.run_id, journey=row.journey, journey_version=row.journey_version,
-            subject_id=row.subject_id, trigger_event=event_pb2.Event.FromString(row.trigger_event),
-            inline_spec=row.inline_spec, state=row.state, current_step=row.current_step,
-        )
+            claimed = (await conn.execute(t.update().where(sa.tuple_(t.c.tenant, t.c.run_id, t.c.token).in_(due))
+                                          .values(lease_owner=owner, due_time=now + LEASE)
+                                          .returning(t.c.tenant, t.c.run_id, t.c.token, t.c.node, t.c.state, t.c.attempts,
+                                                     t.c.evaluations))).all()
+            if not claimed:
+                return []
+            keys = [(c.tenant, c.run_id) for c in claimed]
+            rows = {(r.tenant, r.run_id): r for r in (await conn.execute(
+                sa.select(runs.c.tenant, runs.c.run_id, runs.c.journey, runs.c.journey_version, runs.c.subject_id, runs.c.state,
+                          run_inputs.c.trigger_event, run_inputs.c.inline_spec)
+                .join(run_inputs, (run_inputs.c.tenant == runs.c.tenant) & (run_inputs.c.run_id == runs.c.run_id))
+                .where(sa.tuple_(runs.c.tenant, runs.c.run_id).in_(keys)))).all()}
+        work = []
+        for c in claimed:
+            row = rows.get((c.tenant, c.run_id))
+            if row is None:
+                continue
+            work.append(Work(
+                tenant=c.tenant, run_id=c.run_id, token=c.token, journey=row.journey, journey_version=row.journey_version,
+                subject_id=row.subject_id, trigger_event=event_pb2.Event.FromString(row.trigger_event), inline_spec=row.inline_spec,
+                node=c.node, state=TokenState(c.state), attempts=c.attempts, evaluations=c.evaluations))
+        return work
 
-    async def due(self, limit: int = 100) -> list[tuple[str, str]]:
-        """(tenant, run id) of runs whose timer is due and whose lease is free."""
+    async def record(self, *, owner: str, outcomes: Sequence[Outcome]) -> int:
+        """Record a claim's outcomes in one transaction: the attempts, the
+        tokens moved (or deleted when their run ended), the runs' states, the
+        dead letters. Tokens the claim no longer holds (its lease ran out and
+        another worker took them) are left alone. Returns how many were recorded."""
+        if not outcomes:
+            return 0
         now = self._clock.now()
+        t = tokens
+        async with self._db.begin() as conn:
+            held = {(r.tenant, r.run_id, r.token) for r in (await conn.execute(
+                sa.select(t.c.tenant, t.c.run_id, t.c.token).where(
+                    sa.tuple_(t.c.tenant, t.c.run_id, t.c.token).in_([(o.work.tenant, o.work.run_id, o.work.token) for o in outcomes])
+                    & (t.c.lease_owner == owner)).with_for_update())).all()}
+            kept = [o for o in outcomes if (o.work.tenant, o.work.run_id, o.work.token) in held]
+            if not kept:
+                return 0
+            attempt_rows = [dict(tenant=o.work.tenant, run_id=o.work.run_id, attempt_id=self._ids.new(), step_id=a.step_id,
+                                 state=a.state.value, decision_id=a.decision_id, delivery_id=a.delivery_id, outcome=a.outcome[:2000],
+                                 error=a.error[:2000], start_time=a.start_time, end_time=a.end_time, wake_time=a.wake_time)
+                            for o in kept for a in o.attempts]
+            if attempt_rows:
+                await conn.execute(step_attempts.insert(), attempt_rows)
+            ended = [o for o in kept if o.run_state not in LIVE]
+            moving = [o for o in kept if o.run_state in LIVE]
+            if ended:
+                await conn.execute(t.delete().where(sa.tuple_(t.c.tenant, t.c.run_id, t.c.token).in_(
+                    [(o.work.tenant, o.work.run_id, o.work.token) for o in ended])))
+            if moving:
+                await conn.execute(t.update().where(
+                    (t.c.tenant == sa.bindparam("k_tenant")) & (t.c.run_id == sa.bindparam("k_run")) & (t.c.token == sa.bindparam("k_token"))
+                ).values(node=sa.bindparam("v_node"), state=sa.bindparam("v_state"), due_time=sa.bindparam("v_due"),
+                         attempts=sa.bindparam("v_attempts"), evaluations=sa.bindparam("v_evaluations"), lease_owner=None), [
+                    dict(k_tenant=o.work.tenant, k_run=o.work.run_id, k_token=o.work.token, v_node=o.node, v_state=o.token_state.value,
+                         v_due=o.due_time or now, v_attempts=o.work.attempts, v_evaluations=o.work.evaluations) for o in moving])
+            await conn.execute(runs.update().where(
+                (runs.c.tenant == sa.bindparam("k_tenant")) & (runs.c.run_id == sa.bindparam("k_run"))
+            ).values(state=sa.bindparam("v_state"), current_step=sa.bindparam("v_step"), update_time=now), [
+                dict(k_tenant=o.work.tenant, k_run=o.work.run_id, v_state=o.run_state.value,
+                     v_step=o.node if o.run_state in (*LIVE, RunState.FAILED) else "") for o in kept])
+            failed = [o for o in kept if o.run_state == RunState.FAILED]
+            if failed:
+                await self.dead_letters.add_runs(conn, [(o.work.tenant, o.work.run_id, o.work.trigger_event.SerializeToString(),
+                                                         o.work.attempts, o.dead_letter) for o in failed])
+        return len(kept)
+
+    async def next_due(self) -> dt.datetime | None:
+        """When the earliest token comes due (claimed ones included)."""
         async with self._db.connect() as conn:
-            rows = (await conn.execute(sa.select(runs.c.tenant, runs.c.run_id).where(
-                (runs.c.wake_time <= now) & runs.c.state.in_(("running", "waiting"))
-                & (runs.c.lease_until.is_(None) | (runs.c.lease_until < now))
-            ).order_by(runs.c.wake_time).limit(limit))).all()
-        return [(r.tenant, r.run_id) for r in rows]
+            return (await conn.execute(sa.select(sa.func.min(tokens.c.due_time)))).scalar_one_or_none()  # type: ignore[no-any-return]
 
-    async def step(self, tenant: str, run_id: str, step_id: str, position: int) -> StepRecord:
-        """The recorded state of a step, or a fresh record."""
-        t = step_runs
-        async with self._db.connect() as conn:
-            row = (await conn.execute(sa.select(t).where((t.c.tenant == tenant) & (t.c.run_id == run_id) & (t.c.step_id == step_id)))).first()
-        if row is None:
-            return StepRecord(step_id=step_id, position=position, start_time=self._clock.now())
-        return StepRecord(**{k: getattr(row, k) for k in StepRecord.__dataclass_fields__})
-
-    async def save(self, run: RunRecord, step: StepRecord, *, run_state: str, next_step: str, wake_time: dt.datetime | None) -> None:
-        """Record a step's state and move the run, in one transaction."""
-        now = self._clock.now()
-        t = step_runs
-        values: dict[str, Any] = {k: getattr(step, k) for k in StepRecord.__dataclass_fields__}
-        async with self._db.begin() as conn:
-            inserted = await conn.execute(insert_ignore(conn, t, index_elements=["tenant", "run_id", "step_id"]).values(
-                tenant=run.tenant, run_id=run.run_id, **values))
-            if not inserted.rowcount:
-                await conn.execute(t.update().where((t.c.tenant == run.tenant) & (t.c.run_id == run.run_id) & (t.c.step_id == step.step_id))
-                                   .values(**{k: v for k, v in values.items() if k not in ("step_id",)}))
-            ended = run_state in ENDED
-            await conn.execute(runs.update().where((runs.c.tenant == run.tenant) & (runs.c.run_id == run.run_id)).values(
-                state=run_state, current_step="" if ended else next_step, wake_time=None if ended else wake_time,
-                lease_until=None if run_state != "running" else now + LEASE, update_time=now,
-            ))
-        run.state, run.current_step = run_state, ("" if run_state in ENDED else next_step)
-
-    async def finish(self, run: RunRecord, state: str) -> None:
-        """End a run without a step (an empty journey, a cancelled run)."""
-        now = self._clock.now()
-        async with self._db.begin() as conn:
-            await conn.execute(runs.update().where((runs.c.tenant == run.tenant) & (runs.c.run_id == run.run_id))
-                               .values(state=state, current_step="", wake_time=None, lease_until=None, update_time=now))
-        run.state, run.current_step = state, ""
+    # -- operators -----------------------------------------------------------
 
     async def cancel(self, tenant: str, run_id: str, *, actor: str = SYSTEM_ACTOR, reason: str = "") -> bool:
         """Cancel a run that has not ended, audited; return whether it was cancelled."""
@@ -200,15 +263,27 @@ class RunStore:
         key = (runs.c.tenant == tenant) & (runs.c.run_id == run_id)
         async with self._db.begin() as conn:
             row = (await conn.execute(sa.select(runs.c.journey, runs.c.journey_version, runs.c.current_step).where(
-                key & runs.c.state.in_(("running", "waiting"))).with_for_update())).first()
+                key & runs.c.state.in_(_LIVE)).with_for_update())).first()
             if row is None:
                 return False
-            await conn.execute(runs.update().where(key).values(
-                state="cancelled", current_step="", wake_time=None, lease_until=None, update_time=now))
+            await conn.execute(runs.update().where(key).values(state=RunState.CANCELLED.value, current_step="", update_time=now))
+            await conn.execute(tokens.delete().where((tokens.c.tenant == tenant) & (tokens.c.run_id == run_id)))
             await stage(conn, tenant=tenant, record_id=self._ids.new(), action=audit_event_pb2.AUDIT_ACTION_RUN_CANCELLED, actor=actor,
                         time=now, reason=reason, target=f"run/{run_id}",
                         details={"journey": row.journey, "journey_version": row.journey_version, "step_id": row.current_step})
         return True
+
+    async def cancel_journey(self, tenant: str, journey: str) -> int:
+        """Cancel the journey's live runs (it was paused or archived): their
+        timers never fire. Returns how many."""
+        now = self._clock.now()
+        async with self._db.begin() as conn:
+            live = sa.select(runs.c.run_id).where((runs.c.tenant == tenant) & (runs.c.journey == journey) & runs.c.state.in_(_LIVE))
+            await conn.execute(tokens.delete().where((tokens.c.tenant == tenant) & tokens.c.run_id.in_(live)))
+            result = await conn.execute(runs.update().where(
+                (runs.c.tenant == tenant) & (runs.c.journey == journey) & runs.c.state.in_(_LIVE)
+            ).values(state=RunState.CANCELLED.value, current_step="", update_time=now))
+        return int(result.rowcount)
 
     async def retry(
         self, tenant: str, run_id: str, *, actor: str = SYSTEM_ACTOR, reason: str = "", via: str = "RetryRun",
@@ -216,66 +291,62 @@ class RunStore:
     ) -> RetryRefusal | None:
         """Send a failed run back to the step that failed, with fresh attempts,
         on its own journey version or, with *move_to*, on that version, which
-        must have a step with the failed step's id. It runs on the next timer
-        tick; its dead-letter entry is removed and the retry audited, in one
+        must have a step with the failed step's id. It is due at once; its
+        dead-letter entry is removed and the retry audited, in one
         transaction. Returns None, or why the run was left as it was."""
         now = self._clock.now()
         async with self._db.begin() as conn:
             key = (runs.c.tenant == tenant) & (runs.c.run_id == run_id)
-            run = (await conn.execute(sa.select(runs.c.journey, runs.c.journey_version).where(
-                key & (runs.c.state == "failed")).with_for_update())).first()
-            t = step_runs
-            failed = None if run is None else (await conn.execute(sa.select(t.c.step_id, t.c.error).where(
-                (t.c.tenant == tenant) & (t.c.run_id == run_id) & (t.c.state == "failed")).order_by(t.c.position.desc()).limit(1))).first()
-            if run is None or failed is None:
+            run = (await conn.execute(sa.select(runs.c.journey, runs.c.journey_version, runs.c.current_step).where(
+                key & (runs.c.state == RunState.FAILED.value)).with_for_update())).first()
+            if run is None or not run.current_step:
                 return RetryRefusal("RUN_NOT_FAILED", f"run {run_id!r} has not failed; only failed runs can be retried")
-            if move_to is not None and failed.step_id not in move_to.steps:
-                return RetryRefusal("STEP_NOT_IN_VERSION", f"run {run_id!r} failed at step {failed.step_id!r}, which version "
+            if move_to is not None and run.current_step not in move_to.steps:
+                return RetryRefusal("STEP_NOT_IN_VERSION", f"run {run_id!r} failed at step {run.current_step!r}, which version "
                                     f"{move_to.version} of journey {run.journey!r} does not have; it stays in the dead-letter queue")
             version = move_to.version if move_to is not None else run.journey_version
-            await conn.execute(t.update().where((t.c.tenant == tenant) & (t.c.run_id == run_id) & (t.c.step_id == failed.step_id)).values(
-                state="running", attempts=0, evaluations=t.c.evaluations + 1, end_time=None, error=f"retried after: {failed.error}"[:2000]))
-            await conn.execute(runs.update().where(key).values(
-                state="waiting", current_step=failed.step_id, journey_version=version, wake_time=now, lease_until=None, update_time=now))
-            await conn.execute(dead_letters.delete().where(
-                (dead_letters.c.tenant == tenant) & (dead_letters.c.kind == "run") & (dead_letters.c.ref == run_id)))
+            last = (await conn.execute(sa.select(sa.func.count()).where(
+                (step_attempts.c.tenant == tenant) & (step_attempts.c.run_id == run_id)
+                & (step_attempts.c.step_id == run.current_step)))).scalar_one()
+            # A retried send decides again, under a new decision id: the
+            # evaluations counter moves past every decision made so far.
+            await conn.execute(tokens.insert().values(
+                tenant=tenant, run_id=run_id, token=0, node=run.current_step, state=TokenState.READY.value, due_time=now, attempts=0,
+                evaluations=int(last) + 1, lease_owner=None))
+            await conn.execute(runs.update().where(key).values(state=RunState.RUNNING.value, journey_version=version, update_time=now))
+            await self.dead_letters.remove_run(conn, tenant, run_id)
             await stage(conn, tenant=tenant, record_id=self._ids.new(), action=audit_event_pb2.AUDIT_ACTION_RUN_RETRIED, actor=actor,
                         time=now, reason=reason, target=f"run/{run_id}",
-                        details={"journey": run.journey, "step_id": failed.step_id, "from_version": run.journey_version,
+                        details={"journey": run.journey, "step_id": run.current_step, "from_version": run.journey_version,
                                  "to_version": version, "via": via})
         return None
 
     async def note_delivery(self, tenant: str, run_id: str, step_id: str, outcome: str) -> None:
-        """Record what a send step's delivery became."""
-        t = step_runs
+        """Record what a send step's delivery became, on its last attempt."""
+        a = step_attempts
         async with self._db.begin() as conn:
-            await conn.execute(t.update().where((t.c.tenant == tenant) & (t.c.run_id == run_id) & (t.c.step_id == step_id))
-                               .values(outcome=outcome[:1000]))
+            last = (await conn.execute(sa.select(sa.func.max(a.c.attempt_id)).where(
+                (a.c.tenant == tenant) & (a.c.run_id == run_id) & (a.c.step_id == step_id)))).scalar_one_or_none()
+            if last is not None:
+                await conn.execute(a.update().where((a.c.tenant == tenant) & (a.c.run_id == run_id) & (a.c.attempt_id == last))
+                                   .values(outcome=outcome[:1000]))
+
+    # -- reading -------------------------------------------------------------
 
     async def trigger_event(self, tenant: str, event_id: str) -> event_pb2.Event | None:
         """The event that started a run, from any run it started."""
         async with self._db.connect() as conn:
-            row = (await conn.execute(sa.select(runs.c.trigger_event).where(
-                (runs.c.tenant == tenant) & (runs.c.trigger_event_id == event_id)).limit(1))).first()
+            row = (await conn.execute(sa.select(run_inputs.c.trigger_event).join(
+                runs, (runs.c.tenant == run_inputs.c.tenant) & (runs.c.run_id == run_inputs.c.run_id)
+            ).where((runs.c.tenant == tenant) & (runs.c.trigger_event_id == event_id)).limit(1))).first()
         return event_pb2.Event.FromString(row.trigger_event) if row else None
-
-    async def cancel_waiting(self, tenant: str, journey: str) -> int:
-        """Cancel the journey's runs that wait on a timer; return how many."""
-        async with self._db.begin() as conn:
-            result = await conn.execute(runs.update().where(
-                (runs.c.tenant == tenant) & (runs.c.journey == journey) & (runs.c.state == "waiting")
-            ).values(state="cancelled", current_step="", wake_time=None, lease_until=None, update_time=self._clock.now()))
-        return int(result.rowcount)
 
     async def get(self, tenant: str, run_id: str) -> run_pb2.Run:
         """One run with its steps."""
-        async with self._db.connect() as conn:
-            row = (await conn.execute(sa.select(runs).where((runs.c.tenant == tenant) & (runs.c.run_id == run_id)))).first()
-            if row is None:
-                raise NotFound(f"run {run_id!r} does not exist", reason="RUN_NOT_FOUND")
-            steps = (await conn.execute(sa.select(step_runs).where(
-                (step_runs.c.tenant == tenant) & (step_runs.c.run_id == run_id)).order_by(step_runs.c.position))).all()
-        return _run_proto(row, steps)
+        found = await self._read(tenant, sa.select(runs).where((runs.c.tenant == tenant) & (runs.c.run_id == run_id)))
+        if not found:
+            raise NotFound(f"run {run_id!r} does not exist", reason="RUN_NOT_FOUND")
+        return found[0]
 
     async def list_runs(
         self, *, tenant: str, journey: str = "", subject_id: str = "", trigger_event_id: str = "", limit: int, before: str | None,
@@ -293,30 +364,48 @@ class RunStore:
             query = query.where(runs.c.trigger_event_id == trigger_event_id)
         if before:
             query = query.where(runs.c.run_id < before)
+        return await self._read(tenant, query.order_by(runs.c.run_id.desc()).limit(limit))
+
+    async def _read(self, tenant: str, query: Any) -> list[run_pb2.Run]:
         async with self._db.connect() as conn:
-            rows = (await conn.execute(query.order_by(runs.c.run_id.desc()).limit(limit))).all()
+            rows = (await conn.execute(query)).all()
             ids = [r.run_id for r in rows]
-            steps = (await conn.execute(sa.select(step_runs).where(
-                (step_runs.c.tenant == tenant) & step_runs.c.run_id.in_(ids)).order_by(step_runs.c.position))).all() if ids else []
+            attempts = (await conn.execute(sa.select(step_attempts).where(
+                (step_attempts.c.tenant == tenant) & step_attempts.c.run_id.in_(ids)).order_by(step_attempts.c.attempt_id))).all() if ids else []
+            waiting = {r.run_id: r for r in (await conn.execute(sa.select(tokens.c.run_id, tokens.c.node, tokens.c.due_time).where(
+                (tokens.c.tenant == tenant) & tokens.c.run_id.in_(ids)))).all()} if ids else {}
         by_run: dict[str, list[Any]] = {}
-        for s in steps:
-            by_run.setdefault(s.run_id, []).append(s)
-        return [_run_proto(r, by_run.get(r.run_id, [])) for r in rows]
+        for a in attempts:
+            by_run.setdefault(a.run_id, []).append(a)
+        return [_run_proto(r, by_run.get(r.run_id, []), waiting.get(r.run_id)) for r in rows]
 
 
-def _run_proto(row: Any, steps: list[Any]) -> run_pb2.Run:
+def _run_proto(row: Any, attempts: list[Any], token: Any) -> run_pb2.Run:
     run = run_pb2.Run(
         run_id=row.run_id, journey=row.journey, journey_version=row.journey_version, subject_id=row.subject_id,
-        trigger_event_id=row.trigger_event_id, state=_RUN_STATES[row.state], current_step=row.current_step,
+        trigger_event_id=row.trigger_event_id, state=RunState(row.state).proto, current_step=row.current_step,
     )
     run.create_time.FromDatetime(row.create_time)
     run.update_time.FromDatetime(row.update_time)
-    for s in steps:
-        step = run.steps.add(step_id=s.step_id, state=_STEP_STATES[s.state], attempts=s.attempts, decision_id=s.decision_id,
-                             delivery_id=s.delivery_id, outcome=s.outcome, error=s.error)
-        step.start_time.FromDatetime(s.start_time)
-        if s.end_time:
-            step.end_time.FromDatetime(s.end_time)
-        if s.wake_time:
-            step.wake_time.FromDatetime(s.wake_time)
+    steps: dict[str, run_pb2.StepRun] = {}
+    for a in attempts:  # a step shows its last attempt, and how many there were
+        step = steps.get(a.step_id)
+        if step is None:
+            step = steps[a.step_id] = run.steps.add(step_id=a.step_id)
+            step.start_time.FromDatetime(a.start_time)
+        step.attempts += 1
+        step.state = StepState(a.state).proto
+        step.outcome, step.error = a.outcome, a.error
+        if a.decision_id:
+            step.decision_id = a.decision_id
+        if a.delivery_id:
+            step.delivery_id = a.delivery_id
+        step.ClearField("end_time")
+        if a.end_time:
+            step.end_time.FromDatetime(a.end_time)
+        step.ClearField("wake_time")
+        if a.wake_time:
+            step.wake_time.FromDatetime(a.wake_time)
+    if token is not None and token.node in steps and run.state == run_pb2.RUN_STATE_WAITING:
+        steps[token.node].wake_time.FromDatetime(token.due_time)
     return run

@@ -160,8 +160,8 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         check_reason(v, request.reason, required=False)
         v.raise_if_any()
         journey = await self._journeys.set_state(tenant=tenant, name=request.name, state="paused", actor=principal.name, reason=request.reason)
-        # Pausing cancels pending timers; runs mid-step are cancelled when they next advance.
-        cancelled = await self._runs.cancel_waiting(tenant, request.name)
+        # Pausing cancels the live runs and so their pending timers.
+        cancelled = await self._runs.cancel_journey(tenant, request.name)
         log.info("journey.paused", journey=request.name, cancelled_runs=cancelled)
         return OS.PauseJourneyResponse(journey=journey)
 

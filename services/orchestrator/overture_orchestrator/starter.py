@@ -1,16 +1,18 @@
-"""Starting runs: from events on the stream, from Trigger, from Enqueue.
+"""Starting runs: from batches of stream events, from Trigger, from Enqueue.
 
-A trigger event makes at most one run per journey and subject, whatever the
-journey's version (the runs table's unique key): an event delivered again,
-republished from the log after Redis lost the stream, or redriven, finds the
-run it made and starts nothing. Events caused by journeys carry their causation
-depth; past the journey's limit the journey is paused and an alert logged,
-so that journeys triggering each other stop.
+Starting only inserts: the run, its inputs and its first token, due now;
+the workers execute it. A trigger event makes at most one run per journey
+and subject, whatever the journey's version (the runs table's unique key):
+an event delivered again, republished from the log after Redis lost the
+stream, or re-driven from the dead-letter queue, finds the run it made and
+starts nothing. Events caused by journeys carry their causation depth; past
+the journey's limit the journey is paused and an alert logged, so that
+journeys triggering each other stop.
 """
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -22,9 +24,8 @@ from overture_runtime.errors import FailedPrecondition, InvalidArgument
 from overture_runtime.protojson import canonical_json, struct_to_dict
 
 from .definition import compile_journey, evaluate_expression
-from .executor import Executor
 from .journeys import JourneyStore
-from .runs import RunStore
+from .runs import NewRun, RunStore
 
 __all__ = ["Starter"]
 
@@ -33,38 +34,69 @@ _DEFAULT_MAX_DEPTH = 5
 
 
 class Starter:
-    """Decides which runs an event, a Trigger or an Enqueue starts."""
+    """Decides which runs events, a Trigger or an Enqueue start, and starts them.
 
-    def __init__(self, *, journeys: JourneyStore, runs: RunStore, executor: Executor, clock: Clock, ids: IdGenerator) -> None:
+    *wake* is called after new runs are in, so that idle workers claim them
+    at once rather than on their next poll."""
+
+    def __init__(self, *, journeys: JourneyStore, runs: RunStore, clock: Clock, ids: IdGenerator, wake: Callable[[], None]) -> None:
         self._journeys = journeys
         self._runs = runs
-        self._executor = executor
         self._clock = clock
         self._ids = ids
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._wake = wake
 
-    async def on_event(self, tenant: str, event: event_pb2.Event) -> None:
-        """Start the runs *event* triggers, and advance them."""
-        for journey in await self._journeys.triggered_by(tenant, event.event_type):
-            compiled = journey.compiled
-            limit = compiled.spec.settings.max_causation_depth or _DEFAULT_MAX_DEPTH
-            if event.causation.depth >= limit:
-                await self._journeys.set_state(tenant=tenant, name=journey.name, state="paused")
-                log.error("journey.loop_detected", alert=True, journey=journey.name, depth=event.causation.depth,
-                          root_event_id=event.causation.root_event_id, action="journey paused")
-                continue
-            if compiled.filter is not None and not _matches(compiled.filter, event):
-                continue
-            if not compiled.spec.settings.allow_concurrent_runs and await self._runs.has_unfinished(tenant, journey.name, event.subject_id):
-                log.info("run.not_started", journey=journey.name, reason="the subject is already in this journey")
-                continue
-            run_id, new = await self._runs.create(
-                tenant=tenant, journey=journey.name, version=journey.version, subject_id=event.subject_id,
-                trigger_event_id=event.event_id, event=event, first_step=compiled.first_step,
-            )
+    async def on_events(self, entries: Sequence[tuple[str, event_pb2.Event]]) -> int:
+        """Start the runs a batch of (tenant, event) triggers; returns how many are new."""
+        by_tenant: dict[str, list[event_pb2.Event]] = {}
+        for tenant, event in entries:
+            by_tenant.setdefault(tenant, []).append(event)
+        started = 0
+        for tenant, events in by_tenant.items():
+            started += await self._start_for(tenant, events)
+        if started:
+            self._wake()
+        return started
+
+    async def _start_for(self, tenant: str, events: Sequence[event_pb2.Event]) -> int:
+        candidates: list[NewRun] = []
+        exclusive: set[tuple[str, str]] = set()
+        for event in events:
+            for journey in await self._journeys.triggered_by(tenant, event.event_type):
+                compiled = journey.compiled
+                limit = compiled.spec.settings.max_causation_depth or _DEFAULT_MAX_DEPTH
+                if event.causation.depth >= limit:
+                    await self._journeys.set_state(tenant=tenant, name=journey.name, state="paused",
+                                                   reason=f"causation depth {event.causation.depth} reached the limit of {limit}",
+                                                   details={"root_event_id": event.causation.root_event_id})
+                    await self._runs.cancel_journey(tenant, journey.name)
+                    log.error("journey.loop_detected", alert=True, journey=journey.name, depth=event.causation.depth,
+                              root_event_id=event.causation.root_event_id, action="journey paused")
+                    continue
+                if compiled.filter is not None and not _matches(compiled.filter, event):
+                    continue
+                if not compiled.spec.settings.allow_concurrent_runs:
+                    exclusive.add((journey.name, event.subject_id))
+                candidates.append(NewRun(tenant=tenant, journey=journey.name, version=journey.version, subject_id=event.subject_id,
+                                         event=event, first_step=compiled.first_step))
+        if exclusive:
+            # A subject already in a journey that forbids concurrent runs is
+            # not entered again, and within the batch only its first event counts.
+            busy = await self._runs.unfinished(tenant, exclusive)
+            kept: list[NewRun] = []
+            for run in candidates:
+                key = (run.journey, run.subject_id)
+                if key in exclusive:
+                    if key in busy:
+                        continue
+                    busy.add(key)
+                kept.append(run)
+            candidates = kept
+        results = await self._runs.start(candidates)
+        for run, (run_id, new) in zip(candidates, results, strict=True):
             if new:
-                log.info("run.started", run_id=run_id, journey=journey.name, version=journey.version, event_id=event.event_id)
-                await self._executor.advance(tenant, run_id)
+                log.info("run.started", run_id=run_id, journey=run.journey, version=run.version, event_id=run.event.event_id)
+        return sum(1 for _, new in results if new)
 
     async def trigger(self, tenant: str, *, journey: str, subject_id: str, context: Any, request_id: str) -> str:
         """Start a run of *journey* now; returns its id."""
@@ -73,13 +105,8 @@ class Starter:
             raise FailedPrecondition(f"journey {journey!r} is paused", reason="JOURNEY_PAUSED")
         compiled = await self._journeys.compiled(tenant, journey, record.version)
         event = self._synthetic_event(subject_id, "journey.triggered", context, request_id)
-        run_id, new = await self._runs.create(
-            tenant=tenant, journey=journey, version=record.version, subject_id=subject_id,
-            trigger_event_id=event.event_id, event=event, first_step=compiled.first_step,
-        )
-        if new:
-            self._background(tenant, run_id)
-        return run_id
+        return await self._start_one(NewRun(tenant=tenant, journey=journey, version=record.version, subject_id=subject_id, event=event,
+                                            first_step=compiled.first_step))
 
     async def enqueue(self, tenant: str, *, spec: journey_pb2.JourneySpec, subject_id: str, context: Any, request_id: str) -> str:
         """Start a one-step run that sends one message; returns its id."""
@@ -87,12 +114,13 @@ class Starter:
         if compiled is None:
             raise InvalidArgument(f"the message is invalid: {problems[0].description}", violations=problems)
         event = self._synthetic_event(subject_id, "message.enqueued", context, request_id)
-        run_id, new = await self._runs.create(
-            tenant=tenant, journey="", version=0, subject_id=subject_id, trigger_event_id=event.event_id, event=event,
-            first_step=compiled.first_step, inline_spec=canonical_json(spec),
-        )
+        return await self._start_one(NewRun(tenant=tenant, journey="", version=0, subject_id=subject_id, event=event,
+                                            first_step=compiled.first_step, inline_spec=canonical_json(spec)))
+
+    async def _start_one(self, run: NewRun) -> str:
+        ((run_id, new),) = await self._runs.start([run])
         if new:
-            self._background(tenant, run_id)
+            self._wake()
         return run_id
 
     def _synthetic_event(self, subject_id: str, event_type: str, context: Any, request_id: str) -> event_pb2.Event:
@@ -101,18 +129,6 @@ class Starter:
         event.attributes.CopyFrom(context)
         event.occurred_at.FromDatetime(self._clock.now())
         return event
-
-    def _background(self, tenant: str, run_id: str) -> None:
-        # The RPC answers with the run as started; its steps go on here. A
-        # crash before they finish leaves the run due, and the timer loop resumes it.
-        task = asyncio.create_task(self._executor.advance(tenant, run_id))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
-
-    async def drain(self) -> None:
-        """Wait for runs advancing in the background."""
-        if self._inflight:
-            await asyncio.gather(*self._inflight, return_exceptions=True)
 
 
 def _matches(rule: Any, event: event_pb2.Event) -> bool:
