@@ -26,7 +26,7 @@ from overture_connectors import ConnectorsApp
 from overture_runtime.config import Settings
 from overture_runtime.testing import free_port, serving
 
-__all__ = ["CountingSink", "connectors_service", "email", "self_signed_certificate"]
+__all__ = ["PASSWORD", "USERNAME", "CountingSink", "Service", "connectors_service", "email", "keys_of", "self_signed_certificate"]
 
 USERNAME, PASSWORD = "overture", "s3cret"
 
@@ -47,6 +47,18 @@ class _Counts:
 class _Handler:
     def __init__(self, sink: CountingSink) -> None:
         self._sink = sink
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]) -> list[str]:
+        # A session counts from its first EHLO: aiosmtpd's own start-up probe
+        # connects without one. STARTTLS repeats EHLO on the same session.
+        session.host_name = hostname
+        counts = self._sink.counts
+        with counts.lock:
+            if server not in counts.live:
+                counts.live.add(server)
+                counts.sessions += 1
+                counts.max_sessions = max(counts.max_sessions, len(counts.live))
+        return responses
 
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]) -> str:
         limit = self._sink.max_messages_per_session
@@ -89,16 +101,6 @@ class _CountingSMTP(SMTP):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self._sink = sink
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        fresh = self._original_transport is None and self.transport is None  # not the STARTTLS upgrade
-        super().connection_made(transport)
-        if fresh:
-            counts = self._sink.counts
-            with counts.lock:
-                counts.live.add(self)
-                counts.sessions += 1
-                counts.max_sessions = max(counts.max_sessions, len(counts.live))
-
     def connection_lost(self, error: Exception | None) -> None:
         with self._sink.counts.lock:
             self._sink.counts.live.discard(self)
@@ -118,8 +120,8 @@ class CountingSink:
     """An SMTP server on 127.0.0.1 that records each message's ``X-Overture-Key``
     and counts sessions, logins and concurrent transactions.
 
-    *require_auth* demands AUTH PLAIN/LOGIN (``overture``/``s3cret``) over
-    plain text; *tls_context* offers and requires STARTTLS. Runs in its own
+    *require_auth* offers AUTH PLAIN/LOGIN (``overture``/``s3cret``), and
+    requires it when *tls_context* is given, which offers and requires STARTTLS. Runs in its own
     thread (aiosmtpd's controller); counts are read under a lock.
     """
 
@@ -136,7 +138,10 @@ class CountingSink:
         """Seconds each DATA takes, so that concurrent transactions overlap."""
         kwargs: dict[str, Any] = {}
         if require_auth:
-            kwargs.update(authenticator=self._authenticate, auth_required=True, auth_require_tls=tls_context is not None)
+            # Offered, not required, over plain text: aiosmtpd warns about
+            # requiring it without TLS. The connector logs in either way.
+            kwargs.update(authenticator=self._authenticate, auth_required=tls_context is not None,
+                          auth_require_tls=tls_context is not None)
         if tls_context is not None:
             kwargs.update(tls_context=tls_context, require_starttls=True)
         self._kwargs = kwargs
