@@ -179,8 +179,8 @@ def compile_journey(spec: journey_pb2.JourneySpec, *, prefix: str = "spec") -> t
         for path, target in _targets(step):
             if target and target not in steps:
                 v.add(f"{prefix}.steps[{i}].{path}", f"no step with id {target!r}", "UNKNOWN_STEP")
-    if not v and _has_cycle(spec):
-        v.add(f"{prefix}.steps", "the steps form a cycle; journeys must be acyclic", "CYCLE")
+    if not v:
+        _check_graph(v, spec, prefix)
     if v:
         return None, v.items
     return CompiledJourney(
@@ -188,19 +188,33 @@ def compile_journey(spec: journey_pb2.JourneySpec, *, prefix: str = "spec") -> t
     ), []
 
 
-def _has_cycle(spec: journey_pb2.JourneySpec) -> bool:
+def _check_graph(v: Violations, spec: journey_pb2.JourneySpec, prefix: str) -> None:
+    """The journey is a graph of steps whose edges are their targets: the
+    first step is its one entry, every step must be reachable from it, and
+    no path may lead back to a step it came through. Each problem names its step."""
+    index = {s.id: i for i, s in enumerate(spec.steps)}
     graph = {s.id: [t for _, t in _targets(s) if t] for s in spec.steps}
     state: dict[str, int] = {}
+    cycles: list[tuple[str, str]] = []
 
-    def visit(node: str) -> bool:
+    def visit(node: str) -> None:
         state[node] = 1
         for target in graph.get(node, []):
-            if state.get(target) == 1 or (target not in state and visit(target)):
-                return True
+            if state.get(target) == 1:
+                cycles.append((node, target))
+            elif target not in state:
+                visit(target)
         state[node] = 2
-        return False
 
-    return any(node not in state and visit(node) for node in graph)
+    if spec.steps:
+        visit(spec.steps[0].id)
+    for source, target in cycles:
+        v.add(f"{prefix}.steps[{index[source]}]", f"step {source!r} leads back to step {target!r}: the steps form a cycle, and journeys "
+              "must be acyclic", "CYCLE")
+    for step in spec.steps:
+        if step.id not in state:
+            v.add(f"{prefix}.steps[{index[step.id]}]", f"step {step.id!r} cannot be reached from the first step {spec.steps[0].id!r}",
+                  "UNREACHABLE_STEP")
 
 
 def evaluate_expression(rule: rule_engine.Rule, scope: Mapping[str, Any]) -> bool:

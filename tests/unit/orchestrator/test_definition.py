@@ -255,14 +255,27 @@ def test_step_without_kind_is_required() -> None:
 
 
 def test_self_loop_is_a_cycle() -> None:
-    """A step whose next is itself is a CYCLE."""
-    assert violations_of(journey(delay("wait", 60, "wait"))) == {("spec.steps", "CYCLE")}
+    """A step whose next is itself is a CYCLE, named at that step."""
+    assert violations_of(journey(delay("wait", 60, "wait"))) == {("spec.steps[0]", "CYCLE")}
 
 
 def test_longer_cycle_is_rejected() -> None:
-    """Steps that lead back to an earlier step, through a condition, are a CYCLE."""
+    """Steps that lead back to an earlier step, through a condition, are a CYCLE named at the step whose edge closes it."""
     spec = journey(send("hello", "wait"), delay("wait", 60, "check"), condition("check", "true", then="hello", else_=""))
-    assert violations_of(spec) == {("spec.steps", "CYCLE")}
+    assert violations_of(spec) == {("spec.steps[2]", "CYCLE")}
+
+
+def test_a_step_nothing_leads_to_is_unreachable() -> None:
+    """A step that no edge from the first step reaches is UNREACHABLE_STEP, named at that step."""
+    spec = journey(send("hello"), delay("orphan", 60, "bye"), send("bye"))
+    assert violations_of(spec) == {("spec.steps[1]", "UNREACHABLE_STEP"), ("spec.steps[2]", "UNREACHABLE_STEP")}
+
+
+def test_every_step_reached_through_branches_is_fine() -> None:
+    """Steps reached only through a condition's arms are reachable."""
+    spec = journey(condition("check", "true", then="yes", else_="no"), send("yes"), send("no"))
+    compiled, problems = compile_journey(spec)
+    assert problems == [] and compiled is not None
 
 
 def test_bad_condition_expression_is_rejected() -> None:
