@@ -50,6 +50,7 @@ import json
 import math
 import os
 import secrets
+import shlex
 import sys
 import tempfile
 import time
@@ -81,7 +82,6 @@ from overture.rules.v1 import profile_service_pb2, profile_service_pb2_grpc, rul
 from overture_cli.specfile import load_spec
 from overture_runtime.testing import temporary_database
 
-EXAMPLES = ROOT / "examples"
 BASELINES = Path(__file__).resolve().parent / "baselines"
 SERVICES = ("ingest", "rules", "orchestrator", "connectors")
 ACCEPTED = (ingest_service_pb2.EVENT_RESULT_STATUS_ACCEPTED, ingest_service_pb2.EVENT_RESULT_STATUS_DUPLICATE)
@@ -104,10 +104,10 @@ def show(title: str, figures: dict[str, object]) -> None:
 # --- specs ----------------------------------------------------------------------------
 
 
-def rule_set() -> tuple[str, rule_set_pb2.RuleSetSpec]:
+def rule_set(examples: Path) -> tuple[str, rule_set_pb2.RuleSetSpec]:
     """examples/marketing-email.yaml, plus the two rules and the cap of ``workload``."""
     R = rule_set_pb2
-    name, spec = load_spec(EXAMPLES / "marketing-email.yaml", R.RuleSetSpec)
+    name, spec = load_spec(examples / "marketing-email.yaml", R.RuleSetSpec)
     spec.attributes.extend([R.AttributeDeclaration(name="country", type=R.ATTRIBUTE_TYPE_STRING, source=R.ATTRIBUTE_SOURCE_TRAIT),
                             R.AttributeDeclaration(name="age", type=R.ATTRIBUTE_TYPE_NUMBER, source=R.ATTRIBUTE_SOURCE_TRAIT)])
     known = {rule.id for rule in spec.rules}
@@ -122,9 +122,9 @@ def rule_set() -> tuple[str, rule_set_pb2.RuleSetSpec]:
     return name, spec
 
 
-def journey(*, event_type: str = workload.EVENT_TYPE, delay: float = 0) -> journey_pb2.JourneySpec:
+def journey(examples: Path, *, event_type: str = workload.EVENT_TYPE, delay: float = 0) -> journey_pb2.JourneySpec:
     """examples/welcome-journey.yaml with the event id in the subject; on *event_type*; after *delay* seconds if given."""
-    _, spec = load_spec(EXAMPLES / "welcome-journey.yaml", journey_pb2.JourneySpec)
+    _, spec = load_spec(examples / "welcome-journey.yaml", journey_pb2.JourneySpec)
     for template in spec.templates.values():
         template.subject += " [ev:{{ event.event_id }}]"
     spec.trigger.event.event_type = event_type
@@ -232,19 +232,19 @@ def ids(prefix: str, n: int) -> list[str]:
     return [f"{prefix}{i:07d}" for i in range(n)]
 
 
-async def setup(ov: Overture, *, delays: bool, probe_delay: float) -> None:
+async def setup(ov: Overture, *, examples: Path, delays: bool, probe_delay: float) -> None:
     rules = ov.stub("rules", rules_service_pb2_grpc.RulesServiceStub)
     profiles = ov.stub("rules", profile_service_pb2_grpc.ProfileServiceStub)
     orchestrator = ov.stub("orchestrator", orchestrator_service_pb2_grpc.OrchestratorServiceStub)
-    name, spec = rule_set()
+    name, spec = rule_set(examples)
     created = await rules.CreateRuleSetVersion(rules_service_pb2.CreateRuleSetVersionRequest(rule_set=name, spec=spec, reason="bench"),  # type: ignore[attr-defined]
                                                metadata=METADATA)
     await rules.ActivateRuleSetVersion(rules_service_pb2.ActivateRuleSetVersionRequest(  # type: ignore[attr-defined]
         rule_set=name, version=created.rule_set_version.version, reason="bench"), metadata=METADATA)
-    journeys = {"welcome": journey()}
+    journeys = {"welcome": journey(examples)}
     if delays:
-        journeys["bench-hold"] = journey(event_type=HOLD_EVENT, delay=30 * 86400)
-        journeys["bench-timer"] = journey(event_type=PROBE_EVENT, delay=probe_delay)
+        journeys["bench-hold"] = journey(examples, event_type=HOLD_EVENT, delay=30 * 86400)
+        journeys["bench-timer"] = journey(examples, event_type=PROBE_EVENT, delay=probe_delay)
     for journey_name, journey_spec in journeys.items():
         await orchestrator.PublishJourney(orchestrator_service_pb2.PublishJourneyRequest(  # type: ignore[attr-defined]
             name=journey_name, spec=journey_spec, reason="bench"), metadata=METADATA)
@@ -266,6 +266,8 @@ def cpu_figures(cpu: Cpu, emails: int) -> dict[str, object]:
     services_total = sum(cpu.seconds.get(s, 0.0) for s in SERVICES)
     for name, seconds in cpu.seconds.items():
         figures[f"CPU {name} (s)"] = seconds
+    figures["of which system (kernel), services"] = (f"{100 * sum(cpu.system.get(s, 0.0) for s in SERVICES) / services_total:.0f}%"
+                                                     if services_total else "-")
     for name in (*SERVICES, "postgres backends"):
         if cpu.seconds.get(name):
             figures[f"emails per CPU-s, {name}"] = emails / cpu.seconds[name]
@@ -329,7 +331,8 @@ async def open_loop(ov: Overture, prefix: str, *, rate: float, seconds: float, w
     each event's scheduled time (and from its ack) to its email, *extra* seconds (a delay) subtracted.
 
     With *overload_after*, sending stops once more than 1% of the planned events are that many seconds late
-    and undelivered; the events not sent count as undelivered, so the p99 then reads "undelivered"."""
+    and undelivered: the run's p99 is then known to be worse than that, and sending on would only leave a
+    backlog for the next stage. The percentiles are then those of the events sent, and the goal is not met."""
     total = max(1, int(rate * seconds))
     tags = ids(prefix, total)
     scheduled: dict[str, float] = {}
@@ -347,6 +350,7 @@ async def open_loop(ov: Overture, prefix: str, *, rate: float, seconds: float, w
     sent = 0
     overloaded = ""
     allowed_late = max(1, total // 100)
+    next_check = start + overload_after
     while sent < total:
         now = time.monotonic()
         due = min(total, int((now - start) * rate) + 1)
@@ -356,7 +360,8 @@ async def open_loop(ov: Overture, prefix: str, *, rate: float, seconds: float, w
                 scheduled[t] = start + j / rate
             pending.append(asyncio.create_task(send(batch)))
             sent = due
-        if overload_after and sent % max(1, int(rate / 10)) == 0:
+        if overload_after and now >= next_check:
+            next_check = now + 0.05
             ov.sink.poll()
             late = sum(1 for t in tags[:sent] if t not in ov.sink.arrivals and now - scheduled[t] > extra + overload_after)
             if late > allowed_late:
@@ -373,9 +378,6 @@ async def open_loop(ov: Overture, prefix: str, *, rate: float, seconds: float, w
     arrived = ov.sink.first_arrivals(tags)
     from_schedule = [arrived[t] - scheduled[t] - extra if t in arrived else math.inf for t in tags]
     from_ack = [arrived[t] - acked[t] - extra if t in arrived else math.inf for t in tags]
-    if overloaded:
-        # The events never sent would have been later still: count them as undelivered.
-        from_schedule += [math.inf] * (total - sent)
     figures: dict[str, object] = {
         "events planned": total, "events sent": sent, "overloaded": overloaded or "no",
         "achieved send rate (events/s)": sent / (sent_by - start), "emails": len(arrived),
@@ -452,17 +454,20 @@ class Results:
     profiles: dict[str, Path] = field(default_factory=dict)
 
 
-async def run_overture(args: argparse.Namespace, sink: Sink, logs: Path, results: Results) -> None:
+async def run_overture(args: argparse.Namespace, sink: Sink, logs: Path, results: Results, *, source: Path) -> None:
     delays = bool(args.timers or args.waiting)
     env = {"OVERTURE_SMTP_HOST": "127.0.0.1", "OVERTURE_SMTP_PORT": str(sink.port),
            "OVERTURE_INGEST_RATE_PER_SECOND": "1000000", "OVERTURE_INGEST_BURST": "2000000", **dict(args.service_env)}
+    if source != ROOT:
+        # The services import the snapshot's code ahead of the editable install (which Python searches last).
+        env["PYTHONPATH"] = os.pathsep.join(str(source / part) for part in ("gen", "src", *(f"services/{s}" for s in SERVICES)))
     print(f"starting the four services (logs in {logs}) ...", flush=True)
     async with services(SERVICES, log_dir=logs, **env) as running_services:
         ov = Overture(addresses=dict(running_services.addresses), database_url=running_services.env["DATABASE_URL"], sink=sink,
                       profiles=args.profiles, pids=service_pids())
         try:
             started = time.monotonic()
-            await setup(ov, delays=delays, probe_delay=args.timer_delay)
+            await setup(ov, examples=source / "examples", delays=delays, probe_delay=args.timer_delay)
             print(f"published the rule set and journeys, preloaded {args.profiles} profiles in {time.monotonic() - started:.1f} s", flush=True)
             sizes_before = await table_sizes(ov)
             warm = ids("ovt-warm-", 50)
@@ -472,8 +477,8 @@ async def run_overture(args: argparse.Namespace, sink: Sink, logs: Path, results
             profiler = None
             if args.profile:
                 profiler = Profiler(await py_spy(), Path(args.profile))
-            figures = await asyncio.wait_for(throughput(ov, "ovt-thr-", args.events, within=args.stage_timeout, profiler=profiler),
-                                             args.stage_timeout + 60)
+            within = throughput_deadline(args)
+            figures = await asyncio.wait_for(throughput(ov, "ovt-thr-", args.events, within=within, profiler=profiler), within + 60)
             if profiler:
                 results.profiles = await profiler.stop()
             results.overture["throughput"] = figures
@@ -509,30 +514,44 @@ async def run_overture(args: argparse.Namespace, sink: Sink, logs: Path, results
                 await channel.close()
 
 
+def throughput_deadline(args: argparse.Namespace) -> float:
+    """Seconds the throughput run may take: the stage timeout, plus what --events needs at 50 emails/s."""
+    return float(args.stage_timeout + args.events / 50)
+
+
 async def timers(ov: Overture, args: argparse.Namespace, results: Results) -> None:
     print(f"\nholding {args.timers} runs on a 30-day delay ...", flush=True)
-    if not await asyncio.wait_for(hold(ov, args.timers, prefix="ovt-hold-t-", within=args.stage_timeout), args.stage_timeout * 4):
+    within = args.stage_timeout + args.timers / 200
+    if not await asyncio.wait_for(hold(ov, args.timers, prefix="ovt-hold-t-", within=within), within + 600):
         print("  the orchestrator had not taken the held runs within the deadline: timer lateness NOT MEASURED", flush=True)
         return
     probes = max(1, int(args.timer_probes))
+    seconds = probes / args.timer_rate
+    # The same events without the delay, at the same rate: the part of the probes' figure that is the send, not the timer.
+    control, _ = await asyncio.wait_for(open_loop(ov, "ovt-control-", rate=args.timer_rate, seconds=seconds, within=args.stage_timeout),
+                                        args.stage_timeout * 2 + seconds)
     figures, latencies = await asyncio.wait_for(open_loop(
-        ov, "ovt-timer-", rate=args.timer_rate, seconds=probes / args.timer_rate, within=args.stage_timeout, event_type=PROBE_EVENT,
-        extra=args.timer_delay), args.stage_timeout * 2 + probes / args.timer_rate)
+        ov, "ovt-timer-", rate=args.timer_rate, seconds=seconds, within=args.stage_timeout, event_type=PROBE_EVENT,
+        extra=args.timer_delay), args.stage_timeout * 2 + seconds)
     renamed = {k.replace("p50", "lateness p50").replace("p99", "lateness p99").replace("max (ms)", "lateness max (ms)")
                if k.startswith(("p50", "p99", "max")) else k: v for k, v in figures.items()}
+    for key in ("p50 (ms)", "p99 (ms)"):
+        renamed[f"no delay, same rate: {key}"] = control.get(key, "-")
     results.overture["timers"] = renamed
     results.timers = latencies
     show(f"Overture: timer lateness, {probes} probes on a {args.timer_delay:g} s delay at {args.timer_rate:g}/s "
-         f"with {ov.held} runs waiting (email - ack - delay: an upper bound)", renamed)
+         f"with {ov.held} runs waiting (email - scheduled send - delay: an upper bound, the send included)", renamed)
 
 
 async def waiting(ov: Overture, args: argparse.Namespace, results: Results) -> None:
     more = max(0, args.waiting - ov.held)
     print(f"\nholding {more} more runs on a 30-day delay ({ov.held} already) ...", flush=True)
-    if not await asyncio.wait_for(hold(ov, more, prefix="ovt-hold-w-", within=args.stage_timeout), args.stage_timeout * 4 + more / 500):
+    within = args.stage_timeout + more / 200
+    if not await asyncio.wait_for(hold(ov, more, prefix="ovt-hold-w-", within=within), within + 600 + more / 1000):
         print("  the orchestrator had not taken the held runs within the deadline: waiting-runs figure NOT MEASURED", flush=True)
         return
-    figures = await asyncio.wait_for(throughput(ov, "ovt-thr2-", args.events, within=args.stage_timeout), args.stage_timeout + 60)
+    within = throughput_deadline(args)
+    figures = await asyncio.wait_for(throughput(ov, "ovt-thr2-", args.events, within=within), within + 60)
     before = float(results.overture["throughput"]["emails/s (sustained)"])  # type: ignore[arg-type]
     figures["ratio to the first throughput run"] = float(figures["emails/s (sustained)"]) / before if before else math.nan  # type: ignore[arg-type]
     results.overture["waiting"] = figures
@@ -593,9 +612,9 @@ async def run_celery(args: argparse.Namespace, sink: Sink, logs: Path, results: 
             cpu.add("smtp sink", sink.pid)
             await cpu.start()
             produced = json.loads(await _check([str(python), pipeline, "produce", "--events", str(args.events), "--tag", "cel-thr-",
-                                                "--profiles", str(args.profiles)], env=env, within=args.stage_timeout))
+                                                "--profiles", str(args.profiles)], env=env, within=throughput_deadline(args)))
             tags = ids("cel-thr-", args.events)
-            complete = await sink.wait_for(tags, deadline=produced["first"] + args.stage_timeout)
+            complete = await sink.wait_for(tags, deadline=produced["first"] + throughput_deadline(args))
             await cpu.stop()
         arrivals = list(sink.first_arrivals(tags).values())
         sustained, first, last = rates(arrivals, produced["first"])
@@ -630,7 +649,7 @@ async def run_floor(args: argparse.Namespace, sink: Sink, results: Results) -> N
                 await conn.close()
 
         await cpu.start()
-        out = json.loads(await _check(argv, env=dict(os.environ), within=args.stage_timeout))
+        out = json.loads(await _check(argv, env=dict(os.environ), within=throughput_deadline(args)))
         tags = ids("raw-thr-", args.events)
         complete = await sink.wait_for(tags, deadline=time.monotonic() + 10)
         await cpu.stop()
@@ -687,13 +706,17 @@ def summary(args: argparse.Namespace, results: Results) -> None:
         rows.append(("   against the raw floor", f"{ovt:.1f} emails/s", f"floor {floor:.1f}/s", f"{ovt / floor:.3f}x", "printed"))
         rows.append(("   per CPU-second", f"{ovt_cpu:.1f}", f"floor {floor_cpu:.1f}", f"{ovt_cpu / floor_cpu:.3f}x", "printed"))
     degradation = _num(thr, "degradation (last / first)")
-    rows.append(("2. degradation, last 10% / first 10%", f"{degradation:.2f}", "-", ">= 0.9", goal(degradation >= 0.9)))
+    rows.append(("2. degradation, last 10% / first 10%", f"{degradation:.3f}", "-", ">= 0.9", goal(degradation >= 0.9)))
     for rate, latencies in results.latency.items():
         tail = _tail(latencies)
         p99 = tail.get("p99 (ms)")
         text = f"p50 {_ms(tail.get('p50 (ms)'))}, p99 {_ms(p99)}, max {_ms(tail.get('max (ms)'))}"
+        overloaded = str(results.overture.get(f"latency {rate:g}", {}).get("overloaded", "no")) != "no"
+        if overloaded:
+            text = f"overloaded ({len(latencies)} sent): {text}"
+        met = isinstance(p99, float) and p99 <= 100 and not overloaded
         if rate == 200:
-            rows.append(("3. latency at 200 events/s", text, "-", "p99 <= 100 ms", goal(isinstance(p99, float) and p99 <= 100)))
+            rows.append(("3. latency at 200 events/s", text, "-", "p99 <= 100 ms", goal(met)))
         else:
             rows.append((f"   latency at {rate:g} events/s", text, "-", "-", "printed"))
     if results.timers is not None:
@@ -723,19 +746,20 @@ def summary(args: argparse.Namespace, results: Results) -> None:
 
 
 def _ms(value: object) -> str:
-    return f"{value:.0f} ms" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{value / 1000:.1f} s" if value >= 10_000 else f"{value:.0f} ms"
+    return str(value)
 
 
 def print_profiles(results: Results) -> None:
     for name, path in results.profiles.items():
-        total, own, inclusive = summarize_profile(path)
-        print(f"\npy-spy, {name}: {total} on-CPU samples ({path})")
-        print("  own time:")
-        for frame, share in own:
-            print(f"    {100 * share:5.1f}%  {frame}")
-        print("  inclusive time:")
-        for frame, share in inclusive:
-            print(f"    {100 * share:5.1f}%  {frame}")
+        found = summarize_profile(path)
+        print(f"\npy-spy, {name}: {found.samples} on-CPU samples ({path})")
+        for title, rows in (("own time by package", found.packages), ("own time by function", found.own),
+                            ("inclusive time", found.inclusive)):
+            print(f"  {title}:")
+            for frame, share in rows:
+                print(f"    {100 * share:5.1f}%  {frame}")
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -749,7 +773,8 @@ async def main(args: argparse.Namespace) -> None:
         await sink.start()
         try:
             if args.overture:
-                await run_overture(args, sink, logs / "overture", results)
+                source = await snapshot(args.rev, Path(scratch)) if args.rev else ROOT
+                await run_overture(args, sink, logs / "overture", results, source=source)
             if args.celery:
                 await run_celery(args, sink, logs, results)
             if args.floor:
@@ -758,6 +783,22 @@ async def main(args: argparse.Namespace) -> None:
             await sink.stop()
     print_profiles(results)
     summary(args, results)
+
+
+async def snapshot(rev: str, folder: Path) -> Path:
+    """The committed tree of *rev* (``git archive``), so that the services run a consistent version while
+    others edit the working tree; the index and the working tree are left alone."""
+    target = folder / "source"
+    target.mkdir()
+    proc = await asyncio.create_subprocess_shell(f"git -C {shlex.quote(str(ROOT))} archive --format=tar {shlex.quote(rev)} | tar -x -C {shlex.quote(str(target))}",
+                                                 stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 120)
+    if proc.returncode:
+        raise RuntimeError(f"git archive {rev} failed: {err.decode(errors='replace')}")
+    commit = await asyncio.create_subprocess_exec("git", "-C", str(ROOT), "rev-parse", "--short", rev, stdout=asyncio.subprocess.PIPE)
+    out, _ = await commit.communicate()
+    print(f"services run from {rev} ({out.decode().strip()}), unpacked in {target}", flush=True)
+    return target
 
 
 def _rates(text: str) -> list[float]:
@@ -771,22 +812,24 @@ def _env(text: str) -> tuple[str, str]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=2000, help="events of the throughput runs (issue 8: 100000)")
+    parser.add_argument("--events", type=int, default=1500, help="events of the throughput runs (issue 8: 100000)")
     parser.add_argument("--profiles", type=int, default=5000)
     parser.add_argument("--rates", type=_rates, default=[200.0, 1000.0], help="open-loop rates, comma-separated")
     parser.add_argument("--latency-seconds", type=float, default=5, help="length of each open-loop run")
     parser.add_argument("--timers", type=int, default=0, help="runs held on a 30-day delay while the timer probes run (issue 8: 100000)")
-    parser.add_argument("--timer-probes", type=int, default=200)
-    parser.add_argument("--timer-rate", type=float, default=20)
+    parser.add_argument("--timer-probes", type=int, default=100)
+    parser.add_argument("--timer-rate", type=float, default=5, help="probes per second: low, so that the send after the timer adds little")
     parser.add_argument("--timer-delay", type=float, default=5, help="seconds")
     parser.add_argument("--waiting", type=int, default=0, help="runs held waiting before the throughput is measured again (issue 8: 1000000)")
-    parser.add_argument("--overload-after", type=float, default=1.0,
+    parser.add_argument("--overload-after", type=float, default=5.0,
                         help="stop an open loop once 1%% of its events are this many seconds late (0: never)")
-    parser.add_argument("--stage-timeout", type=float, default=180, help="seconds each stage may take to deliver its emails")
+    parser.add_argument("--stage-timeout", type=float, default=180,
+                        help="seconds each stage may take to deliver its emails (the throughput runs get --events / 50 more)")
     parser.add_argument("--profile", metavar="DIR", help="py-spy the four services during the throughput run; raw stacks into DIR")
     parser.add_argument("--no-overture", dest="overture", action="store_false", help="only the baselines")
     parser.add_argument("--no-celery", dest="celery", action="store_false")
     parser.add_argument("--no-floor", dest="floor", action="store_false")
+    parser.add_argument("--rev", metavar="REV", help="run the services from this commit (git archive) instead of the working tree")
     parser.add_argument("--logs", metavar="DIR", help="keep the logs here (default: a temporary folder)")
     parser.add_argument("--service-env", type=_env, action="append", default=[], metavar="KEY=VALUE",
                         help="extra environment of the services, e.g. OVERTURE_DECISION_WRITES=async")

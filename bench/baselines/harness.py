@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
-    "BENCH_VENV", "Cpu", "Profiler", "Sink", "bench_python", "free_port", "process_tree", "redis_server_pid", "stop_process",
+    "BENCH_VENV", "Cpu", "ProfileSummary", "Profiler", "Sink", "bench_python", "free_port", "process_tree", "redis_server_pid",
+    "stop_process", "summarize_profile",
 ]
 
 HERE = Path(__file__).resolve().parent
@@ -67,8 +68,14 @@ def process_tree(root: int) -> list[int]:
 
 def cpu_of(pid: int) -> float:
     """User plus system CPU seconds *pid* (all its threads) has used; 0 if it is gone."""
+    user, system = user_system(pid)
+    return user + system
+
+
+def user_system(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds *pid* (all its threads) has used; zeros if it is gone."""
     fields = _stat(pid)
-    return (int(fields[13]) + int(fields[14])) / _TICK if fields else 0.0
+    return (int(fields[13]) / _TICK, int(fields[14]) / _TICK) if fields else (0.0, 0.0)
 
 
 def redis_server_pid(port: int) -> int | None:
@@ -95,8 +102,11 @@ class Cpu:
     def __init__(self) -> None:
         self.roots: dict[str, int] = {}
         self.lists: dict[str, object] = {}
-        self._start: dict[str, dict[int, float]] = {}
+        self._start: dict[str, dict[int, tuple[float, float]]] = {}
         self.seconds: dict[str, float] = {}
+        """User + system seconds per group."""
+        self.system: dict[str, float] = {}
+        """The system (kernel) part of ``seconds``: on loopback, mostly socket I/O."""
 
     def add(self, name: str, root: int) -> None:
         self.roots[name] = root
@@ -105,12 +115,12 @@ class Cpu:
         """*pids* is an async callable answering the group's pids now."""
         self.lists[name] = pids
 
-    async def _read(self) -> dict[str, dict[int, float]]:
-        read: dict[str, dict[int, float]] = {}
+    async def _read(self) -> dict[str, dict[int, tuple[float, float]]]:
+        read: dict[str, dict[int, tuple[float, float]]] = {}
         for name, root in self.roots.items():
-            read[name] = {pid: cpu_of(pid) for pid in process_tree(root)}
+            read[name] = {pid: user_system(pid) for pid in process_tree(root)}
         for name, pids in self.lists.items():
-            read[name] = {pid: cpu_of(pid) for pid in await pids()}  # type: ignore[operator]
+            read[name] = {pid: user_system(pid) for pid in await pids()}  # type: ignore[operator]
         return read
 
     async def start(self) -> None:
@@ -118,7 +128,11 @@ class Cpu:
 
     async def stop(self) -> dict[str, float]:
         end = await self._read()
-        self.seconds = {name: sum(t - self._start.get(name, {}).get(pid, 0.0) for pid, t in now.items()) for name, now in end.items()}
+        self.seconds, self.system = {}, {}
+        for name, now in end.items():
+            before = self._start.get(name, {})
+            self.seconds[name] = sum(u + s - sum(before.get(pid, (0.0, 0.0))) for pid, (u, s) in now.items())
+            self.system[name] = sum(s - before.get(pid, (0.0, 0.0))[1] for pid, (_, s) in now.items())
         return self.seconds
 
 
@@ -257,13 +271,15 @@ async def _run(argv: list[str], *, within: float) -> None:
 
 
 class Profiler:
-    """py-spy ``record`` attached to running processes (sampling, non-blocking),
-    stopped with SIGINT so that it writes its collapsed stacks."""
+    """py-spy ``record`` attached to running processes, stopped with SIGINT so
+    that it writes its collapsed stacks. It pauses each process for every
+    sample unless *nonblocking* (cheaper, but stacks can tear)."""
 
-    def __init__(self, py_spy: Path, folder: Path, *, rate: int = 100) -> None:
+    def __init__(self, py_spy: Path, folder: Path, *, rate: int = 100, nonblocking: bool = False) -> None:
         self.py_spy = py_spy
         self.folder = folder
         self.rate = rate
+        self.nonblocking = nonblocking
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, pids: dict[str, int]) -> None:
@@ -271,8 +287,8 @@ class Profiler:
         for name, pid in pids.items():
             out = self.folder / f"{name}.txt"
             self._procs[name] = subprocess.Popen(
-                [str(self.py_spy), "record", "--pid", str(pid), "--rate", str(self.rate), "--nonblocking", "--format", "raw",
-                 "--duration", "3600", "--output", str(out)],
+                [str(self.py_spy), "record", "--pid", str(pid), "--rate", str(self.rate), "--format", "raw",
+                 "--duration", "3600", "--output", str(out), *(["--nonblocking"] if self.nonblocking else [])],
                 stdout=(self.folder / f"{name}.py-spy.log").open("wb"), stderr=subprocess.STDOUT)
 
     async def stop(self) -> dict[str, Path]:
@@ -284,10 +300,25 @@ class Profiler:
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
-def summarize_profile(path: Path, *, top: int = 8) -> tuple[int, list[tuple[str, float]], list[tuple[str, float]]]:
-    """Samples, the top functions by own time and the top by inclusive time (shares of samples) of a raw py-spy file."""
+@dataclass(frozen=True)
+class ProfileSummary:
+    """What one raw py-spy file says."""
+
+    samples: int
+    """On-CPU samples (idle threads are left out by py-spy)."""
+    packages: list[tuple[str, float]]
+    """Own time by package or stdlib module of the innermost frame: where the CPU went."""
+    own: list[tuple[str, float]]
+    """The functions with the most own time."""
+    inclusive: list[tuple[str, float]]
+    """The functions with the most time under them, the event loop and runners left out."""
+
+
+def summarize_profile(path: Path, *, top: int = 8) -> ProfileSummary:
+    """Shares of samples of a raw (collapsed stacks) py-spy file."""
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
+    packages: collections.Counter[str] = collections.Counter()
     total = 0
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
@@ -295,38 +326,40 @@ def summarize_profile(path: Path, *, top: int = 8) -> tuple[int, list[tuple[str,
             continue
         n = int(count)
         total += n
-        frames = [_short(f) for f in stack.split(";")]
-        if frames and frames[0].startswith("process "):
-            frames = frames[1:]
-        if frames and frames[0].startswith("thread "):
-            frames = frames[1:]
+        frames = [_short(f) for f in stack.split(";") if f.strip()]
         if not frames:
             continue
-        own[frames[-1]] += n
-        for name in set(frames):
+        own[frames[-1][0]] += n
+        packages[frames[-1][1]] += n
+        for name in {f[0] for f in frames}:
             inclusive[name] += n
     if not total:
-        return 0, [], []
-    return (total, [(f, n / total) for f, n in own.most_common(top)],
-            [(f, n / total) for f, n in inclusive.most_common(top * 4) if not _is_plumbing(f)][:top])
+        return ProfileSummary(0, [], [], [])
+    return ProfileSummary(total, [(p, n / total) for p, n in packages.most_common(top + 2)],
+                          [(f, n / total) for f, n in own.most_common(top)],
+                          [(f, n / total) for f, n in inclusive.most_common(top * 6) if not _is_plumbing(f)][:top])
 
 
-def _short(frame: str) -> str:
+def _short(frame: str) -> tuple[str, str]:
+    """A frame as ``function (path)`` with the path cut after site-packages or the source root, and its package."""
     match = _FRAME.match(frame.strip())
     if not match:
-        return frame.strip()
+        return frame.strip(), frame.strip()
     path = match.group("file")
-    for marker in ("site-packages/", "/services/", "/src/", "/gen/", "/lib/python3"):
+    for marker in ("site-packages/", "/services/ingest/", "/services/rules/", "/services/orchestrator/", "/services/connectors/",
+                   "/src/", "/gen/", "/lib/python3.11/", "/lib/python3.12/", "/lib/python3.13/"):
         if marker in path:
             path = path.split(marker, 1)[1]
             break
-    return f"{match.group('func')} ({path})"
+    package = path.split("/", 1)[0].removesuffix(".py")
+    if package.startswith("<frozen"):
+        package = package.strip("<>").split(" ", 1)[-1]
+    return f"{match.group('func')} ({path})", package
 
 
 def _is_plumbing(frame: str) -> bool:
-    """Frames every sample passes through (the event loop, runners): they say nothing about where time goes."""
-    return any(s in frame for s in ("asyncio/", "_run_module", "<module>", "run_forever", "_run_once", "(runpy.py", "(events.py",
-                                    "run (asyncio", "main (overture_cli", "serve (overture_runtime"))
+    """Frames every sample passes through (the event loop, runners, thread starts): they say nothing about where time goes."""
+    return any(s in frame for s in ("asyncio/", "runpy", "overture_cli/", "threading.py", "<module>"))
 
 
 @contextlib.asynccontextmanager

@@ -3,7 +3,7 @@
     .venv/bin/python bench/baselines/smtp_sink.py --port N --out FILE
 
 An aiosmtpd server on 127.0.0.1 that accepts every message and appends one
-line per message to FILE: the arrival time (``time.monotonic()``, the
+line per message to FILE (emptied first): the arrival time (``time.monotonic()``, the
 system-wide CLOCK_MONOTONIC, so comparable with the benchmark's own
 clock), the idempotency key header (``X-Overture-Key``, or
 ``X-Idempotency-Key``; empty if absent) and the event tag the benchmark
@@ -66,7 +66,7 @@ async def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    with open(args.out, "a", buffering=1 << 16) as out:  # noqa: ASYNC230 - opened once, before serving
+    with open(args.out, "w", buffering=1 << 16) as out:  # noqa: ASYNC230 - opened once, before serving
         recorder = Recorder(out)
         loop = asyncio.get_running_loop()
         server = await loop.create_server(lambda: SMTP(recorder, hostname="bench-sink"), "127.0.0.1", args.port, backlog=1024)
