@@ -49,7 +49,10 @@ __all__ = [
     "FIELD_MAX_DEPTH",
     "Method",
     "Seeds",
+    "canonical_message",
     "describe_path",
+    "edge_values",
+    "field_paths",
     "fuzz_settings",
     "hostile_field",
     "hostile_messages",
@@ -59,9 +62,11 @@ __all__ = [
     "mutated_messages",
     "page_tokens",
     "plausible_messages",
+    "replace",
     "rpc_methods",
     "seeded",
     "struct_of",
+    "sweep",
     "wire_requests",
 ]
 
@@ -288,7 +293,7 @@ def _scalar(fd: FieldDescriptor, *, hostile: bool, seeds: Seeds) -> st.SearchStr
         return st.sampled_from(_FLOAT_EDGES[:4]) | st.floats(width=32) if hostile else st.floats(0, 100, width=32)
     low, high = _int_range(fd)
     if not hostile:
-        return st.one_of(st.integers(0, 5), st.sampled_from((10, 100)))
+        return st.sampled_from((1, 0, 2, 5, 10, 100))
     return _edge_ints(low, high)
 
 
@@ -348,7 +353,7 @@ class Seeds:
         if name in ("request_id", "idempotency_key") or name.endswith("request_id"):
             fresh = st.uuids().map(str)
         known = self.strings.get(name)
-        return st.one_of(st.sampled_from(known), fresh) if known else fresh
+        return st.one_of(st.sampled_from(known), st.sampled_from(known), st.sampled_from(known), fresh) if known else fresh
 
 
 def _snake(name: str) -> str:
@@ -484,7 +489,7 @@ def plausible_messages(descriptor: Descriptor, *, depth: int = 0, seeds: Seeds |
         def draw_message(draw: st.DrawFn) -> Message:
             chosen: list[tuple[FieldDescriptor, Any]] = []
             for fd in plain:
-                if draw(st.integers(0, 4)) == 0:  # mostly set; shrinks towards unset
+                if draw(st.integers(0, 9)) == 0:  # nearly always set; shrinks towards unset
                     continue
                 chosen.append((fd, draw(_plausible_field(fd, depth, seeds))))
             for members in oneofs:
@@ -518,9 +523,10 @@ Path = tuple[tuple[FieldDescriptor, int | None], ...]
 """A field path: each step is a field and, for a repeated field, an element index (None: the whole field)."""
 
 
-def _paths(message: Message, prefix: Path = (), depth: int = 0) -> Iterable[Path]:
+def _paths(message: Message, prefix: Path = (), depth: int = 0, *, first_only: bool = False) -> Iterable[Path]:
     """Every field of *message* that a mutation may replace: each field, and
-    the fields inside set sub-messages and repeated elements (not maps)."""
+    the fields inside set sub-messages and repeated elements (not maps; with
+    *first_only*, inside the first element of each repeated field only)."""
     if depth > FIELD_MAX_DEPTH or message.DESCRIPTOR.full_name.startswith("google.protobuf."):
         return
     for fd in message.DESCRIPTOR.fields:
@@ -530,9 +536,11 @@ def _paths(message: Message, prefix: Path = (), depth: int = 0) -> Iterable[Path
         if fd.is_repeated:
             for index, item in enumerate(getattr(message, fd.name)):
                 yield (*prefix, (fd, index))
-                yield from _paths(item, (*prefix, (fd, index)), depth + 1)
+                yield from _paths(item, (*prefix, (fd, index)), depth + 1, first_only=first_only)
+                if first_only:
+                    break
         elif message.HasField(fd.name):
-            yield from _paths(getattr(message, fd.name), (*prefix, (fd, None)), depth + 1)
+            yield from _paths(getattr(message, fd.name), (*prefix, (fd, None)), depth + 1, first_only=first_only)
 
 
 def _replace(message: Message, path: Path, value: Any) -> None:
@@ -576,6 +584,174 @@ def mutated_messages(descriptor: Descriptor, *, seeds: Seeds | None = None) -> s
         return describe_path(path), message
 
     return draw_mutated()
+
+
+def field_paths(message: Message) -> list[Path]:
+    """Every field path of *message* that a mutation may replace (see :func:`mutated_messages`)."""
+    return list(_paths(message))
+
+
+def replace(message: Message, path: Path, value: Any) -> Message:
+    """A copy of *message* with the field at *path* set to *value* (None clears it)."""
+    result = _copy(message)
+    if value is None:
+        *parents, (fd, index) = path
+        holder = result
+        for parent, position in parents:
+            holder = getattr(holder, parent.name)[position] if position is not None else getattr(holder, parent.name)
+        if index is None:
+            holder.ClearField(fd.name)
+        elif fd.type == F.TYPE_MESSAGE:
+            getattr(holder, fd.name)[index].Clear()
+        return result
+    _replace(result, path, value)
+    return result
+
+
+def canonical_message(descriptor: Descriptor, *, seeds: Seeds | None = None, depth: int = 0) -> Message:
+    """One plausible message of *descriptor*, the same every time: the first
+    example of its type in *seeds*, else every field set to a first plausible
+    value (the first seed string of its name, the first non-zero enum value,
+    1, now, a minute, ``{"plan": "pro"}``, one element per repeated field and
+    map, the first member of each oneof)."""
+    seeds = seeds if seeds is not None else _NO_SEEDS
+    examples = seeds.messages.get(descriptor.full_name)
+    if examples:
+        return _copy(examples[0])
+    message = message_factory.GetMessageClass(descriptor)()
+    known = _well_known(descriptor, hostile=False)
+    if known is not None:
+        return _canonical_well_known(descriptor)
+    if depth > FIELD_MAX_DEPTH:
+        return message
+    plain, oneofs = _groups(descriptor)
+    for fd in [*plain, *(members[0] for members in oneofs)]:
+        _assign(message, fd, _canonical_field(fd, seeds, depth))
+    return message
+
+
+def _canonical_well_known(descriptor: Descriptor) -> Message:
+    cls = message_factory.GetMessageClass(descriptor)
+    name = descriptor.full_name
+    if name == "google.protobuf.Timestamp":
+        return _set(cls, seconds=int(dt.datetime.now(dt.UTC).timestamp()))
+    if name == "google.protobuf.Duration":
+        return _set(cls, seconds=60)
+    if name in ("google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"):
+        return struct_of(descriptor, {"plan": "pro"} if name == "google.protobuf.Struct" else "pro")
+    return cls()
+
+
+def _canonical_scalar(fd: FieldDescriptor, seeds: Seeds) -> Any:
+    if fd.type == F.TYPE_ENUM:
+        return next((v.number for v in fd.enum_type.values if v.number != 0), 0)
+    if fd.type == F.TYPE_STRING:
+        known = seeds.strings.get(fd.name)
+        return known[0] if known else "fuzz"
+    if fd.type == F.TYPE_BYTES:
+        return b"fuzz"
+    if fd.type == F.TYPE_BOOL:
+        return False
+    if fd.type in (F.TYPE_DOUBLE, F.TYPE_FLOAT):
+        return 1.0
+    return 1
+
+
+def _canonical_single(fd: FieldDescriptor, seeds: Seeds, depth: int) -> Any:
+    if fd.type == F.TYPE_MESSAGE:
+        return canonical_message(fd.message_type, seeds=seeds, depth=depth + 1)
+    return _canonical_scalar(fd, seeds)
+
+
+def _canonical_field(fd: FieldDescriptor, seeds: Seeds, depth: int) -> Any:
+    if _is_map(fd):
+        key_fd, value_fd = fd.message_type.fields_by_name["key"], fd.message_type.fields_by_name["value"]
+        return {_canonical_single(key_fd, seeds, depth): _canonical_single(value_fd, seeds, depth)}
+    value = _canonical_single(fd, seeds, depth)
+    return [value] if fd.is_repeated else value
+
+
+def _page_token(cursor: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(cursor).encode()).decode().rstrip("=")
+
+
+_EDGE_STRINGS: tuple[tuple[str, str], ...] = (
+    ("empty", ""), ("a NUL", "a\x00b"), ("an escape sequence", "\x1b[31m"), ("65 characters", "x" * 65),
+    ("300 characters", "x" * 300), ("1,025 characters", "x" * 1025), ("70,000 characters", "x" * 70_000),
+)
+_EDGE_PAGE_TOKENS: tuple[tuple[str, str], ...] = (
+    ("not base64", "%%%"), ('{"before": 5}', _page_token({"before": 5})), ('{"after": "x"}', _page_token({"after": "x"})),
+    ('{"offset": "x"}', _page_token({"offset": "x"})), ('{"before": null}', _page_token({"before": None})),
+    ('{"after": 1e30}', _page_token({"after": 1e30})), ('{"offset": -1}', _page_token({"offset": -1})), ("[]", _page_token([])),
+    ('{"before": [1]}', _page_token({"before": [1]})),
+)
+
+
+def _edge_singles(fd: FieldDescriptor) -> list[tuple[str, Any]]:
+    """The values one element of *fd* is swept through."""
+    if fd.type == F.TYPE_MESSAGE:
+        descriptor = fd.message_type
+        cls = message_factory.GetMessageClass(descriptor)
+        name = descriptor.full_name
+        now = int(dt.datetime.now(dt.UTC).timestamp())
+        if name == "google.protobuf.Timestamp":
+            return [("nanos -1", _set(cls, seconds=now, nanos=-1)), ("nanos 10^9", _set(cls, seconds=now, nanos=1_000_000_000)),
+                    ("after 9999-12-31", _set(cls, seconds=TIMESTAMP_MAX + 1)), ("before 0001-01-01", _set(cls, seconds=TIMESTAMP_MIN - 1)),
+                    ("2^63-1 seconds", _set(cls, seconds=2**63 - 1)), ("0001-01-01", _set(cls, seconds=TIMESTAMP_MIN)),
+                    ("9999-12-31T23:59:59", _set(cls, seconds=TIMESTAMP_MAX))]
+        if name == "google.protobuf.Duration":
+            return [("2^63-1 seconds", _set(cls, seconds=2**63 - 1)), ("-1 second", _set(cls, seconds=-1)),
+                    ("mixed signs", _set(cls, seconds=1, nanos=-1)), ("past 10,000 years", _set(cls, seconds=DURATION_MAX + 1)),
+                    ("nanos 10^9", _set(cls, nanos=1_000_000_000)), ("10,000 years", _set(cls, seconds=DURATION_MAX)), ("zero", cls())]
+        if name in ("google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"):
+            return [("NaN", struct_of(descriptor, {"x": math.nan})), ("Infinity", struct_of(descriptor, {"x": math.inf})),
+                    ("-Infinity", struct_of(descriptor, [-math.inf])), ("1e308", struct_of(descriptor, {"x": 1e308})),
+                    ("a NUL in a key", struct_of(descriptor, {"a\x00b": 1})), ("a NUL in a value", struct_of(descriptor, {"x": "a\x00b"})),
+                    ("an empty key", struct_of(descriptor, {"": 1})), ("17 levels deep", _nested(descriptor, 17, 1, False)),
+                    ("45 levels deep", _nested(descriptor, 45, 1, True)), ("40 KB", struct_of(descriptor, {"blob": "x" * 40_000})),
+                    ("5,000 keys", struct_of(descriptor, {f"k{i}": i for i in range(5000)}))]
+        return []
+    if fd.type == F.TYPE_STRING:
+        return [*_EDGE_STRINGS, *(_EDGE_PAGE_TOKENS if fd.name.endswith("page_token") else ())]
+    if fd.type == F.TYPE_ENUM:
+        defined = {v.number for v in fd.enum_type.values}
+        return [(f"unknown {n}", n) for n in (999, -1, max(defined) + 1) if n not in defined]
+    if fd.type in (F.TYPE_DOUBLE, F.TYPE_FLOAT):
+        return [("NaN", math.nan), ("Infinity", math.inf), ("-Infinity", -math.inf)]
+    if fd.type == F.TYPE_BYTES:
+        return [("70,000 bytes", b"\xff" * 70_000)]
+    if fd.type == F.TYPE_BOOL:
+        return [("true", True)]
+    low, high = _int_range(fd)
+    return [(str(v), v) for v in sorted({-1, low, high, 2**31 - 1, 10**6} ) if low <= v <= high]
+
+
+def edge_values(fd: FieldDescriptor, *, element: bool = False, seeds: Seeds | None = None) -> list[tuple[str, Any]]:
+    """The values a field is swept through, each with a label: a cleared
+    field, and per type the edges that break parsers and databases (see
+    :func:`sweep`). With *element*, the values of one element of a repeated field."""
+    seeds = seeds if seeds is not None else _NO_SEEDS
+    if element:
+        return _edge_singles(fd)
+    if _is_map(fd):
+        key_fd, value_fd = fd.message_type.fields_by_name["key"], fd.message_type.fields_by_name["value"]
+        value = _canonical_single(value_fd, seeds, 0)
+        keys = [(label, key) for label, key in _edge_singles(key_fd) if label != "70,000 characters"]
+        return [("empty", {}), *((f"key {label}", {key: value}) for label, key in keys)]
+    if fd.is_repeated:
+        element_value = _canonical_single(fd, seeds, 0)
+        return [("empty", []), ("1,001 items", [element_value] * 1001), *((label, [v]) for label, v in _edge_singles(fd))]
+    return [("cleared", None), *_edge_singles(fd)]
+
+
+def sweep(message: Message, *, seeds: Seeds | None = None) -> Iterable[tuple[str, Message]]:
+    """Copies of *message*, each with one field (at any depth) set to one of
+    its :func:`edge_values`, labelled ``events[0].occurred_at = nanos -1``
+    (inside the first element of each repeated field only)."""
+    for path in _paths(message, first_only=True):
+        fd, index = path[-1]
+        for label, value in edge_values(fd, element=index is not None, seeds=seeds):
+            yield f"{describe_path(path)} = {label}", replace(message, path, value)
 
 
 def _varint(n: int) -> bytes:
@@ -645,14 +821,17 @@ def _flip(data: bytes, at: int, byte: int) -> bytes:
     return data[:at] + bytes([byte]) + data[at + 1:]
 
 
-@dataclass(frozen=True)
 class Method:
-    """One RPC of the generated code."""
+    """One RPC of the generated code. (Not a dataclass, so that hypothesis
+    prints it as its path, not field by field.)"""
 
-    service: ServiceDescriptor
-    """Its service."""
-    descriptor: MethodDescriptor
-    """Its descriptor."""
+    __slots__ = ("descriptor", "service")
+
+    def __init__(self, service: ServiceDescriptor, descriptor: MethodDescriptor) -> None:
+        self.service = service
+        """Its service."""
+        self.descriptor = descriptor
+        """Its descriptor."""
 
     @property
     def path(self) -> str:
