@@ -754,7 +754,7 @@ def _ms(value: object) -> str:
 def print_profiles(results: Results) -> None:
     for name, path in results.profiles.items():
         found = summarize_profile(path)
-        print(f"\npy-spy, {name}: {found.samples} on-CPU samples ({path})")
+        print(f"\npy-spy, {name}: {found.samples} samples with the GIL held ({path})")
         for title, rows in (("own time by package", found.packages), ("own time by function", found.own),
                             ("inclusive time", found.inclusive)):
             print(f"  {title}:")

@@ -273,7 +273,13 @@ async def _run(argv: list[str], *, within: float) -> None:
 class Profiler:
     """py-spy ``record`` attached to running processes, stopped with SIGINT so
     that it writes its collapsed stacks. It pauses each process for every
-    sample unless *nonblocking* (cheaper, but stacks can tear)."""
+    sample unless *nonblocking* (cheaper, but stacks can tear).
+
+    Only the thread holding the GIL is sampled (``--gil``): py-spy's idle
+    detection counts threads parked in ``select`` or on a queue (the metrics
+    server, executor threads) as busy, which buries the real work. So the
+    profile is Python's CPU; kernel time in socket calls, which run without
+    the GIL, is the system share printed from ``/proc`` beside it."""
 
     def __init__(self, py_spy: Path, folder: Path, *, rate: int = 100, nonblocking: bool = False) -> None:
         self.py_spy = py_spy
@@ -288,7 +294,7 @@ class Profiler:
             out = self.folder / f"{name}.txt"
             self._procs[name] = subprocess.Popen(
                 [str(self.py_spy), "record", "--pid", str(pid), "--rate", str(self.rate), "--format", "raw",
-                 "--duration", "3600", "--output", str(out), *(["--nonblocking"] if self.nonblocking else [])],
+                 "--duration", "3600", "--output", str(out), "--gil", *(["--nonblocking"] if self.nonblocking else [])],
                 stdout=(self.folder / f"{name}.py-spy.log").open("wb"), stderr=subprocess.STDOUT)
 
     async def stop(self) -> dict[str, Path]:
@@ -305,7 +311,7 @@ class ProfileSummary:
     """What one raw py-spy file says."""
 
     samples: int
-    """On-CPU samples (idle threads are left out by py-spy)."""
+    """Samples of the thread holding the GIL: Python running."""
     packages: list[tuple[str, float]]
     """Own time by package or stdlib module of the innermost frame: where the CPU went."""
     own: list[tuple[str, float]]
