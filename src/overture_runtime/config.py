@@ -127,7 +127,10 @@ class Settings(BaseSettings):
     cap_history_days: int = 35
     """How long the cap ledger remembers sends; rolling cap windows may not be longer."""
     profile_cache_ttl_seconds: float = 600.0
-    """How long a profile stays in the Redis read-through cache."""
+    """How long a profile stays in the Redis read-through cache (and, at most, in a replica's own memory)."""
+    profile_local_cache_size: int = 100_000
+    """Profile views each replica keeps in memory for decisions; each use is
+    confirmed current by Redis in the decision's one round trip."""
     decision_writes: Literal["sync", "async"] = "sync"
     """``sync``: answer a decision after its record is inserted (grouped with
     concurrent ones). ``async``: answer once queued, flush within 2 ms; a crash
@@ -165,6 +168,10 @@ class Settings(BaseSettings):
     """Workers per replica that claim and execute due tokens, each a batch at a time."""
     orchestrator_batch: int = Field(default=100, ge=1, le=1000)
     """Tokens a worker claims at once, and stream entries the consumer reads at once per partition."""
+    consumer_reclaim_idle_seconds: float = Field(default=30.0, gt=0)
+    """How long a stream entry stays pending (its consumer crashed, or handling it failed) before it is delivered again."""
+    consumer_max_deliveries: int = Field(default=5, ge=1, le=100)
+    """Deliveries of a stream entry before it is dead-lettered as poison."""
 
     @field_validator("auth_tokens", mode="before")
     @classmethod

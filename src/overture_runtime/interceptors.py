@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -35,7 +36,7 @@ from .auth import TokenTable
 from .clock import new_id
 from .context import CallState, current_call, reset_call, set_call
 from .edge import check_request
-from .errors import InvalidArgument, OvertureError, PermissionDenied, to_rpc_status
+from .errors import InvalidArgument, OvertureError, PermissionDenied, Unavailable, to_rpc_status
 from .privacy import mask_mapping
 
 __all__ = ["AuthInterceptor", "ErrorInterceptor", "ObservabilityInterceptor", "default_interceptors", "required_role"]
@@ -194,12 +195,33 @@ class ErrorInterceptor(_AroundInterceptor):
             if state is not None:
                 state.code, state.reason = grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED"
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented")
-        except Exception:
+        except Exception as error:
+            if _transient_storage_error(error):
+                # A migration changed a table under a cached statement: the
+                # driver dropped its cache, and a retry succeeds.
+                retry = Unavailable("the database schema changed under this call; retry", reason="SCHEMA_CHANGED",
+                                    retry_after=timedelta(milliseconds=100))
+                if state is not None:
+                    state.code, state.reason = retry.code, retry.reason
+                status = rpc_status.to_status(to_rpc_status(retry, domain=self._domain))
+                await context.abort(status.code, status.details, status.trailing_metadata)
             error_id = new_id()
             log.exception("rpc.unexpected_error", error_id=error_id)
             if state is not None:
                 state.code, state.reason, state.error_id = grpc.StatusCode.INTERNAL, "INTERNAL", error_id
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error; reference {error_id}")
+
+
+def _transient_storage_error(error: BaseException) -> bool:
+    """Whether *error* is asyncpg's InvalidCachedStatementError, however wrapped."""
+    seen: BaseException | None = error
+    for _ in range(5):
+        if seen is None:
+            return False
+        if type(seen).__name__ == "InvalidCachedStatementError":
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
 
 
 def required_role(method: str) -> str:

@@ -69,9 +69,11 @@ class OrchestratorApp(BaseApp):
         self.consumer = EventConsumer(
             redis=self.redis, keys=self.keys, partitions=self.settings.stream_partitions, consumer=consumer,
             dead_letters=self.dead_letters, handle=self.starter.on_events, batch=self.settings.orchestrator_batch,
+            max_deliveries=self.settings.consumer_max_deliveries,
         )
         self.spawn("consumer", lambda: self.consumer.run(self.stopping))
-        self.spawn("reclaim", lambda: self.consumer.reclaim(self.stopping))
+        idle = self.settings.consumer_reclaim_idle_seconds
+        self.spawn("reclaim", lambda: self.consumer.reclaim(self.stopping, min_idle_ms=int(idle * 1000), interval=min(10.0, idle / 3)))
         self.spawn("workers", lambda: self.workers.run(self.stopping))
         self.spawn("audit", lambda: self.audit.run(self.stopping))
 
@@ -80,7 +82,8 @@ class OrchestratorApp(BaseApp):
             OrchestratorServicer(journeys=self.journeys, runs=self.runs, starter=self.starter,
                                  idempotency=Idempotency(self.db, idempotency, self.clock), feedback=self.feedback,
                                  retrier=Retrier(runs=self.runs, journeys=self.journeys), audited=self.audit.after_commit,
-                                 previewer=Previewer(journeys=self.journeys, references=self.references, profile_of=self.executor.profile_of)),
+                                 previewer=Previewer(journeys=self.journeys, references=self.references, profile_of=self.executor.profile_of),
+                                 dead_letters=self.dead_letters),
             server,
         )
 

@@ -15,7 +15,7 @@ Two kinds of entry:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -86,14 +86,36 @@ class DeadLetters:
         return [PoisonEntry(tenant=r.tenant, entry_id=r.entry_id, stream_entry=r.ref, event=_event(r.payload), attempts=r.attempts,
                             last_error=r.last_error, create_time=r.create_time) for r in rows]
 
-    async def take_poison(self, tenant: str, entry_ids: Sequence[str]) -> list[PoisonEntry]:
-        """Remove the named poison entries and return them, to be handled again."""
+    async def redrive_poison(
+        self, tenant: str, entry_ids: Sequence[str], handle: Callable[[Sequence[tuple[str, event_pb2.Event]]], Awaitable[object]],
+    ) -> tuple[int, list[tuple[str, str, str]]]:
+        """Hand the named poison entries to *handle* (the starter) again, one
+        at a time, and remove each that it handled. Returns how many were
+        re-driven, and (entry id, reason, description) for the others, which
+        stay in the queue."""
         t = dead_letters
-        async with self._db.begin() as conn:
-            rows = (await conn.execute(t.delete().where(
-                (t.c.tenant == tenant) & (t.c.kind == EVENT) & t.c.entry_id.in_(list(entry_ids))).returning(t))).all()
-        return [PoisonEntry(tenant=r.tenant, entry_id=r.entry_id, stream_entry=r.ref, event=_event(r.payload), attempts=r.attempts,
-                            last_error=r.last_error, create_time=r.create_time) for r in rows]
+        async with self._db.connect() as conn:
+            rows = {r.entry_id: r for r in (await conn.execute(sa.select(t).where(
+                (t.c.tenant == tenant) & (t.c.kind == EVENT) & t.c.entry_id.in_(list(entry_ids))))).all()}
+        redriven, refused = 0, []
+        for entry_id in dict.fromkeys(entry_ids):
+            row = rows.get(entry_id)
+            if row is None:
+                refused.append((entry_id, "ENTRY_NOT_FOUND", f"no poison entry {entry_id!r}"))
+                continue
+            event = _event(row.payload)
+            if event is None:
+                refused.append((entry_id, "UNREADABLE", "the entry's bytes are not an event; it can only be listed"))
+                continue
+            try:
+                await handle([(tenant, event)])
+            except Exception as error:  # noqa: BLE001 - it stays in the queue, with why
+                refused.append((entry_id, "STILL_FAILING", f"handling it failed again: {type(error).__name__}"))
+                continue
+            async with self._db.begin() as conn:
+                await conn.execute(t.delete().where((t.c.tenant == tenant) & (t.c.entry_id == entry_id)))
+            redriven += 1
+        return redriven, refused
 
 
 def _event(payload: bytes) -> event_pb2.Event | None:

@@ -22,11 +22,12 @@ from overture_runtime.validation import (
     page_size,
 )
 
+from .deadletters import DeadLetters, PoisonEntry
 from .feedback import DeliveryFeedback
 from .journeys import JourneyStore
 from .preview import Previewer
 from .retries import Retrier
-from .runs import RunStore
+from .runs import RetryRefusal, RunStore
 from .starter import Starter
 
 __all__ = ["OrchestratorServicer"]
@@ -48,8 +49,9 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
 
     def __init__(
         self, *, journeys: JourneyStore, runs: RunStore, starter: Starter, idempotency: Idempotency, feedback: DeliveryFeedback,
-        retrier: Retrier, audited: Callable[[str], Awaitable[None]], previewer: Previewer,
+        retrier: Retrier, audited: Callable[[str], Awaitable[None]], previewer: Previewer, dead_letters: DeadLetters,
     ) -> None:
+        self._dead_letters = dead_letters
         self._previewer = previewer
         self._feedback = feedback
         self._journeys = journeys
@@ -236,6 +238,11 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         check_name(v, "journey", request.journey, required=False)
         size = page_size(v, request.page_size)
         v.raise_if_any()
+        if request.kind == OS.DEAD_LETTER_KIND_EVENT:
+            after = decode_page_token(request.page_token, after=str).get("after", "")
+            entries = await self._dead_letters.poison(tenant, limit=size + 1, after=after)
+            token = encode_page_token({"after": entries[size - 1].entry_id}) if len(entries) > size else ""
+            return OS.ListDeadLettersResponse(poison_events=[_poison_proto(e) for e in entries[:size]], next_page_token=token)
         before = decode_page_token(request.page_token, before=str).get("before")
         found = await self._runs.list_runs(tenant=tenant, journey=request.journey, state="failed", limit=size + 1, before=before)
         token = encode_page_token({"before": found[size - 1].run_id}) if len(found) > size else ""
@@ -246,22 +253,32 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         tenant = principal.tenant
         v = Violations()
         check_name(v, "journey", request.journey, required=False)
-        if not request.run_ids and not request.journey:
-            v.add("run_ids", "name the runs, or a journey to re-drive all of its dead letters", "REQUIRED")
-        if len(request.run_ids) > 1000:
-            v.add("run_ids", "at most 1000 runs per call", "TOO_MANY")
+        if not request.run_ids and not request.journey and not request.entry_ids:
+            v.add("run_ids", "name the runs, a journey to re-drive all of its dead letters, or poison entry_ids", "REQUIRED")
+        for field in ("run_ids", "entry_ids"):
+            if len(getattr(request, field)) > 1000:
+                v.add(field, f"at most 1000 {field} per call", "TOO_MANY")
         for i, run_id in enumerate(request.run_ids):
             check_identifier(v, f"run_ids[{i}]", run_id)
+        for i, entry_id in enumerate(request.entry_ids):
+            check_identifier(v, f"entry_ids[{i}]", entry_id)
         check_reason(v, request.reason, required=False)
         to_latest = _to_latest(v, request.journey_version_policy)
         v.raise_if_any("the re-drive is invalid")
-        redriven, refused = await self._retrier.redrive(
-            tenant, run_ids=request.run_ids, journey=request.journey, to_latest=to_latest, actor=principal.name, reason=request.reason)
-        log.info("dead_letters.redriven", count=redriven, refused=len(refused), journey=request.journey or None, to_latest=to_latest)
+        redriven, refused = 0, list[tuple[str, RetryRefusal]]()
+        if request.run_ids or request.journey:
+            redriven, refused = await self._retrier.redrive(
+                tenant, run_ids=request.run_ids, journey=request.journey, to_latest=to_latest, actor=principal.name, reason=request.reason)
+        poison_redriven, poison_refused = 0, list[tuple[str, str, str]]()
+        if request.entry_ids:
+            poison_redriven, poison_refused = await self._dead_letters.redrive_poison(tenant, request.entry_ids, self._starter.on_events)
+        log.info("dead_letters.redriven", count=redriven + poison_redriven, refused=len(refused) + len(poison_refused),
+                 journey=request.journey or None, to_latest=to_latest)
         if redriven:
             await self._audited(tenant)
-        return OS.RedriveDeadLettersResponse(redriven_count=redriven, rejections=[
-            OS.RedriveRejection(run_id=run_id, description=r.description, reason=r.reason) for run_id, r in refused])
+        return OS.RedriveDeadLettersResponse(redriven_count=redriven + poison_redriven, rejections=[
+            *(OS.RedriveRejection(run_id=run_id, description=r.description, reason=r.reason) for run_id, r in refused),
+            *(OS.RedriveRejection(entry_id=entry_id, description=why, reason=reason) for entry_id, reason, why in poison_refused)])
 
     async def PreviewJourney(self, request: OS.PreviewJourneyRequest, context: grpc.aio.ServicerContext) -> OS.PreviewJourneyResponse:
         tenant = current_principal().tenant
@@ -277,3 +294,12 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         steps = await self._previewer.preview(tenant, name=request.name, spec=request.spec if request.HasField("spec") else None,
                                               subject_id=request.subject_id, attributes=request.attributes)
         return OS.PreviewJourneyResponse(steps=steps)
+
+
+def _poison_proto(entry: PoisonEntry) -> OS.PoisonEvent:
+    found = OS.PoisonEvent(entry_id=entry.entry_id, stream_entry_id=entry.stream_entry, attempts=entry.attempts,
+                           last_error=entry.last_error)
+    if entry.event is not None:
+        found.event.CopyFrom(entry.event)
+    found.create_time.FromDatetime(entry.create_time)
+    return found

@@ -302,6 +302,27 @@ async def test_unexpected_error_is_internal_with_a_reference_only(served: Served
     assert (line["code"], line["reason"], line["error_id"]) == ("INTERNAL", "INTERNAL", logged["error_id"])
 
 
+async def test_a_statement_invalidated_by_a_migration_is_unavailable_to_retry(served: Served) -> None:
+    """asyncpg's InvalidCachedStatementError (a migration changed a table under a cached statement), as SQLAlchemy wraps it,
+    is UNAVAILABLE with a retry delay, not INTERNAL: the driver has dropped its cache and a retry succeeds."""
+    class InvalidCachedStatementError(Exception):
+        pass
+
+    class DBAPIError(Exception):
+        def __init__(self, orig: BaseException) -> None:
+            super().__init__("wrapped")
+            self.orig = orig
+
+    async def stale(request: pb.ListConnectorsRequest, context: grpc.aio.ServicerContext) -> pb.ListConnectorsResponse:
+        raise DBAPIError(InvalidCachedStatementError("cached statement plan is invalid"))
+
+    served.servicer.behaviour = stale
+    error = await _fail(served.stub.ListConnectors(pb.ListConnectorsRequest(), metadata=_md()))
+    status, info, _ = _details(error)
+    assert error.code() == grpc.StatusCode.UNAVAILABLE and info.reason == "SCHEMA_CHANGED"
+    assert any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details)
+
+
 async def test_servicer_abort_keeps_its_code(served: Served) -> None:
     """A servicer that aborts the call itself gets its own status through, and the log line records it."""
     async def abort(request: pb.ListConnectorsRequest, context: grpc.aio.ServicerContext) -> pb.ListConnectorsResponse:

@@ -10,6 +10,7 @@ from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from overture.common.v1 import event_pb2 as _event_pb2
 from overture.common.v1 import messaging_pb2 as _messaging_pb2
 from overture.orchestrator.v1 import journey_pb2 as _journey_pb2
 from overture.orchestrator.v1 import run_pb2 as _run_pb2
@@ -23,6 +24,36 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _DeadLetterKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeadLetterKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeadLetterKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DEAD_LETTER_KIND_UNSPECIFIED: _DeadLetterKind.ValueType  # 0
+    """Not set: the same as DEAD_LETTER_KIND_RUN."""
+    DEAD_LETTER_KIND_RUN: _DeadLetterKind.ValueType  # 1
+    """A run whose step failed for good."""
+    DEAD_LETTER_KIND_EVENT: _DeadLetterKind.ValueType  # 2
+    """A stream entry that failed to be handled after the consumer's last
+    delivery, or could not be read at all. It was acknowledged so that its
+    partition went on.
+    """
+
+class DeadLetterKind(_DeadLetterKind, metaclass=_DeadLetterKindEnumTypeWrapper):
+    """The two kinds of dead-letter entry."""
+
+DEAD_LETTER_KIND_UNSPECIFIED: DeadLetterKind.ValueType  # 0
+"""Not set: the same as DEAD_LETTER_KIND_RUN."""
+DEAD_LETTER_KIND_RUN: DeadLetterKind.ValueType  # 1
+"""A run whose step failed for good."""
+DEAD_LETTER_KIND_EVENT: DeadLetterKind.ValueType  # 2
+"""A stream entry that failed to be handled after the consumer's last
+delivery, or could not be read at all. It was acknowledged so that its
+partition went on.
+"""
+Global___DeadLetterKind: _TypeAlias = DeadLetterKind  # noqa: Y015
 
 class _JourneyVersionPolicy:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -828,22 +859,26 @@ class ListDeadLettersRequest(_message.Message):
     JOURNEY_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     journey: _builtins.str
-    """Only runs of this journey."""
+    """Only runs of this journey (for kind RUN)."""
     page_size: _builtins.int
-    """The most runs to return, 1 to 100; 0 means 20."""
+    """The most entries to return, 1 to 100; 0 means 20."""
     page_token: _builtins.str
     """The `next_page_token` of a previous call."""
+    kind: Global___DeadLetterKind.ValueType
+    """Which entries to list; unspecified lists failed runs."""
     def __init__(
         self,
         *,
         journey: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        kind: Global___DeadLetterKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["journey", b"journey", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["journey", b"journey", "kind", b"kind", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -857,25 +892,79 @@ class ListDeadLettersResponse(_message.Message):
 
     RUNS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    POISON_EVENTS_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """The token for the next page; empty on the last page."""
     @_builtins.property
     def runs(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.Run]:
-        """The dead-lettered runs, oldest first."""
+        """The dead-lettered runs, oldest first (kind RUN)."""
+
+    @_builtins.property
+    def poison_events(self) -> _containers.RepeatedCompositeFieldContainer[Global___PoisonEvent]:
+        """The poison stream entries, oldest first (kind EVENT)."""
 
     def __init__(
         self,
         *,
         runs: _abc.Iterable[_run_pb2.Run] | None = ...,
         next_page_token: _builtins.str = ...,
+        poison_events: _abc.Iterable[Global___PoisonEvent] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "runs", b"runs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "poison_events", b"poison_events", "runs", b"runs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListDeadLettersResponse: _TypeAlias = ListDeadLettersResponse  # noqa: Y015
+
+@_typing.final
+class PoisonEvent(_message.Message):
+    """A stream entry the orchestrator could not handle."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    STREAM_ENTRY_ID_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    entry_id: _builtins.str
+    """The dead-letter entry's id; name it in RedriveDeadLetters."""
+    stream_entry_id: _builtins.str
+    """The id the entry had on the event stream."""
+    attempts: _builtins.int
+    """How many times it was delivered before it was dead-lettered."""
+    last_error: _builtins.str
+    """The last error, without personal data."""
+    @_builtins.property
+    def event(self) -> _event_pb2.Event:
+        """The event, when its bytes could be read (else unset: such an entry
+        cannot be re-driven).
+        """
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was dead-lettered."""
+
+    def __init__(
+        self,
+        *,
+        entry_id: _builtins.str = ...,
+        stream_entry_id: _builtins.str = ...,
+        event: _event_pb2.Event | None = ...,
+        attempts: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "create_time", b"create_time", "entry_id", b"entry_id", "event", b"event", "last_error", b"last_error", "stream_entry_id", b"stream_entry_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PoisonEvent: _TypeAlias = PoisonEvent  # noqa: Y015
 
 @_typing.final
 class RedriveDeadLettersRequest(_message.Message):
@@ -887,6 +976,7 @@ class RedriveDeadLettersRequest(_message.Message):
     JOURNEY_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     JOURNEY_VERSION_POLICY_FIELD_NUMBER: _builtins.int
+    ENTRY_IDS_FIELD_NUMBER: _builtins.int
     journey: _builtins.str
     """Re-drive every dead-lettered run of this journey."""
     reason: _builtins.str
@@ -901,6 +991,15 @@ class RedriveDeadLettersRequest(_message.Message):
     def run_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Re-drive these runs; empty with `journey` set re-drives all of its runs."""
 
+    @_builtins.property
+    def entry_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Poison stream entries to hand to the journeys' triggers again, by
+        `PoisonEvent.entry_id`, once what made them fail is fixed. An entry
+        leaves the queue only when it was handled; one that fails again stays,
+        and is reported in `rejections` with the reason `STILL_FAILING`. The
+        runs' once-key means a re-driven event starts each run at most once.
+        """
+
     def __init__(
         self,
         *,
@@ -908,10 +1007,11 @@ class RedriveDeadLettersRequest(_message.Message):
         journey: _builtins.str = ...,
         reason: _builtins.str = ...,
         journey_version_policy: Global___JourneyVersionPolicy.ValueType = ...,
+        entry_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["journey", b"journey", "journey_version_policy", b"journey_version_policy", "reason", b"reason", "run_ids", b"run_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_ids", b"entry_ids", "journey", b"journey", "journey_version_policy", b"journey_version_policy", "reason", b"reason", "run_ids", b"run_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -926,7 +1026,7 @@ class RedriveDeadLettersResponse(_message.Message):
     REDRIVEN_COUNT_FIELD_NUMBER: _builtins.int
     REJECTIONS_FIELD_NUMBER: _builtins.int
     redriven_count: _builtins.int
-    """How many runs were re-driven."""
+    """How many runs (and poison entries) were re-driven."""
     @_builtins.property
     def rejections(self) -> _containers.RepeatedCompositeFieldContainer[Global___RedriveRejection]:
         """The named or listed runs that were not re-driven, and why."""
@@ -954,8 +1054,9 @@ class RedriveRejection(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
-    """The run's id."""
+    """The run's id (empty for a poison entry)."""
     description: _builtins.str
     """Why, for a human, for example that the latest version has no step
     `send-welcome`.
@@ -964,18 +1065,22 @@ class RedriveRejection(_message.Message):
     """Why, for a machine, UPPER_SNAKE_CASE: `RUN_NOT_FOUND`, `RUN_NOT_FAILED`
     (it is no longer dead-lettered), `STEP_NOT_IN_VERSION` (with LATEST: the
     latest version has no step with the failed step's id) or `NO_JOURNEY`
-    (with LATEST: a run sent with Enqueue, which has no other version).
+    (with LATEST: a run sent with Enqueue, which has no other version);
+    for a poison entry `ENTRY_NOT_FOUND`, `UNREADABLE` or `STILL_FAILING`.
     """
+    entry_id: _builtins.str
+    """The poison entry's id (empty for a run)."""
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
         description: _builtins.str = ...,
         reason: _builtins.str = ...,
+        entry_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "reason", b"reason", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "entry_id", b"entry_id", "reason", b"reason", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

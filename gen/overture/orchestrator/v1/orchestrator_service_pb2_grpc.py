@@ -229,7 +229,8 @@ class OrchestratorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListDeadLetters(self, request, context):
-        """Lists the runs in the dead-letter queue, with their last errors.
+        """Lists the dead-letter queue: failed runs, with their last errors, or
+        (with `kind` EVENT) the poison stream entries that could not be handled.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

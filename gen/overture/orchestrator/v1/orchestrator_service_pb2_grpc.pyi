@@ -81,7 +81,9 @@ class OrchestratorServiceStub:
     DecideApproval: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.DecideApprovalRequest, _orchestrator_service_pb2.DecideApprovalResponse]
     """Approves or rejects a run waiting at an approval step."""
     ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.ListDeadLettersRequest, _orchestrator_service_pb2.ListDeadLettersResponse]
-    """Lists the runs in the dead-letter queue, with their last errors."""
+    """Lists the dead-letter queue: failed runs, with their last errors, or
+    (with `kind` EVENT) the poison stream entries that could not be handled.
+    """
     RedriveDeadLetters: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.RedriveDeadLettersRequest, _orchestrator_service_pb2.RedriveDeadLettersResponse]
     """Re-drives dead-lettered runs, in bulk, from the step that failed, on
     their own journey versions or, with `journey_version_policy` LATEST, on
@@ -152,7 +154,9 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     DecideApproval: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.DecideApprovalRequest, _orchestrator_service_pb2.DecideApprovalResponse]  # type: ignore[assignment]
     """Approves or rejects a run waiting at an approval step."""
     ListDeadLetters: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.ListDeadLettersRequest, _orchestrator_service_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
-    """Lists the runs in the dead-letter queue, with their last errors."""
+    """Lists the dead-letter queue: failed runs, with their last errors, or
+    (with `kind` EVENT) the poison stream entries that could not be handled.
+    """
     RedriveDeadLetters: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.RedriveDeadLettersRequest, _orchestrator_service_pb2.RedriveDeadLettersResponse]  # type: ignore[assignment]
     """Re-drives dead-lettered runs, in bulk, from the step that failed, on
     their own journey versions or, with `journey_version_policy` LATEST, on
@@ -304,7 +308,9 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orchestrator_service_pb2.ListDeadLettersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orchestrator_service_pb2.ListDeadLettersResponse, _abc.Awaitable[_orchestrator_service_pb2.ListDeadLettersResponse]]:
-        """Lists the runs in the dead-letter queue, with their last errors."""
+        """Lists the dead-letter queue: failed runs, with their last errors, or
+        (with `kind` EVENT) the poison stream entries that could not be handled.
+        """
 
     @_abc_1.abstractmethod
     def RedriveDeadLetters(
