@@ -130,10 +130,18 @@ def dead_letters(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         t = target(args.token)
+        poison = args.kind == "event"
+        kind = OS.DEAD_LETTER_KIND_EVENT if poison else OS.DEAD_LETTER_KIND_RUN
         async with t.channel("orchestrator") as channel:
             result = await orchestrator_service_pb2_grpc.OrchestratorServiceStub(channel).ListDeadLetters(
-                OS.ListDeadLettersRequest(journey=args.journey, page_size=args.limit), metadata=t.metadata)
-        emit(result, as_json=args.json, human=lambda: [runs_table(result.runs, empty="no dead letters")])
+                OS.ListDeadLettersRequest(journey=args.journey, page_size=args.limit, kind=kind), metadata=t.metadata)
+        if poison:
+            emit(result, as_json=args.json, human=lambda: [Table(
+                ["entry", "event", "type", "attempts", "last error"],
+                [[e.entry_id, e.event.event_id or "(unreadable)", e.event.event_type, str(e.attempts), e.last_error[:80]]
+                 for e in result.poison_events], empty="no poison entries")])
+        else:
+            emit(result, as_json=args.json, human=lambda: [runs_table(result.runs, empty="no dead letters")])
         return 0
 
     return run_async(go)
@@ -148,9 +156,14 @@ def redrive(args: argparse.Namespace) -> int:
         t = target(args.token)
         async with t.channel("orchestrator") as channel:
             result = await orchestrator_service_pb2_grpc.OrchestratorServiceStub(channel).RedriveDeadLetters(
-                OS.RedriveDeadLettersRequest(run_ids=args.run_ids, journey=args.journey, reason=args.reason), metadata=t.metadata)
-        emit(result, as_json=args.json, human=lambda: [Fields([("re-driven", f"{result.redriven_count} run(s)")]), Table(
-            ["run", "not re-driven because"], [[r.run_id, r.description] for r in result.rejections], title="rejections", empty="no rejections",
+                OS.RedriveDeadLettersRequest(
+                    run_ids=args.run_ids, journey=args.journey, reason=args.reason, entry_ids=args.entry,
+                    journey_version_policy=OS.JOURNEY_VERSION_POLICY_LATEST if args.journey_version == "latest"
+                    else OS.JOURNEY_VERSION_POLICY_PINNED,
+                ), metadata=t.metadata)
+        emit(result, as_json=args.json, human=lambda: [Fields([("re-driven", f"{result.redriven_count}")]), Table(
+            ["run or entry", "reason", "not re-driven because"], [[r.run_id or r.entry_id, r.reason, r.description] for r in result.rejections],
+            title="rejections", empty="no rejections",
         )])
         return 0
 
@@ -204,13 +217,17 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p = runs.add_parser("get", help="show a run and its steps", parents=[common])
     p.add_argument("run_id")
     p.set_defaults(func=runs_get)
-    p = runs.add_parser("dead-letters", help="list failed runs", parents=[common])
+    p = runs.add_parser("dead-letters", help="list failed runs, or poison stream entries with --kind event", parents=[common])
     p.add_argument("--journey", default="")
+    p.add_argument("--kind", choices=["run", "event"], default="run", help="failed runs (default) or poison stream entries")
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=dead_letters)
-    p = runs.add_parser("redrive", help="re-drive failed runs (by id, or all of a journey)", parents=[common])
+    p = runs.add_parser("redrive", help="re-drive failed runs (by id, or all of a journey) and poison entries (--entry)", parents=[common])
     p.add_argument("run_ids", nargs="*")
     p.add_argument("--journey", default="")
+    p.add_argument("--entry", action="append", default=[], metavar="ENTRY_ID", help="a poison entry to handle again (repeatable)")
+    p.add_argument("--journey-version", choices=["pinned", "latest"], default="pinned",
+                   help="continue on the run's own journey version (default) or move it to the latest")
     p.add_argument("--reason", default="")
     p.set_defaults(func=redrive)
     p = sub.add_parser("explain", help="show why a message was or was not sent", parents=[common])

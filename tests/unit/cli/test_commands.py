@@ -82,7 +82,7 @@ COMMANDS: dict[str, tuple[list[str], list[str]]] = {
     "runs list": (["runs", "list"], ["RUN", "STEP STATE", "run-bob", "skipped", "dec-bob", "run-alice", "sent"]),
     "runs get": (["runs", "get", "run-alice"], ["run:", "run-alice", "trigger event:", "signup-alice", "ATTEMPTS"]),
     "runs dead-letters": (["runs", "dead-letters"], ["run-carol", "failed", "SMTP relay refused the connection"]),
-    "runs redrive": (["runs", "redrive", "run-carol", "--reason", "fixed"], ["re-driven:", "1 run(s)"]),
+    "runs redrive": (["runs", "redrive", "run-carol", "--reason", "fixed", "--journey-version", "latest"], ["re-driven:", "1"]),
     "explain": (["explain", "dec-bob"], ["verdict:", "DENIED", "OUTCOME", "deny", "consent", "email/marketing", "profile read",
                                          "traits.plan:", "pro"]),
     "profiles get": (["profiles", "get", "alice"], ["subject:", "alice", "traits", "first_name:", "Alice", "CHANNEL", "granted"]),
