@@ -1,8 +1,9 @@
 """The common shape of a service's application object.
 
 :class:`BaseApp` owns what every service has: settings, clock and ids, the
-database (migrated at start-up when ``auto_migrate`` is on), Redis, clients
-to other services, and supervised background loops that restart with
+database (migrated at start-up when ``auto_migrate`` is on, its statistics
+kept current as its tables grow), Redis, clients to other services, and
+supervised background loops that restart with
 backoff when they fail and are cancelled on stop.
 """
 
@@ -20,13 +21,14 @@ import structlog
 from .clients import open_channel
 from .clock import Clock, IdGenerator, SystemClock
 from .config import ServiceName, Settings
-from .db import Database, migrate
+from .db import Database, analyze_grown, migrate
 from .redis import Keys, create_redis
 
 __all__ = ["BaseApp"]
 
 log = structlog.get_logger("overture.app")
 _LOOP_GRACE = 3.0
+_ANALYZE_INTERVAL = 10.0
 
 
 class BaseApp:
@@ -74,6 +76,19 @@ class BaseApp:
         if self.migrations is not None and self.settings.auto_migrate:
             await migrate(self.settings.database_url, script_location=self.migrations, version_table=f"{self.name}_alembic_version")
         await self.on_start()
+        if not self._db.is_sqlite:
+            self.spawn("analyze", self._analyze)
+
+    async def _analyze(self) -> None:
+        """Keep the planner's statistics of this service's tables current (see :func:`analyze_grown`)."""
+        while not self._stopping.is_set():
+            grown = await analyze_grown(self.db, prefix=self.name)
+            if grown:
+                log.info("db.analyzed", tables=grown, reason="grown since their statistics were taken")
+            try:
+                await asyncio.wait_for(self._stopping.wait(), timeout=_ANALYZE_INTERVAL)
+            except TimeoutError:
+                pass
 
     async def stop(self) -> None:
         """Stop background loops, then close clients and the database."""

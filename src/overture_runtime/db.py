@@ -23,7 +23,7 @@ from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 
-__all__ = ["SERVER_SETTINGS", "Database", "JSONType", "insert_ignore", "migrate", "run_migrations_in_env", "utc_datetime"]
+__all__ = ["SERVER_SETTINGS", "Database", "JSONType", "analyze_grown", "insert_ignore", "migrate", "run_migrations_in_env", "utc_datetime"]
 
 
 SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
@@ -186,3 +186,31 @@ def run_migrations_in_env(target_metadata: sa.MetaData) -> None:
 
 JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 """JSON on SQLite, JSONB on PostgreSQL."""
+
+
+_GROWN = sa.text("""
+SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = current_schema() AND c.relkind = 'r' AND c.relname LIKE :pattern
+  AND pg_relation_size(c.oid) / current_setting('block_size')::int > :factor * GREATEST(c.relpages, 8)
+ORDER BY c.relname
+""")
+
+
+async def analyze_grown(db: Database, *, prefix: str, factor: float = 2.0) -> list[str]:
+    """ANALYZE the tables named ``<prefix>_*`` that have grown to more than
+    *factor* times their size at their last ANALYZE; return their names.
+
+    Statistics go stale when autovacuum lags or is off, after bulk loads and
+    on new tenants, and a planner that believes a table is small scans it,
+    or uses only the first column of an index, long after it grew. Checking
+    is one catalog query (sizes are exact at once, unlike the statistics
+    collector's counters), and doubling means a growing table is analyzed
+    a logarithmic number of times. PostgreSQL only; SQLite is left alone."""
+    if db.is_sqlite:
+        return []
+    async with db.connect() as conn:
+        names = [str(n) for n in (await conn.execute(_GROWN, {"pattern": f"{prefix}\\_%", "factor": factor})).scalars()]
+    for name in names:
+        async with db.engine.connect() as conn:
+            await (await conn.execution_options(isolation_level="AUTOCOMMIT")).execute(sa.text(f'ANALYZE "{name}"'))
+    return names

@@ -156,8 +156,8 @@ class RunStore:
             existing: dict[tuple[str, str, str, str], str] = {}
             others = [r for r, i in zip(batch, ids, strict=True) if i not in inserted]
             if others:
-                rows = await conn.execute(sa.select(runs.c.run_id, *key).where(sa.tuple_(*key).in_(
-                    [(r.tenant, r.journey, r.subject_id, r.event.event_id) for r in others])))
+                rows = await conn.execute(sa.select(runs.c.run_id, *key).where(_keyed(
+                    runs.c.tenant, runs.c.trigger_event_id, [(r.tenant, r.event.event_id) for r in others])))
                 existing = {(row.tenant, row.journey, row.subject_id, row.trigger_event_id): row.run_id for row in rows}
         return [(i, True) if i in inserted else (existing.get((r.tenant, r.journey, r.subject_id, r.event.event_id), ""), False)
                 for r, i in zip(batch, ids, strict=True)]
@@ -168,9 +168,12 @@ class RunStore:
         if not wanted:
             return set()
         async with self._db.connect() as conn:
+            # journey IN and subject IN: both are index conditions of the
+            # once-key; a row-value IN list would read the tenant's every run.
             rows = await conn.execute(sa.select(runs.c.journey, runs.c.subject_id).where(
-                (runs.c.tenant == tenant) & sa.tuple_(runs.c.journey, runs.c.subject_id).in_(wanted) & runs.c.state.in_(_LIVE)))
-            return {(r.journey, r.subject_id) for r in rows}
+                (runs.c.tenant == tenant) & runs.c.journey.in_({j for j, _ in wanted}) & runs.c.subject_id.in_({s for _, s in wanted})
+                & runs.c.state.in_(_LIVE)))
+            return {(r.journey, r.subject_id) for r in rows} & set(wanted)
 
     # -- working -------------------------------------------------------------
 
@@ -192,7 +195,7 @@ class RunStore:
                 sa.select(runs.c.tenant, runs.c.run_id, runs.c.journey, runs.c.journey_version, runs.c.subject_id, runs.c.state,
                           run_inputs.c.trigger_event, run_inputs.c.inline_spec)
                 .join(run_inputs, (run_inputs.c.tenant == runs.c.tenant) & (run_inputs.c.run_id == runs.c.run_id))
-                .where(sa.tuple_(runs.c.tenant, runs.c.run_id).in_(keys)))).all()}
+                .where(_keyed(runs.c.tenant, runs.c.run_id, keys)))).all()}
         work = []
         for c in claimed:
             row = rows.get((c.tenant, c.run_id))
@@ -216,8 +219,8 @@ class RunStore:
         async with self._db.begin() as conn:
             held = {(r.tenant, r.run_id, r.token) for r in (await conn.execute(
                 sa.select(t.c.tenant, t.c.run_id, t.c.token).where(
-                    sa.tuple_(t.c.tenant, t.c.run_id, t.c.token).in_([(o.work.tenant, o.work.run_id, o.work.token) for o in outcomes])
-                    & (t.c.lease_owner == owner)).with_for_update())).all()}
+                    _keyed(t.c.tenant, t.c.run_id, [(o.work.tenant, o.work.run_id) for o in outcomes]) & (t.c.lease_owner == owner)
+                ).with_for_update())).all()}
             kept = [o for o in outcomes if (o.work.tenant, o.work.run_id, o.work.token) in held]
             if not kept:
                 return 0
@@ -230,8 +233,8 @@ class RunStore:
             ended = [o for o in kept if o.run_state not in LIVE]
             moving = [o for o in kept if o.run_state in LIVE]
             if ended:
-                await conn.execute(t.delete().where(sa.tuple_(t.c.tenant, t.c.run_id, t.c.token).in_(
-                    [(o.work.tenant, o.work.run_id, o.work.token) for o in ended])))
+                await conn.execute(t.delete().where(_keyed(t.c.tenant, t.c.run_id, [(o.work.tenant, o.work.run_id) for o in ended])
+                                                    & t.c.token.in_({o.work.token for o in ended})))
             if moving:
                 await conn.execute(t.update().where(
                     (t.c.tenant == sa.bindparam("k_tenant")) & (t.c.run_id == sa.bindparam("k_run")) & (t.c.token == sa.bindparam("k_token"))
@@ -378,6 +381,15 @@ class RunStore:
         for a in attempts:
             by_run.setdefault(a.run_id, []).append(a)
         return [_run_proto(r, by_run.get(r.run_id, []), waiting.get(r.run_id)) for r in rows]
+
+
+def _keyed(tenant_column: Any, id_column: Any, pairs: Iterable[tuple[str, str]]) -> Any:
+    """``(tenant = t AND id IN (...)) OR ...`` per tenant: an index condition
+    on (tenant, id), where a row-value IN list reads every row of the tenant."""
+    by_tenant: dict[str, set[str]] = {}
+    for tenant, key in pairs:
+        by_tenant.setdefault(tenant, set()).add(key)
+    return sa.or_(*((tenant_column == tenant) & id_column.in_(sorted(keys)) for tenant, keys in by_tenant.items()))
 
 
 def _run_proto(row: Any, attempts: list[Any], token: Any) -> run_pb2.Run:

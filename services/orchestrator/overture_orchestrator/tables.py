@@ -55,6 +55,8 @@ runs = sa.Table(
     sa.UniqueConstraint("tenant", "journey", "subject_id", "trigger_event_id", name="orchestrator_runs_once_per_event"),
     sa.Index("orchestrator_runs_subject", "tenant", "subject_id", "create_time"),
     sa.Index("orchestrator_runs_event", "tenant", "trigger_event_id"),
+    # Dead letters of a journey, and pausing it (its live runs).
+    sa.Index("orchestrator_runs_journey_state", "tenant", "journey", "state", "run_id"),
 )
 
 run_inputs = sa.Table(

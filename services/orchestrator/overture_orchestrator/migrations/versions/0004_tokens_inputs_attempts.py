@@ -86,6 +86,7 @@ def upgrade() -> None:
             outcome=step.outcome, error=step.error, start_time=step.start_time, end_time=step.end_time, wake_time=step.wake_time))
     op.drop_table('orchestrator_step_runs')
     op.drop_index('orchestrator_runs_due', table_name='orchestrator_runs')
+    op.create_index('orchestrator_runs_journey_state', 'orchestrator_runs', ['tenant', 'journey', 'state', 'run_id'])
     with op.batch_alter_table('orchestrator_runs') as batch:
         for column in ('trigger_event', 'inline_spec', 'wake_time', 'lease_owner', 'lease_until'):
             batch.drop_column(column)

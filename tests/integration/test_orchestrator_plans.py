@@ -1,0 +1,88 @@
+"""The orchestrator's hot statements read only the rows they need on tables
+that grew after their statistics were taken (autovacuum is off here), once
+the services' own ANALYZE of grown tables has run: claiming due tokens among
+200,000 waiting ones, once-key lookups and primary-key batches."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+from overture_orchestrator.runs import _keyed
+from overture_orchestrator.tables import runs, tokens
+from overture_runtime.db import SERVER_SETTINGS, Database, analyze_grown, migrate
+
+ROOT = Path(__file__).resolve().parents[2]
+NOW = dt.datetime(2026, 6, 1, 12, tzinfo=dt.UTC)
+
+
+def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _nodes(child)
+
+
+def _buffers(node: dict[str, Any]) -> int:
+    """Buffers a plan node touched, its children included (EXPLAIN reports them cumulatively)."""
+    return int(node.get("Shared Hit Blocks", 0) + node.get("Shared Read Blocks", 0))
+
+
+def _sql(statement: Any) -> str:
+    return str(statement.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+
+
+async def _explain(conn: asyncpg.Connection, statement: Any) -> list[dict[str, Any]]:
+    text = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {_sql(statement)}")
+    return list(_nodes(json.loads(text)[0]["Plan"]))
+
+
+async def test_claiming_and_once_key_lookups_stay_on_their_indexes_as_tables_grow(database_url: str) -> None:
+    """With 200,000 waiting tokens and runs inserted after ANALYZE, a claim reads the due-time index and touches a
+    few buffers, and a once-key lookup reads its unique index."""
+    await migrate(database_url, script_location=ROOT / "services/orchestrator/overture_orchestrator/migrations",
+                  version_table="orchestrator_alembic_version")
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://", 1), server_settings=dict(SERVER_SETTINGS))
+    db = Database(database_url, pool_size=1, max_overflow=0)
+    try:
+        await conn.execute("ANALYZE orchestrator_tokens; ANALYZE orchestrator_runs")  # statistics of empty tables
+        await conn.execute("""
+            INSERT INTO orchestrator_runs SELECT 'acme', 'r' || g, 'welcome', 1, 's' || g, 'e' || g, 'waiting', 'wait', now(), now()
+            FROM generate_series(1, 200000) g;
+            INSERT INTO orchestrator_tokens SELECT 'acme', 'r' || g, 0, 'wait',
+                   'waiting', $1::timestamptz + (CASE WHEN g <= 50 THEN -1 ELSE 1 END) * interval '1 hour', 0, 0, NULL
+            FROM generate_series(1, 200000) g;
+        """.replace("$1::timestamptz", f"'{NOW.isoformat()}'::timestamptz"))
+        # What every service's "analyze" loop does: the tables grew past twice
+        # their size at their last ANALYZE, so their statistics are renewed.
+        assert await analyze_grown(db, prefix="orchestrator") == ["orchestrator_runs", "orchestrator_tokens"]
+        assert await analyze_grown(db, prefix="orchestrator") == []
+        t = tokens
+        claim = (sa.select(t.c.tenant, t.c.run_id, t.c.token).where(t.c.due_time <= NOW).order_by(t.c.due_time).limit(100)
+                 .with_for_update(skip_locked=True))
+        nodes = await _explain(conn, claim)
+        scans = [(n["Node Type"], n.get("Index Name")) for n in nodes if "Scan" in n["Node Type"]]
+        assert scans == [("Index Scan", "orchestrator_tokens_due")], scans
+        assert _buffers(nodes[0]) < 300  # the 50 due rows and their index pages; a scan would read ~2,000
+        assert nodes[0]["Actual Rows"] == 50
+
+        once = sa.select(runs.c.run_id).where(_keyed(runs.c.tenant, runs.c.trigger_event_id, [("acme", "e7"), ("acme", "e9")]))
+        nodes = await _explain(conn, once)
+        scans = [(n["Node Type"], n.get("Index Name")) for n in nodes if "Scan" in n["Node Type"]]
+        assert all(kind in ("Index Scan", "Index Only Scan", "Bitmap Index Scan") for kind, _ in scans), scans
+        assert _buffers(nodes[0]) < 50
+
+        held = sa.select(tokens.c.run_id).where(_keyed(tokens.c.tenant, tokens.c.run_id, [("acme", f"r{i}") for i in range(100)]))
+        nodes = await _explain(conn, held)
+        assert "Seq Scan" not in {n["Node Type"] for n in nodes}
+        assert {n.get("Index Name") for n in nodes if n.get("Index Name")} == {"orchestrator_tokens_pkey"}
+        assert _buffers(nodes[0]) < 500  # 100 primary-key probes
+    finally:
+        await conn.close()
+        await db.close()
