@@ -17,7 +17,9 @@ shared by the module. ``OVERTURE_FUZZ_SEED=random`` runs a fresh search.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import functools
 import gzip
 import json
 import secrets
@@ -92,8 +94,8 @@ HOSTILE_VALUES: list[Raw] = [
     _nested(1000, "list"), _nested(1000, "object"),
 ]
 """Values put at every field of every door."""
-FIELD_SWEEP = [*(v for v in HOSTILE_VALUES if v.label not in ("1e-999", '"\\udfff\\ud800"', '"\\u001b[31m"', "-1e999", "-Infinity", "-1",
-                                                              "a negative 400-digit integer", '[1, "a"]', "a 1,000,000-character string")),
+FIELD_SWEEP = [*(v for v in HOSTILE_VALUES if v.label in ("NaN", "Infinity", "1e999", "a 400-digit integer", '"a\\u0000b"', '"\\ud800"',
+                                                          "null", "true", "1.5", '""', "[]", "{}", "a list nested 1,000 deep")),
                Raw('"' + "x" * 10_000 + '"', "a 10,000-character string")]
 """The values of the deterministic field sweep (the rest are left to the hypothesis search); 10,000
 characters is past what a PostgreSQL index entry holds."""
@@ -219,6 +221,24 @@ async def http(cluster: Cluster) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+async def _answers(http: httpx.AsyncClient, door: Door, cases: list[tuple[str, bytes, dict[str, str]]]) -> list[str]:
+    """The problems of the answers to *cases* (what, body, headers), sent four at a time; a problem
+    that does not recur when its request is sent alone is marked so (neighbours can share a group commit)."""
+    gate = asyncio.Semaphore(4)
+
+    async def one(what: str, content: bytes, headers: dict[str, str]) -> list[str]:
+        async with gate:
+            return _problems(door, await _post(http, door, content, headers=headers), what)
+
+    found = await asyncio.gather(*(one(*case) for case in cases))
+    failures = []
+    for case, problems in zip(cases, found, strict=True):
+        if problems and not await one(*case):
+            problems = [f"(only alongside other requests) {p}" for p in problems]
+        failures += problems
+    return failures
+
+
 async def _post(http: httpx.AsyncClient, door: Door, content: bytes, *, headers: dict[str, str] | None = None) -> httpx.Response:
     return await http.post(door.path, content=content, headers=headers if headers is not None else door.headers(None))
 
@@ -288,6 +308,7 @@ def _describe(path: tuple[Any, ...]) -> str:
     return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".") or "the body"
 
 
+@functools.cache
 def _bomb(size: int) -> bytes:
     """*size* bytes of zeros, gzipped (about a thousandth of the size)."""
     compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
@@ -331,9 +352,7 @@ def _whole_bodies(door: Door) -> Iterator[tuple[str, bytes, dict[str, str]]]:
 async def test_hostile_bodies_get_a_clear_answer(http: httpx.AsyncClient, door: Door) -> None:
     """Hostile whole bodies (deep nesting, NaN, huge numbers, bad UTF-8, gzip bombs, wrong content types) get a 4xx or
     per-event results naming the problem, never a 5xx, and the server still serves."""
-    failures = []
-    for what, content, headers in _whole_bodies(door):
-        failures += _problems(door, await _post(http, door, content, headers=headers), what)
+    failures = await _answers(http, door, list(_whole_bodies(door)))
     assert not failures, f"{len(failures)} bad answers:\n" + "\n".join(failures)
     await _still_serving(http)
 
@@ -344,16 +363,14 @@ async def test_every_field_of_every_door_takes_hostile_values(http: httpx.AsyncC
     gets a 4xx or per-event results naming the problem, never a 5xx."""
     body = door.body()
     cases: list[tuple[str, Any]] = []
-    for path in _paths(body):
+    for path in list(_paths(body))[1:]:  # the whole body is the other test's
         cases += [(f"{_describe(path)} = {value.label}", _put(body, path, value)) for value in FIELD_SWEEP]
         target: Any = body
         for step in path:
             target = target[step]
         if isinstance(target, dict):
             cases += [(f"{_describe(path)} with the key {key.label}", _add_key(body, path, key)) for key in HOSTILE_KEYS]
-    failures = []
-    for what, value in cases:
-        failures += _problems(door, await _post(http, door, dump(value).encode(), headers=door.headers(value)), what)
+    failures = await _answers(http, door, [(what, dump(value).encode(), door.headers(value)) for what, value in cases])
     assert not failures, f"{len(failures)} of {len(cases)} bad answers:\n" + "\n".join(failures)
     await _still_serving(http)
 

@@ -65,7 +65,7 @@ METHODS = [m for m in fuzzing.rpc_methods(overture) if m.unary]
 BAD_CODES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS}
 CALL_TIMEOUT = 20.0
 """Seconds a call may take before it counts as a server that stopped answering (a hang, not a speed limit)."""
-FUZZ = fuzzing.fuzz_settings(max_examples=30, deadline=dt.timedelta(seconds=CALL_TIMEOUT + 10))
+FUZZ = fuzzing.fuzz_settings(max_examples=25, deadline=dt.timedelta(seconds=CALL_TIMEOUT + 10))
 NO_ROLE_TOKEN = "fuzz-no-role-token"
 MALFORMED = "Bearer"
 
