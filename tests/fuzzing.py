@@ -709,7 +709,8 @@ def _edge_singles(fd: FieldDescriptor) -> list[tuple[str, Any]]:
                     ("a NUL in a key", struct_of(descriptor, {"a\x00b": 1})), ("a NUL in a value", struct_of(descriptor, {"x": "a\x00b"})),
                     ("an empty key", struct_of(descriptor, {"": 1})), ("17 levels deep", _nested(descriptor, 17, 1, False)),
                     ("45 levels deep", _nested(descriptor, 45, 1, True)), ("40 KB", struct_of(descriptor, {"blob": "x" * 40_000})),
-                    ("5,000 keys", struct_of(descriptor, {f"k{i}": i for i in range(5000)}))]
+                    ("5,000 keys", struct_of(descriptor, {f"k{i}": i for i in range(5000)})),
+                    ("400 NaN values", struct_of(descriptor, {f"k{i}": math.nan for i in range(400)}))]
         return []
     if fd.type == F.TYPE_STRING:
         return [*_EDGE_STRINGS, *(_EDGE_PAGE_TOKENS if fd.name.endswith("page_token") else ())]
@@ -740,7 +741,8 @@ def edge_values(fd: FieldDescriptor, *, element: bool = False, seeds: Seeds | No
         return [("empty", {}), *((f"key {label}", {key: value}) for label, key in keys)]
     if fd.is_repeated:
         element_value = _canonical_single(fd, seeds, 0)
-        return [("empty", []), ("1,001 items", [element_value] * 1001), *((label, [v]) for label, v in _edge_singles(fd))]
+        many_bad = [("400 items with a NUL", ["a\x00b"] * 400)] if fd.type == F.TYPE_STRING else []
+        return [("empty", []), ("1,001 items", [element_value] * 1001), *many_bad, *((label, [v]) for label, v in _edge_singles(fd))]
     return [("cleared", None), *_edge_singles(fd)]
 
 
