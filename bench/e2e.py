@@ -51,6 +51,7 @@ import math
 import os
 import secrets
 import shlex
+import signal
 import sys
 import tempfile
 import time
@@ -482,9 +483,11 @@ async def run_overture(args: argparse.Namespace, sink: Sink, logs: Path, results
             if args.profile:
                 profiler = Profiler(await py_spy(), Path(args.profile))
             within = throughput_deadline(args)
-            figures = await asyncio.wait_for(throughput(ov, "ovt-thr-", args.events, within=within, profiler=profiler), within + 60)
-            if profiler:
-                results.profiles = await profiler.stop()
+            try:
+                figures = await asyncio.wait_for(throughput(ov, "ovt-thr-", args.events, within=within, profiler=profiler), within + 60)
+            finally:
+                if profiler:
+                    results.profiles = await profiler.stop()
             results.overture["throughput"] = figures
             show(f"Overture: {args.events} events, closed loop, events -> emails", figures)
             for rate in args.rates:
@@ -772,7 +775,29 @@ def print_profiles(results: Results) -> None:
                 print(f"    {100 * share:5.1f}%  {frame}")
 
 
+def _cancel_on_signals() -> None:
+    """SIGINT (Ctrl-C) and SIGTERM (``timeout``, a CI job's end) cancel the run, so that every stage's cleanup runs:
+    service processes stopped, the sink, the Celery workers, the scratch database and the Redis keys removed. A
+    second signal only says so: cancelling the cleanup would leave processes behind."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    seen: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        if not seen:
+            print(f"\n{signal.Signals(signum).name}: stopping; cleaning up ...", file=sys.stderr, flush=True)
+            task.cancel()
+        else:
+            print("still cleaning up ...", file=sys.stderr, flush=True)
+        seen.append(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+
 async def main(args: argparse.Namespace) -> None:
+    _cancel_on_signals()
     results = Results()
     print(f"e2e: {args.events} events, {args.profiles} profiles, open loop at {', '.join(f'{r:g}' for r in args.rates)} events/s "
           f"for {args.latency_seconds:g} s; machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}", flush=True)
@@ -846,5 +871,5 @@ if __name__ == "__main__":
     parsed = parser.parse_args()
     try:
         asyncio.run(main(parsed))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         sys.exit(130)  # everything started was stopped on the way out
