@@ -15,11 +15,16 @@ timed-out conversation closes it.
 
 from __future__ import annotations
 
+import email.charset
 import email.errors
+import email.policy
 import hashlib
 import ssl
-from email.message import EmailMessage
-from email.utils import formatdate, parseaddr
+from email.header import Header
+from email.message import EmailMessage, Message
+from email.mime.multipart import MIMEMultipart
+from email.mime.nonmultipart import MIMENonMultipart
+from email.utils import formataddr, formatdate, parseaddr
 
 import aiosmtplib
 
@@ -32,6 +37,8 @@ __all__ = ["SmtpConnector"]
 
 _CLOSING = 421
 """The reply of a server that is closing the session (RFC 5321 §3.8)."""
+_BODY = email.charset.Charset("utf-8")
+_BODY.body_encoding = email.charset.QP  # readable in the raw message, and safe for long lines
 
 
 class _Stale:
@@ -58,6 +65,7 @@ class SmtpConnector:
         pool_max_messages: int = 100,
     ) -> None:
         self._sender = sender
+        self._from_header = formataddr(parseaddr(sender))
         self._envelope_sender = parseaddr(sender)[1]
         self.rate_limit_per_second = rate_limit_per_second
         self.pool = SmtpPool(
@@ -72,9 +80,31 @@ class SmtpConnector:
         domain = parseaddr(self._sender)[1].partition("@")[2] or "overture.local"
         return f"<{digest}@{domain}>"
 
-    def build(self, message: OutboundMessage) -> EmailMessage:
-        """The MIME message for *message*."""
-        mime = EmailMessage()
+    def build(self, message: OutboundMessage) -> Message:
+        """The MIME message for *message*: a text part, and an HTML alternative when there is one.
+
+        Built with the classic MIME classes, about five times cheaper than
+        ``EmailMessage``'s header registry. An address that needs SMTPUTF8
+        gets ``EmailMessage`` with the SMTPUTF8 policy (UTF-8 headers, RFC 6532).
+        """
+        if not message.address.isascii():
+            return self._build_utf8(message)
+        mime: Message = _text(message.text_body or "", "plain")
+        if message.html_body:
+            alternatives = MIMEMultipart("alternative")
+            alternatives.attach(mime)
+            alternatives.attach(_text(message.html_body, "html"))
+            mime = alternatives
+        mime["From"] = self._from_header
+        mime["To"] = message.address
+        mime["Subject"] = message.subject if message.subject.isascii() else Header(message.subject, "utf-8")  # type: ignore[assignment]
+        mime["Date"] = formatdate(usegmt=True)
+        mime["Message-ID"] = self.message_id(message)
+        mime["X-Overture-Key"] = message.idempotency_key
+        return mime
+
+    def _build_utf8(self, message: OutboundMessage) -> EmailMessage:
+        mime = EmailMessage(policy=email.policy.SMTPUTF8)
         mime["From"] = self._sender
         mime["To"] = message.address
         mime["Subject"] = message.subject
@@ -154,6 +184,12 @@ class SmtpConnector:
     async def status(self, provider_message_id: str) -> str | None:
         """SMTP has no status lookup: an in-doubt email stays in doubt."""
         return None
+
+
+def _text(body: str, subtype: str) -> MIMENonMultipart:
+    part = MIMENonMultipart("text", subtype)
+    part.set_payload(body, _BODY)
+    return part
 
 
 def _refused(code: int, what: str) -> TransientFailure | PermanentFailure:
