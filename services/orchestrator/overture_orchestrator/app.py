@@ -19,6 +19,7 @@ from overture_runtime import BaseApp
 from overture_runtime.idempotency import Idempotency
 
 from .audit_outbox import AuditForwarder
+from .backlog import Backlog
 from .consumer import EventConsumer
 from .deadletters import DeadLetters
 from .executor import Executor
@@ -76,6 +77,8 @@ class OrchestratorApp(BaseApp):
         self.spawn("reclaim", lambda: self.consumer.reclaim(self.stopping, min_idle_ms=int(idle * 1000), interval=min(10.0, idle / 3)))
         self.spawn("workers", lambda: self.workers.run(self.stopping))
         self.spawn("audit", lambda: self.audit.run(self.stopping))
+        self.backlog = Backlog(db=self.db, redis=self.redis, keys=self.keys, partitions=self.settings.stream_partitions, clock=self.clock)
+        self.spawn("backlog", lambda: self.backlog.run(self.stopping))
 
     def register(self, server: grpc.aio.Server) -> None:
         orchestrator_service_pb2_grpc.add_OrchestratorServiceServicer_to_server(
