@@ -17,11 +17,18 @@ or field is fuzzed without new test code. Three kinds of request:
 :func:`wire_requests` turns any of these into bytes and adds what only the
 wire can say: invalid UTF-8 in a string field at any depth, truncation,
 flipped bytes, wrong wire types and plain random bytes.
-:func:`rpc_methods` lists every RPC of the generated ``*_pb2`` modules.
+
+Without hypothesis, :func:`sweep` walks every field of a
+:func:`canonical_message` through the :func:`edge_values` of its type, one
+field at a time: deterministic, and the way to find every field that lacks
+a check. :func:`rpc_methods` lists every RPC of the generated ``*_pb2``
+modules; :func:`fuzz_settings` bounds a search and makes it repeatable.
 
 Caveats: strategies are cached per descriptor and per :class:`Seeds`
-snapshot, so a :class:`Seeds` must not change while a hypothesis test runs
-(take a :meth:`Seeds.snapshot` first); not thread-safe.
+object, so a :class:`Seeds` must not change while a hypothesis test runs
+(take a :meth:`Seeds.snapshot` first). Never pass a dataclass holding
+seeds or big values as a hypothesis test argument: hypothesis prints
+dataclasses field by field with every failure. Not thread-safe.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from types import ModuleType
 from typing import Any, TypeVar
 
 from google.protobuf import message_factory
-from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, seed, settings
 from hypothesis import strategies as st
@@ -71,7 +78,7 @@ __all__ = [
 ]
 
 F = FieldDescriptor
-_T = TypeVar("_T")
+_T = TypeVar("_T", bound=Callable[..., Any])
 FIELD_MAX_DEPTH = 6
 """How deep hostile and plausible messages nest our own message types."""
 
@@ -264,12 +271,24 @@ def page_tokens() -> st.SearchStrategy[str]:
     return st.one_of(encoded, nested, raw, hostile_strings(max_size=30), st.sampled_from(("%%%", "====", "e30", "bnVsbA", "W10", "=")))
 
 
-def _is_map(fd: FieldDescriptor) -> bool:
+def _is_map(fd: Any) -> bool:
     return bool(fd.message_type is not None and fd.message_type.GetOptions().map_entry)
 
 
+def _sub(fd: FieldDescriptor) -> Descriptor:
+    """The message type of a message field."""
+    assert fd.message_type is not None, fd.full_name
+    return fd.message_type
+
+
+def _enum(fd: FieldDescriptor) -> EnumDescriptor:
+    """The enum type of an enum field."""
+    assert fd.enum_type is not None, fd.full_name
+    return fd.enum_type
+
+
 def _enum_values(fd: FieldDescriptor, *, hostile: bool) -> st.SearchStrategy[int]:
-    defined = [v.number for v in fd.enum_type.values]
+    defined = [v.number for v in _enum(fd).values]
     if not hostile:
         return st.sampled_from([n for n in defined if n != 0] or defined)
     unknown = sorted({max(defined) + 1, -1, 999, 2**31 - 1, -(2**31)} - set(defined))
@@ -338,7 +357,7 @@ class Seeds:
                         self.add(fd.name, text)
                         if fd.name == "name":
                             self.add(_snake(message.DESCRIPTOR.name), text)
-            elif fd.type == F.TYPE_MESSAGE and not fd.message_type.full_name.startswith("google.protobuf."):
+            elif fd.type == F.TYPE_MESSAGE and not _sub(fd).full_name.startswith("google.protobuf."):
                 for item in value if fd.is_repeated else [value]:
                     self.harvest(item)
 
@@ -379,15 +398,16 @@ def _well_known(descriptor: Descriptor, *, hostile: bool) -> st.SearchStrategy[M
     return None
 
 
-_CACHE: dict[tuple[str, str, int, int], st.SearchStrategy[Any]] = {}
+_CACHE: dict[tuple[str, str, int, int], tuple[Seeds | None, st.SearchStrategy[Any]]] = {}
+"""Strategies per (kind, message type, depth, seeds); the entry holds its seeds, so their id is never reused."""
 
 
 def _cached(kind: str, descriptor: Descriptor, depth: int, seeds: Seeds | None, build: Callable[[], st.SearchStrategy[Any]]
             ) -> st.SearchStrategy[Any]:
     key = (kind, descriptor.full_name, depth, id(seeds))
     if key not in _CACHE:
-        _CACHE[key] = build()
-    return _CACHE[key]
+        _CACHE[key] = (seeds, build())
+    return _CACHE[key][1]
 
 
 def hostile_field(fd: FieldDescriptor, *, depth: int = 0, seeds: Seeds | None = None) -> st.SearchStrategy[Any]:
@@ -395,7 +415,7 @@ def hostile_field(fd: FieldDescriptor, *, depth: int = 0, seeds: Seeds | None = 
     map, a message for a message field, else a scalar."""
     seeds = seeds if seeds is not None else _NO_SEEDS
     if _is_map(fd):
-        key_fd, value_fd = fd.message_type.fields_by_name["key"], fd.message_type.fields_by_name["value"]
+        key_fd, value_fd = _sub(fd).fields_by_name["key"], _sub(fd).fields_by_name["value"]
         return st.dictionaries(_single(key_fd, depth, seeds, hostile=True), _single(value_fd, depth + 1, seeds, hostile=True), max_size=4)
     element = _single(fd, depth, seeds, hostile=True)
     if not fd.is_repeated:
@@ -407,7 +427,7 @@ def hostile_field(fd: FieldDescriptor, *, depth: int = 0, seeds: Seeds | None = 
 def _single(fd: FieldDescriptor, depth: int, seeds: Seeds, *, hostile: bool) -> st.SearchStrategy[Any]:
     if fd.type == F.TYPE_MESSAGE:
         maker = hostile_messages if hostile else plausible_messages
-        return maker(fd.message_type, depth=depth + 1, seeds=seeds)
+        return maker(_sub(fd), depth=depth + 1, seeds=seeds)
     return _scalar(fd, hostile=hostile, seeds=seeds)
 
 
@@ -416,7 +436,7 @@ def _assign(message: Message, fd: FieldDescriptor, value: Any) -> None:
     message.ClearField(fd.name)
     target = getattr(message, fd.name)
     if _is_map(fd):
-        value_fd = fd.message_type.fields_by_name["value"]
+        value_fd = _sub(fd).fields_by_name["value"]
         for key, item in value.items():
             if value_fd.type == F.TYPE_MESSAGE:
                 target[key].CopyFrom(item)
@@ -449,6 +469,11 @@ def _groups(descriptor: Descriptor) -> tuple[list[FieldDescriptor], list[list[Fi
     return plain, oneofs
 
 
+def _tagged(fd: FieldDescriptor, values: st.SearchStrategy[Any]) -> st.SearchStrategy[tuple[FieldDescriptor, Any]]:
+    """Values of *fd* paired with the field."""
+    return values.map(lambda value: (fd, value))
+
+
 def hostile_messages(descriptor: Descriptor, *, depth: int = 0, seeds: Seeds | None = None) -> st.SearchStrategy[Message]:
     """Messages of *descriptor* with any subset of fields set to hostile
     values, at most one member per oneof, nesting to :data:`FIELD_MAX_DEPTH`."""
@@ -461,10 +486,11 @@ def hostile_messages(descriptor: Descriptor, *, depth: int = 0, seeds: Seeds | N
 
     def build() -> st.SearchStrategy[Message]:
         plain, oneofs = _groups(descriptor)
-        optional = {fd.name: hostile_field(fd, depth=depth, seeds=seeds).map(lambda v, fd=fd: (fd, v)) for fd in plain}
+        optional = {fd.name: _tagged(fd, hostile_field(fd, depth=depth, seeds=seeds)) for fd in plain}
         for members in oneofs:
-            optional[f"oneof:{members[0].containing_oneof.name}"] = st.one_of(
-                [hostile_field(fd, depth=depth, seeds=seeds).map(lambda v, fd=fd: (fd, v)) for fd in members])
+            oneof = members[0].containing_oneof
+            assert oneof is not None
+            optional[f"oneof:{oneof.name}"] = st.one_of([_tagged(fd, hostile_field(fd, depth=depth, seeds=seeds)) for fd in members])
         return st.fixed_dictionaries({}, optional=optional).map(lambda chosen: _build(descriptor, list(chosen.values())))
 
     return _cached("hostile", descriptor, depth, seeds, build)
@@ -513,13 +539,13 @@ def _copy(message: Message) -> Message:
 
 def _plausible_field(fd: FieldDescriptor, depth: int, seeds: Seeds) -> st.SearchStrategy[Any]:
     if _is_map(fd):
-        key_fd, value_fd = fd.message_type.fields_by_name["key"], fd.message_type.fields_by_name["value"]
+        key_fd, value_fd = _sub(fd).fields_by_name["key"], _sub(fd).fields_by_name["value"]
         return st.dictionaries(_single(key_fd, depth, seeds, hostile=False), _single(value_fd, depth + 1, seeds, hostile=False), max_size=2)
     element = _single(fd, depth, seeds, hostile=False)
     return st.lists(element, min_size=1, max_size=3) if fd.is_repeated else element
 
 
-Path = tuple[tuple[FieldDescriptor, int | None], ...]
+Path = tuple[tuple[Any, int | None], ...]
 """A field path: each step is a field and, for a repeated field, an element index (None: the whole field)."""
 
 
@@ -644,7 +670,7 @@ def _canonical_well_known(descriptor: Descriptor) -> Message:
 
 def _canonical_scalar(fd: FieldDescriptor, seeds: Seeds) -> Any:
     if fd.type == F.TYPE_ENUM:
-        return next((v.number for v in fd.enum_type.values if v.number != 0), 0)
+        return next((v.number for v in _enum(fd).values if v.number != 0), 0)
     if fd.type == F.TYPE_STRING:
         known = seeds.strings.get(fd.name)
         return known[0] if known else "fuzz"
@@ -659,13 +685,13 @@ def _canonical_scalar(fd: FieldDescriptor, seeds: Seeds) -> Any:
 
 def _canonical_single(fd: FieldDescriptor, seeds: Seeds, depth: int) -> Any:
     if fd.type == F.TYPE_MESSAGE:
-        return canonical_message(fd.message_type, seeds=seeds, depth=depth + 1)
+        return canonical_message(_sub(fd), seeds=seeds, depth=depth + 1)
     return _canonical_scalar(fd, seeds)
 
 
 def _canonical_field(fd: FieldDescriptor, seeds: Seeds, depth: int) -> Any:
     if _is_map(fd):
-        key_fd, value_fd = fd.message_type.fields_by_name["key"], fd.message_type.fields_by_name["value"]
+        key_fd, value_fd = _sub(fd).fields_by_name["key"], _sub(fd).fields_by_name["value"]
         return {_canonical_single(key_fd, seeds, depth): _canonical_single(value_fd, seeds, depth)}
     value = _canonical_single(fd, seeds, depth)
     return [value] if fd.is_repeated else value
@@ -690,7 +716,7 @@ _EDGE_PAGE_TOKENS: tuple[tuple[str, str], ...] = (
 def _edge_singles(fd: FieldDescriptor) -> list[tuple[str, Any]]:
     """The values one element of *fd* is swept through."""
     if fd.type == F.TYPE_MESSAGE:
-        descriptor = fd.message_type
+        descriptor = _sub(fd)
         cls = message_factory.GetMessageClass(descriptor)
         name = descriptor.full_name
         now = int(dt.datetime.now(dt.UTC).timestamp())
@@ -715,7 +741,7 @@ def _edge_singles(fd: FieldDescriptor) -> list[tuple[str, Any]]:
     if fd.type == F.TYPE_STRING:
         return [*_EDGE_STRINGS, *(_EDGE_PAGE_TOKENS if fd.name.endswith("page_token") else ())]
     if fd.type == F.TYPE_ENUM:
-        defined = {v.number for v in fd.enum_type.values}
+        defined = {v.number for v in _enum(fd).values}
         return [(f"unknown {n}", n) for n in (999, -1, max(defined) + 1) if n not in defined]
     if fd.type in (F.TYPE_DOUBLE, F.TYPE_FLOAT):
         return [("NaN", math.nan), ("Infinity", math.inf), ("-Infinity", -math.inf)]
@@ -735,7 +761,7 @@ def edge_values(fd: FieldDescriptor, *, element: bool = False, seeds: Seeds | No
     if element:
         return _edge_singles(fd)
     if _is_map(fd):
-        key_fd, value_fd = fd.message_type.fields_by_name["key"], fd.message_type.fields_by_name["value"]
+        key_fd, value_fd = _sub(fd).fields_by_name["key"], _sub(fd).fields_by_name["value"]
         value = _canonical_single(value_fd, seeds, 0)
         keys = [(label, key) for label, key in _edge_singles(key_fd) if label != "70,000 characters"]
         return [("empty", {}), *((f"key {label}", {key: value}) for label, key in keys)]
@@ -782,7 +808,7 @@ def _string_paths(descriptor: Descriptor, depth: int = 0) -> list[tuple[FieldDes
         if fd.type == F.TYPE_STRING:
             found.append((fd,))
         elif fd.type == F.TYPE_MESSAGE:
-            found += [(fd, *rest) for rest in _string_paths(fd.message_type, depth + 1)]
+            found += [(fd, *rest) for rest in _string_paths(_sub(fd), depth + 1)]
     return found
 
 

@@ -181,7 +181,7 @@ DOORS = [
 def _routes() -> list[str]:
     """Every POST path of the ingest HTTP app, read from its routes (no pipeline is needed to list them)."""
     app = create_http_app(pipeline=None, tokens=TokenTable([]))  # type: ignore[arg-type]
-    return sorted({r.path for r in app.routes if "POST" in (getattr(r, "methods", None) or ())})
+    return sorted({str(getattr(r, "path", "")) for r in app.routes if "POST" in (getattr(r, "methods", None) or ())})
 
 
 ALL_DOORS = [*DOORS, *(Door(f"generic {path}", path, _automation_event) for path in _routes() if path not in {d.path for d in DOORS})]
@@ -340,9 +340,9 @@ def _whole_bodies(door: Door) -> Iterator[tuple[str, bytes, dict[str, str]]]:
     yield "truncated gzip", gzip.compress(valid)[:-8], {**headers, "content-encoding": "gzip"}
     yield "content-encoding br", valid, {**headers, "content-encoding": "br"}
     if door.binary:
-        for header, value in (("ce-subject", "x" * 10_000), ("ce-subject", ""), ("ce-time", "yesterday"), ("ce-time", "10000-01-01T00:00:00Z"),
-                              ("ce-id", ""), ("ce-specversion", "0.3"), ("ce-type", "Not A Type"), ("ce-source", "x" * 10_000)):
-            yield f"the header {header}: {value[:20]!r}", valid, {**headers, header: value}
+        for header, text in (("ce-subject", "x" * 10_000), ("ce-subject", ""), ("ce-time", "yesterday"), ("ce-time", "10000-01-01T00:00:00Z"),
+                             ("ce-id", ""), ("ce-specversion", "0.3"), ("ce-type", "Not A Type"), ("ce-source", "x" * 10_000)):
+            yield f"the header {header}: {text[:20]!r}", valid, {**headers, header: text}
     for content_type in ("text/plain", "application/xml", "multipart/form-data; boundary=x", "application/x-www-form-urlencoded",
                          "application/json; charset=latin-1", "application/cloudevents+json", "application/cloudevents-batch+json", ""):
         yield f"content-type {content_type or '(none)'}", valid, {**headers, "content-type": content_type}

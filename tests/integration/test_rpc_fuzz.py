@@ -161,7 +161,7 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
             await client.aclose()
 
 
-def _event(event_type: str, subject: str, event_id: str = "", **attributes: object) -> event_pb2.Event:
+def _event(event_type: str, subject: str, event_id: str = "", **attributes: Any) -> event_pb2.Event:
     event = event_pb2.Event(event_type=event_type, subject_id=subject, event_id=event_id)
     event.attributes.update(attributes)
     return event
@@ -272,14 +272,14 @@ async def _call(world: World, method: fuzzing.Method, request: bytes, metadata: 
             reply = await stub(request, metadata=metadata, timeout=CALL_TIMEOUT)
         except grpc.aio.AioRpcError as error:
             try:
-                status = rpc_status.from_call(error)  # type: ignore[arg-type]
+                status = rpc_status.from_call(error)
             except ValueError as mismatch:  # the rich status says one code, the call ended with another
                 status = mismatch
             return error.code(), error.details() or "", None, captured, status
     return grpc.StatusCode.OK, "", reply, captured, None
 
 
-def _server_logs() -> contextlib.AbstractContextManager[list[dict[str, Any]]]:
+def _server_logs() -> contextlib.AbstractContextManager[Any]:
     """What the in-process servers log meanwhile, tracebacks formatted (one capture at a time: not reentrant)."""
     return structlog.testing.capture_logs(processors=[structlog.processors.format_exc_info])
 
@@ -396,8 +396,9 @@ async def test_every_field_of_every_rpc_takes_edge_values(world: World, method: 
         alone = dict(zip([label for label, _ in cases], answers, strict=True))
         with _server_logs() as logs:
             for label, request in cases:
-                if alone[label] and await attempt(label, request, logs) is None:
-                    failures[failures.index(alone[label])] = f"(only alongside other requests) {alone[label]}"
+                first = alone[label]
+                if first is not None and await attempt(label, request, logs) is None:
+                    failures[failures.index(first)] = f"(only alongside other requests) {first}"
     assert not failures, f"{method}: {len(failures)} of {len(cases)} edge values answered badly\n" + "\n".join(failures)
     assert set((await _all_serving(world)).values()) == {"SERVING"}
 
@@ -479,7 +480,7 @@ def _good_items(item: Descriptor, seeds: fuzzing.Seeds) -> list[Message]:
     if item.full_name == event_pb2.Event.DESCRIPTOR.full_name:
         return [_event("user.visited", "dave", f"batch-{token}-{i}", page="home") for i in range(2)]
     if item.full_name == rules.EvaluateRequest.DESCRIPTOR.full_name:
-        evaluations = []
+        evaluations: list[Message] = []
         for _ in range(2):
             request = rules.EvaluateRequest(rule_set="marketing-email", subject_id="dave", channel=messaging_pb2.CHANNEL_EMAIL)
             request.context.update({"plan": "pro"})
@@ -502,6 +503,7 @@ def _good_items(item: Descriptor, seeds: fuzzing.Seeds) -> list[Message]:
 async def test_one_bad_item_of_a_batch_is_rejected_alone(world: World, method: fuzzing.Method, poison: str) -> None:
     """A batch whose middle item holds an unstorable value (Infinity, NaN, NUL) answers OK, rejects that item with a violation, and keeps its neighbours."""
     field_name = next(fd for fd in method.descriptor.input_type.fields if fd.is_repeated and fd.message_type is not None)
+    assert field_name.message_type is not None
     good = _good_items(field_name.message_type, world.seeds.snapshot())
     request = method.request_class()
     getattr(request, field_name.name).extend([good[0], _poison(good[1], poison), good[1]])
