@@ -21,7 +21,7 @@ from overture_runtime.idempotency import Idempotency
 from .audit_servicer import AuditServicer
 from .caps import CapLedger
 from .decisions import Decider
-from .profile_cache import ProfileCache
+from .profile_cache import LocalViews, ProfileCache
 from .profiles import ProfileStore
 from .rule_sets import RuleSetStore
 from .servicer import ProfileServicer, RulesServicer
@@ -45,11 +45,14 @@ class RulesApp(BaseApp):
         s = self.settings
         self.ledger = CapLedger(self.redis, self.keys, hold=dt.timedelta(seconds=s.reservation_ttl_seconds),
                                 retention=dt.timedelta(days=s.cap_history_days))
-        cache = ProfileCache(self.redis, self.keys, ttl=dt.timedelta(seconds=s.profile_cache_ttl_seconds))
+        ttl = dt.timedelta(seconds=s.profile_cache_ttl_seconds)
+        cache = ProfileCache(self.redis, self.keys, ttl=ttl)
+        local = LocalViews(self.keys, size=s.profile_local_cache_size, ttl=ttl)
         self.rule_sets = RuleSetStore(self.db, self.clock, active_ttl=s.active_version_ttl_seconds)
-        self.profiles = ProfileStore(self.db, self.clock, cache=cache, ledger=self.ledger, read_timeout=s.profile_read_timeout_seconds)
+        self.profiles = ProfileStore(self.db, self.clock, cache=cache, ledger=self.ledger, read_timeout=s.profile_read_timeout_seconds,
+                                     local=local)
         self.decider = Decider(self.db, self.rule_sets, self.profiles, self.ledger, self.clock, self.ids,
-                               durable_writes=s.decision_writes == "sync")
+                               durable_writes=s.decision_writes == "sync", redis_timeout=s.profile_read_timeout_seconds)
         self.decider.start()
 
     async def on_stop(self) -> None:

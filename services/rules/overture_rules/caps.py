@@ -2,7 +2,8 @@
 the per-subject ledger in Redis that checks and reserves atomically.
 
 The ledger is one Lua script over two keys hash-tagged by subject
-(Redis-Cluster-safe). A reservation is *held* until it is committed (just
+(Redis-Cluster-safe); a decision runs it inside ``decide.lua``, after the
+check of the profile view it decided on, in one round trip. A reservation is *held* until it is committed (just
 before the send) or released, and expires if neither comes. A message that
 finds a cap full only because of held reservations of lower priority
 preempts the lowest of them: higher priority wins a race, and the cap is
@@ -25,10 +26,21 @@ from overture.rules.v1 import decision_pb2, rule_set_pb2
 from overture_runtime.redis import Keys
 
 from .engine import channel_name
+from .profile_cache import SubjectKeys, fresh_generation
+from .scripts import Script
 
-__all__ = ["CapLedger", "CapWindow", "LedgerResult", "plan_caps"]
+__all__ = ["DECIDE", "CapLedger", "CapWindow", "LedgerResult", "plan_caps"]
 
-_SCRIPT = (Path(__file__).parent / "caps.lua").read_text()
+_FUNCTIONS = (Path(__file__).parent / "caps.lua").read_text()
+_SCRIPT = _FUNCTIONS + """
+if ARGV[1] == 'commit' or ARGV[1] == 'release' then
+  return settle(KEYS[2], ARGV[1], tonumber(ARGV[2]), ARGV[3])
+end
+return count_or_reserve(KEYS[1], KEYS[2], ARGV, 0)
+"""
+DECIDE = Script(_FUNCTIONS + (Path(__file__).parent / "decide.lua").read_text())
+"""The one script of a decision's round trip (see ``decide.lua``)."""
+_CHANNELS = {value: channel_name(value) for value in messaging_pb2.Channel.values()}
 R = rule_set_pb2
 _STATES = {
     "h": decision_pb2.RESERVATION_STATE_HELD, "c": decision_pb2.RESERVATION_STATE_COMMITTED,
@@ -110,6 +122,16 @@ class CapLedger:
         self._retention_ms = int(retention.total_seconds() * 1000)
         self._script = redis.register_script(_SCRIPT)
 
+    @property
+    def redis(self) -> aioredis.Redis:
+        """The ledger's Redis."""
+        return self._redis
+
+    @property
+    def keys(self) -> Keys:
+        """How the ledger's keys are named."""
+        return self._keys
+
     def _keys_of(self, tenant: str, subject_id: str) -> list[str]:
         return [self._keys.subject(tenant, subject_id, "caps", "z"), self._keys.subject(tenant, subject_id, "caps", "h")]
 
@@ -118,11 +140,16 @@ class CapLedger:
         windows: Sequence[CapWindow], now: dt.datetime,
     ) -> list[Any]:
         """The script arguments of a check or a reservation."""
-        args: list[Any] = [op, _ms(now), decision_id, priority, self._hold_ms, self._retention_ms, channel_name(channel),
+        args: list[Any] = [op, _ms(now), decision_id, priority, self._hold_ms, self._retention_ms, _CHANNELS[channel],
                            ",".join(tags), len(windows)]
         for w in windows:
-            kind, value = {R.CAP_SCOPE_CHANNEL: ("c", channel_name(w.cap.channel)), R.CAP_SCOPE_TAG: ("t", w.cap.tag)}.get(w.cap.scope, ("a", ""))
-            args += [w.cap.id, kind, value, w.cap.limit, _ms(w.start)]
+            scope = w.cap.scope
+            if scope == R.CAP_SCOPE_CHANNEL:
+                args += [w.cap.id, "c", _CHANNELS[w.cap.channel], w.cap.limit, _ms(w.start)]
+            elif scope == R.CAP_SCOPE_TAG:
+                args += [w.cap.id, "t", w.cap.tag, w.cap.limit, _ms(w.start)]
+            else:
+                args += [w.cap.id, "a", "", w.cap.limit, _ms(w.start)]
         return args
 
     async def run(self, tenant: str, subject_id: str, args: list[Any], windows: Sequence[CapWindow]) -> LedgerResult:
@@ -137,6 +164,15 @@ class CapLedger:
     async def queue(self, pipe: Any, tenant: str, subject_id: str, args: list[Any]) -> None:
         """Queue a check or reservation on a pipeline (for batches)."""
         await self._script(keys=self._keys_of(tenant, subject_id), args=args, client=pipe)
+
+    @staticmethod
+    def decide_command(keys: SubjectKeys, *, generation: str, generation_ttl_ms: int, args: list[Any] | None) -> tuple[Script, tuple[Any, ...]]:
+        """``decide.lua`` for :func:`~.scripts.run_scripts`: confirm that
+        *generation* is the subject's current profile generation and, only
+        then, run *args* (a check or reservation) on its ledger; *args* None
+        counts nothing. The reply is ``decide.lua``'s."""
+        return DECIDE, DECIDE.command([keys.generation, keys.view, keys.caps_z, keys.caps_h],
+                                      [generation, fresh_generation(), generation_ttl_ms, *(args if args is not None else ("none",))])
 
     @staticmethod
     def parse(reply: list[Any], windows: Sequence[CapWindow]) -> LedgerResult:

@@ -12,10 +12,11 @@ Rejected, with the rule id and the error's position:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import rule_engine
@@ -28,6 +29,9 @@ from overture_runtime.errors import FieldViolation, Violations
 from overture_runtime.validation import check_name
 
 from .fastpath import compile_fast
+
+if TYPE_CHECKING:
+    from .plan import DecisionPlan
 
 __all__ = ["BUILTINS", "MAX_ROLLING_WINDOW", "CompiledRule", "CompiledRuleSet", "compile_rule_set"]
 
@@ -94,6 +98,13 @@ class CompiledRuleSet:
     """Declared attributes by name."""
     rules: tuple[CompiledRule, ...]
     """The rules, in document order."""
+
+    @functools.cached_property
+    def plan(self) -> DecisionPlan:
+        """This version compiled for deciding (:mod:`.plan`), built on first use."""
+        from .plan import DecisionPlan
+
+        return DecisionPlan(self)
 
 
 def _context(attributes: Mapping[str, rule_set_pb2.AttributeDeclaration]) -> rule_engine.Context:

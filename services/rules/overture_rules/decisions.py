@@ -1,41 +1,47 @@
-"""Making and recording decisions: Evaluate's domain logic.
+"""Making decisions: Evaluate's domain logic, from request to stored record.
 
 Every decision, in every mode, is stored with its inputs (personal data
 masked), the profile fields it read, every verdict, the cap counters, and
 the version and digest that decided. A store that cannot be read fails
-closed. Batches are decided together: one profile read, one pipeline of cap
-scripts, one insert.
+closed.
+
+A decision normally costs one Redis round trip and no PostgreSQL read: it is
+made on the profile view this process keeps (:class:`~.profile_cache.LocalViews`),
+and ``decide.lua`` confirms that view's generation and checks or reserves the
+cap slots in the same atomic call. A view that is missing or stale comes back
+from that call (or from the database), and the decision is made again on it.
+Batches are decided together: one pipeline per round, one insert.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
 import structlog
+from google.protobuf import timestamp_pb2
 from redis.exceptions import RedisError
 
 from overture.common.v1 import messaging_pb2
 from overture.rules.v1 import decision_pb2, rule_set_pb2, rules_service_pb2
 from overture_runtime.clock import Clock, IdGenerator
-from overture_runtime.db import Database, insert_ignore
+from overture_runtime.db import Database
 from overture_runtime.errors import FieldViolation, InvalidArgument, NotFound, OvertureError, Unavailable, Violations
-from overture_runtime.group_commit import GroupWriter
-from overture_runtime.privacy import mask_mapping
-from overture_runtime.protojson import struct_from_dict, struct_to_dict
+from overture_runtime.protojson import struct_to_dict
 from overture_runtime.validation import check_identifier, check_name, check_struct
 
 from .caps import CapLedger, CapWindow, LedgerResult, plan_caps
 from .compiler import CompiledRuleSet
-from .engine import DecisionOutcome, EvaluationInput, ProfileView, evaluate, recipient_zone
+from .decision_store import DecisionStore, state_name
+from .engine import DecisionOutcome, EvaluationInput, ProfileView
+from .profile_cache import LocalEntry, LocalViews, load_view
 from .profiles import ProfileStore
-from .replay import encode
+from .replay import encode_json, profile_json
 from .rule_sets import RuleSetStore
-from .tables import decisions as decisions_table
+from .scripts import Script, ScriptChannel
+from .verdicts import build_decision, masked_snapshot
 
 __all__ = ["CONTEXT_MAX_BYTES", "Decider", "validate_evaluate"]
 
@@ -43,6 +49,14 @@ log = structlog.get_logger("overture.rules")
 D = decision_pb2
 CONTEXT_MAX_BYTES = 16 * 1024
 _MAX_TAGS = 32
+_ROUNDS = 4
+"""Round trips a decision may take to catch up with profile writes before it fails closed."""
+_TRANSACTIONAL = messaging_pb2.MESSAGE_CATEGORY_TRANSACTIONAL
+_CHANNELS = frozenset(messaging_pb2.Channel.values())
+_CATEGORIES = frozenset(messaging_pb2.MessageCategory.values())
+_MODES = frozenset(D.EvaluationMode.values())
+_MODE_NAMES = {m: D.EvaluationMode.Name(m).removeprefix("EVALUATION_MODE_").lower() for m in _MODES}
+_GENERATION_TTL_MS = 3_600_000
 
 
 def validate_evaluate(req: rules_service_pb2.EvaluateRequest) -> list[FieldViolation]:
@@ -59,12 +73,12 @@ def validate_evaluate(req: rules_service_pb2.EvaluateRequest) -> list[FieldViola
         check_identifier(v, "subject_id", req.subject_id)
         if req.channel == messaging_pb2.CHANNEL_UNSPECIFIED:
             v.add("channel", "channel is required", "REQUIRED")
-        elif req.channel not in messaging_pb2.Channel.values():
+        elif req.channel not in _CHANNELS:
             v.add("channel", f"unknown channel {req.channel}", "INVALID_ENUM")
-        if req.category not in messaging_pb2.MessageCategory.values():
+        if req.category not in _CATEGORIES:
             v.add("category", f"unknown category {req.category}", "INVALID_ENUM")
         check_identifier(v, "decision_id", req.decision_id, required=False)
-    if mode not in D.EvaluationMode.values():
+    if mode not in _MODES:
         v.add("mode", f"unknown mode {req.mode}", "INVALID_ENUM")
     if not 0 <= req.priority <= 100:
         v.add("priority", "priority must be between 0 and 100", "OUT_OF_RANGE")
@@ -72,7 +86,8 @@ def validate_evaluate(req: rules_service_pb2.EvaluateRequest) -> list[FieldViola
         v.add("tags", f"at most {_MAX_TAGS} tags", "TOO_MANY")
     for i, tag in enumerate(req.tags):
         check_name(v, f"tags[{i}]", tag)
-    check_struct(v, "context", req.context, max_bytes=CONTEXT_MAX_BYTES)
+    if req.context.fields:
+        check_struct(v, "context", req.context, max_bytes=CONTEXT_MAX_BYTES)
     return v.items
 
 
@@ -81,16 +96,19 @@ class Decider:
 
     def __init__(
         self, db: Database, rule_sets: RuleSetStore, profiles: ProfileStore, ledger: CapLedger, clock: Clock, ids: IdGenerator,
-        *, durable_writes: bool = True,
+        *, durable_writes: bool = True, redis_timeout: float = 1.0,
     ) -> None:
-        self._writer = GroupWriter(self._insert, key=lambda row: (row["tenant"], row["decision_id"]), name="decisions",
-                                   durable=durable_writes)
+        self._records = DecisionStore(db, durable=durable_writes)
+        self._channel = ScriptChannel(ledger.redis, timeout=redis_timeout)
         self._db = db
         self._rule_sets = rule_sets
         self._profiles = profiles
         self._ledger = ledger
         self._clock = clock
         self._ids = ids
+        cache = profiles.cache
+        self._local = profiles.local or LocalViews(ledger.keys)
+        self._generation_ttl_ms = cache.generation_ttl_ms if cache is not None else _GENERATION_TTL_MS
 
     async def evaluate(self, tenant: str, req: rules_service_pb2.EvaluateRequest) -> decision_pb2.Decision:
         """Decide (or settle) one valid request; errors are raised."""
@@ -115,19 +133,25 @@ class Decider:
             else:
                 pending.append(i)
         given = [requests[i].decision_id for i in pending if requests[i].decision_id]
-        existing = await self._load_many(tenant, given) if given else {}
+        existing = await self._records.load_many(tenant, given) if given else {}
         work: list[_Work] = []
+        versions: dict[tuple[str, int], tuple[CompiledRuleSet, rule_set_pb2.RuleSetVersion] | OvertureError] = {}
         for i in pending:
             req = requests[i]
             if req.decision_id in existing:
                 results[i] = existing[req.decision_id]  # idempotent on decision_id
                 continue
-            try:
-                compiled, version = await self._rule_sets.compiled(tenant=tenant, name=req.rule_set, version=req.version)
-            except OvertureError as error:
-                results[i] = error
+            key = (req.rule_set, req.version)
+            found = versions.get(key)
+            if found is None:
+                try:
+                    found = versions[key] = await self._rule_sets.compiled(tenant=tenant, name=req.rule_set, version=req.version)
+                except OvertureError as error:
+                    found = versions[key] = error
+            if isinstance(found, OvertureError):
+                results[i] = found
                 continue
-            work.append(_Work(i, req, compiled, version, req.decision_id or self._ids.new()))
+            work.append(_Work(i, req, found[0], found[1], req.decision_id or self._ids.new()))
         if work:
             for item, decision in zip(work, await self._decide(tenant, work), strict=True):
                 results[item.index] = decision
@@ -135,217 +159,199 @@ class Decider:
 
     async def _decide(self, tenant: str, work: list[_Work]) -> list[decision_pb2.Decision]:
         now = self._clock.now()
-        try:
-            views: dict[str, ProfileView] | None = await self._profiles.view_many(tenant=tenant, subject_ids=[w.req.subject_id for w in work])
-        except Exception as error:  # noqa: BLE001 - any store failure fails closed
-            log.warning("rules.profile_store_unavailable", error=type(error).__name__)
-            views = None
         for w in work:
             req = w.req
             w.message = EvaluationInput(
                 channel=req.channel, category=req.category, now=req.now.ToDatetime(tzinfo=dt.UTC) if req.HasField("now") else now,
-                tags=tuple(req.tags), priority=req.priority, context=struct_to_dict(req.context),
+                tags=tuple(req.tags), priority=req.priority, context=struct_to_dict(req.context) if req.context.fields else {},
             )
-            w.profile = views[req.subject_id] if views is not None else None
-            if w.profile is not None:
-                w.outcome = evaluate(w.compiled, w.profile, w.message)
-        await self._check_caps(tenant, work)
+            w.entry = self._local.entry(tenant, req.subject_id)
+        try:
+            await self._confirm(tenant, work)
+        except RedisError as error:
+            log.warning("rules.redis_unavailable", error=type(error).__name__)
+            await self._without_redis(tenant, [w for w in work if not w.done])
         decisions = [self._record(w) for w in work]
         return await self._store(tenant, work, decisions)
 
-    async def _check_caps(self, tenant: str, work: list[_Work]) -> None:
-        """Check or reserve cap slots for every message that gets that far, in one pipeline."""
-        calls = []
-        for w in work:
-            if w.outcome is None or not w.outcome.allowed or w.req.category == messaging_pb2.MESSAGE_CATEGORY_TRANSACTIONAL:
-                continue
-            assert w.profile is not None and w.message is not None
-            w.windows = plan_caps(w.compiled.spec, channel=w.req.channel, tags=w.req.tags, now=w.message.now,
-                                  zone=recipient_zone(w.compiled.spec, w.profile))
-            if not w.windows:
-                continue
+    def _prepare(self, w: _Work) -> None:
+        """Decide on the entry's view (if any) and plan the ledger call that confirms it."""
+        assert w.message is not None and w.entry is not None
+        w.profile, w.outcome, w.windows, w.args = w.entry.view, None, [], None
+        if w.profile is None:
+            return
+        plan = w.compiled.plan
+        w.outcome = plan.decide(w.profile, w.message, w.entry.memo)
+        if not w.outcome.allowed or w.req.category == _TRANSACTIONAL or not w.compiled.spec.frequency_caps:
+            return
+        w.windows = plan_caps(w.compiled.spec, channel=w.req.channel, tags=w.req.tags, now=w.message.now,
+                              zone=plan.zone(w.profile, w.entry.memo))
+        if w.windows:
             reserve = w.req.mode == D.EVALUATION_MODE_RESERVE and w.outcome.defer_until is None
-            op = "reserve" if reserve else "check"
-            calls.append((w, self._ledger.args(op, decision_id=w.decision_id, priority=w.req.priority, channel=w.req.channel,
-                                               tags=w.req.tags, windows=w.windows, now=w.message.now)))
-        if not calls:
+            w.args = self._ledger.args("reserve" if reserve else "check", decision_id=w.decision_id, priority=w.req.priority,
+                                       channel=w.req.channel, tags=w.req.tags, windows=w.windows, now=w.message.now)
+
+    async def _confirm(self, tenant: str, work: list[_Work]) -> None:
+        """Decide every item on a view Redis confirms as current, checking or
+        reserving its cap slots in the same call; fetch missing or stale views
+        and decide those again, for up to ``_ROUNDS`` round trips."""
+        pending = work
+        fills: list[tuple[Script, tuple[Any, ...]]] = []
+        for _ in range(_ROUNDS):
+            for w in pending:
+                self._prepare(w)
+            commands = fills + [self._ledger.decide_command(w.entry.keys, generation=w.entry.generation if w.profile is not None else "",  # type: ignore[union-attr]
+                                                            generation_ttl_ms=self._generation_ttl_ms, args=w.args) for w in pending]
+            replies = (await self._channel.run(commands))[len(fills):]
+            stale: list[tuple[_Work, str, bytes | None]] = []
+            for w, reply in zip(pending, replies, strict=True):
+                if reply[0] == b"ok":
+                    w.done = True
+                    if w.args is not None:
+                        w.ledger = self._ledger.parse(reply[2], w.windows)
+                else:
+                    stale.append((w, _text(reply[1]), reply[2]))
+            if not stale:
+                return
+            fills = await self._refresh(tenant, stale)
+            pending = [w for w, _, _ in stale if not w.done]
+            if not pending:
+                await self._channel.run(fills)
+                return
+        for w in pending:  # the profile kept changing under the decision: fail closed
+            log.warning("rules.profile_changing", subjects=len(pending))
+            w.profile, w.outcome, w.windows, w.args, w.done = None, None, [], None, True
+
+    async def _refresh(self, tenant: str, stale: list[tuple[_Work, str, bytes | None]]) -> list[tuple[Script, tuple[Any, ...]]]:
+        """Bring stale entries up to the generation Redis named: from the
+        cached view when it is of that generation, else from the database
+        (returning the commands that cache what was read). Items whose
+        profile cannot be read are done, with no outcome (fail closed)."""
+        from_db: dict[str, list[tuple[_Work, str]]] = {}
+        for w, generation, raw in stale:
+            entry = w.entry
+            assert entry is not None
+            if entry.generation == generation and entry.view is not None:
+                continue  # an earlier item of this batch refreshed it
+            if raw is not None:
+                view, cached_at = load_view(w.req.subject_id, raw)
+                if cached_at == generation:
+                    self._local.store(entry, view, generation)
+                    continue
+            from_db.setdefault(w.req.subject_id, []).append((w, generation))
+        if not from_db:
+            return []
+        try:
+            views = await self._profiles.load_views(tenant, list(from_db))
+        except Exception as error:  # noqa: BLE001 - any store failure fails closed
+            log.warning("rules.profile_store_unavailable", error=type(error).__name__)
+            for items in from_db.values():
+                for w, _ in items:
+                    w.profile, w.outcome, w.windows, w.args, w.done = None, None, [], None, True
+            return []
+        fills = []
+        cache = self._profiles.cache
+        for subject_id, items in from_db.items():
+            w, generation = items[-1]
+            assert w.entry is not None
+            self._local.store(w.entry, views[subject_id], generation)
+            if cache is not None:
+                fills.append(cache.put_command(w.entry.keys, views[subject_id], generation))
+        return fills
+
+    async def _without_redis(self, tenant: str, work: list[_Work]) -> None:
+        """Redis cannot be reached: decide from PostgreSQL, and fail closed
+        on every message that a cap would count."""
+        if not work:
             return
         try:
-            pipe = self._ledger.pipeline()
-            for w, args in calls:
-                await self._ledger.queue(pipe, tenant, w.req.subject_id, args)
-            replies = await pipe.execute()
-        except RedisError as error:
-            log.warning("rules.cap_ledger_unavailable", error=type(error).__name__)
-            for w, _ in calls:
-                w.ledger_error = True
-            return
-        for (w, _), reply in zip(calls, replies, strict=True):
-            w.ledger = self._ledger.parse(reply, w.windows)
+            views: dict[str, ProfileView] | None = await self._profiles.load_views(tenant, list({w.req.subject_id for w in work}))
+        except Exception as error:  # noqa: BLE001 - any store failure fails closed
+            log.warning("rules.profile_store_unavailable", error=type(error).__name__)
+            views = None
+        for w in work:
+            assert w.message is not None
+            w.profile, w.outcome, w.windows, w.args, w.done = None, None, [], None, True
+            if views is None:
+                continue
+            w.profile = views[w.req.subject_id]
+            w.outcome = w.compiled.plan.decide(w.profile, w.message)
+            if w.outcome.allowed and w.req.category != _TRANSACTIONAL and w.compiled.spec.frequency_caps:
+                w.windows = plan_caps(w.compiled.spec, channel=w.req.channel, tags=w.req.tags, now=w.message.now,
+                                      zone=w.compiled.plan.zone(w.profile))
+                w.ledger_error = bool(w.windows)
 
     def _record(self, w: _Work) -> decision_pb2.Decision:
-        req = w.req
         assert w.message is not None
-        decision = D.Decision(
-            decision_id=w.decision_id, rule_set=req.rule_set, version=w.version.version, digest=w.version.digest,
-            subject_id=req.subject_id, channel=req.channel, category=req.category, tags=req.tags, priority=req.priority,
-            mode=req.mode or D.EVALUATION_MODE_CHECK, context=struct_from_dict(mask_mapping(w.message.context)),
-        )
-        decision.evaluate_time.FromDatetime(w.message.now)
-        if w.outcome is None:
-            decision.verdicts.add(kind=D.VERDICT_KIND_SYSTEM, id="profile-store", outcome=D.VERDICT_OUTCOME_ERROR,
-                                  reason="the profile and consent store could not be read; failing closed")
-            decision.summary = "denied by system: the profile and consent store could not be read"
-            return decision
-        verdicts = list(w.outcome.verdicts)
-        at = next((i for i, v in enumerate(verdicts) if v.kind == D.VERDICT_KIND_QUIET_HOURS), len(verdicts))
-        verdicts[at:at] = self._cap_verdicts(w)
-        decision.verdicts.extend(verdicts)
-        decision.profile_snapshot.CopyFrom(struct_from_dict(mask_mapping(w.outcome.snapshot)))
-        denying = [v for v in verdicts if v.outcome in (D.VERDICT_OUTCOME_DENY, D.VERDICT_OUTCOME_ERROR)]
-        decision.allowed = not denying
-        if denying and w.outcome.allowed:
-            first = denying[0]
-            kind = D.VerdictKind.Name(first.kind).removeprefix("VERDICT_KIND_").lower().replace("_", " ")
-            decision.summary = f"denied by {kind}: {first.reason}"
-        else:
-            decision.summary = w.outcome.summary
-        if decision.allowed and w.outcome.defer_until is not None:
-            decision.defer_until.FromDatetime(w.outcome.defer_until)
-        if w.ledger is not None:
-            decision.cap_counters.extend(w.ledger.counters)
-        if decision.allowed and decision.mode == D.EVALUATION_MODE_RESERVE and w.outcome.defer_until is None:
-            decision.reservation_state = D.RESERVATION_STATE_HELD
-        return decision
+        snapshot = b""
+        if w.outcome is not None:
+            memo = w.entry.memo if w.entry is not None and w.profile is w.entry.view and not w.message.context else None
+            key = (w.compiled.plan, "snapshot", w.req.channel, w.req.category == _TRANSACTIONAL)
+            cached = memo.get(key) if memo is not None else None
+            if cached is None:
+                cached = masked_snapshot(w.outcome)
+                if memo is not None:
+                    memo[key] = cached
+            snapshot = cached
+        return build_decision(decision_id=w.decision_id, req=w.req, version=w.version, spec=w.compiled.spec, message=w.message,
+                              outcome=w.outcome, snapshot=snapshot, windows=w.windows, ledger=w.ledger, ledger_error=w.ledger_error)
 
-    def _cap_verdicts(self, w: _Work) -> list[decision_pb2.Verdict]:
-        spec = w.compiled.spec
-        if not spec.frequency_caps:
-            return []
-        if w.req.category == messaging_pb2.MESSAGE_CATEGORY_TRANSACTIONAL:
-            return [_v(D.VERDICT_KIND_FREQUENCY_CAP, c.id, D.VERDICT_OUTCOME_SKIP, "transactional messages are not capped") for c in spec.frequency_caps]
-        assert w.outcome is not None
-        if not w.outcome.allowed:
-            return [_v(D.VERDICT_KIND_FREQUENCY_CAP, c.id, D.VERDICT_OUTCOME_SKIP, "not counted: the message is already denied") for c in spec.frequency_caps]
-        if w.ledger_error:
-            return [_v(D.VERDICT_KIND_SYSTEM, "cap-ledger", D.VERDICT_OUTCOME_ERROR, "the frequency-cap store could not be reached; failing closed")]
-        applied = {wnd.cap.id: wnd for wnd in w.windows}
-        counters = {c.cap_id: c for c in (w.ledger.counters if w.ledger else ())}
-        preempting = bool(w.ledger and w.ledger.preempted)
-        verdicts = []
-        for cap in spec.frequency_caps:
-            window = applied.get(cap.id)
-            if window is None:
-                verdicts.append(_v(D.VERDICT_KIND_FREQUENCY_CAP, cap.id, D.VERDICT_OUTCOME_SKIP, "does not count this message"))
-                continue
-            counter = counters[cap.id]
-            where = f"{counter.count} of {cap.limit} {_window_label(cap)}"
-            if counter.count < cap.limit:
-                verdicts.append(_v(D.VERDICT_KIND_FREQUENCY_CAP, cap.id, D.VERDICT_OUTCOME_PASS, where))
-            elif preempting and w.ledger is not None and w.ledger.allowed:
-                verdicts.append(_v(D.VERDICT_KIND_FREQUENCY_CAP, cap.id, D.VERDICT_OUTCOME_PASS,
-                                   f"{where}; took the slot of a lower-priority held reservation"))
-            else:
-                verdicts.append(_v(D.VERDICT_KIND_FREQUENCY_CAP, cap.id, D.VERDICT_OUTCOME_DENY, f"frequency cap {cap.id} reached: {where}"))
-        return verdicts
+    def _replay(self, w: _Work, counters: Sequence[decision_pb2.CapCounter]) -> str | None:
+        if w.profile is None or w.message is None:
+            return None
+        memo = w.entry.memo if w.entry is not None and w.profile is w.entry.view else None
+        part = memo.get("replay") if memo is not None else None
+        if part is None:
+            part = profile_json(w.profile)
+            if memo is not None:
+                memo["replay"] = part
+        return encode_json(part, w.message, tuple(counters))
 
     async def _store(self, tenant: str, work: list[_Work], decisions: list[decision_pb2.Decision]) -> list[decision_pb2.Decision]:
         now = self._clock.now()
+        created = timestamp_pb2.Timestamp()
+        created.FromDatetime(now)
         rows = []
         for w, decision in zip(work, decisions, strict=True):
-            decision.create_time.FromDatetime(now)
-            replay = encode(w.profile, w.message, tuple(decision.cap_counters)) if w.profile is not None and w.message is not None else None
+            decision.create_time.CopyFrom(created)
+            assert w.message is not None
             rows.append(dict(
                 tenant=tenant, decision_id=decision.decision_id, rule_set=decision.rule_set, version=decision.version,
-                subject_id=decision.subject_id, allowed=decision.allowed, mode=_mode_name(decision.mode),
-                reservation_state=_state_name(decision.reservation_state), evaluate_time=decision.evaluate_time.ToDatetime(tzinfo=dt.UTC),
-                create_time=now, record=decision.SerializeToString(), replay=replay,
+                subject_id=decision.subject_id, allowed=decision.allowed, mode=_MODE_NAMES[decision.mode],
+                reservation_state=state_name(decision.reservation_state), evaluate_time=w.message.now,
+                create_time=now, record=decision.SerializeToString(), replay=self._replay(w, decision.cap_counters),
             ))
-        new = {d.decision_id for d, fresh in zip(decisions, await self._writer.write(rows, decisions), strict=True) if fresh}
+        new = {d.decision_id for d, fresh in zip(decisions, await self._records.write(rows, decisions), strict=True) if fresh}
         preempted = [(victim, w.decision_id) for w in work if w.ledger for victim in w.ledger.preempted]
         if preempted:
             async with self._db.begin() as conn:
                 for victim, by in preempted:
-                    await self._mark(conn, tenant, victim, D.RESERVATION_STATE_PREEMPTED, preempted_by=by)
+                    await self._records.mark(conn, tenant, victim, D.RESERVATION_STATE_PREEMPTED, preempted_by=by)
         lost = [d.decision_id for d in decisions if d.decision_id not in new]
         if lost:  # a concurrent call with the same decision id stored first: its answer stands
-            winners = await self._load_many(tenant, lost)
+            winners = await self._records.load_many(tenant, lost)
             decisions = [winners.get(d.decision_id, d) for d in decisions]
         return decisions
 
     def start(self) -> None:
         """Start writing records in the background."""
-        self._writer.start()
+        self._records.start()
 
     async def close(self) -> None:
-        """Flush queued records."""
-        await self._writer.close()
-
-    async def _insert(self, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
-        async with self._db.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                # Decision records are written without waiting for the WAL
-                # flush: a PostgreSQL crash may lose the last moments of
-                # records (never corrupt them), a rules-service crash loses
-                # nothing in the default (durable) mode, and a decision costs
-                # no disk sync. See ADR 0007.
-                await conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
-            return await _insert_decisions(conn, rows)
+        """Flush queued records; close the connections of their own."""
+        await self._records.close()
+        await self._channel.close()
 
     async def get(self, tenant: str, decision_id: str) -> decision_pb2.Decision:
         """One stored decision."""
-        found = await self._load_many(tenant, [decision_id])
+        found = await self._records.load_many(tenant, [decision_id])
         if decision_id not in found:
             raise NotFound(f"decision {decision_id!r} does not exist", reason="DECISION_NOT_FOUND")
         return found[decision_id]
 
     async def list_for_subject(self, tenant: str, subject_id: str, *, limit: int, before: str | None) -> list[decision_pb2.Decision]:
         """A subject's decisions, newest first, older than the decision *before*."""
-        t = decisions_table
-        query = sa.select(t.c.record).where((t.c.tenant == tenant) & (t.c.subject_id == subject_id))
-        if before:
-            query = query.where(t.c.decision_id < before)
-        async with self._db.connect() as conn:
-            rows = (await conn.execute(query.order_by(t.c.decision_id.desc()).limit(limit))).all()
-        return [D.Decision.FromString(r.record) for r in rows]
-
-    async def _load_many(self, tenant: str, decision_ids: Sequence[str]) -> dict[str, decision_pb2.Decision]:
-        found: dict[str, decision_pb2.Decision] = {}
-        for decision_id in decision_ids:
-            queued = self._writer.pending((tenant, decision_id))
-            if queued is not None:
-                found[decision_id] = queued
-        rest = [d for d in decision_ids if d not in found]
-        if rest:
-            t = decisions_table
-            async with self._db.connect() as conn:
-                rows = (await conn.execute(sa.select(t.c.record).where((t.c.tenant == tenant) & t.c.decision_id.in_(rest)))).all()
-            for row in rows:
-                decision = D.Decision.FromString(row.record)
-                found[decision.decision_id] = decision
-        return found
-
-    async def _mark(
-        self, conn: Any, tenant: str, decision_id: str, state: decision_pb2.ReservationState.ValueType, *, preempted_by: str = "",
-    ) -> decision_pb2.Decision | None:
-        t = decisions_table
-        key = (t.c.tenant == tenant) & (t.c.decision_id == decision_id)
-        query = sa.select(t.c.record).where(key)
-        if conn.dialect.name == "postgresql":
-            query = query.with_for_update()
-        row = (await conn.execute(query)).first()
-        queued = self._writer.pending((tenant, decision_id)) if row is None else None
-        if row is None and queued is None:
-            return None
-        decision = D.Decision.FromString(row.record) if row is not None else D.Decision.FromString(queued.SerializeToString())  # type: ignore[union-attr]
-        decision.reservation_state = state
-        if preempted_by:
-            decision.preempted_by = preempted_by
-        if row is None and self._writer.amend((tenant, decision_id), decision, record=decision.SerializeToString(),
-                                              reservation_state=_state_name(state)):
-            return decision
-        await conn.execute(t.update().where(key).values(reservation_state=_state_name(state), record=decision.SerializeToString()))
-        return decision
+        return await self._records.list_for_subject(tenant, subject_id, limit=limit, before=before)
 
     async def _settle(
         self, tenant: str, decision_id: str, mode: decision_pb2.EvaluationMode.ValueType, now: dt.datetime,
@@ -373,7 +379,7 @@ class Decider:
         else:  # no cap counted this message: nothing is held in the ledger
             state = D.RESERVATION_STATE_COMMITTED if commit else D.RESERVATION_STATE_RELEASED
         async with self._db.begin() as conn:
-            marked = await self._mark(conn, tenant, decision_id, state, preempted_by=by)
+            marked = await self._records.mark(conn, tenant, decision_id, state, preempted_by=by)
         return marked or decision
 
 
@@ -387,55 +393,15 @@ class _Work:
     version: rule_set_pb2.RuleSetVersion
     decision_id: str
     message: EvaluationInput | None = None
+    entry: LocalEntry | None = None
     profile: ProfileView | None = None
     outcome: DecisionOutcome | None = None
     windows: list[CapWindow] = field(default_factory=list)
+    args: list[Any] | None = None
     ledger: LedgerResult | None = None
     ledger_error: bool = False
+    done: bool = False
 
 
-_UNNEST = sa.text("""
-    INSERT INTO rules_decisions (tenant, decision_id, rule_set, version, subject_id, allowed, mode, reservation_state,
-                                 evaluate_time, create_time, record, replay)
-    SELECT * FROM unnest(CAST(:tenant AS text[]), CAST(:decision_id AS text[]), CAST(:rule_set AS text[]), CAST(:version AS bigint[]),
-                         CAST(:subject_id AS text[]), CAST(:allowed AS boolean[]), CAST(:mode AS text[]), CAST(:reservation_state AS text[]),
-                         CAST(:evaluate_time AS timestamptz[]), CAST(:create_time AS timestamptz[]), CAST(:record AS bytea[]),
-                         CAST(:replay AS jsonb[]))
-    ON CONFLICT (tenant, decision_id) DO NOTHING
-    RETURNING tenant, decision_id
-""")
-
-
-async def _insert_decisions(conn: Any, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
-    """Insert decision rows, skipping ids that exist; return the (tenant, id) inserted.
-
-    On PostgreSQL the whole batch is one statement over arrays (``unnest``):
-    one round trip, whatever the batch size."""
-    if conn.dialect.name == "postgresql":
-        columns = {name: [row[name] for row in rows] for name in rows[0]}
-        columns["replay"] = [json.dumps(v) if v is not None else None for v in columns["replay"]]
-        return {(r.tenant, r.decision_id) for r in await conn.execute(_UNNEST, columns)}
-    result = await conn.execute(insert_ignore(conn, decisions_table, index_elements=["tenant", "decision_id"]).returning(
-        decisions_table.c.tenant, decisions_table.c.decision_id), rows)
-    return {(r.tenant, r.decision_id) for r in result}
-
-
-def _v(kind: decision_pb2.VerdictKind.ValueType, id_: str, outcome: decision_pb2.VerdictOutcome.ValueType, reason: str) -> decision_pb2.Verdict:
-    return D.Verdict(kind=kind, id=id_, outcome=outcome, reason=reason)
-
-
-def _window_label(cap: rule_set_pb2.FrequencyCap) -> str:
-    kind = cap.window.kind
-    if kind == rule_set_pb2.CAP_WINDOW_KIND_CALENDAR_DAY:
-        return "this calendar day"
-    if kind == rule_set_pb2.CAP_WINDOW_KIND_CALENDAR_WEEK:
-        return "this calendar week"
-    return f"in the last {cap.window.duration.ToTimedelta()}"
-
-
-def _mode_name(mode: decision_pb2.EvaluationMode.ValueType) -> str:
-    return D.EvaluationMode.Name(mode).removeprefix("EVALUATION_MODE_").lower()
-
-
-def _state_name(state: decision_pb2.ReservationState.ValueType) -> str:
-    return D.ReservationState.Name(state).removeprefix("RESERVATION_STATE_").lower()
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

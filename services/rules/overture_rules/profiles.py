@@ -29,7 +29,7 @@ from overture_runtime.protojson import struct_from_dict, struct_to_dict
 from . import audit
 from .caps import CapLedger
 from .engine import ProfileView, channel_name
-from .profile_cache import ProfileCache
+from .profile_cache import LocalViews, ProfileCache
 from .tables import consents, decisions, profiles
 
 __all__ = ["ProfileStore"]
@@ -52,13 +52,20 @@ class ProfileStore:
 
     def __init__(
         self, db: Database, clock: Clock, *, cache: ProfileCache | None = None, ledger: CapLedger | None = None,
-        read_timeout: float = 1.0,
+        read_timeout: float = 1.0, local: LocalViews | None = None,
     ) -> None:
         self._read_timeout_ms = read_timeout * 1000
         self._db = db
         self._clock = clock
         self._cache = cache
         self._ledger = ledger
+        self.local = local
+        """Views kept in this process for decisions (validated by generation), if any."""
+
+    @property
+    def cache(self) -> ProfileCache | None:
+        """The Redis read-through cache, if any."""
+        return self._cache
 
     async def view(self, *, tenant: str, subject_id: str) -> ProfileView:
         """What a decision reads of a profile; an empty view when there is none."""
@@ -77,7 +84,7 @@ class ProfileStore:
         views = {s: v for s, (v, _) in cached.items() if v is not None}
         missing = [s for s in wanted if s not in views]
         if missing:
-            loaded = await self._load_views(tenant, missing)
+            loaded = await self.load_views(tenant, missing)
             views.update(loaded)
             if self._cache is not None and cached:
                 try:
@@ -86,7 +93,9 @@ class ProfileStore:
                     log.warning("rules.profile_cache_unavailable", error=type(error).__name__)
         return views
 
-    async def _load_views(self, tenant: str, subject_ids: Sequence[str]) -> dict[str, ProfileView]:
+    async def load_views(self, tenant: str, subject_ids: Sequence[str]) -> dict[str, ProfileView]:
+        """Views read from the database (an empty view for a subject without
+        a profile). Raises when the store cannot be read within the read timeout."""
         async with self._db.begin() as conn:
             if conn.dialect.name == "postgresql":
                 # A decision must not hang on a locked or overloaded store: past
@@ -111,6 +120,8 @@ class ProfileStore:
         return views
 
     async def _invalidate(self, tenant: str, subject_ids: Sequence[str]) -> None:
+        if self.local is not None:
+            self.local.forget(tenant, subject_ids)
         if self._cache is None or not subject_ids:
             return
         try:

@@ -4,6 +4,7 @@ with personal data masked. Backtests evaluate candidate versions on it."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,19 +13,40 @@ from overture_runtime.privacy import mask_mapping
 
 from .engine import EvaluationInput, ProfileView
 
-__all__ = ["decode", "encode"]
+__all__ = ["decode", "encode", "encode_json", "profile_json"]
+_COMPACT = (",", ":")
 
 
-def encode(profile: ProfileView, message: EvaluationInput, counters: tuple[decision_pb2.CapCounter, ...]) -> dict[str, Any]:
-    """The replay input of a decision, masked."""
+def _profile_part(profile: ProfileView) -> dict[str, Any]:
     return {
         "traits": mask_mapping(profile.traits), "granted": sorted(profile.granted), "revoked": sorted(profile.revoked),
         "segments": list(profile.segments), "timezone": profile.timezone, "lists": sorted(profile.suppression_lists),
         "erased": profile.erased, "exists": profile.exists,
+    }
+
+
+def _message_part(message: EvaluationInput, counters: tuple[decision_pb2.CapCounter, ...]) -> dict[str, Any]:
+    return {
         "channel": int(message.channel), "category": int(message.category), "tags": list(message.tags),
-        "priority": message.priority, "context": mask_mapping(message.context), "now": message.now.isoformat(),
+        "priority": message.priority, "context": mask_mapping(message.context) if message.context else {}, "now": message.now.isoformat(),
         "caps": {c.cap_id: c.count for c in counters},
     }
+
+
+def encode(profile: ProfileView, message: EvaluationInput, counters: tuple[decision_pb2.CapCounter, ...]) -> dict[str, Any]:
+    """The replay input of a decision, masked."""
+    return {**_profile_part(profile), **_message_part(message, counters)}
+
+
+def profile_json(profile: ProfileView) -> str:
+    """The profile's share of :func:`encode_json`, masked: the same for every
+    decision on the same view, so it can be kept beside it."""
+    return json.dumps(_profile_part(profile), separators=_COMPACT)[1:-1]
+
+
+def encode_json(profile_part: str, message: EvaluationInput, counters: tuple[decision_pb2.CapCounter, ...]) -> str:
+    """:func:`encode` as JSON text, from the profile's share (:func:`profile_json`)."""
+    return "{" + profile_part + "," + json.dumps(_message_part(message, counters), separators=_COMPACT)[1:]
 
 
 def decode(subject_id: str, data: Mapping[str, Any]) -> tuple[ProfileView, EvaluationInput, dict[str, int]]:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from overture.rules.v1 import rule_set_pb2 as RS
 from overture_rules.compiler import _context
-from overture_rules.fastpath import compile_fast
+from overture_rules.fastpath import compile_fast, compile_rules
 
 DECLARED = {
     "plan": RS.AttributeDeclaration(name="plan", type=RS.ATTRIBUTE_TYPE_STRING),
@@ -78,3 +78,26 @@ def test_unsupported_nodes_fall_back() -> None:
     assert compile_fast(rule_engine.Rule("score + 1 > 2", context=CONTEXT)) is None
     assert compile_fast(rule_engine.Rule("plan.length > 2", context=CONTEXT)) is None
     assert compile_fast(rule_engine.Rule('plan == "a" and score > 1', context=CONTEXT)) is not None
+
+
+@settings(max_examples=300, deadline=None)
+@given(expressions=st.lists(_expressions(2), min_size=1, max_size=4), thing=things)
+def test_generated_rule_set_function_and_rule_engine_agree(expressions: list[str], thing: dict[str, Any]) -> None:
+    """The generated function of a whole rule list gives, per rule, rule-engine's result, or an error where rule-engine fails."""
+    rules = []
+    for expression in expressions:
+        try:
+            rules.append(rule_engine.Rule(expression, context=CONTEXT))
+        except rule_engine.EngineError:
+            continue
+    assume(rules)
+    results = compile_rules(rules)(thing)
+    assert len(results) == len(rules)
+    for rule, result in zip(rules, results, strict=True):
+        assert (result if isinstance(result, bool) else "error") == _outcome(rule.matches, thing), rule.text
+
+
+def test_generated_function_runs_unsupported_rules_through_rule_engine() -> None:
+    """A rule with nodes the generator does not write out is still evaluated, through rule-engine."""
+    rules = [rule_engine.Rule("score + 1 > 2", context=CONTEXT), rule_engine.Rule('plan == "a"', context=CONTEXT)]
+    assert compile_rules(rules)({"score": Decimal(5), "plan": "b"}) == (True, False)

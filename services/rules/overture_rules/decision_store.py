@@ -1,0 +1,152 @@
+"""The stored decision records: written in group commits, read back by id
+or subject, and marked as reservations are settled.
+
+On PostgreSQL the records go through one connection of their own, opened
+with ``synchronous_commit = off`` (ADR 0007: a decision costs no disk sync)
+and used by the group writer alone: each group is one ``INSERT ... SELECT
+FROM unnest(...)`` statement, one round trip, committed on its own. The
+other connections of the pool keep synchronous commits for what must not
+be lost (rule set versions, the audit log, profiles). On SQLite (``overture
+dev``) the group goes through SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from overture.rules.v1 import decision_pb2
+from overture_runtime.db import Database, insert_ignore
+from overture_runtime.group_commit import GroupWriter
+
+from .tables import decisions as decisions_table
+
+__all__ = ["COLUMNS", "DecisionStore", "state_name"]
+
+D = decision_pb2
+COLUMNS = ("tenant", "decision_id", "rule_set", "version", "subject_id", "allowed", "mode", "reservation_state",
+           "evaluate_time", "create_time", "record", "replay")
+"""The columns of a decision row, in the order of the insert."""
+_TYPES = ("text", "text", "text", "bigint", "text", "boolean", "text", "text", "timestamptz", "timestamptz", "bytea", "jsonb")
+_UNNEST = (
+    f"INSERT INTO rules_decisions ({', '.join(COLUMNS)}) "
+    f"SELECT * FROM unnest({', '.join(f'${i + 1}::{t}[]' for i, t in enumerate(_TYPES))}) "
+    "ON CONFLICT (tenant, decision_id) DO NOTHING RETURNING tenant, decision_id"
+)
+
+
+def state_name(state: decision_pb2.ReservationState.ValueType) -> str:
+    """``RESERVATION_STATE_HELD`` -> ``held``, as the column stores it."""
+    return D.ReservationState.Name(state).removeprefix("RESERVATION_STATE_").lower()
+
+
+class DecisionStore:
+    """The ``rules_decisions`` table of one process. Not thread-safe."""
+
+    def __init__(self, db: Database, *, durable: bool = True) -> None:
+        self._db = db
+        # max_delay 0: a group is whatever queued while the previous one was
+        # being written, so a lone decision waits for no timer.
+        self._writer = GroupWriter(self._insert, key=lambda row: (row["tenant"], row["decision_id"]), name="decisions",
+                                   durable=durable, max_delay=0.0)
+        self._dsn = None if db.is_sqlite else make_url(db.url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self._conn: asyncpg.Connection | None = None
+
+    def start(self) -> None:
+        """Start writing records in the background."""
+        self._writer.start()
+
+    async def close(self) -> None:
+        """Flush queued records and close the writer's connection."""
+        await self._writer.close()
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    async def write(self, rows: Sequence[dict[str, Any]], records: Sequence[decision_pb2.Decision]) -> list[bool]:
+        """Queue rows (durable: until committed); per row, whether it was new.
+        A row holds the :data:`COLUMNS`, its ``replay`` as JSON text (or None)."""
+        return await self._writer.write(rows, records)
+
+    def pending(self, tenant: str, decision_id: str) -> decision_pb2.Decision | None:
+        """A record queued and not yet inserted."""
+        found: decision_pb2.Decision | None = self._writer.pending((tenant, decision_id))
+        return found
+
+    async def load_many(self, tenant: str, decision_ids: Sequence[str]) -> dict[str, decision_pb2.Decision]:
+        """The records of *decision_ids* that exist (queued ones included)."""
+        found: dict[str, decision_pb2.Decision] = {}
+        for decision_id in decision_ids:
+            queued = self.pending(tenant, decision_id)
+            if queued is not None:
+                found[decision_id] = queued
+        rest = [d for d in decision_ids if d not in found]
+        if rest:
+            t = decisions_table
+            async with self._db.connect() as conn:
+                rows = (await conn.execute(sa.select(t.c.record).where((t.c.tenant == tenant) & t.c.decision_id.in_(rest)))).all()
+            for row in rows:
+                decision = D.Decision.FromString(row.record)
+                found[decision.decision_id] = decision
+        return found
+
+    async def list_for_subject(self, tenant: str, subject_id: str, *, limit: int, before: str | None) -> list[decision_pb2.Decision]:
+        """A subject's decisions, newest first, older than the decision *before*."""
+        t = decisions_table
+        query = sa.select(t.c.record).where((t.c.tenant == tenant) & (t.c.subject_id == subject_id))
+        if before:
+            query = query.where(t.c.decision_id < before)
+        async with self._db.connect() as conn:
+            rows = (await conn.execute(query.order_by(t.c.decision_id.desc()).limit(limit))).all()
+        return [D.Decision.FromString(r.record) for r in rows]
+
+    async def mark(
+        self, conn: Any, tenant: str, decision_id: str, state: decision_pb2.ReservationState.ValueType, *, preempted_by: str = "",
+    ) -> decision_pb2.Decision | None:
+        """Set a record's reservation state (and who preempted it), in *conn*'s transaction."""
+        t = decisions_table
+        key = (t.c.tenant == tenant) & (t.c.decision_id == decision_id)
+        query = sa.select(t.c.record).where(key)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        row = (await conn.execute(query)).first()
+        queued = self.pending(tenant, decision_id) if row is None else None
+        if row is None and queued is None:
+            return None
+        decision = D.Decision.FromString(row.record if row is not None else queued.SerializeToString())  # type: ignore[union-attr]
+        decision.reservation_state = state
+        if preempted_by:
+            decision.preempted_by = preempted_by
+        if row is None and self._writer.amend((tenant, decision_id), decision, record=decision.SerializeToString(),
+                                              reservation_state=state_name(state)):
+            return decision
+        await conn.execute(t.update().where(key).values(reservation_state=state_name(state), record=decision.SerializeToString()))
+        return decision
+
+    async def _insert(self, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
+        """Insert one group, skipping ids that exist; return the (tenant, id) inserted."""
+        if self._dsn is None:
+            values = [{**row, "replay": json.loads(row["replay"]) if row["replay"] is not None else None} for row in rows]
+            async with self._db.begin() as conn:
+                result = await conn.execute(insert_ignore(conn, decisions_table, index_elements=["tenant", "decision_id"]).returning(
+                    decisions_table.c.tenant, decisions_table.c.decision_id), values)
+                return {(r.tenant, r.decision_id) for r in result}
+        columns = [[row[name] for row in rows] for name in COLUMNS]
+        if self._conn is None or self._conn.is_closed():
+            # Records are written without waiting for the WAL flush: a
+            # PostgreSQL crash may lose the last moments of records (never
+            # corrupt them); a rules-service crash loses nothing in the
+            # default (durable) mode. See ADR 0007.
+            self._conn = await asyncpg.connect(self._dsn, server_settings={
+                "synchronous_commit": "off", "application_name": "overture-rules-decisions"})
+        try:
+            return {(r[0], r[1]) for r in await self._conn.fetch(_UNNEST, *columns)}
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
+            await self._conn.close(timeout=1)
+            self._conn = None  # opened again for the next group
+            raise

@@ -1,0 +1,120 @@
+"""The decision record: what a request, its outcome and the cap ledger's
+answer become, as the ``Decision`` that is returned and stored.
+
+Frequency-cap verdicts go just before quiet hours; any DENY or ERROR verdict
+denies; capped marketing fails closed when the ledger could not be asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from overture.common.v1 import messaging_pb2
+from overture.rules.v1 import decision_pb2, rule_set_pb2, rules_service_pb2
+from overture_runtime.privacy import mask_mapping
+from overture_runtime.protojson import struct_from_dict
+
+from .caps import CapWindow, LedgerResult
+from .engine import DecisionOutcome, EvaluationInput
+
+__all__ = ["build_decision", "masked_snapshot"]
+
+D = decision_pb2
+_TRANSACTIONAL = messaging_pb2.MESSAGE_CATEGORY_TRANSACTIONAL
+_DENYING = (D.VERDICT_OUTCOME_DENY, D.VERDICT_OUTCOME_ERROR)
+_NO_PROFILE = D.Verdict(kind=D.VERDICT_KIND_SYSTEM, id="profile-store", outcome=D.VERDICT_OUTCOME_ERROR,
+                        reason="the profile and consent store could not be read; failing closed")
+_NO_LEDGER = D.Verdict(kind=D.VERDICT_KIND_SYSTEM, id="cap-ledger", outcome=D.VERDICT_OUTCOME_ERROR,
+                       reason="the frequency-cap store could not be reached; failing closed")
+
+
+def masked_snapshot(outcome: DecisionOutcome) -> bytes:
+    """The profile fields a decision read, masked, as a serialized ``Struct``."""
+    return struct_from_dict(mask_mapping(outcome.snapshot)).SerializeToString()
+
+
+def build_decision(
+    *, decision_id: str, req: rules_service_pb2.EvaluateRequest, version: rule_set_pb2.RuleSetVersion, spec: rule_set_pb2.RuleSetSpec,
+    message: EvaluationInput,
+    outcome: DecisionOutcome | None, snapshot: bytes, windows: Sequence[CapWindow], ledger: LedgerResult | None, ledger_error: bool,
+) -> decision_pb2.Decision:
+    """The decision record of one request under *version* (whose compiled
+    content is *spec*). *outcome* None means the profile store could not be
+    read; *snapshot* is :func:`masked_snapshot` of the outcome."""
+    decision = D.Decision(
+        decision_id=decision_id, rule_set=req.rule_set, version=version.version, digest=version.digest,
+        subject_id=req.subject_id, channel=req.channel, category=req.category, tags=req.tags, priority=req.priority,
+        mode=req.mode or D.EVALUATION_MODE_CHECK,
+    )
+    if message.context:
+        decision.context.CopyFrom(struct_from_dict(mask_mapping(message.context)))
+    decision.evaluate_time.FromDatetime(message.now)
+    if outcome is None:
+        decision.verdicts.append(_NO_PROFILE)
+        decision.summary = "denied by system: the profile and consent store could not be read"
+        return decision
+    verdicts = list(outcome.verdicts)
+    caps = _cap_verdicts(spec, req, outcome, windows, ledger, ledger_error)
+    if caps:
+        at = next((i for i, v in enumerate(verdicts) if v.kind == D.VERDICT_KIND_QUIET_HOURS), len(verdicts))
+        verdicts[at:at] = caps
+    decision.verdicts.extend(verdicts)
+    decision.profile_snapshot.MergeFromString(snapshot)
+    first = next((v for v in verdicts if v.outcome in _DENYING), None)
+    decision.allowed = first is None
+    if first is not None and outcome.allowed:
+        kind = D.VerdictKind.Name(first.kind).removeprefix("VERDICT_KIND_").lower().replace("_", " ")
+        decision.summary = f"denied by {kind}: {first.reason}"
+    else:
+        decision.summary = outcome.summary
+    if decision.allowed and outcome.defer_until is not None:
+        decision.defer_until.FromDatetime(outcome.defer_until)
+    if ledger is not None:
+        decision.cap_counters.extend(ledger.counters)
+    if decision.allowed and decision.mode == D.EVALUATION_MODE_RESERVE and outcome.defer_until is None:
+        decision.reservation_state = D.RESERVATION_STATE_HELD
+    return decision
+
+
+def _cap_verdicts(
+    spec: rule_set_pb2.RuleSetSpec, req: rules_service_pb2.EvaluateRequest, outcome: DecisionOutcome, windows: Sequence[CapWindow],
+    ledger: LedgerResult | None, ledger_error: bool,
+) -> list[decision_pb2.Verdict]:
+    if not spec.frequency_caps:
+        return []
+    if req.category == _TRANSACTIONAL:
+        return [_v(c.id, D.VERDICT_OUTCOME_SKIP, "transactional messages are not capped") for c in spec.frequency_caps]
+    if not outcome.allowed:
+        return [_v(c.id, D.VERDICT_OUTCOME_SKIP, "not counted: the message is already denied") for c in spec.frequency_caps]
+    if ledger_error:
+        return [_NO_LEDGER]
+    applied = {w.cap.id for w in windows}
+    counters = {c.cap_id: c for c in (ledger.counters if ledger else ())}
+    preempting = bool(ledger and ledger.preempted and ledger.allowed)
+    verdicts = []
+    for cap in spec.frequency_caps:
+        if cap.id not in applied:
+            verdicts.append(_v(cap.id, D.VERDICT_OUTCOME_SKIP, "does not count this message"))
+            continue
+        counter = counters[cap.id]
+        where = f"{counter.count} of {cap.limit} {_window_label(cap)}"
+        if counter.count < cap.limit:
+            verdicts.append(_v(cap.id, D.VERDICT_OUTCOME_PASS, where))
+        elif preempting:
+            verdicts.append(_v(cap.id, D.VERDICT_OUTCOME_PASS, f"{where}; took the slot of a lower-priority held reservation"))
+        else:
+            verdicts.append(_v(cap.id, D.VERDICT_OUTCOME_DENY, f"frequency cap {cap.id} reached: {where}"))
+    return verdicts
+
+
+def _v(cap_id: str, outcome: decision_pb2.VerdictOutcome.ValueType, reason: str) -> decision_pb2.Verdict:
+    return D.Verdict(kind=D.VERDICT_KIND_FREQUENCY_CAP, id=cap_id, outcome=outcome, reason=reason)
+
+
+def _window_label(cap: rule_set_pb2.FrequencyCap) -> str:
+    kind = cap.window.kind
+    if kind == rule_set_pb2.CAP_WINDOW_KIND_CALENDAR_DAY:
+        return "this calendar day"
+    if kind == rule_set_pb2.CAP_WINDOW_KIND_CALENDAR_WEEK:
+        return "this calendar week"
+    return f"in the last {cap.window.duration.ToTimedelta()}"

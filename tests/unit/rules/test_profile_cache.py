@@ -1,0 +1,65 @@
+"""The per-process profile views: bounded, dropped after their lifetime or
+a local write, and keyed like the Redis keys they shadow."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from overture_rules.engine import ProfileView
+from overture_rules.profile_cache import LocalViews, SubjectKeys, fresh_generation
+from overture_runtime.redis import Keys
+
+KEYS = Keys("t")
+
+
+def test_subject_keys_are_the_keys_of_the_subject() -> None:
+    """The keys a decision touches are exactly those Keys.subject names for the subject."""
+    keys = SubjectKeys.of(KEYS, "acme", "u@example.com")
+    assert keys.view == KEYS.subject("acme", "u@example.com", "profile")
+    assert keys.generation == KEYS.subject("acme", "u@example.com", "profile-gen")
+    assert (keys.caps_z, keys.caps_h) == (KEYS.subject("acme", "u@example.com", "caps", "z"), KEYS.subject("acme", "u@example.com", "caps", "h"))
+
+
+def test_a_kept_view_expires_after_its_lifetime() -> None:
+    """A view is dropped (with its memo) once its lifetime is over, so no generation can outlive it."""
+    now = [100.0]
+    views = LocalViews(KEYS, ttl=dt.timedelta(seconds=10), monotonic=lambda: now[0])
+    entry = views.entry("acme", "u")
+    views.store(entry, ProfileView("u"), "7")
+    entry.memo["x"] = 1
+    now[0] = 109.0
+    assert views.entry("acme", "u").view is not None
+    now[0] = 110.0
+    again = views.entry("acme", "u")
+    assert again.view is None and again.generation == "" and again.memo == {}
+
+
+def test_the_cache_holds_at_most_its_size() -> None:
+    """Past its size, the least recently used subject is dropped."""
+    views = LocalViews(KEYS, size=2)
+    for subject in ("a", "b"):
+        views.store(views.entry("acme", subject), ProfileView(subject), "1")
+    views.entry("acme", "a")  # used: b is now the oldest
+    views.entry("acme", "c")
+    assert views.entry("acme", "a").view is not None
+    assert views.entry("acme", "b").view is None
+
+
+def test_a_local_write_forgets_the_view_and_a_new_view_starts_a_new_memo() -> None:
+    """Forgetting drops the view and its memo; storing a different view clears the memo derived from the old one."""
+    views = LocalViews(KEYS)
+    entry = views.entry("acme", "u")
+    views.store(entry, ProfileView("u"), "1")
+    entry.memo["x"] = 1
+    views.store(entry, entry.view, "2")  # type: ignore[arg-type]
+    assert entry.memo == {"x": 1}
+    views.store(entry, ProfileView("u", timezone="UTC"), "3")
+    assert entry.memo == {}
+    views.forget("acme", ["u"])
+    assert entry.view is None and entry.generation == ""
+
+
+def test_fresh_generations_are_random_integers() -> None:
+    """A fresh generation is an integer (INCR still works on it) and does not repeat."""
+    seen = {fresh_generation() for _ in range(1000)}
+    assert len(seen) == 1000 and all(int(g) >= 0 for g in seen)
