@@ -218,3 +218,18 @@ async def test_a_caller_that_gives_up_still_gets_its_deliveries_recorded(make_se
     assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert {(r.delivery.status, r.duplicate) for r in retry.results} == {(S.DELIVERY_STATUS_SENT, True)}
     assert Counter(sink.keys) == Counter(m.idempotency_key for m in messages)
+
+
+async def test_a_batch_of_hostile_messages_gets_an_answer_the_client_can_read(make_settings: Callable[..., Settings]) -> None:
+    """500 messages with 300 unstorable numbers each are each rejected with at most 20 violations, so the answer stays readable."""
+    with CountingSink() as sink:
+        async with connectors_service(make_settings, sink) as service:
+            messages = []
+            for i in range(500):
+                message = email(f"run-{i}:send")
+                message.content.data.update({f"v{j}": float("nan") for j in range(300)})
+                messages.append(message)
+            response = await send_batch(service.stub, messages)
+    assert len(response.results) == 500 and sink.keys == []
+    assert {len(r.violations) for r in response.results} == {20}
+    assert {r.violations[-1].reason for r in response.results} == {"TOO_MANY_PROBLEMS"}

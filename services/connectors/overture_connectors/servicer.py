@@ -8,7 +8,7 @@ from overture.common.v1 import messaging_pb2
 from overture.connectors.v1 import connector_service_pb2, connector_service_pb2_grpc, delivery_pb2
 from overture_runtime import Violations, current_principal
 from overture_runtime.edge import item_violations
-from overture_runtime.errors import OvertureError
+from overture_runtime.errors import FieldViolation, OvertureError
 from overture_runtime.validation import (
     check_identifier,
     check_struct,
@@ -23,6 +23,7 @@ from .deliveries import DeliveryService, Outcome, check_batch_size
 C = connector_service_pb2
 _CONTENT_MAX = 256 * 1024
 _ADDRESS_MAX = 512
+_ITEM_VIOLATIONS_MAX = 20
 
 
 def validate_message(v: Violations, message: delivery_pb2.Message, *, prefix: str = "message.") -> None:
@@ -48,6 +49,15 @@ def validate_message(v: Violations, message: delivery_pb2.Message, *, prefix: st
     check_struct(v, f"{prefix}content.data", content.data, max_bytes=_CONTENT_MAX)
     if message.channel == messaging_pb2.CHANNEL_EMAIL and not (content.text_body or content.html_body):
         v.add(f"{prefix}content", "an email needs a text or HTML body", "REQUIRED")
+
+
+def _capped(violations: list[FieldViolation]) -> list[FieldViolation]:
+    """At most :data:`_ITEM_VIOLATIONS_MAX` violations per message, so that 500
+    hostile messages cannot make an answer larger than a client can read."""
+    if len(violations) <= _ITEM_VIOLATIONS_MAX:
+        return violations
+    rest = len(violations) - _ITEM_VIOLATIONS_MAX + 1
+    return [*violations[:_ITEM_VIOLATIONS_MAX - 1], FieldViolation("", f"and {rest} more problems", "TOO_MANY_PROBLEMS")]
 
 
 def _batch_error(error: OvertureError) -> C.SendBatchError:
@@ -97,7 +107,7 @@ class ConnectorServicer(connector_service_pb2_grpc.ConnectorServiceServicer):
                 validate_message(problems, message, prefix="")
             result = response.results.add(index=index)
             if problems:
-                result.violations.extend(to_proto_violations(problems.items))
+                result.violations.extend(to_proto_violations(_capped(problems.items)))
             else:
                 valid.append(index)
         outcomes = await self._deliveries.send_many(tenant, [request.messages[i] for i in valid])
