@@ -46,14 +46,18 @@ class RecordingSMTP:
     """An SMTP handler that records every accepted message; it can refuse
     all mail for a while (421, a transient failure) to make sends fail."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, refused: frozenset[str] = frozenset()) -> None:
         self.by_recipient: collections.Counter[str] = collections.Counter()
         self.by_message_id: collections.Counter[str] = collections.Counter()
         self.refusing = False
+        self.refused = refused
+        """Addresses refused for good (550)."""
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
         if self.refusing:
             return "421 4.3.2 try again later"
+        if address in self.refused:
+            return "550 5.1.1 mailbox unavailable"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -66,9 +70,9 @@ class RecordingSMTP:
 
 
 @contextlib.contextmanager
-def recording_smtp() -> Any:
+def recording_smtp(*, refused: frozenset[str] = frozenset()) -> Any:
     """A real SMTP server on a free port: yields (handler, port)."""
-    handler = RecordingSMTP()
+    handler = RecordingSMTP(refused=refused)
     port = free_port()
     controller = Controller(handler, hostname="127.0.0.1", port=port)
     controller.start()
