@@ -18,7 +18,7 @@ from overture_runtime.validation import (
     to_proto_violations,
 )
 
-from .deliveries import DeliveryService, Outcome, check_batch_size
+from .deliveries import MAX_BATCH, DeliveryService, Outcome, check_batch_size
 
 C = connector_service_pb2
 _CONTENT_MAX = 256 * 1024
@@ -97,7 +97,7 @@ class ConnectorServicer(connector_service_pb2_grpc.ConnectorServiceServicer):
         check_batch_size(len(request.messages))
         v = Violations()
         if not request.messages:
-            v.add("messages", "messages must hold 1 to 500 messages", "REQUIRED")
+            v.add("messages", f"messages must hold 1 to {MAX_BATCH} messages", "REQUIRED")
         v.raise_if_any("the batch is invalid")
         response = C.SendBatchResponse()
         valid: list[int] = []
