@@ -275,10 +275,11 @@ def _is_map(fd: Any) -> bool:
     return bool(fd.message_type is not None and fd.message_type.GetOptions().map_entry)
 
 
-def _sub(fd: FieldDescriptor) -> Descriptor:
+def _sub(fd: Any) -> Descriptor:
     """The message type of a message field."""
-    assert fd.message_type is not None, fd.full_name
-    return fd.message_type
+    descriptor: Descriptor | None = fd.message_type
+    assert descriptor is not None, fd.full_name
+    return descriptor
 
 
 def _enum(fd: FieldDescriptor) -> EnumDescriptor:
@@ -768,18 +769,60 @@ def edge_values(fd: FieldDescriptor, *, element: bool = False, seeds: Seeds | No
     if fd.is_repeated:
         element_value = _canonical_single(fd, seeds, 0)
         many_bad = [("400 items with a NUL", ["a\x00b"] * 400)] if fd.type == F.TYPE_STRING else []
-        return [("empty", []), ("1,001 items", [element_value] * 1001), *many_bad, *((label, [v]) for label, v in _edge_singles(fd))]
+        return [("empty", []), ("1,001 items", [element_value] * 1001), *many_bad, *((f"one item {label}", [v]) for label, v in _edge_singles(fd))]
     return [("cleared", None), *_edge_singles(fd)]
 
 
 def sweep(message: Message, *, seeds: Seeds | None = None) -> Iterable[tuple[str, Message]]:
     """Copies of *message*, each with one field (at any depth) set to one of
     its :func:`edge_values`, labelled ``events[0].occurred_at = nanos -1``
-    (inside the first element of each repeated field only)."""
-    for path in _paths(message, first_only=True):
+    (inside the first element of each repeated field only).
+
+    Sub-messages that *message* leaves out (another member of a oneof, an
+    empty repeated field, an unset message) are filled with their
+    :func:`canonical_message` in turn, and swept inside too, so that the
+    sweep covers every field of the type, not only those of the example."""
+    yield from _sweep_within(message, (), seeds, 0)
+
+
+def _sweep_within(message: Message, prefix: Path, seeds: Seeds | None, depth: int) -> Iterable[tuple[str, Message]]:
+    inner = _at(message, prefix)
+    for path in _paths(inner, prefix, len(prefix), first_only=True):
         fd, index = path[-1]
         for label, value in edge_values(fd, element=index is not None, seeds=seeds):
             yield f"{describe_path(path)} = {label}", replace(message, path, value)
+    if depth >= 3:
+        return
+    for gap in _gaps(inner, prefix, len(prefix)):
+        fd, _ = gap[-1]
+        filled_value = canonical_message(_sub(fd), seeds=seeds)
+        filled = replace(message, gap, [filled_value] if fd.is_repeated else filled_value)
+        yield from _sweep_within(filled, (*gap[:-1], (fd, 0)) if fd.is_repeated else gap, seeds, depth + 1)
+
+
+def _at(message: Message, path: Path) -> Message:
+    for fd, index in path:
+        message = getattr(message, fd.name)[index] if index is not None else getattr(message, fd.name)
+    return message
+
+
+def _gaps(message: Message, prefix: Path, depth: int) -> Iterable[Path]:
+    """Paths to the sub-messages (not well-known types or maps) that *message* leaves unset or empty, at any depth."""
+    if depth > FIELD_MAX_DEPTH:
+        return
+    for fd in message.DESCRIPTOR.fields:
+        if fd.type != F.TYPE_MESSAGE or _is_map(fd) or _sub(fd).full_name.startswith("google.protobuf."):
+            continue
+        if fd.is_repeated:
+            items = getattr(message, fd.name)
+            if not items:
+                yield (*prefix, (fd, None))
+            else:
+                yield from _gaps(items[0], (*prefix, (fd, 0)), depth + 1)
+        elif message.HasField(fd.name):
+            yield from _gaps(getattr(message, fd.name), (*prefix, (fd, None)), depth + 1)
+        else:
+            yield (*prefix, (fd, None))
 
 
 def _varint(n: int) -> bytes:
