@@ -173,24 +173,37 @@ class Violations:
             raise InvalidArgument(f"{message}: {self.items[0].description}", violations=self.items)
 
 
+MAX_REPORTED_VIOLATIONS = 50
+"""Field violations one error reports at most; a note says how many more there were."""
+_VIOLATION_BYTES = 6 * 1024  # base64 in a trailer: well under the 16 KiB clients accept
+
+
 def to_rpc_status(error: OvertureError, *, domain: str) -> status_pb2.Status:
     """Build the ``google.rpc.Status`` of *error*, with its details packed."""
     details: list[any_pb2.Any] = []
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=error.metadata)
     details.append(_pack(info))
     if error.violations:
-        bad = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description, reason=v.reason)
-                for v in error.violations
-            ]
-        )
-        details.append(_pack(bad))
+        # The status travels in a trailer, and clients refuse trailers past
+        # 16 KiB: a request with hundreds of problems reports the first ones.
+        shown: list[error_details_pb2.BadRequest.FieldViolation] = []
+        size = 0
+        for v in error.violations[:MAX_REPORTED_VIOLATIONS]:
+            item = error_details_pb2.BadRequest.FieldViolation(field=v.field[:256], description=v.description[:256], reason=v.reason[:64])
+            size += item.ByteSize() + 4
+            if size > _VIOLATION_BYTES and shown:
+                break
+            shown.append(item)
+        if len(error.violations) > len(shown):
+            more = len(error.violations) - len(shown)
+            shown.append(error_details_pb2.BadRequest.FieldViolation(
+                field="", description=f"and {more} more problem(s) of the same request", reason="MORE_VIOLATIONS"))
+        details.append(_pack(error_details_pb2.BadRequest(field_violations=shown)))
     if error.retry_after is not None:
         delay = duration_pb2.Duration()
         delay.FromTimedelta(error.retry_after)
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-    return status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
+    return status_pb2.Status(code=error.code.value[0], message=error.message[:1024], details=details)
 
 
 def _pack(message: object) -> any_pb2.Any:

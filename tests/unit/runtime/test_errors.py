@@ -92,6 +92,18 @@ def test_status_packs_bad_request_field_violations_in_order() -> None:
     ]
 
 
+def test_a_status_with_hundreds_of_violations_stays_small_enough_for_a_trailer() -> None:
+    """Past MAX_REPORTED_VIOLATIONS the status reports the first ones and how many more, so the trailer stays under 16 KiB."""
+    error = InvalidArgument("bad tags", violations=[FieldViolation(f"message.tags[{i}]", "must not contain NUL characters " * 20,
+                                                                   "INVALID_CHARACTERS") for i in range(400)])
+    status = to_rpc_status(error, domain=DOMAIN)
+    [bad] = _unpack(list(status.details), error_details_pb2.BadRequest)
+    assert 1 < len(bad.field_violations) <= errors.MAX_REPORTED_VIOLATIONS + 1
+    reported = len(bad.field_violations) - 1
+    assert bad.field_violations[-1].reason == "MORE_VIOLATIONS" and f"{400 - reported} more" in bad.field_violations[-1].description
+    assert len(status.SerializeToString()) < 12 * 1024  # base64 in the trailer: under the 16 KiB clients accept
+
+
 def test_status_packs_retry_info() -> None:
     """retry_after becomes a RetryInfo detail with the same delay."""
     error = ResourceExhausted("slow down", retry_after=timedelta(seconds=2, milliseconds=500))
