@@ -18,10 +18,12 @@ shared by the module. ``OVERTURE_FUZZ_SEED=random`` runs a fresh search.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import gzip
 import json
+import re
 import secrets
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -32,6 +34,7 @@ import httpx
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
+import structlog
 from hypothesis import given, note
 from hypothesis import strategies as st
 
@@ -228,14 +231,15 @@ async def _answers(http: httpx.AsyncClient, door: Door, cases: list[tuple[str, b
 
     async def one(what: str, content: bytes, headers: dict[str, str]) -> list[str]:
         async with gate:
-            return _problems(door, await _post(http, door, content, headers=headers), what)
+            return _problems(door, await _post(http, door, content, headers=headers), what, logs)
 
-    found = await asyncio.gather(*(one(*case) for case in cases))
-    failures = []
-    for case, problems in zip(cases, found, strict=True):
-        if problems and not await one(*case):
-            problems = [f"(only alongside other requests) {p}" for p in problems]
-        failures += problems
+    with _server_logs() as logs:
+        found = await asyncio.gather(*(one(*case) for case in cases))
+        failures = []
+        for case, problems in zip(cases, found, strict=True):
+            if problems and not await one(*case):
+                problems = [f"(only alongside other requests) {p}" for p in problems]
+            failures += problems
     return failures
 
 
@@ -243,12 +247,30 @@ async def _post(http: httpx.AsyncClient, door: Door, content: bytes, *, headers:
     return await http.post(door.path, content=content, headers=headers if headers is not None else door.headers(None))
 
 
-def _problems(door: Door, response: httpx.Response, what: str) -> list[str]:
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception)\b.*$", re.MULTILINE)
+
+
+def _server_logs() -> contextlib.AbstractContextManager[Any]:
+    """What the in-process server logs meanwhile, tracebacks formatted (one capture at a time)."""
+    return structlog.testing.capture_logs(processors=[structlog.processors.format_exc_info])
+
+
+def _server_error(text: str, logs: list[Any]) -> str:
+    """The last line of the exception the server logged for the error id in *text*."""
+    ids = set(re.findall(r"reference ([0-9a-f-]+)", text))
+    for entry in logs:
+        if entry.get("error_id") in ids:
+            found = [m.group(0) for m in _EXCEPTION_LINE.finditer(str(entry.get("exception", "")))]
+            return found[-1][:200] if found else str(entry)[:200]
+    return "(no server log found)"
+
+
+def _problems(door: Door, response: httpx.Response, what: str, logs: list[Any] | None = None) -> list[str]:
     """What is wrong with *response* to *what*: a 5xx, a body that is not JSON, a 4xx that names no
     problem, a rejected event without its violations."""
     where = f"{door.name} {door.path} with {what}: HTTP {response.status_code}"
     if response.status_code >= 500:
-        return [f"{where} {response.text[:300]}"]
+        return [f"{where} {response.text[:200]}\n    server: {_server_error(response.text, logs or [])}"]
     try:
         body = response.json()
     except ValueError:
@@ -412,9 +434,10 @@ def _requests(draw: st.DrawFn, door: Door) -> tuple[str, bytes, dict[str, str]]:
 async def test_no_door_answers_5xx(http: httpx.AsyncClient, door: Door, data: st.DataObject) -> None:
     """A valid body with any place replaced by any hostile JSON value gets a 4xx or per-event results naming the problem, never a 5xx."""
     what, content, headers = data.draw(_requests(door), label="request")
-    response = await _post(http, door, content, headers=headers)
+    with _server_logs() as logs:
+        response = await _post(http, door, content, headers=headers)
     note(f"answer: HTTP {response.status_code} {response.text[:300]}")
-    assert not _problems(door, response, what)
+    assert not _problems(door, response, what, logs)
     assert (await http.get("/healthz")).status_code == 200
 
 
@@ -425,8 +448,8 @@ POISONS = {
 """Attribute values no event can store."""
 
 
-def _results(response: httpx.Response) -> list[dict[str, Any]]:
-    assert response.status_code < 500, response.text
+def _results(response: httpx.Response, logs: list[Any]) -> list[dict[str, Any]]:
+    assert response.status_code < 500, f"HTTP {response.status_code} {response.text[:300]}\nserver: {_server_error(response.text, logs)}"
     body = response.json()
     assert isinstance(body, dict) and "results" in body, f"HTTP {response.status_code}: no per-event results: {response.text[:500]}"
     return list(body["results"])
@@ -443,9 +466,10 @@ async def test_one_bad_event_of_an_automation_batch_is_rejected_alone(http: http
     """POST /automation/events {"events": [good, bad, good]} with an unstorable attribute in the middle event rejects that event alone."""
     events = [_automation_event() for _ in range(3)]
     events[1]["attributes"] = {**events[1]["attributes"], key: POISONS[poison]}
-    response = await http.post("/automation/events", content=dump({"events": events}).encode(),
-                               headers={**BEARER, "content-type": "application/json"})
-    _assert_only_the_middle_rejected(_results(response))
+    with _server_logs() as logs:
+        response = await http.post("/automation/events", content=dump({"events": events}).encode(),
+                                   headers={**BEARER, "content-type": "application/json"})
+    _assert_only_the_middle_rejected(_results(response, logs))
 
 
 @pytest.mark.parametrize("poison", POISONS, ids=str)
@@ -455,8 +479,9 @@ async def test_one_bad_message_of_a_segment_batch_is_rejected_alone(http: httpx.
     door = next(d for d in DOORS if d.name == "segment batch")
     messages = [_segment("track")() for _ in range(3)]
     messages[1]["properties"] = {**messages[1]["properties"], key: POISONS[poison]}
-    response = await http.post("/v1/batch", content=dump({"batch": messages}).encode(), headers=door.headers(None))
-    _assert_only_the_middle_rejected(_results(response))
+    with _server_logs() as logs:
+        response = await http.post("/v1/batch", content=dump({"batch": messages}).encode(), headers=door.headers(None))
+    _assert_only_the_middle_rejected(_results(response, logs))
 
 
 @pytest.mark.parametrize("poison", POISONS, ids=str)
@@ -465,8 +490,9 @@ async def test_one_bad_event_of_a_cloudevents_batch_is_rejected_alone(http: http
     door = next(d for d in DOORS if d.name == "cloudevents batch")
     events = [_cloud_event() for _ in range(3)]
     events[1]["data"] = {**events[1]["data"], "bad": POISONS[poison]}
-    response = await http.post("/cloudevents", content=dump(events).encode(), headers=door.headers(None))
-    _assert_only_the_middle_rejected(_results(response))
+    with _server_logs() as logs:
+        response = await http.post("/cloudevents", content=dump(events).encode(), headers=door.headers(None))
+    _assert_only_the_middle_rejected(_results(response, logs))
 
 
 async def test_the_fuzz_reaches_every_door(http: httpx.AsyncClient) -> None:
