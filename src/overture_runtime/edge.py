@@ -20,8 +20,17 @@ own, and checks it with :func:`item_violations` so that one bad item never
 fails its neighbours.
 
 Field paths use the proto's field names: ``events[3].attributes.revenue``.
-The checks walk only the fields that are set. Not thread-safe to mutate the
-plan cache from several threads; it is filled once per message type.
+The checks walk only the fields that are set.
+
+Every check runs twice over, for speed: a request is first walked by
+:func:`_ok`, a plain yes-or-no mirror of the checks that builds no paths and
+no violations and follows a plan made once per message type (what kind of
+check each field needs, its limit, and whether the type holds anything to
+check at all). Only when it answers no do the generators below walk the
+message again to name every violation, so what a caller sees is theirs
+alone. ``tests/unit/runtime/test_edge.py`` checks the two agree on hostile
+messages of every request type. Not thread-safe to mutate the plan cache
+from several threads; it is filled once per message type.
 """
 
 from __future__ import annotations
@@ -56,6 +65,8 @@ _per_item: dict[str, bool] = {}
 def check_request(request: Message) -> None:
     """Raise :class:`InvalidArgument` naming every field of *request* that
     no Overture service can take (per-item batch fields excepted)."""
+    if _ok(request, True, 0):
+        return
     found = list(_message(request, "", skip_items=True))
     if found:
         raise InvalidArgument(f"the request is invalid: {found[0].field}: {found[0].description}", violations=found)
@@ -63,11 +74,15 @@ def check_request(request: Message) -> None:
 
 def item_violations(item: Message, *, prefix: str = "") -> list[FieldViolation]:
     """What is wrong with one item of a per-item batch field."""
+    if _ok(item, False, 0):
+        return []
     return list(_message(item, prefix, skip_items=False))
 
 
 def message_violations(message: Message, *, prefix: str = "") -> list[FieldViolation]:
     """What is wrong anywhere in *message*, batch items included."""
+    if _ok(message, False, 0):
+        return []
     return list(_message(message, prefix, skip_items=False))
 
 
@@ -212,6 +227,196 @@ def _struct(value: Any, path: str, depth: int) -> Iterator[FieldViolation]:
         elif isinstance(node, struct_pb2.ListValue):
             for i, item in enumerate(node.values):
                 stack.append((item, f"{at}[{i}]", level + 1))
+
+
+# -- the fast yes-or-no walk -------------------------------------------------
+
+_STRING, _ENUM, _FLOAT, _TIMESTAMP, _DURATION, _STRUCT, _MESSAGE, _MAP, _OTHER = range(9)
+
+
+class _FieldPlan:
+    """What one field needs checked."""
+
+    __slots__ = ("enum_numbers", "kind", "limit", "per_item", "repeated", "value")
+
+    def __init__(self, field: Any) -> None:
+        self.repeated = bool(field.is_repeated)
+        self.per_item = False
+        self.limit = 0
+        self.enum_numbers: frozenset[int] = frozenset()
+        self.value: _FieldPlan | None = None
+        if field.type == _F.TYPE_MESSAGE:
+            name = field.message_type.full_name
+            self.per_item = self.repeated and not _is_map(field) and _is_per_item(field)
+            if _is_map(field):
+                self.kind = _MAP
+                self.repeated = False
+                self.limit = limits.TEXT  # of the keys
+                self.value = _FieldPlan(field.message_type.fields_by_name["value"])
+            elif name == "google.protobuf.Timestamp":
+                self.kind = _TIMESTAMP
+            elif name == "google.protobuf.Duration":
+                self.kind = _DURATION
+            elif name in _STRUCT_TYPES:
+                self.kind = _STRUCT
+            else:
+                self.kind = _MESSAGE
+        elif field.type == _F.TYPE_STRING:
+            self.kind = _STRING
+            self.limit = limits.string_limit(field.full_name, field.name)
+        elif field.type == _F.TYPE_ENUM:
+            self.kind = _ENUM
+            self.enum_numbers = frozenset(field.enum_type.values_by_number)
+        elif field.type in (_F.TYPE_DOUBLE, _F.TYPE_FLOAT):
+            self.kind = _FLOAT
+        else:
+            self.kind = _OTHER
+
+
+_plans: dict[str, dict[Any, _FieldPlan] | None] = {}
+
+
+def _plan(descriptor: Any) -> dict[Any, _FieldPlan] | None:
+    """The field plans of a message type, or None when nothing it can hold
+    needs a check (only integers, booleans and bytes, at any depth)."""
+    name = descriptor.full_name
+    if name in _plans:
+        return _plans[name]
+    _plans[name] = {}  # a placeholder while recursive types are planned
+    fields = {field: _FieldPlan(field) for field in descriptor.fields}
+    plan: dict[Any, _FieldPlan] | None = fields
+    if all(f.kind == _OTHER or (f.kind == _MESSAGE and _plan(field.message_type) is None) for field, f in fields.items()):
+        plan = None
+    _plans[name] = plan
+    return plan
+
+
+def _string_ok(value: str, maximum: int) -> bool:
+    if len(value) > maximum or "\x00" in value:
+        return False
+    return value.isascii() or not _SURROGATE.search(value)
+
+
+def _ok(message: Message, skip_items: bool, depth: int) -> bool:
+    """Whether :func:`_message` would find nothing wrong with *message*."""
+    if depth > limits.STRUCT_DEPTH:
+        return False
+    plan = _plan(message.DESCRIPTOR)
+    if plan is None:
+        return True
+    for field, value in message.ListFields():
+        f = plan.get(field) or _FieldPlan(field)
+        kind = f.kind
+        if kind == _STRING:
+            if f.repeated:
+                if not all(_string_ok(v, f.limit) for v in value):
+                    return False
+            elif not _string_ok(value, f.limit):
+                return False
+        elif f.per_item and skip_items:
+            continue  # a batch field: its servicer checks each item
+        elif kind == _MESSAGE:
+            if f.repeated:
+                for item in value:
+                    if not _ok(item, skip_items, depth + 1):
+                        return False
+            elif not _ok(value, skip_items, depth + 1):
+                return False
+        elif kind == _ENUM:
+            if f.repeated:
+                if not all(v in f.enum_numbers for v in value):
+                    return False
+            elif value not in f.enum_numbers:
+                return False
+        elif kind == _TIMESTAMP:
+            for item in value if f.repeated else (value,):
+                if not (0 <= item.nanos <= 999_999_999 and _TS_MIN <= item.seconds < _TS_MAX):
+                    return False
+        elif kind == _DURATION:
+            for item in value if f.repeated else (value,):
+                seconds, nanos = item.seconds, item.nanos
+                if not (0 <= nanos <= 999_999_999 and 0 <= seconds and (seconds < _DURATION_MAX or (seconds == _DURATION_MAX and not nanos))):
+                    return False
+        elif kind == _STRUCT:
+            for item in value if f.repeated else (value,):
+                if not _struct_ok(item, depth):
+                    return False
+        elif kind == _FLOAT:
+            if f.repeated:
+                if not all(math.isfinite(v) for v in value):
+                    return False
+            elif not math.isfinite(value):
+                return False
+        elif kind == _MAP:
+            assert f.value is not None
+            if not _map_ok(f.value, value, depth):
+                return False
+    return True
+
+
+def _map_ok(value_plan: _FieldPlan, entries: Any, depth: int) -> bool:
+    for key, item in entries.items():
+        if isinstance(key, str) and not _string_ok(key, limits.TEXT):
+            return False
+        kind = value_plan.kind
+        if kind == _MESSAGE:
+            if not _ok(item, False, depth + 1):
+                return False
+        elif kind == _STRING:
+            if not _string_ok(item, value_plan.limit):
+                return False
+        elif kind == _ENUM:
+            if item not in value_plan.enum_numbers:
+                return False
+        elif kind == _FLOAT:
+            if not math.isfinite(item):
+                return False
+        elif kind in (_TIMESTAMP, _DURATION, _STRUCT):
+            if list(_submessage_of(kind, item, depth)):
+                return False
+    return True
+
+
+def _submessage_of(kind: int, value: Any, depth: int) -> Iterator[FieldViolation]:
+    if kind == _TIMESTAMP:
+        yield from _timestamp(value, "")
+    elif kind == _DURATION:
+        yield from _duration(value, "")
+    else:
+        yield from _struct(value, "", depth)
+
+
+def _struct_ok(value: Any, depth: int) -> bool:
+    """Whether :func:`_struct` would find nothing wrong, without its paths."""
+    stack: list[tuple[Any, int]] = [(value, depth)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, struct_pb2.Value):
+            kind = node.WhichOneof("kind")
+            if kind == "number_value":
+                if not math.isfinite(node.number_value):
+                    return False
+                continue
+            if kind == "string_value":
+                if not _string_ok(node.string_value, limits.TEXT):
+                    return False
+                continue
+            if kind == "struct_value":
+                node = node.struct_value
+            elif kind == "list_value":
+                node = node.list_value
+            else:
+                continue
+        if level - depth >= limits.STRUCT_DEPTH:
+            return False
+        if isinstance(node, struct_pb2.Struct):
+            for key, item in node.fields.items():
+                if not _string_ok(key, limits.TEXT):
+                    return False
+                stack.append((item, level + 1))
+        elif isinstance(node, struct_pb2.ListValue):
+            stack.extend((item, level + 1) for item in node.values)
+    return True
 
 
 def loads(raw: bytes | str) -> Any:

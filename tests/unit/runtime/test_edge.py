@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from overture.common.v1 import event_pb2
 from overture.ingest.v1 import ingest_service_pb2
@@ -177,3 +179,55 @@ def test_struct_values_must_be_finite_even_in_lists() -> None:
     request = rules_service_pb2.EvaluateRequest(rule_set="r", subject_id="s")
     request.context.fields["l"].list_value.values.add().number_value = float("nan")
     assert _reasons(request) == {"context.l[0]": "NOT_FINITE"}
+
+
+def _request_types() -> list[Any]:
+    """Every request and response message type of Overture's RPCs, and the batch items."""
+    import overture
+    from tests.fuzzing import rpc_methods
+
+    types: dict[str, Any] = {}
+    for method in rpc_methods(overture):
+        for descriptor in (method.descriptor.input_type, method.descriptor.output_type):
+            types[descriptor.full_name] = descriptor
+    return [types[name] for name in sorted(types)]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_the_fast_walk_and_the_named_violations_agree(data: st.DataObject) -> None:
+    """For hostile, plausible and one-field-mutated messages of every request type, the fast check passes exactly those in which the full walk finds no violation."""
+    from tests.fuzzing import hostile_messages, mutated_messages, plausible_messages
+
+    descriptor = data.draw(st.sampled_from(_request_types()))
+    message = data.draw(st.one_of(hostile_messages(descriptor), plausible_messages(descriptor),
+                                  mutated_messages(descriptor).map(lambda pair: pair[1])))
+    for skip_items in (True, False):
+        assert edge._ok(message, skip_items, 0) == (not list(edge._message(message, "", skip_items=skip_items)))
+
+
+@pytest.mark.parametrize("seconds", [edge._TS_MIN - 1, edge._TS_MIN, edge._TS_MAX - 1, edge._TS_MAX, edge._TS_MAX + 1])
+@pytest.mark.parametrize("nanos", [-1, 0, 999_999_999, 1_000_000_000])
+def test_the_fast_walk_agrees_at_the_timestamp_limits(seconds: int, nanos: int) -> None:
+    """At and around the first and last admitted instants, the fast check and the full walk agree."""
+    request = rules_service_pb2.EvaluateRequest(rule_set="r", subject_id="s")
+    request.now.seconds, request.now.nanos = seconds, nanos
+    assert edge._ok(request, True, 0) == (not list(edge._message(request, "", skip_items=True)))
+
+
+@pytest.mark.parametrize("seconds", [-1, 0, edge._DURATION_MAX - 1, edge._DURATION_MAX, edge._DURATION_MAX + 1])
+@pytest.mark.parametrize("nanos", [-1, 0, 1, 999_999_999, 1_000_000_000])
+def test_the_fast_walk_agrees_at_the_duration_limits(seconds: int, nanos: int) -> None:
+    """At and around zero and the longest admitted Duration, the fast check and the full walk agree."""
+    request = orchestrator_service_pb2.PublishJourneyRequest(name="welcome", reason="r")
+    step = request.spec.steps.add(id="wait")
+    step.delay.duration.seconds, step.delay.duration.nanos = seconds, nanos
+    assert edge._ok(request, True, 0) == (not list(edge._message(request, "", skip_items=True)))
+
+
+@pytest.mark.parametrize("length", [0, 1, 255, 256, 257])
+@pytest.mark.parametrize("text", ["a", "é", "😀", "\x00"])
+def test_the_fast_walk_agrees_on_string_limits(length: int, text: str) -> None:
+    """Around an id's length limit, with ASCII, other Unicode, astral characters or NUL, the fast check and the full walk agree."""
+    request = rules_service_pb2.EvaluateRequest(rule_set="r", subject_id=(text * length)[:length])
+    assert edge._ok(request, True, 0) == (not list(edge._message(request, "", skip_items=True)))
