@@ -1,44 +1,48 @@
-"""End-to-end benchmark: events in, emails out, through all four services.
+"""End-to-end benchmark: events in, emails out, through all four services (issue 8).
 
-    .venv/bin/python bench/e2e.py [--events 10000] [--profiles 5000] [--rates 200,1000] [--latency-seconds 5]
-                                  [--timers N] [--waiting N] [--profile DIR] [--no-celery] [--no-floor]
+    .venv/bin/python bench/e2e.py [--events 2000] [--profiles 5000] [--rates 200,1000] [--latency-seconds 2]
+                                  [--timers N] [--waiting N] [--profile DIR] [--rev REV] [--no-celery] [--no-floor]
 
-The four services run as separate processes (``overture serve``) on a
-scratch PostgreSQL database and a private Redis namespace, with an SMTP sink
-in its own process (``baselines/smtp_sink.py``) that records each message's
-arrival time, its ``X-Overture-Key`` (the idempotency key ``run_id:step_id``)
-and the event id the benchmark's journey puts in the subject. The rule set
-is ``examples/marketing-email.yaml`` plus two rules and a daily cap that
-never binds (consent, a cap and three rules, as issue 8 measured); the
-journey is ``examples/welcome-journey.yaml`` with ``[ev:<event id>]`` added
-to the subject. 5,000 consenting profiles are preloaded through
-``ProfileService.ApplyProfileEvents``; every event is a ``user.signed_up``
-of one of them, so every event must give exactly one email.
+The four services run as separate processes (``overture serve``; from the
+commit ``--rev`` when given, unpacked with ``git archive``) on a scratch
+PostgreSQL database and a private Redis namespace, with an SMTP sink in its
+own process (``baselines/smtp_sink.py``) that records each message's arrival
+time, its ``X-Overture-Key`` (the idempotency key ``run_id:step_id``) and the
+event id the benchmark's journey puts in the subject. The rule set is
+``examples/marketing-email.yaml`` plus two rules and a daily cap that never
+binds (consent, a cap and three rules, as issue 8 measured); the journey is
+``examples/welcome-journey.yaml`` with ``[ev:<event id>]`` added to the
+subject. 5,000 consenting profiles are preloaded through
+``ProfileService.ApplyProfileEvents``; every event is a ``user.signed_up`` of
+one of them, so every event must give exactly one email.
 
-Printed, each with its CPU per service process (``/proc/<pid>/stat``,
-user + system; PostgreSQL backends of the scratch database too):
+Printed, each with the CPU of every process (``/proc/<pid>/stat``, user +
+system; the PostgreSQL backends of the scratch database too):
 
 1. Sustained events -> emails per second: ``--events`` events sent closed
-   loop (batches of 500, 2 callers: the highest rate ingest takes), timed
-   from the first send to the last email; degradation = the rate of the
-   last 10% of emails against the first 10%.
-2. Event-to-email latency p50/p99/max at each open-loop rate of ``--rates``
-   (from each event's scheduled send time; ack -> email too).
+   loop (batches of 500, 2 callers: as fast as ingest acks), from the first
+   email to the last (from the first send too); degradation = the rate of
+   the last 10% of emails against the first 10%.
+2. Event-to-email latency p50/p99/max at each open-loop rate of ``--rates``,
+   from each event's scheduled send time (ack -> email too). A run stops
+   early, marked overloaded, once 1% of its events are ``--overload-after``
+   seconds late.
 3. Timer lateness (``--timers N``: N runs held on a 30-day delay, then
-   probes on a short delay; lateness = email - (ack + delay), an upper bound
-   since it includes the send after the timer) and the waiting-runs figure
+   probes on a short delay; email - scheduled send - delay, an upper bound
+   since the send after the timer is in it) and the waiting-runs figure
    (``--waiting N``: N runs held, then figure 1 again). NOT MEASURED unless
    asked for.
-4. Duplicates (by event and by idempotency key) and missing emails; storage
-   per run (``pg_total_relation_size`` of the orchestrator's tables / runs).
+4. Duplicates (per event and per idempotency key) and missing emails over
+   every stage; storage per run.
 5. The Celery-style peer pipeline (``baselines/celery_pipeline.py``, in
-   ``.bench-venv/``) and the raw floor (``baselines/raw_floor.py``) on the
-   same events, each in the same run, and Overture's throughput (and work
-   per CPU-second) as a ratio to both.
-6. The goals of issue 8, met or NOT met.
+   ``.bench-venv/``) and the raw floor (``baselines/raw_floor.py``) on as
+   many events, in the same run, and Overture's throughput and emails per
+   CPU-second as ratios to both.
+6. The goals of issue 8: met, NOT met, or NOT MEASURED.
 
 Every stage has a deadline (``--stage-timeout``) and every process it starts
-is stopped on the way out, Ctrl-C included. Only loopback addresses are used.
+is stopped on the way out, Ctrl-C and SIGTERM included. Only 127.0.0.1 is
+used. bench/README.md says more.
 """
 
 from __future__ import annotations
