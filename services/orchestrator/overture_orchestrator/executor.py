@@ -241,9 +241,12 @@ class Executor:
         return profile_scope(subject_id=subject_id, traits=struct_to_dict(profile.traits), segments=profile.segments,
                              timezone=profile.timezone)
 
-    async def _call(self, method: Callable[..., Awaitable[Any]], request: Any, tenant: str, what: str) -> Any:
+    async def _call(self, method: Callable[..., Awaitable[Any]], request: Any, tenant: str, what: str, *, batch: bool = False) -> Any:
+        # A batch of 500 sends can outlast one RPC's deadline on a slow relay;
+        # it completes either way, and a retry would only find duplicates.
+        timeout = self._settings.rpc_timeout_seconds * (6 if batch else 1)
         try:
-            return await method(request, metadata=call_metadata(self._settings, tenant), timeout=self._settings.rpc_timeout_seconds)
+            return await method(request, metadata=call_metadata(self._settings, tenant), timeout=timeout)
         except grpc.aio.AioRpcError as error:
             if error.code() in _TRANSIENT:
                 raise _Retry(f"{what}: {error.code().name}: {error.details()}") from None
@@ -406,7 +409,8 @@ class Executor:
         batch = getattr(self._connectors, "SendBatch", None)
         if batch is not None and hasattr(connector_service_pb2, "SendBatchRequest"):
             try:
-                response = await self._call(batch, connector_service_pb2.SendBatchRequest(messages=messages), tenant, "connectors")
+                response = await self._call(batch, connector_service_pb2.SendBatchRequest(messages=messages), tenant, "connectors",
+                                            batch=True)
             except _Retry as error:
                 return [error] * len(messages)
             except grpc.aio.AioRpcError as error:
