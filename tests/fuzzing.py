@@ -54,6 +54,7 @@ from hypothesis import strategies as st
 
 __all__ = [
     "FIELD_MAX_DEPTH",
+    "MAX_REQUEST_BYTES",
     "Method",
     "Seeds",
     "canonical_message",
@@ -72,6 +73,7 @@ __all__ = [
     "replace",
     "rpc_methods",
     "seeded",
+    "serialize",
     "struct_of",
     "sweep",
     "wire_requests",
@@ -421,8 +423,25 @@ def hostile_field(fd: FieldDescriptor, *, depth: int = 0, seeds: Seeds | None = 
     element = _single(fd, depth, seeds, hostile=True)
     if not fd.is_repeated:
         return element
-    many = st.tuples(element, st.sampled_from((101, 1001))).map(lambda pair: [pair[0]] * pair[1])
+    many = st.tuples(element, st.sampled_from((101, 1001))).map(lambda pair: [pair[0]] * (pair[1] if _size(pair[0]) <= 2048 else 2))
     return st.one_of(st.lists(element, max_size=4), many)
+
+
+def _size(value: Any) -> int:
+    """Roughly how many bytes *value* takes on the wire."""
+    if isinstance(value, Message):
+        return int(value.ByteSize())
+    return len(value) if isinstance(value, (str, bytes)) else 8
+
+
+MAX_REQUEST_BYTES = 6 * 1024 * 1024
+"""Requests larger than this are not built: every server refuses anything past 4 MiB the same way,
+and copies of a large item in a long repeated field could otherwise take gigabytes."""
+
+
+def serialize(message: Message) -> bytes | None:
+    """*message* on the wire, or None when it would exceed :data:`MAX_REQUEST_BYTES`."""
+    return message.SerializeToString() if message.ByteSize() <= MAX_REQUEST_BYTES else None
 
 
 def _single(fd: FieldDescriptor, depth: int, seeds: Seeds, *, hostile: bool) -> st.SearchStrategy[Any]:
@@ -869,7 +888,7 @@ def wire_requests(descriptor: Descriptor, messages: st.SearchStrategy[Message]) 
     one damaged on the wire (invalid UTF-8 in a string field at any depth,
     truncated, a flipped byte, a wrong wire type, an unknown field), or random bytes."""
     strings = _string_paths(descriptor)
-    serialized = messages.map(lambda m: m.SerializeToString())
+    serialized = messages.map(lambda m: serialize(m) or b"")
     kinds: list[st.SearchStrategy[tuple[str, bytes]]] = [serialized.map(lambda b: ("message", b))]
     if strings:
         kinds.append(st.builds(

@@ -256,7 +256,10 @@ def _calls(method: fuzzing.Method, seeds: fuzzing.Seeds) -> st.SearchStrategy[Ca
         kind, value = pair
         if isinstance(value, bytes):
             return Call(credentials, kind, value, None)
-        return Call(credentials, kind, value.SerializeToString(), value)
+        request = fuzzing.serialize(value)
+        if request is None:  # past every server's 4 MiB limit, and too big to build
+            return Call(credentials, f"{kind} (over {fuzzing.MAX_REQUEST_BYTES:,} bytes: replaced by an empty request)", b"", None)
+        return Call(credentials, kind, request, value)
 
     return st.builds(as_call, st.sampled_from(CREDENTIAL_CHOICES), st.one_of(made, made, made, wired))
 
