@@ -148,6 +148,8 @@ class Settings(BaseSettings):
     """Events a tenant may send at once; at least the largest batch (1,000)."""
     ingest_daily_quota: int = 0
     """Events per tenant per UTC day; 0 for none."""
+    ingest_write_connections: int = Field(default=4, ge=1, le=64)
+    """PostgreSQL connections each ingest replica inserts events on, besides its pool (batches of 50+ are written side by side)."""
     ingest_tenant_limits: Annotated[dict[str, dict[str, float]], NoDecode] = {}
     """Per-tenant overrides: JSON ``{"tenant": {"rate": ..., "burst": ..., "daily_quota": ...}}``."""
     event_type_aliases: Annotated[dict[str, dict[str, str]], NoDecode] = {}

@@ -387,35 +387,40 @@ def _submessage_of(kind: int, value: Any, depth: int) -> Iterator[FieldViolation
 
 
 def _struct_ok(value: Any, depth: int) -> bool:
-    """Whether :func:`_struct` would find nothing wrong, without its paths."""
-    stack: list[tuple[Any, int]] = [(value, depth)]
+    """Whether :func:`_struct` would find nothing wrong, without its paths.
+    Values are checked as they are met; only containers go on the stack."""
+    stack: list[tuple[Any, int]] = []
+    if type(value) is struct_pb2.Value:
+        if not _value_ok(value, depth, stack):
+            return False
+    else:
+        stack.append((value, depth))
     while stack:
         node, level = stack.pop()
-        if isinstance(node, struct_pb2.Value):
-            kind = node.WhichOneof("kind")
-            if kind == "number_value":
-                if not math.isfinite(node.number_value):
-                    return False
-                continue
-            if kind == "string_value":
-                if not _string_ok(node.string_value, limits.TEXT):
-                    return False
-                continue
-            if kind == "struct_value":
-                node = node.struct_value
-            elif kind == "list_value":
-                node = node.list_value
-            else:
-                continue
         if level - depth >= limits.STRUCT_DEPTH:
             return False
-        if isinstance(node, struct_pb2.Struct):
-            for key, item in node.fields.items():
-                if not _string_ok(key, limits.TEXT):
+        if type(node) is struct_pb2.Struct:
+            fields = node.fields
+            for key in fields:  # keys, then each value: twice as fast as items() on protobuf's maps
+                if not _string_ok(key, limits.TEXT) or not _value_ok(fields[key], level + 1, stack):
                     return False
-                stack.append((item, level + 1))
-        elif isinstance(node, struct_pb2.ListValue):
-            stack.extend((item, level + 1) for item in node.values)
+        else:
+            for item in node.values:
+                if not _value_ok(item, level + 1, stack):
+                    return False
+    return True
+
+
+def _value_ok(value: Any, level: int, stack: list[tuple[Any, int]]) -> bool:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        return math.isfinite(value.number_value)
+    if kind == "string_value":
+        return _string_ok(value.string_value, limits.TEXT)
+    if kind == "struct_value":
+        stack.append((value.struct_value, level))
+    elif kind == "list_value":
+        stack.append((value.list_value, level))
     return True
 
 

@@ -57,7 +57,7 @@ class IngestApp(BaseApp):
 
     async def on_start(self) -> None:
         s = self.settings
-        self.log = EventLog(self.db, self.clock)
+        self.log = EventLog(self.db, self.clock, connections=s.ingest_write_connections)
         self.log.start()
         self.relay = Relay(self.db, self.redis, self.keys, self.clock, republish_horizon=dt.timedelta(hours=s.republish_horizon_hours))
         limiter = RateLimiter(

@@ -6,6 +6,13 @@ after its transaction commits. The relay publishes in log order and marks
 what it published; what is committed and not marked is published again
 after a crash, so a consumer may see an event twice (and dedupes by id),
 but never misses one.
+
+On PostgreSQL the inserts go through a small asyncpg pool of their own, as
+one ``INSERT ... SELECT FROM unnest(...)`` statement each, committed on its
+own with the server's (synchronous) commit: one round trip per insert. A
+batch of at least ``DIRECT_BATCH`` events is inserted as it is, on its own
+connection, so that several batches are written at once; smaller ones are
+grouped with their neighbours (group commit) into one insert.
 """
 
 from __future__ import annotations
@@ -17,9 +24,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
+import hiredis
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 import structlog
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from overture.common.v1 import event_pb2
@@ -31,7 +41,7 @@ from overture_runtime.redis import Keys
 from .normalize import PROFILE_EVENT_TYPES, NormalizedEvent
 from .tables import events, relay_state
 
-__all__ = ["EVENT_STREAM", "EventLog", "Relay"]
+__all__ = ["DIRECT_BATCH", "EVENT_STREAM", "EventLog", "Relay"]
 
 log = structlog.get_logger("overture.ingest")
 EVENT_STREAM = "events"
@@ -39,17 +49,18 @@ EVENT_STREAM = "events"
 _STREAM_MAXLEN = 1_000_000
 
 
-_UNNEST = sa.text("""
-    INSERT INTO ingest_events (tenant, event_id, event_type, original_event_type, subject_id, occurred_at, received_at, commit_time,
-                               source, id_derived, partition, payload, published_at, profile_pending, profile_applied_at)
-    SELECT * FROM unnest(CAST(:tenant AS text[]), CAST(:event_id AS text[]), CAST(:event_type AS text[]),
-                         CAST(:original_event_type AS text[]), CAST(:subject_id AS text[]), CAST(:occurred_at AS timestamptz[]),
-                         CAST(:received_at AS timestamptz[]), CAST(:commit_time AS timestamptz[]), CAST(:source AS text[]),
-                         CAST(:id_derived AS boolean[]), CAST(:partition AS integer[]), CAST(:payload AS bytea[]),
-                         CAST(:published_at AS timestamptz[]), CAST(:profile_pending AS boolean[]), CAST(:profile_applied_at AS timestamptz[]))
-    ON CONFLICT (tenant, event_id) DO NOTHING
-    RETURNING tenant, event_id
-""")
+_MARK_PUBLISHED = sa.text("UPDATE ingest_events SET published_at = :now WHERE seq = ANY(CAST(:seqs AS bigint[]))")
+DIRECT_BATCH = 50
+"""Batches at least this large are inserted on their own, not grouped."""
+_COLUMNS = ("tenant", "event_id", "event_type", "original_event_type", "subject_id", "occurred_at", "received_at", "commit_time",
+            "source", "id_derived", "partition", "payload", "profile_pending")
+_TYPES = ("text", "text", "text", "text", "text", "timestamptz", "timestamptz", "timestamptz", "text", "boolean", "integer", "bytea", "boolean")
+# published_at and profile_applied_at start NULL (the column defaults).
+_UNNEST = (
+    f"INSERT INTO ingest_events ({', '.join(_COLUMNS)}) "
+    f"SELECT * FROM unnest({', '.join(f'${i + 1}::{t}[]' for i, t in enumerate(_TYPES))}) "
+    "ON CONFLICT (tenant, event_id) DO NOTHING RETURNING tenant, event_id"
+)
 
 
 @dataclass(frozen=True)
@@ -71,10 +82,15 @@ class EventLog:
     one transaction, one round trip, one WAL flush for all of them, and each
     caller is answered only after that commit."""
 
-    def __init__(self, db: Database, clock: Clock) -> None:
+    def __init__(self, db: Database, clock: Clock, *, connections: int = 4) -> None:
         self._db = db
         self._clock = clock
-        self._writer = GroupWriter(self._insert, key=lambda row: (row["tenant"], row["event_id"]), name="events", max_delay=0.001)
+        # max_delay 0: a group is whatever queued while the previous insert ran.
+        self._writer = GroupWriter(self._insert, key=lambda row: (row["tenant"], row["event_id"]), name="events", max_delay=0.0)
+        self._dsn = None if db.is_sqlite else make_url(db.url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self._connections = connections
+        self._pool: asyncpg.Pool | None = None
+        self._opening = asyncio.Lock()
 
     def start(self) -> None:
         """Start the group-commit writer."""
@@ -83,34 +99,56 @@ class EventLog:
     async def close(self) -> None:
         """Commit what is queued and stop."""
         await self._writer.close()
+        if self._pool is not None:
+            await self._pool.close()
 
     async def commit(self, tenant: str, batch: Sequence[NormalizedEvent]) -> set[str]:
-        """Store *batch* durably; return the ids that were new."""
+        """Store *batch* durably; return the ids that were new. Returns only
+        after the insert committed."""
         if not batch:
             return set()
         now = self._clock.now()
+        if self._dsn is not None and len(batch) >= DIRECT_BATCH:
+            ids = [n.event.event_id for n in batch]
+            inserted = await self._fetch([
+                [tenant] * len(batch), ids, [n.event.event_type for n in batch], [n.original_event_type for n in batch],
+                [n.event.subject_id for n in batch], [n.occurred_at for n in batch], [n.received_at for n in batch], [now] * len(batch),
+                [n.event.source for n in batch], [n.event.id_derived for n in batch], [n.partition for n in batch],
+                [n.event.SerializeToString() for n in batch], [n.event.event_type in PROFILE_EVENT_TYPES for n in batch],
+            ])
+            return {event_id for _, event_id in inserted}
         rows = [
             dict(
                 tenant=tenant, event_id=n.event.event_id, event_type=n.event.event_type,
                 original_event_type=n.original_event_type, subject_id=n.event.subject_id,
                 occurred_at=n.occurred_at, received_at=n.received_at,
                 commit_time=now, source=n.event.source, id_derived=n.event.id_derived, partition=n.partition,
-                payload=n.event.SerializeToString(), published_at=None,
-                profile_pending=n.event.event_type in PROFILE_EVENT_TYPES, profile_applied_at=None,
+                payload=n.event.SerializeToString(), profile_pending=n.event.event_type in PROFILE_EVENT_TYPES,
             )
             for n in batch
         ]
         fresh = await self._writer.write(rows)
         return {str(row["event_id"]) for row, new in zip(rows, fresh, strict=True) if new}
 
+    async def _fetch(self, columns: list[list[Any]]) -> list[tuple[str, str]]:
+        """Run the insert over *columns* (in ``_COLUMNS`` order); the (tenant, id) pairs inserted."""
+        pool = self._pool
+        if pool is None:
+            async with self._opening:
+                if self._pool is None:
+                    assert self._dsn is not None
+                    self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._connections,
+                                                           server_settings={"application_name": "overture-ingest-log"})
+                pool = self._pool
+        async with pool.acquire() as conn:
+            return [(r[0], r[1]) for r in await conn.fetch(_UNNEST, *columns)]
+
     async def _insert(self, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
+        if self._dsn is not None:
+            return set(await self._fetch([[row[name] for row in rows] for name in _COLUMNS]))
         async with self._db.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                # One statement over arrays: one round trip per group.
-                columns = {name: [row[name] for row in rows] for name in rows[0]}
-                return {(r.tenant, r.event_id) for r in await conn.execute(_UNNEST, columns)}
             statement = insert_ignore(conn, events, index_elements=["tenant", "event_id"]).returning(events.c.tenant, events.c.event_id)
-            result = await conn.execute(statement, rows)
+            result = await conn.execute(statement, [{**row, "published_at": None, "profile_applied_at": None} for row in rows])
             return {(r.tenant, r.event_id) for r in result}
 
     async def get(self, tenant: str, event_id: str) -> StoredEvent | None:
@@ -213,13 +251,37 @@ class Relay:
             )).all()
             if not rows:
                 return 0
-            pipe = self._redis.pipeline(transaction=False)
-            for r in rows:
-                fields: dict[Any, Any] = {"tenant": r.tenant, "event_id": r.event_id, "event": r.payload}
-                pipe.xadd(self._keys.stream(EVENT_STREAM, r.partition), fields, maxlen=_STREAM_MAXLEN, approximate=True)
-            await pipe.execute()
-            await conn.execute(t.update().where(t.c.seq.in_([r.seq for r in rows])).values(published_at=self._clock.now()))
+            await self._append([("XADD", self._keys.stream(EVENT_STREAM, r.partition), "MAXLEN", "~", _STREAM_MAXLEN, "*",
+                                  "tenant", r.tenant, "event_id", r.event_id, "event", r.payload) for r in rows])
+            seqs = [r.seq for r in rows]
+            if conn.dialect.name == "postgresql":  # one array parameter, not one per row
+                await conn.execute(_MARK_PUBLISHED, {"now": self._clock.now(), "seqs": seqs})
+            else:
+                await conn.execute(t.update().where(t.c.seq.in_(seqs)).values(published_at=self._clock.now()))
         return len(rows)
+
+    async def _append(self, commands: list[tuple[Any, ...]]) -> None:
+        """Send the XADDs in one round trip: packed by hiredis on one pooled
+        connection (redis-py's pipeline packs in Python); a Redis Cluster
+        client, whose partitions live on several nodes, gets its pipeline."""
+        redis = self._redis
+        pool = getattr(redis, "connection_pool", None)
+        if not isinstance(redis, aioredis.Redis) or pool is None:
+            pipe = redis.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+            await pipe.execute()
+            return
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(b"".join(hiredis.pack_command(c) for c in commands))
+            for _ in commands:
+                await conn.read_response()
+        except BaseException:
+            await conn.disconnect()  # replies may be left unread: never reuse the connection
+            raise
+        finally:
+            await pool.release(conn)
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Publish until *stopping* is set; sleep until woken when idle."""

@@ -3,6 +3,10 @@
 An event is rejected with one field violation per problem; a valid event is
 normalized: aliases resolved, times in UTC, ``received_at`` and ``source``
 stamped, and an id derived from the content when the sender gave none.
+
+It works on the proto itself, in one pass: the attributes' depth and key
+counts are measured in one walk (after the edge checks' own), and times are
+stamped as Timestamp seconds and nanos, without a detour through dicts.
 """
 
 from __future__ import annotations
@@ -13,15 +17,16 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from google.protobuf import struct_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from overture.common.v1 import event_pb2
 from overture_runtime.edge import item_violations
 from overture_runtime.errors import FieldViolation, Violations
 from overture_runtime.limits import EVENT_TYPE as EVENT_TYPE_MAX
 from overture_runtime.protojson import struct_to_dict
-from overture_runtime.validation import check_identifier, check_struct
+from overture_runtime.validation import check_identifier
 
 __all__ = ["PROFILE_EVENT_TYPES", "Limits", "NormalizedEvent", "normalize", "partition_of"]
 
@@ -68,18 +73,45 @@ def partition_of(tenant: str, subject_id: str, partitions: int) -> int:
     return int.from_bytes(digest[:8], "big") % partitions
 
 
-def _too_many_keys(value: struct_pb2.Struct | struct_pb2.ListValue | struct_pb2.Value, limit: int) -> bool:
-    """Whether any object holds more than *limit* keys (or any list more than 4x), walking the proto itself."""
-    if isinstance(value, struct_pb2.Struct):
-        return len(value.fields) > limit or any(_too_many_keys(v, limit) for v in value.fields.values())
-    if isinstance(value, struct_pb2.ListValue):
-        return len(value.values) > limit * 4 or any(_too_many_keys(v, limit) for v in value.values)
-    kind = value.WhichOneof("kind")
-    if kind == "struct_value":
-        return _too_many_keys(value.struct_value, limit)
-    if kind == "list_value":
-        return _too_many_keys(value.list_value, limit)
-    return False
+def _shape(value: struct_pb2.Struct, limit: int) -> tuple[int, bool]:
+    """The nesting depth of *value* (a Struct or ListValue counts one level;
+    an empty top-level Struct is depth 1), and whether any object in it holds
+    more than *limit* keys or any list more than 4x as many items: one walk."""
+    deepest, crowded = 1, False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if level > deepest:
+            deepest = level
+        if type(node) is struct_pb2.Struct:
+            fields = node.fields
+            items: Any = [fields[key] for key in fields]  # faster than values() on protobuf's maps
+            crowded = crowded or len(items) > limit
+        else:
+            items = node.values
+            crowded = crowded or len(node.values) > limit * 4
+        for item in items:
+            kind = item.WhichOneof("kind")
+            if kind == "struct_value":
+                stack.append((item.struct_value, level + 1))
+            elif kind == "list_value":
+                stack.append((item.list_value, level + 1))
+    return deepest, crowded
+
+
+_stamped: tuple[dt.datetime, int, int] | None = None
+
+
+def _seconds_nanos(when: dt.datetime) -> tuple[int, int]:
+    """``Timestamp.FromDatetime`` of an aware datetime, as (seconds, nanos);
+    the last one is kept, since every event of a batch has the same receipt time."""
+    global _stamped
+    if _stamped is not None and _stamped[0] is when:
+        return _stamped[1], _stamped[2]
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(when)
+    _stamped = (when, stamp.seconds, stamp.nanos)
+    return stamp.seconds, stamp.nanos
 
 
 def derive_id(tenant: str, event: event_pb2.Event, occurred: dt.datetime | None, received: dt.datetime) -> str:
@@ -118,9 +150,16 @@ def normalize(
             v.add("occurred_at", f"occurred_at is more than {limits.max_future.total_seconds() / 3600:g} hours in the future", "TOO_FAR_IN_FUTURE")
         elif occurred < received_at - limits.max_age:
             v.add("occurred_at", f"occurred_at is older than {limits.max_age.days} days", "TOO_OLD")
-    check_struct(v, "attributes", event.attributes, max_bytes=limits.max_attributes_bytes, max_depth=limits.max_attribute_depth)
-    if not v and _too_many_keys(event.attributes, limits.max_attribute_keys):
-        v.add("attributes", f"attributes have more than {limits.max_attribute_keys} keys at one level", "TOO_MANY_KEYS")
+    attributes = event.attributes
+    if attributes.fields:
+        size = attributes.ByteSize()
+        depth, crowded = _shape(attributes, limits.max_attribute_keys)
+        if size > limits.max_attributes_bytes:
+            v.add("attributes", f"attributes is {size} bytes; the limit is {limits.max_attributes_bytes}", "TOO_LARGE")
+        elif depth > limits.max_attribute_depth:
+            v.add("attributes", f"attributes nests deeper than {limits.max_attribute_depth} levels", "TOO_DEEP")
+        if crowded and not v:
+            v.add("attributes", f"attributes have more than {limits.max_attribute_keys} keys at one level", "TOO_MANY_KEYS")
     if event.causation.depth < 0:
         v.add("causation.depth", "depth must not be negative", "OUT_OF_RANGE")
     if v:
@@ -129,8 +168,12 @@ def normalize(
     normalized.CopyFrom(event)
     normalized.event_type = event_type
     normalized.source = event.source or source
-    normalized.occurred_at.FromDatetime(occurred or received_at)
-    normalized.received_at.FromDatetime(received_at)
+    received_seconds, received_nanos = _seconds_nanos(received_at)
+    if occurred is None:
+        normalized.occurred_at.seconds, normalized.occurred_at.nanos = received_seconds, received_nanos
+    else:  # what FromDatetime(occurred) stores: the given instant, to the microsecond
+        normalized.occurred_at.nanos -= normalized.occurred_at.nanos % 1000
+    normalized.received_at.seconds, normalized.received_at.nanos = received_seconds, received_nanos
     if not event.event_id:
         normalized.event_id = derive_id(tenant, event, occurred, received_at)
         normalized.id_derived = True

@@ -41,13 +41,13 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         check_batch(v, "events", request.events, maximum=BATCH_MAX)
         v.raise_if_any("the batch is invalid")
         outcomes = await self._pipeline.ingest(tenant, request.events, source="grpc")
-        return IS.IngestEventsResponse(results=[
-            IS.EventResult(
-                index=i, event_id=o.event_id, status=_STATUS.get(o.status, IS.EVENT_RESULT_STATUS_REJECTED),
-                violations=to_proto_violations(o.violations),
-            )
-            for i, o in enumerate(outcomes)
-        ])
+        response = IS.IngestEventsResponse()
+        results = response.results
+        for i, o in enumerate(outcomes):
+            result = results.add(index=i, event_id=o.event_id, status=_STATUS.get(o.status, IS.EVENT_RESULT_STATUS_REJECTED))
+            if o.violations:
+                result.violations.extend(to_proto_violations(o.violations))
+        return response
 
     async def GetEvent(self, request: IS.GetEventRequest, context: grpc.aio.ServicerContext) -> IS.GetEventResponse:
         tenant = current_principal().tenant

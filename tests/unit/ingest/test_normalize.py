@@ -332,3 +332,37 @@ def test_normalize_never_raises_for_any_occurred_at(offset: int) -> None:
     assert isinstance(result, (NormalizedEvent, list))
     if isinstance(result, list):
         assert {v.field for v in result} == {"occurred_at"}
+
+
+json_trees = st.recursive(st.one_of(st.integers(0, 9), st.text(max_size=3), st.none()),
+                          lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=3), inner, max_size=4)),
+                          max_leaves=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(tree=st.dictionaries(st.text(max_size=3), json_trees, max_size=5), key_limit=st.integers(1, 4))
+def test_the_one_pass_shape_agrees_with_the_checks_it_replaces(tree: dict[str, Any], key_limit: int) -> None:
+    """The one walk over the attributes measures the depth check_struct measured and finds the crowding the key-count walk found."""
+    from overture_ingest.normalize import _shape
+    from overture_runtime.validation import _depth
+
+    attributes = struct_from_dict(tree)
+
+    def crowded(value: Any) -> bool:
+        if isinstance(value, dict):
+            return len(value) > key_limit or any(crowded(v) for v in value.values())
+        if isinstance(value, list):
+            return len(value) > key_limit * 4 or any(crowded(v) for v in value)
+        return False
+
+    assert _shape(attributes, key_limit) == (_depth(attributes), crowded(tree))
+
+
+@pytest.mark.parametrize("nanos", [0, 1, 999, 1000, 123_456_789, 999_999_999])
+def test_occurred_at_is_kept_to_the_microsecond(nanos: int) -> None:
+    """The normalized occurred_at is the sent instant truncated to the microsecond, as a datetime round trip would store it."""
+    e = event(occurred=RECEIVED)
+    e.occurred_at.nanos = nanos
+    expected = event_pb2.Event()
+    expected.occurred_at.FromDatetime(e.occurred_at.ToDatetime(tzinfo=dt.UTC))
+    assert accepted(e).event.occurred_at == expected.occurred_at
