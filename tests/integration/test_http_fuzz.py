@@ -348,6 +348,11 @@ def _whole_bodies(door: Door) -> Iterator[tuple[str, bytes, dict[str, str]]]:
         yield f"a body nested {depth:,} deep", _nested(depth, "list").text.encode(), headers
         yield f"a body of objects nested {depth:,} deep", _nested(depth, "object").text.encode(), headers
     yield "an empty body", b"", headers
+    plain = {k: v for k, v in headers.items() if k != "authorization"}
+    yield "no credentials", valid, plain
+    yield "a bogus token", valid, {**plain, "authorization": "Bearer not-a-token"}
+    yield "malformed basic credentials", valid, {**plain, "authorization": "Basic !!!"}
+    yield "basic credentials that are not UTF-8", valid, {**plain, "authorization": "Basic /w=="}
     yield "truncated JSON", valid[: len(valid) // 2], headers
     yield "invalid UTF-8", valid.replace(b'"dave"', b'"d\xffve"') if b'"dave"' in valid else b'{"\xff": 1}', headers
     yield "a lone surrogate in UTF-8 (CESU-8)", valid.replace(b'"dave"', b'"d\xed\xa0\x80ve"') if b'"dave"' in valid else b'"\xed\xa0\x80"', headers
