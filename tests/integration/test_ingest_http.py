@@ -82,3 +82,13 @@ async def test_an_oversized_body_is_a_413(http: httpx.AsyncClient) -> None:
     """A body over the limit is refused with 413 before it is parsed."""
     response = await http.post("/automation/events", content=b"[" + b"1," * 3_000_000 + b"1]", headers=AUTH)
     assert response.status_code == 413
+
+
+@pytest.mark.parametrize(("method", "path", "status", "reason"), [
+    ("POST", "/nope", 404, "NOT_FOUND"), ("GET", "/automation/events", 405, "METHOD_NOT_ALLOWED"), ("POST", "/v1/track/", 404, "NOT_FOUND"),
+])
+async def test_what_is_not_a_door_answers_json(http: httpx.AsyncClient, method: str, path: str, status: int, reason: str) -> None:
+    """An unknown path, a wrong method or a trailing slash get the JSON error shape with their status, never text or a redirect."""
+    response = await http.request(method, path, json={})
+    assert response.status_code == status
+    assert response.json()["error"]["reason"] == reason

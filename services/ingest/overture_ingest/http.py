@@ -289,4 +289,14 @@ def create_http_app(*, pipeline: IngestPipeline, tokens: TokenTable) -> Starlett
         Route("/healthz", health, methods=["GET"]),
     ]
     routes += [Route(f"/v1/{call}", door(segment(call)), methods=["POST"]) for call in (*SEGMENT_TYPES, "batch")]
-    return Starlette(routes=routes)
+    async def not_a_door(request: Request, exc: Exception) -> Response:
+        """Unknown paths and methods answer in the same JSON shape as every other error."""
+        code = getattr(exc, "status_code", 404)
+        reason = "METHOD_NOT_ALLOWED" if code == 405 else "NOT_FOUND"
+        message = f"{request.method} is not served at {request.url.path}" if code == 405 else f"no door at {request.url.path}"
+        return JSONResponse({"code": reason.lower(), "message": message, "error": {"code": reason, "reason": reason, "message": message}},
+                            status_code=code, headers=getattr(exc, "headers", None))
+
+    app = Starlette(routes=routes, exception_handlers={404: not_a_door, 405: not_a_door})
+    app.router.redirect_slashes = False  # "/v1/track/" is not a door, rather than a redirect to one
+    return app
