@@ -97,6 +97,13 @@ class Settings(BaseSettings):
 
     shutdown_grace_seconds: float = 10.0
     """How long in-flight RPCs may finish after SIGTERM."""
+    workers: int = Field(default=1, ge=1, le=64)
+    """Processes one ``overture serve`` runs, all on the same ports (SO_REUSEPORT, as gRPC
+    Python advises for CPU-bound servers); 1 serves in the supervising process itself."""
+    worker_index: int | None = Field(default=None, ge=0)
+    """Set by the supervisor in each worker (0 .. workers-1); worker i serves metrics on the metrics port + i."""
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    """The event loop services run on: uvloop (libuv) or the standard library's."""
     max_concurrent_rpcs: int = 2000
     """RPCs a server handles at once; more are refused with RESOURCE_EXHAUSTED (bounded memory)."""
     max_message_bytes: int = 4 * 1024 * 1024

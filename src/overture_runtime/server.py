@@ -94,7 +94,9 @@ class Server:
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
-                ("grpc.so_reuseport", 0),
+                # Off, so that a second copy fails to bind instead of silently
+                # sharing the port; on for the workers of OVERTURE_WORKERS.
+                ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
             ],
         )
         await self.app.start()
@@ -109,11 +111,14 @@ class Server:
             raise RuntimeError(f"could not bind {self.settings.host}:{port}")
         await self._server.start()
         metrics_port = self.settings.metrics_port(self.app.name) if self._metrics_port is None else self._metrics_port  # type: ignore[arg-type]
+        if metrics_port and self.settings.worker_index:
+            metrics_port += self.settings.worker_index  # one scrape target per worker process
         if metrics_port:
             self._metrics_server, _ = start_http_server(metrics_port, addr=self.settings.host)
         for name in ("", *self.app.service_names):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("server.started", service=self.app.name, port=self.port, metrics_port=metrics_port or None)
+        log.info("server.started", service=self.app.name, port=self.port, metrics_port=metrics_port or None,
+                 worker=self.settings.worker_index)
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:

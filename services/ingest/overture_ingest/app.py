@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,6 +41,18 @@ class _EmbeddedUvicorn(uvicorn.Server):
 
     def install_signal_handlers(self) -> None:  # older uvicorn releases
         pass
+
+
+def _shared_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on *host*:*port* that other processes may bind too (SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
 
 
 class IngestApp(BaseApp):
@@ -81,7 +94,9 @@ class IngestApp(BaseApp):
                 log_config=None, access_log=False, lifespan="off", limit_concurrency=1000,
             )
             self._http = _EmbeddedUvicorn(config)
-            self._http_task = asyncio.create_task(self._http.serve(), name="ingest:http")
+            # The workers of OVERTURE_WORKERS share the HTTP port as they share the gRPC one.
+            sockets = [_shared_socket(self.settings.host, port)] if self.settings.workers > 1 else None
+            self._http_task = asyncio.create_task(self._http.serve(sockets=sockets), name="ingest:http")
             while not self._http.started:
                 if self._http_task.done():
                     raise RuntimeError(f"the ingest HTTP server could not start on {self.settings.host}:{port}")
