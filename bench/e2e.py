@@ -73,6 +73,7 @@ from baselines.harness import (  # type: ignore[import-not-found]
     Profiler,
     Sink,
     bench_python,
+    parent_of,
     process_tree,
     redis_server_pid,
     running,
@@ -463,7 +464,8 @@ def service_pids() -> dict[str, int]:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"serve" in argv and pid != os.getpid():
+        # The services are this process's own children; their worker processes (OVERTURE_WORKERS) count under them.
+        if b"serve" in argv and parent_of(pid) == os.getpid():
             for name in SERVICES:
                 if name.encode() in argv:
                     found[name] = pid

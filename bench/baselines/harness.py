@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
-    "BENCH_VENV", "Cpu", "ProfileSummary", "Profiler", "Sink", "bench_python", "free_port", "process_tree", "redis_server_pid",
+    "BENCH_VENV", "Cpu", "ProfileSummary", "Profiler", "Sink", "bench_python", "free_port", "parent_of", "process_tree", "redis_server_pid",
     "stop_process", "summarize_profile",
 ]
 
@@ -64,6 +64,12 @@ def process_tree(root: int) -> list[int]:
         found.append(pid)
         todo.extend(children.get(pid, ()))
     return found
+
+
+def parent_of(pid: int) -> int | None:
+    """The parent pid of *pid*, or None if it is gone."""
+    fields = _stat(pid)
+    return int(fields[3]) if fields else None
 
 
 def cpu_of(pid: int) -> float:
@@ -294,7 +300,8 @@ class Profiler:
             out = self.folder / f"{name}.txt"
             self._procs[name] = subprocess.Popen(
                 [str(self.py_spy), "record", "--pid", str(pid), "--rate", str(self.rate), "--format", "raw",
-                 "--duration", "3600", "--output", str(out), "--gil", *(["--nonblocking"] if self.nonblocking else [])],
+                 "--duration", "3600", "--output", str(out), "--gil", "--subprocesses",  # OVERTURE_WORKERS > 1 serves from children
+                 *(["--nonblocking"] if self.nonblocking else [])],
                 stdout=(self.folder / f"{name}.py-spy.log").open("wb"), stderr=subprocess.STDOUT)
 
     async def stop(self) -> dict[str, Path]:
