@@ -175,9 +175,13 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop", help="OVERTURE_EVENT_LOOP of the ingest service")
+    parser.add_argument("--workers", type=int, default=1, help="OVERTURE_WORKERS of the ingest service")
     args = parser.parse_args()
+    print(f"event loop {args.loop}; {args.workers} worker process(es)")
     with tempfile.TemporaryDirectory() as logs:
-        async with services(["ingest"], log_dir=Path(logs), OVERTURE_INGEST_RATE_PER_SECOND="0",
+        async with services(["ingest"], log_dir=Path(logs), OVERTURE_INGEST_RATE_PER_SECOND="0", OVERTURE_EVENT_LOOP=args.loop,
+                            OVERTURE_WORKERS=str(args.workers),
                             OVERTURE_RULES_ADDRESS="127.0.0.1:1", OVERTURE_ORCHESTRATOR_ADDRESS="127.0.0.1:1") as running:
             address = running["ingest"]
             http = f"http://127.0.0.1:{running.http_port}"

@@ -263,19 +263,24 @@ async def main() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--writes", choices=["sync", "async"], default="sync", help="OVERTURE_DECISION_WRITES of the rules service")
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop",
+                        help="OVERTURE_EVENT_LOOP of the rules service, and the echo server's loop (the same, so the ratio is fair)")
+    parser.add_argument("--workers", type=int, default=1, help="OVERTURE_WORKERS of the rules service")
     args = parser.parse_args()
     short = min(args.seconds, 5)
     check, reserve = decision_pb2.EVALUATION_MODE_CHECK, decision_pb2.EVALUATION_MODE_RESERVE
-    print(f"decision records written {args.writes} (OVERTURE_DECISION_WRITES={args.writes})")
+    print(f"decision records written {args.writes} (OVERTURE_DECISION_WRITES={args.writes}); event loop {args.loop}; "
+          f"{args.workers} worker process(es)")
     summary: list[tuple[str, str, str, str, str]] = []
     with tempfile.TemporaryDirectory() as logs:
-        async with echo_server() as (echo_address, echo_pid):
+        async with echo_server(loop=args.loop) as (echo_address, echo_pid):
             echo_cpu = CpuMeter(echo_pid)
             echo_one = await closed_loop(echo_address, echo_cpu, seconds=short, workers=1, mode=reserve, echo=True)
             show("Baseline: bare grpc.aio echo server, one caller at a time", echo_one)
             echo_many = await closed_loop(echo_address, echo_cpu, seconds=short, workers=32, mode=reserve, echo=True)
             show("Baseline: bare grpc.aio echo server, 32 concurrent callers", echo_many)
-        async with services(["rules"], log_dir=Path(logs), OVERTURE_DECISION_WRITES=args.writes) as running:
+        async with services(["rules"], log_dir=Path(logs), OVERTURE_DECISION_WRITES=args.writes, OVERTURE_EVENT_LOOP=args.loop,
+                            OVERTURE_WORKERS=str(args.workers)) as running:
             address = running["rules"]
             cpu = CpuMeter(service_pid("rules"))
             await seed(address)

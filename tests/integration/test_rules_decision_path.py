@@ -112,3 +112,26 @@ async def test_a_batch_naming_one_subject_twice_counts_both(make_settings: Calla
             R.EvaluateRequest(rule_set="capped", subject_id="u", channel=EMAIL, mode=D.EVALUATION_MODE_RESERVE) for _ in range(2)
         ]), metadata=MD)
         assert sorted(r.decision.allowed for r in reply.results) == [False, True]
+
+
+async def test_a_batch_racing_its_repeat_stores_each_decision_once(make_settings: Callable[..., Settings]) -> None:
+    """Two identical batches of 150 requests with given decision ids, sent at once, store each decision once and both get the stored answer."""
+    import asyncio
+
+    from overture.rules.v1 import rules_service_pb2 as R
+
+    from .rules_support import EMAIL, MD
+
+    async with running_rules(make_settings) as svc:
+        await svc.publish("email", spec())
+        await svc.consent("u")
+        batch = R.EvaluateBatchRequest(requests=[
+            R.EvaluateRequest(rule_set="email", subject_id="u", channel=EMAIL, decision_id=f"race-{i}") for i in range(150)])
+        first, second = await asyncio.gather(*(svc.rules.EvaluateBatch(batch, metadata=MD) for _ in range(2)))
+        for a, b in zip(first.results, second.results, strict=True):
+            assert a.decision == b.decision and a.decision.allowed
+        async with svc.app.db.connect() as conn:
+            import sqlalchemy as sa
+
+            count = (await conn.execute(sa.text("SELECT count(*) FROM rules_decisions WHERE decision_id LIKE 'race-%'"))).scalar()
+        assert count == 150

@@ -20,6 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
+from google.protobuf import timestamp_pb2
 
 from overture.common.v1 import messaging_pb2
 from overture.rules.v1 import decision_pb2, rule_set_pb2
@@ -29,7 +30,7 @@ from .engine import channel_name
 from .profile_cache import SubjectKeys, fresh_generation
 from .scripts import Script
 
-__all__ = ["DECIDE", "CapLedger", "CapWindow", "LedgerResult", "plan_caps"]
+__all__ = ["DECIDE", "CapLedger", "CapPlanner", "CapWindow", "LedgerResult", "plan_caps"]
 
 _FUNCTIONS = (Path(__file__).parent / "caps.lua").read_text()
 _SCRIPT = _FUNCTIONS + """
@@ -92,6 +93,44 @@ def plan_caps(
         start, end = _window(cap, now, zone)
         planned.append(CapWindow(cap, start, end))
     return planned
+
+
+class CapPlanner:
+    """:func:`plan_caps` for one rule set version, with each cap's scope read
+    once and calendar windows remembered per zone and local day (many
+    decisions share a day; a rolling window moves with every one).
+    ``tests/unit/rules/test_caps.py`` checks it gives what plan_caps gives."""
+
+    _MEMO_SIZE = 4096
+
+    def __init__(self, spec: rule_set_pb2.RuleSetSpec) -> None:
+        self._caps = tuple((cap, cap.scope, cap.channel, cap.tag, cap.window.kind,
+                            cap.window.duration.ToTimedelta() if cap.window.kind == R.CAP_WINDOW_KIND_ROLLING else None)
+                           for cap in spec.frequency_caps)
+        self._windows: dict[tuple[int, str, dt.date], tuple[dt.datetime, dt.datetime]] = {}
+
+    def plan(self, *, channel: messaging_pb2.Channel.ValueType, tags: Sequence[str], now: dt.datetime, zone: ZoneInfo) -> list[CapWindow]:
+        """The caps a message counts against, with their windows (as plan_caps)."""
+        planned = []
+        day: dt.date | None = None
+        for i, (cap, scope, cap_channel, tag, _, rolling) in enumerate(self._caps):
+            if scope == R.CAP_SCOPE_CHANNEL and cap_channel != channel:
+                continue
+            if scope == R.CAP_SCOPE_TAG and tag not in tags:
+                continue
+            if rolling is not None:
+                planned.append(CapWindow(cap, now - rolling, now))
+                continue
+            if day is None:
+                day = now.astimezone(zone).date()
+            key = (i, zone.key, day)
+            window = self._windows.get(key)
+            if window is None:
+                if len(self._windows) >= self._MEMO_SIZE:
+                    self._windows.clear()
+                window = self._windows[key] = _window(cap, now, zone)
+            planned.append(CapWindow(cap, *window))
+        return planned
 
 
 @dataclass(frozen=True)
@@ -181,10 +220,8 @@ class CapLedger:
         counts = reply[2:2 + len(windows)]
         counters = []
         for w, (cap_id, count, limit) in zip(windows, counts, strict=True):
-            counter = decision_pb2.CapCounter(cap_id=_text(cap_id), count=int(count), limit=int(limit))
-            counter.window_start.FromDatetime(w.start)
-            counter.window_end.FromDatetime(w.end)
-            counters.append(counter)
+            counters.append(decision_pb2.CapCounter(cap_id=_text(cap_id), count=int(count), limit=int(limit),
+                                                    window_start=_timestamp(w.start), window_end=_timestamp(w.end)))
         preempted = tuple(_text(v) for v in reply[2 + len(windows):])
         return LedgerResult(outcome == "allowed", tuple(counters), preempted, replayed)
 
@@ -200,6 +237,15 @@ class CapLedger:
     async def forget(self, tenant: str, subject_id: str) -> None:
         """Drop a subject's ledger (erasure)."""
         await self._redis.delete(*self._keys_of(tenant, subject_id))
+
+
+def _timestamp(when: dt.datetime) -> timestamp_pb2.Timestamp:
+    """``Timestamp.FromDatetime`` of an aware datetime, without its Python-level calendar conversion."""
+    delta = when - _EPOCH
+    return timestamp_pb2.Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def _text(value: Any) -> str:

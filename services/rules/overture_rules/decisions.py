@@ -28,11 +28,11 @@ from overture.common.v1 import messaging_pb2
 from overture.rules.v1 import decision_pb2, rule_set_pb2, rules_service_pb2
 from overture_runtime.clock import Clock, IdGenerator
 from overture_runtime.db import Database
-from overture_runtime.errors import FieldViolation, InvalidArgument, NotFound, OvertureError, Unavailable, Violations
+from overture_runtime.errors import FieldViolation, NotFound, OvertureError, Violations
 from overture_runtime.protojson import struct_to_dict
 from overture_runtime.validation import check_identifier, check_name, check_struct
 
-from .caps import CapLedger, CapWindow, LedgerResult, plan_caps
+from .caps import CapLedger, CapWindow, LedgerResult
 from .compiler import CompiledRuleSet
 from .decision_store import DecisionStore, state_name
 from .engine import DecisionOutcome, EvaluationInput, ProfileView
@@ -41,6 +41,7 @@ from .profiles import ProfileStore
 from .replay import encode_json, profile_json
 from .rule_sets import RuleSetStore
 from .scripts import Script, ScriptChannel
+from .settlement import settle
 from .verdicts import build_decision, masked_snapshot
 
 __all__ = ["CONTEXT_MAX_BYTES", "Decider", "validate_evaluate"]
@@ -127,7 +128,8 @@ class Decider:
             if (req.mode or D.EVALUATION_MODE_CHECK) in (D.EVALUATION_MODE_COMMIT, D.EVALUATION_MODE_RELEASE):
                 try:
                     at = req.now.ToDatetime(tzinfo=dt.UTC) if req.HasField("now") else self._clock.now()
-                    results[i] = await self._settle(tenant, req.decision_id, req.mode, at)
+                    results[i] = await settle(self._db, self._records, self._ledger, tenant=tenant, decision_id=req.decision_id,
+                                              mode=req.mode, now=at)
                 except OvertureError as error:
                     results[i] = error
             else:
@@ -184,8 +186,7 @@ class Decider:
         w.outcome = plan.decide(w.profile, w.message, w.entry.memo)
         if not w.outcome.allowed or w.req.category == _TRANSACTIONAL or not w.compiled.spec.frequency_caps:
             return
-        w.windows = plan_caps(w.compiled.spec, channel=w.req.channel, tags=w.req.tags, now=w.message.now,
-                              zone=plan.zone(w.profile, w.entry.memo))
+        w.windows = plan.caps.plan(channel=w.req.channel, tags=w.req.tags, now=w.message.now, zone=plan.zone(w.profile, w.entry.memo))
         if w.windows:
             reserve = w.req.mode == D.EVALUATION_MODE_RESERVE and w.outcome.defer_until is None
             w.args = self._ledger.args("reserve" if reserve else "check", decision_id=w.decision_id, priority=w.req.priority,
@@ -277,8 +278,8 @@ class Decider:
             w.profile = views[w.req.subject_id]
             w.outcome = w.compiled.plan.decide(w.profile, w.message)
             if w.outcome.allowed and w.req.category != _TRANSACTIONAL and w.compiled.spec.frequency_caps:
-                w.windows = plan_caps(w.compiled.spec, channel=w.req.channel, tags=w.req.tags, now=w.message.now,
-                                      zone=w.compiled.plan.zone(w.profile))
+                w.windows = w.compiled.plan.caps.plan(channel=w.req.channel, tags=w.req.tags, now=w.message.now,
+                                                      zone=w.compiled.plan.zone(w.profile))
                 w.ledger_error = bool(w.windows)
 
     def _record(self, w: _Work) -> decision_pb2.Decision:
@@ -293,7 +294,7 @@ class Decider:
                 if memo is not None:
                     memo[key] = cached
             snapshot = cached
-        return build_decision(decision_id=w.decision_id, req=w.req, version=w.version, spec=w.compiled.spec, message=w.message,
+        return build_decision(decision_id=w.decision_id, req=w.req, version=w.version, plan=w.compiled.plan, message=w.message,
                               outcome=w.outcome, snapshot=snapshot, windows=w.windows, ledger=w.ledger, ledger_error=w.ledger_error)
 
     def _replay(self, w: _Work, counters: Sequence[decision_pb2.CapCounter]) -> str | None:
@@ -352,35 +353,6 @@ class Decider:
     async def list_for_subject(self, tenant: str, subject_id: str, *, limit: int, before: str | None) -> list[decision_pb2.Decision]:
         """A subject's decisions, newest first, older than the decision *before*."""
         return await self._records.list_for_subject(tenant, subject_id, limit=limit, before=before)
-
-    async def _settle(
-        self, tenant: str, decision_id: str, mode: decision_pb2.EvaluationMode.ValueType, now: dt.datetime,
-    ) -> decision_pb2.Decision:
-        decision = await self.get(tenant, decision_id)
-        if decision.mode != D.EVALUATION_MODE_RESERVE:
-            raise InvalidArgument(
-                f"decision {decision_id!r} was made in {D.EvaluationMode.Name(decision.mode)} mode; only RESERVE decisions can be settled",
-                violations=[FieldViolation("decision_id", "not a RESERVE decision", "NOT_RESERVED")],
-            )
-        if decision.reservation_state != D.RESERVATION_STATE_HELD and not (
-            mode == D.EVALUATION_MODE_RELEASE and decision.reservation_state == D.RESERVATION_STATE_COMMITTED
-        ):
-            return decision  # denied, deferred, or already settled: nothing (more) to do
-        commit = mode == D.EVALUATION_MODE_COMMIT
-        by = ""
-        if decision.cap_counters:
-            try:
-                state, by = await self._ledger.settle(tenant, decision.subject_id, decision_id, commit=commit, now=now)
-            except RedisError as error:
-                raise Unavailable("the frequency-cap store could not be reached; retry", reason="CAP_LEDGER_UNAVAILABLE",
-                                  retry_after=dt.timedelta(seconds=1)) from error
-            if state == D.RESERVATION_STATE_UNSPECIFIED:
-                state = D.RESERVATION_STATE_EXPIRED  # pruned: it expired long ago
-        else:  # no cap counted this message: nothing is held in the ledger
-            state = D.RESERVATION_STATE_COMMITTED if commit else D.RESERVATION_STATE_RELEASED
-        async with self._db.begin() as conn:
-            marked = await self._records.mark(conn, tenant, decision_id, state, preempted_by=by)
-        return marked or decision
 
 
 @dataclass

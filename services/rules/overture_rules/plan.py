@@ -19,7 +19,7 @@ profile view (a new view starts a new memo).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -29,6 +29,7 @@ import rule_engine
 from overture.common.v1 import messaging_pb2
 from overture.rules.v1 import decision_pb2, rule_set_pb2
 
+from .caps import CapPlanner
 from .compiler import CompiledRuleSet
 from .engine import DecisionOutcome, EvaluationInput, ProfileView, _resolve, channel_name, quiet_hours_end, recipient_zone
 from .fastpath import compile_rules
@@ -111,6 +112,30 @@ class DecisionPlan:
         self._quiet_start, self._quiet_end = qh.start, qh.end
         self._quiet_skip = _verdict(V.VERDICT_KIND_QUIET_HOURS, "quiet-hours", V.VERDICT_OUTCOME_SKIP, "transactional messages ignore quiet hours")
         self._quiet_pass: dict[str, decision_pb2.Verdict] = {}
+        self.caps = CapPlanner(spec)
+        """Which caps a message counts against, and their windows."""
+        cap_ids = [c.id for c in spec.frequency_caps]
+        self.caps_skipped_transactional = tuple(_verdict(V.VERDICT_KIND_FREQUENCY_CAP, c, V.VERDICT_OUTCOME_SKIP, "transactional messages are not capped")
+                                                for c in cap_ids)
+        """The cap verdicts of a transactional message."""
+        self.caps_skipped_denied = tuple(_verdict(V.VERDICT_KIND_FREQUENCY_CAP, c, V.VERDICT_OUTCOME_SKIP, "not counted: the message is already denied")
+                                         for c in cap_ids)
+        """The cap verdicts of a message denied before its caps."""
+        self.caps_not_counting = {c: _verdict(V.VERDICT_KIND_FREQUENCY_CAP, c, V.VERDICT_OUTCOME_SKIP, "does not count this message") for c in cap_ids}
+        """The verdict of a cap that does not count the message, by cap id."""
+        self._encoded: dict[int, bytes] = {}
+        for v in (self._erased, self._not_erased, *(x for _, a, b in self._lists for x in (a, b)),
+                  *(x for consents in self._consents.values() for c in consents for x in (c.skip, c.passed, c.deny_revoked, c.deny_missing)),
+                  *(x for *_, a, b in self._rules for x in (a, b)), self._quiet_skip, *self.caps_skipped_transactional,
+                  *self.caps_skipped_denied, *self.caps_not_counting.values()):
+            self._encoded[id(v)] = _field(v)
+
+    def encoded(self, verdicts: Sequence[decision_pb2.Verdict]) -> bytes:
+        """*verdicts* as elements of ``Decision.verdicts`` on the wire; built
+        once for the verdicts this plan holds (they live as long as it does,
+        so no other verdict can share their id)."""
+        known = self._encoded
+        return b"".join([known.get(id(v)) or _field(v) for v in verdicts])
 
     def zone(self, profile: ProfileView, memo: dict[Any, Any] | None = None) -> ZoneInfo:
         """The recipient's zone (:func:`~overture_rules.engine.recipient_zone`), from *memo* when it has it."""
@@ -134,42 +159,55 @@ class DecisionPlan:
         *memo* must belong to *profile*: pass the same dict only with the same view."""
         channel = msg.channel
         transactional = msg.category == _TRANSACTIONAL
+        # The first DENY or ERROR verdict is tracked as verdicts are added:
+        # reading it back from the protos costs more than the whole walk.
+        first: decision_pb2.Verdict | None = self._erased if profile.erased else None
         verdicts: list[decision_pb2.Verdict] = [self._erased if profile.erased else self._not_erased]
         held = profile.suppression_lists
         read: dict[str, Any] = {"exists": profile.exists, "erased": profile.erased, "suppression_lists": sorted(held)}
         for name, passed, denied in self._lists:
-            verdicts.append(denied if name in held else passed)
+            if name in held:
+                verdicts.append(denied)
+                if first is None:
+                    first = denied
+            else:
+                verdicts.append(passed)
         consent_read: dict[str, str] = {}
         for consent in self._consents.get(channel) or self._consents_for(channel):
             if consent.pair in profile.granted:
                 consent_read[consent.key] = "granted"
                 verdicts.append(consent.skip if transactional else consent.passed)
-            elif consent.pair in profile.revoked:
+                continue
+            if consent.pair in profile.revoked:
                 consent_read[consent.key] = "revoked"
-                verdicts.append(consent.skip if transactional else consent.deny_revoked)
+                verdict = consent.skip if transactional else consent.deny_revoked
             else:
                 consent_read[consent.key] = "missing"
-                verdicts.append(consent.skip if transactional else consent.deny_missing)
+                verdict = consent.skip if transactional else consent.deny_missing
+            verdicts.append(verdict)
+            if first is None and not transactional:
+                first = verdict
         read["consents"] = consent_read
 
         thing = self._thing(profile, msg, read, memo)
         if isinstance(thing, Exception):
-            verdicts.append(_verdict(V.VERDICT_KIND_SYSTEM, "attributes", V.VERDICT_OUTCOME_ERROR, f"cannot read attributes: {thing}"))
+            verdicts.append(error := _verdict(V.VERDICT_KIND_SYSTEM, "attributes", V.VERDICT_OUTCOME_ERROR, f"cannot read attributes: {thing}"))
+            if first is None:
+                first = error
         if self._reads_segments:
             read["segments"] = list(profile.segments)
         if not isinstance(thing, Exception) and self._rules:
             for (rule_id, require, _, passed, denied), result in zip(self._rules, self._run_rules(thing), strict=True):
-                if result is True:
-                    verdicts.append(passed if require else denied)
-                elif result is False:
-                    verdicts.append(denied if require else passed)
+                if result is True or result is False:
+                    verdict = passed if result is require else denied
                 elif isinstance(result, rule_engine.EngineError):
-                    verdicts.append(_verdict(V.VERDICT_KIND_RULE, rule_id, V.VERDICT_OUTCOME_ERROR, f"rule failed to evaluate: {result.message}"))
+                    verdict = _verdict(V.VERDICT_KIND_RULE, rule_id, V.VERDICT_OUTCOME_ERROR, f"rule failed to evaluate: {result.message}")
                 else:
-                    verdicts.append(_verdict(V.VERDICT_KIND_RULE, rule_id, V.VERDICT_OUTCOME_ERROR,
-                                             f"rule failed to evaluate: {type(result).__name__}"))
+                    verdict = _verdict(V.VERDICT_KIND_RULE, rule_id, V.VERDICT_OUTCOME_ERROR, f"rule failed to evaluate: {type(result).__name__}")
+                verdicts.append(verdict)
+                if first is None and verdict is not passed:
+                    first = verdict
 
-        first = next((x for x in verdicts if x.outcome == V.VERDICT_OUTCOME_DENY or x.outcome == V.VERDICT_OUTCOME_ERROR), None)
         defer_until: dt.datetime | None = None
         if self._quiet and (not self._quiet_channels or channel in self._quiet_channels):
             if transactional:
@@ -197,8 +235,11 @@ class DecisionPlan:
         return tuple(_Consent(pair) for pair in required)
 
     def _outside(self, zone: str) -> decision_pb2.Verdict:
-        verdict = self._quiet_pass[zone] = _verdict(V.VERDICT_KIND_QUIET_HOURS, "quiet-hours", V.VERDICT_OUTCOME_PASS,
-                                                    f"outside quiet hours {self._quiet_start}-{self._quiet_end} {zone}")
+        verdict = _verdict(V.VERDICT_KIND_QUIET_HOURS, "quiet-hours", V.VERDICT_OUTCOME_PASS,
+                           f"outside quiet hours {self._quiet_start}-{self._quiet_end} {zone}")
+        if len(self._quiet_pass) < 1024:  # zones are few; kept, so encoded() knows them
+            self._encoded[id(verdict)] = _field(verdict)
+            self._quiet_pass[zone] = verdict
         return verdict
 
     def _thing(self, profile: ProfileView, msg: EvaluationInput, read: dict[str, Any], memo: dict[Any, Any] | None) -> dict[str, Any] | Exception:
@@ -230,6 +271,10 @@ class DecisionPlan:
                 "category": "transactional" if msg.category == _TRANSACTIONAL else "marketing",
                 "tags": tuple(msg.tags), "segments": tuple(profile.segments), "priority": Decimal(msg.priority) if priority is None else priority,
                 **m.attributes}
+
+
+def _field(verdict: decision_pb2.Verdict) -> bytes:
+    return V.Decision(verdicts=[verdict]).SerializeToString()
 
 
 def outcome_fields(outcome: DecisionOutcome) -> Mapping[str, Any]:

@@ -103,11 +103,21 @@ class ScriptChannel:
             return []
         if self._connection is None:
             return await run_scripts(self._redis, commands)
+        if not self._busy:  # nothing in flight: this caller makes the round trip itself
+            self._busy = True
+            try:
+                replies = await self._round_trip(list(commands))
+            finally:
+                if self._queue:  # others arrived meanwhile: a task takes them on
+                    asyncio.get_running_loop().create_task(self._flush())
+                else:
+                    self._busy = False
+            failed = next((r for r in replies if isinstance(r, ResponseError)), None)
+            if failed is not None:
+                raise failed
+            return replies
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self._queue.append((commands, future))
-        if not self._busy:
-            self._busy = True
-            asyncio.get_running_loop().create_task(self._flush())
         return await future
 
     async def close(self) -> None:

@@ -14,8 +14,9 @@ from overture.rules.v1 import decision_pb2, rule_set_pb2, rules_service_pb2
 from overture_runtime.privacy import mask_mapping
 from overture_runtime.protojson import struct_from_dict
 
-from .caps import CapWindow, LedgerResult
+from .caps import CapWindow, LedgerResult, _timestamp
 from .engine import DecisionOutcome, EvaluationInput
+from .plan import DecisionPlan
 
 __all__ = ["build_decision", "masked_snapshot"]
 
@@ -29,46 +30,46 @@ _NO_LEDGER = D.Verdict(kind=D.VERDICT_KIND_SYSTEM, id="cap-ledger", outcome=D.VE
 
 
 def masked_snapshot(outcome: DecisionOutcome) -> bytes:
-    """The profile fields a decision read, masked, as a serialized ``Struct``."""
-    return struct_from_dict(mask_mapping(outcome.snapshot)).SerializeToString()
+    """The profile fields a decision read, masked: ``Decision.profile_snapshot`` on the wire."""
+    return D.Decision(profile_snapshot=struct_from_dict(mask_mapping(outcome.snapshot))).SerializeToString()
 
 
 def build_decision(
-    *, decision_id: str, req: rules_service_pb2.EvaluateRequest, version: rule_set_pb2.RuleSetVersion, spec: rule_set_pb2.RuleSetSpec,
-    message: EvaluationInput,
-    outcome: DecisionOutcome | None, snapshot: bytes, windows: Sequence[CapWindow], ledger: LedgerResult | None, ledger_error: bool,
+    *, decision_id: str, req: rules_service_pb2.EvaluateRequest, version: rule_set_pb2.RuleSetVersion, plan: DecisionPlan,
+    message: EvaluationInput, outcome: DecisionOutcome | None, snapshot: bytes, windows: Sequence[CapWindow], ledger: LedgerResult | None,
+    ledger_error: bool,
 ) -> decision_pb2.Decision:
-    """The decision record of one request under *version* (whose compiled
-    content is *spec*). *outcome* None means the profile store could not be
-    read; *snapshot* is :func:`masked_snapshot` of the outcome."""
+    """The decision record of one request under *version* (compiled into
+    *plan*). *outcome* None means the profile store could not be read;
+    *snapshot* is :func:`masked_snapshot` of the outcome. The verdicts go in
+    as the plan's pre-encoded bytes: one parse instead of a copy of each."""
     decision = D.Decision(
         decision_id=decision_id, rule_set=req.rule_set, version=version.version, digest=version.digest,
         subject_id=req.subject_id, channel=req.channel, category=req.category, tags=req.tags, priority=req.priority,
-        mode=req.mode or D.EVALUATION_MODE_CHECK,
+        mode=req.mode or D.EVALUATION_MODE_CHECK, evaluate_time=_timestamp(message.now),
     )
     if message.context:
         decision.context.CopyFrom(struct_from_dict(mask_mapping(message.context)))
-    decision.evaluate_time.FromDatetime(message.now)
     if outcome is None:
         decision.verdicts.append(_NO_PROFILE)
         decision.summary = "denied by system: the profile and consent store could not be read"
         return decision
-    verdicts = list(outcome.verdicts)
-    caps = _cap_verdicts(spec, req, outcome, windows, ledger, ledger_error)
+    verdicts: Sequence[decision_pb2.Verdict] = outcome.verdicts
+    caps, first = _cap_verdicts(plan, req, outcome, windows, ledger, ledger_error)
     if caps:
+        verdicts = list(verdicts)
         at = next((i for i, v in enumerate(verdicts) if v.kind == D.VERDICT_KIND_QUIET_HOURS), len(verdicts))
         verdicts[at:at] = caps
-    decision.verdicts.extend(verdicts)
-    decision.profile_snapshot.MergeFromString(snapshot)
-    first = next((v for v in verdicts if v.outcome in _DENYING), None)
-    decision.allowed = first is None
+    decision.MergeFromString(plan.encoded(verdicts) + snapshot)
+    # The outcome's own verdicts deny exactly when it is not allowed; past that, only a cap can.
+    decision.allowed = outcome.allowed and first is None
     if first is not None and outcome.allowed:
         kind = D.VerdictKind.Name(first.kind).removeprefix("VERDICT_KIND_").lower().replace("_", " ")
         decision.summary = f"denied by {kind}: {first.reason}"
     else:
         decision.summary = outcome.summary
     if decision.allowed and outcome.defer_until is not None:
-        decision.defer_until.FromDatetime(outcome.defer_until)
+        decision.defer_until.CopyFrom(_timestamp(outcome.defer_until))
     if ledger is not None:
         decision.cap_counters.extend(ledger.counters)
     if decision.allowed and decision.mode == D.EVALUATION_MODE_RESERVE and outcome.defer_until is None:
@@ -77,24 +78,26 @@ def build_decision(
 
 
 def _cap_verdicts(
-    spec: rule_set_pb2.RuleSetSpec, req: rules_service_pb2.EvaluateRequest, outcome: DecisionOutcome, windows: Sequence[CapWindow],
+    plan: DecisionPlan, req: rules_service_pb2.EvaluateRequest, outcome: DecisionOutcome, windows: Sequence[CapWindow],
     ledger: LedgerResult | None, ledger_error: bool,
-) -> list[decision_pb2.Verdict]:
-    if not spec.frequency_caps:
-        return []
+) -> tuple[Sequence[decision_pb2.Verdict], decision_pb2.Verdict | None]:
+    """The cap verdicts, and the first of them that denies."""
+    if not plan.caps_not_counting:
+        return (), None
     if req.category == _TRANSACTIONAL:
-        return [_v(c.id, D.VERDICT_OUTCOME_SKIP, "transactional messages are not capped") for c in spec.frequency_caps]
+        return plan.caps_skipped_transactional, None
     if not outcome.allowed:
-        return [_v(c.id, D.VERDICT_OUTCOME_SKIP, "not counted: the message is already denied") for c in spec.frequency_caps]
+        return plan.caps_skipped_denied, None
     if ledger_error:
-        return [_NO_LEDGER]
+        return (_NO_LEDGER,), _NO_LEDGER
     applied = {w.cap.id for w in windows}
     counters = {c.cap_id: c for c in (ledger.counters if ledger else ())}
     preempting = bool(ledger and ledger.preempted and ledger.allowed)
-    verdicts = []
-    for cap in spec.frequency_caps:
+    verdicts: list[decision_pb2.Verdict] = []
+    first = None
+    for cap in plan.compiled.spec.frequency_caps:
         if cap.id not in applied:
-            verdicts.append(_v(cap.id, D.VERDICT_OUTCOME_SKIP, "does not count this message"))
+            verdicts.append(plan.caps_not_counting[cap.id])
             continue
         counter = counters[cap.id]
         where = f"{counter.count} of {cap.limit} {_window_label(cap)}"
@@ -103,8 +106,10 @@ def _cap_verdicts(
         elif preempting:
             verdicts.append(_v(cap.id, D.VERDICT_OUTCOME_PASS, f"{where}; took the slot of a lower-priority held reservation"))
         else:
-            verdicts.append(_v(cap.id, D.VERDICT_OUTCOME_DENY, f"frequency cap {cap.id} reached: {where}"))
-    return verdicts
+            verdicts.append(denied := _v(cap.id, D.VERDICT_OUTCOME_DENY, f"frequency cap {cap.id} reached: {where}"))
+            if first is None:
+                first = denied
+    return verdicts, first
 
 
 def _v(cap_id: str, outcome: decision_pb2.VerdictOutcome.ValueType, reason: str) -> decision_pb2.Verdict:
