@@ -32,7 +32,7 @@ from overture_runtime.protojson import struct_from_dict, struct_to_dict
 
 from .tables import audit_events
 
-__all__ = ["RECORDED_ACTIONS", "ExternalRecord", "append", "entry_hash", "record", "to_proto", "verify_chain"]
+__all__ = ["RECORDED_ACTIONS", "ExternalRecord", "append", "entry_hash", "list_events", "record", "to_proto", "verify_chain"]
 
 _A = audit_event_pb2
 RECORDED_ACTIONS = frozenset({
@@ -152,6 +152,17 @@ async def record(db: Database, *, tenant: str, records: Sequence[ExternalRecord]
 
 class ConcurrentAppend(Exception):
     """Another writer appended the same sequence first."""
+
+
+async def list_events(db: Database, *, tenant: str, after: int, limit: int) -> list[audit_event_pb2.AuditEvent]:
+    """Up to *limit* of *tenant*'s entries after sequence *after*, in order
+    (a range scan of the primary key)."""
+    t = audit_events
+    async with db.connect() as conn:
+        rows = (await conn.execute(
+            sa.select(t).where((t.c.tenant == tenant) & (t.c.sequence > after)).order_by(t.c.sequence).limit(limit)
+        )).all()
+    return [to_proto(r) for r in rows]
 
 
 def to_proto(row: Any) -> audit_event_pb2.AuditEvent:

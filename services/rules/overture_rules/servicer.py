@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 
 import grpc
-import sqlalchemy as sa
 
 from overture.common.v1 import messaging_pb2
 from overture.rules.v1 import (
@@ -39,7 +38,6 @@ from .backtest import backtest
 from .decisions import Decider, validate_evaluate
 from .profiles import ProfileStore
 from .rule_sets import RuleSetStore
-from .tables import audit_events
 
 R = rules_service_pb2
 P = profile_service_pb2
@@ -197,13 +195,9 @@ class RulesServicer(rules_service_pb2_grpc.RulesServiceServicer):
         size = page_size(v, request.page_size, default=100, maximum=1000)
         v.raise_if_any()
         after = int(decode_page_token(request.page_token, after=int).get("after", 0))
-        t = audit_events
-        async with self._db.connect() as conn:
-            rows = (await conn.execute(
-                sa.select(t).where((t.c.tenant == tenant) & (t.c.sequence > after)).order_by(t.c.sequence).limit(size + 1)
-            )).all()
-        events = [audit.to_proto(r) for r in rows[:size]]
-        token = encode_page_token({"after": events[-1].sequence}) if len(rows) > size else ""
+        found = await audit.list_events(self._db, tenant=tenant, after=after, limit=size + 1)
+        events = found[:size]
+        token = encode_page_token({"after": events[-1].sequence}) if len(found) > size else ""
         return R.ListAuditEventsResponse(audit_events=events, next_page_token=token)
 
     async def GetDecision(self, request: R.GetDecisionRequest, context: grpc.aio.ServicerContext) -> R.GetDecisionResponse:
