@@ -207,13 +207,14 @@ class Relay:
 
     def __init__(
         self, db: Database, redis: aioredis.Redis, keys: Keys, clock: Clock, *, batch_size: int = 500,
-        republish_horizon: dt.timedelta = dt.timedelta(hours=24),
+        republish_horizon: dt.timedelta = dt.timedelta(hours=24), gather: float = 0.01,
     ) -> None:
         self._db = db
         self._redis = redis
         self._keys = keys
         self._clock = clock
         self._batch = batch_size
+        self._gather = gather
         self._horizon = republish_horizon
         self._epoch_key = f"{keys.namespace}:stream:{EVENT_STREAM}:epoch"
         self.wake = asyncio.Event()
@@ -284,11 +285,18 @@ class Relay:
             await pool.release(conn)
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Publish until *stopping* is set; sleep until woken when idle."""
+        """Publish until *stopping* is set; sleep until woken when idle.
+
+        After a short batch the relay lets events gather for ``gather``
+        seconds before the next one: one transaction per small ingest batch
+        cost a third of ingest's CPU at 100 HTTP requests/s. That adds at most
+        this much to publication, and nothing to acknowledgement."""
         while not stopping.is_set():
             published = await self.publish_once()
             if published:
                 log.debug("relay.published", count=published)
+                if published < self._batch:
+                    await asyncio.sleep(self._gather)
                 continue
             self.wake.clear()
             try:
