@@ -91,6 +91,9 @@ class Starter:
                         continue
                     busy.add(key)
                 kept.append(run)
+            if len(kept) < len(candidates):
+                log.info("run.not_started", count=len(candidates) - len(kept),
+                         reason="the subject is already in a journey that does not allow concurrent runs")
             candidates = kept
         results = await self._runs.start(candidates)
         for run, (run_id, new) in zip(candidates, results, strict=True):
