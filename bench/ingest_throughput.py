@@ -61,9 +61,13 @@ def _fresh_ids(template: bytes, tag: str) -> ingest_service_pb2.IngestEventsRequ
 
 
 async def grpc_throughput(address: str, cpu: CpuMeter, *, batch: int, seconds: float, clients: int) -> dict[str, object]:
-    async with grpc.aio.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
-        stub = ingest_service_pb2_grpc.IngestServiceStub(channel)
-        await stub.IngestEvents(_batch(batch, f"warm{batch}"), metadata=METADATA)
+    # One channel (one connection) per client, as the raw baseline has one
+    # connection per client; with OVERTURE_WORKERS they spread over the workers.
+    channels = [grpc.aio.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) for _ in range(clients)]
+    try:
+        stubs = [ingest_service_pb2_grpc.IngestServiceStub(channel) for channel in channels]
+        for stub in stubs:
+            await stub.IngestEvents(_batch(batch, f"warm{batch}-{id(stub)}"), metadata=METADATA)
         template = _batch(batch, "template").SerializeToString()
         accepted = 0
         latencies: list[float] = []
@@ -76,7 +80,7 @@ async def grpc_throughput(address: str, cpu: CpuMeter, *, batch: int, seconds: f
                 request = _fresh_ids(template, f"b{batch}-c{n}-{k}")
                 k += 1
                 started = time.perf_counter()
-                reply = await stub.IngestEvents(request, metadata=METADATA, timeout=60)
+                reply = await stubs[n].IngestEvents(request, metadata=METADATA, timeout=60)
                 latencies.append(time.perf_counter() - started)
                 accepted += sum(r.status == ingest_service_pb2.EVENT_RESULT_STATUS_ACCEPTED for r in reply.results)
 
@@ -84,6 +88,9 @@ async def grpc_throughput(address: str, cpu: CpuMeter, *, batch: int, seconds: f
         with cpu.measure():
             await asyncio.gather(*(client(n) for n in range(clients)))
         elapsed = time.perf_counter() - started
+    finally:
+        for channel in channels:
+            await channel.close()
     return {"events/s": accepted / elapsed, "batch": batch, "clients": clients,
             **{f"batch ack {k} (ms)": v for k, v in percentiles(latencies).items()},
             "ingest CPU (s)": cpu.seconds, "events per CPU-second": cpu.per_cpu_second(accepted)}
