@@ -219,8 +219,8 @@ class Decider:
             if not pending:
                 await self._channel.run(fills)
                 return
-        for w in pending:  # the profile kept changing under the decision: fail closed
-            log.warning("rules.profile_changing", subjects=len(pending))
+        log.warning("rules.profile_changing", subjects=len(pending))  # it kept changing under the decision: fail closed
+        for w in pending:
             w.profile, w.outcome, w.windows, w.args, w.done = None, None, [], None, True
 
     async def _refresh(self, tenant: str, stale: list[tuple[_Work, str, bytes | None]]) -> list[tuple[Script, tuple[Any, ...]]]:
