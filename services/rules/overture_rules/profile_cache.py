@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
 from overture_runtime.redis import Keys
@@ -86,12 +87,16 @@ class SubjectKeys:
 _PUT = Script(_SET_IF_GENERATION)
 
 
-def _dump(view: ProfileView, generation: str) -> str:
-    return json.dumps({
+def _dump(view: ProfileView, generation: str) -> bytes:
+    data = {
         "g": generation, "traits": dict(view.traits), "granted": sorted(view.granted), "revoked": sorted(view.revoked),
         "segments": list(view.segments), "timezone": view.timezone, "lists": sorted(view.suppression_lists),
         "erased": view.erased, "exists": view.exists,
-    }, separators=(",", ":"))
+    }
+    try:
+        return orjson.dumps(data)
+    except TypeError:  # what orjson refuses (an integer past 64 bits) the json module still writes
+        return json.dumps(data, separators=(",", ":")).encode()
 
 
 def load_view(subject_id: str, raw: bytes) -> tuple[ProfileView, str]:
@@ -100,7 +105,7 @@ def load_view(subject_id: str, raw: bytes) -> tuple[ProfileView, str]:
 
 
 def _load(subject_id: str, raw: bytes) -> tuple[ProfileView, str]:
-    data = json.loads(raw)
+    data = orjson.loads(raw)
     view = ProfileView(
         subject_id=subject_id, traits=data["traits"], granted=frozenset(tuple(x) for x in data["granted"]),  # type: ignore[misc]
         revoked=frozenset(tuple(x) for x in data["revoked"]), segments=tuple(data["segments"]),  # type: ignore[misc]

@@ -63,3 +63,24 @@ def test_fresh_generations_are_random_integers() -> None:
     """A fresh generation is an integer (INCR still works on it) and does not repeat."""
     seen = {fresh_generation() for _ in range(1000)}
     assert len(seen) == 1000 and all(int(g) >= 0 for g in seen)
+
+
+def test_a_cached_view_reads_back_as_it_was_written() -> None:
+    """A view cached in Redis, big integers and non-ASCII text included, loads back equal, with its generation."""
+    from overture_rules.profile_cache import _dump, load_view
+
+    view = ProfileView("u", traits={"n": 2**70, "name": "Zoë", "score": 1.5, "tags": ["a"]}, granted=frozenset({("email", "marketing")}),
+                       segments=("vip",), timezone="Europe/Berlin", suppression_lists=frozenset({"x"}), exists=True)
+    assert load_view("u", _dump(view, "42")) == (view, "42")
+
+
+def test_replay_inputs_are_json_whatever_the_traits_hold() -> None:
+    """The replay JSON of a decision parses back to encode()'s value, big integers included."""
+    import json
+
+    from overture_rules.engine import EvaluationInput
+    from overture_rules.replay import encode, encode_json, profile_json
+
+    view = ProfileView("u", traits={"n": 2**70, "name": "Zoë"})
+    message = EvaluationInput(channel=1, category=1, now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC), tags=("promo",), priority=3, context={"k": "v"})
+    assert json.loads(encode_json(profile_json(view), message, ())) == json.loads(json.dumps(encode(view, message, ())))
