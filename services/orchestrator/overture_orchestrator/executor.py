@@ -406,27 +406,14 @@ class Executor:
 
     async def _send_batch(self, tenant: str, messages: Sequence[delivery_pb2.Message]) -> list[Any]:
         """One result per message: its Delivery, a _Retry, or why connectors refused it."""
-        batch = getattr(self._connectors, "SendBatch", None)
-        if batch is not None and hasattr(connector_service_pb2, "SendBatchRequest"):
-            try:
-                response = await self._call(batch, connector_service_pb2.SendBatchRequest(messages=messages), tenant, "connectors",
-                                            batch=True)
-            except _Retry as error:
-                return [error] * len(messages)
-            except grpc.aio.AioRpcError as error:
-                return [f"{error.code().name}: {error.details()}"] * len(messages)
-            return [_batch_result(r) for r in response.results]
-
-        async def one(message: delivery_pb2.Message) -> Any:
-            try:
-                sent = await self._call(self._connectors.Send, connector_service_pb2.SendRequest(message=message), tenant, "connectors")
-            except _Retry as error:
-                return error
-            except grpc.aio.AioRpcError as error:
-                return f"{error.code().name}: {error.details()}"
-            return sent.delivery
-
-        return list(await asyncio.gather(*(one(m) for m in messages)))
+        try:
+            response = await self._call(self._connectors.SendBatch, connector_service_pb2.SendBatchRequest(messages=messages), tenant,
+                                        "connectors", batch=True)
+        except _Retry as error:
+            return [error] * len(messages)
+        except grpc.aio.AioRpcError as error:
+            return [f"{error.code().name}: {error.details()}"] * len(messages)
+        return [_batch_result(r) for r in response.results]
 
 
 def _batch_result(result: Any) -> Any:
