@@ -59,7 +59,7 @@ class OrchestratorApp(BaseApp):
             profiles=profile_service_pb2_grpc.ProfileServiceStub(self.channel("rules")),
             connectors=connector_service_pb2_grpc.ConnectorServiceStub(self.channel("connectors")),
         )
-        self.workers = WorkerPool(runs=self.runs, executor=self.executor, clock=self.clock, owner=consumer,
+        self.workers = WorkerPool(runs=self.runs, executor=self.executor, owner=consumer,
                                   concurrency=self.settings.orchestrator_workers, batch=self.settings.orchestrator_batch)
         self.feedback = DeliveryFeedback(
             runs=self.runs, journeys=self.journeys, settings=self.settings,

@@ -253,11 +253,6 @@ class RunStore:
                                                          o.work.attempts, o.dead_letter) for o in failed])
         return len(kept)
 
-    async def next_due(self) -> dt.datetime | None:
-        """When the earliest token comes due (claimed ones included)."""
-        async with self._db.connect() as conn:
-            return (await conn.execute(sa.select(sa.func.min(tokens.c.due_time)))).scalar_one_or_none()  # type: ignore[no-any-return]
-
     # -- operators -----------------------------------------------------------
 
     async def cancel(self, tenant: str, run_id: str, *, actor: str = SYSTEM_ACTOR, reason: str = "") -> bool:

@@ -17,8 +17,6 @@ import time
 import structlog
 from prometheus_client import Counter, Histogram
 
-from overture_runtime.clock import Clock
-
 from .executor import Executor
 from .runs import RunStore
 
@@ -35,11 +33,10 @@ BATCH_SECONDS = Histogram("overture_orchestrator_batch_seconds", "Time to execut
 class WorkerPool:
     """Claims and executes due tokens until stopped."""
 
-    def __init__(self, *, runs: RunStore, executor: Executor, clock: Clock, owner: str, concurrency: int = 4, batch: int = 100,
+    def __init__(self, *, runs: RunStore, executor: Executor, owner: str, concurrency: int = 4, batch: int = 100,
                  poll: float = 0.2) -> None:
         self._runs = runs
         self._executor = executor
-        self._clock = clock
         self._owner = owner
         self._concurrency = concurrency
         self._batch = batch
