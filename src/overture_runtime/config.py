@@ -14,7 +14,7 @@ from typing import Annotated, Literal, TypeVar
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["SERVICES", "ServiceName", "Settings", "TokenGrant", "load_settings"]
+__all__ = ["SERVICES", "BreakerConfig", "ProviderConfig", "ServiceName", "Settings", "TokenGrant", "load_settings"]
 
 ServiceName = Literal["ingest", "rules", "orchestrator", "connectors"]
 SERVICES: tuple[ServiceName, ...] = ("ingest", "rules", "orchestrator", "connectors")
@@ -38,6 +38,41 @@ class TokenGrant(BaseModel, frozen=True):
     """The roles granted; ``*`` grants every role."""
     principal: str = ""
     """Who holds the token, for audit logs (for example ``svc:orchestrator``)."""
+
+
+class BreakerConfig(BaseModel, frozen=True, extra="forbid"):
+    """When a provider's circuit breaker opens, and how it tries again."""
+
+    failure_threshold: int = Field(default=5, ge=1, le=10_000)
+    """Provider failures in a row (unavailable, timed out, in doubt) that open the circuit."""
+    open_seconds: float = Field(default=30.0, gt=0, le=86_400)
+    """How long an open circuit refuses calls before it lets a trial call through (half-open)."""
+    half_open_calls: int = Field(default=1, ge=1, le=1_000)
+    """Trial calls let through at once while half-open; all must succeed to close the circuit."""
+
+
+class ProviderConfig(BaseModel, frozen=True, extra="forbid"):
+    """One provider: a named instance of a connector kind, with its own settings and limits.
+
+    ``kind`` names a plugin of the ``overture.connectors`` entry-point group
+    (``smtp``, ``webhook``, ``sms_http``, ...); the plugin validates
+    ``settings`` at start-up.
+    """
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
+    """The provider's name, unique: how routes, messages (``Message.connector``) and metrics name it."""
+    kind: str = Field(min_length=1, max_length=63)
+    """The plugin (entry-point name) that speaks to this provider."""
+    settings: dict[str, object] = {}
+    """The plugin's own settings (host, URL, credentials, ...), checked by the plugin's model."""
+    rate_limit_per_second: float = Field(default=0.0, ge=0, le=1_000_000)
+    """Sends per second across every replica (a token bucket in Redis); 0 for no limit."""
+    burst: int = Field(default=0, ge=0, le=10_000_000)
+    """Sends the bucket allows at once; 0 means one second's worth (at least 1)."""
+    max_wait_seconds: float = Field(default=2.0, ge=0, le=60)
+    """How long a send waits for the rate limit before it is answered "retry later" (nothing sent)."""
+    breaker: BreakerConfig = BreakerConfig()
+    """The provider's circuit breaker."""
 
 
 class Settings(BaseSettings):
@@ -127,6 +162,11 @@ class Settings(BaseSettings):
     """Messages sent over one SMTP connection before it is replaced (relays often cap a session)."""
     connector_concurrency: int = Field(default=16, ge=1, le=1000)
     """Provider calls each connector makes at once, per replica; a batch waits for a free slot."""
+    connector_providers: Annotated[tuple[ProviderConfig, ...], NoDecode] = ()
+    """JSON list of providers (see :class:`ProviderConfig`); empty: one SMTP provider ``smtp`` from ``OVERTURE_SMTP_*``."""
+    connector_routes: Annotated[dict[str, tuple[str, ...]], NoDecode] = {}
+    """JSON ``{"email": ["smtp-primary", "smtp-backup"]}``: per channel, the providers to try in order.
+    A channel without a route uses its providers in the order they are listed."""
 
     # rules
     reservation_ttl_seconds: float = 300.0
@@ -182,14 +222,14 @@ class Settings(BaseSettings):
     consumer_max_deliveries: int = Field(default=5, ge=1, le=100)
     """Deliveries of a stream entry before it is dead-lettered as poison."""
 
-    @field_validator("auth_tokens", mode="before")
+    @field_validator("auth_tokens", "connector_providers", mode="before")
     @classmethod
-    def _parse_tokens(cls, value: object) -> object:
+    def _parse_json_list(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(json.loads(value)) if value.strip() else ()
         return value
 
-    @field_validator("ingest_tenant_limits", "event_type_aliases", mode="before")
+    @field_validator("ingest_tenant_limits", "event_type_aliases", "connector_routes", mode="before")
     @classmethod
     def _parse_json_object(cls, value: object) -> object:
         if isinstance(value, str):

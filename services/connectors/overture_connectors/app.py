@@ -8,37 +8,41 @@ import grpc
 
 from overture.connectors.v1 import connector_service_pb2, connector_service_pb2_grpc
 from overture_runtime import BaseApp
+from overture_runtime.clock import Clock
+from overture_runtime.config import Settings
 
 from .deliveries import DeliveryService
-from .email import SmtpConnector
-from .plugin import Connector
+from .plugin import Connector, ConnectorContext
+from .registry import build, configure
 from .servicer import ConnectorServicer
 
 __all__ = ["ConnectorsApp"]
 
 
 class ConnectorsApp(BaseApp):
-    """``overture serve connectors``."""
+    """``overture serve connectors``.
+
+    The providers and routes are checked when the app is made, so a wrong
+    ``OVERTURE_CONNECTOR_PROVIDERS`` stops the service before it serves
+    (:class:`~.registry.ProviderConfigError`, every problem listed).
+    """
 
     name = "connectors"
     service_names = (connector_service_pb2.DESCRIPTOR.services_by_name["ConnectorService"].full_name,)
     migrations = Path(__file__).parent / "migrations"
 
+    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
+        super().__init__(settings, clock=clock)
+        self.providers, self.routes = configure(settings)
+
     def connectors(self) -> dict[str, Connector]:
-        """The configured connectors, by name."""
-        s = self.settings
-        smtp = SmtpConnector(
-            host=s.smtp_host, port=s.smtp_port, sender=s.smtp_from, username=s.smtp_username,
-            password=s.smtp_password.get_secret_value() if s.smtp_password else None,
-            starttls=s.smtp_starttls, timeout=s.smtp_timeout_seconds, pool_size=s.smtp_pool_size,
-            pool_idle_seconds=s.smtp_pool_idle_seconds, pool_max_messages=s.smtp_pool_max_messages,
-        )
-        return {smtp.name: smtp}
+        """A connector for each configured provider, by name."""
+        context = ConnectorContext(settings=self.settings, clock=self.clock, ids=self.ids, keys=self.keys, db=self.db,
+                                   redis=self.redis, channel=self.channel)
+        return build(self.providers, context)
 
     async def on_start(self) -> None:
-        connectors = self.connectors()
-        defaults = {c.channel: c.name for c in connectors.values()}
-        self.deliveries = DeliveryService(self.db, connectors, defaults, self.clock, self.ids,
+        self.deliveries = DeliveryService(self.db, self.connectors(), self.routes, self.clock, self.ids,
                                           concurrency=self.settings.connector_concurrency)
 
     async def on_stop(self) -> None:

@@ -89,12 +89,16 @@ class DeliveryService:
     """Sends messages through the configured connectors. One per event loop."""
 
     def __init__(
-        self, db: Database, connectors: Mapping[str, Connector], defaults: Mapping[messaging_pb2.Channel.ValueType, str],
+        self, db: Database, connectors: Mapping[str, Connector], routes: Mapping[messaging_pb2.Channel.ValueType, str | Sequence[str]],
         clock: Clock, ids: IdGenerator, *, concurrency: int = 16,
     ) -> None:
         self._store = DeliveryStore(db)
         self.connectors = connectors
-        self.defaults = defaults
+        self.routes: dict[messaging_pb2.Channel.ValueType, tuple[str, ...]] = {
+            channel: (route,) if isinstance(route, str) else tuple(route) for channel, route in routes.items() if route}
+        """Per channel, the providers to try in order; the first is the channel's default."""
+        self.defaults = {channel: route[0] for channel, route in self.routes.items()}
+        """Per channel, its default provider."""
         self._clock = clock
         self._ids = ids
         self._slots = {name: asyncio.Semaphore(concurrency) for name in connectors}

@@ -27,13 +27,15 @@ from email.mime.nonmultipart import MIMENonMultipart
 from email.utils import formataddr, formatdate, parseaddr
 
 import aiosmtplib
+import pydantic
 
 from overture.common.v1 import messaging_pb2
+from overture_runtime.config import ProviderConfig
 
-from .plugin import ConnectorFailure, InDoubt, OutboundMessage, PermanentFailure, SendResult, TransientFailure
+from .plugin import ConnectorContext, ConnectorFailure, InDoubt, OutboundMessage, PermanentFailure, SendResult, TransientFailure
 from .smtp_pool import SmtpPool, SmtpSession
 
-__all__ = ["SmtpConnector"]
+__all__ = ["SmtpConnector", "SmtpPlugin", "SmtpSettings"]
 
 _CLOSING = 421
 """The reply of a server that is closing the session (RFC 5321 §3.8)."""
@@ -184,6 +186,45 @@ class SmtpConnector:
     async def status(self, provider_message_id: str) -> str | None:
         """SMTP has no status lookup: an in-doubt email stays in doubt."""
         return None
+
+
+class SmtpSettings(pydantic.BaseModel, frozen=True, extra="forbid", validate_by_name=True):
+    """An SMTP provider's settings; each one left out takes its ``OVERTURE_SMTP_*`` value."""
+
+    host: str | None = None
+    port: int | None = pydantic.Field(default=None, ge=1, le=65535)
+    username: str | None = None
+    password: pydantic.SecretStr | None = None
+    starttls: bool | None = None
+    sender: str | None = pydantic.Field(default=None, alias="from")
+    """The From address, ``Name <address>``."""
+    timeout_seconds: float | None = pydantic.Field(default=None, gt=0, le=600)
+    pool_size: int | None = pydantic.Field(default=None, ge=1, le=1000)
+    pool_idle_seconds: float | None = pydantic.Field(default=None, gt=0)
+    pool_max_messages: int | None = pydantic.Field(default=None, ge=1)
+
+
+class SmtpPlugin:
+    """The ``smtp`` kind: email through an SMTP relay (entry point ``overture.connectors:smtp``)."""
+
+    channel = messaging_pb2.CHANNEL_EMAIL
+    settings_model = SmtpSettings
+
+    def create(self, provider: ProviderConfig, settings: SmtpSettings, context: ConnectorContext) -> SmtpConnector:
+        """An SMTP connector for *provider*."""
+        s = context.settings
+        password = settings.password or s.smtp_password
+        connector = SmtpConnector(
+            host=settings.host or s.smtp_host, port=settings.port or s.smtp_port, sender=settings.sender or s.smtp_from,
+            username=settings.username or s.smtp_username, password=password.get_secret_value() if password else None,
+            starttls=s.smtp_starttls if settings.starttls is None else settings.starttls,
+            timeout=settings.timeout_seconds or s.smtp_timeout_seconds, pool_size=settings.pool_size or s.smtp_pool_size,
+            pool_idle_seconds=settings.pool_idle_seconds or s.smtp_pool_idle_seconds,
+            pool_max_messages=settings.pool_max_messages or s.smtp_pool_max_messages,
+            rate_limit_per_second=provider.rate_limit_per_second,
+        )
+        connector.name = provider.name
+        return connector
 
 
 def _text(body: str, subtype: str) -> MIMENonMultipart:

@@ -1,19 +1,45 @@
-"""The one async interface every channel connector implements.
+"""The one async interface every channel connector implements, and the
+plugin interface that makes connectors from configuration.
 
 A connector hands a rendered message to one provider. It must say, when a
 send fails, whether the provider can have accepted the message: only a
 failure *before* the provider could accept it is retryable. Anything else
 is in doubt, and an in-doubt message is never sent again automatically.
+
+A :class:`ConnectorPlugin` is one *kind* of provider (``smtp``,
+``webhook``, ...). Plugins are found through the ``overture.connectors``
+entry-point group (:mod:`.registry`): the entry point's name is the kind,
+and its object the plugin. A third party adds a channel by shipping a
+distribution with such an entry point; nothing in Overture changes. Each
+configured provider (``OVERTURE_CONNECTOR_PROVIDERS``) names a kind, and
+the kind's plugin validates the provider's ``settings`` with its
+``settings_model`` at start-up and builds the provider's connector.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import pydantic
 
 from overture.common.v1 import messaging_pb2
+from overture_runtime.clock import Clock, IdGenerator
+from overture_runtime.config import ProviderConfig, ServiceName, Settings
+from overture_runtime.redis import Keys
 
-__all__ = ["Connector", "ConnectorFailure", "InDoubt", "OutboundMessage", "PermanentFailure", "SendResult", "TransientFailure"]
+if TYPE_CHECKING:
+    import grpc
+    import redis.asyncio as aioredis
+
+    from overture_runtime.db import Database
+
+__all__ = [
+    "Connector", "ConnectorContext", "ConnectorFailure", "ConnectorPlugin", "InDoubt", "OutboundMessage", "PermanentFailure",
+    "SendResult", "StatusUpdate", "TransientFailure",
+]
 
 
 @dataclass(frozen=True)
@@ -55,7 +81,15 @@ class ConnectorFailure(Exception):
 
 
 class TransientFailure(ConnectorFailure):
-    """The provider did not accept the message and may later: retry."""
+    """The provider did not accept the message and may later: retry.
+
+    *retry_after* is the provider's own hint (an HTTP ``Retry-After``), when
+    it gave one; the caller is told to wait at least that long.
+    """
+
+    def __init__(self, message: str, *, retry_after: dt.timedelta | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class PermanentFailure(ConnectorFailure):
@@ -73,6 +107,20 @@ class InDoubt(ConnectorFailure):
     def __init__(self, message: str, *, provider_message_id: str = "") -> None:
         super().__init__(message)
         self.provider_message_id = provider_message_id
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    """A later status of a delivery the provider reported (a status callback)."""
+
+    provider_message_id: str
+    """The provider's id for the message, as :attr:`SendResult.provider_message_id` had it."""
+    status: str
+    """A ``DeliveryStatus`` name in lower case: ``delivered``, ``failed``, ``bounced``, ..."""
+    detail: str = ""
+    """The provider's detail (an error code), without personal data."""
+    occur_time: dt.datetime | None = None
+    """When the provider observed it, if it said."""
 
 
 class Connector(Protocol):
@@ -100,4 +148,49 @@ class Connector(Protocol):
 
     async def close(self) -> None:
         """Release what the connector holds open (connections), at shutdown."""
+        ...
+
+
+@dataclass(frozen=True)
+class ConnectorContext:
+    """What a plugin may use to build its connectors: the service's shared
+    resources. Not every plugin needs every field."""
+
+    settings: Settings
+    """The service's settings (a plugin's own settings come in its provider's ``settings``)."""
+    clock: Clock
+    """The injected clock: connectors read time only through it."""
+    ids: IdGenerator
+    """The id generator."""
+    keys: Keys
+    """The builder of Redis keys."""
+    db: Database | None = None
+    """The connectors service's database, for plugins that keep state (an inbox, subscriptions)."""
+    redis: aioredis.Redis | None = None
+    """The service's Redis client."""
+    channel: Callable[[ServiceName], grpc.aio.Channel] | None = None
+    """A shared gRPC channel to another service, for plugins that call one."""
+
+
+class ConnectorPlugin(Protocol):
+    """One kind of provider, registered in the ``overture.connectors`` entry-point group.
+
+    The entry point names an object (a class or an instance) with these
+    attributes; :mod:`.registry` loads it, validates each provider's
+    ``settings`` with ``settings_model`` and calls :meth:`create`. A class
+    variable works as well as an instance attribute.
+    """
+
+    channel: ClassVar[messaging_pb2.Channel.ValueType]
+    """The channel every connector of this kind serves."""
+    settings_model: ClassVar[type[pydantic.BaseModel]]
+    """The shape of a provider's ``settings``; unknown keys should be refused (``extra="forbid"``)."""
+
+    def create(self, provider: ProviderConfig, settings: Any, context: ConnectorContext) -> Connector:
+        """The connector for *provider*, its *settings* an instance of :attr:`settings_model`.
+
+        The connector's ``name`` must be ``provider.name`` and its
+        ``rate_limit_per_second`` ``provider.rate_limit_per_second``. Called
+        once per provider at start-up; open connections lazily, not here.
+        """
         ...

@@ -82,6 +82,11 @@ class SmtpPool:
         """Sessions opened since the pool was made (a measure of reuse)."""
 
     @property
+    def address(self) -> tuple[str, int]:
+        """The server's host and port."""
+        return self._host, self._port
+
+    @property
     def open_sessions(self) -> int:
         """Sessions open now, idle or in use."""
         return self._open
