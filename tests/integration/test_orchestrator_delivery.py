@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from overture.common.v1 import event_pb2
 from overture.ingest.v1 import ingest_service_pb2 as I
@@ -223,3 +224,53 @@ async def test_a_delay_holds_the_run_until_its_timer_and_never_fires_early(make_
         assert (delay.step_id, delay.outcome) == ("wait-a-moment", "delay elapsed")
         assert send.outcome == "sent" and send.start_time.ToDatetime() >= delay.start_time.ToDatetime() + dt.timedelta(seconds=1)
         assert [m["To"] for m in c.mail.messages] == ["fay@example.com"]
+
+
+async def test_a_send_that_fails_for_good_gives_its_cap_slot_back_and_one_without_an_address_decides_nothing(
+    make_settings: Callable[..., Settings], tmp_path: Path,
+) -> None:
+    """Under a cap of one email a day, a send the provider refuses for good releases its slot (the re-driven send is allowed),
+    and a subject with no address is skipped before any decision is made."""
+    from overture.rules.v1 import decision_pb2 as D
+    from overture.rules.v1 import profile_service_pb2 as P
+    from overture.rules.v1 import rule_set_pb2 as R
+    from overture.rules.v1 import rules_service_pb2 as RS
+    from tests.thinpath import example_rule_set
+
+    async with running_cluster(make_settings, tmp_path / "mail") as c:
+        await publish_tour(c)
+        name, spec = example_rule_set()
+        spec.frequency_caps.add(id="one-a-day", scope=R.CAP_SCOPE_ALL_CHANNELS, limit=1, window=R.CapWindow(kind=R.CAP_WINDOW_KIND_CALENDAR_DAY))
+        created = await c.rules.CreateRuleSetVersion(RS.CreateRuleSetVersionRequest(rule_set=name, spec=spec, reason="cap"), metadata=MD)
+        await c.rules.ActivateRuleSetVersion(RS.ActivateRuleSetVersionRequest(
+            rule_set=name, version=created.rule_set_version.version, reason="cap"), metadata=MD)
+        await c.ingest.IngestEvents(I.IngestEventsRequest(events=[
+            _event("identify", "dee", traits={"email": "not-an-address"}),
+            _event("consent.granted", "dee", channel="email", purpose="marketing"),
+            _event("user.signed_up", "dee", "capped-signup"),
+            _event("identify", "eve", traits={"first_name": "Eve"}),
+            _event("consent.granted", "eve", channel="email", purpose="marketing"),
+            _event("user.signed_up", "eve", "nowhere-signup"),
+        ]), metadata=MD)
+
+        async def ended(subject: str, state: run_pb2.RunState.ValueType) -> Callable[[], Any]:
+            async def probe() -> run_pb2.Run | None:
+                runs = (await c.orchestrator.ListRuns(O.ListRunsRequest(subject_id=subject), metadata=MD)).runs
+                return runs[0] if runs and runs[0].state == state else None
+            return probe
+
+        failed = await eventually(await ended("dee", run_pb2.RUN_STATE_FAILED), what="dee's run to fail")
+        (first,) = (await c.rules.ListDecisions(RS.ListDecisionsRequest(subject_id="dee"), metadata=MD)).decisions
+        assert first.mode == D.EVALUATION_MODE_RESERVE_AND_COMMIT and first.reservation_state == D.RESERVATION_STATE_RELEASED
+        skipped = await eventually(await ended("eve", run_pb2.RUN_STATE_COMPLETED), what="eve's run to end")
+        assert skipped.steps[0].state == run_pb2.STEP_RUN_STATE_SKIPPED and "no address" in skipped.steps[0].outcome
+        assert not (await c.rules.ListDecisions(RS.ListDecisionsRequest(subject_id="eve"), metadata=MD)).decisions
+
+        request = P.UpsertProfileRequest(subject_id="dee")
+        request.traits.update({"email": "dee@example.com"})
+        await c.profiles.UpsertProfile(request, metadata=MD)
+        await c.orchestrator.RedriveDeadLetters(O.RedriveDeadLettersRequest(run_ids=[failed.run_id], reason="address fixed"), metadata=MD)
+        await eventually(await ended("dee", run_pb2.RUN_STATE_COMPLETED), what="the re-driven send")
+        assert [m["To"] for m in c.mail.messages] == ["dee@example.com"]
+        second, _ = (await c.rules.ListDecisions(RS.ListDecisionsRequest(subject_id="dee"), metadata=MD)).decisions
+        assert second.allowed and second.reservation_state == D.RESERVATION_STATE_COMMITTED

@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from overture.rules.v1 import decision_pb2 as D
+from overture.rules.v1 import rules_service_pb2 as R
 from overture_runtime.config import Settings
 
-from .rules_support import Rules, cap, running_rules, spec, utc
+from .rules_support import MD, Rules, cap, running_rules, spec, utc
 
 
 @pytest.fixture
@@ -117,3 +118,52 @@ async def test_transactional_messages_are_not_capped(svc: Rules) -> None:
         decision = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE, category=2)
         assert decision.allowed
         assert [v.outcome for v in decision.verdicts if v.kind == D.VERDICT_KIND_FREQUENCY_CAP] == [D.VERDICT_OUTCOME_SKIP]
+
+
+async def test_reserve_and_commit_takes_a_slot_no_higher_priority_can_preempt(svc: Rules) -> None:
+    """RESERVE_AND_COMMIT counts at once as committed: a later top-priority RESERVE is denied, not preempting it."""
+    await svc.publish("capped", spec(caps=[cap("one", 1)]))
+    await svc.consent("u")
+    taken = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE_AND_COMMIT, priority=0, decision_id="now")
+    assert taken.allowed and taken.reservation_state == D.RESERVATION_STATE_COMMITTED
+    late = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE, priority=100)
+    assert not late.allowed and not late.preempted_by and "frequency cap one reached" in late.summary
+    again = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE_AND_COMMIT, decision_id="now")
+    assert again == taken  # idempotent on the decision id: no second slot
+    stored = await svc.rules.GetDecision(R.GetDecisionRequest(decision_id="now"), metadata=MD)
+    assert stored.decision.reservation_state == D.RESERVATION_STATE_COMMITTED
+
+
+async def test_reserve_and_commit_preempts_a_lower_held_reservation_and_release_returns_its_slot(svc: Rules) -> None:
+    """RESERVE_AND_COMMIT preempts a held lower-priority reservation like RESERVE, and RELEASE gives its committed slot back."""
+    await svc.publish("capped", spec(caps=[cap("one", 1)]))
+    await svc.consent("u")
+    held = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE, priority=1)
+    urgent = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE_AND_COMMIT, priority=50)
+    assert urgent.allowed and urgent.reservation_state == D.RESERVATION_STATE_COMMITTED
+    lost = await svc.evaluate(decision_id=held.decision_id, mode=D.EVALUATION_MODE_COMMIT)
+    assert lost.reservation_state == D.RESERVATION_STATE_PREEMPTED and lost.preempted_by == urgent.decision_id
+    released = await svc.evaluate(decision_id=urgent.decision_id, mode=D.EVALUATION_MODE_RELEASE)
+    assert released.reservation_state == D.RESERVATION_STATE_RELEASED
+    assert (await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE_AND_COMMIT)).allowed
+
+
+async def test_a_batch_settles_many_reservations_and_answers_each(svc: Rules) -> None:
+    """One EvaluateBatch commits and releases many reservations, answering each in order, an unknown id on its own."""
+    await svc.publish("capped", spec(caps=[cap("five", 5)]))
+    subjects = [f"s{i}" for i in range(6)]
+    for s in subjects:
+        await svc.consent(s)
+    held = [await svc.evaluate(rule_set="capped", subject_id=s, mode=D.EVALUATION_MODE_RESERVE) for s in subjects]
+    modes = [D.EVALUATION_MODE_COMMIT, D.EVALUATION_MODE_RELEASE] * 3
+    requests = [R.EvaluateRequest(decision_id=d.decision_id, mode=m) for d, m in zip(held, modes, strict=True)]
+    requests.append(R.EvaluateRequest(decision_id="no-such-decision", mode=D.EVALUATION_MODE_COMMIT))
+    response = await svc.rules.EvaluateBatch(R.EvaluateBatchRequest(requests=requests), metadata=MD)
+    states = [r.decision.reservation_state for r in response.results[:6]]
+    assert states == [D.RESERVATION_STATE_COMMITTED, D.RESERVATION_STATE_RELEASED] * 3
+    unknown = response.results[6]
+    assert not unknown.HasField("decision")
+    assert (unknown.violations[0].field, unknown.violations[0].reason) == ("decision_id", "DECISION_NOT_FOUND")
+    for d, state in zip(held, states, strict=True):
+        stored = await svc.rules.GetDecision(R.GetDecisionRequest(decision_id=d.decision_id), metadata=MD)
+        assert stored.decision.reservation_state == state

@@ -13,6 +13,7 @@ import pytest
 
 from overture.rules.v1 import decision_pb2 as D
 from overture.rules.v1 import profile_service_pb2
+from overture.rules.v1 import rules_service_pb2 as R
 from overture_runtime.config import Settings
 
 from .rules_support import MD, Rules, cap, running_rules, spec
@@ -114,7 +115,6 @@ async def test_an_unreachable_cap_store_denies_capped_marketing(make_settings: C
 
 async def test_erasure_leaves_no_personal_data_in_decisions_or_audit(svc: Rules) -> None:
     """After erasure the subject's decisions are filed under a pseudonym without the profile snapshot, and the audit entry names only the pseudonym."""
-    from overture.rules.v1 import rules_service_pb2 as R
 
     await svc.profile("erin@example.com", traits={"first_name": "Erin"})
     await svc.consent("erin@example.com")
@@ -126,3 +126,14 @@ async def test_erasure_leaves_no_personal_data_in_decisions_or_audit(svc: Rules)
     events = (await svc.rules.ListAuditEvents(R.ListAuditEventsRequest(), metadata=MD)).audit_events
     assert events[-1].target == f"profile/{erased.pseudonymous_id}" and "erin" not in str(events[-1]).lower()
     assert (await svc.rules.ListDecisions(R.ListDecisionsRequest(subject_id="erin@example.com"), metadata=MD)).decisions == []
+
+
+async def test_a_subjects_decisions_list_newest_first_across_pages_whatever_their_ids(svc: Rules) -> None:
+    """ListDecisions pages newest first by when each decision was stored, even when the caller's decision ids sort the other way."""
+    await svc.publish("marketing", spec())
+    for decision_id in ("z-first", "m-second", "a-third"):
+        await svc.evaluate(rule_set="marketing", subject_id="pat", decision_id=decision_id, mode=D.EVALUATION_MODE_RESERVE)
+    first = await svc.rules.ListDecisions(R.ListDecisionsRequest(subject_id="pat", page_size=2), metadata=MD)
+    assert [d.decision_id for d in first.decisions] == ["a-third", "m-second"] and first.next_page_token
+    rest = await svc.rules.ListDecisions(R.ListDecisionsRequest(subject_id="pat", page_size=2, page_token=first.next_page_token), metadata=MD)
+    assert [d.decision_id for d in rest.decisions] == ["z-first"] and not rest.next_page_token

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import grpc
 import pytest
 
 from overture.common.v1 import event_pb2
@@ -65,3 +66,27 @@ async def test_an_erased_profile_takes_no_new_personal_data(svc: Rules) -> None:
         _event("identify", "gone", "2026-02-01T00:00:00Z", traits={"email": "again@example.com"})]), metadata=MD)
     profile = (await svc.profiles.GetProfile(P.GetProfileRequest(subject_id="gone"), metadata=MD)).profile
     assert profile.erased and not profile.traits.fields and not profile.consents
+
+
+async def test_batch_get_profiles_answers_each_subject_in_order(svc: Rules) -> None:
+    """BatchGetProfiles returns one result per subject asked, in order, repeats included, with no profile for an unknown subject."""
+    await svc.profile("ann", traits={"email": "ann@example.com", "first_name": "Ann"}, timezone="Europe/Berlin")
+    await svc.profile("bo", traits={"plan": "pro"})
+    await svc.consent("ann")
+    response = await svc.profiles.BatchGetProfiles(P.BatchGetProfilesRequest(subject_ids=["bo", "nobody", "ann", "bo"]), metadata=MD)
+    assert [r.subject_id for r in response.results] == ["bo", "nobody", "ann", "bo"]
+    assert [r.HasField("profile") for r in response.results] == [True, False, True, True]
+    ann = response.results[2].profile
+    assert ann.traits["first_name"] == "Ann" and ann.timezone == "Europe/Berlin"
+    assert [(c.purpose, c.status) for c in ann.consents] == [("marketing", profile_pb2.CONSENT_STATUS_GRANTED)]
+    single = await svc.profiles.GetProfile(P.GetProfileRequest(subject_id="ann"), metadata=MD)
+    assert single.profile == ann
+
+
+async def test_batch_get_profiles_refuses_an_empty_or_oversized_batch_and_bad_ids(svc: Rules) -> None:
+    """BatchGetProfiles answers INVALID_ARGUMENT naming the field for no ids, more than 1,000, or an invalid id."""
+    for ids, field in (([], "subject_ids"), ([f"s{i}" for i in range(1001)], "subject_ids"), (["ok", ""], "subject_ids[1]")):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await svc.profiles.BatchGetProfiles(P.BatchGetProfilesRequest(subject_ids=ids), metadata=MD)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in str(caught.value.details()) + str(caught.value.trailing_metadata())

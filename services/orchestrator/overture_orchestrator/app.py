@@ -26,12 +26,15 @@ from .executor import Executor
 from .feedback import DeliveryFeedback
 from .journeys import JourneyStore
 from .preview import Previewer
+from .profiles import ProfileReader
 from .references import RuleSetCheck
 from .retries import Retrier
 from .runs import RunStore
+from .sends import Sender
 from .servicer import OrchestratorServicer
 from .starter import Starter
 from .tables import idempotency
+from .tokens import Steps
 from .worker import WorkerPool
 
 __all__ = ["OrchestratorApp"]
@@ -53,12 +56,11 @@ class OrchestratorApp(BaseApp):
         self.journeys = JourneyStore(self.db, self.clock, ids=self.ids, audited=self.audit.after_commit, references=self.references)
         self.dead_letters = DeadLetters(self.db, self.clock, self.ids)
         self.runs = RunStore(self.db, self.clock, self.ids, owner=consumer, dead_letters=self.dead_letters)
-        self.executor = Executor(
-            journeys=self.journeys, settings=self.settings, clock=self.clock,
-            rules=rules_service_pb2_grpc.RulesServiceStub(self.channel("rules")),
-            profiles=profile_service_pb2_grpc.ProfileServiceStub(self.channel("rules")),
-            connectors=connector_service_pb2_grpc.ConnectorServiceStub(self.channel("connectors")),
-        )
+        steps = Steps(self.clock)
+        self.profiles = ProfileReader(profiles=profile_service_pb2_grpc.ProfileServiceStub(self.channel("rules")), settings=self.settings)
+        sender = Sender(steps=steps, settings=self.settings, rules=rules_service_pb2_grpc.RulesServiceStub(self.channel("rules")),
+                        connectors=connector_service_pb2_grpc.ConnectorServiceStub(self.channel("connectors")))
+        self.executor = Executor(journeys=self.journeys, clock=self.clock, profiles=self.profiles, sender=sender, steps=steps)
         self.workers = WorkerPool(runs=self.runs, executor=self.executor, owner=consumer,
                                   concurrency=self.settings.orchestrator_workers, batch=self.settings.orchestrator_batch)
         self.feedback = DeliveryFeedback(
@@ -85,7 +87,7 @@ class OrchestratorApp(BaseApp):
             OrchestratorServicer(journeys=self.journeys, runs=self.runs, starter=self.starter,
                                  idempotency=Idempotency(self.db, idempotency, self.clock), feedback=self.feedback,
                                  retrier=Retrier(runs=self.runs, journeys=self.journeys), audited=self.audit.after_commit,
-                                 previewer=Previewer(journeys=self.journeys, references=self.references, profile_of=self.executor.profile_of),
+                                 previewer=Previewer(journeys=self.journeys, references=self.references, profile_of=self.profiles.profile_of),
                                  dead_letters=self.dead_letters),
             server,
         )

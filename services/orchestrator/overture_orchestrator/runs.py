@@ -141,11 +141,14 @@ class RunStore:
         ids = [self._ids.new() for _ in batch]
         key = (runs.c.tenant, runs.c.journey, runs.c.subject_id, runs.c.trigger_event_id)
         async with self._db.begin() as conn:
-            inserted = set((await conn.execute(insert_ignore(conn, runs, index_elements=["tenant", "journey", "subject_id", "trigger_event_id"]).values([
-                dict(tenant=r.tenant, run_id=i, journey=r.journey, journey_version=r.version, subject_id=r.subject_id,
-                     trigger_event_id=r.event.event_id, state=RunState.RUNNING.value, current_step=r.first_step, create_time=now,
-                     update_time=now) for r, i in zip(batch, ids, strict=True)
-            ]).returning(runs.c.run_id))).scalars())
+            # executemany with RETURNING: one INSERT of many rows (SQLAlchemy's
+            # "insertmanyvalues"), compiled once, where .values([...]) would be
+            # compiled anew for every batch.
+            inserted = set((await conn.execute(
+                insert_ignore(conn, runs, index_elements=["tenant", "journey", "subject_id", "trigger_event_id"]).returning(runs.c.run_id), [
+                    dict(tenant=r.tenant, run_id=i, journey=r.journey, journey_version=r.version, subject_id=r.subject_id,
+                         trigger_event_id=r.event.event_id, state=RunState.RUNNING.value, current_step=r.first_step, create_time=now,
+                         update_time=now) for r, i in zip(batch, ids, strict=True)])).scalars())
             fresh = [(r, i) for r, i in zip(batch, ids, strict=True) if i in inserted]
             if fresh:
                 await conn.execute(run_inputs.insert(), [

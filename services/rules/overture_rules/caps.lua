@@ -10,7 +10,7 @@
 -- Both keys carry the subject's hash tag, so every script is Redis-Cluster-safe.
 --
 -- Arguments of count_or_reserve, from A[o + 1] on:
---   op (check | reserve), now_ms, decision_id, priority, hold_ms, retention_ms,
+--   op (check | reserve | commit: a reservation committed as it is made), now_ms, decision_id, priority, hold_ms, retention_ms,
 --   channel, tags (comma-separated), number of caps, then per cap:
 --   id, kind (c channel | a all | t tag), value, limit, window_start_ms
 -- Reply: {outcome, replayed, {cap_id, count, limit}..., victims...}
@@ -112,11 +112,12 @@ local function count_or_reserve(z, h, A, o)
     end
   end
 
+  local reserving = op == 'reserve' or op == 'commit'
   local outcome = 'allowed'
   local victims = {}
   for _, cap in ipairs(caps) do
     if cap.count >= cap.limit then
-      if op == 'reserve' and cap.victim ~= nil and not replayed then
+      if reserving and cap.victim ~= nil and not replayed then
         victims[cap.victim.id] = cap.victim
       else
         outcome = 'denied'
@@ -129,7 +130,7 @@ local function count_or_reserve(z, h, A, o)
     reply[#reply + 1] = {cap.id, cap.count, cap.limit}
   end
 
-  if op == 'reserve' then
+  if reserving then
     if replayed then
       local e = parse(previous)
       reply[1] = (e.state == 'h' or e.state == 'c') and 'allowed' or 'denied'
@@ -143,7 +144,8 @@ local function count_or_reserve(z, h, A, o)
         reply[#reply + 1] = vid
       end
     end
-    local state = outcome == 'allowed' and 'h' or 'd'
+    local state = 'd'
+    if outcome == 'allowed' then state = op == 'commit' and 'c' or 'h' end
     redis.call('HSET', h, id, pack({state = state, prio = prio, exp = now + hold, ch = channel, tags = tags}))
     -- Every entry stays in the sorted set until the horizon, so that the
     -- hash is pruned with it; only held and committed entries are counted.

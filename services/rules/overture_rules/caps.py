@@ -30,7 +30,7 @@ from .engine import channel_name
 from .profile_cache import SubjectKeys, fresh_generation
 from .scripts import Script
 
-__all__ = ["DECIDE", "CapLedger", "CapPlanner", "CapWindow", "LedgerResult", "plan_caps"]
+__all__ = ["DECIDE", "LEDGER", "CapLedger", "CapPlanner", "CapWindow", "LedgerResult", "plan_caps"]
 
 _FUNCTIONS = (Path(__file__).parent / "caps.lua").read_text()
 _SCRIPT = _FUNCTIONS + """
@@ -39,6 +39,8 @@ if ARGV[1] == 'commit' or ARGV[1] == 'release' then
 end
 return count_or_reserve(KEYS[1], KEYS[2], ARGV, 0)
 """
+LEDGER = Script(_SCRIPT)
+"""The ledger's own script: a check or reservation, or a settlement."""
 DECIDE = Script(_FUNCTIONS + (Path(__file__).parent / "decide.lua").read_text())
 """The one script of a decision's round trip (see ``decide.lua``)."""
 _CHANNELS = {value: channel_name(value) for value in messaging_pb2.Channel.values()}
@@ -225,13 +227,19 @@ class CapLedger:
         preempted = tuple(_text(v) for v in reply[2 + len(windows):])
         return LedgerResult(outcome == "allowed", tuple(counters), preempted, replayed)
 
-    async def settle(
+    def settle_command(
         self, tenant: str, subject_id: str, decision_id: str, *, commit: bool, now: dt.datetime,
-    ) -> tuple[decision_pb2.ReservationState.ValueType, str]:
-        """Commit or release a reservation; returns its state after the call
-        (``UNSPECIFIED`` when the ledger has no such reservation) and, when it
-        was preempted, the decision that preempted it."""
-        state, by = await self._script(keys=self._keys_of(tenant, subject_id), args=["commit" if commit else "release", _ms(now), decision_id])
+    ) -> tuple[Script, tuple[Any, ...]]:
+        """The command that commits or releases a reservation, for
+        :class:`~.scripts.ScriptChannel`; :meth:`settled` reads its reply."""
+        return LEDGER, LEDGER.command(self._keys_of(tenant, subject_id), ["commit" if commit else "release", _ms(now), decision_id])
+
+    @staticmethod
+    def settled(reply: list[Any]) -> tuple[decision_pb2.ReservationState.ValueType, str]:
+        """A settlement's reply: the reservation's state after the call
+        (``UNSPECIFIED`` when the ledger has no such reservation) and, when
+        it was preempted, the decision that preempted it."""
+        state, by = reply
         return _STATES.get(_text(state), decision_pb2.RESERVATION_STATE_UNSPECIFIED), _text(by)
 
     async def forget(self, tenant: str, subject_id: str) -> None:

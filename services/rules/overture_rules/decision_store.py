@@ -15,6 +15,7 @@ dev``) the group goes through SQLAlchemy.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -100,38 +101,62 @@ class DecisionStore:
                 found[decision.decision_id] = decision
         return found
 
-    async def list_for_subject(self, tenant: str, subject_id: str, *, limit: int, before: str | None) -> list[decision_pb2.Decision]:
-        """A subject's decisions, newest first, older than the decision *before*."""
+    async def list_for_subject(
+        self, tenant: str, subject_id: str, *, limit: int, before: tuple[dt.datetime, str] | None,
+    ) -> list[decision_pb2.Decision]:
+        """A subject's decisions, newest first (by when they were stored, then
+        by id: ids are not always time-ordered), older than *before*, a
+        (create time, decision id) cursor."""
         t = decisions_table
         query = sa.select(t.c.record).where((t.c.tenant == tenant) & (t.c.subject_id == subject_id))
-        if before:
-            query = query.where(t.c.decision_id < before)
+        if before is not None:
+            at, decision_id = before
+            query = query.where((t.c.create_time < at) | ((t.c.create_time == at) & (t.c.decision_id < decision_id)))
         async with self._db.connect() as conn:
-            rows = (await conn.execute(query.order_by(t.c.decision_id.desc()).limit(limit))).all()
+            rows = (await conn.execute(query.order_by(t.c.create_time.desc(), t.c.decision_id.desc()).limit(limit))).all()
         return [D.Decision.FromString(r.record) for r in rows]
 
-    async def mark(
-        self, conn: Any, tenant: str, decision_id: str, state: decision_pb2.ReservationState.ValueType, *, preempted_by: str = "",
-    ) -> decision_pb2.Decision | None:
-        """Set a record's reservation state (and who preempted it), in *conn*'s transaction."""
+    async def mark_many(
+        self, conn: Any, tenant: str, marks: Sequence[tuple[str, decision_pb2.ReservationState.ValueType, str]],
+    ) -> dict[str, decision_pb2.Decision]:
+        """Set records' reservation states (and who preempted them), in
+        *conn*'s transaction: *marks* holds (decision id, state, preempted by
+        or ""). Returns the records marked, by id; ids without a record are left out."""
+        if not marks:
+            return {}
         t = decisions_table
-        key = (t.c.tenant == tenant) & (t.c.decision_id == decision_id)
-        query = sa.select(t.c.record).where(key)
+        ids = sorted({m[0] for m in marks})  # one lock order for every caller
+        query = sa.select(t.c.decision_id, t.c.record).where((t.c.tenant == tenant) & t.c.decision_id.in_(ids))
         if conn.dialect.name == "postgresql":
             query = query.with_for_update()
-        row = (await conn.execute(query)).first()
-        queued = self.pending(tenant, decision_id) if row is None else None
-        if row is None and queued is None:
-            return None
-        decision = D.Decision.FromString(row.record if row is not None else queued.SerializeToString())  # type: ignore[union-attr]
-        decision.reservation_state = state
-        if preempted_by:
-            decision.preempted_by = preempted_by
-        if row is None and self._writer.amend((tenant, decision_id), decision, record=decision.SerializeToString(),
-                                              reservation_state=state_name(state)):
-            return decision
-        await conn.execute(t.update().where(key).values(reservation_state=state_name(state), record=decision.SerializeToString()))
-        return decision
+        stored = {row.decision_id: row.record for row in (await conn.execute(query)).all()}
+        marked: dict[str, decision_pb2.Decision] = {}
+        updates = []
+        for decision_id, state, preempted_by in marks:
+            current = marked.get(decision_id)
+            if current is not None:
+                decision = current
+            elif decision_id in stored:
+                decision = D.Decision.FromString(stored[decision_id])
+            else:
+                queued = self.pending(tenant, decision_id)
+                if queued is None:
+                    continue
+                decision = D.Decision()
+                decision.CopyFrom(queued)
+            decision.reservation_state = state
+            if preempted_by:
+                decision.preempted_by = preempted_by
+            marked[decision_id] = decision
+        for decision_id, decision in marked.items():
+            record, state_text = decision.SerializeToString(), state_name(decision.reservation_state)
+            if decision_id in stored or not self._writer.amend((tenant, decision_id), decision, record=record,
+                                                               reservation_state=state_text):
+                updates.append(dict(k_tenant=tenant, k_id=decision_id, v_state=state_text, v_record=record))
+        if updates:
+            await conn.execute(t.update().where((t.c.tenant == sa.bindparam("k_tenant")) & (t.c.decision_id == sa.bindparam("k_id")))
+                               .values(reservation_state=sa.bindparam("v_state"), record=sa.bindparam("v_record")), updates)
+        return marked
 
     async def _insert(self, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
         """Insert one group, skipping ids that exist; return the (tenant, id) inserted."""

@@ -41,7 +41,7 @@ from .profiles import ProfileStore
 from .replay import encode_json, profile_json
 from .rule_sets import RuleSetStore
 from .scripts import Script, ScriptChannel
-from .settlement import settle
+from .settlement import Settlement, settle_many
 from .verdicts import build_decision, masked_snapshot
 
 __all__ = ["CONTEXT_MAX_BYTES", "Decider", "validate_evaluate"]
@@ -58,6 +58,9 @@ _CATEGORIES = frozenset(messaging_pb2.MessageCategory.values())
 _MODES = frozenset(D.EvaluationMode.values())
 _MODE_NAMES = {m: D.EvaluationMode.Name(m).removeprefix("EVALUATION_MODE_").lower() for m in _MODES}
 _GENERATION_TTL_MS = 3_600_000
+_SETTLING = frozenset((D.EVALUATION_MODE_COMMIT, D.EVALUATION_MODE_RELEASE))
+_LEDGER_OPS = {D.EVALUATION_MODE_RESERVE: "reserve", D.EVALUATION_MODE_RESERVE_AND_COMMIT: "commit"}
+"""The ledger operation of each reserving mode (any other mode only checks)."""
 
 
 def validate_evaluate(req: rules_service_pb2.EvaluateRequest) -> list[FieldViolation]:
@@ -124,16 +127,16 @@ class Decider:
         """Decide many valid requests together; one result (or error) per request."""
         results: list[decision_pb2.Decision | OvertureError | None] = [None] * len(requests)
         pending: list[int] = []
+        settling: list[int] = []
         for i, req in enumerate(requests):
-            if (req.mode or D.EVALUATION_MODE_CHECK) in (D.EVALUATION_MODE_COMMIT, D.EVALUATION_MODE_RELEASE):
-                try:
-                    at = req.now.ToDatetime(tzinfo=dt.UTC) if req.HasField("now") else self._clock.now()
-                    results[i] = await settle(self._db, self._records, self._ledger, tenant=tenant, decision_id=req.decision_id,
-                                              mode=req.mode, now=at)
-                except OvertureError as error:
-                    results[i] = error
-            else:
-                pending.append(i)
+            (settling if req.mode in _SETTLING else pending).append(i)
+        if settling:
+            now = self._clock.now()
+            settled = await settle_many(self._db, self._records, self._ledger, self._channel, tenant=tenant, items=[
+                Settlement(requests[i].decision_id, requests[i].mode, requests[i].now.ToDatetime(tzinfo=dt.UTC)
+                           if requests[i].HasField("now") else now) for i in settling])
+            for i, result in zip(settling, settled, strict=True):
+                results[i] = result
         given = [requests[i].decision_id for i in pending if requests[i].decision_id]
         existing = await self._records.load_many(tenant, given) if given else {}
         work: list[_Work] = []
@@ -188,8 +191,8 @@ class Decider:
             return
         w.windows = plan.caps.plan(channel=w.req.channel, tags=w.req.tags, now=w.message.now, zone=plan.zone(w.profile, w.entry.memo))
         if w.windows:
-            reserve = w.req.mode == D.EVALUATION_MODE_RESERVE and w.outcome.defer_until is None
-            w.args = self._ledger.args("reserve" if reserve else "check", decision_id=w.decision_id, priority=w.req.priority,
+            op = _LEDGER_OPS.get(w.req.mode, "check") if w.outcome.defer_until is None else "check"
+            w.args = self._ledger.args(op, decision_id=w.decision_id, priority=w.req.priority,
                                        channel=w.req.channel, tags=w.req.tags, windows=w.windows, now=w.message.now)
 
     async def _confirm(self, tenant: str, work: list[_Work]) -> None:
@@ -326,8 +329,7 @@ class Decider:
         preempted = [(victim, w.decision_id) for w in work if w.ledger for victim in w.ledger.preempted]
         if preempted:
             async with self._db.begin() as conn:
-                for victim, by in preempted:
-                    await self._records.mark(conn, tenant, victim, D.RESERVATION_STATE_PREEMPTED, preempted_by=by)
+                await self._records.mark_many(conn, tenant, [(victim, D.RESERVATION_STATE_PREEMPTED, by) for victim, by in preempted])
         lost = [d.decision_id for d in decisions if d.decision_id not in new]
         if lost:  # a concurrent call with the same decision id stored first: its answer stands
             winners = await self._records.load_many(tenant, lost)
@@ -350,8 +352,10 @@ class Decider:
             raise NotFound(f"decision {decision_id!r} does not exist", reason="DECISION_NOT_FOUND")
         return found[decision_id]
 
-    async def list_for_subject(self, tenant: str, subject_id: str, *, limit: int, before: str | None) -> list[decision_pb2.Decision]:
-        """A subject's decisions, newest first, older than the decision *before*."""
+    async def list_for_subject(
+        self, tenant: str, subject_id: str, *, limit: int, before: tuple[dt.datetime, str] | None,
+    ) -> list[decision_pb2.Decision]:
+        """A subject's decisions, newest first, older than *before* (a (create time, decision id) cursor)."""
         return await self._records.list_for_subject(tenant, subject_id, limit=limit, before=before)
 
 

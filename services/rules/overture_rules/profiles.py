@@ -131,11 +131,15 @@ class ProfileStore:
 
     async def get(self, *, tenant: str, subject_id: str) -> profile_pb2.Profile:
         """The profile as its proto."""
-        async with self._db.connect() as conn:
-            profile = await self._load(conn, tenant, subject_id)
+        profile = (await self.get_many(tenant=tenant, subject_ids=[subject_id])).get(subject_id)
         if profile is None:
             raise NotFound("the subject has no profile", reason="PROFILE_NOT_FOUND")
         return profile
+
+    async def get_many(self, *, tenant: str, subject_ids: Sequence[str]) -> dict[str, profile_pb2.Profile]:
+        """The profiles of those of *subject_ids* that have one, by subject id."""
+        async with self._db.connect() as conn:
+            return await self._load_many(conn, tenant, subject_ids)
 
     async def upsert(
         self, *, tenant: str, subject_id: str, traits: Mapping[str, Any] | None = None, timezone: str = "",
@@ -363,21 +367,30 @@ class ProfileStore:
                 status=status, source=source, update_time=when))
 
     async def _load(self, conn: AsyncConnection, tenant: str, subject_id: str) -> profile_pb2.Profile | None:
-        row = (await conn.execute(self._row(tenant, subject_id))).first()
-        if row is None:
-            return None
-        profile = profile_pb2.Profile(
-            subject_id=subject_id, traits=struct_from_dict(row.traits), segments=row.segments, timezone=row.timezone,
-            suppression_lists=row.suppression_lists, erased=row.erased,
-        )
-        profile.update_time.FromDatetime(row.update_time)
-        for c in (await conn.execute(self._consents(tenant, subject_id))).all():
-            consent = profile.consents.add(
-                channel=_channel_value(c.channel), purpose=c.purpose, source=c.source,
-                status=profile_pb2.CONSENT_STATUS_GRANTED if c.status == "granted" else profile_pb2.CONSENT_STATUS_REVOKED,
+        return (await self._load_many(conn, tenant, [subject_id])).get(subject_id)
+
+    @staticmethod
+    async def _load_many(conn: AsyncConnection, tenant: str, subject_ids: Sequence[str]) -> dict[str, profile_pb2.Profile]:
+        """The profiles of *subject_ids* that exist, in two statements."""
+        wanted = sorted(set(subject_ids))
+        rows = (await conn.execute(sa.select(profiles).where((profiles.c.tenant == tenant) & profiles.c.subject_id.in_(wanted)))).all()
+        found: dict[str, profile_pb2.Profile] = {}
+        for row in rows:
+            profile = found[row.subject_id] = profile_pb2.Profile(
+                subject_id=row.subject_id, traits=struct_from_dict(row.traits), segments=row.segments, timezone=row.timezone,
+                suppression_lists=row.suppression_lists, erased=row.erased,
             )
-            consent.update_time.FromDatetime(c.update_time)
-        return profile
+            profile.update_time.FromDatetime(row.update_time)
+        if found:
+            held = (await conn.execute(sa.select(consents).where(
+                (consents.c.tenant == tenant) & consents.c.subject_id.in_(sorted(found))))).all()
+            for c in sorted(held, key=lambda c: (c.channel, c.purpose)):
+                consent = found[c.subject_id].consents.add(
+                    channel=_channel_value(c.channel), purpose=c.purpose, source=c.source,
+                    status=profile_pb2.CONSENT_STATUS_GRANTED if c.status == "granted" else profile_pb2.CONSENT_STATUS_REVOKED,
+                )
+                consent.update_time.FromDatetime(c.update_time)
+        return found
 
 
 def _valid_timezone(name: str) -> bool:

@@ -9,6 +9,7 @@ import grpc
 
 from overture.common.v1 import messaging_pb2
 from overture.rules.v1 import (
+    decision_pb2,
     profile_pb2,
     profile_service_pb2,
     profile_service_pb2_grpc,
@@ -42,6 +43,7 @@ from .rule_sets import RuleSetStore
 R = rules_service_pb2
 P = profile_service_pb2
 _REASON_MAX = 1024
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 class RulesServicer(rules_service_pb2_grpc.RulesServiceServicer):
@@ -78,7 +80,9 @@ class RulesServicer(rules_service_pb2_grpc.RulesServiceServicer):
         for index, outcome in zip(valid, decided, strict=True):
             result = response.results[index]
             if isinstance(outcome, OvertureError):
-                result.violations.extend(to_proto_violations(list(outcome.violations) or [FieldViolation("rule_set", outcome.message, outcome.reason)]))
+                settling = request.requests[index].mode in (decision_pb2.EVALUATION_MODE_COMMIT, decision_pb2.EVALUATION_MODE_RELEASE)
+                where = "decision_id" if settling else "rule_set"
+                result.violations.extend(to_proto_violations(list(outcome.violations) or [FieldViolation(where, outcome.message, outcome.reason)]))
             else:
                 result.decision.CopyFrom(outcome)
         return response
@@ -213,9 +217,11 @@ class RulesServicer(rules_service_pb2_grpc.RulesServiceServicer):
         check_identifier(v, "subject_id", request.subject_id)
         size = page_size(v, request.page_size)
         v.raise_if_any()
-        before = decode_page_token(request.page_token, before=str).get("before")
+        cursor = decode_page_token(request.page_token, before=str, at=int)
+        before = (_EPOCH + dt.timedelta(microseconds=cursor["at"]), cursor["before"]) if cursor else None
         found = await self._decider.list_for_subject(tenant, request.subject_id, limit=size + 1, before=before)
-        token = encode_page_token({"before": found[size - 1].decision_id}) if len(found) > size else ""
+        last = found[size - 1] if len(found) > size else None
+        token = encode_page_token({"before": last.decision_id, "at": last.create_time.ToMicroseconds()}) if last else ""
         return R.ListDecisionsResponse(decisions=found[:size], next_page_token=token)
 
 
@@ -231,6 +237,17 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
         check_identifier(v, "subject_id", request.subject_id)
         v.raise_if_any()
         return P.GetProfileResponse(profile=await self._profiles.get(tenant=tenant, subject_id=request.subject_id))
+
+    async def BatchGetProfiles(self, request: P.BatchGetProfilesRequest, context: grpc.aio.ServicerContext) -> P.BatchGetProfilesResponse:
+        tenant = current_principal().tenant
+        v = Violations()
+        check_batch(v, "subject_ids", request.subject_ids)
+        for i, subject_id in enumerate(request.subject_ids):
+            check_identifier(v, f"subject_ids[{i}]", subject_id)
+        v.raise_if_any()
+        found = await self._profiles.get_many(tenant=tenant, subject_ids=request.subject_ids)
+        return P.BatchGetProfilesResponse(results=[P.BatchGetProfilesResult(subject_id=s, profile=found.get(s))
+                                                   for s in request.subject_ids])
 
     async def UpsertProfile(self, request: P.UpsertProfileRequest, context: grpc.aio.ServicerContext) -> P.UpsertProfileResponse:
         tenant = current_principal().tenant

@@ -72,8 +72,11 @@ def build_decision(
         decision.defer_until.CopyFrom(_timestamp(outcome.defer_until))
     if ledger is not None:
         decision.cap_counters.extend(ledger.counters)
-    if decision.allowed and decision.mode == D.EVALUATION_MODE_RESERVE and outcome.defer_until is None:
-        decision.reservation_state = D.RESERVATION_STATE_HELD
+    if decision.allowed and outcome.defer_until is None:
+        if decision.mode == D.EVALUATION_MODE_RESERVE:
+            decision.reservation_state = D.RESERVATION_STATE_HELD
+        elif decision.mode == D.EVALUATION_MODE_RESERVE_AND_COMMIT:
+            decision.reservation_state = D.RESERVATION_STATE_COMMITTED
     return decision
 
 

@@ -45,6 +45,13 @@ class _EvaluationModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Evalua
     """
     EVALUATION_MODE_RELEASE: _EvaluationMode.ValueType  # 4
     """Give a reservation back: the send did not happen or failed for good."""
+    EVALUATION_MODE_RESERVE_AND_COMMIT: _EvaluationMode.ValueType  # 5
+    """RESERVE and COMMIT in one atomic step, for a caller that sends at once:
+    decide and, if allowed, take the frequency-cap slots as committed.
+    Like RESERVE it is idempotent on `decision_id` and preempts held
+    reservations of lower priority; unlike RESERVE its slots can never be
+    preempted. RELEASE gives them back when the send fails for good.
+    """
 
 class EvaluationMode(_EvaluationMode, metaclass=_EvaluationModeEnumTypeWrapper):
     """How Evaluate treats frequency caps."""
@@ -66,6 +73,13 @@ is PREEMPTED or EXPIRED the message must not be sent.
 """
 EVALUATION_MODE_RELEASE: EvaluationMode.ValueType  # 4
 """Give a reservation back: the send did not happen or failed for good."""
+EVALUATION_MODE_RESERVE_AND_COMMIT: EvaluationMode.ValueType  # 5
+"""RESERVE and COMMIT in one atomic step, for a caller that sends at once:
+decide and, if allowed, take the frequency-cap slots as committed.
+Like RESERVE it is idempotent on `decision_id` and preempts held
+reservations of lower priority; unlike RESERVE its slots can never be
+preempted. RELEASE gives them back when the send fails for good.
+"""
 Global___EvaluationMode: _TypeAlias = EvaluationMode  # noqa: Y015
 
 class _ReservationState:

@@ -71,6 +71,82 @@ class GetProfileResponse(_message.Message):
 Global___GetProfileResponse: _TypeAlias = GetProfileResponse  # noqa: Y015
 
 @_typing.final
+class BatchGetProfilesRequest(_message.Message):
+    """The request of BatchGetProfiles."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subject_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The subjects' ids, 1 to 1,000 of them. Repeats are answered each time."""
+
+    def __init__(
+        self,
+        *,
+        subject_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subject_ids", b"subject_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetProfilesRequest: _TypeAlias = BatchGetProfilesRequest  # noqa: Y015
+
+@_typing.final
+class BatchGetProfilesResponse(_message.Message):
+    """The response of BatchGetProfiles."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchGetProfilesResult]:
+        """One result per requested subject, in the order of the request."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___BatchGetProfilesResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetProfilesResponse: _TypeAlias = BatchGetProfilesResponse  # noqa: Y015
+
+@_typing.final
+class BatchGetProfilesResult(_message.Message):
+    """The profile of one subject of a BatchGetProfiles call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
+    subject_id: _builtins.str
+    """The subject's id, as asked."""
+    @_builtins.property
+    def profile(self) -> _profile_pb2.Profile:
+        """The profile; unset when the subject has none."""
+
+    def __init__(
+        self,
+        *,
+        subject_id: _builtins.str = ...,
+        profile: _profile_pb2.Profile | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["profile", b"profile"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["profile", b"profile", "subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetProfilesResult: _TypeAlias = BatchGetProfilesResult  # noqa: Y015
+
+@_typing.final
 class UpsertProfileRequest(_message.Message):
     """The request of UpsertProfile."""
 

@@ -42,6 +42,11 @@ class ProfileServiceStub:
                 request_serializer=overture_dot_rules_dot_v1_dot_profile__service__pb2.GetProfileRequest.SerializeToString,
                 response_deserializer=overture_dot_rules_dot_v1_dot_profile__service__pb2.GetProfileResponse.FromString,
                 _registered_method=True)
+        self.BatchGetProfiles = channel.unary_unary(
+                '/overture.rules.v1.ProfileService/BatchGetProfiles',
+                request_serializer=overture_dot_rules_dot_v1_dot_profile__service__pb2.BatchGetProfilesRequest.SerializeToString,
+                response_deserializer=overture_dot_rules_dot_v1_dot_profile__service__pb2.BatchGetProfilesResponse.FromString,
+                _registered_method=True)
         self.UpsertProfile = channel.unary_unary(
                 '/overture.rules.v1.ProfileService/UpsertProfile',
                 request_serializer=overture_dot_rules_dot_v1_dot_profile__service__pb2.UpsertProfileRequest.SerializeToString,
@@ -72,6 +77,16 @@ class ProfileServiceServicer:
 
     def GetProfile(self, request, context):
         """Returns a subject's profile. NOT_FOUND if the subject has none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchGetProfiles(self, request, context):
+        """Returns the profiles of up to 1,000 subjects in one call, one result per
+        subject in the order asked (AIP-231). A subject without a profile is not
+        an error: its result has no profile. For a caller that needs many
+        profiles at once, such as the orchestrator rendering a batch of sends.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -118,6 +133,11 @@ def add_ProfileServiceServicer_to_server(servicer, server):
                     servicer.GetProfile,
                     request_deserializer=overture_dot_rules_dot_v1_dot_profile__service__pb2.GetProfileRequest.FromString,
                     response_serializer=overture_dot_rules_dot_v1_dot_profile__service__pb2.GetProfileResponse.SerializeToString,
+            ),
+            'BatchGetProfiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchGetProfiles,
+                    request_deserializer=overture_dot_rules_dot_v1_dot_profile__service__pb2.BatchGetProfilesRequest.FromString,
+                    response_serializer=overture_dot_rules_dot_v1_dot_profile__service__pb2.BatchGetProfilesResponse.SerializeToString,
             ),
             'UpsertProfile': grpc.unary_unary_rpc_method_handler(
                     servicer.UpsertProfile,
@@ -170,6 +190,33 @@ class ProfileService:
             '/overture.rules.v1.ProfileService/GetProfile',
             overture_dot_rules_dot_v1_dot_profile__service__pb2.GetProfileRequest.SerializeToString,
             overture_dot_rules_dot_v1_dot_profile__service__pb2.GetProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchGetProfiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/overture.rules.v1.ProfileService/BatchGetProfiles',
+            overture_dot_rules_dot_v1_dot_profile__service__pb2.BatchGetProfilesRequest.SerializeToString,
+            overture_dot_rules_dot_v1_dot_profile__service__pb2.BatchGetProfilesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,12 @@ class ProfileServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ProfileServiceAsyncStub: ...
     GetProfile: _grpc.UnaryUnaryMultiCallable[_profile_service_pb2.GetProfileRequest, _profile_service_pb2.GetProfileResponse]
     """Returns a subject's profile. NOT_FOUND if the subject has none."""
+    BatchGetProfiles: _grpc.UnaryUnaryMultiCallable[_profile_service_pb2.BatchGetProfilesRequest, _profile_service_pb2.BatchGetProfilesResponse]
+    """Returns the profiles of up to 1,000 subjects in one call, one result per
+    subject in the order asked (AIP-231). A subject without a profile is not
+    an error: its result has no profile. For a caller that needs many
+    profiles at once, such as the orchestrator rendering a batch of sends.
+    """
     UpsertProfile: _grpc.UnaryUnaryMultiCallable[_profile_service_pb2.UpsertProfileRequest, _profile_service_pb2.UpsertProfileResponse]
     """Creates a profile or merges traits into it."""
     SetConsent: _grpc.UnaryUnaryMultiCallable[_profile_service_pb2.SetConsentRequest, _profile_service_pb2.SetConsentResponse]
@@ -66,6 +72,12 @@ class ProfileServiceAsyncStub(ProfileServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetProfile: _aio.UnaryUnaryMultiCallable[_profile_service_pb2.GetProfileRequest, _profile_service_pb2.GetProfileResponse]  # type: ignore[assignment]
     """Returns a subject's profile. NOT_FOUND if the subject has none."""
+    BatchGetProfiles: _aio.UnaryUnaryMultiCallable[_profile_service_pb2.BatchGetProfilesRequest, _profile_service_pb2.BatchGetProfilesResponse]  # type: ignore[assignment]
+    """Returns the profiles of up to 1,000 subjects in one call, one result per
+    subject in the order asked (AIP-231). A subject without a profile is not
+    an error: its result has no profile. For a caller that needs many
+    profiles at once, such as the orchestrator rendering a batch of sends.
+    """
     UpsertProfile: _aio.UnaryUnaryMultiCallable[_profile_service_pb2.UpsertProfileRequest, _profile_service_pb2.UpsertProfileResponse]  # type: ignore[assignment]
     """Creates a profile or merges traits into it."""
     SetConsent: _aio.UnaryUnaryMultiCallable[_profile_service_pb2.SetConsentRequest, _profile_service_pb2.SetConsentResponse]  # type: ignore[assignment]
@@ -97,6 +109,18 @@ class ProfileServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_profile_service_pb2.GetProfileResponse, _abc.Awaitable[_profile_service_pb2.GetProfileResponse]]:
         """Returns a subject's profile. NOT_FOUND if the subject has none."""
+
+    @_abc_1.abstractmethod
+    def BatchGetProfiles(
+        self,
+        request: _profile_service_pb2.BatchGetProfilesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profile_service_pb2.BatchGetProfilesResponse, _abc.Awaitable[_profile_service_pb2.BatchGetProfilesResponse]]:
+        """Returns the profiles of up to 1,000 subjects in one call, one result per
+        subject in the order asked (AIP-231). A subject without a profile is not
+        an error: its result has no profile. For a caller that needs many
+        profiles at once, such as the orchestrator rendering a batch of sends.
+        """
 
     @_abc_1.abstractmethod
     def UpsertProfile(

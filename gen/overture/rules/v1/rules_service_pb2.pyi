@@ -55,9 +55,10 @@ class EvaluateRequest(_message.Message):
     priority: _builtins.int
     """The priority of the message, 0 to 100; higher wins a race for a cap slot."""
     mode: _decision_pb2.EvaluationMode.ValueType
-    """CHECK, RESERVE, COMMIT or RELEASE."""
+    """CHECK, RESERVE, RESERVE_AND_COMMIT, COMMIT or RELEASE."""
     decision_id: _builtins.str
-    """For RESERVE: an optional id for the decision, making the call idempotent.
+    """For RESERVE and RESERVE_AND_COMMIT: an optional id for the decision,
+    making the call idempotent.
     For COMMIT and RELEASE: the id of the RESERVE decision to settle.
     """
     @_builtins.property
