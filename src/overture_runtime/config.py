@@ -129,6 +129,12 @@ class Settings(BaseSettings):
     """Extra known tenants (comma-separated) beyond those named by tokens."""
     service_token: SecretStr | None = None
     """The token this service presents when it calls the other services."""
+    signing_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    """Comma-separated secrets (16+ characters each) that seal links in messages
+    (unsubscribe, tracking) and inbox stream tokens; the first seals, all open
+    (rotation). Empty: no links are added and no inbox tokens are issued."""
+    public_url: str = "http://127.0.0.1:8080"
+    """The public base URL of ingest's HTTP doors, used in links in messages."""
 
     shutdown_grace_seconds: float = 10.0
     """How long in-flight RPCs may finish after SIGTERM."""
@@ -167,6 +173,12 @@ class Settings(BaseSettings):
     connector_routes: Annotated[dict[str, tuple[str, ...]], NoDecode] = {}
     """JSON ``{"email": ["smtp-primary", "smtp-backup"]}``: per channel, the providers to try in order.
     A channel without a route uses its providers in the order they are listed."""
+    dkim_private_key: SecretStr | None = None
+    """A PEM private key (RSA, 1024 bits or more) to DKIM-sign every email with; none: unsigned."""
+    dkim_selector: str = "overture"
+    """The DKIM selector: the public key is published at ``<selector>._domainkey.<domain>``."""
+    dkim_domain: str = ""
+    """The DKIM signing domain (``d=``); empty: the domain of ``smtp_from``."""
 
     # rules
     reservation_ttl_seconds: float = 300.0
@@ -234,6 +246,13 @@ class Settings(BaseSettings):
     def _parse_json_object(cls, value: object) -> object:
         if isinstance(value, str):
             return json.loads(value) if value.strip() else {}
+        return value
+
+    @field_validator("signing_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(k.strip() for k in value.split(",") if k.strip())
         return value
 
     @field_validator("tenants", mode="before")

@@ -39,8 +39,12 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 from overture_ingest.http import create_http_app
+from overture_ingest.link_doors import link_routes
 from overture_runtime.auth import TokenTable
+from overture_runtime.clock import SystemClock
 from overture_runtime.config import Settings
+from overture_runtime.links import Links, Unsubscribe
+from overture_runtime.sealing import Sealer
 from overture_runtime.testing import temporary_database
 from tests import fuzzing
 from tests.conftest import ADMIN_TOKEN, PG_ADMIN, REDIS_URL, SERVICE_TOKEN, TOKENS
@@ -50,6 +54,8 @@ from .cluster import Cluster, running_cluster
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 FUZZ = fuzzing.fuzz_settings(max_examples=25, deadline=dt.timedelta(seconds=60))
+SIGNING_KEY = "http-fuzz-signing-key-0123456789"
+LINKS = Links(Sealer([SIGNING_KEY]), "")
 BEARER = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
@@ -177,17 +183,23 @@ DOORS = [
     Door("cloudevents structured", "/cloudevents", _cloud_event, content_type="application/cloudevents+json"),
     Door("cloudevents batch", "/cloudevents", _cloud_event, content_type="application/cloudevents-batch+json", batch=lambda items: items),
     Door("cloudevents binary", "/cloudevents", lambda: {"page": "home", "plan": "pro"}, binary=True),
+    Door("one-click unsubscribe", LINKS.unsubscribe_url(Unsubscribe("acme", "dave", "email", "marketing", "fuzz:send"), now=dt.datetime.now(dt.UTC)),
+         lambda: {"List-Unsubscribe": "One-Click"}, content_type="application/x-www-form-urlencoded"),
 ]
 """Every door in every mode. A POST route missing here is still fuzzed as a generic JSON door."""
 
 
 def _routes() -> list[str]:
     """Every POST path of the ingest HTTP app, read from its routes (no pipeline is needed to list them)."""
-    app = create_http_app(pipeline=None, tokens=TokenTable([]))  # type: ignore[arg-type]
+    links = link_routes(pipeline=None, links=LINKS, settings=None, clock=SystemClock(), orchestrator=None,  # type: ignore[arg-type]
+                        error_response=None)  # type: ignore[arg-type]
+    app = create_http_app(pipeline=None, tokens=TokenTable([]), extra_routes=links)  # type: ignore[arg-type]
     return sorted({str(getattr(r, "path", "")) for r in app.routes if "POST" in (getattr(r, "methods", None) or ())})
 
 
-ALL_DOORS = [*DOORS, *(Door(f"generic {path}", path, _automation_event) for path in _routes() if path not in {d.path for d in DOORS})]
+_SEALED = {"/l/unsubscribe/{token}"}
+"""Doors whose path holds a sealed token: in DOORS with a real one."""
+ALL_DOORS = [*DOORS, *(Door(f"generic {path}", path, _automation_event) for path in _routes() if path not in {d.path for d in DOORS} | _SEALED)]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -201,6 +213,7 @@ async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Clu
                 values: dict[str, object] = dict(
                     database_url=url, redis_url=REDIS_URL, redis_namespace=namespace, auth_tokens=json.dumps(TOKENS),
                     service_token=SERVICE_TOKEN, environment="test", ingest_http_port=-1, stream_partitions=4, shutdown_grace_seconds=1,
+                    signing_keys=SIGNING_KEY,
                 )
                 values.update(overrides)
                 return Settings(**values)  # type: ignore[arg-type]

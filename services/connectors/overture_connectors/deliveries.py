@@ -246,6 +246,8 @@ class DeliveryService:
             idempotency_key=key, tenant=tenant, address=message.address, subject=message.content.subject,
             text_body=message.content.text_body, html_body=message.content.html_body,
             data=struct_to_dict(message.content.data), tags=tuple(message.tags), metadata=dict(message.metadata),
+            subject_id=message.subject_id, category=message.category, consent_purpose=message.consent_purpose,
+            track_opens=message.email.track_opens, track_clicks=message.email.track_clicks,
         )
         async with self._slots[connector.name]:
             try:

@@ -64,6 +64,16 @@ class OutboundMessage:
     """The message's tags."""
     metadata: dict[str, str] = field(default_factory=dict)
     """Correlation metadata (run id, journey, decision id)."""
+    subject_id: str = ""
+    """The subject the message is for."""
+    category: messaging_pb2.MessageCategory.ValueType = messaging_pb2.MESSAGE_CATEGORY_UNSPECIFIED
+    """Marketing (also when unspecified) or transactional."""
+    consent_purpose: str = ""
+    """The consent purpose it is sent under; empty: ``marketing`` for marketing messages."""
+    track_opens: bool = False
+    """Email: add an open-tracking pixel."""
+    track_clicks: bool = False
+    """Email: rewrite links to tracked links."""
 
 
 @dataclass(frozen=True)

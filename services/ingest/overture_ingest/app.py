@@ -19,8 +19,10 @@ from overture.orchestrator.v1 import orchestrator_service_pb2_grpc
 from overture.rules.v1 import profile_service_pb2_grpc
 from overture_runtime import BaseApp
 from overture_runtime.auth import TokenTable
+from overture_runtime.links import configured_links
 
-from .http import create_http_app
+from .http import create_http_app, error_response
+from .link_doors import link_routes
 from .log import EventLog, Relay
 from .normalize import Limits as EventLimits
 from .pipeline import IngestPipeline
@@ -89,8 +91,11 @@ class IngestApp(BaseApp):
         port = self.settings.ingest_http_port if self._http_port is None else self._http_port
         if port >= 0:
             tokens = TokenTable(self.settings.auth_tokens, extra_tenants=self.settings.tenants)
+            orchestrator = orchestrator_service_pb2_grpc.OrchestratorServiceStub(self.channel("orchestrator"))
+            extra = link_routes(pipeline=self.pipeline, links=configured_links(s), settings=s, clock=self.clock,
+                                orchestrator=orchestrator, error_response=error_response)
             config = uvicorn.Config(
-                create_http_app(pipeline=self.pipeline, tokens=tokens), host=self.settings.host, port=port,
+                create_http_app(pipeline=self.pipeline, tokens=tokens, extra_routes=extra), host=self.settings.host, port=port,
                 log_config=None, access_log=False, lifespan="off", limit_concurrency=1000,
             )
             self._http = _EmbeddedUvicorn(config)

@@ -27,7 +27,7 @@ from google.protobuf import json_format
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from overture.common.v1 import event_pb2
 from overture_runtime import edge
@@ -163,8 +163,8 @@ def _check_count(items: Any, field: str) -> list[Any]:
     return items
 
 
-def create_http_app(*, pipeline: IngestPipeline, tokens: TokenTable) -> Starlette:
-    """The ASGI app of the HTTP doors."""
+def create_http_app(*, pipeline: IngestPipeline, tokens: TokenTable, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+    """The ASGI app of the HTTP doors, with *extra_routes* (the link and inbox doors)."""
 
     async def ingest(principal: Principal, parsed: Sequence[Parsed], source: str, sent_as: Sequence[str] = ()) -> list[Outcome]:
         """Ingest the parsed events in one batch; parse failures keep their place."""
@@ -287,6 +287,7 @@ def create_http_app(*, pipeline: IngestPipeline, tokens: TokenTable) -> Starlett
         Route("/automation/events", door(automation_events), methods=["POST"]),
         Route("/cloudevents", door(cloudevents), methods=["POST"]),
         Route("/healthz", health, methods=["GET"]),
+        *extra_routes,
     ]
     routes += [Route(f"/v1/{call}", door(segment(call)), methods=["POST"]) for call in (*SEGMENT_TYPES, "batch")]
     async def not_a_door(request: Request, exc: Exception) -> Response:

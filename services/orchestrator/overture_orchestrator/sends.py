@@ -182,6 +182,7 @@ class Sender:
                                                     html_body=s.rendered["html_body"]),
                 category=step.send.category, tags=step.send.tags,
                 metadata={"run_id": work.run_id, "journey": work.journey, "step_id": step.id, "decision_id": s.token.decision_id},
+                email=delivery_pb2.EmailOptions(track_opens=step.send.track_opens, track_clicks=step.send.track_clicks),
             ))
         releases = []
         for s, result in zip(sends, await self._send_batch(tenant, messages), strict=True):

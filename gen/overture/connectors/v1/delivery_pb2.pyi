@@ -85,6 +85,8 @@ class Message(_message.Message):
     TAGS_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     CONNECTOR_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    CONSENT_PURPOSE_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
     """The idempotency key, `run_id:step_id` for journey steps. A connector
     calls its provider at most once per key; repeats return the first result.
@@ -101,6 +103,12 @@ class Message(_message.Message):
     """The category of the message."""
     connector: _builtins.str
     """The connector to use; empty chooses the channel's default."""
+    consent_purpose: _builtins.str
+    """The consent purpose the message is sent under. An email's one-click
+    unsubscribe link (`List-Unsubscribe`, RFC 8058) revokes the consent of
+    this channel and purpose. Empty means `marketing` for marketing
+    messages; a transactional message gets no unsubscribe link unless set.
+    """
     @_builtins.property
     def content(self) -> Global___MessageContent:
         """The rendered content."""
@@ -112,6 +120,10 @@ class Message(_message.Message):
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Correlation metadata, such as `run_id`, `journey` and `decision_id`."""
+
+    @_builtins.property
+    def email(self) -> Global___EmailOptions:
+        """Email options: open and click tracking."""
 
     def __init__(
         self,
@@ -125,14 +137,49 @@ class Message(_message.Message):
         tags: _abc.Iterable[_builtins.str] | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         connector: _builtins.str = ...,
+        email: Global___EmailOptions | None = ...,
+        consent_purpose: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "email", b"email"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "category", b"category", "channel", b"channel", "connector", b"connector", "content", b"content", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "subject_id", b"subject_id", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "category", b"category", "channel", b"channel", "connector", b"connector", "consent_purpose", b"consent_purpose", "content", b"content", "email", b"email", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "subject_id", b"subject_id", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Message: _TypeAlias = Message  # noqa: Y015
+
+@_typing.final
+class EmailOptions(_message.Message):
+    """Per-message options of the email channel. Tracking needs signing keys
+    (`OVERTURE_SIGNING_KEYS`); without them the options are ignored.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRACK_OPENS_FIELD_NUMBER: _builtins.int
+    TRACK_CLICKS_FIELD_NUMBER: _builtins.int
+    track_opens: _builtins.bool
+    """Add a tracking pixel to the HTML part; loading it reports the delivery
+    OPENED (the `email.opened` event).
+    """
+    track_clicks: _builtins.bool
+    """Rewrite the HTML part's http(s) links to signed links served by ingest,
+    which report the delivery CLICKED (the `email.clicked` event) and
+    redirect to the original URL.
+    """
+    def __init__(
+        self,
+        *,
+        track_opens: _builtins.bool = ...,
+        track_clicks: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["track_clicks", b"track_clicks", "track_opens", b"track_opens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EmailOptions: _TypeAlias = EmailOptions  # noqa: Y015
 
 @_typing.final
 class MessageContent(_message.Message):

@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from overture.common.v1 import messaging_pb2 as overture_dot_common_dot_v1_dot_messaging__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&overture/orchestrator/v1/journey.proto\x12\x18overture.orchestrator.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"overture/common/v1/messaging.proto\"\xf5\x01\n\x07Journey\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x35\n\x05state\x18\x04 \x01(\x0e\x32&.overture.orchestrator.v1.JourneyState\x12\x33\n\x04spec\x18\x05 \x01(\x0b\x32%.overture.orchestrator.v1.JourneySpec\x12\x0e\n\x06\x61uthor\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x81\x03\n\x0bJourneySpec\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\x12\x39\n\x07trigger\x18\x02 \x01(\x0b\x32(.overture.orchestrator.v1.JourneyTrigger\x12\x10\n\x08rule_set\x18\x03 \x01(\t\x12-\n\x05steps\x18\x04 \x03(\x0b\x32\x1e.overture.orchestrator.v1.Step\x12G\n\ttemplates\x18\x05 \x03(\x0b\x32\x34.overture.orchestrator.v1.JourneySpec.TemplatesEntry\x12;\n\x08settings\x18\x06 \x01(\x0b\x32).overture.orchestrator.v1.JourneySettings\x1a[\n\x0eTemplatesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x38\n\x05value\x18\x02 \x01(\x0b\x32).overture.orchestrator.v1.MessageTemplate:\x02\x38\x01\"\xcb\x01\n\x0eJourneyTrigger\x12\x37\n\x05\x65vent\x18\x01 \x01(\x0b\x32&.overture.orchestrator.v1.EventTriggerH\x00\x12=\n\x08schedule\x18\x02 \x01(\x0b\x32).overture.orchestrator.v1.ScheduleTriggerH\x00\x12\x39\n\x06manual\x18\x03 \x01(\x0b\x32\'.overture.orchestrator.v1.ManualTriggerH\x00\x42\x06\n\x04kind\"2\n\x0c\x45ventTrigger\x12\x12\n\nevent_type\x18\x01 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x02 \x01(\t\"B\n\x0fScheduleTrigger\x12\x0c\n\x04\x63ron\x18\x01 \x01(\t\x12\x10\n\x08timezone\x18\x02 \x01(\t\x12\x0f\n\x07segment\x18\x03 \x01(\t\"\x0f\n\rManualTrigger\"\x88\x05\n\x04Step\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0c\n\x04next\x18\x03 \x01(\t\x12\x34\n\x05retry\x18\x04 \x01(\x0b\x32%.overture.orchestrator.v1.RetryPolicy\x12\x32\n\x04send\x18\n \x01(\x0b\x32\".overture.orchestrator.v1.SendStepH\x00\x12<\n\tcondition\x18\x0b \x01(\x0b\x32\'.overture.orchestrator.v1.ConditionStepH\x00\x12\x34\n\x05\x64\x65lay\x18\x0c \x01(\x0b\x32#.overture.orchestrator.v1.DelayStepH\x00\x12\x44\n\x0ewait_for_event\x18\r \x01(\x0b\x32*.overture.orchestrator.v1.WaitForEventStepH\x00\x12:\n\x08\x61pproval\x18\x0e \x01(\x0b\x32&.overture.orchestrator.v1.ApprovalStepH\x00\x12\x45\n\x0eupdate_profile\x18\x0f \x01(\x0b\x32+.overture.orchestrator.v1.UpdateProfileStepH\x00\x12\x38\n\x07webhook\x18\x10 \x01(\x0b\x32%.overture.orchestrator.v1.WebhookStepH\x00\x12\x34\n\x05split\x18\x11 \x01(\x0b\x32#.overture.orchestrator.v1.SplitStepH\x00\x12\x32\n\x04\x65xit\x18\x12 \x01(\x0b\x32\".overture.orchestrator.v1.ExitStepH\x00\x42\x06\n\x04kind\"\xad\x01\n\x08SendStep\x12,\n\x07\x63hannel\x18\x01 \x01(\x0e\x32\x1b.overture.common.v1.Channel\x12\x10\n\x08template\x18\x02 \x01(\t\x12\x35\n\x08\x63\x61tegory\x18\x03 \x01(\x0e\x32#.overture.common.v1.MessageCategory\x12\x0c\n\x04tags\x18\x04 \x03(\t\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\n\n\x02to\x18\x06 \x01(\t\"I\n\rConditionStep\x12\x12\n\nexpression\x18\x01 \x01(\t\x12\x11\n\tthen_step\x18\x02 \x01(\t\x12\x11\n\telse_step\x18\x03 \x01(\t\"8\n\tDelayStep\x12+\n\x08\x64uration\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x82\x01\n\x10WaitForEventStep\x12\x12\n\nevent_type\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\ron_event_step\x18\x03 \x01(\t\x12\x17\n\x0fon_timeout_step\x18\x04 \x01(\t\"i\n\x0c\x41pprovalStep\x12\x15\n\rapprover_role\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0eon_reject_step\x18\x03 \x01(\t\"<\n\x11UpdateProfileStep\x12\'\n\x06traits\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\"A\n\x0bWebhookStep\x12\x0b\n\x03url\x18\x01 \x01(\t\x12%\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"D\n\tSplitStep\x12\x37\n\x08\x62ranches\x18\x01 \x03(\x0b\x32%.overture.orchestrator.v1.SplitBranch\"9\n\x0bSplitBranch\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x05\x12\x0c\n\x04step\x18\x03 \x01(\t\"\x18\n\x08\x45xitStep\x12\x0c\n\x04goal\x18\x01 \x01(\t\"\x87\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x32\n\x0finitial_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"o\n\x0fMessageTemplate\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x11\n\ttext_body\x18\x02 \x01(\t\x12\x11\n\thtml_body\x18\x03 \x01(\t\x12%\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"M\n\x0fJourneySettings\x12\x1b\n\x13max_causation_depth\x18\x01 \x01(\x05\x12\x1d\n\x15\x61llow_concurrent_runs\x18\x02 \x01(\x08*\x7f\n\x0cJourneyState\x12\x1d\n\x19JOURNEY_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14JOURNEY_STATE_ACTIVE\x10\x01\x12\x18\n\x14JOURNEY_STATE_PAUSED\x10\x02\x12\x1c\n\x18JOURNEY_STATE_SUPERSEDED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&overture/orchestrator/v1/journey.proto\x12\x18overture.orchestrator.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"overture/common/v1/messaging.proto\"\xf5\x01\n\x07Journey\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x35\n\x05state\x18\x04 \x01(\x0e\x32&.overture.orchestrator.v1.JourneyState\x12\x33\n\x04spec\x18\x05 \x01(\x0b\x32%.overture.orchestrator.v1.JourneySpec\x12\x0e\n\x06\x61uthor\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x81\x03\n\x0bJourneySpec\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\x12\x39\n\x07trigger\x18\x02 \x01(\x0b\x32(.overture.orchestrator.v1.JourneyTrigger\x12\x10\n\x08rule_set\x18\x03 \x01(\t\x12-\n\x05steps\x18\x04 \x03(\x0b\x32\x1e.overture.orchestrator.v1.Step\x12G\n\ttemplates\x18\x05 \x03(\x0b\x32\x34.overture.orchestrator.v1.JourneySpec.TemplatesEntry\x12;\n\x08settings\x18\x06 \x01(\x0b\x32).overture.orchestrator.v1.JourneySettings\x1a[\n\x0eTemplatesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x38\n\x05value\x18\x02 \x01(\x0b\x32).overture.orchestrator.v1.MessageTemplate:\x02\x38\x01\"\xcb\x01\n\x0eJourneyTrigger\x12\x37\n\x05\x65vent\x18\x01 \x01(\x0b\x32&.overture.orchestrator.v1.EventTriggerH\x00\x12=\n\x08schedule\x18\x02 \x01(\x0b\x32).overture.orchestrator.v1.ScheduleTriggerH\x00\x12\x39\n\x06manual\x18\x03 \x01(\x0b\x32\'.overture.orchestrator.v1.ManualTriggerH\x00\x42\x06\n\x04kind\"2\n\x0c\x45ventTrigger\x12\x12\n\nevent_type\x18\x01 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x02 \x01(\t\"B\n\x0fScheduleTrigger\x12\x0c\n\x04\x63ron\x18\x01 \x01(\t\x12\x10\n\x08timezone\x18\x02 \x01(\t\x12\x0f\n\x07segment\x18\x03 \x01(\t\"\x0f\n\rManualTrigger\"\x88\x05\n\x04Step\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0c\n\x04next\x18\x03 \x01(\t\x12\x34\n\x05retry\x18\x04 \x01(\x0b\x32%.overture.orchestrator.v1.RetryPolicy\x12\x32\n\x04send\x18\n \x01(\x0b\x32\".overture.orchestrator.v1.SendStepH\x00\x12<\n\tcondition\x18\x0b \x01(\x0b\x32\'.overture.orchestrator.v1.ConditionStepH\x00\x12\x34\n\x05\x64\x65lay\x18\x0c \x01(\x0b\x32#.overture.orchestrator.v1.DelayStepH\x00\x12\x44\n\x0ewait_for_event\x18\r \x01(\x0b\x32*.overture.orchestrator.v1.WaitForEventStepH\x00\x12:\n\x08\x61pproval\x18\x0e \x01(\x0b\x32&.overture.orchestrator.v1.ApprovalStepH\x00\x12\x45\n\x0eupdate_profile\x18\x0f \x01(\x0b\x32+.overture.orchestrator.v1.UpdateProfileStepH\x00\x12\x38\n\x07webhook\x18\x10 \x01(\x0b\x32%.overture.orchestrator.v1.WebhookStepH\x00\x12\x34\n\x05split\x18\x11 \x01(\x0b\x32#.overture.orchestrator.v1.SplitStepH\x00\x12\x32\n\x04\x65xit\x18\x12 \x01(\x0b\x32\".overture.orchestrator.v1.ExitStepH\x00\x42\x06\n\x04kind\"\xd8\x01\n\x08SendStep\x12,\n\x07\x63hannel\x18\x01 \x01(\x0e\x32\x1b.overture.common.v1.Channel\x12\x10\n\x08template\x18\x02 \x01(\t\x12\x35\n\x08\x63\x61tegory\x18\x03 \x01(\x0e\x32#.overture.common.v1.MessageCategory\x12\x0c\n\x04tags\x18\x04 \x03(\t\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\n\n\x02to\x18\x06 \x01(\t\x12\x13\n\x0btrack_opens\x18\x07 \x01(\x08\x12\x14\n\x0ctrack_clicks\x18\x08 \x01(\x08\"I\n\rConditionStep\x12\x12\n\nexpression\x18\x01 \x01(\t\x12\x11\n\tthen_step\x18\x02 \x01(\t\x12\x11\n\telse_step\x18\x03 \x01(\t\"8\n\tDelayStep\x12+\n\x08\x64uration\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x82\x01\n\x10WaitForEventStep\x12\x12\n\nevent_type\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\ron_event_step\x18\x03 \x01(\t\x12\x17\n\x0fon_timeout_step\x18\x04 \x01(\t\"i\n\x0c\x41pprovalStep\x12\x15\n\rapprover_role\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0eon_reject_step\x18\x03 \x01(\t\"<\n\x11UpdateProfileStep\x12\'\n\x06traits\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\"A\n\x0bWebhookStep\x12\x0b\n\x03url\x18\x01 \x01(\t\x12%\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"D\n\tSplitStep\x12\x37\n\x08\x62ranches\x18\x01 \x03(\x0b\x32%.overture.orchestrator.v1.SplitBranch\"9\n\x0bSplitBranch\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x05\x12\x0c\n\x04step\x18\x03 \x01(\t\"\x18\n\x08\x45xitStep\x12\x0c\n\x04goal\x18\x01 \x01(\t\"\x87\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x32\n\x0finitial_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"o\n\x0fMessageTemplate\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x11\n\ttext_body\x18\x02 \x01(\t\x12\x11\n\thtml_body\x18\x03 \x01(\t\x12%\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"M\n\x0fJourneySettings\x12\x1b\n\x13max_causation_depth\x18\x01 \x01(\x05\x12\x1d\n\x15\x61llow_concurrent_runs\x18\x02 \x01(\x08*\x7f\n\x0cJourneyState\x12\x1d\n\x19JOURNEY_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14JOURNEY_STATE_ACTIVE\x10\x01\x12\x18\n\x14JOURNEY_STATE_PAUSED\x10\x02\x12\x1c\n\x18JOURNEY_STATE_SUPERSEDED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOURNEYSPEC_TEMPLATESENTRY']._loaded_options = None
   _globals['_JOURNEYSPEC_TEMPLATESENTRY']._serialized_options = b'8\001'
-  _globals['_JOURNEYSTATE']._serialized_start=2992
-  _globals['_JOURNEYSTATE']._serialized_end=3119
+  _globals['_JOURNEYSTATE']._serialized_start=3035
+  _globals['_JOURNEYSTATE']._serialized_end=3162
   _globals['_JOURNEY']._serialized_start=200
   _globals['_JOURNEY']._serialized_end=445
   _globals['_JOURNEYSPEC']._serialized_start=448
@@ -56,29 +56,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STEP']._serialized_start=1179
   _globals['_STEP']._serialized_end=1827
   _globals['_SENDSTEP']._serialized_start=1830
-  _globals['_SENDSTEP']._serialized_end=2003
-  _globals['_CONDITIONSTEP']._serialized_start=2005
-  _globals['_CONDITIONSTEP']._serialized_end=2078
-  _globals['_DELAYSTEP']._serialized_start=2080
-  _globals['_DELAYSTEP']._serialized_end=2136
-  _globals['_WAITFOREVENTSTEP']._serialized_start=2139
-  _globals['_WAITFOREVENTSTEP']._serialized_end=2269
-  _globals['_APPROVALSTEP']._serialized_start=2271
-  _globals['_APPROVALSTEP']._serialized_end=2376
-  _globals['_UPDATEPROFILESTEP']._serialized_start=2378
-  _globals['_UPDATEPROFILESTEP']._serialized_end=2438
-  _globals['_WEBHOOKSTEP']._serialized_start=2440
-  _globals['_WEBHOOKSTEP']._serialized_end=2505
-  _globals['_SPLITSTEP']._serialized_start=2507
-  _globals['_SPLITSTEP']._serialized_end=2575
-  _globals['_SPLITBRANCH']._serialized_start=2577
-  _globals['_SPLITBRANCH']._serialized_end=2634
-  _globals['_EXITSTEP']._serialized_start=2636
-  _globals['_EXITSTEP']._serialized_end=2660
-  _globals['_RETRYPOLICY']._serialized_start=2663
-  _globals['_RETRYPOLICY']._serialized_end=2798
-  _globals['_MESSAGETEMPLATE']._serialized_start=2800
-  _globals['_MESSAGETEMPLATE']._serialized_end=2911
-  _globals['_JOURNEYSETTINGS']._serialized_start=2913
-  _globals['_JOURNEYSETTINGS']._serialized_end=2990
+  _globals['_SENDSTEP']._serialized_end=2046
+  _globals['_CONDITIONSTEP']._serialized_start=2048
+  _globals['_CONDITIONSTEP']._serialized_end=2121
+  _globals['_DELAYSTEP']._serialized_start=2123
+  _globals['_DELAYSTEP']._serialized_end=2179
+  _globals['_WAITFOREVENTSTEP']._serialized_start=2182
+  _globals['_WAITFOREVENTSTEP']._serialized_end=2312
+  _globals['_APPROVALSTEP']._serialized_start=2314
+  _globals['_APPROVALSTEP']._serialized_end=2419
+  _globals['_UPDATEPROFILESTEP']._serialized_start=2421
+  _globals['_UPDATEPROFILESTEP']._serialized_end=2481
+  _globals['_WEBHOOKSTEP']._serialized_start=2483
+  _globals['_WEBHOOKSTEP']._serialized_end=2548
+  _globals['_SPLITSTEP']._serialized_start=2550
+  _globals['_SPLITSTEP']._serialized_end=2618
+  _globals['_SPLITBRANCH']._serialized_start=2620
+  _globals['_SPLITBRANCH']._serialized_end=2677
+  _globals['_EXITSTEP']._serialized_start=2679
+  _globals['_EXITSTEP']._serialized_end=2703
+  _globals['_RETRYPOLICY']._serialized_start=2706
+  _globals['_RETRYPOLICY']._serialized_end=2841
+  _globals['_MESSAGETEMPLATE']._serialized_start=2843
+  _globals['_MESSAGETEMPLATE']._serialized_end=2954
+  _globals['_JOURNEYSETTINGS']._serialized_start=2956
+  _globals['_JOURNEYSETTINGS']._serialized_end=3033
 # @@protoc_insertion_point(module_scope)

@@ -399,6 +399,8 @@ class SendStep(_message.Message):
     TAGS_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     TO_FIELD_NUMBER: _builtins.int
+    TRACK_OPENS_FIELD_NUMBER: _builtins.int
+    TRACK_CLICKS_FIELD_NUMBER: _builtins.int
     channel: _messaging_pb2.Channel.ValueType
     """The channel."""
     template: _builtins.str
@@ -411,6 +413,12 @@ class SendStep(_message.Message):
     """The recipient address as a template, for example
     `{{ profile.traits.work_email }}`. Defaults to the channel's trait
     (`email` for email) of the profile, then of the event's attributes.
+    """
+    track_opens: _builtins.bool
+    """Email only: add a tracking pixel, reported as `email.opened`."""
+    track_clicks: _builtins.bool
+    """Email only: rewrite the HTML links to tracked links, reported as
+    `email.clicked`.
     """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -425,10 +433,12 @@ class SendStep(_message.Message):
         tags: _abc.Iterable[_builtins.str] | None = ...,
         priority: _builtins.int = ...,
         to: _builtins.str = ...,
+        track_opens: _builtins.bool = ...,
+        track_clicks: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "channel", b"channel", "priority", b"priority", "tags", b"tags", "template", b"template", "to", b"to"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "channel", b"channel", "priority", b"priority", "tags", b"tags", "template", b"template", "to", b"to", "track_clicks", b"track_clicks", "track_opens", b"track_opens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
