@@ -30,7 +30,7 @@ from overture_runtime.config import SERVICES
 
 from .mailsink import MailSink, _free_port
 
-__all__ = ["dev_token", "run_dev", "write_dev_file"]
+__all__ = ["dev_signing_key", "dev_token", "run_dev", "write_dev_file"]
 
 _COLORS = {"ingest": "36", "rules": "35", "orchestrator": "33", "connectors": "32"}
 _INTERNAL_ROLES = [
@@ -104,6 +104,16 @@ def dev_token(env: Mapping[str, str], dev_file: Path) -> str:
     return kept if isinstance(kept, str) and kept else f"ovt_dev_{secrets.token_urlsafe(24)}"
 
 
+def dev_signing_key(dev_file: Path) -> str:
+    """The key that seals links in messages: the one *dev_file* kept from the last run, else a new one,
+    so that links in mail saved by an earlier run (unsubscribe, tracking) keep working."""
+    try:
+        kept = json.loads(dev_file.read_text()).get("signing_key")
+    except (OSError, ValueError, AttributeError):
+        kept = None
+    return kept if isinstance(kept, str) and len(kept) >= 16 else secrets.token_urlsafe(32)
+
+
 def write_dev_file(path: Path, data: Mapping[str, Any]) -> None:
     """Replace *path* with *data* as JSON, readable by its owner only, atomically.
 
@@ -145,7 +155,10 @@ async def _main(data_dir: Path) -> int:
     embedded: list[Any] = []
     token = dev_token(env, data_dir / "dev.json")
     service_token = f"ovt_svc_{secrets.token_urlsafe(24)}"
+    signing_key = env.get("OVERTURE_SIGNING_KEYS") or dev_signing_key(data_dir / "dev.json")
+    env.setdefault("OVERTURE_PUBLIC_URL", f"http://{host}:{_port('ingest', 'HTTP', 8080)}")
     env.update(
+        OVERTURE_SIGNING_KEYS=signing_key,
         OVERTURE_ENVIRONMENT="dev",
         OVERTURE_LOG_FORMAT=env.get("OVERTURE_LOG_FORMAT", "console"),
         OVERTURE_SERVICE_TOKEN=service_token,
@@ -197,7 +210,8 @@ async def _main(data_dir: Path) -> int:
         code = 1
     else:
         http_port = _port("ingest", "HTTP", 8080)
-        write_dev_file(data_dir / "dev.json", {"token": token, "addresses": addresses, "http": f"http://{host}:{http_port}"})
+        write_dev_file(data_dir / "dev.json", {"token": token, "addresses": addresses, "http": f"http://{host}:{http_port}",
+                                               "signing_key": signing_key})
         _say("ready.")
         for svc in SERVICES:
             _say(f"  {svc:<13} grpc://{addresses[svc]}")
