@@ -44,6 +44,10 @@ class Keys:
         tag = hashlib.sha256(f"{tenant}\x00{subject_id}".encode()).hexdigest()[:20]
         return ":".join((self.namespace, "t", tenant, "{s" + tag + "}", *parts))
 
+    def provider(self, name: str, *parts: str) -> str:
+        """A key of one delivery provider, shared by every tenant and replica, hash-tagged per provider."""
+        return ":".join((self.namespace, "provider", "{" + name + "}", *parts))
+
     def stream(self, name: str, partition: int) -> str:
         """One partition of a shared stream, hash-tagged per partition."""
         return f"{self.namespace}:stream:{name}:{{p{partition}}}"

@@ -23,6 +23,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 from overture.common.v1 import messaging_pb2
 from overture.connectors.v1 import connector_service_pb2_grpc, delivery_pb2
 from overture_connectors import ConnectorsApp
+from overture_runtime.clock import Clock
 from overture_runtime.config import Settings
 from overture_runtime.testing import free_port, serving
 
@@ -224,10 +225,11 @@ class Service:
 
 
 @contextlib.asynccontextmanager
-async def connectors_service(make_settings: Callable[..., Settings], sink: CountingSink, **overrides: Any) -> AsyncIterator[Service]:
-    """Serve ConnectorsApp on this test's database, sending to *sink*."""
+async def connectors_service(make_settings: Callable[..., Settings], sink: CountingSink, *, clock: Clock | None = None,
+                             **overrides: Any) -> AsyncIterator[Service]:
+    """Serve ConnectorsApp on this test's database, sending to *sink* (the default SMTP port), on *clock* when given."""
     settings = make_settings(smtp_port=sink.port, **overrides)
-    app = ConnectorsApp(settings)
+    app = ConnectorsApp(settings, clock=clock)
     async with serving(app, settings) as address, grpc.aio.insecure_channel(address) as channel:
         yield Service(connector_service_pb2_grpc.ConnectorServiceStub(channel), app, address)
 

@@ -157,8 +157,10 @@ async def test_a_batch_over_the_limit_is_resource_exhausted(make_settings: Calla
 async def test_a_provider_outage_fails_for_now_and_a_retry_delivers_once(make_settings: Callable[..., Settings]) -> None:
     """With the SMTP server down each message fails retryably (UNAVAILABLE with a retry delay); sent again once it is up, each is delivered once."""
     sink = CountingSink()
+    # A breaker that does not open within the test: the retry must reach the provider.
+    never_open = '[{"name": "smtp", "kind": "smtp", "breaker": {"failure_threshold": 1000}}]'
     try:
-        async with connectors_service(make_settings, sink) as service:
+        async with connectors_service(make_settings, sink, connector_providers=never_open) as service:
             messages = [email(f"run-{i}:send") for i in range(20)]
             down = await send_batch(service.stub, messages)
             sink.start()

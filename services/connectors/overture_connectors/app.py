@@ -13,6 +13,7 @@ from overture_runtime.config import Settings
 
 from .deliveries import DeliveryService
 from .plugin import Connector, ConnectorContext
+from .ratelimit import RateLimiter
 from .registry import build, configure
 from .servicer import ConnectorServicer
 
@@ -42,8 +43,11 @@ class ConnectorsApp(BaseApp):
         return build(self.providers, context)
 
     async def on_start(self) -> None:
+        limited = any(p.config.rate_limit_per_second > 0 for p in self.providers)
+        limiter = RateLimiter(self.redis if limited else None, self.keys, self.clock)
         self.deliveries = DeliveryService(self.db, self.connectors(), self.routes, self.clock, self.ids,
-                                          concurrency=self.settings.connector_concurrency)
+                                          concurrency=self.settings.connector_concurrency, limiter=limiter,
+                                          providers={p.config.name: p.config for p in self.providers})
 
     async def on_stop(self) -> None:
         await self.deliveries.close()

@@ -12,7 +12,9 @@ A batch costs one statement to claim its keys, one to read the keys seen
 before (only when there are some) and one to record its outcomes. Within
 one replica a repeat that arrives while the first call is still sending
 waits for it and returns its result; across replicas it returns the claim
-(SENDING). Provider calls are bounded per connector (``concurrency``).
+(SENDING). Which providers are called, and in what order, is the
+:class:`~.dispatch.Dispatcher`'s: the route, breakers, rate limits and
+concurrency bounds.
 """
 
 from __future__ import annotations
@@ -31,11 +33,14 @@ import structlog
 from overture.common.v1 import messaging_pb2
 from overture.connectors.v1 import delivery_pb2
 from overture_runtime.clock import Clock, IdGenerator
+from overture_runtime.config import ProviderConfig
 from overture_runtime.db import Database
 from overture_runtime.errors import FailedPrecondition, FieldViolation, NotFound, OvertureError, ResourceExhausted, Unavailable
 from overture_runtime.protojson import struct_to_dict
 
-from .plugin import Connector, InDoubt, OutboundMessage, PermanentFailure, TransientFailure
+from .dispatch import Dispatcher
+from .plugin import Connector, OutboundMessage
+from .ratelimit import RateLimiter
 from .store import Claim, DeliveryStore, Finish
 
 __all__ = ["MAX_BATCH", "DeliveryService", "Outcome", "check_batch_size"]
@@ -45,7 +50,6 @@ S = messaging_pb2
 MAX_BATCH = 500
 """The most messages one batch may hold."""
 _STALE_CLAIM = dt.timedelta(minutes=2)
-_RETRY_AFTER = dt.timedelta(seconds=5)
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ class Outcome:
 class _Pending:
     index: int
     message: delivery_pb2.Message
-    connector: Connector
+    route: tuple[Connector, ...]
     future: asyncio.Future[Outcome]
 
 
@@ -90,7 +94,8 @@ class DeliveryService:
 
     def __init__(
         self, db: Database, connectors: Mapping[str, Connector], routes: Mapping[messaging_pb2.Channel.ValueType, str | Sequence[str]],
-        clock: Clock, ids: IdGenerator, *, concurrency: int = 16,
+        clock: Clock, ids: IdGenerator, *, concurrency: int = 16, providers: Mapping[str, ProviderConfig] | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._store = DeliveryStore(db)
         self.connectors = connectors
@@ -101,21 +106,22 @@ class DeliveryService:
         """Per channel, its default provider."""
         self._clock = clock
         self._ids = ids
-        self._slots = {name: asyncio.Semaphore(concurrency) for name in connectors}
+        self.dispatcher = Dispatcher(connectors, providers or {}, clock, limiter=limiter, concurrency=concurrency)
+        """Calls the providers: routes, breakers, rate limits."""
         self._inflight: dict[tuple[str, str], asyncio.Future[Outcome]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def resolve(self, channel: messaging_pb2.Channel.ValueType, name: str) -> Connector:
-        """The connector for a message: *name*, or the channel's default."""
+    def resolve(self, channel: messaging_pb2.Channel.ValueType, name: str) -> tuple[Connector, ...]:
+        """The route of a message: the provider *name* alone, or the channel's route."""
         if name:
             connector = self.connectors.get(name)
             if connector is None or connector.channel != channel:
                 raise FailedPrecondition(f"no connector {name!r} for channel {S.Channel.Name(channel)}", reason="UNKNOWN_CONNECTOR")
-            return connector
-        default = self.defaults.get(channel)
-        if default is None:
+            return (connector,)
+        route = self.routes.get(channel)
+        if not route:
             raise FailedPrecondition(f"no connector is configured for {S.Channel.Name(channel)}", reason="NO_CONNECTOR")
-        return self.connectors[default]
+        return tuple(self.connectors[n] for n in route)
 
     async def send(self, tenant: str, message: delivery_pb2.Message) -> tuple[delivery_pb2.Delivery, bool]:
         """Deliver *message* at most once; returns the delivery and whether it was a repeat."""
@@ -134,7 +140,7 @@ class DeliveryService:
         loop = asyncio.get_running_loop()
         for index, message in enumerate(messages):
             try:
-                connector = self.resolve(message.channel, message.connector)
+                route = self.resolve(message.channel, message.connector)
             except OvertureError as error:
                 outcomes[index] = Outcome(error=error)
                 continue
@@ -146,7 +152,7 @@ class DeliveryService:
                 continue
             future: asyncio.Future[Outcome] = loop.create_future()
             self._inflight[(tenant, key)] = future
-            mine[key] = _Pending(index, message, connector, future)
+            mine[key] = _Pending(index, message, route, future)
         if mine:
             task = asyncio.create_task(self._deliver(tenant, list(mine.values())))
             self._tasks.add(task)
@@ -201,7 +207,7 @@ class DeliveryService:
     async def _claim_send_record(self, tenant: str, pending: list[_Pending]) -> dict[str, Outcome]:
         now = self._clock.now()
         claims = [
-            Claim(idempotency_key=p.message.idempotency_key, delivery_id=self._ids.new(), connector=p.connector.name,
+            Claim(idempotency_key=p.message.idempotency_key, delivery_id=self._ids.new(), connector=p.route[0].name,
                   channel=_channel(p.message.channel), subject_id=p.message.subject_id, address_hash=_address_hash(p.message.address))
             for p in pending
         ]
@@ -231,7 +237,7 @@ class DeliveryService:
         if stale:
             resolved = []
             for row in stale:
-                status = await self._ask(self.connectors.get(row.connector), row.provider_message_id)
+                status = await self.dispatcher.ask(self.connectors.get(row.connector), row.provider_message_id)
                 resolved.append(Finish(row=row, status=status or "in_doubt",
                                        error="" if status else "the sending process stopped mid-send; the provider cannot confirm"))
             rows.update(await self._store.finish(tenant, resolved, self._clock.now()))
@@ -239,8 +245,8 @@ class DeliveryService:
                 for key in keys}
 
     async def _attempt(self, tenant: str, pending: _Pending, row: Any) -> _Attempt:
-        """One provider call for a claimed key, inside the connector's concurrency bound."""
-        message, connector = pending.message, pending.connector
+        """Hand a claimed message to its route; the outcome to record."""
+        message = pending.message
         key = message.idempotency_key
         outbound = OutboundMessage(
             idempotency_key=key, tenant=tenant, address=message.address, subject=message.content.subject,
@@ -249,39 +255,12 @@ class DeliveryService:
             subject_id=message.subject_id, category=message.category, consent_purpose=message.consent_purpose,
             track_opens=message.email.track_opens, track_clicks=message.email.track_clicks,
         )
-        async with self._slots[connector.name]:
-            try:
-                result = await connector.send(outbound)
-            except TransientFailure as error:
-                log.warning("delivery.failed_for_now", connector=connector.name, delivery_id=row.delivery_id, error=str(error))
-                return _Attempt(key, Finish(row=row, status="failed", retryable=True, error=str(error)),
-                                Unavailable(f"{connector.name}: {error}", reason="PROVIDER_UNAVAILABLE", retry_after=_RETRY_AFTER))
-            except PermanentFailure as error:
-                log.warning("delivery.failed", connector=connector.name, delivery_id=row.delivery_id, error=str(error))
-                return _Attempt(key, Finish(row=row, status="failed", error=str(error)))
-            except InDoubt as error:
-                status = await self._ask(connector, error.provider_message_id)
-                log.warning("delivery.in_doubt", connector=connector.name, delivery_id=row.delivery_id, error=str(error), resolved=status)
-                return _Attempt(key, Finish(row=row, status=status or "in_doubt", error="" if status else str(error),
-                                            provider_message_id=error.provider_message_id))
-            except Exception:
-                # A connector bug: it may or may not have called its provider.
-                log.exception("delivery.connector_error", connector=connector.name, delivery_id=row.delivery_id)
-                return _Attempt(key, Finish(row=row, status="in_doubt", error="the connector failed unexpectedly; the message may have been sent"))
-        return _Attempt(key, Finish(row=row, status="sent", provider_message_id=result.provider_message_id))
-
-    async def _ask(self, connector: Connector | None, provider_message_id: str) -> str | None:
-        """The provider's view of an in-doubt message: a DeliveryStatus name, or None if it cannot tell."""
-        if connector is None or not provider_message_id:
-            return None
-        try:
-            status = await connector.status(provider_message_id)
-        except Exception:
-            log.exception("delivery.status_lookup_failed", connector=connector.name)
-            return None
-        if status is None or f"DELIVERY_STATUS_{status.upper()}" not in S.DeliveryStatus.keys():
-            return None
-        return status.lower()
+        done = await self.dispatcher.dispatch(outbound, pending.route, delivery_id=row.delivery_id)
+        finish = Finish(row=row, status=done.status, retryable=done.retryable, error=done.error,
+                        provider_message_id=done.provider_message_id, connector=done.connector, calls=done.calls)
+        if not done.retryable:
+            return _Attempt(key, finish)
+        return _Attempt(key, finish, Unavailable(done.error, reason=done.reason, retry_after=done.retry_after))
 
 
 def _unreadable(row: Any) -> OvertureError | None:

@@ -18,12 +18,15 @@ from overture_runtime.validation import (
     to_proto_violations,
 )
 
+from .breaker import CircuitState
 from .deliveries import MAX_BATCH, DeliveryService, Outcome, check_batch_size
 
 C = connector_service_pb2
 _CONTENT_MAX = 256 * 1024
 _ADDRESS_MAX = 512
 _ITEM_VIOLATIONS_MAX = 20
+_CIRCUIT = {CircuitState.CLOSED: delivery_pb2.CIRCUIT_STATE_CLOSED, CircuitState.OPEN: delivery_pb2.CIRCUIT_STATE_OPEN,
+            CircuitState.HALF_OPEN: delivery_pb2.CIRCUIT_STATE_HALF_OPEN}
 
 
 def validate_message(v: Violations, message: delivery_pb2.Message, *, prefix: str = "message.") -> None:
@@ -134,12 +137,13 @@ class ConnectorServicer(connector_service_pb2_grpc.ConnectorServiceServicer):
         start = int(decode_page_token(request.page_token, offset=int).get("offset", 0))
         names = sorted(self._deliveries.connectors)
         page = names[start:start + size]
+        dispatcher = self._deliveries.dispatcher
         connectors = [
             delivery_pb2.Connector(
                 name=name, channel=self._deliveries.connectors[name].channel,
                 default=self._deliveries.defaults.get(self._deliveries.connectors[name].channel) == name,
-                circuit_state=delivery_pb2.CIRCUIT_STATE_CLOSED,
-                rate_limit_per_second=self._deliveries.connectors[name].rate_limit_per_second,
+                circuit_state=_CIRCUIT[dispatcher.breakers[name].state],
+                rate_limit_per_second=dispatcher.provider(name).rate_limit_per_second,
             )
             for name in page
         ]

@@ -83,6 +83,7 @@ FROM unnest(CAST(:keys AS varchar[]), CAST(:delivery_ids AS varchar[]), CAST(:co
           attempts, last_error, create_time)
 ON CONFLICT (tenant, idempotency_key) DO UPDATE
 SET status = excluded.status, retryable = excluded.retryable, last_error = excluded.last_error,
+    connector = excluded.connector, attempts = excluded.attempts,
     provider_message_id = CASE WHEN excluded.provider_message_id = '' THEN d.provider_message_id
                                ELSE excluded.provider_message_id END,
     update_time = excluded.update_time
@@ -130,6 +131,20 @@ class Finish:
     """The last error, without personal data."""
     provider_message_id: str = ""
     """The provider's id for the message; empty keeps the one recorded."""
+    connector: str = ""
+    """The provider that handled the attempt; empty keeps the one claimed."""
+    calls: int = 1
+    """Provider calls the attempt made (a route may call several, or none)."""
+
+    @property
+    def attempts(self) -> int:
+        """The delivery's provider calls in all, this attempt's included (the claim counted one)."""
+        return int(self.row.attempts) - 1 + self.calls
+
+    @property
+    def handler(self) -> str:
+        """The provider to record."""
+        return self.connector or str(self.row.connector)
 
 
 class DeliveryStore:
@@ -176,12 +191,12 @@ class DeliveryStore:
             else:
                 rows = (await conn.execute(sa.text(FINISH_SQL), {
                     "tenant": tenant, "now": now, "keys": [o.row.idempotency_key for o in outcomes],
-                    "delivery_ids": [o.row.delivery_id for o in outcomes], "connectors": [o.row.connector for o in outcomes],
+                    "delivery_ids": [o.row.delivery_id for o in outcomes], "connectors": [o.handler for o in outcomes],
                     "channels": [o.row.channel for o in outcomes], "subject_ids": [o.row.subject_id for o in outcomes],
                     "address_hashes": [o.row.address_hash for o in outcomes], "statuses": [o.status for o in outcomes],
                     "retryables": [o.retryable for o in outcomes],
                     "provider_message_ids": [o.provider_message_id for o in outcomes],
-                    "attempts": [o.row.attempts for o in outcomes], "last_errors": [o.error for o in outcomes],
+                    "attempts": [o.attempts for o in outcomes], "last_errors": [o.error for o in outcomes],
                     "create_times": [o.row.create_time for o in outcomes],
                 })).all()
         return {row.idempotency_key: row for row in rows}
@@ -213,15 +228,16 @@ def _sqlite_claim(tenant: str, claims: Sequence[Claim], now: dt.datetime) -> Any
 def _sqlite_finish(tenant: str, outcomes: Sequence[Finish], now: dt.datetime) -> Any:
     t = deliveries
     insert = sqlite.insert(t).values([
-        dict(tenant=tenant, idempotency_key=o.row.idempotency_key, delivery_id=o.row.delivery_id, connector=o.row.connector,
+        dict(tenant=tenant, idempotency_key=o.row.idempotency_key, delivery_id=o.row.delivery_id, connector=o.handler,
              channel=o.row.channel, subject_id=o.row.subject_id, address_hash=o.row.address_hash, status=o.status,
-             retryable=o.retryable, provider_message_id=o.provider_message_id, attempts=o.row.attempts,
+             retryable=o.retryable, provider_message_id=o.provider_message_id, attempts=o.attempts,
              last_error=o.error, create_time=o.row.create_time, update_time=now)
         for o in outcomes
     ])
     return insert.on_conflict_do_update(
         index_elements=["tenant", "idempotency_key"],
         set_=dict(status=insert.excluded.status, retryable=insert.excluded.retryable, last_error=insert.excluded.last_error,
+                  connector=insert.excluded.connector, attempts=insert.excluded.attempts,
                   provider_message_id=sa.case((insert.excluded.provider_message_id == "", t.c.provider_message_id),
                                               else_=insert.excluded.provider_message_id),
                   update_time=insert.excluded.update_time),

@@ -4,48 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from overture.common.v1 import messaging_pb2
-from overture.connectors.v1 import delivery_pb2
 from overture_connectors.deliveries import DeliveryService
 from overture_connectors.store import Claim, DeliveryStore
 from overture_runtime.clock import IdGenerator, ManualClock
-from overture_runtime.db import Database, migrate
+from overture_runtime.db import Database
 from overture_runtime.errors import FailedPrecondition, ResourceExhausted, Unavailable
 
+from .conftest import message
 from .fakes import FakeConnector
 
 S = messaging_pb2
 TENANT = "acme"
-MIGRATIONS = Path(__file__).resolve().parents[3] / "services" / "connectors" / "overture_connectors" / "migrations"
-
-
-def message(key: str, **fields: object) -> delivery_pb2.Message:
-    """An email message with idempotency key *key*."""
-    values: dict[str, object] = dict(idempotency_key=key, channel=S.CHANNEL_EMAIL, subject_id=f"s-{key}", address="a@example.com",
-                                     content=delivery_pb2.MessageContent(subject="Hi", text_body="Hi"))
-    values.update(fields)
-    return delivery_pb2.Message(**values)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    """A migrated SQLite database."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'connectors.db'}"
-    await migrate(url, script_location=MIGRATIONS, version_table="connectors_alembic_version")
-    database = Database(url)
-    yield database
-    await database.close()
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    """The injected clock."""
-    return ManualClock()
 
 
 @pytest.fixture
