@@ -7,15 +7,22 @@ from pathlib import Path
 import grpc
 
 from overture.connectors.v1 import connector_service_pb2, connector_service_pb2_grpc
+from overture.orchestrator.v1 import orchestrator_service_pb2_grpc
+from overture.rules.v1 import audit_service_pb2_grpc
 from overture_runtime import BaseApp
+from overture_runtime.audit_outbox import AuditForwarder
 from overture_runtime.clock import Clock
 from overture_runtime.config import Settings
+from overture_runtime.idempotency import Idempotency
 
 from .deliveries import DeliveryService
 from .plugin import Connector, ConnectorContext
 from .ratelimit import RateLimiter
 from .registry import build, configure
+from .reports import StatusReporter
+from .resolutions import Resolutions
 from .servicer import ConnectorServicer
+from .tables import audit_outbox, idempotency
 
 __all__ = ["ConnectorsApp"]
 
@@ -48,9 +55,18 @@ class ConnectorsApp(BaseApp):
         self.deliveries = DeliveryService(self.db, self.connectors(), self.routes, self.clock, self.ids,
                                           concurrency=self.settings.connector_concurrency, limiter=limiter,
                                           providers={p.config.name: p.config for p in self.providers})
+        self.audit = AuditForwarder(db=self.db, table=audit_outbox, audit=audit_service_pb2_grpc.AuditServiceStub(self.channel("rules")),
+                                    settings=self.settings)
+        self.reporter = StatusReporter(db=self.db, orchestrator=orchestrator_service_pb2_grpc.OrchestratorServiceStub(
+            self.channel("orchestrator")), settings=self.settings)
+        self.resolutions = Resolutions(self.db, self.clock, self.ids, audit=self.audit, reporter=self.reporter)
+        self.spawn("audit-outbox", lambda: self.audit.run(self.stopping))
+        self.spawn("status-reports", lambda: self.reporter.run(self.stopping))
 
     async def on_stop(self) -> None:
         await self.deliveries.close()
 
     def register(self, server: grpc.aio.Server) -> None:
-        connector_service_pb2_grpc.add_ConnectorServiceServicer_to_server(ConnectorServicer(deliveries=self.deliveries), server)
+        servicer = ConnectorServicer(deliveries=self.deliveries, resolutions=self.resolutions,
+                                     idempotency=Idempotency(self.db, idempotency, self.clock))
+        connector_service_pb2_grpc.add_ConnectorServiceServicer_to_server(servicer, server)

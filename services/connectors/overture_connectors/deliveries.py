@@ -43,7 +43,7 @@ from .plugin import Connector, OutboundMessage
 from .ratelimit import RateLimiter
 from .store import Claim, DeliveryStore, Finish
 
-__all__ = ["MAX_BATCH", "DeliveryService", "Outcome", "check_batch_size"]
+__all__ = ["MAX_BATCH", "DeliveryService", "Outcome", "check_batch_size", "to_proto"]
 
 log = structlog.get_logger("overture.connectors")
 S = messaging_pb2
@@ -172,7 +172,7 @@ class DeliveryService:
         row = await self._store.get(tenant, delivery_id=delivery_id, idempotency_key=idempotency_key)
         if row is None:
             raise NotFound("no such delivery", reason="DELIVERY_NOT_FOUND")
-        return _to_proto(row)
+        return to_proto(row)
 
     async def wait_idle(self) -> None:
         """Wait until no batch is in flight, including batches whose callers gave up."""
@@ -225,7 +225,7 @@ class DeliveryService:
                 rows.update(await self._store.read(tenant, missing))
             for attempt in attempts:
                 row = rows.get(attempt.key)
-                results[attempt.key] = Outcome(delivery=_to_proto(row) if row else None, error=attempt.error or _unreadable(row))
+                results[attempt.key] = Outcome(delivery=to_proto(row) if row else None, error=attempt.error or _unreadable(row))
         statuses = Counter(S.DeliveryStatus.Name(o.delivery.status) if o.delivery else "NONE" for o in results.values())
         log.info("deliveries.batch", messages=len(pending), sent_now=len(to_send), repeats=len(seen), statuses=dict(statuses))
         return results
@@ -241,7 +241,7 @@ class DeliveryService:
                 resolved.append(Finish(row=row, status=status or "in_doubt",
                                        error="" if status else "the sending process stopped mid-send; the provider cannot confirm"))
             rows.update(await self._store.finish(tenant, resolved, self._clock.now()))
-        return {key: Outcome(delivery=_to_proto(rows[key]), duplicate=True) if key in rows else Outcome(error=_unreadable(None))
+        return {key: Outcome(delivery=to_proto(rows[key]), duplicate=True) if key in rows else Outcome(error=_unreadable(None))
                 for key in keys}
 
     async def _attempt(self, tenant: str, pending: _Pending, row: Any) -> _Attempt:
@@ -282,7 +282,8 @@ def _status(name: str) -> messaging_pb2.DeliveryStatus.ValueType:
     return S.DeliveryStatus.Value(f"DELIVERY_STATUS_{name.upper()}")
 
 
-def _to_proto(row: Any) -> delivery_pb2.Delivery:
+def to_proto(row: Any) -> delivery_pb2.Delivery:
+    """A delivery row as its proto."""
     delivery = delivery_pb2.Delivery(
         delivery_id=row.delivery_id, idempotency_key=row.idempotency_key, connector=row.connector,
         channel=S.Channel.Value(f"CHANNEL_{row.channel.upper()}"), status=_status(row.status),

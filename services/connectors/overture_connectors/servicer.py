@@ -9,8 +9,10 @@ from overture.connectors.v1 import connector_service_pb2, connector_service_pb2_
 from overture_runtime import Violations, current_principal
 from overture_runtime.edge import item_violations
 from overture_runtime.errors import FieldViolation, OvertureError
+from overture_runtime.idempotency import Idempotency
 from overture_runtime.validation import (
     check_identifier,
+    check_reason,
     check_struct,
     decode_page_token,
     encode_page_token,
@@ -19,7 +21,8 @@ from overture_runtime.validation import (
 )
 
 from .breaker import CircuitState
-from .deliveries import MAX_BATCH, DeliveryService, Outcome, check_batch_size
+from .deliveries import MAX_BATCH, DeliveryService, Outcome, check_batch_size, to_proto
+from .resolutions import FILTERABLE, RESOLUTIONS, Resolutions
 
 C = connector_service_pb2
 _CONTENT_MAX = 256 * 1024
@@ -81,8 +84,10 @@ def _fill(result: C.SendBatchResult, outcome: Outcome) -> None:
 class ConnectorServicer(connector_service_pb2_grpc.ConnectorServiceServicer):
     """``overture.connectors.v1.ConnectorService``."""
 
-    def __init__(self, *, deliveries: DeliveryService) -> None:
+    def __init__(self, *, deliveries: DeliveryService, resolutions: Resolutions, idempotency: Idempotency) -> None:
         self._deliveries = deliveries
+        self._resolutions = resolutions
+        self._idempotency = idempotency
 
     async def Send(self, request: C.SendRequest, context: grpc.aio.ServicerContext) -> C.SendResponse:
         tenant = current_principal().tenant
@@ -129,6 +134,40 @@ class ConnectorServicer(connector_service_pb2_grpc.ConnectorServiceServicer):
         delivery = await self._deliveries.get(tenant, delivery_id=request.delivery_id, idempotency_key=request.idempotency_key)
         return C.GetDeliveryStatusResponse(delivery=delivery)
 
+    async def ListDeliveries(self, request: C.ListDeliveriesRequest, context: grpc.aio.ServicerContext) -> C.ListDeliveriesResponse:
+        tenant = current_principal().tenant
+        v = Violations()
+        size = page_size(v, request.page_size)
+        status = _status_name(request.status)
+        if request.status and status not in FILTERABLE:
+            v.add("status", f"only {' and '.join(s.upper() for s in FILTERABLE)} can be filtered on", "NOT_FILTERABLE")
+        v.raise_if_any()
+        before = str(decode_page_token(request.page_token, before=str).get("before", ""))
+        rows = await self._resolutions.list(tenant, status=status if request.status else "", before=before, limit=size + 1)
+        token = encode_page_token({"before": rows[size - 1].delivery_id}) if len(rows) > size else ""
+        return C.ListDeliveriesResponse(deliveries=[to_proto(row) for row in rows[:size]], next_page_token=token)
+
+    async def ResolveDelivery(self, request: C.ResolveDeliveryRequest, context: grpc.aio.ServicerContext) -> C.ResolveDeliveryResponse:
+        principal = current_principal()
+        v = Violations()
+        check_identifier(v, "idempotency_key", request.idempotency_key)
+        resolution = _status_name(request.resolution)
+        if not request.resolution:
+            v.add("resolution", "resolution is required: SENT or FAILED", "REQUIRED")
+        elif resolution not in RESOLUTIONS:
+            v.add("resolution", "an in-doubt delivery can be resolved only as SENT or FAILED", "INVALID_RESOLUTION")
+        check_reason(v, request.reason)
+        check_identifier(v, "request_id", request.request_id, required=False)
+        v.raise_if_any()
+
+        async def resolve() -> C.ResolveDeliveryResponse:
+            row = await self._resolutions.resolve(principal.tenant, idempotency_key=request.idempotency_key, resolution=resolution,
+                                                  reason=request.reason, actor=principal.name)
+            return C.ResolveDeliveryResponse(delivery=to_proto(row))
+
+        return await self._idempotency.run(tenant=principal.tenant, method="ResolveDelivery", request_id=request.request_id,
+                                           request=request, response_type=C.ResolveDeliveryResponse, compute=resolve)
+
     async def ListConnectors(self, request: C.ListConnectorsRequest, context: grpc.aio.ServicerContext) -> C.ListConnectorsResponse:
         current_principal()
         v = Violations()
@@ -149,3 +188,10 @@ class ConnectorServicer(connector_service_pb2_grpc.ConnectorServiceServicer):
         ]
         token = encode_page_token({"offset": start + size}) if start + size < len(names) else ""
         return C.ListConnectorsResponse(connectors=connectors, next_page_token=token)
+
+
+def _status_name(status: int) -> str:
+    """The lower-case short name of a DeliveryStatus number, or "" for an unknown one."""
+    if status not in messaging_pb2.DeliveryStatus.values():
+        return ""
+    return messaging_pb2.DeliveryStatus.Name(status).removeprefix("DELIVERY_STATUS_").lower()  # type: ignore[arg-type]

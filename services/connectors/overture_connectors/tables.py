@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from overture_runtime.audit_outbox import audit_outbox_table
 from overture_runtime.db import utc_datetime
+from overture_runtime.idempotency import idempotency_table
 
 metadata = sa.MetaData()
 
@@ -27,4 +29,31 @@ deliveries = sa.Table(
     sa.Column("create_time", utc_datetime, nullable=False),
     sa.Column("update_time", utc_datetime, nullable=False),
     sa.UniqueConstraint("tenant", "delivery_id", name="connectors_deliveries_id"),
+    # The deliveries waiting for someone: in doubt (an operator, a status
+    # lookup) or still claimed. Partial, so it holds only those few rows.
+    sa.Index("connectors_deliveries_open", "tenant", "delivery_id",
+             postgresql_where=sa.text("status IN ('in_doubt', 'sending')"), sqlite_where=sa.text("status IN ('in_doubt', 'sending')")),
 )
+
+status_outbox = sa.Table(
+    "connectors_status_outbox",
+    metadata,
+    # Statuses learned after a send returned (a provider's callback, a status
+    # lookup, an operator's resolution), on their way to the orchestrator's
+    # ReportDeliveryStatus; written with the change, deleted once reported.
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("report_id", sa.String(64), primary_key=True),
+    sa.Column("idempotency_key", sa.String(256), nullable=False),
+    sa.Column("delivery_id", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("occur_time", utc_datetime, nullable=False),
+    sa.Column("error", sa.Text, nullable=True),  # why the orchestrator refused it; kept, not retried
+    sa.Index("connectors_status_outbox_pending", "report_id"),
+)
+
+audit_outbox = audit_outbox_table(metadata, "connectors")
+"""Audit records of operators' resolutions, written in the resolution's transaction (ADR 0008)."""
+
+idempotency = idempotency_table(metadata, "connectors")
+"""AIP-155 request ids of mutating calls (ResolveDelivery)."""

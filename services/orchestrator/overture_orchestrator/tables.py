@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from overture_runtime.db import JSONType, utc_datetime
+from overture_runtime.audit_outbox import audit_outbox_table
+from overture_runtime.db import utc_datetime
 from overture_runtime.idempotency import idempotency_table
 
 metadata = sa.MetaData()
@@ -121,22 +122,7 @@ dead_letters = sa.Table(
     sa.Index("orchestrator_dead_letters_ref", "tenant", "kind", "ref"),  # a retry removes the run's entry
 )
 
-audit_outbox = sa.Table(
-    "orchestrator_audit_outbox",
-    metadata,
-    # Audit records of journey and run changes, written in the change's own
-    # transaction and deleted once the rules service's audit log holds them
-    # (audit_outbox.py, ADR 0008).
-    sa.Column("tenant", sa.String(64), primary_key=True),
-    sa.Column("record_id", sa.String(64), primary_key=True),
-    sa.Column("action", sa.String(64), nullable=False),
-    sa.Column("actor", sa.String(256), nullable=False),
-    sa.Column("time", utc_datetime, nullable=False),
-    sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("target", sa.String(512), nullable=False),
-    sa.Column("details", JSONType, nullable=False),
-    sa.Column("error", sa.Text, nullable=True),  # why the audit log refused the record; it is kept, not retried
-    sa.Index("orchestrator_audit_outbox_pending", "record_id"),
-)
+audit_outbox = audit_outbox_table(metadata, "orchestrator")
+"""Audit records of journey and run changes, written in the change's own transaction (ADR 0008)."""
 
 idempotency = idempotency_table(metadata, "orchestrator")

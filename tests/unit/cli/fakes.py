@@ -16,6 +16,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from overture.common.v1 import event_pb2, messaging_pb2
+from overture.connectors.v1 import connector_service_pb2 as CS
+from overture.connectors.v1 import delivery_pb2
 from overture.ingest.v1 import ingest_service_pb2 as IS
 from overture.ingest.v1 import ingested_event_pb2
 from overture.orchestrator.v1 import journey_pb2 as J
@@ -144,7 +146,18 @@ def canned() -> dict[str, Answer]:
         "GetRun": OS.GetRunResponse(run=alice),
         "ListDeadLetters": OS.ListDeadLettersResponse(runs=[failed]),
         "RedriveDeadLetters": OS.RedriveDeadLettersResponse(redriven_count=1),
+        "ListDeliveries": CS.ListDeliveriesResponse(deliveries=[_delivery(messaging_pb2.DELIVERY_STATUS_IN_DOUBT)]),
+        "ResolveDelivery": CS.ResolveDeliveryResponse(delivery=_delivery(messaging_pb2.DELIVERY_STATUS_SENT)),
     }
+
+
+def _delivery(status: messaging_pb2.DeliveryStatus.ValueType) -> delivery_pb2.Delivery:
+    return delivery_pb2.Delivery(
+        delivery_id="dlv-dave", idempotency_key="run-dave:send-welcome", connector="smtp", channel=messaging_pb2.CHANNEL_EMAIL,
+        status=status, attempts=1, create_time=_ts(), update_time=_ts(), subject_id="dave",
+        last_error="smtp: connection lost after the message was sent" if status == messaging_pb2.DELIVERY_STATUS_IN_DOUBT
+        else "resolved as sent by an operator",
+    )
 
 
 class FakeServices(grpc.GenericRpcHandler):

@@ -85,6 +85,9 @@ COMMANDS: dict[str, tuple[list[str], list[str]]] = {
     "runs redrive": (["runs", "redrive", "run-carol", "--reason", "fixed", "--journey-version", "latest"], ["re-driven:", "1"]),
     "explain": (["explain", "dec-bob"], ["verdict:", "DENIED", "OUTCOME", "deny", "consent", "email/marketing", "profile read",
                                          "traits.plan:", "pro"]),
+    "deliveries list": (["deliveries", "list", "--status", "in_doubt"], ["KEY", "run-dave:send-welcome", "in_doubt", "connection lost"]),
+    "deliveries resolve": (["deliveries", "resolve", "run-dave:send-welcome", "--as", "sent", "--reason", "relay log shows it queued"],
+                           ["status:", "sent", "resolved as sent by an operator"]),
     "profiles get": (["profiles", "get", "alice"], ["subject:", "alice", "traits", "first_name:", "Alice", "CHANNEL", "granted"]),
 }
 

@@ -25,11 +25,12 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from overture.common.v1 import auth_pb2 as overture_dot_common_dot_v1_dot_auth__pb2
 from overture.common.v1 import field_violation_pb2 as overture_dot_common_dot_v1_dot_field__violation__pb2
+from overture.common.v1 import messaging_pb2 as overture_dot_common_dot_v1_dot_messaging__pb2
 from overture.common.v1 import validation_pb2 as overture_dot_common_dot_v1_dot_validation__pb2
 from overture.connectors.v1 import delivery_pb2 as overture_dot_connectors_dot_v1_dot_delivery__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.overture/connectors/v1/connector_service.proto\x12\x16overture.connectors.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1doverture/common/v1/auth.proto\x1a(overture/common/v1/field_violation.proto\x1a#overture/common/v1/validation.proto\x1a%overture/connectors/v1/delivery.proto\"?\n\x0bSendRequest\x12\x30\n\x07message\x18\x01 \x01(\x0b\x32\x1f.overture.connectors.v1.Message\"U\n\x0cSendResponse\x12\x32\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32 .overture.connectors.v1.Delivery\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"K\n\x10SendBatchRequest\x12\x37\n\x08messages\x18\x01 \x03(\x0b\x32\x1f.overture.connectors.v1.MessageB\x04\x90\xb5\x18\x01\"M\n\x11SendBatchResponse\x12\x38\n\x07results\x18\x01 \x03(\x0b\x32\'.overture.connectors.v1.SendBatchResult\"\xd6\x01\n\x0fSendBatchResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x32\n\x08\x64\x65livery\x18\x02 \x01(\x0b\x32 .overture.connectors.v1.Delivery\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12\x36\n\nviolations\x18\x04 \x03(\x0b\x32\".overture.common.v1.FieldViolation\x12\x35\n\x05\x65rror\x18\x05 \x01(\x0b\x32&.overture.connectors.v1.SendBatchError\"o\n\x0eSendBatchError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12.\n\x0bretry_delay\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"H\n\x18GetDeliveryStatusRequest\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"O\n\x19GetDeliveryStatusResponse\x12\x32\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32 .overture.connectors.v1.Delivery\">\n\x15ListConnectorsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"h\n\x16ListConnectorsResponse\x12\x35\n\nconnectors\x18\x01 \x03(\x0b\x32!.overture.connectors.v1.Connector\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x88\x04\n\x10\x43onnectorService\x12\x66\n\x04Send\x12#.overture.connectors.v1.SendRequest\x1a$.overture.connectors.v1.SendResponse\"\x13\x8a\xb5\x18\x0f\x64\x65liveries.send\x12u\n\tSendBatch\x12(.overture.connectors.v1.SendBatchRequest\x1a).overture.connectors.v1.SendBatchResponse\"\x13\x8a\xb5\x18\x0f\x64\x65liveries.send\x12\x8d\x01\n\x11GetDeliveryStatus\x12\x30.overture.connectors.v1.GetDeliveryStatusRequest\x1a\x31.overture.connectors.v1.GetDeliveryStatusResponse\"\x13\x8a\xb5\x18\x0f\x64\x65liveries.read\x12\x84\x01\n\x0eListConnectors\x12-.overture.connectors.v1.ListConnectorsRequest\x1a..overture.connectors.v1.ListConnectorsResponse\"\x13\x8a\xb5\x18\x0f\x63onnectors.readb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.overture/connectors/v1/connector_service.proto\x12\x16overture.connectors.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1doverture/common/v1/auth.proto\x1a(overture/common/v1/field_violation.proto\x1a\"overture/common/v1/messaging.proto\x1a#overture/common/v1/validation.proto\x1a%overture/connectors/v1/delivery.proto\"?\n\x0bSendRequest\x12\x30\n\x07message\x18\x01 \x01(\x0b\x32\x1f.overture.connectors.v1.Message\"U\n\x0cSendResponse\x12\x32\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32 .overture.connectors.v1.Delivery\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"K\n\x10SendBatchRequest\x12\x37\n\x08messages\x18\x01 \x03(\x0b\x32\x1f.overture.connectors.v1.MessageB\x04\x90\xb5\x18\x01\"M\n\x11SendBatchResponse\x12\x38\n\x07results\x18\x01 \x03(\x0b\x32\'.overture.connectors.v1.SendBatchResult\"\xd6\x01\n\x0fSendBatchResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x32\n\x08\x64\x65livery\x18\x02 \x01(\x0b\x32 .overture.connectors.v1.Delivery\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12\x36\n\nviolations\x18\x04 \x03(\x0b\x32\".overture.common.v1.FieldViolation\x12\x35\n\x05\x65rror\x18\x05 \x01(\x0b\x32&.overture.connectors.v1.SendBatchError\"o\n\x0eSendBatchError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12.\n\x0bretry_delay\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"H\n\x18GetDeliveryStatusRequest\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"O\n\x19GetDeliveryStatusResponse\x12\x32\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32 .overture.connectors.v1.Delivery\"r\n\x15ListDeliveriesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x32\n\x06status\x18\x03 \x01(\x0e\x32\".overture.common.v1.DeliveryStatus\"g\n\x16ListDeliveriesResponse\x12\x34\n\ndeliveries\x18\x01 \x03(\x0b\x32 .overture.connectors.v1.Delivery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8d\x01\n\x16ResolveDeliveryRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x36\n\nresolution\x18\x02 \x01(\x0e\x32\".overture.common.v1.DeliveryStatus\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"M\n\x17ResolveDeliveryResponse\x12\x32\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32 .overture.connectors.v1.Delivery\">\n\x15ListConnectorsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"h\n\x16ListConnectorsResponse\x12\x35\n\nconnectors\x18\x01 \x03(\x0b\x32!.overture.connectors.v1.Connector\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x9c\x06\n\x10\x43onnectorService\x12\x66\n\x04Send\x12#.overture.connectors.v1.SendRequest\x1a$.overture.connectors.v1.SendResponse\"\x13\x8a\xb5\x18\x0f\x64\x65liveries.send\x12u\n\tSendBatch\x12(.overture.connectors.v1.SendBatchRequest\x1a).overture.connectors.v1.SendBatchResponse\"\x13\x8a\xb5\x18\x0f\x64\x65liveries.send\x12\x8d\x01\n\x11GetDeliveryStatus\x12\x30.overture.connectors.v1.GetDeliveryStatusRequest\x1a\x31.overture.connectors.v1.GetDeliveryStatusResponse\"\x13\x8a\xb5\x18\x0f\x64\x65liveries.read\x12\x84\x01\n\x0eListDeliveries\x12-.overture.connectors.v1.ListDeliveriesRequest\x1a..overture.connectors.v1.ListDeliveriesResponse\"\x13\x8a\xb5\x18\x0f\x64\x65liveries.read\x12\x8a\x01\n\x0fResolveDelivery\x12..overture.connectors.v1.ResolveDeliveryRequest\x1a/.overture.connectors.v1.ResolveDeliveryResponse\"\x16\x8a\xb5\x18\x12\x64\x65liveries.resolve\x12\x84\x01\n\x0eListConnectors\x12-.overture.connectors.v1.ListConnectorsRequest\x1a..overture.connectors.v1.ListConnectorsResponse\"\x13\x8a\xb5\x18\x0f\x63onnectors.readb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,28 +45,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONNECTORSERVICE'].methods_by_name['SendBatch']._serialized_options = b'\212\265\030\017deliveries.send'
   _globals['_CONNECTORSERVICE'].methods_by_name['GetDeliveryStatus']._loaded_options = None
   _globals['_CONNECTORSERVICE'].methods_by_name['GetDeliveryStatus']._serialized_options = b'\212\265\030\017deliveries.read'
+  _globals['_CONNECTORSERVICE'].methods_by_name['ListDeliveries']._loaded_options = None
+  _globals['_CONNECTORSERVICE'].methods_by_name['ListDeliveries']._serialized_options = b'\212\265\030\017deliveries.read'
+  _globals['_CONNECTORSERVICE'].methods_by_name['ResolveDelivery']._loaded_options = None
+  _globals['_CONNECTORSERVICE'].methods_by_name['ResolveDelivery']._serialized_options = b'\212\265\030\022deliveries.resolve'
   _globals['_CONNECTORSERVICE'].methods_by_name['ListConnectors']._loaded_options = None
   _globals['_CONNECTORSERVICE'].methods_by_name['ListConnectors']._serialized_options = b'\212\265\030\017connectors.read'
-  _globals['_SENDREQUEST']._serialized_start=255
-  _globals['_SENDREQUEST']._serialized_end=318
-  _globals['_SENDRESPONSE']._serialized_start=320
-  _globals['_SENDRESPONSE']._serialized_end=405
-  _globals['_SENDBATCHREQUEST']._serialized_start=407
-  _globals['_SENDBATCHREQUEST']._serialized_end=482
-  _globals['_SENDBATCHRESPONSE']._serialized_start=484
-  _globals['_SENDBATCHRESPONSE']._serialized_end=561
-  _globals['_SENDBATCHRESULT']._serialized_start=564
-  _globals['_SENDBATCHRESULT']._serialized_end=778
-  _globals['_SENDBATCHERROR']._serialized_start=780
-  _globals['_SENDBATCHERROR']._serialized_end=891
-  _globals['_GETDELIVERYSTATUSREQUEST']._serialized_start=893
-  _globals['_GETDELIVERYSTATUSREQUEST']._serialized_end=965
-  _globals['_GETDELIVERYSTATUSRESPONSE']._serialized_start=967
-  _globals['_GETDELIVERYSTATUSRESPONSE']._serialized_end=1046
-  _globals['_LISTCONNECTORSREQUEST']._serialized_start=1048
-  _globals['_LISTCONNECTORSREQUEST']._serialized_end=1110
-  _globals['_LISTCONNECTORSRESPONSE']._serialized_start=1112
-  _globals['_LISTCONNECTORSRESPONSE']._serialized_end=1216
-  _globals['_CONNECTORSERVICE']._serialized_start=1219
-  _globals['_CONNECTORSERVICE']._serialized_end=1739
+  _globals['_SENDREQUEST']._serialized_start=291
+  _globals['_SENDREQUEST']._serialized_end=354
+  _globals['_SENDRESPONSE']._serialized_start=356
+  _globals['_SENDRESPONSE']._serialized_end=441
+  _globals['_SENDBATCHREQUEST']._serialized_start=443
+  _globals['_SENDBATCHREQUEST']._serialized_end=518
+  _globals['_SENDBATCHRESPONSE']._serialized_start=520
+  _globals['_SENDBATCHRESPONSE']._serialized_end=597
+  _globals['_SENDBATCHRESULT']._serialized_start=600
+  _globals['_SENDBATCHRESULT']._serialized_end=814
+  _globals['_SENDBATCHERROR']._serialized_start=816
+  _globals['_SENDBATCHERROR']._serialized_end=927
+  _globals['_GETDELIVERYSTATUSREQUEST']._serialized_start=929
+  _globals['_GETDELIVERYSTATUSREQUEST']._serialized_end=1001
+  _globals['_GETDELIVERYSTATUSRESPONSE']._serialized_start=1003
+  _globals['_GETDELIVERYSTATUSRESPONSE']._serialized_end=1082
+  _globals['_LISTDELIVERIESREQUEST']._serialized_start=1084
+  _globals['_LISTDELIVERIESREQUEST']._serialized_end=1198
+  _globals['_LISTDELIVERIESRESPONSE']._serialized_start=1200
+  _globals['_LISTDELIVERIESRESPONSE']._serialized_end=1303
+  _globals['_RESOLVEDELIVERYREQUEST']._serialized_start=1306
+  _globals['_RESOLVEDELIVERYREQUEST']._serialized_end=1447
+  _globals['_RESOLVEDELIVERYRESPONSE']._serialized_start=1449
+  _globals['_RESOLVEDELIVERYRESPONSE']._serialized_end=1526
+  _globals['_LISTCONNECTORSREQUEST']._serialized_start=1528
+  _globals['_LISTCONNECTORSREQUEST']._serialized_end=1590
+  _globals['_LISTCONNECTORSRESPONSE']._serialized_start=1592
+  _globals['_LISTCONNECTORSRESPONSE']._serialized_end=1696
+  _globals['_CONNECTORSERVICE']._serialized_start=1699
+  _globals['_CONNECTORSERVICE']._serialized_end=2495
 # @@protoc_insertion_point(module_scope)

@@ -9,6 +9,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from overture.common.v1 import field_violation_pb2 as _field_violation_pb2
+from overture.common.v1 import messaging_pb2 as _messaging_pb2
 from overture.connectors.v1 import delivery_pb2 as _delivery_pb2
 import builtins as _builtins
 import sys
@@ -273,6 +274,124 @@ class GetDeliveryStatusResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetDeliveryStatusResponse: _TypeAlias = GetDeliveryStatusResponse  # noqa: Y015
+
+@_typing.final
+class ListDeliveriesRequest(_message.Message):
+    """The request of ListDeliveries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """The most deliveries to return, 1 to 100; 0 means 20."""
+    page_token: _builtins.str
+    """The `next_page_token` of a previous call."""
+    status: _messaging_pb2.DeliveryStatus.ValueType
+    """Only deliveries with this status: IN_DOUBT or SENDING. Unset lists every
+    delivery.
+    """
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        status: _messaging_pb2.DeliveryStatus.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeliveriesRequest: _TypeAlias = ListDeliveriesRequest  # noqa: Y015
+
+@_typing.final
+class ListDeliveriesResponse(_message.Message):
+    """The response of ListDeliveries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The token for the next page; empty on the last page."""
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[_delivery_pb2.Delivery]:
+        """The deliveries, newest first."""
+
+    def __init__(
+        self,
+        *,
+        deliveries: _abc.Iterable[_delivery_pb2.Delivery] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeliveriesResponse: _TypeAlias = ListDeliveriesResponse  # noqa: Y015
+
+@_typing.final
+class ResolveDeliveryRequest(_message.Message):
+    """The request of ResolveDelivery."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    RESOLUTION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    """The idempotency key of the IN_DOUBT delivery."""
+    resolution: _messaging_pb2.DeliveryStatus.ValueType
+    """What became of it: SENT or FAILED."""
+    reason: _builtins.str
+    """Why the operator knows, for the audit log: 1 to 1,024 characters."""
+    request_id: _builtins.str
+    """An idempotency key for this call: a repeat returns the first answer."""
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        resolution: _messaging_pb2.DeliveryStatus.ValueType = ...,
+        reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "reason", b"reason", "request_id", b"request_id", "resolution", b"resolution"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveDeliveryRequest: _TypeAlias = ResolveDeliveryRequest  # noqa: Y015
+
+@_typing.final
+class ResolveDeliveryResponse(_message.Message):
+    """The response of ResolveDelivery."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def delivery(self) -> _delivery_pb2.Delivery:
+        """The delivery, with its new status."""
+
+    def __init__(
+        self,
+        *,
+        delivery: _delivery_pb2.Delivery | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveDeliveryResponse: _TypeAlias = ResolveDeliveryResponse  # noqa: Y015
 
 @_typing.final
 class ListConnectorsRequest(_message.Message):

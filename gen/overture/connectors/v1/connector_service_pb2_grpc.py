@@ -51,6 +51,16 @@ class ConnectorServiceStub:
                 request_serializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.GetDeliveryStatusRequest.SerializeToString,
                 response_deserializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.GetDeliveryStatusResponse.FromString,
                 _registered_method=True)
+        self.ListDeliveries = channel.unary_unary(
+                '/overture.connectors.v1.ConnectorService/ListDeliveries',
+                request_serializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.ListDeliveriesRequest.SerializeToString,
+                response_deserializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.ListDeliveriesResponse.FromString,
+                _registered_method=True)
+        self.ResolveDelivery = channel.unary_unary(
+                '/overture.connectors.v1.ConnectorService/ResolveDelivery',
+                request_serializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.ResolveDeliveryRequest.SerializeToString,
+                response_deserializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.ResolveDeliveryResponse.FromString,
+                _registered_method=True)
         self.ListConnectors = channel.unary_unary(
                 '/overture.connectors.v1.ConnectorService/ListConnectors',
                 request_serializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.ListConnectorsRequest.SerializeToString,
@@ -95,6 +105,29 @@ class ConnectorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDeliveries(self, request, context):
+        """Lists the tenant's deliveries, newest first. With `status` set to
+        IN_DOUBT it lists the deliveries waiting for an operator's resolution;
+        SENDING lists claims still open. Other statuses cannot be filtered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveDelivery(self, request, context):
+        """Settles an IN_DOUBT delivery, whose provider could not say whether it
+        accepted the message, as SENT or FAILED, from what an operator learned
+        outside Overture (the provider's console, the recipient). Nothing is
+        sent either way: a delivery resolved as FAILED is not sent again. Only
+        an IN_DOUBT delivery can be resolved (FAILED_PRECONDITION, reason
+        `NOT_IN_DOUBT`, otherwise). Recorded in the audit log with the caller
+        and the reason, and reported to the orchestrator as the delivery's new
+        status. A repeat of `request_id` returns the first answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListConnectors(self, request, context):
         """Lists the configured connectors and their health.
         """
@@ -119,6 +152,16 @@ def add_ConnectorServiceServicer_to_server(servicer, server):
                     servicer.GetDeliveryStatus,
                     request_deserializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.GetDeliveryStatusRequest.FromString,
                     response_serializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.GetDeliveryStatusResponse.SerializeToString,
+            ),
+            'ListDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeliveries,
+                    request_deserializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.ListDeliveriesRequest.FromString,
+                    response_serializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.ListDeliveriesResponse.SerializeToString,
+            ),
+            'ResolveDelivery': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveDelivery,
+                    request_deserializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.ResolveDeliveryRequest.FromString,
+                    response_serializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.ResolveDeliveryResponse.SerializeToString,
             ),
             'ListConnectors': grpc.unary_unary_rpc_method_handler(
                     servicer.ListConnectors,
@@ -209,6 +252,60 @@ class ConnectorService:
             '/overture.connectors.v1.ConnectorService/GetDeliveryStatus',
             overture_dot_connectors_dot_v1_dot_connector__service__pb2.GetDeliveryStatusRequest.SerializeToString,
             overture_dot_connectors_dot_v1_dot_connector__service__pb2.GetDeliveryStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/overture.connectors.v1.ConnectorService/ListDeliveries',
+            overture_dot_connectors_dot_v1_dot_connector__service__pb2.ListDeliveriesRequest.SerializeToString,
+            overture_dot_connectors_dot_v1_dot_connector__service__pb2.ListDeliveriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveDelivery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/overture.connectors.v1.ConnectorService/ResolveDelivery',
+            overture_dot_connectors_dot_v1_dot_connector__service__pb2.ResolveDeliveryRequest.SerializeToString,
+            overture_dot_connectors_dot_v1_dot_connector__service__pb2.ResolveDeliveryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,21 @@ class ConnectorServiceStub:
     """
     GetDeliveryStatus: _grpc.UnaryUnaryMultiCallable[_connector_service_pb2.GetDeliveryStatusRequest, _connector_service_pb2.GetDeliveryStatusResponse]
     """Returns a delivery by id or by idempotency key."""
+    ListDeliveries: _grpc.UnaryUnaryMultiCallable[_connector_service_pb2.ListDeliveriesRequest, _connector_service_pb2.ListDeliveriesResponse]
+    """Lists the tenant's deliveries, newest first. With `status` set to
+    IN_DOUBT it lists the deliveries waiting for an operator's resolution;
+    SENDING lists claims still open. Other statuses cannot be filtered.
+    """
+    ResolveDelivery: _grpc.UnaryUnaryMultiCallable[_connector_service_pb2.ResolveDeliveryRequest, _connector_service_pb2.ResolveDeliveryResponse]
+    """Settles an IN_DOUBT delivery, whose provider could not say whether it
+    accepted the message, as SENT or FAILED, from what an operator learned
+    outside Overture (the provider's console, the recipient). Nothing is
+    sent either way: a delivery resolved as FAILED is not sent again. Only
+    an IN_DOUBT delivery can be resolved (FAILED_PRECONDITION, reason
+    `NOT_IN_DOUBT`, otherwise). Recorded in the audit log with the caller
+    and the reason, and reported to the orchestrator as the delivery's new
+    status. A repeat of `request_id` returns the first answer.
+    """
     ListConnectors: _grpc.UnaryUnaryMultiCallable[_connector_service_pb2.ListConnectorsRequest, _connector_service_pb2.ListConnectorsResponse]
     """Lists the configured connectors and their health."""
 
@@ -83,6 +98,21 @@ class ConnectorServiceAsyncStub(ConnectorServiceStub):
     """
     GetDeliveryStatus: _aio.UnaryUnaryMultiCallable[_connector_service_pb2.GetDeliveryStatusRequest, _connector_service_pb2.GetDeliveryStatusResponse]  # type: ignore[assignment]
     """Returns a delivery by id or by idempotency key."""
+    ListDeliveries: _aio.UnaryUnaryMultiCallable[_connector_service_pb2.ListDeliveriesRequest, _connector_service_pb2.ListDeliveriesResponse]  # type: ignore[assignment]
+    """Lists the tenant's deliveries, newest first. With `status` set to
+    IN_DOUBT it lists the deliveries waiting for an operator's resolution;
+    SENDING lists claims still open. Other statuses cannot be filtered.
+    """
+    ResolveDelivery: _aio.UnaryUnaryMultiCallable[_connector_service_pb2.ResolveDeliveryRequest, _connector_service_pb2.ResolveDeliveryResponse]  # type: ignore[assignment]
+    """Settles an IN_DOUBT delivery, whose provider could not say whether it
+    accepted the message, as SENT or FAILED, from what an operator learned
+    outside Overture (the provider's console, the recipient). Nothing is
+    sent either way: a delivery resolved as FAILED is not sent again. Only
+    an IN_DOUBT delivery can be resolved (FAILED_PRECONDITION, reason
+    `NOT_IN_DOUBT`, otherwise). Recorded in the audit log with the caller
+    and the reason, and reported to the orchestrator as the delivery's new
+    status. A repeat of `request_id` returns the first answer.
+    """
     ListConnectors: _aio.UnaryUnaryMultiCallable[_connector_service_pb2.ListConnectorsRequest, _connector_service_pb2.ListConnectorsResponse]  # type: ignore[assignment]
     """Lists the configured connectors and their health."""
 
@@ -127,6 +157,33 @@ class ConnectorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_connector_service_pb2.GetDeliveryStatusResponse, _abc.Awaitable[_connector_service_pb2.GetDeliveryStatusResponse]]:
         """Returns a delivery by id or by idempotency key."""
+
+    @_abc_1.abstractmethod
+    def ListDeliveries(
+        self,
+        request: _connector_service_pb2.ListDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_connector_service_pb2.ListDeliveriesResponse, _abc.Awaitable[_connector_service_pb2.ListDeliveriesResponse]]:
+        """Lists the tenant's deliveries, newest first. With `status` set to
+        IN_DOUBT it lists the deliveries waiting for an operator's resolution;
+        SENDING lists claims still open. Other statuses cannot be filtered.
+        """
+
+    @_abc_1.abstractmethod
+    def ResolveDelivery(
+        self,
+        request: _connector_service_pb2.ResolveDeliveryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_connector_service_pb2.ResolveDeliveryResponse, _abc.Awaitable[_connector_service_pb2.ResolveDeliveryResponse]]:
+        """Settles an IN_DOUBT delivery, whose provider could not say whether it
+        accepted the message, as SENT or FAILED, from what an operator learned
+        outside Overture (the provider's console, the recipient). Nothing is
+        sent either way: a delivery resolved as FAILED is not sent again. Only
+        an IN_DOUBT delivery can be resolved (FAILED_PRECONDITION, reason
+        `NOT_IN_DOUBT`, otherwise). Recorded in the audit log with the caller
+        and the reason, and reported to the orchestrator as the delivery's new
+        status. A repeat of `request_id` returns the first answer.
+        """
 
     @_abc_1.abstractmethod
     def ListConnectors(

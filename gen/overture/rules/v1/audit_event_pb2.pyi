@@ -47,6 +47,11 @@ class _AuditActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AuditActi
     """A failed run was sent back to its failed step, by RetryRun or by a
     re-drive of the dead-letter queue, possibly onto another journey version.
     """
+    AUDIT_ACTION_DELIVERY_RESOLVED: _AuditAction.ValueType  # 10
+    """An operator settled a delivery whose outcome was unknown (IN_DOUBT) as
+    sent or failed, from what they learned outside Overture. Recorded by the
+    connectors service.
+    """
 
 class AuditAction(_AuditAction, metaclass=_AuditActionEnumTypeWrapper):
     """An action recorded in the audit log."""
@@ -72,6 +77,11 @@ AUDIT_ACTION_RUN_CANCELLED: AuditAction.ValueType  # 8
 AUDIT_ACTION_RUN_RETRIED: AuditAction.ValueType  # 9
 """A failed run was sent back to its failed step, by RetryRun or by a
 re-drive of the dead-letter queue, possibly onto another journey version.
+"""
+AUDIT_ACTION_DELIVERY_RESOLVED: AuditAction.ValueType  # 10
+"""An operator settled a delivery whose outcome was unknown (IN_DOUBT) as
+sent or failed, from what they learned outside Overture. Recorded by the
+connectors service.
 """
 Global___AuditAction: _TypeAlias = AuditAction  # noqa: Y015
 
