@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from overture.common.v1 import messaging_pb2
 from overture.connectors.v1 import delivery_pb2
 from overture_connectors.deliveries import MAX_BATCH, DeliveryService
+from overture_connectors.resolutions import Resolutions
 from overture_runtime.clock import IdGenerator, SystemClock
 from overture_runtime.db import Database, migrate
 from tests.unit.connectors.fakes import FakeConnector
@@ -77,6 +78,8 @@ def _kind(query: str) -> str:
         return "get by id"
     if "connectors_deliveries.idempotency_key =" in query:
         return "get by key"
+    if "ORDER BY connectors_deliveries.delivery_id DESC" in query:
+        return "list open" if "connectors_deliveries.status IN" in query else "list all"
     if "= ANY" in query:
         return "control"
     raise AssertionError(f"an unexpected statement on connectors_deliveries: {query}")
@@ -174,3 +177,51 @@ async def test_hot_statements_use_their_index_after_the_table_grew(database_url:
             assert scans == [("Index Scan", "connectors_deliveries_id")]
         else:
             assert scans == [("Index Scan", "connectors_deliveries_pkey")], (kind, scans)
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+async def test_listing_in_doubt_deliveries_reads_only_them_after_the_table_grew(database_url: str, scenario: str) -> None:
+    """ListDeliveries filtered on IN_DOUBT reads the partial index of open deliveries (a few buffers for a page, whatever the
+    150,000 sent rows), and unfiltered it walks the tenant's delivery ids backwards, stopping at the page's end."""
+    await migrate(database_url, script_location=ROOT / "services" / "connectors" / "overture_connectors" / "migrations",
+                  version_table="connectors_alembic_version")
+    db = Database(database_url, pool_size=1, max_overflow=0)
+    resolutions = Resolutions(db, SystemClock(), IdGenerator())
+    plans = Plans()
+    dsn = database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    admin = await asyncpg.connect(dsn)
+    try:
+        analyzed_rows = SCENARIOS[scenario]
+        if analyzed_rows is not None:
+            await admin.execute(_GROW, analyzed_rows)
+            await admin.execute("ANALYZE connectors_deliveries")
+        async with db.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            raw.add_log_listener(plans.listen)
+            await conn.execute(sa.text("LOAD 'auto_explain'"))
+            for name, value in _AUTO_EXPLAIN.items():
+                await conn.execute(sa.text(f"SET {name} = '{value}'"))
+            await conn.commit()
+        for _ in range(6):
+            await resolutions.list(TENANT, status="in_doubt", limit=21)
+            await resolutions.list(TENANT, limit=21)
+        await admin.execute(_GROW.replace("'grown-'", "'big-'").replace("'d-grown-'", "'d-big-'"), GROWN)
+        await admin.execute("UPDATE connectors_deliveries SET status = 'in_doubt' WHERE idempotency_key LIKE 'big-%0001:send'")
+        plans.recording = True
+        page = await resolutions.list(TENANT, status="in_doubt", limit=21)
+        everything = await resolutions.list(TENANT, limit=21)
+        await asyncio.sleep(0)
+        plans.recording = False
+    finally:
+        await admin.close()
+        await db.close()
+    assert len(page) == 14 and {row.status for row in page} == {"in_doubt"}
+    assert len(everything) == 21
+    assert {kind for kind, _ in plans.seen} == {"list open", "list all"}
+    for kind, plan in plans.seen:
+        nodes = list(_nodes(plan))
+        buffers = plan.get("Shared Hit Blocks", 0) + plan.get("Shared Read Blocks", 0)
+        scans = [(n["Node Type"], n.get("Index Name")) for n in nodes if n.get("Relation Name") == "connectors_deliveries"]
+        expected = "connectors_deliveries_open" if kind == "list open" else "connectors_deliveries_id"
+        assert scans == [("Index Scan Backward", expected)] or scans == [("Index Scan", expected)], (kind, scans)
+        assert buffers <= 21 * 4 + 16, (kind, buffers)
