@@ -37,6 +37,8 @@ class Cluster:
     addresses: dict[str, str]
     http: str
     """The ingest HTTP base URL."""
+    apps: dict[str, Any]
+    """The four applications, by service name, for tests that look inside."""
 
 
 @contextlib.asynccontextmanager
@@ -52,14 +54,16 @@ async def running_cluster(
     try:
         base = make_settings(smtp_port=sink.port)
         async with contextlib.AsyncExitStack() as stack:
-            rules = await stack.enter_async_context(serving(RulesApp(base), base))
-            connectors = await stack.enter_async_context(serving(ConnectorsApp(base), base))
+            apps: dict[str, Any] = {"rules": RulesApp(base), "connectors": ConnectorsApp(base)}
+            rules = await stack.enter_async_context(serving(apps["rules"], base))
+            connectors = await stack.enter_async_context(serving(apps["connectors"], base))
             ingest_port = free_port()
             linked = base.model_copy(update={"rules_address": rules, "connectors_address": connectors,
                                              "ingest_address": f"127.0.0.1:{ingest_port}"})
-            orchestrator = await stack.enter_async_context(serving(OrchestratorApp(linked), linked))
+            apps["orchestrator"] = OrchestratorApp(linked)
+            orchestrator = await stack.enter_async_context(serving(apps["orchestrator"], linked))
             linked = linked.model_copy(update={"orchestrator_address": orchestrator, "ingest_http_port": 0, **ingest_overrides})
-            ingest_app = IngestApp(linked)
+            ingest_app = apps["ingest"] = IngestApp(linked)
             ingest = await stack.enter_async_context(serving(ingest_app, linked, port=ingest_port))
             channels = {name: await stack.enter_async_context(grpc.aio.insecure_channel(addr))
                         for name, addr in (("ingest", ingest), ("rules", rules), ("orchestrator", orchestrator), ("connectors", connectors))}
@@ -72,6 +76,7 @@ async def running_cluster(
                 mail=sink,
                 addresses={"ingest": ingest, "rules": rules, "orchestrator": orchestrator, "connectors": connectors},
                 http=f"http://127.0.0.1:{ingest_app.http_port}",
+                apps=apps,
             )
     finally:
         if sink.running:

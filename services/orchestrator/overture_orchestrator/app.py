@@ -68,7 +68,7 @@ class OrchestratorApp(BaseApp):
             ingest=ingest_service_pb2_grpc.IngestServiceStub(self.channel("ingest")),
             profiles=profile_service_pb2_grpc.ProfileServiceStub(self.channel("rules")),
         )
-        self.starter = Starter(journeys=self.journeys, runs=self.runs, clock=self.clock, ids=self.ids, wake=self.workers.wake)
+        self.starter = Starter(journeys=self.journeys, runs=self.runs, clock=self.clock, ids=self.ids, workers=self.workers)
         self.consumer = EventConsumer(
             redis=self.redis, keys=self.keys, partitions=self.settings.stream_partitions, consumer=consumer,
             dead_letters=self.dead_letters, handle=self.starter.on_events, batch=self.settings.orchestrator_batch,

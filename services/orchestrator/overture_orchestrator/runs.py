@@ -131,10 +131,13 @@ class RunStore:
 
     # -- starting ------------------------------------------------------------
 
-    async def start(self, batch: Sequence[NewRun]) -> list[tuple[str, bool]]:
+    async def start(self, batch: Sequence[NewRun], *, lease_owner: str | None = None) -> list[tuple[str, Work | None]]:
         """Start the runs of *batch* that their trigger has not started yet, in
-        three statements. Returns (run id, new) per item, in order; an item
-        whose trigger already made a run gets that run's id."""
+        three statements. Returns (run id, work) per item, in order: *work*
+        is the new run's first token, None for an item whose trigger already
+        made a run (the id is that run's). With *lease_owner* the new tokens
+        are already claimed by it (its worker executes them at once);
+        without, they are due now for any worker to claim."""
         if not batch:
             return []
         now = self._clock.now()
@@ -153,16 +156,17 @@ class RunStore:
             if fresh:
                 await conn.execute(run_inputs.insert(), [
                     dict(tenant=r.tenant, run_id=i, trigger_event=r.event.SerializeToString(), inline_spec=r.inline_spec) for r, i in fresh])
+                due = now + LEASE if lease_owner is not None else now
                 await conn.execute(tokens.insert(), [
-                    dict(tenant=r.tenant, run_id=i, token=0, node=r.first_step, state=TokenState.READY.value, due_time=now, attempts=0,
-                         evaluations=0, lease_owner=None) for r, i in fresh])
+                    dict(tenant=r.tenant, run_id=i, token=0, node=r.first_step, state=TokenState.READY.value, due_time=due, attempts=0,
+                         evaluations=0, lease_owner=lease_owner) for r, i in fresh])
             existing: dict[tuple[str, str, str, str], str] = {}
             others = [r for r, i in zip(batch, ids, strict=True) if i not in inserted]
             if others:
                 rows = await conn.execute(sa.select(runs.c.run_id, *key).where(_keyed(
                     runs.c.tenant, runs.c.trigger_event_id, [(r.tenant, r.event.event_id) for r in others])))
                 existing = {(row.tenant, row.journey, row.subject_id, row.trigger_event_id): row.run_id for row in rows}
-        return [(i, True) if i in inserted else (existing.get((r.tenant, r.journey, r.subject_id, r.event.event_id), ""), False)
+        return [(i, _first_token(r, i)) if i in inserted else (existing.get((r.tenant, r.journey, r.subject_id, r.event.event_id), ""), None)
                 for r, i in zip(batch, ids, strict=True)]
 
     async def unfinished(self, tenant: str, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
@@ -379,6 +383,12 @@ class RunStore:
         for a in attempts:
             by_run.setdefault(a.run_id, []).append(a)
         return [_run_proto(r, by_run.get(r.run_id, []), waiting.get(r.run_id)) for r in rows]
+
+
+def _first_token(run: NewRun, run_id: str) -> Work:
+    return Work(tenant=run.tenant, run_id=run_id, token=0, journey=run.journey, journey_version=run.version, subject_id=run.subject_id,
+                trigger_event=run.event, inline_spec=run.inline_spec, node=run.first_step, state=TokenState.READY, attempts=0,
+                evaluations=0)
 
 
 def _keyed(tenant_column: Any, id_column: Any, pairs: Iterable[tuple[str, str]]) -> Any:

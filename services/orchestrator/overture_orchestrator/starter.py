@@ -1,7 +1,7 @@
 """Starting runs: from batches of stream events, from Trigger, from Enqueue.
 
-Starting only inserts: the run, its inputs and its first token, due now;
-the workers execute it. A trigger event makes at most one run per journey
+Starting only inserts: the run, its inputs and its first token, handed
+to a free worker already claimed, or due now for the workers to claim. A trigger event makes at most one run per journey
 and subject, whatever the journey's version (the runs table's unique key):
 an event delivered again, republished from the log after Redis lost the
 stream, or re-driven from the dead-letter queue, finds the run it made and
@@ -12,7 +12,7 @@ journeys triggering each other stop.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -25,7 +25,8 @@ from overture_runtime.protojson import canonical_json, struct_to_dict
 
 from .definition import compile_journey, evaluate_expression
 from .journeys import JourneyStore
-from .runs import NewRun, RunStore
+from .runs import NewRun, RunStore, Work
+from .worker import WorkerPool
 
 __all__ = ["Starter"]
 
@@ -36,15 +37,16 @@ _DEFAULT_MAX_DEPTH = 5
 class Starter:
     """Decides which runs events, a Trigger or an Enqueue start, and starts them.
 
-    *wake* is called after new runs are in, so that idle workers claim them
-    at once rather than on their next poll."""
+    New runs go to a free worker of *workers* at once, already claimed
+    (:meth:`WorkerPool.eager`); when every worker is busy they are due now
+    and the workers are woken to claim them."""
 
-    def __init__(self, *, journeys: JourneyStore, runs: RunStore, clock: Clock, ids: IdGenerator, wake: Callable[[], None]) -> None:
+    def __init__(self, *, journeys: JourneyStore, runs: RunStore, clock: Clock, ids: IdGenerator, workers: WorkerPool) -> None:
         self._journeys = journeys
         self._runs = runs
         self._clock = clock
         self._ids = ids
-        self._wake = wake
+        self._workers = workers
 
     async def on_events(self, entries: Sequence[tuple[str, event_pb2.Event]]) -> int:
         """Start the runs a batch of (tenant, event) triggers; returns how many are new."""
@@ -54,8 +56,6 @@ class Starter:
         started = 0
         for tenant, events in by_tenant.items():
             started += await self._start_for(tenant, events)
-        if started:
-            self._wake()
         return started
 
     async def _start_for(self, tenant: str, events: Sequence[event_pb2.Event]) -> int:
@@ -95,11 +95,29 @@ class Starter:
                 log.info("run.not_started", count=len(candidates) - len(kept),
                          reason="the subject is already in a journey that does not allow concurrent runs")
             candidates = kept
-        results = await self._runs.start(candidates)
-        for run, (run_id, new) in zip(candidates, results, strict=True):
-            if new:
+        results = await self._start(candidates)
+        for run, (run_id, work) in zip(candidates, results, strict=True):
+            if work is not None:
                 log.info("run.started", run_id=run_id, journey=run.journey, version=run.version, event_id=run.event.event_id)
-        return sum(1 for _, new in results if new)
+        return sum(1 for _, work in results if work is not None)
+
+    async def _start(self, runs: Sequence[NewRun]) -> list[tuple[str, Work | None]]:
+        """Insert *runs*; hand the new ones to a free worker, or wake the workers to claim them."""
+        if not runs:
+            return []
+        owner = await self._workers.eager()
+        try:
+            results = await self._runs.start(runs, lease_owner=owner)
+        except BaseException:
+            if owner is not None:
+                self._workers.dispatch(owner, [])
+            raise
+        fresh = [work for _, work in results if work is not None]
+        if owner is not None:
+            self._workers.dispatch(owner, fresh)
+        elif fresh:
+            self._workers.wake()
+        return results
 
     async def trigger(self, tenant: str, *, journey: str, subject_id: str, context: Any, request_id: str) -> str:
         """Start a run of *journey* now; returns its id."""
@@ -121,9 +139,7 @@ class Starter:
                                             first_step=compiled.first_step, inline_spec=canonical_json(spec)))
 
     async def _start_one(self, run: NewRun) -> str:
-        ((run_id, new),) = await self._runs.start([run])
-        if new:
-            self._wake()
+        ((run_id, _),) = await self._start([run])
         return run_id
 
     def _synthetic_event(self, subject_id: str, event_type: str, context: Any, request_id: str) -> event_pb2.Event:
