@@ -1,0 +1,77 @@
+"""A real HTTP server (uvicorn + Starlette) on 127.0.0.1 for connector tests: it records every
+request and answers as told per idempotency key (a status, a Retry-After, or no answer in time)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from overture_runtime.testing import free_port
+
+__all__ = ["Received", "Receiver", "http_receiver"]
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request as the server read it."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def key(self) -> str:
+        """The idempotency key in a webhook payload (``data.idempotency_key``), if any."""
+        try:
+            return str(json.loads(self.body)["data"]["idempotency_key"])
+        except (ValueError, KeyError, TypeError):
+            return ""
+
+
+@dataclass
+class Receiver:
+    """What the server received, and how it answers."""
+
+    url: str
+    requests: list[Received] = field(default_factory=list)
+    answers: dict[str, tuple[int, dict[str, str]]] = field(default_factory=dict)
+    """Per idempotency key: the status and headers to answer with (default 204)."""
+    stall: set[str] = field(default_factory=set)
+    """Keys whose request is read, recorded, then left unanswered until the client gives up."""
+    stalled: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@contextlib.asynccontextmanager
+async def http_receiver() -> AsyncIterator[Receiver]:
+    """Serve a :class:`Receiver` until the block ends."""
+    port = free_port()
+    receiver = Receiver(url=f"http://127.0.0.1:{port}/hooks")
+
+    async def hook(request: Request) -> Response:
+        received = Received(request.url.path, {k.lower(): v for k, v in request.headers.items()}, await request.body())
+        receiver.requests.append(received)
+        if received.key in receiver.stall:
+            await receiver.stalled.wait()
+        status, headers = receiver.answers.get(received.key, (204, {}))
+        return Response(status_code=status, headers=headers)
+
+    app = Starlette(routes=[Route("/hooks", hook, methods=["POST"])])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    try:
+        yield receiver
+    finally:
+        receiver.stalled.set()
+        server.should_exit = True
+        await task
