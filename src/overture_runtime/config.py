@@ -179,6 +179,8 @@ class Settings(BaseSettings):
     """The DKIM selector: the public key is published at ``<selector>._domainkey.<domain>``."""
     dkim_domain: str = ""
     """The DKIM signing domain (``d=``); empty: the domain of ``smtp_from``."""
+    feedback_smtp_port: int = -1
+    """Where the connectors service takes in bounces and complaints over SMTP; -1: not at all, 0: any free port."""
 
     # rules
     reservation_ttl_seconds: float = 300.0

@@ -54,14 +54,16 @@ async def running_cluster(
     try:
         base = make_settings(smtp_port=sink.port)
         async with contextlib.AsyncExitStack() as stack:
-            apps: dict[str, Any] = {"rules": RulesApp(base), "connectors": ConnectorsApp(base)}
+            apps: dict[str, Any] = {"rules": RulesApp(base)}
             rules = await stack.enter_async_context(serving(apps["rules"], base))
-            connectors = await stack.enter_async_context(serving(apps["connectors"], base))
-            ingest_port = free_port()
-            linked = base.model_copy(update={"rules_address": rules, "connectors_address": connectors,
-                                             "ingest_address": f"127.0.0.1:{ingest_port}"})
+            ingest_port, orchestrator_port = free_port(), free_port()
+            known = base.model_copy(update={"rules_address": rules, "orchestrator_address": f"127.0.0.1:{orchestrator_port}",
+                                            "ingest_address": f"127.0.0.1:{ingest_port}"})
+            apps["connectors"] = ConnectorsApp(known)
+            connectors = await stack.enter_async_context(serving(apps["connectors"], known))
+            linked = known.model_copy(update={"connectors_address": connectors})
             apps["orchestrator"] = OrchestratorApp(linked)
-            orchestrator = await stack.enter_async_context(serving(apps["orchestrator"], linked))
+            orchestrator = await stack.enter_async_context(serving(apps["orchestrator"], linked, port=orchestrator_port))
             linked = linked.model_copy(update={"orchestrator_address": orchestrator, "ingest_http_port": 0, **ingest_overrides})
             ingest_app = apps["ingest"] = IngestApp(linked)
             ingest = await stack.enter_async_context(serving(ingest_app, linked, port=ingest_port))

@@ -38,6 +38,7 @@ import structlog
 from hypothesis import given, note
 from hypothesis import strategies as st
 
+from overture_ingest.feedback_door import feedback_routes
 from overture_ingest.http import create_http_app
 from overture_ingest.link_doors import link_routes
 from overture_runtime.auth import TokenTable
@@ -185,6 +186,8 @@ DOORS = [
     Door("cloudevents binary", "/cloudevents", lambda: {"page": "home", "plan": "pro"}, binary=True),
     Door("one-click unsubscribe", LINKS.unsubscribe_url(Unsubscribe("acme", "dave", "email", "marketing", "fuzz:send"), now=dt.datetime.now(dt.UTC)),
          lambda: {"List-Unsubscribe": "One-Click"}, content_type="application/x-www-form-urlencoded"),
+    Door("email feedback", "/email/feedback", lambda: {"Content-Type": "multipart/report; report-type=delivery-status", "Status": "5.1.1"},
+         content_type="message/rfc822"),
 ]
 """Every door in every mode. A POST route missing here is still fuzzed as a generic JSON door."""
 
@@ -193,6 +196,7 @@ def _routes() -> list[str]:
     """Every POST path of the ingest HTTP app, read from its routes (no pipeline is needed to list them)."""
     links = link_routes(pipeline=None, links=LINKS, settings=None, clock=SystemClock(), orchestrator=None,  # type: ignore[arg-type]
                         error_response=None)  # type: ignore[arg-type]
+    links += feedback_routes(tokens=TokenTable([]), settings=None, connectors=None, error_response=None)  # type: ignore[arg-type]
     app = create_http_app(pipeline=None, tokens=TokenTable([]), extra_routes=links)  # type: ignore[arg-type]
     return sorted({str(getattr(r, "path", "")) for r in app.routes if "POST" in (getattr(r, "methods", None) or ())})
 

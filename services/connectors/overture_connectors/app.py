@@ -16,12 +16,15 @@ from overture_runtime.config import Settings
 from overture_runtime.idempotency import Idempotency
 
 from .deliveries import DeliveryService
+from .feedback import FeedbackIntake
+from .feedback_smtp import FeedbackSmtpServer
 from .plugin import Connector, ConnectorContext
 from .ratelimit import RateLimiter
 from .registry import build, configure
 from .reports import StatusReporter
 from .resolutions import Resolutions
 from .servicer import ConnectorServicer
+from .store import DeliveryStore
 from .tables import audit_outbox, idempotency
 
 __all__ = ["ConnectorsApp"]
@@ -62,11 +65,19 @@ class ConnectorsApp(BaseApp):
         self.resolutions = Resolutions(self.db, self.clock, self.ids, audit=self.audit, reporter=self.reporter)
         self.spawn("audit-outbox", lambda: self.audit.run(self.stopping))
         self.spawn("status-reports", lambda: self.reporter.run(self.stopping))
+        self.feedback = FeedbackIntake(store=DeliveryStore(self.db), settings=self.settings,
+                                       orchestrator=orchestrator_service_pb2_grpc.OrchestratorServiceStub(self.channel("orchestrator")))
+        self.feedback_smtp: FeedbackSmtpServer | None = None
+        if self.settings.feedback_smtp_port >= 0:
+            self.feedback_smtp = FeedbackSmtpServer(self.feedback, host=self.settings.host, port=self.settings.feedback_smtp_port)
+            await self.feedback_smtp.start()
 
     async def on_stop(self) -> None:
+        if self.feedback_smtp is not None:
+            await self.feedback_smtp.close()
         await self.deliveries.close()
 
     def register(self, server: grpc.aio.Server) -> None:
         servicer = ConnectorServicer(deliveries=self.deliveries, resolutions=self.resolutions,
-                                     idempotency=Idempotency(self.db, idempotency, self.clock))
+                                     idempotency=Idempotency(self.db, idempotency, self.clock), feedback=self.feedback)
         connector_service_pb2_grpc.add_ConnectorServiceServicer_to_server(servicer, server)

@@ -8,7 +8,7 @@ from overture.common.v1 import messaging_pb2
 from overture.connectors.v1 import connector_service_pb2, connector_service_pb2_grpc, delivery_pb2
 from overture_runtime import Violations, current_principal
 from overture_runtime.edge import item_violations
-from overture_runtime.errors import FieldViolation, OvertureError
+from overture_runtime.errors import FieldViolation, OvertureError, Unimplemented
 from overture_runtime.idempotency import Idempotency
 from overture_runtime.validation import (
     check_identifier,
@@ -20,8 +20,10 @@ from overture_runtime.validation import (
     to_proto_violations,
 )
 
+from .bounce_reports import MAX_REPORT, FeedbackKind
 from .breaker import CircuitState
 from .deliveries import MAX_BATCH, DeliveryService, Outcome, check_batch_size, to_proto
+from .feedback import FeedbackIntake
 from .resolutions import FILTERABLE, RESOLUTIONS, Resolutions
 
 C = connector_service_pb2
@@ -84,10 +86,12 @@ def _fill(result: C.SendBatchResult, outcome: Outcome) -> None:
 class ConnectorServicer(connector_service_pb2_grpc.ConnectorServiceServicer):
     """``overture.connectors.v1.ConnectorService``."""
 
-    def __init__(self, *, deliveries: DeliveryService, resolutions: Resolutions, idempotency: Idempotency) -> None:
+    def __init__(self, *, deliveries: DeliveryService, resolutions: Resolutions, idempotency: Idempotency,
+                 feedback: FeedbackIntake | None = None) -> None:
         self._deliveries = deliveries
         self._resolutions = resolutions
         self._idempotency = idempotency
+        self._feedback = feedback
 
     async def Send(self, request: C.SendRequest, context: grpc.aio.ServicerContext) -> C.SendResponse:
         tenant = current_principal().tenant
@@ -189,9 +193,31 @@ class ConnectorServicer(connector_service_pb2_grpc.ConnectorServiceServicer):
         token = encode_page_token({"offset": start + size}) if start + size < len(names) else ""
         return C.ListConnectorsResponse(connectors=connectors, next_page_token=token)
 
+    async def ReportEmailFeedback(self, request: C.ReportEmailFeedbackRequest, context: grpc.aio.ServicerContext) -> C.ReportEmailFeedbackResponse:
+        current_principal()
+        v = Violations()
+        if not request.raw_message:
+            v.add("raw_message", "raw_message is required: the report as received", "REQUIRED")
+        elif len(request.raw_message) > MAX_REPORT:
+            v.add("raw_message", f"raw_message must be at most {MAX_REPORT} bytes", "TOO_LONG")
+        v.raise_if_any()
+        if self._feedback is None:
+            raise Unimplemented("this server takes no email feedback", reason="NOT_CONFIGURED")
+        taken = await self._feedback.take(request.raw_message)
+        if taken.report is None:
+            return C.ReportEmailFeedbackResponse()
+        return C.ReportEmailFeedbackResponse(kind=_FEEDBACK_KINDS[taken.report.kind], delivery_id=taken.delivery_id, detail=taken.report.detail)
+
 
 def _status_name(status: int) -> str:
     """The lower-case short name of a DeliveryStatus number, or "" for an unknown one."""
     if status not in messaging_pb2.DeliveryStatus.values():
         return ""
     return messaging_pb2.DeliveryStatus.Name(status).removeprefix("DELIVERY_STATUS_").lower()  # type: ignore[arg-type]
+
+
+_FEEDBACK_KINDS = {
+    FeedbackKind.HARD_BOUNCE: C.EMAIL_FEEDBACK_KIND_HARD_BOUNCE,
+    FeedbackKind.SOFT_BOUNCE: C.EMAIL_FEEDBACK_KIND_SOFT_BOUNCE,
+    FeedbackKind.COMPLAINT: C.EMAIL_FEEDBACK_KIND_COMPLAINT,
+}

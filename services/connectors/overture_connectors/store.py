@@ -201,6 +201,21 @@ class DeliveryStore:
                 })).all()
         return {row.idempotency_key: row for row in rows}
 
+    async def find_email(self, message_id: str) -> Any:
+        """The email delivery whose Message-ID is *message_id*, in any tenant (the id is
+        derived from the tenant and the key), or None. Through ``connectors_deliveries_provider_message_id``."""
+        t = deliveries
+        async with self._db.connect() as conn:
+            return (await conn.execute(sa.select(t).where((t.c.provider_message_id == message_id) & (t.c.channel == "email"))
+                                       .limit(1))).first()
+
+    async def mark(self, tenant: str, idempotency_key: str, status: str) -> None:
+        """Record a status learned after the send (``bounced``, ``complained``) on a delivery that was sent."""
+        t = deliveries
+        where = (t.c.tenant == tenant) & (t.c.idempotency_key == idempotency_key) & t.c.status.notin_(("sending", "failed"))
+        async with self._db.begin() as conn:
+            await conn.execute(t.update().where(where).values(status=status))
+
     async def get(self, tenant: str, *, delivery_id: str = "", idempotency_key: str = "") -> Any:
         """One row by delivery id or by key (a full unique key either way), or None."""
         t = deliveries

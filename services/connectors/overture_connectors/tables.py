@@ -33,6 +33,8 @@ deliveries = sa.Table(
     # lookup) or still claimed. Partial, so it holds only those few rows.
     sa.Index("connectors_deliveries_open", "tenant", "delivery_id",
              postgresql_where=sa.text("status IN ('in_doubt', 'sending')"), sqlite_where=sa.text("status IN ('in_doubt', 'sending')")),
+    # Bounces and complaints name a delivery only by its Message-ID.
+    sa.Index("connectors_deliveries_provider_message_id", "provider_message_id"),
 )
 
 status_outbox = sa.Table(

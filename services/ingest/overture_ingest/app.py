@@ -14,6 +14,7 @@ import grpc
 import structlog
 import uvicorn
 
+from overture.connectors.v1 import connector_service_pb2_grpc
 from overture.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 from overture.orchestrator.v1 import orchestrator_service_pb2_grpc
 from overture.rules.v1 import profile_service_pb2_grpc
@@ -21,6 +22,7 @@ from overture_runtime import BaseApp
 from overture_runtime.auth import TokenTable
 from overture_runtime.links import configured_links
 
+from .feedback_door import feedback_routes
 from .http import create_http_app, error_response
 from .link_doors import link_routes
 from .log import EventLog, Relay
@@ -94,6 +96,8 @@ class IngestApp(BaseApp):
             orchestrator = orchestrator_service_pb2_grpc.OrchestratorServiceStub(self.channel("orchestrator"))
             extra = link_routes(pipeline=self.pipeline, links=configured_links(s), settings=s, clock=self.clock,
                                 orchestrator=orchestrator, error_response=error_response)
+            extra += feedback_routes(tokens=tokens, settings=s, error_response=error_response,
+                                     connectors=connector_service_pb2_grpc.ConnectorServiceStub(self.channel("connectors")))
             config = uvicorn.Config(
                 create_http_app(pipeline=self.pipeline, tokens=tokens, extra_routes=extra), host=self.settings.host, port=port,
                 log_config=None, access_log=False, lifespan="off", limit_concurrency=1000,

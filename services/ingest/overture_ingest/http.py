@@ -40,7 +40,7 @@ from .pipeline import REJECTED, IngestPipeline, Outcome
 from .segment import SEGMENT_TYPES, from_segment
 from .servicer import BATCH_MAX
 
-__all__ = ["create_http_app"]
+__all__ = ["TooLarge", "create_http_app", "credentials", "error_response", "read_body"]
 
 log = structlog.get_logger("overture.ingest.http")
 MAX_BODY = 5 * 1024 * 1024
@@ -52,8 +52,8 @@ _FIELDS = {"event_id", "event_type", "subject_id", "occurred_at", "attributes", 
 Parsed = event_pb2.Event | Outcome
 
 
-class _TooLarge(Exception):
-    pass
+class TooLarge(Exception):
+    """A body over :data:`MAX_BODY`."""
 
 
 def error_response(error: OvertureError) -> JSONResponse:
@@ -77,7 +77,7 @@ async def read_body(request: Request) -> bytes:
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_BODY:
-            raise _TooLarge()
+            raise TooLarge()
     if request.headers.get("content-encoding", "").lower() == "gzip":
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
@@ -85,7 +85,7 @@ async def read_body(request: Request) -> bytes:
         except zlib.error:
             raise InvalidArgument("the body is not valid gzip", reason="MALFORMED_GZIP") from None
         if len(plain) > MAX_BODY or inflater.unconsumed_tail:
-            raise _TooLarge()
+            raise TooLarge()
         return plain
     return bytes(body)
 
@@ -190,7 +190,7 @@ def create_http_app(*, pipeline: IngestPipeline, tokens: TokenTable, extra_route
                 return await handler(request, principal)
             except OvertureError as error:
                 return error_response(error)
-            except _TooLarge:
+            except TooLarge:
                 return JSONResponse({"code": "body_too_large", "message": f"the body exceeds {MAX_BODY} bytes",
                                      "error": {"code": "RESOURCE_EXHAUSTED", "reason": "BODY_TOO_LARGE",
                                                "message": f"the body exceeds {MAX_BODY} bytes"}}, status_code=413)

@@ -44,9 +44,10 @@ class DeliveryFeedback:
 
     async def report(
         self, tenant: str, *, idempotency_key: str, delivery_id: str, status: messaging_pb2.DeliveryStatus.ValueType,
-        detail: str, occur_time: dt.datetime | None,
+        detail: str, occur_time: dt.datetime | None, soft_bounce: bool = False,
     ) -> None:
-        """Apply one reported status. Idempotent: the same report twice emits one event."""
+        """Apply one reported status. Idempotent: the same report twice emits one event.
+        A soft bounce suppresses nothing, and its event is distinct from a later hard bounce's."""
         run_id, _, step_id = idempotency_key.partition(":")
         run = await self._runs.get(tenant, run_id)
         step = next((s for s in run.steps if s.step_id == step_id), None)
@@ -60,18 +61,21 @@ class DeliveryFeedback:
         metadata = call_metadata(self._settings, tenant)
         timeout = self._settings.rpc_timeout_seconds
         try:
-            suppression = SUPPRESS_ON.get(status)
+            suppression = None if soft_bounce else SUPPRESS_ON.get(status)
             if suppression:
                 await self._profiles.UpsertProfile(profile_service_pb2.UpsertProfileRequest(
                     subject_id=run.subject_id, add_suppression_lists=[suppression]), metadata=metadata, timeout=timeout)
             trigger = await self._trigger_causation(tenant, run.trigger_event_id)
             event = event_pb2.Event(
-                event_id=f"delivery:{delivery_id or idempotency_key}:{name}", event_type=f"{channel}.{name}", subject_id=run.subject_id,
+                event_id=f"delivery:{delivery_id or idempotency_key}:{name}{'-soft' if soft_bounce else ''}", event_type=f"{channel}.{name}",
+                subject_id=run.subject_id,
                 source="overture.orchestrator",
                 causation=event_pb2.Causation(root_event_id=trigger[0] or run.trigger_event_id, run_id=run_id, depth=trigger[1] + 1),
             )
             event.attributes.update({"run_id": run_id, "journey": run.journey, "step_id": step_id, "delivery_id": delivery_id,
                                      "status": name, "detail": detail[:500]})
+            if status == messaging_pb2.DELIVERY_STATUS_BOUNCED:
+                event.attributes["bounce"] = "soft" if soft_bounce else "hard"
             if occur_time is not None:
                 event.occurred_at.CopyFrom(_timestamp(occur_time))
             await self._ingest.IngestEvents(ingest_service_pb2.IngestEventsRequest(events=[event]), metadata=metadata, timeout=timeout)

@@ -113,6 +113,7 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         await self._feedback.report(
             tenant, idempotency_key=request.idempotency_key, delivery_id=request.delivery_id, status=request.status, detail=request.detail,
             occur_time=request.occur_time.ToDatetime(tzinfo=dt.UTC) if request.HasField("occur_time") else None,
+            soft_bounce=request.bounce_kind == messaging_pb2.BOUNCE_KIND_SOFT,
         )
         return OS.ReportDeliveryStatusResponse()
 

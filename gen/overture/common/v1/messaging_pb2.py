@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"overture/common/v1/messaging.proto\x12\x12overture.common.v1*\x9c\x01\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x11\n\rCHANNEL_EMAIL\x10\x01\x12\x0f\n\x0b\x43HANNEL_SMS\x10\x02\x12\x10\n\x0c\x43HANNEL_PUSH\x10\x03\x12\x13\n\x0f\x43HANNEL_WEBHOOK\x10\x04\x12\x12\n\x0e\x43HANNEL_IN_APP\x10\x05\x12\x19\n\x15\x43HANNEL_AUDIENCE_SYNC\x10\x06*w\n\x0fMessageCategory\x12 \n\x1cMESSAGE_CATEGORY_UNSPECIFIED\x10\x00\x12\x1e\n\x1aMESSAGE_CATEGORY_MARKETING\x10\x01\x12\"\n\x1eMESSAGE_CATEGORY_TRANSACTIONAL\x10\x02*\xb7\x02\n\x0e\x44\x65liveryStatus\x12\x1f\n\x1b\x44\x45LIVERY_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x44\x45LIVERY_STATUS_SENDING\x10\x01\x12\x18\n\x14\x44\x45LIVERY_STATUS_SENT\x10\x02\x12\x1d\n\x19\x44\x45LIVERY_STATUS_DELIVERED\x10\x03\x12\x1b\n\x17\x44\x45LIVERY_STATUS_BOUNCED\x10\x04\x12\x1a\n\x16\x44\x45LIVERY_STATUS_FAILED\x10\x05\x12\x1a\n\x16\x44\x45LIVERY_STATUS_OPENED\x10\x06\x12\x1b\n\x17\x44\x45LIVERY_STATUS_CLICKED\x10\x07\x12\x1e\n\x1a\x44\x45LIVERY_STATUS_COMPLAINED\x10\x08\x12\x1c\n\x18\x44\x45LIVERY_STATUS_IN_DOUBT\x10\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"overture/common/v1/messaging.proto\x12\x12overture.common.v1*\x9c\x01\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x11\n\rCHANNEL_EMAIL\x10\x01\x12\x0f\n\x0b\x43HANNEL_SMS\x10\x02\x12\x10\n\x0c\x43HANNEL_PUSH\x10\x03\x12\x13\n\x0f\x43HANNEL_WEBHOOK\x10\x04\x12\x12\n\x0e\x43HANNEL_IN_APP\x10\x05\x12\x19\n\x15\x43HANNEL_AUDIENCE_SYNC\x10\x06*w\n\x0fMessageCategory\x12 \n\x1cMESSAGE_CATEGORY_UNSPECIFIED\x10\x00\x12\x1e\n\x1aMESSAGE_CATEGORY_MARKETING\x10\x01\x12\"\n\x1eMESSAGE_CATEGORY_TRANSACTIONAL\x10\x02*\xb7\x02\n\x0e\x44\x65liveryStatus\x12\x1f\n\x1b\x44\x45LIVERY_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x44\x45LIVERY_STATUS_SENDING\x10\x01\x12\x18\n\x14\x44\x45LIVERY_STATUS_SENT\x10\x02\x12\x1d\n\x19\x44\x45LIVERY_STATUS_DELIVERED\x10\x03\x12\x1b\n\x17\x44\x45LIVERY_STATUS_BOUNCED\x10\x04\x12\x1a\n\x16\x44\x45LIVERY_STATUS_FAILED\x10\x05\x12\x1a\n\x16\x44\x45LIVERY_STATUS_OPENED\x10\x06\x12\x1b\n\x17\x44\x45LIVERY_STATUS_CLICKED\x10\x07\x12\x1e\n\x1a\x44\x45LIVERY_STATUS_COMPLAINED\x10\x08\x12\x1c\n\x18\x44\x45LIVERY_STATUS_IN_DOUBT\x10\t*U\n\nBounceKind\x12\x1b\n\x17\x42OUNCE_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x42OUNCE_KIND_HARD\x10\x01\x12\x14\n\x10\x42OUNCE_KIND_SOFT\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,4 +37,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MESSAGECATEGORY']._serialized_end=336
   _globals['_DELIVERYSTATUS']._serialized_start=339
   _globals['_DELIVERYSTATUS']._serialized_end=650
+  _globals['_BOUNCEKIND']._serialized_start=652
+  _globals['_BOUNCEKIND']._serialized_end=737
 # @@protoc_insertion_point(module_scope)

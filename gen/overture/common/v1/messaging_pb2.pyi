@@ -141,3 +141,37 @@ DELIVERY_STATUS_IN_DOUBT: DeliveryStatus.ValueType  # 9
 It is never sent again automatically.
 """
 Global___DeliveryStatus: _TypeAlias = DeliveryStatus  # noqa: Y015
+
+class _BounceKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BounceKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BounceKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BOUNCE_KIND_UNSPECIFIED: _BounceKind.ValueType  # 0
+    """Not set: a hard bounce, for reports that do not say."""
+    BOUNCE_KIND_HARD: _BounceKind.ValueType  # 1
+    """Permanently undeliverable to the address (RFC 3463 class 5 about the
+    address): the subject is put on the `hard-bounces` suppression list.
+    """
+    BOUNCE_KIND_SOFT: _BounceKind.ValueType  # 2
+    """Not delivered for now (class 4), or for reasons not about the address
+    (a full mailbox, a message too large, a policy refusal): nothing is
+    suppressed.
+    """
+
+class BounceKind(_BounceKind, metaclass=_BounceKindEnumTypeWrapper):
+    """What kind of bounce a BOUNCED status is."""
+
+BOUNCE_KIND_UNSPECIFIED: BounceKind.ValueType  # 0
+"""Not set: a hard bounce, for reports that do not say."""
+BOUNCE_KIND_HARD: BounceKind.ValueType  # 1
+"""Permanently undeliverable to the address (RFC 3463 class 5 about the
+address): the subject is put on the `hard-bounces` suppression list.
+"""
+BOUNCE_KIND_SOFT: BounceKind.ValueType  # 2
+"""Not delivered for now (class 4), or for reasons not about the address
+(a full mailbox, a message too large, a policy refusal): nothing is
+suppressed.
+"""
+Global___BounceKind: _TypeAlias = BounceKind  # noqa: Y015

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from overture.common.v1 import field_violation_pb2 as _field_violation_pb2
 from overture.common.v1 import messaging_pb2 as _messaging_pb2
 from overture.connectors.v1 import delivery_pb2 as _delivery_pb2
@@ -21,6 +22,34 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _EmailFeedbackKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EmailFeedbackKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EmailFeedbackKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EMAIL_FEEDBACK_KIND_UNSPECIFIED: _EmailFeedbackKind.ValueType  # 0
+    """Not a bounce or a complaint Overture can read (or about no message)."""
+    EMAIL_FEEDBACK_KIND_HARD_BOUNCE: _EmailFeedbackKind.ValueType  # 1
+    """A permanent failure about the address."""
+    EMAIL_FEEDBACK_KIND_SOFT_BOUNCE: _EmailFeedbackKind.ValueType  # 2
+    """A temporary failure, or one not about the address."""
+    EMAIL_FEEDBACK_KIND_COMPLAINT: _EmailFeedbackKind.ValueType  # 3
+    """A spam complaint."""
+
+class EmailFeedbackKind(_EmailFeedbackKind, metaclass=_EmailFeedbackKindEnumTypeWrapper):
+    """What an email feedback report says."""
+
+EMAIL_FEEDBACK_KIND_UNSPECIFIED: EmailFeedbackKind.ValueType  # 0
+"""Not a bounce or a complaint Overture can read (or about no message)."""
+EMAIL_FEEDBACK_KIND_HARD_BOUNCE: EmailFeedbackKind.ValueType  # 1
+"""A permanent failure about the address."""
+EMAIL_FEEDBACK_KIND_SOFT_BOUNCE: EmailFeedbackKind.ValueType  # 2
+"""A temporary failure, or one not about the address."""
+EMAIL_FEEDBACK_KIND_COMPLAINT: EmailFeedbackKind.ValueType  # 3
+"""A spam complaint."""
+Global___EmailFeedbackKind: _TypeAlias = EmailFeedbackKind  # noqa: Y015
 
 @_typing.final
 class SendRequest(_message.Message):
@@ -446,3 +475,59 @@ class ListConnectorsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListConnectorsResponse: _TypeAlias = ListConnectorsResponse  # noqa: Y015
+
+@_typing.final
+class ReportEmailFeedbackRequest(_message.Message):
+    """The request of ReportEmailFeedback."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RAW_MESSAGE_FIELD_NUMBER: _builtins.int
+    raw_message: _builtins.bytes
+    """The report as received: a whole RFC 5322 message of type
+    `multipart/report`, at most 10 MiB.
+    """
+    def __init__(
+        self,
+        *,
+        raw_message: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["raw_message", b"raw_message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportEmailFeedbackRequest: _TypeAlias = ReportEmailFeedbackRequest  # noqa: Y015
+
+@_typing.final
+class ReportEmailFeedbackResponse(_message.Message):
+    """The response of ReportEmailFeedback."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    kind: Global___EmailFeedbackKind.ValueType
+    """What the report says."""
+    delivery_id: _builtins.str
+    """The delivery it is about; empty when no delivery has the report's
+    Message-ID.
+    """
+    detail: _builtins.str
+    """The status code and action, or the feedback type, the report gave."""
+    def __init__(
+        self,
+        *,
+        kind: Global___EmailFeedbackKind.ValueType = ...,
+        delivery_id: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery_id", b"delivery_id", "detail", b"detail", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportEmailFeedbackResponse: _TypeAlias = ReportEmailFeedbackResponse  # noqa: Y015

@@ -61,6 +61,11 @@ class ConnectorServiceStub:
                 request_serializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.ResolveDeliveryRequest.SerializeToString,
                 response_deserializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.ResolveDeliveryResponse.FromString,
                 _registered_method=True)
+        self.ReportEmailFeedback = channel.unary_unary(
+                '/overture.connectors.v1.ConnectorService/ReportEmailFeedback',
+                request_serializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.ReportEmailFeedbackRequest.SerializeToString,
+                response_deserializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.ReportEmailFeedbackResponse.FromString,
+                _registered_method=True)
         self.ListConnectors = channel.unary_unary(
                 '/overture.connectors.v1.ConnectorService/ListConnectors',
                 request_serializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.ListConnectorsRequest.SerializeToString,
@@ -128,6 +133,23 @@ class ConnectorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportEmailFeedback(self, request, context):
+        """Takes in a bounce (a delivery status notification, RFC 3464) or a
+        complaint (a feedback report, ARF, RFC 5965) about an email Overture
+        sent, as a provider or a mail server received it. The report finds its
+        delivery by the returned message's Message-ID; the delivery is reported
+        BOUNCED (hard or soft) or COMPLAINED to the orchestrator, which
+        suppresses the subject for a hard bounce or a complaint and emits
+        `email.bounced` / `email.complained`. A report that is not a bounce or a
+        complaint, or is about no known delivery, is answered with what was
+        recognised and changes nothing. Reports also arrive over SMTP when
+        `OVERTURE_FEEDBACK_SMTP_PORT` is set, and over HTTP at ingest's
+        `POST /email/feedback`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListConnectors(self, request, context):
         """Lists the configured connectors and their health.
         """
@@ -162,6 +184,11 @@ def add_ConnectorServiceServicer_to_server(servicer, server):
                     servicer.ResolveDelivery,
                     request_deserializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.ResolveDeliveryRequest.FromString,
                     response_serializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.ResolveDeliveryResponse.SerializeToString,
+            ),
+            'ReportEmailFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportEmailFeedback,
+                    request_deserializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.ReportEmailFeedbackRequest.FromString,
+                    response_serializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.ReportEmailFeedbackResponse.SerializeToString,
             ),
             'ListConnectors': grpc.unary_unary_rpc_method_handler(
                     servicer.ListConnectors,
@@ -306,6 +333,33 @@ class ConnectorService:
             '/overture.connectors.v1.ConnectorService/ResolveDelivery',
             overture_dot_connectors_dot_v1_dot_connector__service__pb2.ResolveDeliveryRequest.SerializeToString,
             overture_dot_connectors_dot_v1_dot_connector__service__pb2.ResolveDeliveryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportEmailFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/overture.connectors.v1.ConnectorService/ReportEmailFeedback',
+            overture_dot_connectors_dot_v1_dot_connector__service__pb2.ReportEmailFeedbackRequest.SerializeToString,
+            overture_dot_connectors_dot_v1_dot_connector__service__pb2.ReportEmailFeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

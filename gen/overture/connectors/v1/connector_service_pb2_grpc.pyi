@@ -69,6 +69,19 @@ class ConnectorServiceStub:
     and the reason, and reported to the orchestrator as the delivery's new
     status. A repeat of `request_id` returns the first answer.
     """
+    ReportEmailFeedback: _grpc.UnaryUnaryMultiCallable[_connector_service_pb2.ReportEmailFeedbackRequest, _connector_service_pb2.ReportEmailFeedbackResponse]
+    """Takes in a bounce (a delivery status notification, RFC 3464) or a
+    complaint (a feedback report, ARF, RFC 5965) about an email Overture
+    sent, as a provider or a mail server received it. The report finds its
+    delivery by the returned message's Message-ID; the delivery is reported
+    BOUNCED (hard or soft) or COMPLAINED to the orchestrator, which
+    suppresses the subject for a hard bounce or a complaint and emits
+    `email.bounced` / `email.complained`. A report that is not a bounce or a
+    complaint, or is about no known delivery, is answered with what was
+    recognised and changes nothing. Reports also arrive over SMTP when
+    `OVERTURE_FEEDBACK_SMTP_PORT` is set, and over HTTP at ingest's
+    `POST /email/feedback`.
+    """
     ListConnectors: _grpc.UnaryUnaryMultiCallable[_connector_service_pb2.ListConnectorsRequest, _connector_service_pb2.ListConnectorsResponse]
     """Lists the configured connectors and their health."""
 
@@ -112,6 +125,19 @@ class ConnectorServiceAsyncStub(ConnectorServiceStub):
     `NOT_IN_DOUBT`, otherwise). Recorded in the audit log with the caller
     and the reason, and reported to the orchestrator as the delivery's new
     status. A repeat of `request_id` returns the first answer.
+    """
+    ReportEmailFeedback: _aio.UnaryUnaryMultiCallable[_connector_service_pb2.ReportEmailFeedbackRequest, _connector_service_pb2.ReportEmailFeedbackResponse]  # type: ignore[assignment]
+    """Takes in a bounce (a delivery status notification, RFC 3464) or a
+    complaint (a feedback report, ARF, RFC 5965) about an email Overture
+    sent, as a provider or a mail server received it. The report finds its
+    delivery by the returned message's Message-ID; the delivery is reported
+    BOUNCED (hard or soft) or COMPLAINED to the orchestrator, which
+    suppresses the subject for a hard bounce or a complaint and emits
+    `email.bounced` / `email.complained`. A report that is not a bounce or a
+    complaint, or is about no known delivery, is answered with what was
+    recognised and changes nothing. Reports also arrive over SMTP when
+    `OVERTURE_FEEDBACK_SMTP_PORT` is set, and over HTTP at ingest's
+    `POST /email/feedback`.
     """
     ListConnectors: _aio.UnaryUnaryMultiCallable[_connector_service_pb2.ListConnectorsRequest, _connector_service_pb2.ListConnectorsResponse]  # type: ignore[assignment]
     """Lists the configured connectors and their health."""
@@ -183,6 +209,25 @@ class ConnectorServiceServicer(metaclass=_abc_1.ABCMeta):
         `NOT_IN_DOUBT`, otherwise). Recorded in the audit log with the caller
         and the reason, and reported to the orchestrator as the delivery's new
         status. A repeat of `request_id` returns the first answer.
+        """
+
+    @_abc_1.abstractmethod
+    def ReportEmailFeedback(
+        self,
+        request: _connector_service_pb2.ReportEmailFeedbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_connector_service_pb2.ReportEmailFeedbackResponse, _abc.Awaitable[_connector_service_pb2.ReportEmailFeedbackResponse]]:
+        """Takes in a bounce (a delivery status notification, RFC 3464) or a
+        complaint (a feedback report, ARF, RFC 5965) about an email Overture
+        sent, as a provider or a mail server received it. The report finds its
+        delivery by the returned message's Message-ID; the delivery is reported
+        BOUNCED (hard or soft) or COMPLAINED to the orchestrator, which
+        suppresses the subject for a hard bounce or a complaint and emits
+        `email.bounced` / `email.complained`. A report that is not a bounce or a
+        complaint, or is about no known delivery, is answered with what was
+        recognised and changes nothing. Reports also arrive over SMTP when
+        `OVERTURE_FEEDBACK_SMTP_PORT` is set, and over HTTP at ingest's
+        `POST /email/feedback`.
         """
 
     @_abc_1.abstractmethod

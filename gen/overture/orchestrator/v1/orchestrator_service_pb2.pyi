@@ -256,6 +256,7 @@ class ReportDeliveryStatusRequest(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
     OCCUR_TIME_FIELD_NUMBER: _builtins.int
+    BOUNCE_KIND_FIELD_NUMBER: _builtins.int
     delivery_id: _builtins.str
     """The connector's delivery id."""
     idempotency_key: _builtins.str
@@ -264,6 +265,11 @@ class ReportDeliveryStatusRequest(_message.Message):
     """The new status."""
     detail: _builtins.str
     """Provider detail, such as an SMTP reply. No personal data."""
+    bounce_kind: _messaging_pb2.BounceKind.ValueType
+    """For BOUNCED: hard (also when unspecified) suppresses the subject, soft
+    does not. The event (`email.bounced`) says which in its `bounce`
+    attribute.
+    """
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp:
         """When the provider observed the status."""
@@ -276,10 +282,11 @@ class ReportDeliveryStatusRequest(_message.Message):
         status: _messaging_pb2.DeliveryStatus.ValueType = ...,
         detail: _builtins.str = ...,
         occur_time: _timestamp_pb2.Timestamp | None = ...,
+        bounce_kind: _messaging_pb2.BounceKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occur_time", b"occur_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery_id", b"delivery_id", "detail", b"detail", "idempotency_key", b"idempotency_key", "occur_time", b"occur_time", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bounce_kind", b"bounce_kind", "delivery_id", b"delivery_id", "detail", b"detail", "idempotency_key", b"idempotency_key", "occur_time", b"occur_time", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
