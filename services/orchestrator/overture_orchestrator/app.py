@@ -61,7 +61,7 @@ class OrchestratorApp(BaseApp):
         sender = Sender(steps=steps, settings=self.settings, rules=rules_service_pb2_grpc.RulesServiceStub(self.channel("rules")),
                         connectors=connector_service_pb2_grpc.ConnectorServiceStub(self.channel("connectors")))
         self.executor = Executor(journeys=self.journeys, clock=self.clock, profiles=self.profiles, sender=sender, steps=steps)
-        self.workers = WorkerPool(runs=self.runs, executor=self.executor, owner=consumer,
+        self.workers = WorkerPool(runs=self.runs, executor=self.executor, owner=consumer, clock=self.clock,
                                   concurrency=self.settings.orchestrator_workers, batch=self.settings.orchestrator_batch)
         self.feedback = DeliveryFeedback(
             runs=self.runs, journeys=self.journeys, settings=self.settings,

@@ -37,9 +37,9 @@ _DEFAULT_MAX_DEPTH = 5
 class Starter:
     """Decides which runs events, a Trigger or an Enqueue start, and starts them.
 
-    New runs go to a free worker of *workers* at once, already claimed
-    (:meth:`WorkerPool.eager`); when every worker is busy they are due now
-    and the workers are woken to claim them."""
+    New runs are inserted already claimed and queued for the next free
+    worker of *workers* (:meth:`WorkerPool.eager`); when its queue is full
+    they are due now and the workers are woken to claim them."""
 
     def __init__(self, *, journeys: JourneyStore, runs: RunStore, clock: Clock, ids: IdGenerator, workers: WorkerPool) -> None:
         self._journeys = journeys
@@ -105,7 +105,7 @@ class Starter:
         """Insert *runs*; hand the new ones to a free worker, or wake the workers to claim them."""
         if not runs:
             return []
-        owner = await self._workers.eager()
+        owner = self._workers.eager(len(runs))
         try:
             results = await self._runs.start(runs, lease_owner=owner)
         except BaseException:

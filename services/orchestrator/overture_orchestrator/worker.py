@@ -1,33 +1,40 @@
 """The bounded pool of workers that executes due tokens.
 
-``concurrency`` slots bound the batches in flight. A polling worker takes a
-slot, claims up to ``batch`` due tokens (timers that came due, retries,
-tokens whose worker died, runs started while every slot was busy), executes
-them as one batch and records the outcomes in one transaction, then claims
-again. Idle workers sleep until woken or for at most ``poll`` seconds, so a
-timer fires within about ``poll`` of its time.
+``concurrency`` workers each execute one batch at a time: a batch of runs
+this replica just started, when there are some, else up to ``batch`` due
+tokens claimed from the database (timers that came due, retries, tokens
+whose worker died, runs started elsewhere or while the queue was full). A
+batch is executed, and its outcomes recorded in one transaction; then the
+worker takes the next. Idle workers sleep until woken or for at most
+``poll`` seconds, so a timer fires within about ``poll`` of its time.
 
-Runs started in this replica while a slot is free skip the claim: the
-starter inserts their tokens already leased to a claim name from
-:meth:`WorkerPool.eager`, and :meth:`WorkerPool.dispatch` executes them at
-once (one transaction and one wake-up less between an event and its send).
-They are held exactly like claimed tokens: if this process dies, their lease
-runs out and another worker claims them. Any number of replicas can run
-pools side by side: claims never overlap.
+Runs started in this replica skip the claim: the starter inserts their
+tokens already leased to the claim name of :meth:`WorkerPool.eager`, and
+queues them with :meth:`WorkerPool.dispatch`. Everything queued under one
+name is executed as one batch by the next free worker, so a lone event is
+sent at once and a burst forms batches by itself. The queue is bounded
+(``batch`` tokens per name, four names); past that, runs are left due for a
+claim. Queued tokens are held exactly like claimed ones: if this process
+dies, their lease runs out and another worker claims them. Any number of
+replicas can run pools side by side: claims never overlap.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import structlog
 from prometheus_client import Counter, Histogram
 
+from overture_runtime.clock import Clock
+
 from .executor import Executor
-from .runs import RunStore, Work
+from .runs import LEASE, RunStore, Work
 
 __all__ = ["WorkerPool"]
 
@@ -43,18 +50,23 @@ BATCH_SECONDS = Histogram("overture_orchestrator_batch_seconds", "Time to execut
 class WorkerPool:
     """Claims and executes due tokens until stopped. Not thread-safe."""
 
-    def __init__(self, *, runs: RunStore, executor: Executor, owner: str, concurrency: int = 4, batch: int = 100,
+    _QUEUED_NAMES = 4
+    """Claim names whose runs may wait in memory for a worker at once."""
+
+    def __init__(self, *, runs: RunStore, executor: Executor, owner: str, clock: Clock, concurrency: int = 4, batch: int = 100,
                  poll: float = 0.2) -> None:
         self._runs = runs
         self._executor = executor
         self._owner = owner
+        self._clock = clock
         self._concurrency = concurrency
         self._batch = batch
         self._poll = poll
-        self._slots = asyncio.Semaphore(concurrency)
         self._wake = asyncio.Event()
         self._claims = itertools.count()
-        self._eager: set[asyncio.Task[None]] = set()
+        self._open: str | None = None
+        """The claim name new runs are queued under, until a worker takes its queue."""
+        self._queued: dict[str, _Queued] = {}
 
     def wake(self) -> None:
         """New work is due now: idle workers claim it without waiting for their poll."""
@@ -63,57 +75,83 @@ class WorkerPool:
     async def run(self, stopping: asyncio.Event) -> None:
         """Run the workers until *stopping* is set; each finishes its batch first."""
         await asyncio.gather(*(self._work(stopping) for _ in range(self._concurrency)))
-        if self._eager:
-            await asyncio.gather(*self._eager, return_exceptions=True)
 
     async def run_once(self) -> int:
         """Claim and execute one batch now; how many tokens it held (for tests on the injected clock)."""
-        async with self._slots:
-            return await self._batch_once()
+        return await self._batch_once()
 
-    async def eager(self) -> str | None:
-        """A claim name for runs about to start, holding a free slot for them;
-        None when every slot is busy (the runs are then claimed as usual).
-        The caller must hand the claim to :meth:`dispatch`, even with no work."""
-        if self._slots.locked():
-            return None
-        await self._slots.acquire()  # free: returns at once
-        return self._claim_name()
+    def eager(self, size: int) -> str | None:
+        """The claim name to lease *size* runs about to start to, so that a
+        worker of this pool executes them without claiming; None when the
+        queue is full (start them due, for a claim). The caller must hand
+        what it started, even nothing, to :meth:`dispatch`."""
+        self._forget_empty()
+        queued = self._queued.get(self._open) if self._open is not None else None
+        if queued is None or queued.closed or queued.reserved + size > self._batch:
+            if len(self._queued) >= self._QUEUED_NAMES or size > self._batch:
+                return None
+            self._open = self._claim_name()
+            queued = self._queued[self._open] = _Queued(since=self._clock.now())
+        queued.reserved += size
+        queued.starting += 1
+        return self._open
 
     def dispatch(self, owner: str, work: Sequence[Work]) -> None:
-        """Execute *work*, leased to *owner* from :meth:`eager`, at once, and free the slot after."""
-        if not work:
-            self._slots.release()
-            return
-        CLAIMED.labels("eager").inc(len(work))
-        task = asyncio.get_running_loop().create_task(self._execute(owner, list(work)))
-        self._eager.add(task)
-        task.add_done_callback(self._eager.discard)
+        """Queue *work*, leased to *owner* (from :meth:`eager`), for the next free worker."""
+        queued = self._queued[owner]
+        queued.work.extend(work)
+        queued.starting -= 1
+        if queued.work and queued.starting == 0:
+            self._wake.set()
 
-    async def _execute(self, owner: str, work: list[Work]) -> None:
-        try:
-            await self._record(owner, work)
-        except Exception:
-            log.exception("worker.batch_failed")  # its tokens come due again when their lease runs out
-        finally:
-            self._slots.release()
+    def _forget_empty(self) -> None:
+        for name in [n for n, q in self._queued.items() if not q.work and not q.starting and n != self._open]:
+            del self._queued[name]
 
     async def _work(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             try:
-                async with self._slots:
-                    done = await self._batch_once()
+                done = await self._take_queued() or await self._batch_once()
             except Exception:
                 log.exception("worker.batch_failed")  # its tokens come due again when their lease runs out
                 done = 0
             if done:
                 continue
             self._wake.clear()
+            if self._ready():
+                continue
             waiter = asyncio.ensure_future(self._wake.wait())
             stopper = asyncio.ensure_future(stopping.wait())
             await asyncio.wait({waiter, stopper}, timeout=self._poll, return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
             stopper.cancel()
+
+    def _ready(self) -> bool:
+        return any(q.work and not q.starting for q in self._queued.values())
+
+    async def _take_queued(self) -> int:
+        """Execute the oldest queue of started runs whose starts are all in.
+        A queue some start is still adding to is closed to new starts, so it
+        is complete soon; its last start wakes the workers."""
+        owner = None
+        for name, queued in self._queued.items():
+            if queued.work and not queued.starting:
+                owner = name
+                break
+            if queued.work:
+                queued.closed = True
+        if owner is None:
+            return 0
+        queued = self._queued.pop(owner)
+        if owner == self._open:
+            self._open = None
+        if self._clock.now() - queued.since > LEASE / 2:
+            # Held so long its lease may be running out: leave the tokens to a claim.
+            log.warning("worker.queued_too_long", tokens=len(queued.work))
+            return 0
+        CLAIMED.labels("eager").inc(len(queued.work))
+        await self._record(owner, queued.work)
+        return len(queued.work)
 
     def _claim_name(self) -> str:
         return f"{self._owner}#{next(self._claims)}"
@@ -135,3 +173,18 @@ class WorkerPool:
         BATCH_SECONDS.observe(time.perf_counter() - started)
         if recorded < len(outcomes):
             log.warning("worker.lease_lost", claimed=len(work), recorded=recorded)
+
+
+@dataclass
+class _Queued:
+    """Runs started under one claim name, waiting for a worker."""
+
+    since: dt.datetime
+    """When the first start joined."""
+    reserved: int = 0
+    """Runs the starts under this name may add (at most a batch)."""
+    starting: int = 0
+    """Starts still inserting their runs."""
+    closed: bool = False
+    """A worker waits for it: no new start joins."""
+    work: list[Work] = field(default_factory=list)

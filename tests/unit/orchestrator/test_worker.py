@@ -1,0 +1,106 @@
+"""The worker pool's queue of runs started in this replica: what joins a
+batch, when a worker may take it, and what is left to a claim."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+from overture.common.v1 import event_pb2
+from overture_orchestrator.model import RunState, TokenState
+from overture_orchestrator.runs import Outcome, Work
+from overture_orchestrator.worker import WorkerPool
+from overture_runtime.clock import ManualClock
+
+
+class _Runs:
+    """Records what was recorded, under which claim name; claims nothing."""
+
+    def __init__(self) -> None:
+        self.recorded: list[tuple[str, list[str]]] = []
+
+    async def claim(self, *, owner: str, limit: int) -> list[Work]:
+        return []
+
+    async def record(self, *, owner: str, outcomes: list[Outcome]) -> int:
+        self.recorded.append((owner, [o.work.run_id for o in outcomes]))
+        return len(outcomes)
+
+
+class _Executor:
+    async def execute(self, batch: list[Work]) -> list[Outcome]:
+        return [Outcome(work=w, run_state=RunState.COMPLETED, node="") for w in batch]
+
+
+def _work(run_id: str) -> Work:
+    return Work(tenant="t", run_id=run_id, token=0, journey="j", journey_version=1, subject_id="s", trigger_event=event_pb2.Event(),
+                inline_spec=None, node="a", state=TokenState.READY, attempts=0, evaluations=0)
+
+
+def _pool(clock: ManualClock, runs: _Runs, batch: int = 10) -> WorkerPool:
+    return WorkerPool(runs=runs, executor=_Executor(), owner="me", clock=clock, concurrency=1, batch=batch)  # type: ignore[arg-type]
+
+
+async def _drain(pool: WorkerPool) -> int:
+    return await pool._take_queued()
+
+
+async def test_starts_under_one_name_run_as_one_batch_once_every_start_is_in() -> None:
+    """Two starts share a claim name; a worker takes their runs together, and not while one of them is still inserting."""
+    runs = _Runs()
+    pool = _pool(ManualClock(), runs)
+    first, second = pool.eager(2), pool.eager(3)
+    assert first is not None and first == second
+    pool.dispatch(first, [_work("a"), _work("b")])
+    assert await _drain(pool) == 0 and runs.recorded == []  # the second start is still inserting
+    assert pool.eager(1) != first  # the waited-for queue is closed to new starts
+    pool.dispatch(first, [_work("c")])
+    assert await _drain(pool) == 3
+    assert runs.recorded == [(first, ["a", "b", "c"])]
+
+
+async def test_a_full_batch_opens_a_new_name_and_a_full_queue_refuses() -> None:
+    """A start that would overflow the open batch gets a new name; past four names, eager answers None."""
+    pool = _pool(ManualClock(), _Runs(), batch=10)
+    names = [pool.eager(6) for _ in range(4)]
+    assert len(set(names)) == 4 and None not in names
+    assert pool.eager(5) is None and pool.eager(11) is None  # the open name has room for 4 more only
+    for name in names:
+        assert name is not None
+        pool.dispatch(name, [])  # nothing new was started: the names are forgotten
+    assert pool.eager(1) is not None
+
+
+async def test_runs_queued_past_half_their_lease_are_left_to_a_claim() -> None:
+    """A queue that waited past half the lease is not executed: its tokens may already be due for another worker."""
+    clock = ManualClock()
+    runs = _Runs()
+    pool = _pool(clock, runs)
+    name = pool.eager(1)
+    assert name is not None
+    pool.dispatch(name, [_work("late")])
+    clock.advance(dt.timedelta(seconds=16))
+    assert await _drain(pool) == 0 and runs.recorded == []
+
+
+async def test_a_dispatch_wakes_an_idle_worker() -> None:
+    """A worker asleep on its poll executes queued runs as soon as they are dispatched."""
+    runs = _Runs()
+    pool = WorkerPool(runs=runs, executor=_Executor(), owner="me", clock=ManualClock(), concurrency=1, batch=10,  # type: ignore[arg-type]
+                      poll=3600)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(pool.run(stopping))
+    await asyncio.sleep(0.01)
+    name = pool.eager(1)
+    assert name is not None
+    pool.dispatch(name, [_work("now")])
+    for _ in range(100):
+        if runs.recorded:
+            break
+        await asyncio.sleep(0.01)
+    stopping.set()
+    pool.wake()
+    await task
+    assert runs.recorded == [(name, ["now"])]
+
+
