@@ -93,9 +93,11 @@ class CircuitBreaker:
             self._trials -= 1
 
     def success(self) -> None:
-        """The provider answered."""
+        """The provider answered (a call made while open, as a route's last resort, closes the circuit too)."""
         self._failures = 0
-        if self._state is CircuitState.HALF_OPEN:
+        if self._state is CircuitState.OPEN:
+            self._move(CircuitState.CLOSED)
+        elif self._state is CircuitState.HALF_OPEN:
             self._trial_successes += 1
             if self._trial_successes >= self._config.half_open_calls:
                 self._move(CircuitState.CLOSED)
@@ -103,6 +105,9 @@ class CircuitBreaker:
     def failure(self) -> None:
         """The provider failed a call."""
         if self._state is CircuitState.HALF_OPEN:
+            self._open()
+            return
+        if self._state is CircuitState.OPEN:  # a last-resort call failed: the open period starts again
             self._open()
             return
         self._failures += 1

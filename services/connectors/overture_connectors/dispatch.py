@@ -4,7 +4,12 @@ The route is the ordered list of providers for the message's channel (or
 the one provider the message names). Each provider is guarded by its
 circuit breaker, its rate limit and its concurrency bound, in that order:
 
-- an **open breaker** skips the provider: the message moves down the route;
+- an **open breaker** skips the provider: the message moves down the route.
+  The route's last provider is tried even when its circuit is open, if no
+  provider was called before it: a breaker steers messages to where they
+  can go, and never holds back a message that has nowhere else to go (the
+  retries that would follow would only burn the caller's attempts while the
+  provider may be back; a success there closes the circuit);
 - a **retryable failure** (the provider provably did not accept the
   message: refused for now, unreachable before the payload went out) counts
   against the breaker and moves the message down the route;
@@ -95,12 +100,13 @@ class Dispatcher:
         errors: list[str] = []
         retry_after: dt.timedelta | None = None
         reason = "PROVIDER_UNAVAILABLE"
-        for connector in route:
+        for position, connector in enumerate(route):
             breaker = self.breakers[connector.name]
-            if not breaker.allow():
+            last_resort = position == len(route) - 1 and calls == 0
+            if not breaker.allow() and not last_resort:
                 errors.append(f"{connector.name}: circuit open")
                 retry_after = _soonest(retry_after, breaker.retry_after())
-                reason = "CIRCUIT_OPEN" if calls == 0 else reason
+                reason = "CIRCUIT_OPEN"
                 continue
             wait = await self._limiter.acquire(self._providers[connector.name]) if self._limiter else 0.0
             if wait > 0:

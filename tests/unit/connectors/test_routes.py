@@ -91,18 +91,33 @@ async def test_when_every_provider_is_down_the_send_fails_retryably_and_is_sent_
     assert backup.sent == ["k1"]
 
 
-async def test_with_every_circuit_open_nothing_is_called_and_the_delay_is_the_soonest_reopening(db: Database, clock: ManualClock) -> None:
-    """Both circuits open: the send calls no provider, fails retryably with CIRCUIT_OPEN, and says when the first circuit reopens."""
+async def test_with_every_circuit_open_the_last_provider_is_still_tried_and_its_success_closes_it(
+        db: Database, clock: ManualClock) -> None:
+    """Both circuits open: the primary is skipped, the route's last provider is tried as a last resort, and its success closes its circuit."""
     primary, backup = FakeConnector("primary"), FakeConnector("backup")
+    deliveries = service(db, clock, primary, backup, threshold=1)
+    deliveries.dispatcher.breakers["primary"].failure()
+    deliveries.dispatcher.breakers["backup"].failure()
+    delivery, _ = await deliveries.send(TENANT, message("k1"))
+    assert (delivery.status, delivery.connector, delivery.attempts) == (S.DELIVERY_STATUS_SENT, "backup", 1)
+    assert primary.sent == [] and backup.sent == ["k1"]
+    assert deliveries.dispatcher.breakers["backup"].state is CircuitState.CLOSED
+    assert deliveries.dispatcher.breakers["primary"].state is CircuitState.OPEN
+
+
+async def test_a_failing_last_resort_call_fails_retryably_with_the_breakers_delay(db: Database, clock: ManualClock) -> None:
+    """Both circuits open and the last resort failing for now: the send is retryable, and the delay is the soonest reopening."""
+    primary, backup = FakeConnector("primary"), FakeConnector("backup")
+    backup.fail_for_now.add("k1")
     deliveries = service(db, clock, primary, backup, threshold=1)
     deliveries.dispatcher.breakers["primary"].failure()
     clock.advance(dt.timedelta(seconds=20))
     deliveries.dispatcher.breakers["backup"].failure()
     (outcome,) = await deliveries.send_many(TENANT, [message("k1")])
-    assert outcome.error is not None and outcome.error.reason == "CIRCUIT_OPEN"
-    assert outcome.error.retry_after == dt.timedelta(seconds=40)
-    assert outcome.delivery is not None and outcome.delivery.attempts == 0
-    assert primary.sent == backup.sent == []
+    assert outcome.error is not None and outcome.error.reason == "PROVIDER_UNAVAILABLE"
+    assert outcome.error.retry_after == dt.timedelta(seconds=5)
+    assert deliveries.dispatcher.breakers["backup"].retry_after() == dt.timedelta(seconds=60)
+    assert primary.sent == []
 
 
 async def test_a_message_naming_a_provider_uses_that_provider_alone(db: Database, clock: ManualClock) -> None:
