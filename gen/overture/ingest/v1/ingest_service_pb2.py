@@ -22,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from overture.common.v1 import auth_pb2 as overture_dot_common_dot_v1_dot_auth__pb2
 from overture.common.v1 import event_pb2 as overture_dot_common_dot_v1_dot_event__pb2
 from overture.common.v1 import field_violation_pb2 as overture_dot_common_dot_v1_dot_field__violation__pb2
@@ -29,7 +30,7 @@ from overture.common.v1 import validation_pb2 as overture_dot_common_dot_v1_dot_
 from overture.ingest.v1 import ingested_event_pb2 as overture_dot_ingest_dot_v1_dot_ingested__event__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'overture/ingest/v1/ingest_service.proto\x12\x12overture.ingest.v1\x1a\x1doverture/common/v1/auth.proto\x1a\x1eoverture/common/v1/event.proto\x1a(overture/common/v1/field_violation.proto\x1a#overture/common/v1/validation.proto\x1a\'overture/ingest/v1/ingested_event.proto\"F\n\x13IngestEventsRequest\x12/\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.overture.common.v1.EventB\x04\x90\xb5\x18\x01\"H\n\x14IngestEventsResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.overture.ingest.v1.EventResult\"\x9d\x01\n\x0b\x45ventResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x35\n\x06status\x18\x03 \x01(\x0e\x32%.overture.ingest.v1.EventResultStatus\x12\x36\n\nviolations\x18\x04 \x03(\x0b\x32\".overture.common.v1.FieldViolation\"#\n\x0fGetEventRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\"D\n\x10GetEventResponse\x12\x30\n\x05\x65vent\x18\x01 \x01(\x0b\x32!.overture.ingest.v1.IngestedEvent*\x9f\x01\n\x11\x45ventResultStatus\x12#\n\x1f\x45VENT_RESULT_STATUS_UNSPECIFIED\x10\x00\x12 \n\x1c\x45VENT_RESULT_STATUS_ACCEPTED\x10\x01\x12!\n\x1d\x45VENT_RESULT_STATUS_DUPLICATE\x10\x02\x12 \n\x1c\x45VENT_RESULT_STATUS_REJECTED\x10\x03\x32\xec\x01\n\rIngestService\x12s\n\x0cIngestEvents\x12\'.overture.ingest.v1.IngestEventsRequest\x1a(.overture.ingest.v1.IngestEventsResponse\"\x10\x8a\xb5\x18\x0c\x65vents.write\x12\x66\n\x08GetEvent\x12#.overture.ingest.v1.GetEventRequest\x1a$.overture.ingest.v1.GetEventResponse\"\x0f\x8a\xb5\x18\x0b\x65vents.readb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'overture/ingest/v1/ingest_service.proto\x12\x12overture.ingest.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1doverture/common/v1/auth.proto\x1a\x1eoverture/common/v1/event.proto\x1a(overture/common/v1/field_violation.proto\x1a#overture/common/v1/validation.proto\x1a\'overture/ingest/v1/ingested_event.proto\"F\n\x13IngestEventsRequest\x12/\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.overture.common.v1.EventB\x04\x90\xb5\x18\x01\"H\n\x14IngestEventsResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.overture.ingest.v1.EventResult\"\x9d\x01\n\x0b\x45ventResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x35\n\x06status\x18\x03 \x01(\x0e\x32%.overture.ingest.v1.EventResultStatus\x12\x36\n\nviolations\x18\x04 \x03(\x0b\x32\".overture.common.v1.FieldViolation\"#\n\x0fGetEventRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\"D\n\x10GetEventResponse\x12\x30\n\x05\x65vent\x18\x01 \x01(\x0b\x32!.overture.ingest.v1.IngestedEvent\"\xc1\x01\n\x11ListEventsRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x65vent_types\x18\x03 \x03(\t\x12\x12\n\nsubject_id\x18\x04 \x01(\t\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"`\n\x12ListEventsResponse\x12\x31\n\x06\x65vents\x18\x01 \x03(\x0b\x32!.overture.ingest.v1.IngestedEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x9f\x01\n\x11\x45ventResultStatus\x12#\n\x1f\x45VENT_RESULT_STATUS_UNSPECIFIED\x10\x00\x12 \n\x1c\x45VENT_RESULT_STATUS_ACCEPTED\x10\x01\x12!\n\x1d\x45VENT_RESULT_STATUS_DUPLICATE\x10\x02\x12 \n\x1c\x45VENT_RESULT_STATUS_REJECTED\x10\x03\x32\xda\x02\n\rIngestService\x12s\n\x0cIngestEvents\x12\'.overture.ingest.v1.IngestEventsRequest\x1a(.overture.ingest.v1.IngestEventsResponse\"\x10\x8a\xb5\x18\x0c\x65vents.write\x12\x66\n\x08GetEvent\x12#.overture.ingest.v1.GetEventRequest\x1a$.overture.ingest.v1.GetEventResponse\"\x0f\x8a\xb5\x18\x0b\x65vents.read\x12l\n\nListEvents\x12%.overture.ingest.v1.ListEventsRequest\x1a&.overture.ingest.v1.ListEventsResponse\"\x0f\x8a\xb5\x18\x0b\x65vents.readb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,18 +43,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INGESTSERVICE'].methods_by_name['IngestEvents']._serialized_options = b'\212\265\030\014events.write'
   _globals['_INGESTSERVICE'].methods_by_name['GetEvent']._loaded_options = None
   _globals['_INGESTSERVICE'].methods_by_name['GetEvent']._serialized_options = b'\212\265\030\013events.read'
-  _globals['_EVENTRESULTSTATUS']._serialized_start=660
-  _globals['_EVENTRESULTSTATUS']._serialized_end=819
-  _globals['_INGESTEVENTSREQUEST']._serialized_start=246
-  _globals['_INGESTEVENTSREQUEST']._serialized_end=316
-  _globals['_INGESTEVENTSRESPONSE']._serialized_start=318
-  _globals['_INGESTEVENTSRESPONSE']._serialized_end=390
-  _globals['_EVENTRESULT']._serialized_start=393
-  _globals['_EVENTRESULT']._serialized_end=550
-  _globals['_GETEVENTREQUEST']._serialized_start=552
-  _globals['_GETEVENTREQUEST']._serialized_end=587
-  _globals['_GETEVENTRESPONSE']._serialized_start=589
-  _globals['_GETEVENTRESPONSE']._serialized_end=657
-  _globals['_INGESTSERVICE']._serialized_start=822
-  _globals['_INGESTSERVICE']._serialized_end=1058
+  _globals['_INGESTSERVICE'].methods_by_name['ListEvents']._loaded_options = None
+  _globals['_INGESTSERVICE'].methods_by_name['ListEvents']._serialized_options = b'\212\265\030\013events.read'
+  _globals['_EVENTRESULTSTATUS']._serialized_start=987
+  _globals['_EVENTRESULTSTATUS']._serialized_end=1146
+  _globals['_INGESTEVENTSREQUEST']._serialized_start=279
+  _globals['_INGESTEVENTSREQUEST']._serialized_end=349
+  _globals['_INGESTEVENTSRESPONSE']._serialized_start=351
+  _globals['_INGESTEVENTSRESPONSE']._serialized_end=423
+  _globals['_EVENTRESULT']._serialized_start=426
+  _globals['_EVENTRESULT']._serialized_end=583
+  _globals['_GETEVENTREQUEST']._serialized_start=585
+  _globals['_GETEVENTREQUEST']._serialized_end=620
+  _globals['_GETEVENTRESPONSE']._serialized_start=622
+  _globals['_GETEVENTRESPONSE']._serialized_end=690
+  _globals['_LISTEVENTSREQUEST']._serialized_start=693
+  _globals['_LISTEVENTSREQUEST']._serialized_end=886
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=888
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=984
+  _globals['_INGESTSERVICE']._serialized_start=1149
+  _globals['_INGESTSERVICE']._serialized_end=1495
 # @@protoc_insertion_point(module_scope)

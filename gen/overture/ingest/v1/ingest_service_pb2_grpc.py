@@ -47,6 +47,11 @@ class IngestServiceStub:
                 request_serializer=overture_dot_ingest_dot_v1_dot_ingest__service__pb2.GetEventRequest.SerializeToString,
                 response_deserializer=overture_dot_ingest_dot_v1_dot_ingest__service__pb2.GetEventResponse.FromString,
                 _registered_method=True)
+        self.ListEvents = channel.unary_unary(
+                '/overture.ingest.v1.IngestService/ListEvents',
+                request_serializer=overture_dot_ingest_dot_v1_dot_ingest__service__pb2.ListEventsRequest.SerializeToString,
+                response_deserializer=overture_dot_ingest_dot_v1_dot_ingest__service__pb2.ListEventsResponse.FromString,
+                _registered_method=True)
 
 
 class IngestServiceServicer:
@@ -73,6 +78,15 @@ class IngestServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListEvents(self, request, context):
+        """Lists the accepted events of a time window (by commit time), oldest
+        first, for backtests and replays. Events past the retention period are
+        gone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IngestServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -85,6 +99,11 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     servicer.GetEvent,
                     request_deserializer=overture_dot_ingest_dot_v1_dot_ingest__service__pb2.GetEventRequest.FromString,
                     response_serializer=overture_dot_ingest_dot_v1_dot_ingest__service__pb2.GetEventResponse.SerializeToString,
+            ),
+            'ListEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvents,
+                    request_deserializer=overture_dot_ingest_dot_v1_dot_ingest__service__pb2.ListEventsRequest.FromString,
+                    response_serializer=overture_dot_ingest_dot_v1_dot_ingest__service__pb2.ListEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -144,6 +163,33 @@ class IngestService:
             '/overture.ingest.v1.IngestService/GetEvent',
             overture_dot_ingest_dot_v1_dot_ingest__service__pb2.GetEventRequest.SerializeToString,
             overture_dot_ingest_dot_v1_dot_ingest__service__pb2.GetEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/overture.ingest.v1.IngestService/ListEvents',
+            overture_dot_ingest_dot_v1_dot_ingest__service__pb2.ListEventsRequest.SerializeToString,
+            overture_dot_ingest_dot_v1_dot_ingest__service__pb2.ListEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,11 @@ class IngestServiceStub:
     """Returns an accepted event, its normalized form, and what became of it.
     Answers NOT_FOUND for an id that was never accepted.
     """
+    ListEvents: _grpc.UnaryUnaryMultiCallable[_ingest_service_pb2.ListEventsRequest, _ingest_service_pb2.ListEventsResponse]
+    """Lists the accepted events of a time window (by commit time), oldest
+    first, for backtests and replays. Events past the retention period are
+    gone.
+    """
 
 @_typing.type_check_only
 class IngestServiceAsyncStub(IngestServiceStub):
@@ -64,6 +69,11 @@ class IngestServiceAsyncStub(IngestServiceStub):
     GetEvent: _aio.UnaryUnaryMultiCallable[_ingest_service_pb2.GetEventRequest, _ingest_service_pb2.GetEventResponse]  # type: ignore[assignment]
     """Returns an accepted event, its normalized form, and what became of it.
     Answers NOT_FOUND for an id that was never accepted.
+    """
+    ListEvents: _aio.UnaryUnaryMultiCallable[_ingest_service_pb2.ListEventsRequest, _ingest_service_pb2.ListEventsResponse]  # type: ignore[assignment]
+    """Lists the accepted events of a time window (by commit time), oldest
+    first, for backtests and replays. Events past the retention period are
+    gone.
     """
 
 class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -92,6 +102,17 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_ingest_service_pb2.GetEventResponse, _abc.Awaitable[_ingest_service_pb2.GetEventResponse]]:
         """Returns an accepted event, its normalized form, and what became of it.
         Answers NOT_FOUND for an id that was never accepted.
+        """
+
+    @_abc_1.abstractmethod
+    def ListEvents(
+        self,
+        request: _ingest_service_pb2.ListEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_service_pb2.ListEventsResponse, _abc.Awaitable[_ingest_service_pb2.ListEventsResponse]]:
+        """Lists the accepted events of a time window (by commit time), oldest
+        first, for backtests and replays. Events past the retention period are
+        gone.
         """
 
 def add_IngestServiceServicer_to_server(servicer: IngestServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

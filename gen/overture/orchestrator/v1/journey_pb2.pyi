@@ -37,6 +37,10 @@ class _JourneyStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JourneyS
     """No new runs start, and pending timers are cancelled."""
     JOURNEY_STATE_SUPERSEDED: _JourneyState.ValueType  # 3
     """Superseded by a newer version; its runs finish on it."""
+    JOURNEY_STATE_ARCHIVED: _JourneyState.ValueType  # 4
+    """Retired: no new runs start, its live runs and timers were cancelled
+    with a reason, and their history is kept. A new publish revives it.
+    """
 
 class JourneyState(_JourneyState, metaclass=_JourneyStateEnumTypeWrapper):
     """Whether a journey starts new runs."""
@@ -49,7 +53,65 @@ JOURNEY_STATE_PAUSED: JourneyState.ValueType  # 2
 """No new runs start, and pending timers are cancelled."""
 JOURNEY_STATE_SUPERSEDED: JourneyState.ValueType  # 3
 """Superseded by a newer version; its runs finish on it."""
+JOURNEY_STATE_ARCHIVED: JourneyState.ValueType  # 4
+"""Retired: no new runs start, its live runs and timers were cancelled
+with a reason, and their history is kept. A new publish revives it.
+"""
 Global___JourneyState: _TypeAlias = JourneyState  # noqa: Y015
+
+class _EntryMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EntryModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EntryMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ENTRY_MODE_UNSPECIFIED: _EntryMode.ValueType  # 0
+    """Not set: the same as ENTRY_MODE_ALWAYS."""
+    ENTRY_MODE_ALWAYS: _EntryMode.ValueType  # 1
+    """On every trigger."""
+    ENTRY_MODE_ONCE: _EntryMode.ValueType  # 2
+    """Once ever, across the journey's versions."""
+    ENTRY_MODE_ONCE_PER_WINDOW: _EntryMode.ValueType  # 3
+    """At most once per `window`."""
+
+class EntryMode(_EntryMode, metaclass=_EntryModeEnumTypeWrapper):
+    """How often a subject may enter a journey. Simultaneous triggers for one
+    subject start one run whatever the mode.
+    """
+
+ENTRY_MODE_UNSPECIFIED: EntryMode.ValueType  # 0
+"""Not set: the same as ENTRY_MODE_ALWAYS."""
+ENTRY_MODE_ALWAYS: EntryMode.ValueType  # 1
+"""On every trigger."""
+ENTRY_MODE_ONCE: EntryMode.ValueType  # 2
+"""Once ever, across the journey's versions."""
+ENTRY_MODE_ONCE_PER_WINDOW: EntryMode.ValueType  # 3
+"""At most once per `window`."""
+Global___EntryMode: _TypeAlias = EntryMode  # noqa: Y015
+
+class _JoinMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JoinModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JoinMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOIN_MODE_UNSPECIFIED: _JoinMode.ValueType  # 0
+    """Not set: the same as JOIN_MODE_ALL."""
+    JOIN_MODE_ALL: _JoinMode.ValueType  # 1
+    """Wait for every branch."""
+    JOIN_MODE_ANY: _JoinMode.ValueType  # 2
+    """Go on with the first branch to arrive; the others are cancelled."""
+
+class JoinMode(_JoinMode, metaclass=_JoinModeEnumTypeWrapper):
+    """How a join step waits."""
+
+JOIN_MODE_UNSPECIFIED: JoinMode.ValueType  # 0
+"""Not set: the same as JOIN_MODE_ALL."""
+JOIN_MODE_ALL: JoinMode.ValueType  # 1
+"""Wait for every branch."""
+JOIN_MODE_ANY: JoinMode.ValueType  # 2
+"""Go on with the first branch to arrive; the others are cancelled."""
+Global___JoinMode: _TypeAlias = JoinMode  # noqa: Y015
 
 @_typing.final
 class Journey(_message.Message):
@@ -140,6 +202,8 @@ class JourneySpec(_message.Message):
     STEPS_FIELD_NUMBER: _builtins.int
     TEMPLATES_FIELD_NUMBER: _builtins.int
     SETTINGS_FIELD_NUMBER: _builtins.int
+    ENTRY_FIELD_NUMBER: _builtins.int
+    GOAL_FIELD_NUMBER: _builtins.int
     description: _builtins.str
     """What the journey is for."""
     rule_set: _builtins.str
@@ -160,6 +224,16 @@ class JourneySpec(_message.Message):
     def settings(self) -> Global___JourneySettings:
         """Limits of the journey."""
 
+    @_builtins.property
+    def entry(self) -> Global___EntryPolicy:
+        """Who may enter, and how often. Unset lets a subject enter on every
+        trigger (within `settings.allow_concurrent_runs`).
+        """
+
+    @_builtins.property
+    def goal(self) -> Global___Goal:
+        """An event that ends a run from any step, counted as converted."""
+
     def __init__(
         self,
         *,
@@ -169,14 +243,70 @@ class JourneySpec(_message.Message):
         steps: _abc.Iterable[Global___Step] | None = ...,
         templates: _abc.Mapping[_builtins.str, Global___MessageTemplate] | None = ...,
         settings: Global___JourneySettings | None = ...,
+        entry: Global___EntryPolicy | None = ...,
+        goal: Global___Goal | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings", "trigger", b"trigger"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "goal", b"goal", "settings", b"settings", "trigger", b"trigger"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "rule_set", b"rule_set", "settings", b"settings", "steps", b"steps", "templates", b"templates", "trigger", b"trigger"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "entry", b"entry", "goal", b"goal", "rule_set", b"rule_set", "settings", b"settings", "steps", b"steps", "templates", b"templates", "trigger", b"trigger"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JourneySpec: _TypeAlias = JourneySpec  # noqa: Y015
+
+@_typing.final
+class EntryPolicy(_message.Message):
+    """Who may enter a journey, and how often."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    mode: Global___EntryMode.ValueType
+    """How often a subject may enter."""
+    @_builtins.property
+    def window(self) -> _duration_pb2.Duration:
+        """For ENTRY_MODE_ONCE_PER_WINDOW: the window, from the last entry."""
+
+    def __init__(
+        self,
+        *,
+        mode: Global___EntryMode.ValueType = ...,
+        window: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["window", b"window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EntryPolicy: _TypeAlias = EntryPolicy  # noqa: Y015
+
+@_typing.final
+class Goal(_message.Message):
+    """An event that ends a run from any step, as converted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    event_type: _builtins.str
+    """The event type, for example `order.completed`."""
+    filter: _builtins.str
+    """An optional rule-engine expression over `attributes` of the event."""
+    def __init__(
+        self,
+        *,
+        event_type: _builtins.str = ...,
+        filter: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_type", b"event_type", "filter", b"filter"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Goal: _TypeAlias = Goal  # noqa: Y015
 
 @_typing.final
 class JourneyTrigger(_message.Message):
@@ -187,6 +317,8 @@ class JourneyTrigger(_message.Message):
     EVENT_FIELD_NUMBER: _builtins.int
     SCHEDULE_FIELD_NUMBER: _builtins.int
     MANUAL_FIELD_NUMBER: _builtins.int
+    INACTIVITY_FIELD_NUMBER: _builtins.int
+    SEGMENT_ENTERED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event(self) -> Global___EventTrigger:
         """An event of a type, optionally filtered."""
@@ -199,18 +331,28 @@ class JourneyTrigger(_message.Message):
     def manual(self) -> Global___ManualTrigger:
         """Only the Trigger RPC starts runs."""
 
+    @_builtins.property
+    def inactivity(self) -> Global___InactivityTrigger:
+        """No event of a type for a while."""
+
+    @_builtins.property
+    def segment_entered(self) -> Global___SegmentEnteredTrigger:
+        """The subject entered a segment (a `segment.entered` event)."""
+
     def __init__(
         self,
         *,
         event: Global___EventTrigger | None = ...,
         schedule: Global___ScheduleTrigger | None = ...,
         manual: Global___ManualTrigger | None = ...,
+        inactivity: Global___InactivityTrigger | None = ...,
+        segment_entered: Global___SegmentEnteredTrigger | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "kind", b"kind", "manual", b"manual", "schedule", b"schedule"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "inactivity", b"inactivity", "kind", b"kind", "manual", b"manual", "schedule", b"schedule", "segment_entered", b"segment_entered"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "kind", b"kind", "manual", b"manual", "schedule", b"schedule"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "inactivity", b"inactivity", "kind", b"kind", "manual", b"manual", "schedule", b"schedule", "segment_entered", b"segment_entered"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["event", "schedule", "manual"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["event", "schedule", "manual", "inactivity", "segment_entered"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -224,21 +366,27 @@ class EventTrigger(_message.Message):
 
     EVENT_TYPE_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
+    PROFILE_CONDITION_FIELD_NUMBER: _builtins.int
     event_type: _builtins.str
     """The event type, for example `user.signed_up`."""
     filter: _builtins.str
     """An optional rule-engine expression over `attributes` of the event, for
     example `attributes.plan == "pro"`.
     """
+    profile_condition: _builtins.str
+    """An optional second condition, ANDed: a rule-engine expression over the
+    subject's `profile`, for example `"vip" in profile.segments`.
+    """
     def __init__(
         self,
         *,
         event_type: _builtins.str = ...,
         filter: _builtins.str = ...,
+        profile_condition: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_type", b"event_type", "filter", b"filter"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_type", b"event_type", "filter", b"filter", "profile_condition", b"profile_condition"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -246,33 +394,95 @@ Global___EventTrigger: _TypeAlias = EventTrigger  # noqa: Y015
 
 @_typing.final
 class ScheduleTrigger(_message.Message):
-    """Starts a run for each subject of a segment on a cron schedule."""
+    """Starts a run for each subject of a segment, or each subject whose profile
+    matches a condition, on a cron schedule. Subjects are entered in bounded
+    batches, under the same guardrails as any run.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     CRON_FIELD_NUMBER: _builtins.int
     TIMEZONE_FIELD_NUMBER: _builtins.int
     SEGMENT_FIELD_NUMBER: _builtins.int
+    PROFILE_CONDITION_FIELD_NUMBER: _builtins.int
     cron: _builtins.str
     """A five-field cron expression, for example `0 9 * * MON`."""
     timezone: _builtins.str
     """The IANA time zone the schedule is read in."""
     segment: _builtins.str
-    """The segment whose subjects are enrolled."""
+    """The segment whose subjects are enrolled. Either this or
+    `profile_condition` (or both, ANDed) must be set.
+    """
+    profile_condition: _builtins.str
+    """A rule-engine expression over `profile` that enrolled subjects match."""
     def __init__(
         self,
         *,
         cron: _builtins.str = ...,
         timezone: _builtins.str = ...,
         segment: _builtins.str = ...,
+        profile_condition: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cron", b"cron", "segment", b"segment", "timezone", b"timezone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cron", b"cron", "profile_condition", b"profile_condition", "segment", b"segment", "timezone", b"timezone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ScheduleTrigger: _TypeAlias = ScheduleTrigger  # noqa: Y015
+
+@_typing.final
+class InactivityTrigger(_message.Message):
+    """Starts a run for a subject that had no event of a type for a while: each
+    such event (re)arms a durable timer for the subject, and the run starts
+    when the timer fires with no newer event.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    event_type: _builtins.str
+    """The event type whose absence counts, for example `session.started`."""
+    @_builtins.property
+    def period(self) -> _duration_pb2.Duration:
+        """How long without one, for example 30 days."""
+
+    def __init__(
+        self,
+        *,
+        event_type: _builtins.str = ...,
+        period: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["period", b"period"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_type", b"event_type", "period", b"period"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InactivityTrigger: _TypeAlias = InactivityTrigger  # noqa: Y015
+
+@_typing.final
+class SegmentEnteredTrigger(_message.Message):
+    """Starts a run when the subject enters a segment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEGMENT_FIELD_NUMBER: _builtins.int
+    segment: _builtins.str
+    """The segment's name."""
+    def __init__(
+        self,
+        *,
+        segment: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["segment", b"segment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SegmentEnteredTrigger: _TypeAlias = SegmentEnteredTrigger  # noqa: Y015
 
 @_typing.final
 class ManualTrigger(_message.Message):
@@ -301,6 +511,7 @@ class Step(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     NEXT_FIELD_NUMBER: _builtins.int
     RETRY_FIELD_NUMBER: _builtins.int
+    MAX_VISITS_FIELD_NUMBER: _builtins.int
     SEND_FIELD_NUMBER: _builtins.int
     CONDITION_FIELD_NUMBER: _builtins.int
     DELAY_FIELD_NUMBER: _builtins.int
@@ -310,6 +521,11 @@ class Step(_message.Message):
     WEBHOOK_FIELD_NUMBER: _builtins.int
     SPLIT_FIELD_NUMBER: _builtins.int
     EXIT_FIELD_NUMBER: _builtins.int
+    MULTI_SPLIT_FIELD_NUMBER: _builtins.int
+    NOTIFY_FIELD_NUMBER: _builtins.int
+    WAIT_UNTIL_FIELD_NUMBER: _builtins.int
+    PARALLEL_FIELD_NUMBER: _builtins.int
+    JOIN_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The step's id, unique in the journey: lower-case letters, digits, dashes.
     Side effects of a step carry the key `run_id:step_id`.
@@ -319,6 +535,12 @@ class Step(_message.Message):
     next: _builtins.str
     """The id of the step that follows; empty ends the run. Ignored by
     condition and split steps, which choose their own next step.
+    """
+    max_visits: _builtins.int
+    """Makes this step the head of an explicitly bounded loop: an edge back to
+    it is allowed, and a run reaches it at most this many times; one more
+    time ends the run (completed, with the outcome `loop bound reached`).
+    0: no loop may lead back to this step (publish refuses the cycle).
     """
     @_builtins.property
     def retry(self) -> Global___RetryPolicy:
@@ -360,6 +582,26 @@ class Step(_message.Message):
     def exit(self) -> Global___ExitStep:
         """End the run, optionally recording a goal."""
 
+    @_builtins.property
+    def multi_split(self) -> Global___MultiSplitStep:
+        """Branch to the first case whose condition holds, else a default."""
+
+    @_builtins.property
+    def notify(self) -> Global___NotifyStep:
+        """Notify a team or create a task, through a connector."""
+
+    @_builtins.property
+    def wait_until(self) -> Global___WaitUntilStep:
+        """Wait until a profile condition holds, with a timeout."""
+
+    @_builtins.property
+    def parallel(self) -> Global___ParallelStep:
+        """Run branches side by side; they meet again at a join step."""
+
+    @_builtins.property
+    def join(self) -> Global___JoinStep:
+        """Where parallel branches meet: wait for all of them, or for the first."""
+
     def __init__(
         self,
         *,
@@ -367,6 +609,7 @@ class Step(_message.Message):
         description: _builtins.str = ...,
         next: _builtins.str = ...,
         retry: Global___RetryPolicy | None = ...,
+        max_visits: _builtins.int = ...,
         send: Global___SendStep | None = ...,
         condition: Global___ConditionStep | None = ...,
         delay: Global___DelayStep | None = ...,
@@ -376,12 +619,17 @@ class Step(_message.Message):
         webhook: Global___WebhookStep | None = ...,
         split: Global___SplitStep | None = ...,
         exit: Global___ExitStep | None = ...,
+        multi_split: Global___MultiSplitStep | None = ...,
+        notify: Global___NotifyStep | None = ...,
+        wait_until: Global___WaitUntilStep | None = ...,
+        parallel: Global___ParallelStep | None = ...,
+        join: Global___JoinStep | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "condition", b"condition", "delay", b"delay", "exit", b"exit", "kind", b"kind", "retry", b"retry", "send", b"send", "split", b"split", "update_profile", b"update_profile", "wait_for_event", b"wait_for_event", "webhook", b"webhook"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "condition", b"condition", "delay", b"delay", "exit", b"exit", "join", b"join", "kind", b"kind", "multi_split", b"multi_split", "notify", b"notify", "parallel", b"parallel", "retry", b"retry", "send", b"send", "split", b"split", "update_profile", b"update_profile", "wait_for_event", b"wait_for_event", "wait_until", b"wait_until", "webhook", b"webhook"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "condition", b"condition", "delay", b"delay", "description", b"description", "exit", b"exit", "id", b"id", "kind", b"kind", "next", b"next", "retry", b"retry", "send", b"send", "split", b"split", "update_profile", b"update_profile", "wait_for_event", b"wait_for_event", "webhook", b"webhook"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "condition", b"condition", "delay", b"delay", "description", b"description", "exit", b"exit", "id", b"id", "join", b"join", "kind", b"kind", "max_visits", b"max_visits", "multi_split", b"multi_split", "next", b"next", "notify", b"notify", "parallel", b"parallel", "retry", b"retry", "send", b"send", "split", b"split", "update_profile", b"update_profile", "wait_for_event", b"wait_for_event", "wait_until", b"wait_until", "webhook", b"webhook"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["send", "condition", "delay", "wait_for_event", "approval", "update_profile", "webhook", "split", "exit"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["send", "condition", "delay", "wait_for_event", "approval", "update_profile", "webhook", "split", "exit", "multi_split", "notify", "wait_until", "parallel", "join"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -476,31 +724,120 @@ Global___ConditionStep: _TypeAlias = ConditionStep  # noqa: Y015
 
 @_typing.final
 class DelayStep(_message.Message):
-    """Waits for a duration. The timer is durable."""
+    """Waits, on a durable timer. Exactly one of the fields says until when;
+    a wait of more than 90 days is refused at publish.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     DURATION_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    UNTIL_LOCAL_TIME_FIELD_NUMBER: _builtins.int
+    UNTIL_TRAIT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def duration(self) -> _duration_pb2.Duration:
-        """How long to wait."""
+        """For a duration."""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """Until a time; a time already past does not wait."""
+
+    @_builtins.property
+    def until_local_time(self) -> Global___LocalTimeWindow:
+        """Until a local time of day, on given weekdays, in the subject's time
+        zone (the profile's, else the rule set's default, else UTC).
+        """
+
+    @_builtins.property
+    def until_trait(self) -> Global___TraitDate:
+        """Until a date held in a profile trait, plus or minus an offset (for
+        example 7 days before `renewal_date`).
+        """
 
     def __init__(
         self,
         *,
         duration: _duration_pb2.Duration | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        until_local_time: Global___LocalTimeWindow | None = ...,
+        until_trait: Global___TraitDate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "until", b"until", "until_local_time", b"until_local_time", "until_trait", b"until_trait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "until", b"until", "until_local_time", b"until_local_time", "until_trait", b"until_trait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DelayStep: _TypeAlias = DelayStep  # noqa: Y015
 
 @_typing.final
+class LocalTimeWindow(_message.Message):
+    """A local time of day, on some weekdays."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    WEEKDAYS_FIELD_NUMBER: _builtins.int
+    time: _builtins.str
+    """The time, `HH:MM` on a 24-hour clock, for example `09:00`."""
+    @_builtins.property
+    def weekdays(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The weekdays allowed, as `mon` to `sun`; empty allows every day."""
+
+    def __init__(
+        self,
+        *,
+        time: _builtins.str = ...,
+        weekdays: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["time", b"time", "weekdays", b"weekdays"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LocalTimeWindow: _TypeAlias = LocalTimeWindow  # noqa: Y015
+
+@_typing.final
+class TraitDate(_message.Message):
+    """A point in time computed from a profile trait."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRAIT_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    ON_MISSING_STEP_FIELD_NUMBER: _builtins.int
+    trait: _builtins.str
+    """The trait holding an ISO 8601 date or date-time, for example
+    `renewal_date`. A date is read as midnight in the subject's time zone.
+    """
+    on_missing_step: _builtins.str
+    """The step when the trait is missing or not a date; empty ends the run."""
+    @_builtins.property
+    def offset(self) -> _duration_pb2.Duration:
+        """Added to the trait's time; negative for before it."""
+
+    def __init__(
+        self,
+        *,
+        trait: _builtins.str = ...,
+        offset: _duration_pb2.Duration | None = ...,
+        on_missing_step: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "on_missing_step", b"on_missing_step", "trait", b"trait"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TraitDate: _TypeAlias = TraitDate  # noqa: Y015
+
+@_typing.final
 class WaitForEventStep(_message.Message):
-    """Waits for an event of the same subject, or a timeout."""
+    """Waits for an event of the same subject, or a timeout. The event that
+    arrives is kept in the run as `steps.<step id>.event`, for the later
+    steps' conditions, templates and webhooks.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -508,15 +845,18 @@ class WaitForEventStep(_message.Message):
     TIMEOUT_FIELD_NUMBER: _builtins.int
     ON_EVENT_STEP_FIELD_NUMBER: _builtins.int
     ON_TIMEOUT_STEP_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     event_type: _builtins.str
     """The event type to wait for."""
     on_event_step: _builtins.str
-    """The step when the event arrives; empty ends the run."""
+    """The step when the event arrives (edge `event`); empty ends the run."""
     on_timeout_step: _builtins.str
-    """The step on timeout; empty ends the run."""
+    """The step on timeout (edge `timeout`); empty ends the run."""
+    filter: _builtins.str
+    """An optional rule-engine expression over the event's `attributes`."""
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
-        """How long to wait."""
+        """How long to wait, at most 90 days."""
 
     def __init__(
         self,
@@ -525,31 +865,78 @@ class WaitForEventStep(_message.Message):
         timeout: _duration_pb2.Duration | None = ...,
         on_event_step: _builtins.str = ...,
         on_timeout_step: _builtins.str = ...,
+        filter: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_type", b"event_type", "on_event_step", b"on_event_step", "on_timeout_step", b"on_timeout_step", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_type", b"event_type", "filter", b"filter", "on_event_step", b"on_event_step", "on_timeout_step", b"on_timeout_step", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WaitForEventStep: _TypeAlias = WaitForEventStep  # noqa: Y015
 
 @_typing.final
+class WaitUntilStep(_message.Message):
+    """Waits until a rule-engine expression over `profile` holds, re-checked
+    whenever the subject's profile changes, with a timeout.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPRESSION_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    ON_TRUE_STEP_FIELD_NUMBER: _builtins.int
+    ON_TIMEOUT_STEP_FIELD_NUMBER: _builtins.int
+    expression: _builtins.str
+    """The condition, for example `"trial-ended" in profile.segments`."""
+    on_true_step: _builtins.str
+    """The step when the condition holds; empty ends the run."""
+    on_timeout_step: _builtins.str
+    """The step on timeout; empty ends the run."""
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """How long to wait, at most 90 days."""
+
+    def __init__(
+        self,
+        *,
+        expression: _builtins.str = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+        on_true_step: _builtins.str = ...,
+        on_timeout_step: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expression", b"expression", "on_timeout_step", b"on_timeout_step", "on_true_step", b"on_true_step", "timeout", b"timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WaitUntilStep: _TypeAlias = WaitUntilStep  # noqa: Y015
+
+@_typing.final
 class ApprovalStep(_message.Message):
-    """Waits for a human to approve or reject the run."""
+    """Waits for a human to approve or reject the run (DecideApproval, with the
+    `approvals.decide` role). Unanswered, it is rejected automatically after
+    its timeout, logged as such. Every decision goes to the audit log.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     APPROVER_ROLE_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
     ON_REJECT_STEP_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
     approver_role: _builtins.str
-    """Who is asked, for the approval queue."""
+    """Who is asked, shown in the approval queue."""
     on_reject_step: _builtins.str
-    """The step when rejected; empty ends the run."""
+    """The step when rejected; empty ends the run. Approval follows `next`."""
+    message: _builtins.str
+    """What the approver is asked, a template."""
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
-        """How long to wait before the step is rejected automatically."""
+        """How long to wait before the step is rejected automatically; 0 means
+        24 hours.
+        """
 
     def __init__(
         self,
@@ -557,10 +944,11 @@ class ApprovalStep(_message.Message):
         approver_role: _builtins.str = ...,
         timeout: _duration_pb2.Duration | None = ...,
         on_reject_step: _builtins.str = ...,
+        message: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approver_role", b"approver_role", "on_reject_step", b"on_reject_step", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approver_role", b"approver_role", "message", b"message", "on_reject_step", b"on_reject_step", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -568,23 +956,83 @@ Global___ApprovalStep: _TypeAlias = ApprovalStep  # noqa: Y015
 
 @_typing.final
 class UpdateProfileStep(_message.Message):
-    """Merges traits into the subject's profile."""
+    """Changes the subject's profile through the rules service, once per run and
+    step (idempotent on `run_id:step_id`).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class IncrementEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     TRAITS_FIELD_NUMBER: _builtins.int
+    UNSET_TRAITS_FIELD_NUMBER: _builtins.int
+    ADD_TAGS_FIELD_NUMBER: _builtins.int
+    REMOVE_TAGS_FIELD_NUMBER: _builtins.int
+    ENTER_SEGMENTS_FIELD_NUMBER: _builtins.int
+    EXIT_SEGMENTS_FIELD_NUMBER: _builtins.int
+    INCREMENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def traits(self) -> _struct_pb2.Struct:
-        """The traits to merge; string values are templates."""
+        """Traits to set; string values are templates."""
+
+    @_builtins.property
+    def unset_traits(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Traits to remove."""
+
+    @_builtins.property
+    def add_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tags to add."""
+
+    @_builtins.property
+    def remove_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tags to remove."""
+
+    @_builtins.property
+    def enter_segments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Segments to enter."""
+
+    @_builtins.property
+    def exit_segments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Segments to leave."""
+
+    @_builtins.property
+    def increment(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Numeric traits to add to, for example `{"lead_score": 10}`; a missing
+        trait counts as 0.
+        """
 
     def __init__(
         self,
         *,
         traits: _struct_pb2.Struct | None = ...,
+        unset_traits: _abc.Iterable[_builtins.str] | None = ...,
+        add_tags: _abc.Iterable[_builtins.str] | None = ...,
+        remove_tags: _abc.Iterable[_builtins.str] | None = ...,
+        enter_segments: _abc.Iterable[_builtins.str] | None = ...,
+        exit_segments: _abc.Iterable[_builtins.str] | None = ...,
+        increment: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["traits", b"traits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["traits", b"traits"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add_tags", b"add_tags", "enter_segments", b"enter_segments", "exit_segments", b"exit_segments", "increment", b"increment", "remove_tags", b"remove_tags", "traits", b"traits", "unset_traits", b"unset_traits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -592,14 +1040,21 @@ Global___UpdateProfileStep: _TypeAlias = UpdateProfileStep  # noqa: Y015
 
 @_typing.final
 class WebhookStep(_message.Message):
-    """Calls an HTTP endpoint, signed per the Standard Webhooks spec."""
+    """Calls an HTTP endpoint through the connectors service (a webhook
+    provider), signed per the Standard Webhooks spec.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     URL_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
+    KEEP_RESPONSE_FIELD_NUMBER: _builtins.int
     url: _builtins.str
-    """The URL to call."""
+    """The URL to call, a template."""
+    keep_response: _builtins.bool
+    """Keep the response in the run as `steps.<step id>.response` (the status
+    and the JSON body, at most 64 KiB), for later steps.
+    """
     @_builtins.property
     def body(self) -> _struct_pb2.Struct:
         """The JSON body; string values are templates."""
@@ -609,18 +1064,66 @@ class WebhookStep(_message.Message):
         *,
         url: _builtins.str = ...,
         body: _struct_pb2.Struct | None = ...,
+        keep_response: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "keep_response", b"keep_response", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WebhookStep: _TypeAlias = WebhookStep  # noqa: Y015
 
 @_typing.final
+class NotifyStep(_message.Message):
+    """Sends an internal notification, or creates a task, through a connector:
+    not to the subject, and not subject to its consent or caps.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    TO_FIELD_NUMBER: _builtins.int
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    ASSIGNEE_FIELD_NUMBER: _builtins.int
+    channel: _messaging_pb2.Channel.ValueType
+    """The channel, for example webhook or in-app; Slack providers take
+    webhook-format messages.
+    """
+    to: _builtins.str
+    """Where to: an address on the channel (a template), for example a Slack
+    incoming-webhook URL or an operator's subject id.
+    """
+    template: _builtins.str
+    """The name of a template in the journey's `templates`."""
+    task: _builtins.bool
+    """True to create a task: the message is marked as one, with `assignee`."""
+    assignee: _builtins.str
+    """Who the task is for."""
+    def __init__(
+        self,
+        *,
+        channel: _messaging_pb2.Channel.ValueType = ...,
+        to: _builtins.str = ...,
+        template: _builtins.str = ...,
+        task: _builtins.bool = ...,
+        assignee: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignee", b"assignee", "channel", b"channel", "task", b"task", "template", b"template", "to", b"to"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotifyStep: _TypeAlias = NotifyStep  # noqa: Y015
+
+@_typing.final
 class SplitStep(_message.Message):
-    """Splits subjects between branches at random, by weight."""
+    """Splits subjects between branches at random, by weight: deterministically,
+    by a hash of the subject and the journey, so that a subject always lands
+    on the same branch.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -651,26 +1154,142 @@ class SplitBranch(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     WEIGHT_FIELD_NUMBER: _builtins.int
     STEP_FIELD_NUMBER: _builtins.int
+    HOLDOUT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The branch's name, for statistics."""
     weight: _builtins.int
     """The branch's weight, at least 1."""
     step: _builtins.str
     """The branch's first step; empty ends the run."""
+    holdout: _builtins.bool
+    """A holdout (control) branch: its runs send nothing, but they are counted
+    and their conversions too, so that the uplift can be measured.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         weight: _builtins.int = ...,
         step: _builtins.str = ...,
+        holdout: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "step", b"step", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holdout", b"holdout", "name", b"name", "step", b"step", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SplitBranch: _TypeAlias = SplitBranch  # noqa: Y015
+
+@_typing.final
+class MultiSplitStep(_message.Message):
+    """Branches to the first case whose condition holds, else to the default."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASES_FIELD_NUMBER: _builtins.int
+    DEFAULT_STEP_FIELD_NUMBER: _builtins.int
+    default_step: _builtins.str
+    """The step when no case holds; empty ends the run."""
+    @_builtins.property
+    def cases(self) -> _containers.RepeatedCompositeFieldContainer[Global___SplitCase]:
+        """The cases, in order."""
+
+    def __init__(
+        self,
+        *,
+        cases: _abc.Iterable[Global___SplitCase] | None = ...,
+        default_step: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cases", b"cases", "default_step", b"default_step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MultiSplitStep: _TypeAlias = MultiSplitStep  # noqa: Y015
+
+@_typing.final
+class SplitCase(_message.Message):
+    """One case of a multi-split."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    EXPRESSION_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The case's name (the edge's name), for statistics."""
+    expression: _builtins.str
+    """A rule-engine expression over `event`, `profile` and `steps`."""
+    step: _builtins.str
+    """The step when it holds; empty ends the run."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        expression: _builtins.str = ...,
+        step: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expression", b"expression", "name", b"name", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SplitCase: _TypeAlias = SplitCase  # noqa: Y015
+
+@_typing.final
+class ParallelStep(_message.Message):
+    """Runs branches side by side. Every branch must lead to `join` (or to an
+    exit step, which ends the whole run).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BRANCHES_FIELD_NUMBER: _builtins.int
+    JOIN_FIELD_NUMBER: _builtins.int
+    join: _builtins.str
+    """The id of the join step where the branches meet."""
+    @_builtins.property
+    def branches(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The first step of each branch, at least two."""
+
+    def __init__(
+        self,
+        *,
+        branches: _abc.Iterable[_builtins.str] | None = ...,
+        join: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branches", b"branches", "join", b"join"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParallelStep: _TypeAlias = ParallelStep  # noqa: Y015
+
+@_typing.final
+class JoinStep(_message.Message):
+    """Where the branches of a parallel step meet; the run goes on at `next`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    mode: Global___JoinMode.ValueType
+    """Whether to wait for every branch or only the first."""
+    def __init__(
+        self,
+        *,
+        mode: Global___JoinMode.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JoinStep: _TypeAlias = JoinStep  # noqa: Y015
 
 @_typing.final
 class ExitStep(_message.Message):
@@ -774,21 +1393,27 @@ class JourneySettings(_message.Message):
 
     MAX_CAUSATION_DEPTH_FIELD_NUMBER: _builtins.int
     ALLOW_CONCURRENT_RUNS_FIELD_NUMBER: _builtins.int
+    MAX_ACTIONS_FIELD_NUMBER: _builtins.int
     max_causation_depth: _builtins.int
     """How many journey hops an event's causation chain may have before the
     journey is paused and an alert logged. 0 means the default, 5.
     """
     allow_concurrent_runs: _builtins.bool
     """Whether a subject may be in more than one run of the journey at a time."""
+    max_actions: _builtins.int
+    """The most actions (sends, profile updates, webhooks, notifications) a
+    run may take; 0 means 100. Publish warns past 50 steps of such kinds.
+    """
     def __init__(
         self,
         *,
         max_causation_depth: _builtins.int = ...,
         allow_concurrent_runs: _builtins.bool = ...,
+        max_actions: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_concurrent_runs", b"allow_concurrent_runs", "max_causation_depth", b"max_causation_depth"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_concurrent_runs", b"allow_concurrent_runs", "max_actions", b"max_actions", "max_causation_depth", b"max_causation_depth"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -5,15 +5,19 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from overture.common.v1 import event_pb2 as _event_pb2
+from overture.common.v1 import field_violation_pb2 as _field_violation_pb2
 from overture.common.v1 import messaging_pb2 as _messaging_pb2
 from overture.orchestrator.v1 import journey_pb2 as _journey_pb2
 from overture.orchestrator.v1 import run_pb2 as _run_pb2
+from overture.rules.v1 import decision_pb2 as _decision_pb2
+from overture.rules.v1 import profile_pb2 as _profile_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -96,6 +100,34 @@ steps the run already took are not repeated. Runs sent with Enqueue
 belong to no journey and cannot move.
 """
 Global___JourneyVersionPolicy: _TypeAlias = JourneyVersionPolicy  # noqa: Y015
+
+class _BacktestState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BacktestStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BacktestState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BACKTEST_STATE_UNSPECIFIED: _BacktestState.ValueType  # 0
+    """Not set."""
+    BACKTEST_STATE_RUNNING: _BacktestState.ValueType  # 1
+    """Reading events."""
+    BACKTEST_STATE_SUCCEEDED: _BacktestState.ValueType  # 2
+    """Done: the reports are complete."""
+    BACKTEST_STATE_FAILED: _BacktestState.ValueType  # 3
+    """Stopped by an error; see `error`."""
+
+class BacktestState(_BacktestState, metaclass=_BacktestStateEnumTypeWrapper):
+    """Where a backtest is."""
+
+BACKTEST_STATE_UNSPECIFIED: BacktestState.ValueType  # 0
+"""Not set."""
+BACKTEST_STATE_RUNNING: BacktestState.ValueType  # 1
+"""Reading events."""
+BACKTEST_STATE_SUCCEEDED: BacktestState.ValueType  # 2
+"""Done: the reports are complete."""
+BACKTEST_STATE_FAILED: BacktestState.ValueType  # 3
+"""Stopped by an error; see `error`."""
+Global___BacktestState: _TypeAlias = BacktestState  # noqa: Y015
 
 @_typing.final
 class TriggerRequest(_message.Message):
@@ -353,6 +385,7 @@ class PublishJourneyResponse(_message.Message):
 
     JOURNEY_FIELD_NUMBER: _builtins.int
     UNCHANGED_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     unchanged: _builtins.bool
     """True when nothing changed."""
     @_builtins.property
@@ -361,15 +394,22 @@ class PublishJourneyResponse(_message.Message):
         no version is created and the latest is returned with `unchanged` set.
         """
 
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedCompositeFieldContainer[_field_violation_pb2.FieldViolation]:
+        """What publish accepted but warns about, for example more than 50 action
+        steps; each names its field like a violation.
+        """
+
     def __init__(
         self,
         *,
         journey: _journey_pb2.Journey | None = ...,
         unchanged: _builtins.bool = ...,
+        warnings: _abc.Iterable[_field_violation_pb2.FieldViolation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["journey", b"journey"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["journey", b"journey", "unchanged", b"unchanged"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["journey", b"journey", "unchanged", b"unchanged", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -636,6 +676,9 @@ class ListRunsRequest(_message.Message):
     TRIGGER_EVENT_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
     journey: _builtins.str
     """Only runs of this journey."""
     subject_id: _builtins.str
@@ -646,6 +689,16 @@ class ListRunsRequest(_message.Message):
     """The most runs to return, 1 to 100; 0 means 20."""
     page_token: _builtins.str
     """The `next_page_token` of a previous call."""
+    state: _run_pb2.RunState.ValueType
+    """Only runs in this state."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Only runs started at or after this time."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Only runs started before this time."""
+
     def __init__(
         self,
         *,
@@ -654,10 +707,13 @@ class ListRunsRequest(_message.Message):
         trigger_event_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        state: _run_pb2.RunState.ValueType = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["journey", b"journey", "page_size", b"page_size", "page_token", b"page_token", "subject_id", b"subject_id", "trigger_event_id", b"trigger_event_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "journey", b"journey", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time", "state", b"state", "subject_id", b"subject_id", "trigger_event_id", b"trigger_event_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1103,6 +1159,7 @@ class PreviewJourneyRequest(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     SUBJECT_ID_FIELD_NUMBER: _builtins.int
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The journey's name, or empty to preview `spec`."""
     subject_id: _builtins.str
@@ -1115,6 +1172,12 @@ class PreviewJourneyRequest(_message.Message):
     def attributes(self) -> _struct_pb2.Struct:
         """The triggering event's attributes."""
 
+    @_builtins.property
+    def profile(self) -> _profile_pb2.Profile:
+        """A profile to preview with instead of the subject's stored one (for a
+        subject that does not exist yet, or to try a trait).
+        """
+
     def __init__(
         self,
         *,
@@ -1122,10 +1185,11 @@ class PreviewJourneyRequest(_message.Message):
         spec: _journey_pb2.JourneySpec | None = ...,
         subject_id: _builtins.str = ...,
         attributes: _struct_pb2.Struct | None = ...,
+        profile: _profile_pb2.Profile | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "profile", b"profile", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "name", b"name", "spec", b"spec", "subject_id", b"subject_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "name", b"name", "profile", b"profile", "spec", b"spec", "subject_id", b"subject_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1138,19 +1202,1323 @@ class PreviewJourneyResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STEPS_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.StepRun]:
         """The steps the run would reach, in order, with what each would do."""
+
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___PreviewedMessage]:
+        """The messages its send steps would send, rendered, each with the
+        decision the rules service would make now (in dry-run mode: nothing
+        is stored or reserved).
+        """
 
     def __init__(
         self,
         *,
         steps: _abc.Iterable[_run_pb2.StepRun] | None = ...,
+        messages: _abc.Iterable[Global___PreviewedMessage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["steps", b"steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "steps", b"steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PreviewJourneyResponse: _TypeAlias = PreviewJourneyResponse  # noqa: Y015
+
+@_typing.final
+class PreviewedMessage(_message.Message):
+    """A message a preview rendered."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEP_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    TO_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    TEXT_BODY_FIELD_NUMBER: _builtins.int
+    HTML_BODY_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    step_id: _builtins.str
+    """The send step's id."""
+    channel: _messaging_pb2.Channel.ValueType
+    """The channel."""
+    to: _builtins.str
+    """The recipient address, masked."""
+    subject: _builtins.str
+    """The rendered subject line or title."""
+    text_body: _builtins.str
+    """The rendered plain-text body."""
+    html_body: _builtins.str
+    """The rendered HTML body."""
+    @_builtins.property
+    def decision(self) -> _decision_pb2.Decision:
+        """What the guardrails would decide now."""
+
+    def __init__(
+        self,
+        *,
+        step_id: _builtins.str = ...,
+        channel: _messaging_pb2.Channel.ValueType = ...,
+        to: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        text_body: _builtins.str = ...,
+        html_body: _builtins.str = ...,
+        decision: _decision_pb2.Decision | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "decision", b"decision", "html_body", b"html_body", "step_id", b"step_id", "subject", b"subject", "text_body", b"text_body", "to", b"to"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreviewedMessage: _TypeAlias = PreviewedMessage  # noqa: Y015
+
+@_typing.final
+class SaveJourneyDraftRequest(_message.Message):
+    """The request of SaveJourneyDraft."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The journey's name."""
+    @_builtins.property
+    def spec(self) -> _journey_pb2.JourneySpec:
+        """The working copy."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        spec: _journey_pb2.JourneySpec | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SaveJourneyDraftRequest: _TypeAlias = SaveJourneyDraftRequest  # noqa: Y015
+
+@_typing.final
+class SaveJourneyDraftResponse(_message.Message):
+    """The response of SaveJourneyDraft."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRAFT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def draft(self) -> Global___JourneyDraft:
+        """The draft as saved."""
+
+    def __init__(
+        self,
+        *,
+        draft: Global___JourneyDraft | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["draft", b"draft"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["draft", b"draft"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SaveJourneyDraftResponse: _TypeAlias = SaveJourneyDraftResponse  # noqa: Y015
+
+@_typing.final
+class JourneyDraft(_message.Message):
+    """A journey's working copy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    PROBLEMS_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
+    AUTHOR_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The journey's name."""
+    author: _builtins.str
+    """Who saved it last."""
+    @_builtins.property
+    def spec(self) -> _journey_pb2.JourneySpec:
+        """The working copy."""
+
+    @_builtins.property
+    def problems(self) -> _containers.RepeatedCompositeFieldContainer[_field_violation_pb2.FieldViolation]:
+        """What PublishJourney would refuse, each naming its field."""
+
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedCompositeFieldContainer[_field_violation_pb2.FieldViolation]:
+        """What PublishJourney would warn about."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was saved last."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        spec: _journey_pb2.JourneySpec | None = ...,
+        problems: _abc.Iterable[_field_violation_pb2.FieldViolation] | None = ...,
+        warnings: _abc.Iterable[_field_violation_pb2.FieldViolation] | None = ...,
+        author: _builtins.str = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["author", b"author", "name", b"name", "problems", b"problems", "spec", b"spec", "update_time", b"update_time", "warnings", b"warnings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JourneyDraft: _TypeAlias = JourneyDraft  # noqa: Y015
+
+@_typing.final
+class GetJourneyDraftRequest(_message.Message):
+    """The request of GetJourneyDraft."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The journey's name."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJourneyDraftRequest: _TypeAlias = GetJourneyDraftRequest  # noqa: Y015
+
+@_typing.final
+class GetJourneyDraftResponse(_message.Message):
+    """The response of GetJourneyDraft."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRAFT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def draft(self) -> Global___JourneyDraft:
+        """The draft."""
+
+    def __init__(
+        self,
+        *,
+        draft: Global___JourneyDraft | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["draft", b"draft"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["draft", b"draft"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJourneyDraftResponse: _TypeAlias = GetJourneyDraftResponse  # noqa: Y015
+
+@_typing.final
+class ListJourneyVersionsRequest(_message.Message):
+    """The request of ListJourneyVersions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The journey's name."""
+    page_size: _builtins.int
+    """The most versions to return, 1 to 100; 0 means 20."""
+    page_token: _builtins.str
+    """The `next_page_token` of a previous call."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListJourneyVersionsRequest: _TypeAlias = ListJourneyVersionsRequest  # noqa: Y015
+
+@_typing.final
+class ListJourneyVersionsResponse(_message.Message):
+    """The response of ListJourneyVersions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOURNEYS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The token for the next page; empty on the last page."""
+    @_builtins.property
+    def journeys(self) -> _containers.RepeatedCompositeFieldContainer[_journey_pb2.Journey]:
+        """The versions, newest first."""
+
+    def __init__(
+        self,
+        *,
+        journeys: _abc.Iterable[_journey_pb2.Journey] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["journeys", b"journeys", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListJourneyVersionsResponse: _TypeAlias = ListJourneyVersionsResponse  # noqa: Y015
+
+@_typing.final
+class ArchiveJourneyRequest(_message.Message):
+    """The request of ArchiveJourney."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The journey's name."""
+    reason: _builtins.str
+    """Why; required, it is recorded with every cancelled run."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArchiveJourneyRequest: _TypeAlias = ArchiveJourneyRequest  # noqa: Y015
+
+@_typing.final
+class ArchiveJourneyResponse(_message.Message):
+    """The response of ArchiveJourney."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOURNEY_FIELD_NUMBER: _builtins.int
+    CANCELLED_RUNS_FIELD_NUMBER: _builtins.int
+    cancelled_runs: _builtins.int
+    """How many live runs were cancelled."""
+    @_builtins.property
+    def journey(self) -> _journey_pb2.Journey:
+        """The journey after the change."""
+
+    def __init__(
+        self,
+        *,
+        journey: _journey_pb2.Journey | None = ...,
+        cancelled_runs: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["journey", b"journey"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_runs", b"cancelled_runs", "journey", b"journey"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArchiveJourneyResponse: _TypeAlias = ArchiveJourneyResponse  # noqa: Y015
+
+@_typing.final
+class MigrateRunsRequest(_message.Message):
+    """The request of MigrateRuns."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class StepMappingEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    JOURNEY_FIELD_NUMBER: _builtins.int
+    FROM_VERSION_FIELD_NUMBER: _builtins.int
+    TO_VERSION_FIELD_NUMBER: _builtins.int
+    STEP_MAPPING_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    journey: _builtins.str
+    """The journey's name."""
+    from_version: _builtins.int
+    """The version whose live runs move."""
+    to_version: _builtins.int
+    """The version they move to; 0 means the latest."""
+    reason: _builtins.str
+    """Why. Required."""
+    request_id: _builtins.str
+    """An idempotency key: a repeat returns the first answer."""
+    @_builtins.property
+    def step_mapping(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Step id in `from_version` to step id in `to_version`."""
+
+    def __init__(
+        self,
+        *,
+        journey: _builtins.str = ...,
+        from_version: _builtins.int = ...,
+        to_version: _builtins.int = ...,
+        step_mapping: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_version", b"from_version", "journey", b"journey", "reason", b"reason", "request_id", b"request_id", "step_mapping", b"step_mapping", "to_version", b"to_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MigrateRunsRequest: _TypeAlias = MigrateRunsRequest  # noqa: Y015
+
+@_typing.final
+class MigrateRunsResponse(_message.Message):
+    """The response of MigrateRuns."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIGRATED_COUNT_FIELD_NUMBER: _builtins.int
+    REJECTIONS_FIELD_NUMBER: _builtins.int
+    TO_VERSION_FIELD_NUMBER: _builtins.int
+    migrated_count: _builtins.int
+    """How many runs moved."""
+    to_version: _builtins.int
+    """The version the runs moved to."""
+    @_builtins.property
+    def rejections(self) -> _containers.RepeatedCompositeFieldContainer[Global___RedriveRejection]:
+        """The runs left where they were, and why (reason `STEP_NOT_IN_VERSION`)."""
+
+    def __init__(
+        self,
+        *,
+        migrated_count: _builtins.int = ...,
+        rejections: _abc.Iterable[Global___RedriveRejection] | None = ...,
+        to_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["migrated_count", b"migrated_count", "rejections", b"rejections", "to_version", b"to_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MigrateRunsResponse: _TypeAlias = MigrateRunsResponse  # noqa: Y015
+
+@_typing.final
+class ListApprovalsRequest(_message.Message):
+    """The request of ListApprovals."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOURNEY_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    journey: _builtins.str
+    """Only approvals of this journey."""
+    page_size: _builtins.int
+    """The most approvals to return, 1 to 100; 0 means 20."""
+    page_token: _builtins.str
+    """The `next_page_token` of a previous call."""
+    def __init__(
+        self,
+        *,
+        journey: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["journey", b"journey", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListApprovalsRequest: _TypeAlias = ListApprovalsRequest  # noqa: Y015
+
+@_typing.final
+class ListApprovalsResponse(_message.Message):
+    """The response of ListApprovals."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPROVALS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The token for the next page; empty on the last page."""
+    @_builtins.property
+    def approvals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Approval]:
+        """The pending approvals, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        approvals: _abc.Iterable[Global___Approval] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approvals", b"approvals", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListApprovalsResponse: _TypeAlias = ListApprovalsResponse  # noqa: Y015
+
+@_typing.final
+class Approval(_message.Message):
+    """A run waiting at an approval step."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    STEP_ID_FIELD_NUMBER: _builtins.int
+    JOURNEY_FIELD_NUMBER: _builtins.int
+    JOURNEY_VERSION_FIELD_NUMBER: _builtins.int
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    APPROVER_ROLE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    REQUEST_TIME_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run's id."""
+    step_id: _builtins.str
+    """The approval step's id."""
+    journey: _builtins.str
+    """The journey."""
+    journey_version: _builtins.int
+    """The journey version."""
+    subject_id: _builtins.str
+    """The subject of the run."""
+    approver_role: _builtins.str
+    """Who is asked."""
+    message: _builtins.str
+    """What the approver is asked, rendered."""
+    @_builtins.property
+    def request_time(self) -> _timestamp_pb2.Timestamp:
+        """When the run reached the step."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When it is rejected automatically if nobody decides."""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        step_id: _builtins.str = ...,
+        journey: _builtins.str = ...,
+        journey_version: _builtins.int = ...,
+        subject_id: _builtins.str = ...,
+        approver_role: _builtins.str = ...,
+        message: _builtins.str = ...,
+        request_time: _timestamp_pb2.Timestamp | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "request_time", b"request_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approver_role", b"approver_role", "expire_time", b"expire_time", "journey", b"journey", "journey_version", b"journey_version", "message", b"message", "request_time", b"request_time", "run_id", b"run_id", "step_id", b"step_id", "subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Approval: _TypeAlias = Approval  # noqa: Y015
+
+@_typing.final
+class StartJourneyBacktestRequest(_message.Message):
+    """The request of StartJourneyBacktest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The journey whose active version is the baseline, and whose latest
+    version is backtested unless `spec` is given.
+    """
+    request_id: _builtins.str
+    """An idempotency key: a repeat returns the first backtest."""
+    @_builtins.property
+    def spec(self) -> _journey_pb2.JourneySpec:
+        """A candidate definition to backtest instead of the latest version."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The window's start: events committed at or after it."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """The window's end: events committed before it; unset means now."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        spec: _journey_pb2.JourneySpec | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "spec", b"spec", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "name", b"name", "request_id", b"request_id", "spec", b"spec", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartJourneyBacktestRequest: _TypeAlias = StartJourneyBacktestRequest  # noqa: Y015
+
+@_typing.final
+class StartJourneyBacktestResponse(_message.Message):
+    """The response of StartJourneyBacktest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BACKTEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def backtest(self) -> Global___JourneyBacktest:
+        """The backtest, just started."""
+
+    def __init__(
+        self,
+        *,
+        backtest: Global___JourneyBacktest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartJourneyBacktestResponse: _TypeAlias = StartJourneyBacktestResponse  # noqa: Y015
+
+@_typing.final
+class GetJourneyBacktestRequest(_message.Message):
+    """The request of GetJourneyBacktest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BACKTEST_ID_FIELD_NUMBER: _builtins.int
+    backtest_id: _builtins.str
+    """The backtest's id."""
+    def __init__(
+        self,
+        *,
+        backtest_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backtest_id", b"backtest_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJourneyBacktestRequest: _TypeAlias = GetJourneyBacktestRequest  # noqa: Y015
+
+@_typing.final
+class GetJourneyBacktestResponse(_message.Message):
+    """The response of GetJourneyBacktest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BACKTEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def backtest(self) -> Global___JourneyBacktest:
+        """The backtest."""
+
+    def __init__(
+        self,
+        *,
+        backtest: Global___JourneyBacktest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJourneyBacktestResponse: _TypeAlias = GetJourneyBacktestResponse  # noqa: Y015
+
+@_typing.final
+class JourneyBacktest(_message.Message):
+    """A backtest of a journey over a window of stored events."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BACKTEST_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    EVENTS_SCANNED_FIELD_NUMBER: _builtins.int
+    EVENTS_TOTAL_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    CANDIDATE_FIELD_NUMBER: _builtins.int
+    BASELINE_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    backtest_id: _builtins.str
+    """The backtest's id."""
+    name: _builtins.str
+    """The journey."""
+    state: Global___BacktestState.ValueType
+    """Where it is."""
+    events_scanned: _builtins.int
+    """Events read so far."""
+    events_total: _builtins.int
+    """Events in the window (an estimate until done)."""
+    error: _builtins.str
+    """Why it failed, when it did."""
+    @_builtins.property
+    def candidate(self) -> Global___BacktestReport:
+        """The candidate's projection."""
+
+    @_builtins.property
+    def baseline(self) -> Global___BacktestReport:
+        """The active version's projection over the same events, for the diff;
+        unset when the journey has no active version.
+        """
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it started."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When it ended."""
+
+    def __init__(
+        self,
+        *,
+        backtest_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        state: Global___BacktestState.ValueType = ...,
+        events_scanned: _builtins.int = ...,
+        events_total: _builtins.int = ...,
+        error: _builtins.str = ...,
+        candidate: Global___BacktestReport | None = ...,
+        baseline: Global___BacktestReport | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "candidate", b"candidate", "create_time", b"create_time", "end_time", b"end_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backtest_id", b"backtest_id", "baseline", b"baseline", "candidate", b"candidate", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "events_scanned", b"events_scanned", "events_total", b"events_total", "name", b"name", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JourneyBacktest: _TypeAlias = JourneyBacktest  # noqa: Y015
+
+@_typing.final
+class BacktestReport(_message.Message):
+    """What a journey version would have done with a window's events."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class StepCountsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class EdgeCountsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class SendsByChannelEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class DenialsByGuardrailEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    SUBJECTS_ENTERED_FIELD_NUMBER: _builtins.int
+    RUNS_ENTERED_FIELD_NUMBER: _builtins.int
+    STEP_COUNTS_FIELD_NUMBER: _builtins.int
+    EDGE_COUNTS_FIELD_NUMBER: _builtins.int
+    SENDS_BY_CHANNEL_FIELD_NUMBER: _builtins.int
+    DENIALS_BY_GUARDRAIL_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """The journey version (0 for a candidate definition)."""
+    subjects_entered: _builtins.int
+    """Subjects that would have entered."""
+    runs_entered: _builtins.int
+    """Runs that would have started."""
+    @_builtins.property
+    def step_counts(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Per step: how many runs would have reached it."""
+
+    @_builtins.property
+    def edge_counts(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Per edge `<step id>:<edge>`: how many runs would have left by it (the
+        split over the paths).
+        """
+
+    @_builtins.property
+    def sends_by_channel(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Projected sends per channel (`email`, `sms`, ...), after the guardrails."""
+
+    @_builtins.property
+    def denials_by_guardrail(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Sends the guardrails would have denied, per guardrail (`consent`,
+        `frequency_cap`, a rule id, ...).
+        """
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        subjects_entered: _builtins.int = ...,
+        runs_entered: _builtins.int = ...,
+        step_counts: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        edge_counts: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        sends_by_channel: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        denials_by_guardrail: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["denials_by_guardrail", b"denials_by_guardrail", "edge_counts", b"edge_counts", "runs_entered", b"runs_entered", "sends_by_channel", b"sends_by_channel", "step_counts", b"step_counts", "subjects_entered", b"subjects_entered", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BacktestReport: _TypeAlias = BacktestReport  # noqa: Y015
+
+@_typing.final
+class ReplayEventsRequest(_message.Message):
+    """The request of ReplayEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOURNEY_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    journey: _builtins.str
+    """The journey to feed."""
+    reason: _builtins.str
+    """Why. Required; it goes to the audit log."""
+    request_id: _builtins.str
+    """An idempotency key: a repeat returns the first answer."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The window's start: events committed at or after it."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """The window's end: events committed before it."""
+
+    def __init__(
+        self,
+        *,
+        journey: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "journey", b"journey", "reason", b"reason", "request_id", b"request_id", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayEventsRequest: _TypeAlias = ReplayEventsRequest  # noqa: Y015
+
+@_typing.final
+class ReplayEventsResponse(_message.Message):
+    """The response of ReplayEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_READ_FIELD_NUMBER: _builtins.int
+    RUNS_STARTED_FIELD_NUMBER: _builtins.int
+    events_read: _builtins.int
+    """Events read from the window."""
+    runs_started: _builtins.int
+    """Runs started by the replay (events that had started none before)."""
+    def __init__(
+        self,
+        *,
+        events_read: _builtins.int = ...,
+        runs_started: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events_read", b"events_read", "runs_started", b"runs_started"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayEventsResponse: _TypeAlias = ReplayEventsResponse  # noqa: Y015
+
+@_typing.final
+class GetJourneyStatsRequest(_message.Message):
+    """The request of GetJourneyStats."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The journey's name."""
+    version: _builtins.int
+    """One version; 0 sums every version."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJourneyStatsRequest: _TypeAlias = GetJourneyStatsRequest  # noqa: Y015
+
+@_typing.final
+class GetJourneyStatsResponse(_message.Message):
+    """The response of GetJourneyStats."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def stats(self) -> Global___JourneyStats:
+        """The statistics."""
+
+    def __init__(
+        self,
+        *,
+        stats: Global___JourneyStats | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["stats", b"stats"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["stats", b"stats"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJourneyStatsResponse: _TypeAlias = GetJourneyStatsResponse  # noqa: Y015
+
+@_typing.final
+class JourneyStats(_message.Message):
+    """A journey's counters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ENTERED_FIELD_NUMBER: _builtins.int
+    COMPLETED_FIELD_NUMBER: _builtins.int
+    CONVERTED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    DEAD_LETTERED_FIELD_NUMBER: _builtins.int
+    CANCELLED_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    SKIPPED_ENTRIES_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    SEND_SUCCESS_RATE_FIELD_NUMBER: _builtins.int
+    ARMS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The journey."""
+    version: _builtins.int
+    """The version, or 0 for every version."""
+    entered: _builtins.int
+    """Runs started."""
+    completed: _builtins.int
+    """Runs that reached their end."""
+    converted: _builtins.int
+    """Runs that reached the goal."""
+    failed: _builtins.int
+    """Runs that failed (each went to the dead-letter queue)."""
+    dead_lettered: _builtins.int
+    """Runs in the dead-letter queue now."""
+    cancelled: _builtins.int
+    """Runs cancelled."""
+    active: _builtins.int
+    """Runs live now."""
+    skipped_entries: _builtins.int
+    """Triggers that started no run: the subject was erased or deleted, or the
+    entry policy kept it out.
+    """
+    send_success_rate: _builtins.float
+    """Sends delivered to a provider over sends attempted, from 0 to 1."""
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___StepStats]:
+        """Per step."""
+
+    @_builtins.property
+    def arms(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArmStats]:
+        """Per split branch, with holdout branches marked."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+        entered: _builtins.int = ...,
+        completed: _builtins.int = ...,
+        converted: _builtins.int = ...,
+        failed: _builtins.int = ...,
+        dead_lettered: _builtins.int = ...,
+        cancelled: _builtins.int = ...,
+        active: _builtins.int = ...,
+        skipped_entries: _builtins.int = ...,
+        steps: _abc.Iterable[Global___StepStats] | None = ...,
+        send_success_rate: _builtins.float = ...,
+        arms: _abc.Iterable[Global___ArmStats] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "arms", b"arms", "cancelled", b"cancelled", "completed", b"completed", "converted", b"converted", "dead_lettered", b"dead_lettered", "entered", b"entered", "failed", b"failed", "name", b"name", "send_success_rate", b"send_success_rate", "skipped_entries", b"skipped_entries", "steps", b"steps", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JourneyStats: _TypeAlias = JourneyStats  # noqa: Y015
+
+@_typing.final
+class StepStats(_message.Message):
+    """The counters of one step."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EdgesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    STEP_ID_FIELD_NUMBER: _builtins.int
+    ENTERED_FIELD_NUMBER: _builtins.int
+    COMPLETED_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
+    LATENCY_P50_FIELD_NUMBER: _builtins.int
+    LATENCY_P95_FIELD_NUMBER: _builtins.int
+    LATENCY_P99_FIELD_NUMBER: _builtins.int
+    EDGES_FIELD_NUMBER: _builtins.int
+    step_id: _builtins.str
+    """The step's id."""
+    entered: _builtins.int
+    """Times a run reached it."""
+    completed: _builtins.int
+    """Times it completed."""
+    skipped: _builtins.int
+    """Times it was skipped (a denied send)."""
+    failed: _builtins.int
+    """Times it failed for good."""
+    waiting: _builtins.int
+    """Runs waiting at it now."""
+    @_builtins.property
+    def latency_p50(self) -> _duration_pb2.Duration:
+        """From reaching the step to leaving it, percentiles."""
+
+    @_builtins.property
+    def latency_p95(self) -> _duration_pb2.Duration:
+        """The 95th percentile."""
+
+    @_builtins.property
+    def latency_p99(self) -> _duration_pb2.Duration:
+        """The 99th percentile."""
+
+    @_builtins.property
+    def edges(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Per edge left by: edge name (`next`, `true`, a branch name) to count."""
+
+    def __init__(
+        self,
+        *,
+        step_id: _builtins.str = ...,
+        entered: _builtins.int = ...,
+        completed: _builtins.int = ...,
+        skipped: _builtins.int = ...,
+        failed: _builtins.int = ...,
+        waiting: _builtins.int = ...,
+        latency_p50: _duration_pb2.Duration | None = ...,
+        latency_p95: _duration_pb2.Duration | None = ...,
+        latency_p99: _duration_pb2.Duration | None = ...,
+        edges: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["latency_p50", b"latency_p50", "latency_p95", b"latency_p95", "latency_p99", b"latency_p99"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "edges", b"edges", "entered", b"entered", "failed", b"failed", "latency_p50", b"latency_p50", "latency_p95", b"latency_p95", "latency_p99", b"latency_p99", "skipped", b"skipped", "step_id", b"step_id", "waiting", b"waiting"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StepStats: _TypeAlias = StepStats  # noqa: Y015
+
+@_typing.final
+class ArmStats(_message.Message):
+    """The counters of one split branch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEP_ID_FIELD_NUMBER: _builtins.int
+    ARM_FIELD_NUMBER: _builtins.int
+    HOLDOUT_FIELD_NUMBER: _builtins.int
+    ENTERED_FIELD_NUMBER: _builtins.int
+    CONVERTED_FIELD_NUMBER: _builtins.int
+    step_id: _builtins.str
+    """The split step's id."""
+    arm: _builtins.str
+    """The branch's name."""
+    holdout: _builtins.bool
+    """True for a holdout (control) branch."""
+    entered: _builtins.int
+    """Runs that took it."""
+    converted: _builtins.int
+    """Of those, runs that converted."""
+    def __init__(
+        self,
+        *,
+        step_id: _builtins.str = ...,
+        arm: _builtins.str = ...,
+        holdout: _builtins.bool = ...,
+        entered: _builtins.int = ...,
+        converted: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "converted", b"converted", "entered", b"entered", "holdout", b"holdout", "step_id", b"step_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArmStats: _TypeAlias = ArmStats  # noqa: Y015
+
+@_typing.final
+class ListStepTypesRequest(_message.Message):
+    """The request of ListStepTypes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStepTypesRequest: _TypeAlias = ListStepTypesRequest  # noqa: Y015
+
+@_typing.final
+class ListStepTypesResponse(_message.Message):
+    """The response of ListStepTypes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRIGGERS_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def triggers(self) -> _containers.RepeatedCompositeFieldContainer[Global___StepType]:
+        """The trigger kinds."""
+
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___StepType]:
+        """The step kinds."""
+
+    def __init__(
+        self,
+        *,
+        triggers: _abc.Iterable[Global___StepType] | None = ...,
+        steps: _abc.Iterable[Global___StepType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["steps", b"steps", "triggers", b"triggers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStepTypesResponse: _TypeAlias = ListStepTypesResponse  # noqa: Y015
+
+@_typing.final
+class StepType(_message.Message):
+    """One kind of trigger or step."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    EDGES_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """The kind as the spec names it, for example `wait_for_event`."""
+    title: _builtins.str
+    """A human title, for example `Wait for event`."""
+    description: _builtins.str
+    """What it does."""
+    category: _builtins.str
+    """The group it is shown under: `flow`, `action`, `wait` or `trigger`."""
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedCompositeFieldContainer[Global___StepField]:
+        """Its fields."""
+
+    @_builtins.property
+    def edges(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Its outgoing edges (`next`, `true`/`false`, `event`/`timeout`, ...)."""
+
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        title: _builtins.str = ...,
+        description: _builtins.str = ...,
+        fields: _abc.Iterable[Global___StepField] | None = ...,
+        edges: _abc.Iterable[_builtins.str] | None = ...,
+        category: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "description", b"description", "edges", b"edges", "fields", b"fields", "kind", b"kind", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StepType: _TypeAlias = StepType  # noqa: Y015
+
+@_typing.final
+class StepField(_message.Message):
+    """One field of a step kind."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    REQUIRED_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The field's name in the spec."""
+    type: _builtins.str
+    """Its type: `string`, `duration`, `timestamp`, `expression`, `template`,
+    `step` (a step id), `enum`, `bool`, `int`, `struct`, `list`, `map`.
+    """
+    description: _builtins.str
+    """What it means."""
+    required: _builtins.bool
+    """Whether it must be set."""
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """For `enum`: the values."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        description: _builtins.str = ...,
+        required: _builtins.bool = ...,
+        values: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "required", b"required", "type", b"type", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StepField: _TypeAlias = StepField  # noqa: Y015

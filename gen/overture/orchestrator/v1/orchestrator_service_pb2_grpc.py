@@ -117,6 +117,61 @@ class OrchestratorServiceStub:
                 request_serializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.PreviewJourneyRequest.SerializeToString,
                 response_deserializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.PreviewJourneyResponse.FromString,
                 _registered_method=True)
+        self.SaveJourneyDraft = channel.unary_unary(
+                '/overture.orchestrator.v1.OrchestratorService/SaveJourneyDraft',
+                request_serializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.SaveJourneyDraftRequest.SerializeToString,
+                response_deserializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.SaveJourneyDraftResponse.FromString,
+                _registered_method=True)
+        self.GetJourneyDraft = channel.unary_unary(
+                '/overture.orchestrator.v1.OrchestratorService/GetJourneyDraft',
+                request_serializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.GetJourneyDraftRequest.SerializeToString,
+                response_deserializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.GetJourneyDraftResponse.FromString,
+                _registered_method=True)
+        self.ListJourneyVersions = channel.unary_unary(
+                '/overture.orchestrator.v1.OrchestratorService/ListJourneyVersions',
+                request_serializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ListJourneyVersionsRequest.SerializeToString,
+                response_deserializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ListJourneyVersionsResponse.FromString,
+                _registered_method=True)
+        self.ArchiveJourney = channel.unary_unary(
+                '/overture.orchestrator.v1.OrchestratorService/ArchiveJourney',
+                request_serializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ArchiveJourneyRequest.SerializeToString,
+                response_deserializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ArchiveJourneyResponse.FromString,
+                _registered_method=True)
+        self.MigrateRuns = channel.unary_unary(
+                '/overture.orchestrator.v1.OrchestratorService/MigrateRuns',
+                request_serializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.MigrateRunsRequest.SerializeToString,
+                response_deserializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.MigrateRunsResponse.FromString,
+                _registered_method=True)
+        self.ListApprovals = channel.unary_unary(
+                '/overture.orchestrator.v1.OrchestratorService/ListApprovals',
+                request_serializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ListApprovalsRequest.SerializeToString,
+                response_deserializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ListApprovalsResponse.FromString,
+                _registered_method=True)
+        self.StartJourneyBacktest = channel.unary_unary(
+                '/overture.orchestrator.v1.OrchestratorService/StartJourneyBacktest',
+                request_serializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.StartJourneyBacktestRequest.SerializeToString,
+                response_deserializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.StartJourneyBacktestResponse.FromString,
+                _registered_method=True)
+        self.GetJourneyBacktest = channel.unary_unary(
+                '/overture.orchestrator.v1.OrchestratorService/GetJourneyBacktest',
+                request_serializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.GetJourneyBacktestRequest.SerializeToString,
+                response_deserializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.GetJourneyBacktestResponse.FromString,
+                _registered_method=True)
+        self.ReplayEvents = channel.unary_unary(
+                '/overture.orchestrator.v1.OrchestratorService/ReplayEvents',
+                request_serializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ReplayEventsRequest.SerializeToString,
+                response_deserializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ReplayEventsResponse.FromString,
+                _registered_method=True)
+        self.GetJourneyStats = channel.unary_unary(
+                '/overture.orchestrator.v1.OrchestratorService/GetJourneyStats',
+                request_serializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.GetJourneyStatsRequest.SerializeToString,
+                response_deserializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.GetJourneyStatsResponse.FromString,
+                _registered_method=True)
+        self.ListStepTypes = channel.unary_unary(
+                '/overture.orchestrator.v1.OrchestratorService/ListStepTypes',
+                request_serializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ListStepTypesRequest.SerializeToString,
+                response_deserializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ListStepTypesResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -260,6 +315,101 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SaveJourneyDraft(self, request, context):
+        """Saves a journey's draft: a working copy, one per journey, that can be
+        changed freely and is never run. It is validated like PublishJourney,
+        but problems are returned, not refused, so that an unfinished draft can
+        be kept. Publish it with PublishJourney.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJourneyDraft(self, request, context):
+        """Returns a journey's draft. NOT_FOUND if it has none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJourneyVersions(self, request, context):
+        """Lists the published versions of a journey, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ArchiveJourney(self, request, context):
+        """Retires a journey: it starts no more runs, and its live runs and their
+        timers are cancelled with the reason; their history is kept. Recorded
+        in the audit log. Publishing a new version revives it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MigrateRuns(self, request, context):
+        """Moves a journey's live runs from one version to another, each token to
+        the step `step_mapping` names for its step (a step missing from the
+        mapping keeps its id, which must exist in the target version). Runs
+        whose step has no target are left where they are and reported.
+        Idempotent on `request_id`. Recorded in the audit log.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApprovals(self, request, context):
+        """Lists the runs waiting at approval steps, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartJourneyBacktest(self, request, context):
+        """Starts a backtest: the stored events of a time window replayed through a
+        journey version (or a candidate definition), with every guardrail
+        decided in dry-run mode. It has no side effects at all: no run, no
+        decision record, no reservation, no message. Follow its progress and
+        read its report with GetJourneyBacktest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJourneyBacktest(self, request, context):
+        """Returns a backtest: its progress and, when done, its report.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayEvents(self, request, context):
+        """Feeds the stored events of a time window to a journey's trigger again.
+        Idempotent: an event starts at most one run per journey and subject, so
+        replaying a window twice sends nothing new. Recorded in the audit log.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJourneyStats(self, request, context):
+        """Returns a journey's statistics, kept as counters as runs move: runs
+        entered, completed, converted, failed and dead-lettered; per step;
+        the send success rate; step latency; holdout against treatment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListStepTypes(self, request, context):
+        """Describes every trigger and step kind, with its fields and edges, for
+        builders and tools.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -342,6 +492,61 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.PreviewJourney,
                     request_deserializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.PreviewJourneyRequest.FromString,
                     response_serializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.PreviewJourneyResponse.SerializeToString,
+            ),
+            'SaveJourneyDraft': grpc.unary_unary_rpc_method_handler(
+                    servicer.SaveJourneyDraft,
+                    request_deserializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.SaveJourneyDraftRequest.FromString,
+                    response_serializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.SaveJourneyDraftResponse.SerializeToString,
+            ),
+            'GetJourneyDraft': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJourneyDraft,
+                    request_deserializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.GetJourneyDraftRequest.FromString,
+                    response_serializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.GetJourneyDraftResponse.SerializeToString,
+            ),
+            'ListJourneyVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJourneyVersions,
+                    request_deserializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ListJourneyVersionsRequest.FromString,
+                    response_serializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ListJourneyVersionsResponse.SerializeToString,
+            ),
+            'ArchiveJourney': grpc.unary_unary_rpc_method_handler(
+                    servicer.ArchiveJourney,
+                    request_deserializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ArchiveJourneyRequest.FromString,
+                    response_serializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ArchiveJourneyResponse.SerializeToString,
+            ),
+            'MigrateRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.MigrateRuns,
+                    request_deserializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.MigrateRunsRequest.FromString,
+                    response_serializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.MigrateRunsResponse.SerializeToString,
+            ),
+            'ListApprovals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApprovals,
+                    request_deserializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ListApprovalsRequest.FromString,
+                    response_serializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ListApprovalsResponse.SerializeToString,
+            ),
+            'StartJourneyBacktest': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartJourneyBacktest,
+                    request_deserializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.StartJourneyBacktestRequest.FromString,
+                    response_serializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.StartJourneyBacktestResponse.SerializeToString,
+            ),
+            'GetJourneyBacktest': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJourneyBacktest,
+                    request_deserializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.GetJourneyBacktestRequest.FromString,
+                    response_serializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.GetJourneyBacktestResponse.SerializeToString,
+            ),
+            'ReplayEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayEvents,
+                    request_deserializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ReplayEventsRequest.FromString,
+                    response_serializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ReplayEventsResponse.SerializeToString,
+            ),
+            'GetJourneyStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJourneyStats,
+                    request_deserializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.GetJourneyStatsRequest.FromString,
+                    response_serializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.GetJourneyStatsResponse.SerializeToString,
+            ),
+            'ListStepTypes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStepTypes,
+                    request_deserializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ListStepTypesRequest.FromString,
+                    response_serializer=overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ListStepTypesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -779,6 +984,303 @@ class OrchestratorService:
             '/overture.orchestrator.v1.OrchestratorService/PreviewJourney',
             overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.PreviewJourneyRequest.SerializeToString,
             overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.PreviewJourneyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SaveJourneyDraft(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/overture.orchestrator.v1.OrchestratorService/SaveJourneyDraft',
+            overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.SaveJourneyDraftRequest.SerializeToString,
+            overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.SaveJourneyDraftResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJourneyDraft(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/overture.orchestrator.v1.OrchestratorService/GetJourneyDraft',
+            overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.GetJourneyDraftRequest.SerializeToString,
+            overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.GetJourneyDraftResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJourneyVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/overture.orchestrator.v1.OrchestratorService/ListJourneyVersions',
+            overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ListJourneyVersionsRequest.SerializeToString,
+            overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ListJourneyVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ArchiveJourney(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/overture.orchestrator.v1.OrchestratorService/ArchiveJourney',
+            overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ArchiveJourneyRequest.SerializeToString,
+            overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ArchiveJourneyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MigrateRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/overture.orchestrator.v1.OrchestratorService/MigrateRuns',
+            overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.MigrateRunsRequest.SerializeToString,
+            overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.MigrateRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApprovals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/overture.orchestrator.v1.OrchestratorService/ListApprovals',
+            overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ListApprovalsRequest.SerializeToString,
+            overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ListApprovalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartJourneyBacktest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/overture.orchestrator.v1.OrchestratorService/StartJourneyBacktest',
+            overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.StartJourneyBacktestRequest.SerializeToString,
+            overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.StartJourneyBacktestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJourneyBacktest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/overture.orchestrator.v1.OrchestratorService/GetJourneyBacktest',
+            overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.GetJourneyBacktestRequest.SerializeToString,
+            overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.GetJourneyBacktestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/overture.orchestrator.v1.OrchestratorService/ReplayEvents',
+            overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ReplayEventsRequest.SerializeToString,
+            overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ReplayEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJourneyStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/overture.orchestrator.v1.OrchestratorService/GetJourneyStats',
+            overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.GetJourneyStatsRequest.SerializeToString,
+            overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.GetJourneyStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStepTypes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/overture.orchestrator.v1.OrchestratorService/ListStepTypes',
+            overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ListStepTypesRequest.SerializeToString,
+            overture_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ListStepTypesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -100,6 +100,53 @@ class OrchestratorServiceStub:
     (a trait the subject lacks) is returned FAILED with the reason, and the
     walk stops there. Nothing is decided, reserved or sent.
     """
+    SaveJourneyDraft: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.SaveJourneyDraftRequest, _orchestrator_service_pb2.SaveJourneyDraftResponse]
+    """Saves a journey's draft: a working copy, one per journey, that can be
+    changed freely and is never run. It is validated like PublishJourney,
+    but problems are returned, not refused, so that an unfinished draft can
+    be kept. Publish it with PublishJourney.
+    """
+    GetJourneyDraft: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.GetJourneyDraftRequest, _orchestrator_service_pb2.GetJourneyDraftResponse]
+    """Returns a journey's draft. NOT_FOUND if it has none."""
+    ListJourneyVersions: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.ListJourneyVersionsRequest, _orchestrator_service_pb2.ListJourneyVersionsResponse]
+    """Lists the published versions of a journey, newest first."""
+    ArchiveJourney: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.ArchiveJourneyRequest, _orchestrator_service_pb2.ArchiveJourneyResponse]
+    """Retires a journey: it starts no more runs, and its live runs and their
+    timers are cancelled with the reason; their history is kept. Recorded
+    in the audit log. Publishing a new version revives it.
+    """
+    MigrateRuns: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.MigrateRunsRequest, _orchestrator_service_pb2.MigrateRunsResponse]
+    """Moves a journey's live runs from one version to another, each token to
+    the step `step_mapping` names for its step (a step missing from the
+    mapping keeps its id, which must exist in the target version). Runs
+    whose step has no target are left where they are and reported.
+    Idempotent on `request_id`. Recorded in the audit log.
+    """
+    ListApprovals: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.ListApprovalsRequest, _orchestrator_service_pb2.ListApprovalsResponse]
+    """Lists the runs waiting at approval steps, oldest first."""
+    StartJourneyBacktest: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.StartJourneyBacktestRequest, _orchestrator_service_pb2.StartJourneyBacktestResponse]
+    """Starts a backtest: the stored events of a time window replayed through a
+    journey version (or a candidate definition), with every guardrail
+    decided in dry-run mode. It has no side effects at all: no run, no
+    decision record, no reservation, no message. Follow its progress and
+    read its report with GetJourneyBacktest.
+    """
+    GetJourneyBacktest: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.GetJourneyBacktestRequest, _orchestrator_service_pb2.GetJourneyBacktestResponse]
+    """Returns a backtest: its progress and, when done, its report."""
+    ReplayEvents: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.ReplayEventsRequest, _orchestrator_service_pb2.ReplayEventsResponse]
+    """Feeds the stored events of a time window to a journey's trigger again.
+    Idempotent: an event starts at most one run per journey and subject, so
+    replaying a window twice sends nothing new. Recorded in the audit log.
+    """
+    GetJourneyStats: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.GetJourneyStatsRequest, _orchestrator_service_pb2.GetJourneyStatsResponse]
+    """Returns a journey's statistics, kept as counters as runs move: runs
+    entered, completed, converted, failed and dead-lettered; per step;
+    the send success rate; step latency; holdout against treatment.
+    """
+    ListStepTypes: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.ListStepTypesRequest, _orchestrator_service_pb2.ListStepTypesResponse]
+    """Describes every trigger and step kind, with its fields and edges, for
+    builders and tools.
+    """
 
 @_typing.type_check_only
 class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
@@ -172,6 +219,53 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     their message for the subject as a send would; one that does not render
     (a trait the subject lacks) is returned FAILED with the reason, and the
     walk stops there. Nothing is decided, reserved or sent.
+    """
+    SaveJourneyDraft: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.SaveJourneyDraftRequest, _orchestrator_service_pb2.SaveJourneyDraftResponse]  # type: ignore[assignment]
+    """Saves a journey's draft: a working copy, one per journey, that can be
+    changed freely and is never run. It is validated like PublishJourney,
+    but problems are returned, not refused, so that an unfinished draft can
+    be kept. Publish it with PublishJourney.
+    """
+    GetJourneyDraft: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.GetJourneyDraftRequest, _orchestrator_service_pb2.GetJourneyDraftResponse]  # type: ignore[assignment]
+    """Returns a journey's draft. NOT_FOUND if it has none."""
+    ListJourneyVersions: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.ListJourneyVersionsRequest, _orchestrator_service_pb2.ListJourneyVersionsResponse]  # type: ignore[assignment]
+    """Lists the published versions of a journey, newest first."""
+    ArchiveJourney: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.ArchiveJourneyRequest, _orchestrator_service_pb2.ArchiveJourneyResponse]  # type: ignore[assignment]
+    """Retires a journey: it starts no more runs, and its live runs and their
+    timers are cancelled with the reason; their history is kept. Recorded
+    in the audit log. Publishing a new version revives it.
+    """
+    MigrateRuns: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.MigrateRunsRequest, _orchestrator_service_pb2.MigrateRunsResponse]  # type: ignore[assignment]
+    """Moves a journey's live runs from one version to another, each token to
+    the step `step_mapping` names for its step (a step missing from the
+    mapping keeps its id, which must exist in the target version). Runs
+    whose step has no target are left where they are and reported.
+    Idempotent on `request_id`. Recorded in the audit log.
+    """
+    ListApprovals: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.ListApprovalsRequest, _orchestrator_service_pb2.ListApprovalsResponse]  # type: ignore[assignment]
+    """Lists the runs waiting at approval steps, oldest first."""
+    StartJourneyBacktest: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.StartJourneyBacktestRequest, _orchestrator_service_pb2.StartJourneyBacktestResponse]  # type: ignore[assignment]
+    """Starts a backtest: the stored events of a time window replayed through a
+    journey version (or a candidate definition), with every guardrail
+    decided in dry-run mode. It has no side effects at all: no run, no
+    decision record, no reservation, no message. Follow its progress and
+    read its report with GetJourneyBacktest.
+    """
+    GetJourneyBacktest: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.GetJourneyBacktestRequest, _orchestrator_service_pb2.GetJourneyBacktestResponse]  # type: ignore[assignment]
+    """Returns a backtest: its progress and, when done, its report."""
+    ReplayEvents: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.ReplayEventsRequest, _orchestrator_service_pb2.ReplayEventsResponse]  # type: ignore[assignment]
+    """Feeds the stored events of a time window to a journey's trigger again.
+    Idempotent: an event starts at most one run per journey and subject, so
+    replaying a window twice sends nothing new. Recorded in the audit log.
+    """
+    GetJourneyStats: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.GetJourneyStatsRequest, _orchestrator_service_pb2.GetJourneyStatsResponse]  # type: ignore[assignment]
+    """Returns a journey's statistics, kept as counters as runs move: runs
+    entered, completed, converted, failed and dead-lettered; per step;
+    the send success rate; step latency; holdout against treatment.
+    """
+    ListStepTypes: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.ListStepTypesRequest, _orchestrator_service_pb2.ListStepTypesResponse]  # type: ignore[assignment]
+    """Describes every trigger and step kind, with its fields and edges, for
+    builders and tools.
     """
 
 class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -338,6 +432,119 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         their message for the subject as a send would; one that does not render
         (a trait the subject lacks) is returned FAILED with the reason, and the
         walk stops there. Nothing is decided, reserved or sent.
+        """
+
+    @_abc_1.abstractmethod
+    def SaveJourneyDraft(
+        self,
+        request: _orchestrator_service_pb2.SaveJourneyDraftRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_service_pb2.SaveJourneyDraftResponse, _abc.Awaitable[_orchestrator_service_pb2.SaveJourneyDraftResponse]]:
+        """Saves a journey's draft: a working copy, one per journey, that can be
+        changed freely and is never run. It is validated like PublishJourney,
+        but problems are returned, not refused, so that an unfinished draft can
+        be kept. Publish it with PublishJourney.
+        """
+
+    @_abc_1.abstractmethod
+    def GetJourneyDraft(
+        self,
+        request: _orchestrator_service_pb2.GetJourneyDraftRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_service_pb2.GetJourneyDraftResponse, _abc.Awaitable[_orchestrator_service_pb2.GetJourneyDraftResponse]]:
+        """Returns a journey's draft. NOT_FOUND if it has none."""
+
+    @_abc_1.abstractmethod
+    def ListJourneyVersions(
+        self,
+        request: _orchestrator_service_pb2.ListJourneyVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_service_pb2.ListJourneyVersionsResponse, _abc.Awaitable[_orchestrator_service_pb2.ListJourneyVersionsResponse]]:
+        """Lists the published versions of a journey, newest first."""
+
+    @_abc_1.abstractmethod
+    def ArchiveJourney(
+        self,
+        request: _orchestrator_service_pb2.ArchiveJourneyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_service_pb2.ArchiveJourneyResponse, _abc.Awaitable[_orchestrator_service_pb2.ArchiveJourneyResponse]]:
+        """Retires a journey: it starts no more runs, and its live runs and their
+        timers are cancelled with the reason; their history is kept. Recorded
+        in the audit log. Publishing a new version revives it.
+        """
+
+    @_abc_1.abstractmethod
+    def MigrateRuns(
+        self,
+        request: _orchestrator_service_pb2.MigrateRunsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_service_pb2.MigrateRunsResponse, _abc.Awaitable[_orchestrator_service_pb2.MigrateRunsResponse]]:
+        """Moves a journey's live runs from one version to another, each token to
+        the step `step_mapping` names for its step (a step missing from the
+        mapping keeps its id, which must exist in the target version). Runs
+        whose step has no target are left where they are and reported.
+        Idempotent on `request_id`. Recorded in the audit log.
+        """
+
+    @_abc_1.abstractmethod
+    def ListApprovals(
+        self,
+        request: _orchestrator_service_pb2.ListApprovalsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_service_pb2.ListApprovalsResponse, _abc.Awaitable[_orchestrator_service_pb2.ListApprovalsResponse]]:
+        """Lists the runs waiting at approval steps, oldest first."""
+
+    @_abc_1.abstractmethod
+    def StartJourneyBacktest(
+        self,
+        request: _orchestrator_service_pb2.StartJourneyBacktestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_service_pb2.StartJourneyBacktestResponse, _abc.Awaitable[_orchestrator_service_pb2.StartJourneyBacktestResponse]]:
+        """Starts a backtest: the stored events of a time window replayed through a
+        journey version (or a candidate definition), with every guardrail
+        decided in dry-run mode. It has no side effects at all: no run, no
+        decision record, no reservation, no message. Follow its progress and
+        read its report with GetJourneyBacktest.
+        """
+
+    @_abc_1.abstractmethod
+    def GetJourneyBacktest(
+        self,
+        request: _orchestrator_service_pb2.GetJourneyBacktestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_service_pb2.GetJourneyBacktestResponse, _abc.Awaitable[_orchestrator_service_pb2.GetJourneyBacktestResponse]]:
+        """Returns a backtest: its progress and, when done, its report."""
+
+    @_abc_1.abstractmethod
+    def ReplayEvents(
+        self,
+        request: _orchestrator_service_pb2.ReplayEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_service_pb2.ReplayEventsResponse, _abc.Awaitable[_orchestrator_service_pb2.ReplayEventsResponse]]:
+        """Feeds the stored events of a time window to a journey's trigger again.
+        Idempotent: an event starts at most one run per journey and subject, so
+        replaying a window twice sends nothing new. Recorded in the audit log.
+        """
+
+    @_abc_1.abstractmethod
+    def GetJourneyStats(
+        self,
+        request: _orchestrator_service_pb2.GetJourneyStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_service_pb2.GetJourneyStatsResponse, _abc.Awaitable[_orchestrator_service_pb2.GetJourneyStatsResponse]]:
+        """Returns a journey's statistics, kept as counters as runs move: runs
+        entered, completed, converted, failed and dead-lettered; per step;
+        the send success rate; step latency; holdout against treatment.
+        """
+
+    @_abc_1.abstractmethod
+    def ListStepTypes(
+        self,
+        request: _orchestrator_service_pb2.ListStepTypesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_service_pb2.ListStepTypesResponse, _abc.Awaitable[_orchestrator_service_pb2.ListStepTypesResponse]]:
+        """Describes every trigger and step kind, with its fields and edges, for
+        builders and tools.
         """
 
 def add_OrchestratorServiceServicer_to_server(servicer: OrchestratorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

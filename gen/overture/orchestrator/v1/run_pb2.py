@@ -22,22 +22,23 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"overture/orchestrator/v1/run.proto\x12\x18overture.orchestrator.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xca\x02\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07journey\x18\x02 \x01(\t\x12\x17\n\x0fjourney_version\x18\x03 \x01(\x03\x12\x12\n\nsubject_id\x18\x04 \x01(\t\x12\x18\n\x10trigger_event_id\x18\x05 \x01(\t\x12\x31\n\x05state\x18\x06 \x01(\x0e\x32\".overture.orchestrator.v1.RunState\x12\x30\n\x05steps\x18\x07 \x03(\x0b\x32!.overture.orchestrator.v1.StepRun\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63urrent_step\x18\n \x01(\t\"\xba\x02\n\x07StepRun\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x35\n\x05state\x18\x02 \x01(\x0e\x32&.overture.orchestrator.v1.StepRunState\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\x05\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65livery_id\x18\x05 \x01(\t\x12\x0f\n\x07outcome\x18\x06 \x01(\t\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12.\n\nstart_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\twake_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x9b\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_RUNNING\x10\x01\x12\x15\n\x11RUN_STATE_WAITING\x10\x02\x12\x17\n\x13RUN_STATE_COMPLETED\x10\x03\x12\x14\n\x10RUN_STATE_FAILED\x10\x04\x12\x17\n\x13RUN_STATE_CANCELLED\x10\x05*\xbb\x01\n\x0cStepRunState\x12\x1e\n\x1aSTEP_RUN_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16STEP_RUN_STATE_RUNNING\x10\x01\x12\x1a\n\x16STEP_RUN_STATE_WAITING\x10\x02\x12\x1c\n\x18STEP_RUN_STATE_COMPLETED\x10\x03\x12\x1a\n\x16STEP_RUN_STATE_SKIPPED\x10\x04\x12\x19\n\x15STEP_RUN_STATE_FAILED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"overture/orchestrator/v1/run.proto\x12\x18overture.orchestrator.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe2\x03\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07journey\x18\x02 \x01(\t\x12\x17\n\x0fjourney_version\x18\x03 \x01(\x03\x12\x12\n\nsubject_id\x18\x04 \x01(\t\x12\x18\n\x10trigger_event_id\x18\x05 \x01(\t\x12\x31\n\x05state\x18\x06 \x01(\x0e\x32\".overture.orchestrator.v1.RunState\x12\x30\n\x05steps\x18\x07 \x03(\x0b\x32!.overture.orchestrator.v1.StepRun\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63urrent_step\x18\n \x01(\t\x12\x11\n\tconverted\x18\x0b \x01(\x08\x12\x0c\n\x04goal\x18\x0c \x01(\t\x12\x0c\n\x04\x61rms\x18\r \x03(\t\x12\x0f\n\x07holdout\x18\x0e \x01(\x08\x12(\n\x07\x63ontext\x18\x0f \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x15\n\rwaiting_steps\x18\x10 \x03(\t\x12\x15\n\rcancel_reason\x18\x11 \x01(\t\"\x99\x03\n\x07StepRun\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x35\n\x05state\x18\x02 \x01(\x0e\x32&.overture.orchestrator.v1.StepRunState\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\x05\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65livery_id\x18\x05 \x01(\t\x12\x0f\n\x07outcome\x18\x06 \x01(\t\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12.\n\nstart_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\twake_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65\x64ge\x18\x0b \x01(\t\x12&\n\x05input\x18\x0c \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06output\x18\r \x01(\x0b\x32\x17.google.protobuf.Struct*\x9b\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_RUNNING\x10\x01\x12\x15\n\x11RUN_STATE_WAITING\x10\x02\x12\x17\n\x13RUN_STATE_COMPLETED\x10\x03\x12\x14\n\x10RUN_STATE_FAILED\x10\x04\x12\x17\n\x13RUN_STATE_CANCELLED\x10\x05*\xbb\x01\n\x0cStepRunState\x12\x1e\n\x1aSTEP_RUN_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16STEP_RUN_STATE_RUNNING\x10\x01\x12\x1a\n\x16STEP_RUN_STATE_WAITING\x10\x02\x12\x1c\n\x18STEP_RUN_STATE_COMPLETED\x10\x03\x12\x1a\n\x16STEP_RUN_STATE_SKIPPED\x10\x04\x12\x19\n\x15STEP_RUN_STATE_FAILED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'overture.orchestrator.v1.run_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNSTATE']._serialized_start=748
-  _globals['_RUNSTATE']._serialized_end=903
-  _globals['_STEPRUNSTATE']._serialized_start=906
-  _globals['_STEPRUNSTATE']._serialized_end=1093
-  _globals['_RUN']._serialized_start=98
-  _globals['_RUN']._serialized_end=428
-  _globals['_STEPRUN']._serialized_start=431
-  _globals['_STEPRUN']._serialized_end=745
+  _globals['_RUNSTATE']._serialized_start=1025
+  _globals['_RUNSTATE']._serialized_end=1180
+  _globals['_STEPRUNSTATE']._serialized_start=1183
+  _globals['_STEPRUNSTATE']._serialized_end=1370
+  _globals['_RUN']._serialized_start=128
+  _globals['_RUN']._serialized_end=610
+  _globals['_STEPRUN']._serialized_start=613
+  _globals['_STEPRUN']._serialized_end=1022
 # @@protoc_insertion_point(module_scope)

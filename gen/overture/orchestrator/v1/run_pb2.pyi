@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -108,6 +109,13 @@ class Run(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     CURRENT_STEP_FIELD_NUMBER: _builtins.int
+    CONVERTED_FIELD_NUMBER: _builtins.int
+    GOAL_FIELD_NUMBER: _builtins.int
+    ARMS_FIELD_NUMBER: _builtins.int
+    HOLDOUT_FIELD_NUMBER: _builtins.int
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    WAITING_STEPS_FIELD_NUMBER: _builtins.int
+    CANCEL_REASON_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run's id."""
     journey: _builtins.str
@@ -121,7 +129,19 @@ class Run(_message.Message):
     state: Global___RunState.ValueType
     """The run's state."""
     current_step: _builtins.str
-    """The step the run is at; empty when it has ended."""
+    """The step the run is at; empty when it has ended. With parallel branches,
+    the step of the branch that moved last (see `waiting_steps`).
+    """
+    converted: _builtins.bool
+    """True when the run reached the journey's goal (its goal event, or an exit
+    step with a goal).
+    """
+    goal: _builtins.str
+    """The goal reached, when converted."""
+    holdout: _builtins.bool
+    """True when the run is in a holdout (control) branch: it sends nothing."""
+    cancel_reason: _builtins.str
+    """Why the run was cancelled, when it was."""
     @_builtins.property
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___StepRun]:
         """The steps the run has reached, in order."""
@@ -133,6 +153,20 @@ class Run(_message.Message):
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the run last changed."""
+
+    @_builtins.property
+    def arms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The split branches the run took, as `<split step id>:<branch name>`."""
+
+    @_builtins.property
+    def context(self) -> _struct_pb2.Struct:
+        """What later steps can read as `steps`: per step id, the webhook response
+        kept (`response`) or the event that ended a wait (`event`).
+        """
+
+    @_builtins.property
+    def waiting_steps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every step a token of the run waits at now, one per live branch."""
 
     def __init__(
         self,
@@ -147,10 +181,17 @@ class Run(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         current_step: _builtins.str = ...,
+        converted: _builtins.bool = ...,
+        goal: _builtins.str = ...,
+        arms: _abc.Iterable[_builtins.str] | None = ...,
+        holdout: _builtins.bool = ...,
+        context: _struct_pb2.Struct | None = ...,
+        waiting_steps: _abc.Iterable[_builtins.str] | None = ...,
+        cancel_reason: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "current_step", b"current_step", "journey", b"journey", "journey_version", b"journey_version", "run_id", b"run_id", "state", b"state", "steps", b"steps", "subject_id", b"subject_id", "trigger_event_id", b"trigger_event_id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arms", b"arms", "cancel_reason", b"cancel_reason", "context", b"context", "converted", b"converted", "create_time", b"create_time", "current_step", b"current_step", "goal", b"goal", "holdout", b"holdout", "journey", b"journey", "journey_version", b"journey_version", "run_id", b"run_id", "state", b"state", "steps", b"steps", "subject_id", b"subject_id", "trigger_event_id", b"trigger_event_id", "update_time", b"update_time", "waiting_steps", b"waiting_steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -172,6 +213,9 @@ class StepRun(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     WAKE_TIME_FIELD_NUMBER: _builtins.int
+    EDGE_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
     step_id: _builtins.str
     """The step's id."""
     state: Global___StepRunState.ValueType
@@ -186,6 +230,10 @@ class StepRun(_message.Message):
     """A one-line outcome, for example `sent` or `denied by consent`."""
     error: _builtins.str
     """The last error, when the step failed."""
+    edge: _builtins.str
+    """The edge the run left the step by, for example `true`, `timeout` or a
+    split branch's name; empty for `next`.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """When the step started."""
@@ -197,6 +245,18 @@ class StepRun(_message.Message):
     @_builtins.property
     def wake_time(self) -> _timestamp_pb2.Timestamp:
         """When a waiting step resumes."""
+
+    @_builtins.property
+    def input(self) -> _struct_pb2.Struct:
+        """What the step read, masked: for example the rendered message's subject
+        and channel, the webhook's URL, or the condition.
+        """
+
+    @_builtins.property
+    def output(self) -> _struct_pb2.Struct:
+        """What the step produced, masked: for example the matched event's id or
+        the webhook's status.
+        """
 
     def __init__(
         self,
@@ -211,10 +271,13 @@ class StepRun(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         wake_time: _timestamp_pb2.Timestamp | None = ...,
+        edge: _builtins.str = ...,
+        input: _struct_pb2.Struct | None = ...,
+        output: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time", "wake_time", b"wake_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "input", b"input", "output", b"output", "start_time", b"start_time", "wake_time", b"wake_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "decision_id", b"decision_id", "delivery_id", b"delivery_id", "end_time", b"end_time", "error", b"error", "outcome", b"outcome", "start_time", b"start_time", "state", b"state", "step_id", b"step_id", "wake_time", b"wake_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "decision_id", b"decision_id", "delivery_id", b"delivery_id", "edge", b"edge", "end_time", b"end_time", "error", b"error", "input", b"input", "outcome", b"outcome", "output", b"output", "start_time", b"start_time", "state", b"state", "step_id", b"step_id", "wake_time", b"wake_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,17 +27,17 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from overture.common.v1 import messaging_pb2 as overture_dot_common_dot_v1_dot_messaging__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1foverture/rules/v1/profile.proto\x12\x11overture.rules.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"overture/common/v1/messaging.proto\"\xf4\x01\n\x07Profile\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\'\n\x06traits\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12,\n\x08\x63onsents\x18\x03 \x03(\x0b\x32\x1a.overture.rules.v1.Consent\x12\x10\n\x08segments\x18\x04 \x03(\t\x12\x10\n\x08timezone\x18\x05 \x01(\t\x12\x19\n\x11suppression_lists\x18\x06 \x03(\t\x12\x0e\n\x06\x65rased\x18\x07 \x01(\x08\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbb\x01\n\x07\x43onsent\x12,\n\x07\x63hannel\x18\x01 \x01(\x0e\x32\x1b.overture.common.v1.Channel\x12\x0f\n\x07purpose\x18\x02 \x01(\t\x12\x30\n\x06status\x18\x03 \x01(\x0e\x32 .overture.rules.v1.ConsentStatus\x12\x0e\n\x06source\x18\x04 \x01(\t\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*g\n\rConsentStatus\x12\x1e\n\x1a\x43ONSENT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43ONSENT_STATUS_GRANTED\x10\x01\x12\x1a\n\x16\x43ONSENT_STATUS_REVOKED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1foverture/rules/v1/profile.proto\x12\x11overture.rules.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"overture/common/v1/messaging.proto\"\x82\x02\n\x07Profile\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\'\n\x06traits\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12,\n\x08\x63onsents\x18\x03 \x03(\x0b\x32\x1a.overture.rules.v1.Consent\x12\x10\n\x08segments\x18\x04 \x03(\t\x12\x10\n\x08timezone\x18\x05 \x01(\t\x12\x19\n\x11suppression_lists\x18\x06 \x03(\t\x12\x0e\n\x06\x65rased\x18\x07 \x01(\x08\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04tags\x18\t \x03(\t\"\xbb\x01\n\x07\x43onsent\x12,\n\x07\x63hannel\x18\x01 \x01(\x0e\x32\x1b.overture.common.v1.Channel\x12\x0f\n\x07purpose\x18\x02 \x01(\t\x12\x30\n\x06status\x18\x03 \x01(\x0e\x32 .overture.rules.v1.ConsentStatus\x12\x0e\n\x06source\x18\x04 \x01(\t\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*g\n\rConsentStatus\x12\x1e\n\x1a\x43ONSENT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43ONSENT_STATUS_GRANTED\x10\x01\x12\x1a\n\x16\x43ONSENT_STATUS_REVOKED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'overture.rules.v1.profile_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONSENTSTATUS']._serialized_start=590
-  _globals['_CONSENTSTATUS']._serialized_end=693
+  _globals['_CONSENTSTATUS']._serialized_start=604
+  _globals['_CONSENTSTATUS']._serialized_end=707
   _globals['_PROFILE']._serialized_start=154
-  _globals['_PROFILE']._serialized_end=398
-  _globals['_CONSENT']._serialized_start=401
-  _globals['_CONSENT']._serialized_end=588
+  _globals['_PROFILE']._serialized_end=412
+  _globals['_CONSENT']._serialized_start=415
+  _globals['_CONSENT']._serialized_end=602
 # @@protoc_insertion_point(module_scope)

@@ -60,6 +60,7 @@ class Profile(_message.Message):
     SUPPRESSION_LISTS_FIELD_NUMBER: _builtins.int
     ERASED_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
     subject_id: _builtins.str
     """The subject's id, as the tenant knows it."""
     timezone: _builtins.str
@@ -86,6 +87,12 @@ class Profile(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the profile last changed."""
 
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Free-form labels, for example `vip` or `beta-tester`, set by journeys'
+        update-profile steps or by UpdateProfile.
+        """
+
     def __init__(
         self,
         *,
@@ -97,10 +104,11 @@ class Profile(_message.Message):
         suppression_lists: _abc.Iterable[_builtins.str] | None = ...,
         erased: _builtins.bool = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["traits", b"traits", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consents", b"consents", "erased", b"erased", "segments", b"segments", "subject_id", b"subject_id", "suppression_lists", b"suppression_lists", "timezone", b"timezone", "traits", b"traits", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consents", b"consents", "erased", b"erased", "segments", b"segments", "subject_id", b"subject_id", "suppression_lists", b"suppression_lists", "tags", b"tags", "timezone", b"timezone", "traits", b"traits", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -409,3 +409,175 @@ class EraseProfileResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EraseProfileResponse: _TypeAlias = EraseProfileResponse  # noqa: Y015
+
+@_typing.final
+class UpdateProfileRequest(_message.Message):
+    """The request of UpdateProfile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class IncrementEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    SET_TRAITS_FIELD_NUMBER: _builtins.int
+    UNSET_TRAITS_FIELD_NUMBER: _builtins.int
+    INCREMENT_FIELD_NUMBER: _builtins.int
+    ADD_TAGS_FIELD_NUMBER: _builtins.int
+    REMOVE_TAGS_FIELD_NUMBER: _builtins.int
+    ENTER_SEGMENTS_FIELD_NUMBER: _builtins.int
+    EXIT_SEGMENTS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    subject_id: _builtins.str
+    """The subject's id."""
+    request_id: _builtins.str
+    """An idempotency key, required: the change is made once per key."""
+    @_builtins.property
+    def set_traits(self) -> _struct_pb2.Struct:
+        """Traits to set."""
+
+    @_builtins.property
+    def unset_traits(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Traits to remove."""
+
+    @_builtins.property
+    def increment(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Numeric traits to add to; a missing trait counts as 0. A trait that is
+        not a number is a field violation.
+        """
+
+    @_builtins.property
+    def add_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tags to add."""
+
+    @_builtins.property
+    def remove_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tags to remove."""
+
+    @_builtins.property
+    def enter_segments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Segments to enter."""
+
+    @_builtins.property
+    def exit_segments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Segments to leave."""
+
+    def __init__(
+        self,
+        *,
+        subject_id: _builtins.str = ...,
+        set_traits: _struct_pb2.Struct | None = ...,
+        unset_traits: _abc.Iterable[_builtins.str] | None = ...,
+        increment: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        add_tags: _abc.Iterable[_builtins.str] | None = ...,
+        remove_tags: _abc.Iterable[_builtins.str] | None = ...,
+        enter_segments: _abc.Iterable[_builtins.str] | None = ...,
+        exit_segments: _abc.Iterable[_builtins.str] | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["set_traits", b"set_traits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add_tags", b"add_tags", "enter_segments", b"enter_segments", "exit_segments", b"exit_segments", "increment", b"increment", "remove_tags", b"remove_tags", "request_id", b"request_id", "set_traits", b"set_traits", "subject_id", b"subject_id", "unset_traits", b"unset_traits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateProfileRequest: _TypeAlias = UpdateProfileRequest  # noqa: Y015
+
+@_typing.final
+class UpdateProfileResponse(_message.Message):
+    """The response of UpdateProfile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROFILE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def profile(self) -> _profile_pb2.Profile:
+        """The profile after the change."""
+
+    def __init__(
+        self,
+        *,
+        profile: _profile_pb2.Profile | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["profile", b"profile"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["profile", b"profile"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateProfileResponse: _TypeAlias = UpdateProfileResponse  # noqa: Y015
+
+@_typing.final
+class ListProfilesRequest(_message.Message):
+    """The request of ListProfiles."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEGMENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    segment: _builtins.str
+    """Only subjects in this segment; empty lists every subject."""
+    page_size: _builtins.int
+    """The most profiles to return, 1 to 1,000; 0 means 100."""
+    page_token: _builtins.str
+    """The `next_page_token` of a previous call."""
+    def __init__(
+        self,
+        *,
+        segment: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "segment", b"segment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProfilesRequest: _TypeAlias = ListProfilesRequest  # noqa: Y015
+
+@_typing.final
+class ListProfilesResponse(_message.Message):
+    """The response of ListProfiles."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROFILES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The token for the next page; empty on the last page."""
+    @_builtins.property
+    def profiles(self) -> _containers.RepeatedCompositeFieldContainer[_profile_pb2.Profile]:
+        """The profiles, by subject id."""
+
+    def __init__(
+        self,
+        *,
+        profiles: _abc.Iterable[_profile_pb2.Profile] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "profiles", b"profiles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProfilesResponse: _TypeAlias = ListProfilesResponse  # noqa: Y015

@@ -47,6 +47,16 @@ class ProfileServiceStub:
                 request_serializer=overture_dot_rules_dot_v1_dot_profile__service__pb2.BatchGetProfilesRequest.SerializeToString,
                 response_deserializer=overture_dot_rules_dot_v1_dot_profile__service__pb2.BatchGetProfilesResponse.FromString,
                 _registered_method=True)
+        self.UpdateProfile = channel.unary_unary(
+                '/overture.rules.v1.ProfileService/UpdateProfile',
+                request_serializer=overture_dot_rules_dot_v1_dot_profile__service__pb2.UpdateProfileRequest.SerializeToString,
+                response_deserializer=overture_dot_rules_dot_v1_dot_profile__service__pb2.UpdateProfileResponse.FromString,
+                _registered_method=True)
+        self.ListProfiles = channel.unary_unary(
+                '/overture.rules.v1.ProfileService/ListProfiles',
+                request_serializer=overture_dot_rules_dot_v1_dot_profile__service__pb2.ListProfilesRequest.SerializeToString,
+                response_deserializer=overture_dot_rules_dot_v1_dot_profile__service__pb2.ListProfilesResponse.FromString,
+                _registered_method=True)
         self.UpsertProfile = channel.unary_unary(
                 '/overture.rules.v1.ProfileService/UpsertProfile',
                 request_serializer=overture_dot_rules_dot_v1_dot_profile__service__pb2.UpsertProfileRequest.SerializeToString,
@@ -87,6 +97,25 @@ class ProfileServiceServicer:
         subject in the order asked (AIP-231). A subject without a profile is not
         an error: its result has no profile. For a caller that needs many
         profiles at once, such as the orchestrator rendering a batch of sends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateProfile(self, request, context):
+        """Changes a profile in one step: sets and removes traits, adds to numeric
+        traits, adds and removes tags, enters and leaves segments. Idempotent on
+        `request_id` (journeys pass `run_id:step_id`): a repeat changes nothing
+        more and returns the profile as the first call left it. An erased
+        profile takes no change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProfiles(self, request, context):
+        """Lists the subjects of a segment, or all subjects, by subject id, for
+        schedule triggers. Erased profiles are left out.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -138,6 +167,16 @@ def add_ProfileServiceServicer_to_server(servicer, server):
                     servicer.BatchGetProfiles,
                     request_deserializer=overture_dot_rules_dot_v1_dot_profile__service__pb2.BatchGetProfilesRequest.FromString,
                     response_serializer=overture_dot_rules_dot_v1_dot_profile__service__pb2.BatchGetProfilesResponse.SerializeToString,
+            ),
+            'UpdateProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateProfile,
+                    request_deserializer=overture_dot_rules_dot_v1_dot_profile__service__pb2.UpdateProfileRequest.FromString,
+                    response_serializer=overture_dot_rules_dot_v1_dot_profile__service__pb2.UpdateProfileResponse.SerializeToString,
+            ),
+            'ListProfiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProfiles,
+                    request_deserializer=overture_dot_rules_dot_v1_dot_profile__service__pb2.ListProfilesRequest.FromString,
+                    response_serializer=overture_dot_rules_dot_v1_dot_profile__service__pb2.ListProfilesResponse.SerializeToString,
             ),
             'UpsertProfile': grpc.unary_unary_rpc_method_handler(
                     servicer.UpsertProfile,
@@ -217,6 +256,60 @@ class ProfileService:
             '/overture.rules.v1.ProfileService/BatchGetProfiles',
             overture_dot_rules_dot_v1_dot_profile__service__pb2.BatchGetProfilesRequest.SerializeToString,
             overture_dot_rules_dot_v1_dot_profile__service__pb2.BatchGetProfilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/overture.rules.v1.ProfileService/UpdateProfile',
+            overture_dot_rules_dot_v1_dot_profile__service__pb2.UpdateProfileRequest.SerializeToString,
+            overture_dot_rules_dot_v1_dot_profile__service__pb2.UpdateProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProfiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/overture.rules.v1.ProfileService/ListProfiles',
+            overture_dot_rules_dot_v1_dot_profile__service__pb2.ListProfilesRequest.SerializeToString,
+            overture_dot_rules_dot_v1_dot_profile__service__pb2.ListProfilesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,17 @@ class ProfileServiceStub:
     an error: its result has no profile. For a caller that needs many
     profiles at once, such as the orchestrator rendering a batch of sends.
     """
+    UpdateProfile: _grpc.UnaryUnaryMultiCallable[_profile_service_pb2.UpdateProfileRequest, _profile_service_pb2.UpdateProfileResponse]
+    """Changes a profile in one step: sets and removes traits, adds to numeric
+    traits, adds and removes tags, enters and leaves segments. Idempotent on
+    `request_id` (journeys pass `run_id:step_id`): a repeat changes nothing
+    more and returns the profile as the first call left it. An erased
+    profile takes no change.
+    """
+    ListProfiles: _grpc.UnaryUnaryMultiCallable[_profile_service_pb2.ListProfilesRequest, _profile_service_pb2.ListProfilesResponse]
+    """Lists the subjects of a segment, or all subjects, by subject id, for
+    schedule triggers. Erased profiles are left out.
+    """
     UpsertProfile: _grpc.UnaryUnaryMultiCallable[_profile_service_pb2.UpsertProfileRequest, _profile_service_pb2.UpsertProfileResponse]
     """Creates a profile or merges traits into it."""
     SetConsent: _grpc.UnaryUnaryMultiCallable[_profile_service_pb2.SetConsentRequest, _profile_service_pb2.SetConsentResponse]
@@ -77,6 +88,17 @@ class ProfileServiceAsyncStub(ProfileServiceStub):
     subject in the order asked (AIP-231). A subject without a profile is not
     an error: its result has no profile. For a caller that needs many
     profiles at once, such as the orchestrator rendering a batch of sends.
+    """
+    UpdateProfile: _aio.UnaryUnaryMultiCallable[_profile_service_pb2.UpdateProfileRequest, _profile_service_pb2.UpdateProfileResponse]  # type: ignore[assignment]
+    """Changes a profile in one step: sets and removes traits, adds to numeric
+    traits, adds and removes tags, enters and leaves segments. Idempotent on
+    `request_id` (journeys pass `run_id:step_id`): a repeat changes nothing
+    more and returns the profile as the first call left it. An erased
+    profile takes no change.
+    """
+    ListProfiles: _aio.UnaryUnaryMultiCallable[_profile_service_pb2.ListProfilesRequest, _profile_service_pb2.ListProfilesResponse]  # type: ignore[assignment]
+    """Lists the subjects of a segment, or all subjects, by subject id, for
+    schedule triggers. Erased profiles are left out.
     """
     UpsertProfile: _aio.UnaryUnaryMultiCallable[_profile_service_pb2.UpsertProfileRequest, _profile_service_pb2.UpsertProfileResponse]  # type: ignore[assignment]
     """Creates a profile or merges traits into it."""
@@ -120,6 +142,29 @@ class ProfileServiceServicer(metaclass=_abc_1.ABCMeta):
         subject in the order asked (AIP-231). A subject without a profile is not
         an error: its result has no profile. For a caller that needs many
         profiles at once, such as the orchestrator rendering a batch of sends.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateProfile(
+        self,
+        request: _profile_service_pb2.UpdateProfileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profile_service_pb2.UpdateProfileResponse, _abc.Awaitable[_profile_service_pb2.UpdateProfileResponse]]:
+        """Changes a profile in one step: sets and removes traits, adds to numeric
+        traits, adds and removes tags, enters and leaves segments. Idempotent on
+        `request_id` (journeys pass `run_id:step_id`): a repeat changes nothing
+        more and returns the profile as the first call left it. An erased
+        profile takes no change.
+        """
+
+    @_abc_1.abstractmethod
+    def ListProfiles(
+        self,
+        request: _profile_service_pb2.ListProfilesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profile_service_pb2.ListProfilesResponse, _abc.Awaitable[_profile_service_pb2.ListProfilesResponse]]:
+        """Lists the subjects of a segment, or all subjects, by subject id, for
+        schedule triggers. Erased profiles are left out.
         """
 
     @_abc_1.abstractmethod

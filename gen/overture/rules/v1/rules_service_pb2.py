@@ -30,10 +30,11 @@ from overture.common.v1 import messaging_pb2 as overture_dot_common_dot_v1_dot_m
 from overture.common.v1 import validation_pb2 as overture_dot_common_dot_v1_dot_validation__pb2
 from overture.rules.v1 import audit_event_pb2 as overture_dot_rules_dot_v1_dot_audit__event__pb2
 from overture.rules.v1 import decision_pb2 as overture_dot_rules_dot_v1_dot_decision__pb2
+from overture.rules.v1 import profile_pb2 as overture_dot_rules_dot_v1_dot_profile__pb2
 from overture.rules.v1 import rule_set_pb2 as overture_dot_rules_dot_v1_dot_rule__set__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%overture/rules/v1/rules_service.proto\x12\x11overture.rules.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1doverture/common/v1/auth.proto\x1a(overture/common/v1/field_violation.proto\x1a\"overture/common/v1/messaging.proto\x1a#overture/common/v1/validation.proto\x1a#overture/rules/v1/audit_event.proto\x1a overture/rules/v1/decision.proto\x1a overture/rules/v1/rule_set.proto\"\xe6\x02\n\x0f\x45valuateRequest\x12\x10\n\x08rule_set\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x12\n\nsubject_id\x18\x03 \x01(\t\x12,\n\x07\x63hannel\x18\x04 \x01(\x0e\x32\x1b.overture.common.v1.Channel\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x35\n\x08\x63\x61tegory\x18\x06 \x01(\x0e\x32#.overture.common.v1.MessageCategory\x12\x10\n\x08priority\x18\x07 \x01(\x05\x12(\n\x07\x63ontext\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x03now\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x04mode\x18\n \x01(\x0e\x32!.overture.rules.v1.EvaluationMode\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x0b \x01(\t\"A\n\x10\x45valuateResponse\x12-\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x1b.overture.rules.v1.Decision\"R\n\x14\x45valuateBatchRequest\x12:\n\x08requests\x18\x01 \x03(\x0b\x32\".overture.rules.v1.EvaluateRequestB\x04\x90\xb5\x18\x01\"P\n\x15\x45valuateBatchResponse\x12\x37\n\x07results\x18\x01 \x03(\x0b\x32&.overture.rules.v1.EvaluateBatchResult\"\x8b\x01\n\x13\x45valuateBatchResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12-\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x1b.overture.rules.v1.Decision\x12\x36\n\nviolations\x18\x03 \x03(\x0b\x32\".overture.common.v1.FieldViolation\"\x99\x01\n\x1b\x43reateRuleSetVersionRequest\x12\x10\n\x08rule_set\x18\x01 \x01(\t\x12,\n\x04spec\x18\x02 \x01(\x0b\x32\x1e.overture.rules.v1.RuleSetSpec\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x16\n\x0eparent_version\x18\x04 \x01(\x03\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"n\n\x1c\x43reateRuleSetVersionResponse\x12;\n\x10rule_set_version\x18\x01 \x01(\x0b\x32!.overture.rules.v1.RuleSetVersion\x12\x11\n\tunchanged\x18\x02 \x01(\x08\"=\n\x18GetRuleSetVersionRequest\x12\x10\n\x08rule_set\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"X\n\x19GetRuleSetVersionResponse\x12;\n\x10rule_set_version\x18\x01 \x01(\x0b\x32!.overture.rules.v1.RuleSetVersion\"U\n\x1aListRuleSetVersionsRequest\x12\x10\n\x08rule_set\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"t\n\x1bListRuleSetVersionsResponse\x12<\n\x11rule_set_versions\x18\x01 \x03(\x0b\x32!.overture.rules.v1.RuleSetVersion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"f\n\x1d\x41\x63tivateRuleSetVersionRequest\x12\x10\n\x08rule_set\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"w\n\x1e\x41\x63tivateRuleSetVersionResponse\x12;\n\x10rule_set_version\x18\x01 \x01(\x0b\x32!.overture.rules.v1.RuleSetVersion\x12\x18\n\x10previous_version\x18\x02 \x01(\x03\"X\n\x1a\x44iffRuleSetVersionsRequest\x12\x10\n\x08rule_set\x18\x01 \x01(\t\x12\x14\n\x0c\x66rom_version\x18\x02 \x01(\x03\x12\x12\n\nto_version\x18\x03 \x01(\x03\"P\n\x1b\x44iffRuleSetVersionsResponse\x12\x31\n\x07\x63hanges\x18\x01 \x03(\x0b\x32 .overture.rules.v1.RuleSetChange\"\xb6\x01\n\x16\x42\x61\x63ktestRuleSetRequest\x12\x10\n\x08rule_set\x18\x01 \x01(\t\x12\x19\n\x11\x63\x61ndidate_version\x18\x02 \x01(\x03\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x05 \x01(\x05\"\xb6\x01\n\x17\x42\x61\x63ktestRuleSetResponse\x12\x17\n\x0f\x65valuated_count\x18\x01 \x01(\x03\x12\x15\n\rchanged_count\x18\x02 \x01(\x03\x12\x1a\n\x12newly_denied_count\x18\x03 \x01(\x03\x12\x1b\n\x13newly_allowed_count\x18\x04 \x01(\x03\x12\x32\n\x07\x63hanges\x18\x05 \x03(\x0b\x32!.overture.rules.v1.BacktestChange\"\x9c\x01\n\x0e\x42\x61\x63ktestChange\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\x16\n\x0e\x61llowed_before\x18\x03 \x01(\x08\x12\x15\n\rallowed_after\x18\x04 \x01(\x08\x12\x32\n\x0everdicts_after\x18\x05 \x03(\x0b\x32\x1a.overture.rules.v1.Verdict\"?\n\x16ListAuditEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"g\n\x17ListAuditEventsResponse\x12\x33\n\x0c\x61udit_events\x18\x01 \x03(\x0b\x32\x1d.overture.rules.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x12GetDecisionRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\"D\n\x13GetDecisionResponse\x12-\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x1b.overture.rules.v1.Decision\"Q\n\x14ListDecisionsRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"`\n\x15ListDecisionsResponse\x12.\n\tdecisions\x18\x01 \x03(\x0b\x32\x1b.overture.rules.v1.Decision\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xfa\n\n\x0cRulesService\x12g\n\x08\x45valuate\x12\".overture.rules.v1.EvaluateRequest\x1a#.overture.rules.v1.EvaluateResponse\"\x12\x8a\xb5\x18\x0erules.evaluate\x12v\n\rEvaluateBatch\x12\'.overture.rules.v1.EvaluateBatchRequest\x1a(.overture.rules.v1.EvaluateBatchResponse\"\x12\x8a\xb5\x18\x0erules.evaluate\x12\x88\x01\n\x14\x43reateRuleSetVersion\x12..overture.rules.v1.CreateRuleSetVersionRequest\x1a/.overture.rules.v1.CreateRuleSetVersionResponse\"\x0f\x8a\xb5\x18\x0brules.write\x12~\n\x11GetRuleSetVersion\x12+.overture.rules.v1.GetRuleSetVersionRequest\x1a,.overture.rules.v1.GetRuleSetVersionResponse\"\x0e\x8a\xb5\x18\nrules.read\x12\x84\x01\n\x13ListRuleSetVersions\x12-.overture.rules.v1.ListRuleSetVersionsRequest\x1a..overture.rules.v1.ListRuleSetVersionsResponse\"\x0e\x8a\xb5\x18\nrules.read\x12\x91\x01\n\x16\x41\x63tivateRuleSetVersion\x12\x30.overture.rules.v1.ActivateRuleSetVersionRequest\x1a\x31.overture.rules.v1.ActivateRuleSetVersionResponse\"\x12\x8a\xb5\x18\x0erules.activate\x12\x84\x01\n\x13\x44iffRuleSetVersions\x12-.overture.rules.v1.DiffRuleSetVersionsRequest\x1a..overture.rules.v1.DiffRuleSetVersionsResponse\"\x0e\x8a\xb5\x18\nrules.read\x12x\n\x0f\x42\x61\x63ktestRuleSet\x12).overture.rules.v1.BacktestRuleSetRequest\x1a*.overture.rules.v1.BacktestRuleSetResponse\"\x0e\x8a\xb5\x18\nrules.read\x12x\n\x0fListAuditEvents\x12).overture.rules.v1.ListAuditEventsRequest\x1a*.overture.rules.v1.ListAuditEventsResponse\"\x0e\x8a\xb5\x18\naudit.read\x12p\n\x0bGetDecision\x12%.overture.rules.v1.GetDecisionRequest\x1a&.overture.rules.v1.GetDecisionResponse\"\x12\x8a\xb5\x18\x0e\x64\x65\x63isions.read\x12v\n\rListDecisions\x12\'.overture.rules.v1.ListDecisionsRequest\x1a(.overture.rules.v1.ListDecisionsResponse\"\x12\x8a\xb5\x18\x0e\x64\x65\x63isions.readb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%overture/rules/v1/rules_service.proto\x12\x11overture.rules.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1doverture/common/v1/auth.proto\x1a(overture/common/v1/field_violation.proto\x1a\"overture/common/v1/messaging.proto\x1a#overture/common/v1/validation.proto\x1a#overture/rules/v1/audit_event.proto\x1a overture/rules/v1/decision.proto\x1a\x1foverture/rules/v1/profile.proto\x1a overture/rules/v1/rule_set.proto\"\xa4\x03\n\x0f\x45valuateRequest\x12\x10\n\x08rule_set\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x12\n\nsubject_id\x18\x03 \x01(\t\x12,\n\x07\x63hannel\x18\x04 \x01(\x0e\x32\x1b.overture.common.v1.Channel\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x35\n\x08\x63\x61tegory\x18\x06 \x01(\x0e\x32#.overture.common.v1.MessageCategory\x12\x10\n\x08priority\x18\x07 \x01(\x05\x12(\n\x07\x63ontext\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x03now\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x04mode\x18\n \x01(\x0e\x32!.overture.rules.v1.EvaluationMode\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x0b \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x0c \x01(\x08\x12+\n\x07profile\x18\r \x01(\x0b\x32\x1a.overture.rules.v1.Profile\"A\n\x10\x45valuateResponse\x12-\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x1b.overture.rules.v1.Decision\"R\n\x14\x45valuateBatchRequest\x12:\n\x08requests\x18\x01 \x03(\x0b\x32\".overture.rules.v1.EvaluateRequestB\x04\x90\xb5\x18\x01\"P\n\x15\x45valuateBatchResponse\x12\x37\n\x07results\x18\x01 \x03(\x0b\x32&.overture.rules.v1.EvaluateBatchResult\"\x8b\x01\n\x13\x45valuateBatchResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12-\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x1b.overture.rules.v1.Decision\x12\x36\n\nviolations\x18\x03 \x03(\x0b\x32\".overture.common.v1.FieldViolation\"\x99\x01\n\x1b\x43reateRuleSetVersionRequest\x12\x10\n\x08rule_set\x18\x01 \x01(\t\x12,\n\x04spec\x18\x02 \x01(\x0b\x32\x1e.overture.rules.v1.RuleSetSpec\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x16\n\x0eparent_version\x18\x04 \x01(\x03\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"n\n\x1c\x43reateRuleSetVersionResponse\x12;\n\x10rule_set_version\x18\x01 \x01(\x0b\x32!.overture.rules.v1.RuleSetVersion\x12\x11\n\tunchanged\x18\x02 \x01(\x08\"=\n\x18GetRuleSetVersionRequest\x12\x10\n\x08rule_set\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"X\n\x19GetRuleSetVersionResponse\x12;\n\x10rule_set_version\x18\x01 \x01(\x0b\x32!.overture.rules.v1.RuleSetVersion\"U\n\x1aListRuleSetVersionsRequest\x12\x10\n\x08rule_set\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"t\n\x1bListRuleSetVersionsResponse\x12<\n\x11rule_set_versions\x18\x01 \x03(\x0b\x32!.overture.rules.v1.RuleSetVersion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"f\n\x1d\x41\x63tivateRuleSetVersionRequest\x12\x10\n\x08rule_set\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"w\n\x1e\x41\x63tivateRuleSetVersionResponse\x12;\n\x10rule_set_version\x18\x01 \x01(\x0b\x32!.overture.rules.v1.RuleSetVersion\x12\x18\n\x10previous_version\x18\x02 \x01(\x03\"X\n\x1a\x44iffRuleSetVersionsRequest\x12\x10\n\x08rule_set\x18\x01 \x01(\t\x12\x14\n\x0c\x66rom_version\x18\x02 \x01(\x03\x12\x12\n\nto_version\x18\x03 \x01(\x03\"P\n\x1b\x44iffRuleSetVersionsResponse\x12\x31\n\x07\x63hanges\x18\x01 \x03(\x0b\x32 .overture.rules.v1.RuleSetChange\"\xb6\x01\n\x16\x42\x61\x63ktestRuleSetRequest\x12\x10\n\x08rule_set\x18\x01 \x01(\t\x12\x19\n\x11\x63\x61ndidate_version\x18\x02 \x01(\x03\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x05 \x01(\x05\"\xb6\x01\n\x17\x42\x61\x63ktestRuleSetResponse\x12\x17\n\x0f\x65valuated_count\x18\x01 \x01(\x03\x12\x15\n\rchanged_count\x18\x02 \x01(\x03\x12\x1a\n\x12newly_denied_count\x18\x03 \x01(\x03\x12\x1b\n\x13newly_allowed_count\x18\x04 \x01(\x03\x12\x32\n\x07\x63hanges\x18\x05 \x03(\x0b\x32!.overture.rules.v1.BacktestChange\"\x9c\x01\n\x0e\x42\x61\x63ktestChange\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\x16\n\x0e\x61llowed_before\x18\x03 \x01(\x08\x12\x15\n\rallowed_after\x18\x04 \x01(\x08\x12\x32\n\x0everdicts_after\x18\x05 \x03(\x0b\x32\x1a.overture.rules.v1.Verdict\"?\n\x16ListAuditEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"g\n\x17ListAuditEventsResponse\x12\x33\n\x0c\x61udit_events\x18\x01 \x03(\x0b\x32\x1d.overture.rules.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x12GetDecisionRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\"D\n\x13GetDecisionResponse\x12-\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x1b.overture.rules.v1.Decision\"Q\n\x14ListDecisionsRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"`\n\x15ListDecisionsResponse\x12.\n\tdecisions\x18\x01 \x03(\x0b\x32\x1b.overture.rules.v1.Decision\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xfa\n\n\x0cRulesService\x12g\n\x08\x45valuate\x12\".overture.rules.v1.EvaluateRequest\x1a#.overture.rules.v1.EvaluateResponse\"\x12\x8a\xb5\x18\x0erules.evaluate\x12v\n\rEvaluateBatch\x12\'.overture.rules.v1.EvaluateBatchRequest\x1a(.overture.rules.v1.EvaluateBatchResponse\"\x12\x8a\xb5\x18\x0erules.evaluate\x12\x88\x01\n\x14\x43reateRuleSetVersion\x12..overture.rules.v1.CreateRuleSetVersionRequest\x1a/.overture.rules.v1.CreateRuleSetVersionResponse\"\x0f\x8a\xb5\x18\x0brules.write\x12~\n\x11GetRuleSetVersion\x12+.overture.rules.v1.GetRuleSetVersionRequest\x1a,.overture.rules.v1.GetRuleSetVersionResponse\"\x0e\x8a\xb5\x18\nrules.read\x12\x84\x01\n\x13ListRuleSetVersions\x12-.overture.rules.v1.ListRuleSetVersionsRequest\x1a..overture.rules.v1.ListRuleSetVersionsResponse\"\x0e\x8a\xb5\x18\nrules.read\x12\x91\x01\n\x16\x41\x63tivateRuleSetVersion\x12\x30.overture.rules.v1.ActivateRuleSetVersionRequest\x1a\x31.overture.rules.v1.ActivateRuleSetVersionResponse\"\x12\x8a\xb5\x18\x0erules.activate\x12\x84\x01\n\x13\x44iffRuleSetVersions\x12-.overture.rules.v1.DiffRuleSetVersionsRequest\x1a..overture.rules.v1.DiffRuleSetVersionsResponse\"\x0e\x8a\xb5\x18\nrules.read\x12x\n\x0f\x42\x61\x63ktestRuleSet\x12).overture.rules.v1.BacktestRuleSetRequest\x1a*.overture.rules.v1.BacktestRuleSetResponse\"\x0e\x8a\xb5\x18\nrules.read\x12x\n\x0fListAuditEvents\x12).overture.rules.v1.ListAuditEventsRequest\x1a*.overture.rules.v1.ListAuditEventsResponse\"\x0e\x8a\xb5\x18\naudit.read\x12p\n\x0bGetDecision\x12%.overture.rules.v1.GetDecisionRequest\x1a&.overture.rules.v1.GetDecisionResponse\"\x12\x8a\xb5\x18\x0e\x64\x65\x63isions.read\x12v\n\rListDecisions\x12\'.overture.rules.v1.ListDecisionsRequest\x1a(.overture.rules.v1.ListDecisionsResponse\"\x12\x8a\xb5\x18\x0e\x64\x65\x63isions.readb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -64,54 +65,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RULESSERVICE'].methods_by_name['GetDecision']._serialized_options = b'\212\265\030\016decisions.read'
   _globals['_RULESSERVICE'].methods_by_name['ListDecisions']._loaded_options = None
   _globals['_RULESSERVICE'].methods_by_name['ListDecisions']._serialized_options = b'\212\265\030\016decisions.read'
-  _globals['_EVALUATEREQUEST']._serialized_start=375
-  _globals['_EVALUATEREQUEST']._serialized_end=733
-  _globals['_EVALUATERESPONSE']._serialized_start=735
-  _globals['_EVALUATERESPONSE']._serialized_end=800
-  _globals['_EVALUATEBATCHREQUEST']._serialized_start=802
-  _globals['_EVALUATEBATCHREQUEST']._serialized_end=884
-  _globals['_EVALUATEBATCHRESPONSE']._serialized_start=886
-  _globals['_EVALUATEBATCHRESPONSE']._serialized_end=966
-  _globals['_EVALUATEBATCHRESULT']._serialized_start=969
-  _globals['_EVALUATEBATCHRESULT']._serialized_end=1108
-  _globals['_CREATERULESETVERSIONREQUEST']._serialized_start=1111
-  _globals['_CREATERULESETVERSIONREQUEST']._serialized_end=1264
-  _globals['_CREATERULESETVERSIONRESPONSE']._serialized_start=1266
-  _globals['_CREATERULESETVERSIONRESPONSE']._serialized_end=1376
-  _globals['_GETRULESETVERSIONREQUEST']._serialized_start=1378
-  _globals['_GETRULESETVERSIONREQUEST']._serialized_end=1439
-  _globals['_GETRULESETVERSIONRESPONSE']._serialized_start=1441
-  _globals['_GETRULESETVERSIONRESPONSE']._serialized_end=1529
-  _globals['_LISTRULESETVERSIONSREQUEST']._serialized_start=1531
-  _globals['_LISTRULESETVERSIONSREQUEST']._serialized_end=1616
-  _globals['_LISTRULESETVERSIONSRESPONSE']._serialized_start=1618
-  _globals['_LISTRULESETVERSIONSRESPONSE']._serialized_end=1734
-  _globals['_ACTIVATERULESETVERSIONREQUEST']._serialized_start=1736
-  _globals['_ACTIVATERULESETVERSIONREQUEST']._serialized_end=1838
-  _globals['_ACTIVATERULESETVERSIONRESPONSE']._serialized_start=1840
-  _globals['_ACTIVATERULESETVERSIONRESPONSE']._serialized_end=1959
-  _globals['_DIFFRULESETVERSIONSREQUEST']._serialized_start=1961
-  _globals['_DIFFRULESETVERSIONSREQUEST']._serialized_end=2049
-  _globals['_DIFFRULESETVERSIONSRESPONSE']._serialized_start=2051
-  _globals['_DIFFRULESETVERSIONSRESPONSE']._serialized_end=2131
-  _globals['_BACKTESTRULESETREQUEST']._serialized_start=2134
-  _globals['_BACKTESTRULESETREQUEST']._serialized_end=2316
-  _globals['_BACKTESTRULESETRESPONSE']._serialized_start=2319
-  _globals['_BACKTESTRULESETRESPONSE']._serialized_end=2501
-  _globals['_BACKTESTCHANGE']._serialized_start=2504
-  _globals['_BACKTESTCHANGE']._serialized_end=2660
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=2662
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=2725
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=2727
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=2830
-  _globals['_GETDECISIONREQUEST']._serialized_start=2832
-  _globals['_GETDECISIONREQUEST']._serialized_end=2873
-  _globals['_GETDECISIONRESPONSE']._serialized_start=2875
-  _globals['_GETDECISIONRESPONSE']._serialized_end=2943
-  _globals['_LISTDECISIONSREQUEST']._serialized_start=2945
-  _globals['_LISTDECISIONSREQUEST']._serialized_end=3026
-  _globals['_LISTDECISIONSRESPONSE']._serialized_start=3028
-  _globals['_LISTDECISIONSRESPONSE']._serialized_end=3124
-  _globals['_RULESSERVICE']._serialized_start=3127
-  _globals['_RULESSERVICE']._serialized_end=4529
+  _globals['_EVALUATEREQUEST']._serialized_start=408
+  _globals['_EVALUATEREQUEST']._serialized_end=828
+  _globals['_EVALUATERESPONSE']._serialized_start=830
+  _globals['_EVALUATERESPONSE']._serialized_end=895
+  _globals['_EVALUATEBATCHREQUEST']._serialized_start=897
+  _globals['_EVALUATEBATCHREQUEST']._serialized_end=979
+  _globals['_EVALUATEBATCHRESPONSE']._serialized_start=981
+  _globals['_EVALUATEBATCHRESPONSE']._serialized_end=1061
+  _globals['_EVALUATEBATCHRESULT']._serialized_start=1064
+  _globals['_EVALUATEBATCHRESULT']._serialized_end=1203
+  _globals['_CREATERULESETVERSIONREQUEST']._serialized_start=1206
+  _globals['_CREATERULESETVERSIONREQUEST']._serialized_end=1359
+  _globals['_CREATERULESETVERSIONRESPONSE']._serialized_start=1361
+  _globals['_CREATERULESETVERSIONRESPONSE']._serialized_end=1471
+  _globals['_GETRULESETVERSIONREQUEST']._serialized_start=1473
+  _globals['_GETRULESETVERSIONREQUEST']._serialized_end=1534
+  _globals['_GETRULESETVERSIONRESPONSE']._serialized_start=1536
+  _globals['_GETRULESETVERSIONRESPONSE']._serialized_end=1624
+  _globals['_LISTRULESETVERSIONSREQUEST']._serialized_start=1626
+  _globals['_LISTRULESETVERSIONSREQUEST']._serialized_end=1711
+  _globals['_LISTRULESETVERSIONSRESPONSE']._serialized_start=1713
+  _globals['_LISTRULESETVERSIONSRESPONSE']._serialized_end=1829
+  _globals['_ACTIVATERULESETVERSIONREQUEST']._serialized_start=1831
+  _globals['_ACTIVATERULESETVERSIONREQUEST']._serialized_end=1933
+  _globals['_ACTIVATERULESETVERSIONRESPONSE']._serialized_start=1935
+  _globals['_ACTIVATERULESETVERSIONRESPONSE']._serialized_end=2054
+  _globals['_DIFFRULESETVERSIONSREQUEST']._serialized_start=2056
+  _globals['_DIFFRULESETVERSIONSREQUEST']._serialized_end=2144
+  _globals['_DIFFRULESETVERSIONSRESPONSE']._serialized_start=2146
+  _globals['_DIFFRULESETVERSIONSRESPONSE']._serialized_end=2226
+  _globals['_BACKTESTRULESETREQUEST']._serialized_start=2229
+  _globals['_BACKTESTRULESETREQUEST']._serialized_end=2411
+  _globals['_BACKTESTRULESETRESPONSE']._serialized_start=2414
+  _globals['_BACKTESTRULESETRESPONSE']._serialized_end=2596
+  _globals['_BACKTESTCHANGE']._serialized_start=2599
+  _globals['_BACKTESTCHANGE']._serialized_end=2755
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=2757
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=2820
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=2822
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=2925
+  _globals['_GETDECISIONREQUEST']._serialized_start=2927
+  _globals['_GETDECISIONREQUEST']._serialized_end=2968
+  _globals['_GETDECISIONRESPONSE']._serialized_start=2970
+  _globals['_GETDECISIONRESPONSE']._serialized_end=3038
+  _globals['_LISTDECISIONSREQUEST']._serialized_start=3040
+  _globals['_LISTDECISIONSREQUEST']._serialized_end=3121
+  _globals['_LISTDECISIONSRESPONSE']._serialized_start=3123
+  _globals['_LISTDECISIONSRESPONSE']._serialized_end=3219
+  _globals['_RULESSERVICE']._serialized_start=3222
+  _globals['_RULESSERVICE']._serialized_end=4624
 # @@protoc_insertion_point(module_scope)

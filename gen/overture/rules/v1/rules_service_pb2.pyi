@@ -13,6 +13,7 @@ from overture.common.v1 import field_violation_pb2 as _field_violation_pb2
 from overture.common.v1 import messaging_pb2 as _messaging_pb2
 from overture.rules.v1 import audit_event_pb2 as _audit_event_pb2
 from overture.rules.v1 import decision_pb2 as _decision_pb2
+from overture.rules.v1 import profile_pb2 as _profile_pb2
 from overture.rules.v1 import rule_set_pb2 as _rule_set_pb2
 import builtins as _builtins
 import sys
@@ -42,6 +43,8 @@ class EvaluateRequest(_message.Message):
     NOW_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
     DECISION_ID_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
     rule_set: _builtins.str
     """The rule set to evaluate."""
     version: _builtins.int
@@ -61,6 +64,10 @@ class EvaluateRequest(_message.Message):
     making the call idempotent.
     For COMMIT and RELEASE: the id of the RESERVE decision to settle.
     """
+    dry_run: _builtins.bool
+    """Decide only, for previews and backtests: nothing is reserved and no
+    record is stored (the decision has no id). Only with CHECK mode.
+    """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The message's tags, counted by per-tag frequency caps."""
@@ -72,6 +79,12 @@ class EvaluateRequest(_message.Message):
     @_builtins.property
     def now(self) -> _timestamp_pb2.Timestamp:
         """The decision time. Defaults to the server's clock; pass it to replay."""
+
+    @_builtins.property
+    def profile(self) -> _profile_pb2.Profile:
+        """With `dry_run`: decide on this profile instead of the subject's stored
+        one.
+        """
 
     def __init__(
         self,
@@ -87,10 +100,12 @@ class EvaluateRequest(_message.Message):
         now: _timestamp_pb2.Timestamp | None = ...,
         mode: _decision_pb2.EvaluationMode.ValueType = ...,
         decision_id: _builtins.str = ...,
+        dry_run: _builtins.bool = ...,
+        profile: _profile_pb2.Profile | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "now", b"now"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "now", b"now", "profile", b"profile"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "channel", b"channel", "context", b"context", "decision_id", b"decision_id", "mode", b"mode", "now", b"now", "priority", b"priority", "rule_set", b"rule_set", "subject_id", b"subject_id", "tags", b"tags", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "channel", b"channel", "context", b"context", "decision_id", b"decision_id", "dry_run", b"dry_run", "mode", b"mode", "now", b"now", "priority", b"priority", "profile", b"profile", "rule_set", b"rule_set", "subject_id", b"subject_id", "tags", b"tags", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
