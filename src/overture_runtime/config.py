@@ -215,6 +215,10 @@ class Settings(BaseSettings):
     """Per-tenant overrides: JSON ``{"tenant": {"rate": ..., "burst": ..., "daily_quota": ...}}``."""
     event_type_aliases: Annotated[dict[str, dict[str, str]], NoDecode] = {}
     """Per-tenant event type aliases: JSON ``{"tenant": {"email_open": "email.opened"}}``."""
+    inbox_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    """How often an idle inbox stream (``GET /inbox/stream``) sends a comment, so proxies keep it open."""
+    inbox_max_streams: int = Field(default=500, ge=0)
+    """Inbox streams one ingest process serves at once (each holds a Redis subscription); more get 503."""
     max_event_age_days: int = 365
     """How old ``occurred_at`` may be."""
     event_retention_days: int = 30

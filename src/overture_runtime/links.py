@@ -116,6 +116,15 @@ class Links:
         """The click a token stands for; raises :class:`BadToken`."""
         return Click(*self.sealer.open("click", token, now=now, arity=3))
 
+    def inbox_token(self, tenant: str, subject_id: str, *, now: dt.datetime, expires: dt.datetime) -> str:
+        """A token for one subject's live inbox stream, good until *expires*."""
+        return self.sealer.seal("inbox", [tenant, subject_id], now=now, expires=expires)
+
+    def read_inbox_token(self, token: str, *, now: dt.datetime) -> tuple[str, str, dt.datetime]:
+        """The tenant and subject an inbox token opens, and when it expires; raises :class:`BadToken` (also once expired)."""
+        (tenant, subject_id), expires = self.sealer.open_expiring("inbox", token, now=now, arity=2)
+        return tenant, subject_id, expires or now
+
     def _url(self, path: str, token: str) -> str:
         return self._base + path.replace("{token}", token)
 

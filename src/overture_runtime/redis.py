@@ -48,6 +48,10 @@ class Keys:
         """A key of one delivery provider, shared by every tenant and replica, hash-tagged per provider."""
         return ":".join((self.namespace, "provider", "{" + name + "}", *parts))
 
+    def inbox_channel(self, tenant: str, subject_id: str) -> str:
+        """The pub/sub channel announcing changes to a subject's in-app inbox (connectors publish, ingest's stream listens)."""
+        return self.subject(tenant, subject_id, "inbox")
+
     def stream(self, name: str, partition: int) -> str:
         """One partition of a shared stream, hash-tagged per partition."""
         return f"{self.namespace}:stream:{name}:{{p{partition}}}"

@@ -63,6 +63,10 @@ class Sealer:
 
     def open(self, purpose: str, token: str, *, now: dt.datetime, arity: int) -> list[str]:
         """The *arity* fields of a token sealed for *purpose*; raises :class:`BadToken`."""
+        return self.open_expiring(purpose, token, now=now, arity=arity)[0]
+
+    def open_expiring(self, purpose: str, token: str, *, now: dt.datetime, arity: int) -> tuple[list[str], dt.datetime | None]:
+        """The fields of a token, as :meth:`open`, and when it expires (None: never)."""
         if self._fernet is None:
             raise BadToken("this server has no signing key; it cannot read tokens")
         if not token or len(token) > 8192 or not token.isascii():
@@ -77,7 +81,7 @@ class Sealer:
             raise BadToken(f"not a {purpose} token")
         if value[1] and value[1] <= now.timestamp():
             raise BadToken("the token has expired")
-        return list(value[2:])
+        return list(value[2:]), dt.datetime.fromtimestamp(value[1], dt.UTC) if value[1] else None
 
 
 def _fernet(secret: str) -> Fernet:

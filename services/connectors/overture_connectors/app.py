@@ -6,7 +6,7 @@ from pathlib import Path
 
 import grpc
 
-from overture.connectors.v1 import connector_service_pb2, connector_service_pb2_grpc
+from overture.connectors.v1 import connector_service_pb2, connector_service_pb2_grpc, inbox_service_pb2, inbox_service_pb2_grpc
 from overture.orchestrator.v1 import orchestrator_service_pb2_grpc
 from overture.rules.v1 import audit_service_pb2_grpc
 from overture_runtime import BaseApp
@@ -14,10 +14,13 @@ from overture_runtime.audit_outbox import AuditForwarder
 from overture_runtime.clock import Clock
 from overture_runtime.config import Settings
 from overture_runtime.idempotency import Idempotency
+from overture_runtime.links import configured_links
 
 from .deliveries import DeliveryService
 from .feedback import FeedbackIntake
 from .feedback_smtp import FeedbackSmtpServer
+from .inbox import Inbox
+from .inbox_servicer import InboxServicer
 from .plugin import Connector, ConnectorContext
 from .ratelimit import RateLimiter
 from .registry import build, configure
@@ -39,7 +42,8 @@ class ConnectorsApp(BaseApp):
     """
 
     name = "connectors"
-    service_names = (connector_service_pb2.DESCRIPTOR.services_by_name["ConnectorService"].full_name,)
+    service_names = (connector_service_pb2.DESCRIPTOR.services_by_name["ConnectorService"].full_name,
+                     inbox_service_pb2.DESCRIPTOR.services_by_name["InboxService"].full_name)
     migrations = Path(__file__).parent / "migrations"
 
     def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
@@ -81,3 +85,6 @@ class ConnectorsApp(BaseApp):
         servicer = ConnectorServicer(deliveries=self.deliveries, resolutions=self.resolutions,
                                      idempotency=Idempotency(self.db, idempotency, self.clock), feedback=self.feedback)
         connector_service_pb2_grpc.add_ConnectorServiceServicer_to_server(servicer, server)
+        inbox = Inbox(self.db, self.redis, self.keys, self.clock, self.ids)
+        inbox_service_pb2_grpc.add_InboxServiceServicer_to_server(
+            InboxServicer(inbox=inbox, links=configured_links(self.settings), clock=self.clock), server)

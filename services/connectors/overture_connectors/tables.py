@@ -59,3 +59,27 @@ audit_outbox = audit_outbox_table(metadata, "connectors")
 
 idempotency = idempotency_table(metadata, "connectors")
 """AIP-155 request ids of mutating calls (ResolveDelivery)."""
+
+inbox_messages = sa.Table(
+    "connectors_inbox_messages",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("subject_id", sa.String(256), primary_key=True),
+    sa.Column("message_id", sa.String(64), primary_key=True),
+    sa.Column("idempotency_key", sa.String(256), nullable=False),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("data", sa.Text, nullable=False),
+    sa.Column("category", sa.Integer, nullable=False),
+    sa.Column("create_time", utc_datetime, nullable=False),
+    sa.Column("read_time", utc_datetime, nullable=True),
+    sa.Column("archive_time", utc_datetime, nullable=True),
+    # One message per delivery: the in-app connector's status lookup, and its guard against a repeat.
+    sa.UniqueConstraint("tenant", "idempotency_key", name="connectors_inbox_messages_key"),
+    # The listing (newest first) and the unread count read only the rows they show or count.
+    sa.Index("connectors_inbox_messages_listed", "tenant", "subject_id", "message_id",
+             postgresql_where=sa.text("archive_time IS NULL"), sqlite_where=sa.text("archive_time IS NULL")),
+    sa.Index("connectors_inbox_messages_unread", "tenant", "subject_id",
+             postgresql_where=sa.text("read_time IS NULL AND archive_time IS NULL"),
+             sqlite_where=sa.text("read_time IS NULL AND archive_time IS NULL")),
+)

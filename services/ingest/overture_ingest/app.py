@@ -14,7 +14,7 @@ import grpc
 import structlog
 import uvicorn
 
-from overture.connectors.v1 import connector_service_pb2_grpc
+from overture.connectors.v1 import connector_service_pb2_grpc, inbox_service_pb2_grpc
 from overture.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 from overture.orchestrator.v1 import orchestrator_service_pb2_grpc
 from overture.rules.v1 import profile_service_pb2_grpc
@@ -24,6 +24,7 @@ from overture_runtime.links import configured_links
 
 from .feedback_door import feedback_routes
 from .http import create_http_app, error_response
+from .inbox_stream import inbox_routes
 from .link_doors import link_routes
 from .log import EventLog, Relay
 from .normalize import Limits as EventLimits
@@ -96,6 +97,8 @@ class IngestApp(BaseApp):
             orchestrator = orchestrator_service_pb2_grpc.OrchestratorServiceStub(self.channel("orchestrator"))
             extra = link_routes(pipeline=self.pipeline, links=configured_links(s), settings=s, clock=self.clock,
                                 orchestrator=orchestrator, error_response=error_response)
+            extra += inbox_routes(links=configured_links(s), clock=self.clock, settings=s, redis=self.redis, keys=self.keys,
+                                  inbox=inbox_service_pb2_grpc.InboxServiceStub(self.channel("connectors")), error_response=error_response)
             extra += feedback_routes(tokens=tokens, settings=s, error_response=error_response,
                                      connectors=connector_service_pb2_grpc.ConnectorServiceStub(self.channel("connectors")))
             config = uvicorn.Config(

@@ -1,0 +1,158 @@
+"""The in-app inbox: messages stored per subject, read and archived, and
+announced live on a Redis pub/sub channel per subject, which ingest's
+``GET /inbox/stream`` relays to client apps as Server-Sent Events.
+
+Every query finds its rows by ``(tenant, subject_id)`` through an index
+that holds only the rows it returns: the listing (newest first, by the
+time-ordered message id) through ``connectors_inbox_messages_listed``
+(archived messages left out), the unread count through
+``connectors_inbox_messages_unread``, counting at most :data:`UNREAD_CAP`.
+A message is written once per delivery (unique on the idempotency key), so
+the in-app connector can always tell whether a send happened.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+import sqlalchemy as sa
+import structlog
+from google.protobuf import json_format, struct_pb2
+
+from overture.connectors.v1 import inbox_pb2
+from overture_runtime.clock import Clock, IdGenerator
+from overture_runtime.db import Database, insert_ignore
+from overture_runtime.redis import Keys
+
+from .tables import inbox_messages as T
+
+__all__ = ["UNREAD_CAP", "Inbox", "NewMessage", "to_proto"]
+
+log = structlog.get_logger("overture.connectors.inbox")
+UNREAD_CAP = 1000
+"""The unread count stops counting here: a badge shows "999+" long before."""
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A message for the inbox. Contains personal data: never log it."""
+
+    idempotency_key: str
+    """The delivery's key."""
+    subject_id: str
+    """Whose inbox."""
+    title: str
+    """The title."""
+    body: str
+    """The body."""
+    data: dict[str, Any]
+    """Structured content."""
+    category: int
+    """The MessageCategory number."""
+
+
+class Inbox:
+    """Reads and writes inboxes; announces changes. Safe for concurrent use."""
+
+    def __init__(self, db: Database, redis: aioredis.Redis | None, keys: Keys, clock: Clock, ids: IdGenerator) -> None:
+        self._db, self._redis, self._keys, self._clock, self._ids = db, redis, keys, clock, ids
+
+    async def deliver(self, tenant: str, message: NewMessage) -> str:
+        """Store *message* once per idempotency key and announce it; returns its message id."""
+        now = self._clock.now()
+        row = dict(tenant=tenant, subject_id=message.subject_id, message_id=self._ids.new(), idempotency_key=message.idempotency_key,
+                   title=message.title, body=message.body, data=json.dumps(message.data, separators=(",", ":")),
+                   category=message.category, create_time=now, read_time=None, archive_time=None)
+        async with self._db.begin() as conn:
+            await conn.execute(insert_ignore(conn, T, index_elements=["tenant", "idempotency_key"]).values(**row))
+        stored = await self.by_key(tenant, message.idempotency_key)
+        assert stored is not None
+        if stored.message_id == row["message_id"]:
+            await self._announce(tenant, message.subject_id, {"type": "message", "message": _json(to_proto(stored))})
+        return str(stored.message_id)
+
+    async def by_key(self, tenant: str, idempotency_key: str) -> Any:
+        """The message a delivery wrote, or None."""
+        async with self._db.connect() as conn:
+            return (await conn.execute(sa.select(T).where((T.c.tenant == tenant) & (T.c.idempotency_key == idempotency_key)))).first()
+
+    async def list(self, tenant: str, subject_id: str, *, limit: int, before: str = "", after: str = "") -> list[Any]:
+        """Up to *limit* messages not archived, newest first, older than *before* / newer than *after* (message ids)."""
+        where = (T.c.tenant == tenant) & (T.c.subject_id == subject_id) & T.c.archive_time.is_(None)
+        if before:
+            where &= T.c.message_id < before
+        if after:
+            where &= T.c.message_id > after
+        async with self._db.connect() as conn:
+            return list((await conn.execute(sa.select(T).where(where).order_by(T.c.message_id.desc()).limit(limit))).all())
+
+    async def unread_count(self, tenant: str, subject_id: str) -> int:
+        """Unread messages not archived, counted up to :data:`UNREAD_CAP`."""
+        unread = (sa.select(sa.literal(1)).where(_unread(tenant, subject_id)).limit(UNREAD_CAP)).subquery()
+        async with self._db.connect() as conn:
+            return int((await conn.execute(sa.select(sa.func.count()).select_from(unread))).scalar_one())
+
+    async def mark_read(self, tenant: str, subject_id: str, message_ids: Sequence[str]) -> int:
+        """Mark *message_ids* read; returns the unread count afterwards."""
+        where = _unread(tenant, subject_id) & T.c.message_id.in_(list(message_ids))
+        return await self._change(tenant, subject_id, where, read_time=self._clock.now())
+
+    async def mark_all_read(self, tenant: str, subject_id: str) -> int:
+        """Mark every unread message read; returns how many."""
+        now = self._clock.now()
+        async with self._db.begin() as conn:
+            marked = (await conn.execute(T.update().where(_unread(tenant, subject_id)).values(read_time=now))).rowcount
+        if marked:
+            await self._announce(tenant, subject_id, {"type": "unread", "unread_count": 0})
+        return int(marked or 0)
+
+    async def archive(self, tenant: str, subject_id: str, message_ids: Sequence[str]) -> int:
+        """Archive *message_ids*; returns the unread count afterwards."""
+        where = (T.c.tenant == tenant) & (T.c.subject_id == subject_id) & T.c.archive_time.is_(None) & T.c.message_id.in_(list(message_ids))
+        return await self._change(tenant, subject_id, where, archive_time=self._clock.now())
+
+    async def _change(self, tenant: str, subject_id: str, where: Any, **values: Any) -> int:
+        async with self._db.begin() as conn:
+            changed = (await conn.execute(T.update().where(where).values(**values))).rowcount
+        unread = await self.unread_count(tenant, subject_id)
+        if changed:
+            await self._announce(tenant, subject_id, {"type": "unread", "unread_count": unread})
+        return unread
+
+    async def _announce(self, tenant: str, subject_id: str, event: dict[str, Any]) -> None:
+        """Publish a change; the store is the truth, so a failure only delays what a stream shows until it resumes."""
+        if self._redis is None:
+            return
+        if event["type"] == "message":
+            event["unread_count"] = await self.unread_count(tenant, subject_id)
+        try:
+            await self._redis.publish(self._keys.inbox_channel(tenant, subject_id), json.dumps(event, separators=(",", ":")))
+        except Exception:  # noqa: BLE001 - Redis down: streams resume from the store
+            log.warning("inbox.announce_failed", tenant=tenant)
+
+
+def _unread(tenant: str, subject_id: str) -> Any:
+    return (T.c.tenant == tenant) & (T.c.subject_id == subject_id) & T.c.read_time.is_(None) & T.c.archive_time.is_(None)
+
+
+def to_proto(row: Any) -> inbox_pb2.InboxMessage:
+    """A stored row as an InboxMessage."""
+    message = inbox_pb2.InboxMessage(message_id=row.message_id, subject_id=row.subject_id, title=row.title, body=row.body,
+                                     category=row.category, idempotency_key=row.idempotency_key)
+    data = struct_pb2.Struct()
+    data.update(json.loads(row.data))
+    message.data.CopyFrom(data)
+    message.create_time.FromDatetime(row.create_time)
+    if row.read_time is not None:
+        message.read_time.FromDatetime(row.read_time)
+    if row.archive_time is not None:
+        message.archive_time.FromDatetime(row.archive_time)
+    return message
+
+
+def _json(message: inbox_pb2.InboxMessage) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
