@@ -74,7 +74,14 @@ async def _mail_to(c: Cluster, subject: str, count: int = 1) -> list[EmailMessag
         mine = [m for m in c.mail.messages if str(m["To"]) == f"{subject}@example.com"]
         return mine if len(mine) >= count else []
 
-    return await eventually(found, what=f"{count} email(s) to {subject}")
+    mail = await eventually(found, what=f"{count} email(s) to {subject}")
+
+    async def recorded() -> bool:  # the server has the message before the delivery records its Message-ID
+        request = conn.GetDeliveryStatusRequest(idempotency_key=str(mail[-1]["X-Overture-Key"]))
+        return bool((await c.connectors.GetDeliveryStatus(request, metadata=MD)).delivery.provider_message_id)
+
+    await eventually(recorded, what="the delivery to record its Message-ID")
+    return mail
 
 
 async def _suppressions(c: Cluster, subject: str) -> list[str]:
