@@ -10,6 +10,7 @@ from overture.orchestrator.v1 import orchestrator_service_pb2, orchestrator_serv
 from overture_runtime import NotFound, Violations, current_principal
 from overture_runtime.clients import call_metadata
 from overture_runtime.config import Settings
+from overture_runtime.errors import Unimplemented
 from overture_runtime.validation import check_batch, check_identifier, to_proto_violations
 
 from .log import EventLog
@@ -76,3 +77,9 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             except grpc.aio.AioRpcError as error:  # the event itself is still the answer
                 log.warning("ingest.run_lookup_failed", code=error.code().name)
         return IS.GetEventResponse(event=result)
+
+    async def ListEvents(self, request: ingest_service_pb2.ListEventsRequest,
+                         context: grpc.aio.ServicerContext) -> ingest_service_pb2.ListEventsResponse:
+        current_principal()
+        raise Unimplemented("ListEvents is not built yet", reason="NOT_BUILT")
+

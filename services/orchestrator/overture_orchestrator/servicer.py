@@ -296,6 +296,50 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
                                               subject_id=request.subject_id, attributes=request.attributes)
         return OS.PreviewJourneyResponse(steps=steps)
 
+    async def SaveJourneyDraft(self, request: OS.SaveJourneyDraftRequest, context: grpc.aio.ServicerContext) -> OS.SaveJourneyDraftResponse:
+        current_principal()
+        raise Unimplemented("SaveJourneyDraft is not built yet", reason="NOT_BUILT")
+
+    async def GetJourneyDraft(self, request: OS.GetJourneyDraftRequest, context: grpc.aio.ServicerContext) -> OS.GetJourneyDraftResponse:
+        current_principal()
+        raise Unimplemented("GetJourneyDraft is not built yet", reason="NOT_BUILT")
+
+    async def ListJourneyVersions(self, request: OS.ListJourneyVersionsRequest, context: grpc.aio.ServicerContext) -> OS.ListJourneyVersionsResponse:
+        current_principal()
+        raise Unimplemented("ListJourneyVersions is not built yet", reason="NOT_BUILT")
+
+    async def ArchiveJourney(self, request: OS.ArchiveJourneyRequest, context: grpc.aio.ServicerContext) -> OS.ArchiveJourneyResponse:
+        current_principal()
+        raise Unimplemented("ArchiveJourney is not built yet", reason="NOT_BUILT")
+
+    async def MigrateRuns(self, request: OS.MigrateRunsRequest, context: grpc.aio.ServicerContext) -> OS.MigrateRunsResponse:
+        current_principal()
+        raise Unimplemented("MigrateRuns is not built yet", reason="NOT_BUILT")
+
+    async def ListApprovals(self, request: OS.ListApprovalsRequest, context: grpc.aio.ServicerContext) -> OS.ListApprovalsResponse:
+        current_principal()
+        raise Unimplemented("ListApprovals is not built yet", reason="NOT_BUILT")
+
+    async def StartJourneyBacktest(self, request: OS.StartJourneyBacktestRequest, context: grpc.aio.ServicerContext) -> OS.StartJourneyBacktestResponse:
+        current_principal()
+        raise Unimplemented("StartJourneyBacktest is not built yet", reason="NOT_BUILT")
+
+    async def GetJourneyBacktest(self, request: OS.GetJourneyBacktestRequest, context: grpc.aio.ServicerContext) -> OS.GetJourneyBacktestResponse:
+        current_principal()
+        raise Unimplemented("GetJourneyBacktest is not built yet", reason="NOT_BUILT")
+
+    async def ReplayEvents(self, request: OS.ReplayEventsRequest, context: grpc.aio.ServicerContext) -> OS.ReplayEventsResponse:
+        current_principal()
+        raise Unimplemented("ReplayEvents is not built yet", reason="NOT_BUILT")
+
+    async def GetJourneyStats(self, request: OS.GetJourneyStatsRequest, context: grpc.aio.ServicerContext) -> OS.GetJourneyStatsResponse:
+        current_principal()
+        raise Unimplemented("GetJourneyStats is not built yet", reason="NOT_BUILT")
+
+    async def ListStepTypes(self, request: OS.ListStepTypesRequest, context: grpc.aio.ServicerContext) -> OS.ListStepTypesResponse:
+        current_principal()
+        raise Unimplemented("ListStepTypes is not built yet", reason="NOT_BUILT")
+
 
 def _poison_proto(entry: PoisonEntry) -> OS.PoisonEvent:
     found = OS.PoisonEvent(entry_id=entry.entry_id, stream_entry_id=entry.stream_entry, attempts=entry.attempts,

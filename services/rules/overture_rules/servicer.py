@@ -19,7 +19,7 @@ from overture.rules.v1 import (
 from overture_runtime import OvertureError, Violations, current_principal
 from overture_runtime.db import Database
 from overture_runtime.edge import item_violations
-from overture_runtime.errors import FieldViolation
+from overture_runtime.errors import FieldViolation, Unimplemented
 from overture_runtime.idempotency import Idempotency
 from overture_runtime.protojson import struct_to_dict
 from overture_runtime.validation import (
@@ -305,3 +305,12 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
             tenant=principal.tenant, subject_id=request.subject_id, reason=request.reason, actor=principal.name
         )
         return P.EraseProfileResponse(pseudonymous_id=pseudonym)
+
+    async def UpdateProfile(self, request: P.UpdateProfileRequest, context: grpc.aio.ServicerContext) -> P.UpdateProfileResponse:
+        current_principal()
+        raise Unimplemented("UpdateProfile is not built yet", reason="NOT_BUILT")
+
+    async def ListProfiles(self, request: P.ListProfilesRequest, context: grpc.aio.ServicerContext) -> P.ListProfilesResponse:
+        current_principal()
+        raise Unimplemented("ListProfiles is not built yet", reason="NOT_BUILT")
+
