@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from overture_runtime.audit_outbox import audit_outbox_table
-from overture_runtime.db import utc_datetime
+from overture_runtime.db import JSONType, utc_datetime
 from overture_runtime.idempotency import idempotency_table
 
 metadata = sa.MetaData()
@@ -51,6 +51,12 @@ runs = sa.Table(
     sa.Column("current_step", sa.String(63), nullable=False),
     sa.Column("create_time", utc_datetime, nullable=False),
     sa.Column("update_time", utc_datetime, nullable=False),
+    sa.Column("converted", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("goal", sa.String(128), nullable=False, server_default=""),
+    sa.Column("arms", JSONType, nullable=True),  # ["<split step>:<branch>", ...]
+    sa.Column("holdout", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("actions", sa.Integer, nullable=False, server_default="0"),  # actions taken, against settings.max_actions
+    sa.Column("cancel_reason", sa.Text, nullable=False, server_default=""),
     # One trigger event makes at most one run per journey and subject, whatever
     # the version: a republished journey must not run an event a second time.
     sa.UniqueConstraint("tenant", "journey", "subject_id", "trigger_event_id", name="orchestrator_runs_once_per_event"),
@@ -58,6 +64,9 @@ runs = sa.Table(
     sa.Index("orchestrator_runs_event", "tenant", "trigger_event_id"),
     # Dead letters of a journey, and pausing it (its live runs).
     sa.Index("orchestrator_runs_journey_state", "tenant", "journey", "state", "run_id"),
+    # A subject's live runs, for goals: only live rows, so it does not grow with history.
+    sa.Index("orchestrator_runs_live_subject", "tenant", "subject_id", postgresql_where=sa.text("state IN ('running', 'waiting')"),
+             sqlite_where=sa.text("state IN ('running', 'waiting')")),
 )
 
 run_inputs = sa.Table(
@@ -87,7 +96,102 @@ tokens = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False),  # attempts of the node so far
     sa.Column("evaluations", sa.Integer, nullable=False),  # send decisions made at the node (each gets its own id)
     sa.Column("lease_owner", sa.String(128), nullable=True),
+    sa.Column("deadline", utc_datetime, nullable=True),  # a wait's timeout; due_time moves earlier when the wait ends
+    sa.Column("node_since", utc_datetime, nullable=True),  # when the token reached its node, for step latency
     sa.Index("orchestrator_tokens_due", "due_time"),
+)
+
+run_context = sa.Table(
+    "orchestrator_run_context",
+    metadata,
+    # What later steps read as ``steps``: a webhook's kept response, the
+    # event that ended a wait; and a loop head's visit count. Small, append
+    # or replace per key.
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("key", sa.String(160), primary_key=True),  # "<step id>.response" | "<step id>.event" | "visits:<step id>"
+    sa.Column("value", JSONType, nullable=False),
+)
+
+waits = sa.Table(
+    "orchestrator_waits",
+    metadata,
+    # Tokens waiting for an event of their subject (wait_for_event), or for
+    # any profile change (wait_until: event_type ""). The consumer looks up
+    # each batch's (event type, subject) pairs here.
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("token", sa.SmallInteger, primary_key=True),
+    sa.Column("subject_id", sa.String(256), nullable=False),
+    sa.Column("event_type", sa.String(128), nullable=False),
+    sa.Column("step_id", sa.String(63), nullable=False),
+    sa.Column("journey", sa.String(63), nullable=False),
+    sa.Column("journey_version", sa.BigInteger, nullable=False),
+    sa.Index("orchestrator_waits_event", "tenant", "event_type", "subject_id"),
+)
+
+approvals = sa.Table(
+    "orchestrator_approvals",
+    metadata,
+    # Approval requests and their decisions (kept as history).
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("step_id", sa.String(63), primary_key=True),
+    sa.Column("token", sa.SmallInteger, nullable=False),
+    sa.Column("journey", sa.String(63), nullable=False),
+    sa.Column("journey_version", sa.BigInteger, nullable=False),
+    sa.Column("subject_id", sa.String(256), nullable=False),
+    sa.Column("approver_role", sa.String(128), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("request_time", utc_datetime, nullable=False),
+    sa.Column("expire_time", utc_datetime, nullable=False),
+    sa.Column("decision", sa.String(16), nullable=False),  # "" pending | approved | rejected | expired
+    sa.Column("decided_by", sa.String(256), nullable=False, server_default=""),
+    sa.Column("reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("decide_time", utc_datetime, nullable=True),
+    sa.Index("orchestrator_approvals_pending", "tenant", "request_time", "run_id", postgresql_where=sa.text("decision = ''"),
+             sqlite_where=sa.text("decision = ''")),
+)
+
+stats = sa.Table(
+    "orchestrator_stats",
+    metadata,
+    # A journey's counters, added to as runs move (in the same transaction):
+    # run-level metrics under step_id "", step metrics under their step.
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("journey", sa.String(63), primary_key=True),
+    sa.Column("version", sa.BigInteger, primary_key=True),
+    sa.Column("step_id", sa.String(63), primary_key=True),
+    sa.Column("metric", sa.String(160), primary_key=True),
+    sa.Column("count", sa.BigInteger, nullable=False),
+)
+
+inactivity = sa.Table(
+    "orchestrator_inactivity",
+    metadata,
+    # One timer per (journey, subject), re-armed by every event of the
+    # inactivity trigger's type; when it comes due, the run starts.
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("journey", sa.String(63), primary_key=True),
+    sa.Column("subject_id", sa.String(256), primary_key=True),
+    sa.Column("due_time", utc_datetime, nullable=False),
+    sa.Column("lease_owner", sa.String(128), nullable=True),
+    sa.Index("orchestrator_inactivity_due", "due_time"),
+)
+
+schedules = sa.Table(
+    "orchestrator_schedules",
+    metadata,
+    # A schedule trigger's next firing, and how far the current one got
+    # (``cursor``: the last subject id entered), so a firing survives a crash.
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("journey", sa.String(63), primary_key=True),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("due_time", utc_datetime, nullable=False),  # the next firing, or now while one is in progress
+    sa.Column("fire_time", utc_datetime, nullable=True),  # the firing in progress
+    sa.Column("cursor", sa.String(256), nullable=False, server_default=""),
+    sa.Column("lease_owner", sa.String(128), nullable=True),
+    sa.Index("orchestrator_schedules_due", "due_time"),
 )
 
 step_attempts = sa.Table(
