@@ -60,10 +60,14 @@ class Kind(enum.Enum):
 
 Shape: TypeAlias = "Kind | Mapping[str, Shape]"
 
-SCOPE: Mapping[str, Mapping[str, Shape]] = MappingProxyType({
-    "profile": MappingProxyType({"subject_id": Kind.VALUE, "traits": Kind.MAPPING, "segments": Kind.VALUE, "timezone": Kind.VALUE}),
+SCOPE: Mapping[str, Shape] = MappingProxyType({
+    "profile": MappingProxyType({"subject_id": Kind.VALUE, "traits": Kind.MAPPING, "segments": Kind.VALUE, "timezone": Kind.VALUE,
+                                 "tags": Kind.VALUE}),
     "event": MappingProxyType({"event_id": Kind.VALUE, "event_type": Kind.VALUE, "attributes": Kind.MAPPING, "occurred_at": Kind.VALUE}),
     "run": MappingProxyType({"run_id": Kind.VALUE, "journey": Kind.VALUE, "step_id": Kind.VALUE}),
+    # What earlier steps left, by step id: a webhook's kept ``response``
+    # (``status`` and ``body``), the ``event`` that ended a wait.
+    "steps": Kind.MAPPING,
 })
 """Every name a template may read, and what each holds. The renderer's
 scope (:func:`template_scope`) has exactly these keys."""
@@ -95,9 +99,10 @@ html_environment = ImmutableSandboxedEnvironment(autoescape=True, undefined=Miss
 """The same sandbox for HTML bodies, which also escapes every value it inserts."""
 
 
-def profile_scope(*, subject_id: str, traits: Mapping[str, Any], segments: Sequence[str], timezone: str) -> dict[str, Any]:
+def profile_scope(*, subject_id: str, traits: Mapping[str, Any], segments: Sequence[str], timezone: str,
+                  tags: Sequence[str] = ()) -> dict[str, Any]:
     """The ``profile`` a template and a condition read."""
-    return {"subject_id": subject_id, "traits": dict(traits), "segments": list(segments), "timezone": timezone}
+    return {"subject_id": subject_id, "traits": dict(traits), "segments": list(segments), "timezone": timezone, "tags": list(tags)}
 
 
 def event_scope(event: event_pb2.Event) -> dict[str, Any]:
@@ -111,9 +116,10 @@ def run_scope(*, run_id: str, journey: str, step_id: str) -> dict[str, Any]:
     return {"run_id": run_id, "journey": journey, "step_id": step_id}
 
 
-def template_scope(*, profile: Mapping[str, Any], event: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
+def template_scope(*, profile: Mapping[str, Any], event: Mapping[str, Any], run: Mapping[str, Any],
+                   steps: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The whole scope a template renders with; each part comes from the builders above."""
-    return {"profile": profile, "event": event, "run": run}
+    return {"profile": profile, "event": event, "run": run, "steps": dict(steps or {})}
 
 
 @dataclass(frozen=True)
@@ -200,6 +206,6 @@ def _suggest(word: str, choices: list[str], *, prefix: str = "") -> str:
 def _suggest_inside(name: str) -> str:
     """For a bare ``first_name``: it is probably a trait or an attribute."""
     for root, fields in SCOPE.items():
-        if name in fields:
+        if not isinstance(fields, Kind) and name in fields:
             return f" (did you mean {root}.{name}?)"
     return f" (a trait is profile.traits.{name}, an event attribute event.attributes.{name})"

@@ -288,7 +288,7 @@ def test_error_names_the_yaml_path_line_and_column(tmp_path: Path) -> None:
         ("name: j\nsteps:\n  - id: a\n    retry: {max_attempts: lots}\n", "spec.yaml:4:27: steps[0].retry.max_attempts: expected a whole number, got 'lots'"),
         ("name: j\nsteps:\n  - id: a\n    send: {channel: email}\n    exit: {}\n",
          "spec.yaml:5:5: steps[0].exit: 'send' and 'exit' are both given, but only one of 'send', 'condition', 'delay', 'wait_for_event', "
-         "'approval', 'update_profile', 'webhook', 'split' or 'exit' may be"),
+         "'approval', 'update_profile', 'webhook', 'split', 'exit', 'multi_split', 'notify', 'wait_until', 'parallel' or 'join' may be"),
         ("name: j\nsteps: {id: a}\n", "spec.yaml:2:8: steps: expected a list, got a mapping"),
         ("name: j\nsettings:\n  max_causation_depth: 3\n  max_causation_depth: 4\n",
          "spec.yaml:4:3: settings.max_causation_depth: is given twice (also as 'max_causation_depth')"),
