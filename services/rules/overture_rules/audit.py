@@ -37,7 +37,8 @@ __all__ = ["RECORDED_ACTIONS", "ExternalRecord", "append", "entry_hash", "list_e
 _A = audit_event_pb2
 RECORDED_ACTIONS = frozenset({
     _A.AUDIT_ACTION_JOURNEY_VERSION_PUBLISHED, _A.AUDIT_ACTION_JOURNEY_PAUSED, _A.AUDIT_ACTION_JOURNEY_RESUMED,
-    _A.AUDIT_ACTION_RUN_CANCELLED, _A.AUDIT_ACTION_RUN_RETRIED, _A.AUDIT_ACTION_DELIVERY_RESOLVED,
+    _A.AUDIT_ACTION_RUN_CANCELLED, _A.AUDIT_ACTION_RUN_RETRIED, _A.AUDIT_ACTION_DELIVERY_RESOLVED, _A.AUDIT_ACTION_JOURNEY_ARCHIVED,
+    _A.AUDIT_ACTION_RUN_MIGRATED,
 })
 """The actions other services record through RecordAuditEvents; the rest
 are the rules service's own, which only it appends."""

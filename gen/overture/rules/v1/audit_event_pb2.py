@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#overture/rules/v1/audit_event.proto\x12\x11overture.rules.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\x02\n\nAuditEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12.\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x1e.overture.rules.v1.AuditAction\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0e\n\x06target\x18\x06 \x01(\t\x12(\n\x07\x64\x65tails\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x15\n\rprevious_hash\x18\x08 \x01(\t\x12\x0c\n\x04hash\x18\t \x01(\t\x12\x11\n\trecord_id\x18\n \x01(\t\x12\x13\n\x0brecorded_by\x18\x0b \x01(\t*\x9c\x03\n\x0b\x41uditAction\x12\x1c\n\x18\x41UDIT_ACTION_UNSPECIFIED\x10\x00\x12)\n%AUDIT_ACTION_RULE_SET_VERSION_CREATED\x10\x01\x12+\n\'AUDIT_ACTION_RULE_SET_VERSION_ACTIVATED\x10\x02\x12%\n!AUDIT_ACTION_RULE_SET_ROLLED_BACK\x10\x03\x12\x1f\n\x1b\x41UDIT_ACTION_PROFILE_ERASED\x10\x04\x12*\n&AUDIT_ACTION_JOURNEY_VERSION_PUBLISHED\x10\x05\x12\x1f\n\x1b\x41UDIT_ACTION_JOURNEY_PAUSED\x10\x06\x12 \n\x1c\x41UDIT_ACTION_JOURNEY_RESUMED\x10\x07\x12\x1e\n\x1a\x41UDIT_ACTION_RUN_CANCELLED\x10\x08\x12\x1c\n\x18\x41UDIT_ACTION_RUN_RETRIED\x10\t\x12\"\n\x1e\x41UDIT_ACTION_DELIVERY_RESOLVED\x10\nb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#overture/rules/v1/audit_event.proto\x12\x11overture.rules.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\x02\n\nAuditEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12.\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x1e.overture.rules.v1.AuditAction\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0e\n\x06target\x18\x06 \x01(\t\x12(\n\x07\x64\x65tails\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x15\n\rprevious_hash\x18\x08 \x01(\t\x12\x0c\n\x04hash\x18\t \x01(\t\x12\x11\n\trecord_id\x18\n \x01(\t\x12\x13\n\x0brecorded_by\x18\x0b \x01(\t*\xde\x03\n\x0b\x41uditAction\x12\x1c\n\x18\x41UDIT_ACTION_UNSPECIFIED\x10\x00\x12)\n%AUDIT_ACTION_RULE_SET_VERSION_CREATED\x10\x01\x12+\n\'AUDIT_ACTION_RULE_SET_VERSION_ACTIVATED\x10\x02\x12%\n!AUDIT_ACTION_RULE_SET_ROLLED_BACK\x10\x03\x12\x1f\n\x1b\x41UDIT_ACTION_PROFILE_ERASED\x10\x04\x12*\n&AUDIT_ACTION_JOURNEY_VERSION_PUBLISHED\x10\x05\x12\x1f\n\x1b\x41UDIT_ACTION_JOURNEY_PAUSED\x10\x06\x12 \n\x1c\x41UDIT_ACTION_JOURNEY_RESUMED\x10\x07\x12\x1e\n\x1a\x41UDIT_ACTION_RUN_CANCELLED\x10\x08\x12\x1c\n\x18\x41UDIT_ACTION_RUN_RETRIED\x10\t\x12\"\n\x1e\x41UDIT_ACTION_DELIVERY_RESOLVED\x10\n\x12!\n\x1d\x41UDIT_ACTION_JOURNEY_ARCHIVED\x10\x0b\x12\x1d\n\x19\x41UDIT_ACTION_RUN_MIGRATED\x10\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,7 +34,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'overture.rules.v1.audit_eve
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AUDITACTION']._serialized_start=411
-  _globals['_AUDITACTION']._serialized_end=823
+  _globals['_AUDITACTION']._serialized_end=889
   _globals['_AUDITEVENT']._serialized_start=122
   _globals['_AUDITEVENT']._serialized_end=408
 # @@protoc_insertion_point(module_scope)

@@ -52,6 +52,14 @@ class _AuditActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AuditActi
     sent or failed, from what they learned outside Overture. Recorded by the
     connectors service.
     """
+    AUDIT_ACTION_JOURNEY_ARCHIVED: _AuditAction.ValueType  # 11
+    """A journey was archived: it starts no runs, and its live runs and their
+    timers were cancelled with the reason. Publishing a new version revives it.
+    """
+    AUDIT_ACTION_RUN_MIGRATED: _AuditAction.ValueType  # 12
+    """A live run was moved from one version of its journey to another by
+    MigrateRuns, each of its tokens to the step the mapping named.
+    """
 
 class AuditAction(_AuditAction, metaclass=_AuditActionEnumTypeWrapper):
     """An action recorded in the audit log."""
@@ -82,6 +90,14 @@ AUDIT_ACTION_DELIVERY_RESOLVED: AuditAction.ValueType  # 10
 """An operator settled a delivery whose outcome was unknown (IN_DOUBT) as
 sent or failed, from what they learned outside Overture. Recorded by the
 connectors service.
+"""
+AUDIT_ACTION_JOURNEY_ARCHIVED: AuditAction.ValueType  # 11
+"""A journey was archived: it starts no runs, and its live runs and their
+timers were cancelled with the reason. Publishing a new version revives it.
+"""
+AUDIT_ACTION_RUN_MIGRATED: AuditAction.ValueType  # 12
+"""A live run was moved from one version of its journey to another by
+MigrateRuns, each of its tokens to the step the mapping named.
 """
 Global___AuditAction: _TypeAlias = AuditAction  # noqa: Y015
 
