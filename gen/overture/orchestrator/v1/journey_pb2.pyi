@@ -745,7 +745,7 @@ class DelayStep(_message.Message):
     @_builtins.property
     def until_local_time(self) -> Global___LocalTimeWindow:
         """Until a local time of day, on given weekdays, in the subject's time
-        zone (the profile's, else the rule set's default, else UTC).
+        zone (the profile's, else UTC).
         """
 
     @_builtins.property

@@ -60,6 +60,14 @@ class _AuditActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AuditActi
     """A live run was moved from one version of its journey to another by
     MigrateRuns, each of its tokens to the step the mapping named.
     """
+    AUDIT_ACTION_APPROVAL_DECIDED: _AuditAction.ValueType  # 13
+    """A run waiting at an approval step was approved or rejected (by
+    DecideApproval), or rejected automatically when its timeout passed.
+    """
+    AUDIT_ACTION_EVENTS_REPLAYED: _AuditAction.ValueType  # 14
+    """The stored events of a time window were fed to a journey again
+    (ReplayEvents).
+    """
 
 class AuditAction(_AuditAction, metaclass=_AuditActionEnumTypeWrapper):
     """An action recorded in the audit log."""
@@ -98,6 +106,14 @@ timers were cancelled with the reason. Publishing a new version revives it.
 AUDIT_ACTION_RUN_MIGRATED: AuditAction.ValueType  # 12
 """A live run was moved from one version of its journey to another by
 MigrateRuns, each of its tokens to the step the mapping named.
+"""
+AUDIT_ACTION_APPROVAL_DECIDED: AuditAction.ValueType  # 13
+"""A run waiting at an approval step was approved or rejected (by
+DecideApproval), or rejected automatically when its timeout passed.
+"""
+AUDIT_ACTION_EVENTS_REPLAYED: AuditAction.ValueType  # 14
+"""The stored events of a time window were fed to a journey again
+(ReplayEvents).
 """
 Global___AuditAction: _TypeAlias = AuditAction  # noqa: Y015
 
