@@ -1,11 +1,12 @@
 """Validating and compiling a journey definition. Pure.
 
-A definition is rejected with a field violation for each problem: a bad
-trigger, unknown or duplicate step ids, a reference to a step or template
-that does not exist, a cycle, an expression that does not parse, a
-template that does not compile or reads a name that cannot exist (checked
-against the scope the renderer provides, :mod:`overture_runtime.templates`),
-or a step kind this release cannot run.
+A definition is rejected with a field violation for each problem, naming
+the step: a bad trigger, entry policy or goal; unknown or duplicate step
+ids; a step kind's own problems (:mod:`.stepcheck`); the graph's problems
+(:mod:`.graph`: an edge to nothing, an unreachable step, an unbounded loop,
+a parallel branch that does not reach its join); a run that could take more
+actions than allowed. What is allowed but unwise (more than 50 action
+steps) comes back as a warning.
 """
 
 from __future__ import annotations
@@ -14,30 +15,31 @@ import datetime as dt
 import re
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
 import rule_engine
 from croniter import croniter
 
-from overture.common.v1 import messaging_pb2
 from overture.orchestrator.v1 import journey_pb2
 from overture_runtime.errors import FieldViolation, Violations
-from overture_runtime.templates import check_template, html_environment, text_environment
 from overture_runtime.validation import check_name
 
-__all__ = ["SUPPORTED_STEPS", "CompiledJourney", "RenderError", "compile_journey", "render_message", "templates_env"]
+from .graph import ACTION_KINDS, check_graph
+from .stepcheck import Compiler
 
-SUPPORTED_STEPS = frozenset({"send", "condition", "delay", "exit"})
-"""Step kinds this release runs; the others are part of the contract, not built yet."""
+__all__ = ["CompiledJourney", "compile_journey", "evaluate_expression", "trigger_event_type"]
+
 _EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){0,7}$")
 _MAX_STEPS = 200
-_MAX_DELAY = dt.timedelta(days=366)
-
-templates_env = text_environment
-"""The sandbox text templates render in (see :mod:`overture_runtime.templates`)."""
-_expressions = rule_engine.Context(default_value=None)
+_MAX_ACTIONS = 100
+_WARN_ACTIONS = 50
+_MIN_INACTIVITY = dt.timedelta(minutes=1)
+_MAX_INACTIVITY = dt.timedelta(days=366)
+SEGMENT_ENTERED = "segment.entered"
+"""The event type a segment-entered trigger listens to."""
 
 
 @dataclass(frozen=True)
@@ -51,170 +53,143 @@ class CompiledJourney:
     first_step: str
     """Where a run starts."""
     filter: rule_engine.Rule | None
-    """The compiled event filter, if any."""
+    """The trigger's event filter (a segment-entered trigger's segment test), if any."""
     conditions: Mapping[str, rule_engine.Rule]
-    """Compiled condition expressions by step id."""
+    """Condition and wait-until expressions, and wait-for-event filters, by step id."""
     templates: Mapping[str, Mapping[str, jinja2.Template]]
     """Compiled templates: name -> field -> template."""
+    profile_condition: rule_engine.Rule | None = None
+    """The trigger's second condition, over the profile."""
+    goal_filter: rule_engine.Rule | None = None
+    """The goal event's filter, if any."""
+    cases: Mapping[str, tuple[tuple[str, rule_engine.Rule, str], ...]] = field(default_factory=dict)
+    """Multi-split cases by step id: (name, expression, target)."""
+    joins: Mapping[str, int] = field(default_factory=dict)
+    """Join step id -> how many branches of its parallel step meet there."""
+    warnings: tuple[FieldViolation, ...] = ()
+    """What publish accepts but warns about."""
+    max_actions: int = _MAX_ACTIONS
+    """The most actions a run may take."""
 
-    def next_of(self, step: journey_pb2.Step) -> str:
-        """The step after a linear step; empty at the end."""
-        return step.next
 
-
-def _compile_rule(v: Violations, field: str, text: str) -> rule_engine.Rule | None:
-    try:
-        return rule_engine.Rule(text, context=_expressions)
-    except rule_engine.RuleSyntaxError as error:
-        position = error.token.lexpos if error.token is not None else len(text)
-        v.add(field, f"syntax error at position {position}", "SYNTAX_ERROR")
-    except rule_engine.EngineError as error:
-        v.add(field, f"invalid expression: {error.message}", "INVALID_EXPRESSION")
+def trigger_event_type(spec: journey_pb2.JourneySpec) -> str | None:
+    """The event type that starts runs of *spec*, if events start them."""
+    kind = spec.trigger.WhichOneof("kind")
+    if kind == "event":
+        return spec.trigger.event.event_type
+    if kind == "segment_entered":
+        return SEGMENT_ENTERED
     return None
 
 
-def _targets(step: journey_pb2.Step) -> list[tuple[str, str]]:
-    kind = step.WhichOneof("kind")
-    if kind == "condition":
-        return [("condition.then_step", step.condition.then_step), ("condition.else_step", step.condition.else_step)]
-    if kind == "split":
-        return [(f"split.branches[{i}].step", b.step) for i, b in enumerate(step.split.branches)]
-    if kind == "exit":
-        return []
-    return [("next", step.next)]
-
-
 def compile_journey(spec: journey_pb2.JourneySpec, *, prefix: str = "spec") -> tuple[CompiledJourney | None, list[FieldViolation]]:
-    """Validate and compile *spec*."""
+    """Validate and compile *spec*. Warnings are on the compiled journey."""
     v = Violations()
-    trigger = spec.trigger.WhichOneof("kind")
-    filter_rule = None
-    if trigger is None:
-        v.add(f"{prefix}.trigger", "trigger is required: event, schedule or manual", "REQUIRED")
-    elif trigger == "event":
-        event_type = spec.trigger.event.event_type
-        if not _EVENT_TYPE.fullmatch(event_type):
-            v.add(f"{prefix}.trigger.event.event_type", "event_type must be lower-case words separated by dots", "INVALID_EVENT_TYPE")
-        if spec.trigger.event.filter:
-            filter_rule = _compile_rule(v, f"{prefix}.trigger.event.filter", spec.trigger.event.filter)
-    elif trigger == "schedule":
-        v.add(f"{prefix}.trigger.schedule", "schedule triggers are not supported by this release", "UNSUPPORTED")
-        if not croniter.is_valid(spec.trigger.schedule.cron):
-            v.add(f"{prefix}.trigger.schedule.cron", "cron is not a valid five-field cron expression", "INVALID_CRON")
-
-    users: dict[str, list[str]] = {}
-    for i, step in enumerate(spec.steps):
-        if step.WhichOneof("kind") == "send" and step.send.template:
-            users.setdefault(step.send.template, []).append(f"step {step.id!r} ({prefix}.steps[{i}])")
-    templates: dict[str, dict[str, jinja2.Template]] = {}
-    for name, template in spec.templates.items():
-        compiled: dict[str, jinja2.Template] = {}
-        for part in ("subject", "text_body", "html_body"):
-            text = getattr(template, part)
-            if not text:
-                continue
-            environment = html_environment if part == "html_body" else text_environment
-            field = f"{prefix}.templates[{name}].{part}"
-            try:
-                compiled[part] = environment.from_string(text)
-            except jinja2.TemplateSyntaxError as error:
-                v.add(field, f"template syntax error on line {error.lineno}: {error.message}", "TEMPLATE_SYNTAX_ERROR")
-                continue
-            used_by = f" (template {name!r} {part}, sent by {', '.join(users[name])})" if name in users else f" (template {name!r} {part})"
-            for problem in check_template(text, environment=environment):
-                v.add(field, problem.description + used_by, "UNKNOWN_TEMPLATE_VARIABLE")
-        templates[name] = compiled
-
+    c = Compiler(v, spec, prefix)
+    filter_rule, profile_condition = _trigger(v, c, spec, prefix)
+    goal_filter = _goal(v, c, spec, prefix)
+    entry = spec.entry
+    if entry.mode == journey_pb2.ENTRY_MODE_ONCE_PER_WINDOW and entry.window.ToTimedelta() <= dt.timedelta(0):
+        v.add(f"{prefix}.entry.window", "a once-per-window entry needs a positive window", "REQUIRED")
+    if entry.mode not in journey_pb2.EntryMode.values():
+        v.add(f"{prefix}.entry.mode", f"unknown entry mode {entry.mode}", "INVALID_ENUM")
+    templates = c.templates()
     steps: dict[str, journey_pb2.Step] = {}
-    conditions: dict[str, rule_engine.Rule] = {}
     if not spec.steps:
         v.add(f"{prefix}.steps", "a journey needs at least one step", "REQUIRED")
     elif len(spec.steps) > _MAX_STEPS:
         v.add(f"{prefix}.steps", f"at most {_MAX_STEPS} steps", "TOO_MANY")
-    sends = False
     for i, step in enumerate(spec.steps):
-        field = f"{prefix}.steps[{i}]"
-        check_name(v, f"{field}.id", step.id)
+        where = f"{prefix}.steps[{i}]"
+        check_name(v, f"{where}.id", step.id)
         if step.id in steps:
-            v.add(f"{field}.id", f"step id {step.id!r} is used twice", "DUPLICATE")
+            v.add(f"{where}.id", f"step id {step.id!r} is used twice", "DUPLICATE")
         steps[step.id] = step
-        kind = step.WhichOneof("kind")
-        if kind is None:
-            v.add(field, "a step needs one kind: send, condition, delay, exit, ...", "REQUIRED")
-            continue
-        if kind not in SUPPORTED_STEPS:
-            v.add(f"{field}.{kind}", f"{kind} steps are not supported by this release", "UNSUPPORTED")
-            continue
-        if kind == "send":
-            sends = True
-            send = step.send
-            if send.channel == messaging_pb2.CHANNEL_UNSPECIFIED:
-                v.add(f"{field}.send.channel", "channel is required", "REQUIRED")
-            if not send.template:
-                v.add(f"{field}.send.template", "template is required", "REQUIRED")
-            elif send.template not in spec.templates:
-                v.add(f"{field}.send.template", f"no template named {send.template!r} in templates", "UNKNOWN_TEMPLATE")
-            if not 0 <= send.priority <= 100:
-                v.add(f"{field}.send.priority", "priority must be between 0 and 100", "OUT_OF_RANGE")
-            if send.to:
-                try:
-                    for problem in check_template(send.to):
-                        v.add(f"{field}.send.to", f"{problem.description} (the address of step {step.id!r})", "UNKNOWN_TEMPLATE_VARIABLE")
-                except jinja2.TemplateSyntaxError as error:
-                    v.add(f"{field}.send.to", f"template syntax error: {error.message}", "TEMPLATE_SYNTAX_ERROR")
-        elif kind == "condition":
-            if not step.condition.expression:
-                v.add(f"{field}.condition.expression", "expression is required", "REQUIRED")
-            else:
-                rule = _compile_rule(v, f"{field}.condition.expression", step.condition.expression)
-                if rule is not None:
-                    conditions[step.id] = rule
-        elif kind == "delay":
-            delay = step.delay.duration.ToTimedelta()
-            if delay <= dt.timedelta(0) or delay > _MAX_DELAY:
-                v.add(f"{field}.delay.duration", "duration must be positive and at most 366 days", "OUT_OF_RANGE")
-    if sends:
+        c.step(where, step)
+    if c.sends:
         check_name(v, f"{prefix}.rule_set", spec.rule_set)
-    for i, step in enumerate(spec.steps):
-        for path, target in _targets(step):
-            if target and target not in steps:
-                v.add(f"{prefix}.steps[{i}].{path}", f"no step with id {target!r}", "UNKNOWN_STEP")
+    max_actions = spec.settings.max_actions or _MAX_ACTIONS
+    if not 0 <= spec.settings.max_actions <= 1000:
+        v.add(f"{prefix}.settings.max_actions", "max_actions must be between 0 (the default, 100) and 1000", "OUT_OF_RANGE")
+    found: list[FieldViolation] = []
     if not v:
-        _check_graph(v, spec, prefix)
+        check_graph(v, spec, prefix)
+    if not v:
+        found = _actions(v, spec, prefix, max_actions)
     if v:
         return None, v.items
     return CompiledJourney(
-        spec=spec, steps=steps, first_step=spec.steps[0].id, filter=filter_rule, conditions=conditions, templates=templates
+        spec=spec, steps=steps, first_step=spec.steps[0].id, filter=filter_rule, conditions=c.conditions, templates=templates,
+        profile_condition=profile_condition, goal_filter=goal_filter, cases=c.cases, joins=c.joins, warnings=tuple(found),
+        max_actions=max_actions,
     ), []
 
 
-def _check_graph(v: Violations, spec: journey_pb2.JourneySpec, prefix: str) -> None:
-    """The journey is a graph of steps whose edges are their targets: the
-    first step is its one entry, every step must be reachable from it, and
-    no path may lead back to a step it came through. Each problem names its step."""
+def _trigger(v: Violations, c: Compiler, spec: journey_pb2.JourneySpec, prefix: str) -> tuple[Any, Any]:
+    trigger = spec.trigger
+    kind = trigger.WhichOneof("kind")
+    where = f"{prefix}.trigger"
+    filter_rule = profile_condition = None
+    if kind is None:
+        v.add(where, "trigger is required: event, schedule, inactivity, segment_entered or manual", "REQUIRED")
+    elif kind == "event":
+        _event_type(v, f"{where}.event.event_type", trigger.event.event_type)
+        if trigger.event.filter:
+            filter_rule = c.rule(f"{where}.event.filter", trigger.event.filter)
+        if trigger.event.profile_condition:
+            profile_condition = c.rule(f"{where}.event.profile_condition", trigger.event.profile_condition)
+    elif kind == "segment_entered":
+        check_name(v, f"{where}.segment_entered.segment", trigger.segment_entered.segment)
+        filter_rule = c.rule(f"{where}.segment_entered.segment", f"attributes.segment == {trigger.segment_entered.segment!r}")
+    elif kind == "inactivity":
+        _event_type(v, f"{where}.inactivity.event_type", trigger.inactivity.event_type)
+        period = trigger.inactivity.period.ToTimedelta()
+        if not _MIN_INACTIVITY <= period <= _MAX_INACTIVITY:
+            v.add(f"{where}.inactivity.period", "period must be between 1 minute and 366 days", "OUT_OF_RANGE")
+    elif kind == "schedule":
+        schedule = trigger.schedule
+        if not croniter.is_valid(schedule.cron) or len(schedule.cron.split()) != 5:
+            v.add(f"{where}.schedule.cron", "cron is not a valid five-field cron expression", "INVALID_CRON")
+        try:
+            ZoneInfo(schedule.timezone or "UTC")
+        except (ZoneInfoNotFoundError, ValueError):
+            v.add(f"{where}.schedule.timezone", f"unknown time zone {schedule.timezone!r}", "INVALID_TIMEZONE")
+        if not schedule.segment and not schedule.profile_condition:
+            v.add(f"{where}.schedule", "a schedule enrols a segment, subjects matching a profile condition, or both", "REQUIRED")
+        if schedule.segment:
+            check_name(v, f"{where}.schedule.segment", schedule.segment)
+        if schedule.profile_condition:
+            profile_condition = c.rule(f"{where}.schedule.profile_condition", schedule.profile_condition)
+    return filter_rule, profile_condition
+
+
+def _goal(v: Violations, c: Compiler, spec: journey_pb2.JourneySpec, prefix: str) -> Any:
+    if not spec.HasField("goal"):
+        return None
+    _event_type(v, f"{prefix}.goal.event_type", spec.goal.event_type)
+    return c.rule(f"{prefix}.goal.filter", spec.goal.filter) if spec.goal.filter else None
+
+
+def _event_type(v: Violations, where: str, event_type: str) -> None:
+    if not _EVENT_TYPE.fullmatch(event_type):
+        v.add(where, "event_type must be lower-case words separated by dots", "INVALID_EVENT_TYPE")
+
+
+def _actions(v: Violations, spec: journey_pb2.JourneySpec, prefix: str, max_actions: int) -> list[FieldViolation]:
+    """The most actions a run can take (a bounded loop's actions count once
+    per visit) must be within *max_actions*; past 50 action steps, a warning."""
     index = {s.id: i for i, s in enumerate(spec.steps)}
-    graph = {s.id: [t for _, t in _targets(s) if t] for s in spec.steps}
-    state: dict[str, int] = {}
-    cycles: list[tuple[str, str]] = []
-
-    def visit(node: str) -> None:
-        state[node] = 1
-        for target in graph.get(node, []):
-            if state.get(target) == 1:
-                cycles.append((node, target))
-            elif target not in state:
-                visit(target)
-        state[node] = 2
-
-    if spec.steps:
-        visit(spec.steps[0].id)
-    for source, target in cycles:
-        v.add(f"{prefix}.steps[{index[source]}]", f"step {source!r} leads back to step {target!r}: the steps form a cycle, and journeys "
-              "must be acyclic", "CYCLE")
-    for step in spec.steps:
-        if step.id not in state:
-            v.add(f"{prefix}.steps[{index[step.id]}]", f"step {step.id!r} cannot be reached from the first step {spec.steps[0].id!r}",
-                  "UNREACHABLE_STEP")
+    count = sum(1 for s in spec.steps if s.WhichOneof("kind") in ACTION_KINDS)
+    bound = sum(max(1, max((x.max_visits for x in spec.steps if x.max_visits), default=1)) for s in spec.steps
+                if s.WhichOneof("kind") in ACTION_KINDS)
+    if bound > max_actions:
+        first = next(s for s in spec.steps if s.WhichOneof("kind") in ACTION_KINDS)
+        v.add(f"{prefix}.steps[{index[first.id]}]", f"a run could take up to {bound} actions ({count} action steps, loops counted per "
+              f"visit), more than the journey's limit of {max_actions} (settings.max_actions)", "TOO_MANY_ACTIONS")
+    if count > _WARN_ACTIONS:
+        return [FieldViolation(f"{prefix}.steps", f"{count} action steps: journeys this long are hard to reason about; consider "
+                               "splitting it", "MANY_ACTIONS")]
+    return []
 
 
 def evaluate_expression(rule: rule_engine.Rule, scope: Mapping[str, Any]) -> bool:
@@ -225,36 +200,3 @@ def evaluate_expression(rule: rule_engine.Rule, scope: Mapping[str, Any]) -> boo
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rule_engine.errors.MappingAttributeLookupDeprecation)
         return bool(rule.matches(scope))
-
-
-def render(template: jinja2.Template | None, scope: Mapping[str, Any]) -> str:
-    """Render a compiled template in the sandbox; empty for no template."""
-    return template.render(**scope) if template is not None else ""
-
-
-class RenderError(Exception):
-    """A send step's message could not be rendered. The message names the
-    part and the missing name, never a value."""
-
-
-def render_message(journey: CompiledJourney, step: journey_pb2.Step, scope: Mapping[str, Any]) -> dict[str, str]:
-    """The rendered ``to`` (empty when the step has none), ``subject``,
-    ``text_body`` and ``html_body`` of a send step, all or nothing: any
-    failure raises :class:`RenderError`, so nothing half-rendered is sent."""
-    send = step.send
-    template = journey.templates.get(send.template, {})
-    rendered: dict[str, str] = {}
-    part = "to"
-    try:
-        rendered["to"] = templates_env.from_string(send.to).render(**scope).strip() if send.to else ""
-        for part in ("subject", "text_body", "html_body"):
-            rendered[part] = render(template.get(part), scope)
-    except Exception as error:  # noqa: BLE001 - every failure to render is reported the same way
-        # Jinja's messages name the missing name and the type it was looked up
-        # on, never a value; other exceptions may quote values, so only their
-        # type is kept.
-        why = error.message if isinstance(error, jinja2.TemplateError) and error.message else type(error).__name__
-        where = f"the address of step {step.id!r}" if part == "to" else f"template {send.template!r} {part}"
-        raise RenderError(f"{where} failed to render: {why}"[:2000]) from None
-    rendered["subject"] = rendered["subject"].strip()
-    return rendered

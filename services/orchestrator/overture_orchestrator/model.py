@@ -40,6 +40,11 @@ class TokenState(enum.StrEnum):
     """The node started and waits until its due time (a delay)."""
     RETRY = "retry"
     """The node failed transiently; execute it again when due."""
+    RESUMED = "resumed"
+    """The wait at the node ended early: its event came, its approval was
+    decided, or its subject's profile changed (re-check the condition)."""
+    JOINED = "joined"
+    """At a join, waiting for the run's other branches; never due by itself."""
 
 
 class StepState(enum.StrEnum):

@@ -21,8 +21,9 @@ from overture.orchestrator.v1 import journey_pb2, run_pb2
 from overture_runtime.errors import InvalidArgument, Unavailable
 from overture_runtime.templates import event_scope, run_scope, template_scope
 
-from .definition import CompiledJourney, RenderError, compile_journey, evaluate_expression, render_message
+from .definition import CompiledJourney, compile_journey, evaluate_expression
 from .journeys import JourneyStore, ReferenceCheck
+from .rendering import RenderError, render_message
 
 __all__ = ["Previewer"]
 
@@ -78,7 +79,7 @@ def _walk(journey: CompiledJourney, name: str, scope: dict[str, Any]) -> list[ru
             full = template_scope(profile=scope["profile"], event=scope["event"],
                                   run=run_scope(run_id=_PREVIEW_RUN, journey=name, step_id=step.id))
             try:
-                render_message(journey, step, full)
+                render_message(journey.templates, step.send.template, step.send.to, full, step_id=step.id)
             except RenderError as error:
                 result.state, result.error = run_pb2.STEP_RUN_STATE_FAILED, str(error)
                 steps.append(result)

@@ -1,34 +1,45 @@
-"""The profiles that conditions and templates read, from the rules service.
+"""Profiles for the engine, through the rules service: read in one
+``BatchGetProfiles`` call per tenant and batch (of up to 1,000 subjects),
+not one call per run, and changed by update-profile steps (``UpdateProfile``,
+once per run and step).
 
-A batch's profiles come in one ``BatchGetProfiles`` call per tenant (of up to
-1,000 subjects), not one call per run. A subject without a profile reads as
-an empty one. A transient failure is kept as that subject's profile, so only
-the steps that need it retry.
+A subject without a profile reads as an empty one; an erased subject as
+:data:`ERASED` (its runs end, never sending). A transient failure is kept as
+that subject's profile, so only the steps that need it retry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
 
 import grpc
 
 from overture.rules.v1 import profile_service_pb2, profile_service_pb2_grpc
 from overture_runtime.config import Settings
-from overture_runtime.protojson import struct_to_dict
+from overture_runtime.protojson import struct_from_dict, struct_to_dict
 from overture_runtime.templates import profile_scope
 
 from .calls import Transient, call
 
-__all__ = ["ProfileReader", "Profiles"]
+__all__ = ["ERASED", "Erased", "ProfileReader", "Profiles"]
 
-Profiles = dict[tuple[str, str], dict[str, Any] | Transient]
-"""Profiles by (tenant, subject id): the ``profile`` scope, or why it could not be read."""
+
+class Erased:
+    """The profile of an erased subject."""
+
+    def __repr__(self) -> str:
+        return "ERASED"
+
+
+ERASED: Final = Erased()
+Profiles = dict[tuple[str, str], dict[str, Any] | Transient | Erased]
+"""Profiles by (tenant, subject id): the ``profile`` scope, :data:`ERASED`, or why it could not be read."""
 _CHUNK = 1000
 
 
 class ProfileReader:
-    """Reads profiles through ``ProfileService.BatchGetProfiles``."""
+    """Reads and changes profiles through ``ProfileService``."""
 
     def __init__(self, *, profiles: profile_service_pb2_grpc.ProfileServiceStub, settings: Settings) -> None:
         self._profiles = profiles
@@ -52,19 +63,34 @@ class ProfileReader:
                 into.update({(tenant, s): found[s] for s in chunk})
 
     async def profile_of(self, tenant: str, subject_id: str) -> dict[str, Any]:
-        """One subject's ``profile`` scope; raises :class:`Transient`."""
-        return (await self._batch(tenant, [subject_id]))[subject_id]
+        """One subject's ``profile`` scope (an erased one reads as empty); raises :class:`Transient`."""
+        found = (await self._batch(tenant, [subject_id]))[subject_id]
+        return found if isinstance(found, dict) else profile_scope(subject_id=subject_id, traits={}, segments=[], timezone="")
 
-    async def _batch(self, tenant: str, subjects: list[str]) -> dict[str, dict[str, Any]]:
+    async def update(self, tenant: str, subject_id: str, *, request_id: str, set_traits: Mapping[str, Any], unset_traits: Iterable[str],
+                     increment: Mapping[str, float], add_tags: Iterable[str], remove_tags: Iterable[str],
+                     enter_segments: Iterable[str], exit_segments: Iterable[str]) -> None:
+        """Change a profile once per *request_id*. Raises :class:`Transient`,
+        or the refusal (``grpc.aio.AioRpcError``) when the change is invalid."""
+        request = profile_service_pb2.UpdateProfileRequest(
+            subject_id=subject_id, set_traits=struct_from_dict(dict(set_traits)), unset_traits=list(unset_traits),
+            increment=dict(increment), add_tags=list(add_tags), remove_tags=list(remove_tags), enter_segments=list(enter_segments),
+            exit_segments=list(exit_segments), request_id=request_id)
+        await call(self._settings, self._profiles.UpdateProfile, request, tenant, "profiles")
+
+    async def _batch(self, tenant: str, subjects: list[str]) -> dict[str, dict[str, Any] | Erased]:
         try:
             response = await call(self._settings, self._profiles.BatchGetProfiles,
                                   profile_service_pb2.BatchGetProfilesRequest(subject_ids=subjects), tenant, "profiles")
         except grpc.aio.AioRpcError as error:  # refused: the steps that need it retry, then fail with this error
             raise Transient(f"profiles: {error.code().name}: {error.details()}") from None
-        found = {}
+        found: dict[str, dict[str, Any] | Erased] = {}
         for result in response.results:
             profile = result.profile
+            if result.HasField("profile") and profile.erased:
+                found[result.subject_id] = ERASED
+                continue
             found[result.subject_id] = profile_scope(
                 subject_id=result.subject_id, traits=struct_to_dict(profile.traits) if result.HasField("profile") else {},
-                segments=profile.segments, timezone=profile.timezone)
+                segments=profile.segments, timezone=profile.timezone, tags=profile.tags)
         return found

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,73 +30,15 @@ from overture_runtime.errors import NotFound
 from .audit_outbox import SYSTEM_ACTOR, stage
 from .deadletters import DeadLetters
 from .model import LIVE, RunState, StepState, TokenState
+from .recording import Recorder, read_context
 from .tables import run_inputs, runs, step_attempts, tokens
+from .work import Attempt, Effects, NewRun, Outcome, Work
 
-__all__ = ["Attempt", "JourneyTarget", "NewRun", "Outcome", "RetryRefusal", "RunStore", "Work"]
+__all__ = ["Attempt", "Effects", "JourneyTarget", "NewRun", "Outcome", "RetryRefusal", "RunStore", "Work"]
 
 LEASE = dt.timedelta(seconds=30)
 """How long a claimed token is a worker's; past it, the token is due again."""
 _LIVE = tuple(s.value for s in LIVE)
-
-
-@dataclass(frozen=True)
-class NewRun:
-    """A run to start."""
-
-    tenant: str
-    journey: str
-    version: int
-    subject_id: str
-    event: event_pb2.Event
-    first_step: str
-    inline_spec: str | None = None
-
-
-@dataclass
-class Work:
-    """A claimed token with what executing it needs. Mutable while it runs."""
-
-    tenant: str
-    run_id: str
-    token: int
-    journey: str
-    journey_version: int
-    subject_id: str
-    trigger_event: event_pb2.Event
-    inline_spec: str | None
-    node: str
-    state: TokenState
-    attempts: int
-    evaluations: int
-
-
-@dataclass
-class Attempt:
-    """One attempt of one step, to append."""
-
-    step_id: str
-    state: StepState
-    start_time: dt.datetime
-    outcome: str = ""
-    error: str = ""
-    decision_id: str = ""
-    delivery_id: str = ""
-    end_time: dt.datetime | None = None
-    wake_time: dt.datetime | None = None
-
-
-@dataclass
-class Outcome:
-    """Where a claimed token went: its attempts, and its run's new state."""
-
-    work: Work
-    run_state: RunState
-    node: str
-    token_state: TokenState = TokenState.READY
-    due_time: dt.datetime | None = None
-    attempts: list[Attempt] = field(default_factory=list)
-    dead_letter: str = ""
-    """The last error, when the run failed and goes to the dead-letter queue."""
 
 
 @dataclass(frozen=True)
@@ -194,15 +136,16 @@ class RunStore:
             claimed = (await conn.execute(t.update().where(sa.tuple_(t.c.tenant, t.c.run_id, t.c.token).in_(due))
                                           .values(lease_owner=owner, due_time=now + LEASE)
                                           .returning(t.c.tenant, t.c.run_id, t.c.token, t.c.node, t.c.state, t.c.attempts,
-                                                     t.c.evaluations))).all()
+                                                     t.c.evaluations, t.c.deadline, t.c.node_since))).all()
             if not claimed:
                 return []
             keys = [(c.tenant, c.run_id) for c in claimed]
             rows = {(r.tenant, r.run_id): r for r in (await conn.execute(
                 sa.select(runs.c.tenant, runs.c.run_id, runs.c.journey, runs.c.journey_version, runs.c.subject_id, runs.c.state,
-                          run_inputs.c.trigger_event, run_inputs.c.inline_spec)
+                          runs.c.holdout, runs.c.actions, runs.c.arms, run_inputs.c.trigger_event, run_inputs.c.inline_spec)
                 .join(run_inputs, (run_inputs.c.tenant == runs.c.tenant) & (run_inputs.c.run_id == runs.c.run_id))
                 .where(_keyed(runs.c.tenant, runs.c.run_id, keys)))).all()}
+            contexts = await read_context(conn, keys)
         work = []
         for c in claimed:
             row = rows.get((c.tenant, c.run_id))
@@ -211,54 +154,17 @@ class RunStore:
             work.append(Work(
                 tenant=c.tenant, run_id=c.run_id, token=c.token, journey=row.journey, journey_version=row.journey_version,
                 subject_id=row.subject_id, trigger_event=event_pb2.Event.FromString(row.trigger_event), inline_spec=row.inline_spec,
-                node=c.node, state=TokenState(c.state), attempts=c.attempts, evaluations=c.evaluations))
+                node=c.node, state=TokenState(c.state), attempts=c.attempts, evaluations=c.evaluations, deadline=c.deadline,
+                node_since=c.node_since, holdout=row.holdout, actions=row.actions, arms=tuple(row.arms or ()),
+                context=dict(contexts.get((c.tenant, c.run_id), {}))))
         return work
 
     async def record(self, *, owner: str, outcomes: Sequence[Outcome]) -> int:
-        """Record a claim's outcomes in one transaction: the attempts, the
-        tokens moved (or deleted when their run ended), the runs' states, the
-        dead letters. Tokens the claim no longer holds (its lease ran out and
-        another worker took them) are left alone. Returns how many were recorded."""
+        """Record a claim's outcomes in one transaction (see :mod:`.recording`);
+        only for the tokens *owner* still holds. Returns how many were recorded."""
         if not outcomes:
             return 0
-        now = self._clock.now()
-        t = tokens
-        async with self._db.begin() as conn:
-            held = {(r.tenant, r.run_id, r.token) for r in (await conn.execute(
-                sa.select(t.c.tenant, t.c.run_id, t.c.token).where(
-                    _keyed(t.c.tenant, t.c.run_id, [(o.work.tenant, o.work.run_id) for o in outcomes]) & (t.c.lease_owner == owner)
-                ).with_for_update())).all()}
-            kept = [o for o in outcomes if (o.work.tenant, o.work.run_id, o.work.token) in held]
-            if not kept:
-                return 0
-            attempt_rows = [dict(tenant=o.work.tenant, run_id=o.work.run_id, attempt_id=self._ids.new(), step_id=a.step_id,
-                                 state=a.state.value, decision_id=a.decision_id, delivery_id=a.delivery_id, outcome=a.outcome[:2000],
-                                 error=a.error[:2000], start_time=a.start_time, end_time=a.end_time, wake_time=a.wake_time)
-                            for o in kept for a in o.attempts]
-            if attempt_rows:
-                await conn.execute(step_attempts.insert(), attempt_rows)
-            ended = [o for o in kept if o.run_state not in LIVE]
-            moving = [o for o in kept if o.run_state in LIVE]
-            if ended:
-                await conn.execute(t.delete().where(_keyed(t.c.tenant, t.c.run_id, [(o.work.tenant, o.work.run_id) for o in ended])
-                                                    & t.c.token.in_({o.work.token for o in ended})))
-            if moving:
-                await conn.execute(t.update().where(
-                    (t.c.tenant == sa.bindparam("k_tenant")) & (t.c.run_id == sa.bindparam("k_run")) & (t.c.token == sa.bindparam("k_token"))
-                ).values(node=sa.bindparam("v_node"), state=sa.bindparam("v_state"), due_time=sa.bindparam("v_due"),
-                         attempts=sa.bindparam("v_attempts"), evaluations=sa.bindparam("v_evaluations"), lease_owner=None), [
-                    dict(k_tenant=o.work.tenant, k_run=o.work.run_id, k_token=o.work.token, v_node=o.node, v_state=o.token_state.value,
-                         v_due=o.due_time or now, v_attempts=o.work.attempts, v_evaluations=o.work.evaluations) for o in moving])
-            await conn.execute(runs.update().where(
-                (runs.c.tenant == sa.bindparam("k_tenant")) & (runs.c.run_id == sa.bindparam("k_run"))
-            ).values(state=sa.bindparam("v_state"), current_step=sa.bindparam("v_step"), update_time=now), [
-                dict(k_tenant=o.work.tenant, k_run=o.work.run_id, v_state=o.run_state.value,
-                     v_step=o.node if o.run_state in (*LIVE, RunState.FAILED) else "") for o in kept])
-            failed = [o for o in kept if o.run_state == RunState.FAILED]
-            if failed:
-                await self.dead_letters.add_runs(conn, [(o.work.tenant, o.work.run_id, o.work.trigger_event.SerializeToString(),
-                                                         o.work.attempts, o.dead_letter) for o in failed])
-        return len(kept)
+        return await Recorder(self._db, self._clock, self._ids, self.dead_letters).record(owner=owner, outcomes=outcomes)
 
     # -- operators -----------------------------------------------------------
 

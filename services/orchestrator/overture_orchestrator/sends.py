@@ -3,7 +3,8 @@
 For each tenant's sends of a batch: every message is rendered first (in the
 Jinja2 sandbox, strictly), so a send that cannot happen (a template value the
 subject lacks, no address on the channel) is settled without a decision and
-holds no cap slot. The rest are decided with one ``EvaluateBatch`` in
+holds no cap slot. Notify steps (to a team, not to the subject) skip the
+decision: they are not subject to the subject's consent or caps. The rest are decided with one ``EvaluateBatch`` in
 ``RESERVE_AND_COMMIT`` mode: consent, rules, quiet hours and caps in one
 atomic step, the slots taken as committed because the provider call follows
 at once. They are delivered with one ``SendBatch``; a message that fails for
@@ -31,12 +32,13 @@ from overture.connectors.v1 import connector_service_pb2, connector_service_pb2_
 from overture.orchestrator.v1 import journey_pb2
 from overture.rules.v1 import decision_pb2, rules_service_pb2, rules_service_pb2_grpc
 from overture_runtime.config import Settings
+from overture_runtime.protojson import struct_from_dict, struct_to_dict
 from overture_runtime.templates import event_scope, run_scope, template_scope
 
 from .calls import Transient, call
-from .definition import RenderError, render_message
+from .flow import steps_scope
 from .model import StepState
-from .profiles import Profiles
+from .rendering import RenderError, message_of, render_message, render_value
 from .tokens import Steps, Token
 
 __all__ = ["Sender"]
@@ -52,12 +54,13 @@ _SEND_CHUNK = 500
 class _Send:
     """A send step's message while its batch is decided and delivered."""
 
-    __slots__ = ("address", "rendered", "token")
+    __slots__ = ("address", "data", "rendered", "token")
 
-    def __init__(self, token: Token, rendered: dict[str, str], address: str) -> None:
+    def __init__(self, token: Token, rendered: dict[str, str], address: str, data: dict[str, Any]) -> None:
         self.token = token
         self.rendered = rendered
         self.address = address
+        self.data = data
 
 
 class Sender:
@@ -70,37 +73,45 @@ class Sender:
         self._rules = rules
         self._connectors = connectors
 
-    async def send(self, tokens: Sequence[Token], profiles: Profiles) -> None:
-        """Move every token (each at a send step whose profile was read) past its send, or into a wait, retry or failure."""
-        by_tenant: dict[str, list[_Send]] = {}
+    async def send(self, tokens: Sequence[Token], profiles: Mapping[tuple[str, str], Any]) -> None:
+        """Move every token (each at a send or notify step whose subject's
+        profile was read) past its step, or into a wait, retry or failure."""
+        decide: dict[str, list[_Send]] = {}
+        notify: dict[str, list[_Send]] = {}
         for token in tokens:
             prepared = self._render(token, profiles[(token.work.tenant, token.work.subject_id)])
             if prepared is not None:
-                by_tenant.setdefault(token.work.tenant, []).append(prepared)
-        for tenant, group in by_tenant.items():
+                (notify if token.step.WhichOneof("kind") == "notify" else decide).setdefault(token.work.tenant, []).append(prepared)
+        for tenant, group in decide.items():
             for start in range(0, len(group), _EVALUATE_CHUNK):
                 await self._decide_and_deliver(tenant, group[start:start + _EVALUATE_CHUNK])
+        for tenant, group in notify.items():
+            for start in range(0, len(group), _SEND_CHUNK):
+                await self._deliver(tenant, group[start:start + _SEND_CHUNK])
 
     def _render(self, token: Token, profile: Mapping[str, Any] | Transient) -> _Send | None:
-        """The message of the token's send step, or None when the step was settled without sending."""
+        """The message of the token's step, or None when the step was settled without sending."""
         step, work = token.step, token.work
         if isinstance(profile, Transient):
             self._steps.retry(token, step, str(profile))
             return None
         assert token.journey is not None
         scope = template_scope(profile=profile, event=event_scope(work.trigger_event),
-                               run=run_scope(run_id=work.run_id, journey=work.journey, step_id=step.id))
+                               run=run_scope(run_id=work.run_id, journey=work.journey, step_id=step.id), steps=steps_scope(work.context))
+        template, to = message_of(step)
         try:
-            rendered = render_message(token.journey, step, scope)
+            rendered = render_message(token.journey.templates, template, to, scope, step_id=step.id)
+            data = render_value(struct_to_dict(token.journey.spec.templates[template].data), scope, where=f"template {template!r} data")
         except RenderError as error:
             self._steps.fail(token, step.id, str(error))
             return None
-        address = rendered["to"] or _default_address(step.send, profile, scope["event"])
+        address = rendered["to"] or (_default_address(step.send, profile, scope["event"]) if step.WhichOneof("kind") == "send" else "")
         if not address:
             self._steps.complete(token, step, StepState.SKIPPED, step.next, "the subject has no address for this channel")
             return None
-        token.decision_id = str(uuid.uuid5(_NS, f"{work.tenant}:{work.run_id}:{step.id}:{work.evaluations}"))
-        return _Send(token, rendered, address)
+        if step.WhichOneof("kind") == "send":
+            token.decision_id = str(uuid.uuid5(_NS, f"{work.tenant}:{work.run_id}:{step.id}:{work.evaluations}"))
+        return _Send(token, rendered, address, data)
 
     async def _decide_and_deliver(self, tenant: str, sends: Sequence[_Send]) -> None:
         requests = []
@@ -163,6 +174,7 @@ class Sender:
 
     async def _release(self, tenant: str, tokens: Sequence[Token]) -> None:
         """Give cap slots back; if that fails, the ledger keeps counting them (it errs on sending less)."""
+        tokens = [t for t in tokens if t.decision_id]  # notify steps decide nothing
         if not tokens:
             return
         try:
@@ -173,17 +185,7 @@ class Sender:
             log.warning("run.release_failed", count=len(tokens), error=str(error)[:200])
 
     async def _deliver(self, tenant: str, sends: Sequence[_Send]) -> None:
-        messages = []
-        for s in sends:
-            step, work = s.token.step, s.token.work
-            messages.append(delivery_pb2.Message(
-                idempotency_key=f"{work.run_id}:{step.id}", channel=step.send.channel, subject_id=work.subject_id, address=s.address,
-                content=delivery_pb2.MessageContent(subject=s.rendered["subject"], text_body=s.rendered["text_body"],
-                                                    html_body=s.rendered["html_body"]),
-                category=step.send.category, tags=step.send.tags,
-                metadata={"run_id": work.run_id, "journey": work.journey, "step_id": step.id, "decision_id": s.token.decision_id},
-                email=delivery_pb2.EmailOptions(track_opens=step.send.track_opens, track_clicks=step.send.track_clicks),
-            ))
+        messages = [_message(s) for s in sends]
         releases = []
         for s, result in zip(sends, await self._send_batch(tenant, messages), strict=True):
             token, step = s.token, s.token.step
@@ -199,6 +201,7 @@ class Sender:
                 self._steps.fail(token, step.id, f"delivery failed: {result.last_error}")
             else:
                 name = messaging_pb2.DeliveryStatus.Name(result.status).removeprefix("DELIVERY_STATUS_").lower()
+                token.effects.actions += 1
                 self._steps.complete(token, step, StepState.COMPLETED, step.next, "sent" if name == "sent" else f"delivery {name}",
                                      delivery_id=result.delivery_id)
         await self._release(tenant, releases)
@@ -213,6 +216,26 @@ class Sender:
         except grpc.aio.AioRpcError as error:
             return [f"{error.code().name}: {error.details()}"] * len(messages)
         return [_batch_result(r) for r in response.results]
+
+
+def _message(s: _Send) -> delivery_pb2.Message:
+    """The connectors' message of a send or notify step."""
+    step, work = s.token.step, s.token.work
+    content = delivery_pb2.MessageContent(subject=s.rendered["subject"], text_body=s.rendered["text_body"],
+                                          html_body=s.rendered["html_body"], data=struct_from_dict(s.data) if s.data else None)
+    metadata = {"run_id": work.run_id, "journey": work.journey, "step_id": step.id}
+    if step.WhichOneof("kind") == "notify":
+        notify = step.notify
+        if notify.task:
+            metadata.update(task="true", assignee=notify.assignee)
+        return delivery_pb2.Message(idempotency_key=f"{work.run_id}:{step.id}", channel=notify.channel, subject_id=work.subject_id,
+                                    address=s.address, content=content, category=messaging_pb2.MESSAGE_CATEGORY_TRANSACTIONAL,
+                                    metadata=metadata)
+    send = step.send
+    metadata["decision_id"] = s.token.decision_id
+    return delivery_pb2.Message(idempotency_key=f"{work.run_id}:{step.id}", channel=send.channel, subject_id=work.subject_id,
+                                address=s.address, content=content, category=send.category, tags=send.tags, metadata=metadata,
+                                email=delivery_pb2.EmailOptions(track_opens=send.track_opens, track_clicks=send.track_clicks))
 
 
 def _batch_result(result: Any) -> Any:

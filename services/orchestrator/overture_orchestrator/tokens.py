@@ -1,9 +1,12 @@
 """A claimed token while its batch executes, and the ways its step ends.
 
 :class:`Steps` turns what a node did into the token's next state and the
-attempt appended to its run's history: completed (along an edge, or the run
-ends), waiting on a timer, retrying after a backoff, or failed for good (the
-run goes to the dead-letter queue).
+attempt appended to its run's history: completed (along a named edge, or
+the run ends), waiting (on a timer, an event, an approval, a join), retrying
+after a backoff, or failed for good (the run goes to the dead-letter queue).
+Each attempt says whether it is the token's arrival at the step, whether
+the token had been waiting there, and, when it leaves the step, how long it
+stayed: the journey's counters are made from that.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from overture_runtime.clock import Clock
 
 from .definition import CompiledJourney
 from .model import RunState, StepState, TokenState
-from .runs import Attempt, Outcome, Work
+from .work import Attempt, Effects, Outcome, Work
 
 __all__ = ["Steps", "Token"]
 
@@ -39,6 +42,8 @@ class Token:
     """Set once the token stops for this batch."""
     decision_id: str = ""
     """The decision of the send step it is at."""
+    effects: Effects = field(default_factory=Effects)
+    """What the batch changes besides the token's move."""
 
     @property
     def step(self) -> journey_pb2.Step:
@@ -54,30 +59,39 @@ class Steps:
         self._clock = clock
 
     def attempt(self, token: Token, step_id: str, state: StepState, *, outcome: str = "", error: str = "",
-                wake: dt.datetime | None = None) -> Attempt:
+                wake: dt.datetime | None = None, edge: str = "") -> Attempt:
         """Append an attempt of *step_id* to the token's history."""
         now = self._clock.now()
+        work = token.work
+        leaves = state in (StepState.COMPLETED, StepState.SKIPPED, StepState.FAILED)
         attempt = Attempt(step_id=step_id, state=state, start_time=now, outcome=outcome, error=error, decision_id=token.decision_id,
-                          end_time=None if state in (StepState.WAITING, StepState.RETRY) else now, wake_time=wake)
+                          end_time=None if state in (StepState.WAITING, StepState.RETRY) else now, wake_time=wake, edge=edge,
+                          arrival=work.state == TokenState.READY and work.attempts == 0 and not any(
+                              a.step_id == step_id for a in token.attempts),
+                          waited=work.state in (TokenState.WAITING, TokenState.RESUMED),
+                          latency=(now - work.node_since).total_seconds() if leaves and work.node_since is not None else None)
         token.attempts.append(attempt)
         return attempt
 
     def complete(self, token: Token, step: journey_pb2.Step, state: StepState, next_node: str, outcome: str,
-                 *, delivery_id: str = "") -> None:
-        """The step is done: the token moves along its edge, or the run ends."""
-        self.attempt(token, step.id, state, outcome=outcome).delivery_id = delivery_id
+                 *, edge: str = "next", delivery_id: str = "") -> None:
+        """The step is done: the token moves along *edge* to *next_node*, or the run ends."""
+        self.attempt(token, step.id, state, outcome=outcome, edge=edge).delivery_id = delivery_id
         token.decision_id = ""
+        work = token.work
         if next_node:
-            token.work.node, token.work.attempts, token.work.evaluations, token.work.state = next_node, 0, 0, TokenState.READY
+            work.node, work.attempts, work.evaluations, work.state = next_node, 0, 0, TokenState.READY
+            work.node_since, work.deadline = self._clock.now(), None
         else:
-            token.outcome = Outcome(work=token.work, run_state=RunState.COMPLETED, node="", attempts=token.attempts)
+            token.outcome = Outcome(work=work, run_state=RunState.COMPLETED, node="", attempts=token.attempts, effects=token.effects)
 
-    def wait(self, token: Token, step: journey_pb2.Step, until: dt.datetime, outcome: str) -> None:
-        """The token waits at *step* until *until*."""
-        self.attempt(token, step.id, StepState.WAITING, outcome=outcome, wake=until)
-        token.work.state = TokenState.WAITING
-        token.outcome = Outcome(work=token.work, run_state=RunState.WAITING, node=step.id, token_state=TokenState.WAITING,
-                                due_time=until, attempts=token.attempts)
+    def wait(self, token: Token, step: journey_pb2.Step, until: dt.datetime, outcome: str, *, deadline: dt.datetime | None = None,
+             state: TokenState = TokenState.WAITING) -> None:
+        """The token waits at *step* until *until* (or until its wait ends earlier, by *deadline*)."""
+        self.attempt(token, step.id, StepState.WAITING, outcome=outcome, wake=until if until.year < 9999 else None)
+        token.work.deadline = deadline
+        token.outcome = Outcome(work=token.work, run_state=RunState.WAITING, node=step.id, token_state=state, due_time=until,
+                                attempts=token.attempts, effects=token.effects)
 
     def retry(self, token: Token, step: journey_pb2.Step, error: str) -> None:
         """A transient failure: again after a backoff, or failed for good after the step's attempts."""
@@ -91,10 +105,17 @@ class Steps:
         wake = self._clock.now() + min(initial * (2 ** (token.work.attempts - 1)), ceiling)
         self.attempt(token, step.id, StepState.RETRY, error=error, wake=wake)
         token.outcome = Outcome(work=token.work, run_state=RunState.WAITING, node=step.id, token_state=TokenState.RETRY, due_time=wake,
-                                attempts=token.attempts)
+                                attempts=token.attempts, effects=token.effects)
 
     def fail(self, token: Token, step_id: str, error: str) -> None:
         """The step failed for good: the run fails and goes to the dead-letter queue."""
         self.attempt(token, step_id, StepState.FAILED, error=error)
-        token.outcome = Outcome(work=token.work, run_state=RunState.FAILED, node=step_id, attempts=token.attempts, dead_letter=error)
+        token.outcome = Outcome(work=token.work, run_state=RunState.FAILED, node=step_id, attempts=token.attempts, dead_letter=error,
+                                effects=token.effects)
         log.warning("run.dead_lettered", run_id=token.work.run_id, step_id=step_id, error=error[:200])
+
+    def end(self, token: Token, step: journey_pb2.Step, outcome: str, *, state: RunState = RunState.COMPLETED) -> None:
+        """End the whole run at *step* (its other branches too)."""
+        self.attempt(token, step.id, StepState.COMPLETED if state == RunState.COMPLETED else StepState.SKIPPED, outcome=outcome)
+        token.effects.cancel_siblings = True
+        token.outcome = Outcome(work=token.work, run_state=state, node="", attempts=token.attempts, effects=token.effects)
