@@ -6,7 +6,15 @@ from pathlib import Path
 
 import grpc
 
-from overture.connectors.v1 import connector_service_pb2, connector_service_pb2_grpc, inbox_service_pb2, inbox_service_pb2_grpc
+from overture.common.v1 import messaging_pb2
+from overture.connectors.v1 import (
+    connector_service_pb2,
+    connector_service_pb2_grpc,
+    inbox_service_pb2,
+    inbox_service_pb2_grpc,
+    push_service_pb2,
+    push_service_pb2_grpc,
+)
 from overture.orchestrator.v1 import orchestrator_service_pb2_grpc
 from overture.rules.v1 import audit_service_pb2_grpc
 from overture_runtime import BaseApp
@@ -22,6 +30,8 @@ from .feedback_smtp import FeedbackSmtpServer
 from .inbox import Inbox
 from .inbox_servicer import InboxServicer
 from .plugin import Connector, ConnectorContext
+from .push_servicer import PushConfig, PushServicer
+from .push_store import PushSubscriptions
 from .ratelimit import RateLimiter
 from .registry import build, configure
 from .reports import StatusReporter
@@ -29,6 +39,7 @@ from .resolutions import Resolutions
 from .servicer import ConnectorServicer
 from .store import DeliveryStore
 from .tables import audit_outbox, idempotency
+from .web_push import WebPushConnector
 
 __all__ = ["ConnectorsApp"]
 
@@ -43,7 +54,8 @@ class ConnectorsApp(BaseApp):
 
     name = "connectors"
     service_names = (connector_service_pb2.DESCRIPTOR.services_by_name["ConnectorService"].full_name,
-                     inbox_service_pb2.DESCRIPTOR.services_by_name["InboxService"].full_name)
+                     inbox_service_pb2.DESCRIPTOR.services_by_name["InboxService"].full_name,
+                     push_service_pb2.DESCRIPTOR.services_by_name["PushService"].full_name)
     migrations = Path(__file__).parent / "migrations"
 
     def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
@@ -88,3 +100,13 @@ class ConnectorsApp(BaseApp):
         inbox = Inbox(self.db, self.redis, self.keys, self.clock, self.ids)
         inbox_service_pb2_grpc.add_InboxServiceServicer_to_server(
             InboxServicer(inbox=inbox, links=configured_links(self.settings), clock=self.clock), server)
+        push_service_pb2_grpc.add_PushServiceServicer_to_server(
+            PushServicer(subscriptions=PushSubscriptions(self.db), config=self.push_config(), clock=self.clock), server)
+
+    def push_config(self) -> PushConfig | None:
+        """The public push configuration: that of the push route's first web_push provider, if any."""
+        for name in self.deliveries.routes.get(messaging_pb2.CHANNEL_PUSH, ()):
+            connector = self.deliveries.connectors[name]
+            if isinstance(connector, WebPushConnector):
+                return PushConfig(connector.signer.public_key, connector.settings.endpoint_hosts)
+        return None

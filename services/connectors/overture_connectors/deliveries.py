@@ -254,6 +254,8 @@ class DeliveryService:
             data=struct_to_dict(message.content.data), tags=tuple(message.tags), metadata=dict(message.metadata),
             subject_id=message.subject_id, category=message.category, consent_purpose=message.consent_purpose,
             track_opens=message.email.track_opens, track_clicks=message.email.track_clicks,
+            push_ttl=message.push.ttl.ToTimedelta() if message.push.HasField("ttl") else None, push_urgency=message.push.urgency,
+            push_topic=message.push.topic,
         )
         done = await self.dispatcher.dispatch(outbound, pending.route, delivery_id=row.delivery_id)
         finish = Finish(row=row, status=done.status, retryable=done.retryable, error=done.error,

@@ -74,6 +74,12 @@ class OutboundMessage:
     """Email: add an open-tracking pixel."""
     track_clicks: bool = False
     """Email: rewrite links to tracked links."""
+    push_ttl: dt.timedelta | None = None
+    """Push: how long the push service keeps it for an offline device; None: the provider's default."""
+    push_urgency: int = 0
+    """Push: a ``PushUrgency`` number; 0: by category."""
+    push_topic: str = ""
+    """Push: replaces an undelivered message of the same topic."""
 
 
 @dataclass(frozen=True)

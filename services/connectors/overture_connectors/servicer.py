@@ -25,6 +25,7 @@ from .breaker import CircuitState
 from .deliveries import MAX_BATCH, DeliveryService, Outcome, check_batch_size, to_proto
 from .feedback import FeedbackIntake
 from .resolutions import FILTERABLE, RESOLUTIONS, Resolutions
+from .web_push import check_push_options
 
 C = connector_service_pb2
 _CONTENT_MAX = 256 * 1024
@@ -57,6 +58,7 @@ def validate_message(v: Violations, message: delivery_pb2.Message, *, prefix: st
     check_struct(v, f"{prefix}content.data", content.data, max_bytes=_CONTENT_MAX)
     if message.channel == messaging_pb2.CHANNEL_EMAIL and not (content.text_body or content.html_body):
         v.add(f"{prefix}content", "an email needs a text or HTML body", "REQUIRED")
+    check_push_options(v, message.push, prefix=f"{prefix}push.")
 
 
 def _capped(violations: list[FieldViolation]) -> list[FieldViolation]:

@@ -83,3 +83,37 @@ inbox_messages = sa.Table(
              postgresql_where=sa.text("read_time IS NULL AND archive_time IS NULL"),
              sqlite_where=sa.text("read_time IS NULL AND archive_time IS NULL")),
 )
+
+push_subscriptions = sa.Table(
+    "connectors_push_subscriptions",
+    metadata,
+    # One row per browser subscription; its id is derived from the endpoint,
+    # so the same endpoint stored again (by any subject) is the same row.
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("subscription_id", sa.String(64), primary_key=True),
+    sa.Column("subject_id", sa.String(256), nullable=False),
+    # The endpoint and keys are personal data (they reach and decrypt for one browser): never logged.
+    sa.Column("endpoint", sa.Text, nullable=False),
+    sa.Column("p256dh", sa.String(128), nullable=False),
+    sa.Column("auth", sa.String(64), nullable=False),
+    sa.Column("user_agent", sa.String(200), nullable=False),
+    sa.Column("create_time", utc_datetime, nullable=False),
+    sa.Column("update_time", utc_datetime, nullable=False),
+    sa.Column("expire_time", utc_datetime, nullable=True),
+    sa.Column("last_send_time", utc_datetime, nullable=True),
+    # A subject's subscriptions: every push send reads them, the listing pages through them.
+    sa.Index("connectors_push_subscriptions_subject", "tenant", "subject_id", "subscription_id"),
+)
+
+push_sends = sa.Table(
+    "connectors_push_sends",
+    metadata,
+    # One row per (message, subscription) the web_push connector tried: the
+    # per-device claim that keeps a retried message from reaching a device
+    # twice. Read by the primary key's (tenant, idempotency_key) prefix only.
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("idempotency_key", sa.String(256), primary_key=True),
+    sa.Column("subscription_id", sa.String(64), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("update_time", utc_datetime, nullable=False),
+)

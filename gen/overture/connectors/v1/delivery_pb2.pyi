@@ -5,12 +5,14 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from overture.common.v1 import messaging_pb2 as _messaging_pb2
+from overture.connectors.v1 import push_pb2 as _push_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -87,6 +89,7 @@ class Message(_message.Message):
     CONNECTOR_FIELD_NUMBER: _builtins.int
     EMAIL_FIELD_NUMBER: _builtins.int
     CONSENT_PURPOSE_FIELD_NUMBER: _builtins.int
+    PUSH_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
     """The idempotency key, `run_id:step_id` for journey steps. A connector
     calls its provider at most once per key; repeats return the first result.
@@ -125,6 +128,13 @@ class Message(_message.Message):
     def email(self) -> Global___EmailOptions:
         """Email options: open and click tracking."""
 
+    @_builtins.property
+    def push(self) -> Global___PushOptions:
+        """Push options: how long the push service keeps the message for an
+        offline device, its urgency, and a topic that replaces an undelivered
+        message of the same topic.
+        """
+
     def __init__(
         self,
         *,
@@ -139,14 +149,53 @@ class Message(_message.Message):
         connector: _builtins.str = ...,
         email: Global___EmailOptions | None = ...,
         consent_purpose: _builtins.str = ...,
+        push: Global___PushOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "email", b"email"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "email", b"email", "push", b"push"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "category", b"category", "channel", b"channel", "connector", b"connector", "consent_purpose", b"consent_purpose", "content", b"content", "email", b"email", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "subject_id", b"subject_id", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "category", b"category", "channel", b"channel", "connector", b"connector", "consent_purpose", b"consent_purpose", "content", b"content", "email", b"email", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "push", b"push", "subject_id", b"subject_id", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Message: _TypeAlias = Message  # noqa: Y015
+
+@_typing.final
+class PushOptions(_message.Message):
+    """Per-message options of the push channel (RFC 8030 §5)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TTL_FIELD_NUMBER: _builtins.int
+    URGENCY_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    urgency: _push_pb2.PushUrgency.ValueType
+    """How urgently to deliver it."""
+    topic: _builtins.str
+    """A message with a topic replaces an undelivered message of the same
+    topic to the same device (for example, "cart-reminder"): 1 to 32
+    characters of the base64url alphabet. Empty: no replacement.
+    """
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """How long the push service keeps the message while the device is
+        offline, from 0 (deliver now or never) to 28 days; unset: the
+        provider's `ttl_seconds` (1 day unless configured).
+        """
+
+    def __init__(
+        self,
+        *,
+        ttl: _duration_pb2.Duration | None = ...,
+        urgency: _push_pb2.PushUrgency.ValueType = ...,
+        topic: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["topic", b"topic", "ttl", b"ttl", "urgency", b"urgency"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushOptions: _TypeAlias = PushOptions  # noqa: Y015
 
 @_typing.final
 class EmailOptions(_message.Message):
