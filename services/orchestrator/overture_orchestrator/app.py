@@ -22,8 +22,11 @@ from .audit_outbox import AuditForwarder
 from .backlog import Backlog
 from .consumer import EventConsumer
 from .deadletters import DeadLetters
+from .entry import EntryGate
 from .executor import Executor
 from .feedback import DeliveryFeedback
+from .goals import Goals
+from .inactivity import Inactivity
 from .journeys import JourneyStore
 from .preview import Previewer
 from .profiles import ProfileReader
@@ -35,6 +38,7 @@ from .servicer import OrchestratorServicer
 from .starter import Starter
 from .tables import idempotency
 from .tokens import Steps
+from .waits import Waits
 from .worker import WorkerPool
 
 __all__ = ["OrchestratorApp"]
@@ -68,7 +72,10 @@ class OrchestratorApp(BaseApp):
             ingest=ingest_service_pb2_grpc.IngestServiceStub(self.channel("ingest")),
             profiles=profile_service_pb2_grpc.ProfileServiceStub(self.channel("rules")),
         )
-        self.starter = Starter(journeys=self.journeys, runs=self.runs, clock=self.clock, ids=self.ids, workers=self.workers)
+        self.inactivity = Inactivity(self.db, self.clock, self.journeys, owner=consumer)
+        self.starter = Starter(journeys=self.journeys, runs=self.runs, clock=self.clock, ids=self.ids, workers=self.workers,
+                               gate=EntryGate(self.db, self.clock, self.runs, self.profiles), waits=Waits(self.db, self.clock, self.journeys),
+                               goals=Goals(self.db, self.clock, self.ids, self.journeys), inactivity=self.inactivity)
         self.consumer = EventConsumer(
             redis=self.redis, keys=self.keys, partitions=self.settings.stream_partitions, consumer=consumer,
             dead_letters=self.dead_letters, handle=self.starter.on_events, batch=self.settings.orchestrator_batch,
@@ -78,6 +85,7 @@ class OrchestratorApp(BaseApp):
         idle = self.settings.consumer_reclaim_idle_seconds
         self.spawn("reclaim", lambda: self.consumer.reclaim(self.stopping, min_idle_ms=int(idle * 1000), interval=min(10.0, idle / 3)))
         self.spawn("workers", lambda: self.workers.run(self.stopping))
+        self.spawn("inactivity", lambda: self.inactivity.run(self.stopping, self.starter.start_new))
         self.spawn("audit", lambda: self.audit.run(self.stopping))
         self.backlog = Backlog(db=self.db, redis=self.redis, keys=self.keys, partitions=self.settings.stream_partitions, clock=self.clock)
         self.spawn("backlog", lambda: self.backlog.run(self.stopping))

@@ -26,7 +26,7 @@ from overture_runtime.errors import FailedPrecondition, InvalidArgument, NotFoun
 from overture_runtime.protojson import canonical_json, digest, from_json
 
 from .audit_outbox import SYSTEM_ACTOR, stage
-from .definition import CompiledJourney, compile_journey
+from .definition import CompiledJourney, compile_journey, trigger_event_type
 from .tables import journey_versions, journeys
 
 __all__ = ["ActiveJourney", "JourneyStore", "ReferenceCheck"]
@@ -48,6 +48,12 @@ class _Snapshot:
     until: float
     triggers: dict[str, list[ActiveJourney]]
     paused: frozenset[str]
+    goals: dict[str, list[str]]
+    """Goal event type -> names of active journeys with that goal."""
+    inactivity: dict[str, list[ActiveJourney]]
+    """Event type -> active journeys whose inactivity trigger it re-arms."""
+    schedules: list[ActiveJourney]
+    """Active journeys on a schedule trigger."""
 
 
 class ReferenceCheck(Protocol):
@@ -89,7 +95,7 @@ class JourneyStore:
             await self._references.check(tenant, spec)
         spec_digest = digest(spec)
         now = self._clock.now()
-        trigger = spec.trigger.event.event_type if spec.trigger.WhichOneof("kind") == "event" else None
+        trigger = trigger_event_type(spec)
         for _ in range(5):
             try:
                 async with self._db.begin() as conn:
@@ -181,6 +187,18 @@ class JourneyStore:
         """The tenant's paused journeys."""
         return (await self._snapshot(tenant)).paused
 
+    async def with_goal(self, tenant: str, event_type: str) -> list[str]:
+        """The active journeys whose goal is an event of *event_type*."""
+        return list((await self._snapshot(tenant)).goals.get(event_type, ()))
+
+    async def inactive_after(self, tenant: str, event_type: str) -> list[ActiveJourney]:
+        """The active journeys whose inactivity trigger an event of *event_type* re-arms."""
+        return list((await self._snapshot(tenant)).inactivity.get(event_type, ()))
+
+    async def scheduled(self, tenant: str) -> list[ActiveJourney]:
+        """The tenant's active journeys on a schedule trigger."""
+        return list((await self._snapshot(tenant)).schedules)
+
     def forget(self, tenant: str) -> None:
         """Drop the tenant's cached triggers, after a change in this replica."""
         self._snapshots.pop(tenant, None)
@@ -198,12 +216,25 @@ class JourneyStore:
             rows = (await conn.execute(sa.select(j.c.name, j.c.latest_version, j.c.state, j.c.trigger_event_type).where(
                 j.c.tenant == tenant))).all()
         triggers: dict[str, list[ActiveJourney]] = {}
+        goals: dict[str, list[str]] = {}
+        inactivity: dict[str, list[ActiveJourney]] = {}
+        schedules: list[ActiveJourney] = []
         for r in rows:
-            if r.state == "active" and r.trigger_event_type:
-                triggers.setdefault(r.trigger_event_type, []).append(
-                    ActiveJourney(r.name, r.latest_version, await self.compiled(tenant, r.name, r.latest_version)))
-        snapshot = _Snapshot(until=now + self._snapshot_ttl, triggers=triggers,
-                             paused=frozenset(r.name for r in rows if r.state == "paused"))
+            if r.state != "active":
+                continue
+            active = ActiveJourney(r.name, r.latest_version, await self.compiled(tenant, r.name, r.latest_version))
+            spec = active.compiled.spec
+            if r.trigger_event_type:
+                triggers.setdefault(r.trigger_event_type, []).append(active)
+            kind = spec.trigger.WhichOneof("kind")
+            if kind == "inactivity":
+                inactivity.setdefault(spec.trigger.inactivity.event_type, []).append(active)
+            elif kind == "schedule":
+                schedules.append(active)
+            if spec.HasField("goal"):
+                goals.setdefault(spec.goal.event_type, []).append(r.name)
+        snapshot = _Snapshot(until=now + self._snapshot_ttl, triggers=triggers, paused=frozenset(r.name for r in rows if r.state == "paused"),
+                             goals=goals, inactivity=inactivity, schedules=schedules)
         self._snapshots[tenant] = snapshot
         while len(self._snapshots) > 10_000:
             self._snapshots.pop(next(iter(self._snapshots)))

@@ -14,6 +14,7 @@ their audit record in the same transaction.
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from .audit_outbox import SYSTEM_ACTOR, stage
 from .deadletters import DeadLetters
 from .model import LIVE, RunState, StepState, TokenState
 from .recording import Recorder, read_context
+from .stats import Counts, add_counts
 from .tables import run_inputs, runs, step_attempts, tokens
 from .work import Attempt, Effects, NewRun, Outcome, Work
 
@@ -73,14 +75,20 @@ class RunStore:
 
     # -- starting ------------------------------------------------------------
 
-    async def start(self, batch: Sequence[NewRun], *, lease_owner: str | None = None) -> list[tuple[str, Work | None]]:
+    async def start(self, batch: Sequence[NewRun], *, lease_owner: str | None = None, skipped: tuple[str, Counts] | None = None,
+                    ) -> list[tuple[str, Work | None]]:
         """Start the runs of *batch* that their trigger has not started yet, in
         three statements. Returns (run id, work) per item, in order: *work*
         is the new run's first token, None for an item whose trigger already
         made a run (the id is that run's). With *lease_owner* the new tokens
         are already claimed by it (its worker executes them at once);
-        without, they are due now for any worker to claim."""
+        without, they are due now for any worker to claim. Each journey's
+        ``entered`` counter, and *skipped* (a tenant's skipped entries), are
+        added in the same transaction."""
         if not batch:
+            if skipped:
+                async with self._db.begin() as conn:
+                    await add_counts(conn, *skipped)
             return []
         now = self._clock.now()
         ids = [self._ids.new() for _ in batch]
@@ -102,6 +110,13 @@ class RunStore:
                 await conn.execute(tokens.insert(), [
                     dict(tenant=r.tenant, run_id=i, token=0, node=r.first_step, state=TokenState.READY.value, due_time=due, attempts=0,
                          evaluations=0, lease_owner=lease_owner) for r, i in fresh])
+            entered: dict[str, Counts] = {}
+            for r, _ in fresh:
+                entered.setdefault(r.tenant, Counter())[(r.journey, r.version, "", "entered")] += 1
+            if skipped:
+                entered.setdefault(skipped[0], Counter()).update(skipped[1])
+            for tenant, added in entered.items():
+                await add_counts(conn, tenant, added)
             existing: dict[tuple[str, str, str, str], str] = {}
             others = [r for r, i in zip(batch, ids, strict=True) if i not in inserted]
             if others:

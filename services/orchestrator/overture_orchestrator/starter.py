@@ -23,9 +23,14 @@ from overture_runtime.clock import Clock, IdGenerator
 from overture_runtime.errors import FailedPrecondition, InvalidArgument
 from overture_runtime.protojson import canonical_json, struct_to_dict
 
-from .definition import compile_journey, evaluate_expression
+from .definition import CompiledJourney, compile_journey, evaluate_expression
+from .entry import EntryGate
+from .goals import Goals
+from .inactivity import Inactivity
 from .journeys import JourneyStore
 from .runs import NewRun, RunStore, Work
+from .stats import Counts
+from .waits import Waits
 from .worker import WorkerPool
 
 __all__ = ["Starter"]
@@ -41,12 +46,17 @@ class Starter:
     worker of *workers* (:meth:`WorkerPool.eager`); when its queue is full
     they are due now and the workers are woken to claim them."""
 
-    def __init__(self, *, journeys: JourneyStore, runs: RunStore, clock: Clock, ids: IdGenerator, workers: WorkerPool) -> None:
+    def __init__(self, *, journeys: JourneyStore, runs: RunStore, clock: Clock, ids: IdGenerator, workers: WorkerPool, gate: EntryGate,
+                 waits: Waits, goals: Goals, inactivity: Inactivity) -> None:
         self._journeys = journeys
         self._runs = runs
         self._clock = clock
         self._ids = ids
         self._workers = workers
+        self._gate = gate
+        self._waits = waits
+        self._goals = goals
+        self._inactivity = inactivity
 
     async def on_events(self, entries: Sequence[tuple[str, event_pb2.Event]]) -> int:
         """Start the runs a batch of (tenant, event) triggers; returns how many are new."""
@@ -59,8 +69,10 @@ class Starter:
         return started
 
     async def _start_for(self, tenant: str, events: Sequence[event_pb2.Event]) -> int:
-        candidates: list[NewRun] = []
-        exclusive: set[tuple[str, str]] = set()
+        await self._waits.resume(tenant, events)
+        await self._goals.convert(tenant, events)
+        await self._inactivity.arm(tenant, events)
+        candidates: list[tuple[CompiledJourney, NewRun]] = []
         for event in events:
             for journey in await self._journeys.triggered_by(tenant, event.event_type):
                 compiled = journey.compiled
@@ -75,39 +87,33 @@ class Starter:
                     continue
                 if compiled.filter is not None and not _matches(compiled.filter, event):
                     continue
-                if not compiled.spec.settings.allow_concurrent_runs:
-                    exclusive.add((journey.name, event.subject_id))
-                candidates.append(NewRun(tenant=tenant, journey=journey.name, version=journey.version, subject_id=event.subject_id,
-                                         event=event, first_step=compiled.first_step))
-        if exclusive:
-            # A subject already in a journey that forbids concurrent runs is
-            # not entered again, and within the batch only its first event counts.
-            busy = await self._runs.unfinished(tenant, exclusive)
-            kept: list[NewRun] = []
-            for run in candidates:
-                key = (run.journey, run.subject_id)
-                if key in exclusive:
-                    if key in busy:
-                        continue
-                    busy.add(key)
-                kept.append(run)
-            if len(kept) < len(candidates):
-                log.info("run.not_started", count=len(candidates) - len(kept),
-                         reason="the subject is already in a journey that does not allow concurrent runs")
-            candidates = kept
-        results = await self._start(candidates)
-        for run, (run_id, work) in zip(candidates, results, strict=True):
+                candidates.append((compiled, NewRun(tenant=tenant, journey=journey.name, version=journey.version,
+                                                    subject_id=event.subject_id, event=event, first_step=compiled.first_step)))
+        return await self.start_runs(tenant, candidates)
+
+    async def start_new(self, tenant: str, runs: Sequence[NewRun]) -> int:
+        """Start *runs* (of the journeys' current versions) through the entry checks; returns how many are new."""
+        candidates = [(await self._journeys.compiled(tenant, r.journey, r.version), r) for r in runs]
+        return await self.start_runs(tenant, candidates)
+
+    async def start_runs(self, tenant: str, candidates: Sequence[tuple[CompiledJourney, NewRun]]) -> int:
+        """Start the candidate runs the entry checks admit (:mod:`.entry`); returns how many are new."""
+        if not candidates:
+            return 0
+        admitted, skipped = await self._gate.admit(tenant, candidates)
+        results = await self._start(admitted, skipped=(tenant, skipped) if skipped else None)
+        for run, (run_id, work) in zip(admitted, results, strict=True):
             if work is not None:
                 log.info("run.started", run_id=run_id, journey=run.journey, version=run.version, event_id=run.event.event_id)
         return sum(1 for _, work in results if work is not None)
 
-    async def _start(self, runs: Sequence[NewRun]) -> list[tuple[str, Work | None]]:
-        """Insert *runs*; hand the new ones to a free worker, or wake the workers to claim them."""
-        if not runs:
+    async def _start(self, runs: Sequence[NewRun], *, skipped: tuple[str, Counts] | None = None) -> list[tuple[str, Work | None]]:
+        """Insert *runs* (and count *skipped* entries); hand the new ones to a free worker, or wake the workers to claim them."""
+        if not runs and not skipped:
             return []
-        owner = self._workers.eager(len(runs))
+        owner = self._workers.eager(len(runs)) if runs else None
         try:
-            results = await self._runs.start(runs, lease_owner=owner)
+            results = await self._runs.start(runs, lease_owner=owner, skipped=skipped)
         except BaseException:
             if owner is not None:
                 self._workers.dispatch(owner, [])

@@ -22,7 +22,7 @@ from overture_runtime.db import Database
 
 from .tables import stats
 
-__all__ = ["LATENCY_BUCKETS", "Counts", "add_counts", "latency_metric", "read_stats", "run_counts"]
+__all__ = ["LATENCY_BUCKETS", "Counts", "add_counts", "latency_metric", "read_stats", "run_counts", "waiting_left"]
 
 Counts = Counter[tuple[str, int, str, str]]
 """Additions by (journey, version, step id, metric)."""
@@ -117,8 +117,15 @@ def _holdouts(spec: journey_pb2.JourneySpec | None) -> set[tuple[str, str]]:
     return {(s.id, b.name) for s in spec.steps if s.WhichOneof("kind") == "split" for b in s.split.branches if b.holdout}
 
 
+def waiting_left(ident: tuple[str, int], removed: Iterable[Any]) -> Counts:
+    """The ``waiting_out`` additions for tokens removed while they waited
+    (rows with ``node`` and ``state``): a cancelled or converted run no
+    longer waits at its steps."""
+    return Counter((*ident, row.node, "waiting_out") for row in removed if row.state in ("waiting", "resumed", "joined"))
+
+
 def run_counts(journey: str, version: int, metrics: Iterable[str]) -> Counts:
     """Run-level additions of *metrics* for one run."""
-    return Counter({(journey, version, "", m): 1 for m in metrics})
+    return Counter((journey, version, "", m) for m in metrics)
 
 

@@ -174,7 +174,8 @@ inactivity = sa.Table(
     sa.Column("tenant", sa.String(64), primary_key=True),
     sa.Column("journey", sa.String(63), primary_key=True),
     sa.Column("subject_id", sa.String(256), primary_key=True),
-    sa.Column("due_time", utc_datetime, nullable=False),
+    sa.Column("due_time", utc_datetime, nullable=False),  # when it fires; pushed past a lease while it fires
+    sa.Column("fire_time", utc_datetime, nullable=False),  # the time it was armed for: names the run it starts
     sa.Column("lease_owner", sa.String(128), nullable=True),
     sa.Index("orchestrator_inactivity_due", "due_time"),
 )

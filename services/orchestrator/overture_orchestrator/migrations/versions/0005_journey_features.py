@@ -90,6 +90,7 @@ def upgrade() -> None:
         sa.Column('journey', sa.String(length=63), nullable=False),
         sa.Column('subject_id', sa.String(length=256), nullable=False),
         sa.Column('due_time', _TS, nullable=False),
+        sa.Column('fire_time', _TS, nullable=False),
         sa.Column('lease_owner', sa.String(length=128), nullable=True),
         sa.PrimaryKeyConstraint('tenant', 'journey', 'subject_id'))
     op.create_index('orchestrator_inactivity_due', 'orchestrator_inactivity', ['due_time'])

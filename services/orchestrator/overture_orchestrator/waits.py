@@ -1,0 +1,117 @@
+"""Ending waits early, from the event stream: an awaited event arrives
+(wait-for-event), or the subject's profile changes (wait-until re-checks).
+
+For each batch of events, one query finds the registered waits of the
+batch's (event type, subject) pairs; a wait-for-event's filter is checked
+against the event; the matched tokens are moved to RESUMED and due now in
+one transaction, with the event kept in the run's context for later steps
+(``steps.<step id>.event``). Only a token nobody is executing (no lease)
+and still waiting at that step is moved, so a wait that has just timed out
+is not resumed as well: the first of the two wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import rule_engine
+import sqlalchemy as sa
+import structlog
+
+from overture.common.v1 import event_pb2
+from overture_runtime.clock import Clock
+from overture_runtime.db import Database
+from overture_runtime.errors import OvertureError
+from overture_runtime.protojson import struct_to_dict
+
+from .definition import evaluate_expression
+from .journeys import JourneyStore
+from .model import TokenState
+from .recording import write_context
+from .tables import tokens, waits
+
+__all__ = ["PROFILE_EVENTS", "Waits"]
+
+log = structlog.get_logger("overture.orchestrator")
+PROFILE_EVENTS = ("identify", "consent.granted", "consent.revoked", "segment.entered", "segment.exited")
+"""Event types that change a profile (applied before they reach the stream): they re-check wait-until steps."""
+_ANY_PROFILE_CHANGE = ""
+
+
+class Waits:
+    """Resumes waiting tokens from events."""
+
+    def __init__(self, db: Database, clock: Clock, journeys: JourneyStore) -> None:
+        self._db = db
+        self._clock = clock
+        self._journeys = journeys
+
+    async def resume(self, tenant: str, events: Sequence[event_pb2.Event]) -> int:
+        """Resume the tokens *events* end the wait of; returns how many."""
+        types = {e.event_type for e in events}
+        if types & set(PROFILE_EVENTS):
+            types.add(_ANY_PROFILE_CHANGE)
+        subjects = {e.subject_id for e in events}
+        if not subjects:
+            return 0
+        w = waits
+        async with self._db.connect() as conn:
+            found = (await conn.execute(sa.select(w).where(
+                (w.c.tenant == tenant) & w.c.event_type.in_(sorted(types)) & w.c.subject_id.in_(sorted(subjects))))).all()
+        if not found:
+            return 0
+        by_key: dict[tuple[str, str], list[event_pb2.Event]] = {}
+        for event in events:
+            by_key.setdefault((event.event_type, event.subject_id), []).append(event)
+            if event.event_type in PROFILE_EVENTS:
+                by_key.setdefault((_ANY_PROFILE_CHANGE, event.subject_id), []).append(event)
+        matches: list[tuple[Any, event_pb2.Event]] = []
+        for row in found:
+            for event in by_key.get((row.event_type, row.subject_id), []):
+                if row.event_type == _ANY_PROFILE_CHANGE or await self._passes(tenant, row, event):
+                    matches.append((row, event))
+                    break
+        return await self._move(tenant, matches) if matches else 0
+
+    async def _passes(self, tenant: str, row: Any, event: event_pb2.Event) -> bool:
+        try:
+            compiled = await self._journeys.compiled(tenant, row.journey, row.journey_version)
+        except OvertureError:
+            return False
+        rule: rule_engine.Rule | None = compiled.conditions.get(row.step_id)
+        if rule is None:
+            return True
+        try:
+            return evaluate_expression(rule, {"attributes": struct_to_dict(event.attributes), "event_type": event.event_type})
+        except rule_engine.EngineError:
+            return False
+
+    async def _move(self, tenant: str, matches: list[tuple[Any, event_pb2.Event]]) -> int:
+        now = self._clock.now()
+        t = tokens
+        moved = 0
+        async with self._db.begin() as conn:
+            context = []
+            for row, event in matches:
+                result = await conn.execute(t.update().where(
+                    (t.c.tenant == tenant) & (t.c.run_id == row.run_id) & (t.c.token == row.token) & (t.c.node == row.step_id)
+                    & (t.c.state == TokenState.WAITING.value) & t.c.lease_owner.is_(None)
+                ).values(state=TokenState.RESUMED.value, due_time=now))
+                if not result.rowcount:
+                    continue
+                moved += 1
+                await conn.execute(waits.delete().where((waits.c.tenant == tenant) & (waits.c.run_id == row.run_id)
+                                                        & (waits.c.token == row.token)))
+                if row.event_type != _ANY_PROFILE_CHANGE:
+                    context.append(dict(tenant=tenant, run_id=row.run_id, key=f"{row.step_id}.event", value=_event_json(event)))
+            await write_context(conn, context)
+        if moved:
+            log.info("waits.resumed", count=moved)
+        return moved
+
+
+def _event_json(event: event_pb2.Event) -> dict[str, Any]:
+    """The event as later steps read it (``steps.<id>.event``)."""
+    return {"event_id": event.event_id, "event_type": event.event_type, "attributes": struct_to_dict(event.attributes),
+            "occurred_at": event.occurred_at.ToJsonString() if event.HasField("occurred_at") else ""}
