@@ -13,11 +13,12 @@ import structlog
 
 from overture.connectors.v1 import connector_service_pb2_grpc
 from overture.ingest.v1 import ingest_service_pb2_grpc
-from overture.orchestrator.v1 import orchestrator_service_pb2, orchestrator_service_pb2_grpc
+from overture.orchestrator.v1 import journey_pb2, orchestrator_service_pb2, orchestrator_service_pb2_grpc
 from overture.rules.v1 import audit_service_pb2_grpc, profile_service_pb2_grpc, rules_service_pb2_grpc
 from overture_runtime import BaseApp
 from overture_runtime.idempotency import Idempotency
 
+from .approvals import Approvals
 from .audit_outbox import AuditForwarder
 from .backlog import Backlog
 from .consumer import EventConsumer
@@ -36,6 +37,7 @@ from .runs import RunStore
 from .sends import Sender
 from .servicer import OrchestratorServicer
 from .starter import Starter
+from .stats import read_stats
 from .tables import idempotency
 from .tokens import Steps
 from .waits import Waits
@@ -90,13 +92,16 @@ class OrchestratorApp(BaseApp):
         self.backlog = Backlog(db=self.db, redis=self.redis, keys=self.keys, partitions=self.settings.stream_partitions, clock=self.clock)
         self.spawn("backlog", lambda: self.backlog.run(self.stopping))
 
+    async def _stats(self, tenant: str, name: str, version: int, spec: journey_pb2.JourneySpec) -> orchestrator_service_pb2.JourneyStats:
+        return await read_stats(self.db, tenant, name, version, spec)
+
     def register(self, server: grpc.aio.Server) -> None:
         orchestrator_service_pb2_grpc.add_OrchestratorServiceServicer_to_server(
             OrchestratorServicer(journeys=self.journeys, runs=self.runs, starter=self.starter,
                                  idempotency=Idempotency(self.db, idempotency, self.clock), feedback=self.feedback,
                                  retrier=Retrier(runs=self.runs, journeys=self.journeys), audited=self.audit.after_commit,
                                  previewer=Previewer(journeys=self.journeys, references=self.references, profile_of=self.profiles.profile_of),
-                                 dead_letters=self.dead_letters),
+                                 dead_letters=self.dead_letters, approvals=Approvals(self.db, self.clock, self.ids), stats=self._stats),
             server,
         )
 

@@ -32,8 +32,8 @@ from .audit_outbox import SYSTEM_ACTOR, stage
 from .deadletters import DeadLetters
 from .model import LIVE, RunState, StepState, TokenState
 from .recording import Recorder, read_context
-from .stats import Counts, add_counts
-from .tables import run_inputs, runs, step_attempts, tokens
+from .stats import Counts, add_counts, waiting_left
+from .tables import run_inputs, runs, step_attempts, tokens, waits
 from .work import Attempt, Effects, NewRun, Outcome, Work
 
 __all__ = ["Attempt", "Effects", "JourneyTarget", "NewRun", "Outcome", "RetryRefusal", "RunStore", "Work"]
@@ -193,7 +193,11 @@ class RunStore:
             if row is None:
                 return False
             await conn.execute(runs.update().where(key).values(state=RunState.CANCELLED.value, current_step="", update_time=now))
-            await conn.execute(tokens.delete().where((tokens.c.tenant == tenant) & (tokens.c.run_id == run_id)))
+            left = (await conn.execute(tokens.delete().where((tokens.c.tenant == tenant) & (tokens.c.run_id == run_id))
+                                       .returning(tokens.c.node, tokens.c.state))).all()
+            await conn.execute(waits.delete().where((waits.c.tenant == tenant) & (waits.c.run_id == run_id)))
+            ident = (row.journey, row.journey_version)
+            await add_counts(conn, tenant, Counter({(*ident, "", "cancelled"): 1}) + waiting_left(ident, left))
             await stage(conn, tenant=tenant, record_id=self._ids.new(), action=audit_event_pb2.AUDIT_ACTION_RUN_CANCELLED, actor=actor,
                         time=now, reason=reason, target=f"run/{run_id}",
                         details={"journey": row.journey, "journey_version": row.journey_version, "step_id": row.current_step})
@@ -241,6 +245,7 @@ class RunStore:
                 evaluations=int(last) + 1, lease_owner=None))
             await conn.execute(runs.update().where(key).values(state=RunState.RUNNING.value, journey_version=version, update_time=now))
             await self.dead_letters.remove_run(conn, tenant, run_id)
+            await add_counts(conn, tenant, Counter({(run.journey, run.journey_version, "", "retried"): 1}))
             await stage(conn, tenant=tenant, record_id=self._ids.new(), action=audit_event_pb2.AUDIT_ACTION_RUN_RETRIED, actor=actor,
                         time=now, reason=reason, target=f"run/{run_id}",
                         details={"journey": run.journey, "step_id": run.current_step, "from_version": run.journey_version,

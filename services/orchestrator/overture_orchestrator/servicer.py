@@ -22,6 +22,8 @@ from overture_runtime.validation import (
     page_size,
 )
 
+from .approvals import Approvals
+from .catalogue import step_types
 from .deadletters import DeadLetters, PoisonEntry
 from .feedback import DeliveryFeedback
 from .journeys import JourneyStore
@@ -35,6 +37,7 @@ __all__ = ["OrchestratorServicer"]
 log = structlog.get_logger("overture.orchestrator")
 OS = orchestrator_service_pb2
 _CONTEXT_MAX = 32 * 1024
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def _to_latest(v: Violations, value: int) -> bool:
@@ -50,7 +53,10 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
     def __init__(
         self, *, journeys: JourneyStore, runs: RunStore, starter: Starter, idempotency: Idempotency, feedback: DeliveryFeedback,
         retrier: Retrier, audited: Callable[[str], Awaitable[None]], previewer: Previewer, dead_letters: DeadLetters,
+        approvals: Approvals, stats: Callable[[str, str, int, journey_pb2.JourneySpec], Awaitable[OS.JourneyStats]],
     ) -> None:
+        self._approvals = approvals
+        self._stats = stats
         self._dead_letters = dead_letters
         self._previewer = previewer
         self._feedback = feedback
@@ -230,8 +236,16 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         return OS.RetryRunResponse(run=await self._runs.get(tenant, request.run_id))
 
     async def DecideApproval(self, request: OS.DecideApprovalRequest, context: grpc.aio.ServicerContext) -> OS.DecideApprovalResponse:
-        current_principal()
-        raise Unimplemented("approval steps are not built yet", reason="NOT_BUILT")
+        principal = current_principal()
+        v = Violations()
+        check_identifier(v, "run_id", request.run_id)
+        check_name(v, "step_id", request.step_id)
+        check_reason(v, request.reason)
+        v.raise_if_any("the decision is invalid")
+        await self._approvals.decide(principal.tenant, run_id=request.run_id, step_id=request.step_id, approve=request.approve,
+                                     reason=request.reason, actor=principal.name, roles=principal.roles)
+        await self._audited(principal.tenant)
+        return OS.DecideApprovalResponse(run=await self._runs.get(principal.tenant, request.run_id))
 
     async def ListDeadLetters(self, request: OS.ListDeadLettersRequest, context: grpc.aio.ServicerContext) -> OS.ListDeadLettersResponse:
         tenant = current_principal().tenant
@@ -317,8 +331,27 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         raise Unimplemented("MigrateRuns is not built yet", reason="NOT_BUILT")
 
     async def ListApprovals(self, request: OS.ListApprovalsRequest, context: grpc.aio.ServicerContext) -> OS.ListApprovalsResponse:
-        current_principal()
-        raise Unimplemented("ListApprovals is not built yet", reason="NOT_BUILT")
+        tenant = current_principal().tenant
+        v = Violations()
+        if request.journey:
+            check_name(v, "journey", request.journey)
+        size = page_size(v, request.page_size)
+        v.raise_if_any()
+        cursor = decode_page_token(request.page_token, after=str, at=int)
+        after = (_EPOCH + dt.timedelta(microseconds=cursor["at"]), cursor["after"]) if cursor else None
+        found = await self._approvals.pending(tenant, journey=request.journey, limit=size + 1, after=after)
+        response = OS.ListApprovalsResponse()
+        for item in found[:size]:
+            approval = response.approvals.add(run_id=item.run_id, step_id=item.step_id, journey=item.journey,
+                                              journey_version=item.journey_version, subject_id=item.subject_id,
+                                              approver_role=item.approver_role, message=item.message)
+            approval.request_time.FromDatetime(item.request_time)
+            approval.expire_time.FromDatetime(item.expire_time)
+        if len(found) > size:
+            last = found[size - 1]
+            response.next_page_token = encode_page_token(
+                {"after": last.run_id, "at": (last.request_time - _EPOCH) // dt.timedelta(microseconds=1)})
+        return response
 
     async def StartJourneyBacktest(self, request: OS.StartJourneyBacktestRequest, context: grpc.aio.ServicerContext) -> OS.StartJourneyBacktestResponse:
         current_principal()
@@ -333,12 +366,18 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         raise Unimplemented("ReplayEvents is not built yet", reason="NOT_BUILT")
 
     async def GetJourneyStats(self, request: OS.GetJourneyStatsRequest, context: grpc.aio.ServicerContext) -> OS.GetJourneyStatsResponse:
-        current_principal()
-        raise Unimplemented("GetJourneyStats is not built yet", reason="NOT_BUILT")
+        tenant = current_principal().tenant
+        v = Violations()
+        check_name(v, "name", request.name)
+        if request.version < 0:
+            v.add("version", "version must not be negative", "OUT_OF_RANGE")
+        v.raise_if_any()
+        journey = await self._journeys.get(tenant=tenant, name=request.name, version=request.version)
+        return OS.GetJourneyStatsResponse(stats=await self._stats(tenant, request.name, request.version, journey.spec))
 
     async def ListStepTypes(self, request: OS.ListStepTypesRequest, context: grpc.aio.ServicerContext) -> OS.ListStepTypesResponse:
         current_principal()
-        raise Unimplemented("ListStepTypes is not built yet", reason="NOT_BUILT")
+        return step_types()
 
 
 def _poison_proto(entry: PoisonEntry) -> OS.PoisonEvent:

@@ -1,4 +1,4 @@
-"""Journeys' statistics, kept as counters as runs move (ADR 0014).
+"""Journeys' statistics, kept as counters as runs move (ADR 0016).
 
 Every change that moves runs adds to ``orchestrator_stats`` in its own
 transaction, one statement per batch: reading a journey's statistics reads
@@ -50,7 +50,7 @@ async def add_counts(conn: Any, tenant: str, counts: Counts) -> None:
 
 
 async def read_stats(db: Database, tenant: str, name: str, version: int, spec: journey_pb2.JourneySpec | None,
-                     dead_lettered: int) -> orchestrator_service_pb2.JourneyStats:
+                     ) -> orchestrator_service_pb2.JourneyStats:
     """A journey's counters (of one version, or all of them for 0) as the API gives them."""
     query = sa.select(stats.c.step_id, stats.c.metric, sa.func.sum(stats.c.count).label("count")).where(
         (stats.c.tenant == tenant) & (stats.c.journey == name)).group_by(stats.c.step_id, stats.c.metric)
@@ -65,7 +65,8 @@ async def read_stats(db: Database, tenant: str, name: str, version: int, spec: j
     out = orchestrator_service_pb2.JourneyStats(
         name=name, version=version, entered=run.get("entered", 0), completed=run.get("completed", 0),
         converted=run.get("converted", 0), failed=run.get("failed", 0), cancelled=run.get("cancelled", 0),
-        skipped_entries=run.get("skipped", 0) + run.get("erased", 0), dead_lettered=dead_lettered)
+        skipped_entries=run.get("skipped", 0) + run.get("erased", 0),
+        dead_lettered=max(0, run.get("failed", 0) - run.get("retried", 0)))
     out.active = max(0, out.entered - out.completed - out.failed - out.cancelled - run.get("erased", 0) + run.get("retried", 0))
     order = [s.id for s in spec.steps] if spec is not None else []
     sent = failed = 0
