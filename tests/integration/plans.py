@@ -1,19 +1,24 @@
 """Checking a statement's plan on a table that grew after its statistics were
 taken: the statement as SQLAlchemy compiles it for PostgreSQL, with its
 values inlined (the custom plan the services get under ``plan_cache_mode =
-force_custom_plan``), explained with ``ANALYZE`` and ``BUFFERS``."""
+force_custom_plan``), explained with ``ANALYZE`` and ``BUFFERS``; or, for
+the statements a service runs itself, PostgreSQL's ``auto_explain`` on the
+service's own connection (:class:`AutoExplained`)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import asyncpg
+import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql import ClauseElement
 
-__all__ = ["explain", "nodes"]
+from overture_runtime.db import Database
+
+__all__ = ["AUTO_EXPLAIN", "AutoExplained", "buffers", "explain", "nodes"]
 
 
 def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -28,3 +33,45 @@ async def explain(conn: asyncpg.Connection, statement: ClauseElement) -> dict[st
     sql = str(statement.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
     rows = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}")
     return dict(json.loads(rows)[0]["Plan"])
+
+
+AUTO_EXPLAIN = {
+    "auto_explain.log_min_duration": "0", "auto_explain.log_analyze": "on", "auto_explain.log_buffers": "on",
+    "auto_explain.log_timing": "off", "auto_explain.log_format": "json", "auto_explain.log_level": "notice",
+}
+"""auto_explain's settings for a connection whose every statement's executed plan (with buffers) is wanted back as a NOTICE."""
+
+
+class AutoExplained:
+    """The plans auto_explain reports on one connection of a service's pool, for the statements *classify* names
+    (it returns a kind, or None for statements to ignore), while :attr:`recording`."""
+
+    def __init__(self, classify: Callable[[str], str | None]) -> None:
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+        self.recording = False
+        self._classify = classify
+
+    def listen(self, _conn: object, message: Any) -> None:
+        """asyncpg's log listener."""
+        text: str = message.message
+        if not self.recording or "plan:" not in text:
+            return
+        explained = json.loads(text.split("plan:", 1)[1])
+        kind = self._classify(explained["Query Text"])
+        if kind is not None:
+            self.seen.append((kind, explained["Plan"]))
+
+    async def attach(self, db: Database) -> None:
+        """Load auto_explain into *db*'s connection (a pool of one) and listen to it."""
+        async with db.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            raw.add_log_listener(self.listen)
+            await conn.execute(sa.text("LOAD 'auto_explain'"))
+            for name, value in AUTO_EXPLAIN.items():
+                await conn.execute(sa.text(f"SET {name} = '{value}'"))
+            await conn.commit()
+
+
+def buffers(plan: dict[str, Any]) -> int:
+    """The shared buffers a plan touched (hit or read)."""
+    return int(plan.get("Shared Hit Blocks", 0) + plan.get("Shared Read Blocks", 0))

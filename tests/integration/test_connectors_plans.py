@@ -13,7 +13,6 @@ database would have.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,8 @@ from overture_connectors.resolutions import Resolutions
 from overture_runtime.clock import IdGenerator, SystemClock
 from overture_runtime.db import Database, migrate
 from tests.unit.connectors.fakes import FakeConnector
+
+from .plans import AutoExplained
 
 ROOT = Path(__file__).resolve().parents[2]
 TENANT = "acme"
@@ -46,10 +47,6 @@ SELECT CASE WHEN g % 5 = 0 THEN 'globex' ELSE 'acme' END, 'grown-' || g || ':sen
        's' || g, md5(g::text) || md5(g::text), 'sent', false, '<' || g || '@fake>', 1, '', now(), now()
 FROM generate_series(1, $1::int) g
 """
-_AUTO_EXPLAIN = {
-    "auto_explain.log_min_duration": "0", "auto_explain.log_analyze": "on", "auto_explain.log_buffers": "on",
-    "auto_explain.log_timing": "off", "auto_explain.log_format": "json", "auto_explain.log_level": "notice",
-}
 SCENARIOS = {"never analyzed": None, "analyzed while empty": 0, "analyzed with 50 rows": 50}
 """How stale the statistics are: the rows the table held when ANALYZE ran (None: it never ran)."""
 
@@ -85,21 +82,9 @@ def _kind(query: str) -> str:
     raise AssertionError(f"an unexpected statement on connectors_deliveries: {query}")
 
 
-class Plans:
-    """The plans auto_explain reports on one asyncpg connection."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, dict[str, Any]]] = []
-        self.recording = False
-
-    def listen(self, _conn: object, message: Any) -> None:
-        text: str = message.message
-        if not self.recording or "plan:" not in text:
-            return
-        explained = json.loads(text.split("plan:", 1)[1])
-        query = explained["Query Text"]
-        if "connectors_deliveries" in query:
-            self.seen.append((_kind(query), explained["Plan"]))
+def _plans() -> AutoExplained:
+    """The plans of the statements on connectors_deliveries."""
+    return AutoExplained(lambda query: _kind(query) if "connectors_deliveries" in query else None)
 
 
 async def _run(service: DeliveryService, fake: FakeConnector, prefix: str, size: int = BATCH) -> None:
@@ -126,7 +111,7 @@ async def test_hot_statements_use_their_index_after_the_table_grew(database_url:
     db = Database(database_url, pool_size=1, max_overflow=0)
     fake = FakeConnector()
     service = DeliveryService(db, {fake.name: fake}, {messaging_pb2.CHANNEL_EMAIL: fake.name}, SystemClock(), IdGenerator())
-    plans = Plans()
+    plans = _plans()
     dsn = database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
     admin = await asyncpg.connect(dsn)
     try:
@@ -134,13 +119,7 @@ async def test_hot_statements_use_their_index_after_the_table_grew(database_url:
         if analyzed_rows is not None:
             await admin.execute(_GROW, analyzed_rows)
             await admin.execute("ANALYZE connectors_deliveries")
-        async with db.connect() as conn:
-            raw = (await conn.get_raw_connection()).driver_connection
-            raw.add_log_listener(plans.listen)
-            await conn.execute(sa.text("LOAD 'auto_explain'"))
-            for name, value in _AUTO_EXPLAIN.items():
-                await conn.execute(sa.text(f"SET {name} = '{value}'"))
-            await conn.commit()
+        await plans.attach(db)
         for round_ in range(6):  # past PostgreSQL's five custom plans before it considers a generic one
             await _run(service, fake, f"warm{round_}")
         await admin.execute(_GROW.replace("'grown-'", "'big-'").replace("'d-grown-'", "'d-big-'"), GROWN)
@@ -187,7 +166,7 @@ async def test_listing_in_doubt_deliveries_reads_only_them_after_the_table_grew(
                   version_table="connectors_alembic_version")
     db = Database(database_url, pool_size=1, max_overflow=0)
     resolutions = Resolutions(db, SystemClock(), IdGenerator())
-    plans = Plans()
+    plans = _plans()
     dsn = database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
     admin = await asyncpg.connect(dsn)
     try:
@@ -195,13 +174,7 @@ async def test_listing_in_doubt_deliveries_reads_only_them_after_the_table_grew(
         if analyzed_rows is not None:
             await admin.execute(_GROW, analyzed_rows)
             await admin.execute("ANALYZE connectors_deliveries")
-        async with db.connect() as conn:
-            raw = (await conn.get_raw_connection()).driver_connection
-            raw.add_log_listener(plans.listen)
-            await conn.execute(sa.text("LOAD 'auto_explain'"))
-            for name, value in _AUTO_EXPLAIN.items():
-                await conn.execute(sa.text(f"SET {name} = '{value}'"))
-            await conn.commit()
+        await plans.attach(db)
         for _ in range(6):
             await resolutions.list(TENANT, status="in_doubt", limit=21)
             await resolutions.list(TENANT, limit=21)

@@ -92,36 +92,57 @@ class Inbox:
 
     async def unread_count(self, tenant: str, subject_id: str) -> int:
         """Unread messages not archived, counted up to :data:`UNREAD_CAP`."""
-        unread = (sa.select(sa.literal(1)).where(_unread(tenant, subject_id)).limit(UNREAD_CAP)).subquery()
+        # In message-id order: only the unread index gives that order, so the count walks it and stops at
+        # the cap, even when statistics taken early say the subject is most of the table (a scan would stop "soon").
+        unread = (sa.select(sa.literal(1)).where(_unread(tenant, subject_id)).order_by(T.c.message_id).limit(UNREAD_CAP)).subquery()
         async with self._db.connect() as conn:
             return int((await conn.execute(sa.select(sa.func.count()).select_from(unread))).scalar_one())
 
     async def mark_read(self, tenant: str, subject_id: str, message_ids: Sequence[str]) -> int:
         """Mark *message_ids* read; returns the unread count afterwards."""
-        where = _unread(tenant, subject_id) & T.c.message_id.in_(list(message_ids))
-        return await self._change(tenant, subject_id, where, read_time=self._clock.now())
+        return await self._change(tenant, subject_id, message_ids, T.c.read_time.is_(None), read_time=self._clock.now())
 
     async def mark_all_read(self, tenant: str, subject_id: str) -> int:
-        """Mark every unread message read; returns how many."""
-        now = self._clock.now()
-        async with self._db.begin() as conn:
-            marked = (await conn.execute(T.update().where(_unread(tenant, subject_id)).values(read_time=now))).rowcount
+        """Mark every unread message read, :data:`UNREAD_CAP` at a time (found in message-id order through the
+        unread index, then changed by key, like :meth:`mark_read`); returns how many."""
+        now, marked = self._clock.now(), 0
+        while True:
+            async with self._db.begin() as conn:
+                found = list((await conn.execute(sa.select(T.c.message_id).where(_unread(tenant, subject_id))
+                                                 .order_by(T.c.message_id).limit(UNREAD_CAP))).scalars())
+                if found:
+                    await conn.execute(self._by_id(tenant, subject_id, T.c.read_time.is_(None)).values(read_time=now),
+                                       [{"id": message_id} for message_id in found])
+            marked += len(found)
+            if len(found) < UNREAD_CAP:
+                break
         if marked:
             await self._announce(tenant, subject_id, {"type": "unread", "unread_count": 0})
-        return int(marked or 0)
+        return marked
 
     async def archive(self, tenant: str, subject_id: str, message_ids: Sequence[str]) -> int:
         """Archive *message_ids*; returns the unread count afterwards."""
-        where = (T.c.tenant == tenant) & (T.c.subject_id == subject_id) & T.c.archive_time.is_(None) & T.c.message_id.in_(list(message_ids))
-        return await self._change(tenant, subject_id, where, archive_time=self._clock.now())
+        return await self._change(tenant, subject_id, message_ids, sa.true(), archive_time=self._clock.now())
 
-    async def _change(self, tenant: str, subject_id: str, where: Any, **values: Any) -> int:
+    async def _change(self, tenant: str, subject_id: str, message_ids: Sequence[str], condition: Any, **values: Any) -> int:
+        """Set *values* on each of *message_ids* not archived that meets *condition*, and announce the unread count.
+
+        One statement per id, sent together (executemany): each finds its row by the full primary key.
+        A single ``message_id IN (...)`` lets the planner, on statistics older than the subject's
+        messages, read every message of the subject and filter (it prices the one-row lookups of an
+        IN list above a walk of what it thinks are a few rows)."""
         async with self._db.begin() as conn:
-            changed = (await conn.execute(T.update().where(where).values(**values))).rowcount
+            await conn.execute(self._by_id(tenant, subject_id, condition).values(**values),
+                               [{"id": message_id} for message_id in dict.fromkeys(message_ids)])
         unread = await self.unread_count(tenant, subject_id)
-        if changed:
-            await self._announce(tenant, subject_id, {"type": "unread", "unread_count": unread})
+        await self._announce(tenant, subject_id, {"type": "unread", "unread_count": unread})
         return unread
+
+    @staticmethod
+    def _by_id(tenant: str, subject_id: str, condition: Any) -> Any:
+        """An UPDATE of one message of *subject_id* not archived that meets *condition*, by its id (the ``id`` parameter)."""
+        return T.update().where((T.c.tenant == tenant) & (T.c.message_id == sa.bindparam("id")) & (T.c.subject_id == subject_id)
+                                & T.c.archive_time.is_(None) & condition)
 
     async def _announce(self, tenant: str, subject_id: str, event: dict[str, Any]) -> None:
         """Publish a change; the store is the truth, so a failure only delays what a stream shows until it resumes."""

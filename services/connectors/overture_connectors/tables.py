@@ -63,9 +63,12 @@ idempotency = idempotency_table(metadata, "connectors")
 inbox_messages = sa.Table(
     "connectors_inbox_messages",
     metadata,
+    # The key is (tenant, message_id), not led by the subject: every query of a subject's messages
+    # then has exactly one index that holds only its rows (listed, unread), which even statistics
+    # taken before the subject had messages cannot trade for a walk past archived or read ones.
     sa.Column("tenant", sa.String(64), primary_key=True),
-    sa.Column("subject_id", sa.String(256), primary_key=True),
     sa.Column("message_id", sa.String(64), primary_key=True),
+    sa.Column("subject_id", sa.String(256), nullable=False),
     sa.Column("idempotency_key", sa.String(256), nullable=False),
     sa.Column("title", sa.Text, nullable=False),
     sa.Column("body", sa.Text, nullable=False),
@@ -79,7 +82,8 @@ inbox_messages = sa.Table(
     # The listing (newest first) and the unread count read only the rows they show or count.
     sa.Index("connectors_inbox_messages_listed", "tenant", "subject_id", "message_id",
              postgresql_where=sa.text("archive_time IS NULL"), sqlite_where=sa.text("archive_time IS NULL")),
-    sa.Index("connectors_inbox_messages_unread", "tenant", "subject_id",
+    # The unread index holds the message id too, so that marking given messages read finds them in it.
+    sa.Index("connectors_inbox_messages_unread", "tenant", "subject_id", "message_id",
              postgresql_where=sa.text("read_time IS NULL AND archive_time IS NULL"),
              sqlite_where=sa.text("read_time IS NULL AND archive_time IS NULL")),
 )
