@@ -34,6 +34,7 @@ from .profiles import ProfileReader
 from .references import RuleSetCheck
 from .retries import Retrier
 from .runs import RunStore
+from .schedules import Scheduler
 from .sends import Sender
 from .servicer import OrchestratorServicer
 from .starter import Starter
@@ -88,6 +89,9 @@ class OrchestratorApp(BaseApp):
         self.spawn("reclaim", lambda: self.consumer.reclaim(self.stopping, min_idle_ms=int(idle * 1000), interval=min(10.0, idle / 3)))
         self.spawn("workers", lambda: self.workers.run(self.stopping))
         self.spawn("inactivity", lambda: self.inactivity.run(self.stopping, self.starter.start_new))
+        self.scheduler = Scheduler(self.db, self.clock, self.journeys, profiles=profile_service_pb2_grpc.ProfileServiceStub(self.channel("rules")),
+                                   settings=self.settings, owner=consumer)
+        self.spawn("schedules", lambda: self.scheduler.run(self.stopping, self.starter.start_new))
         self.spawn("audit", lambda: self.audit.run(self.stopping))
         self.backlog = Backlog(db=self.db, redis=self.redis, keys=self.keys, partitions=self.settings.stream_partitions, clock=self.clock)
         self.spawn("backlog", lambda: self.backlog.run(self.stopping))

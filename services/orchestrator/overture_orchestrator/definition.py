@@ -30,7 +30,7 @@ from overture_runtime.validation import check_name
 from .graph import ACTION_KINDS, check_graph
 from .stepcheck import Compiler
 
-__all__ = ["CompiledJourney", "compile_journey", "evaluate_expression", "trigger_event_type"]
+__all__ = ["SCHEDULED", "SEGMENT_ENTERED", "CompiledJourney", "compile_journey", "evaluate_expression", "trigger_event_type"]
 
 _EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){0,7}$")
 _MAX_STEPS = 200
@@ -40,6 +40,8 @@ _MIN_INACTIVITY = dt.timedelta(minutes=1)
 _MAX_INACTIVITY = dt.timedelta(days=366)
 SEGMENT_ENTERED = "segment.entered"
 """The event type a segment-entered trigger listens to."""
+SCHEDULED = "@schedule"
+"""The trigger key of a schedule trigger: no event type can be it, so no event starts such a journey."""
 
 
 @dataclass(frozen=True)
@@ -73,12 +75,15 @@ class CompiledJourney:
 
 
 def trigger_event_type(spec: journey_pb2.JourneySpec) -> str | None:
-    """The event type that starts runs of *spec*, if events start them."""
+    """The event type that starts runs of *spec*, if events start them
+    (:data:`SCHEDULED` for a schedule: the journeys table indexes both)."""
     kind = spec.trigger.WhichOneof("kind")
     if kind == "event":
         return spec.trigger.event.event_type
     if kind == "segment_entered":
         return SEGMENT_ENTERED
+    if kind == "schedule":
+        return SCHEDULED
     return None
 
 
