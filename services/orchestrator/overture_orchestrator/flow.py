@@ -12,6 +12,7 @@ arrived in the run's context), or never (a join waits for its branches).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,7 +28,10 @@ from .recording import FAR_FUTURE
 from .rendering import RenderError, render_text
 from .tokens import Steps, Token
 
-__all__ = ["Flow", "steps_scope"]
+__all__ = ["RECHECK", "Flow", "steps_scope"]
+
+RECHECK = dt.timedelta(hours=1)
+"""How often a wait-until step re-checks its condition without a profile event."""
 
 
 def steps_scope(context: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -117,9 +121,11 @@ class Flow:
             self._steps.complete(token, step, StepState.COMPLETED, wait.on_timeout_step, "the condition did not hold in time", edge="timeout")
         else:
             deadline = work.deadline if work.state != TokenState.READY and work.deadline is not None else now + wait.timeout.ToTimedelta()
-            token.effects.wait = ("", step.id)  # re-checked whenever the subject's profile changes
-            self._steps.wait(token, step, deadline, f"waiting until the condition holds, at most until {deadline.isoformat()}",
-                             deadline=deadline)
+            # Re-checked whenever an event changes the subject's profile, and
+            # at least hourly for changes that come by no event (UpdateProfile).
+            token.effects.wait = ("", step.id)
+            self._steps.wait(token, step, min(deadline, now + RECHECK), f"waiting until the condition holds, at most until "
+                             f"{deadline.isoformat()}", deadline=deadline)
 
     def approval(self, token: Token, step: journey_pb2.Step, scope: Mapping[str, Any]) -> None:
         approval, work = step.approval, token.work
