@@ -30,8 +30,9 @@ from overture_runtime.protojson import from_json, struct_to_dict
 from overture_runtime.templates import event_scope, run_scope, template_scope
 
 from .calls import Transient
+from .contexts import steps_of
 from .definition import compile_journey
-from .flow import Flow, steps_scope
+from .flow import Flow
 from .graph import ACTION_KINDS
 from .journeys import JourneyStore
 from .model import RunState, StepState, TokenState
@@ -164,7 +165,7 @@ class Executor:
     def _scope(token: Token, step: journey_pb2.Step, profile: Mapping[str, Any]) -> dict[str, Any]:
         work = token.work
         return template_scope(profile=profile, event=event_scope(work.trigger_event),
-                              run=run_scope(run_id=work.run_id, journey=work.journey, step_id=step.id), steps=steps_scope(work.context))
+                              run=run_scope(run_id=work.run_id, journey=work.journey, step_id=step.id), steps=steps_of(work.context))
 
     async def _update_profile(self, token: Token, scope: Mapping[str, Any]) -> None:
         step, work = token.step, token.work

@@ -28,21 +28,10 @@ from .recording import FAR_FUTURE
 from .rendering import RenderError, render_text
 from .tokens import Steps, Token
 
-__all__ = ["RECHECK", "Flow", "steps_scope"]
+__all__ = ["RECHECK", "Flow"]
 
 RECHECK = dt.timedelta(hours=1)
 """How often a wait-until step re-checks its condition without a profile event."""
-
-
-def steps_scope(context: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """What earlier steps left, as templates and conditions read it:
-    ``steps.<step id>.<key>`` from the context's ``<step id>.<key>``."""
-    scope: dict[str, dict[str, Any]] = {}
-    for key, value in context.items():
-        step_id, dot, what = key.partition(".")
-        if dot:
-            scope.setdefault(step_id, {})[what] = value
-    return scope
 
 
 class Flow:
@@ -56,7 +45,8 @@ class Flow:
         matched = self._holds(token, step, scope)
         if matched is not None:
             self._steps.complete(token, step, StepState.COMPLETED, step.condition.then_step if matched else step.condition.else_step,
-                                 f"condition was {str(matched).lower()}", edge=str(matched).lower())
+                                 f"condition was {str(matched).lower()}", edge=str(matched).lower(),
+                                 detail={"input": {"expression": step.condition.expression}})
 
     def multi_split(self, token: Token, step: journey_pb2.Step, scope: Mapping[str, Any]) -> None:
         assert token.journey is not None
@@ -100,7 +90,8 @@ class Flow:
         if work.state == TokenState.RESUMED and f"{step.id}.event" in work.context:
             arrived = work.context[f"{step.id}.event"]
             self._steps.complete(token, step, StepState.COMPLETED, wait.on_event_step,
-                                 f"event {wait.event_type} arrived ({arrived.get('event_id', '')})", edge="event")
+                                 f"event {wait.event_type} arrived ({arrived.get('event_id', '')})", edge="event",
+                                 detail={"output": {"event_id": arrived.get("event_id", ""), "event_type": wait.event_type}})
         elif work.state in (TokenState.WAITING, TokenState.RESUMED):
             self._steps.complete(token, step, StepState.COMPLETED, wait.on_timeout_step, f"no {wait.event_type} event in time",
                                  edge="timeout")

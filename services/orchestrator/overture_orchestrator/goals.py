@@ -108,7 +108,7 @@ class Goals:
                 await conn.execute(step_attempts.insert().values(
                     tenant=tenant, run_id=run_id, attempt_id=self._ids.new(), step_id=step, state=StepState.COMPLETED.value, decision_id="",
                     delivery_id="", outcome=f"converted: goal event {event.event_type} ({event.event_id})", error="", start_time=now,
-                    end_time=now, wake_time=None))
+                    end_time=now, wake_time=None, edge="goal", detail={"output": {"event_id": event.event_id}}))
                 ident = (run.journey, run.journey_version)
                 counts[(*ident, "", "converted")] += 1
                 counts[(*ident, "", "completed")] += 1

@@ -98,7 +98,7 @@ class Recorder:
     async def _attempts(self, conn: Any, kept: Sequence[Outcome]) -> None:
         rows = [dict(tenant=o.work.tenant, run_id=o.work.run_id, attempt_id=self._ids.new(), step_id=a.step_id, state=a.state.value,
                      decision_id=a.decision_id, delivery_id=a.delivery_id, outcome=a.outcome[:2000], error=a.error[:2000],
-                     start_time=a.start_time, end_time=a.end_time, wake_time=a.wake_time)
+                     start_time=a.start_time, end_time=a.end_time, wake_time=a.wake_time, edge=a.edge[:128], detail=a.detail)
                 for o in kept for a in o.attempts]
         if rows:
             await conn.execute(step_attempts.insert(), rows)

@@ -27,8 +27,10 @@ from overture.rules.v1 import audit_event_pb2
 from overture_runtime.clock import Clock, IdGenerator
 from overture_runtime.db import Database, insert_ignore
 from overture_runtime.errors import NotFound
+from overture_runtime.protojson import struct_from_dict
 
 from .audit_outbox import SYSTEM_ACTOR, stage
+from .contexts import steps_of
 from .deadletters import DeadLetters
 from .model import LIVE, RunState, StepState, TokenState
 from .recording import Recorder, read_context
@@ -303,12 +305,15 @@ class RunStore:
             ids = [r.run_id for r in rows]
             attempts = (await conn.execute(sa.select(step_attempts).where(
                 (step_attempts.c.tenant == tenant) & step_attempts.c.run_id.in_(ids)).order_by(step_attempts.c.attempt_id))).all() if ids else []
-            waiting = {r.run_id: r for r in (await conn.execute(sa.select(tokens.c.run_id, tokens.c.node, tokens.c.due_time).where(
-                (tokens.c.tenant == tenant) & tokens.c.run_id.in_(ids)))).all()} if ids else {}
+            waiting: dict[str, list[Any]] = {}
+            for t in ((await conn.execute(sa.select(tokens.c.run_id, tokens.c.node, tokens.c.due_time, tokens.c.state).where(
+                    (tokens.c.tenant == tenant) & tokens.c.run_id.in_(ids)).order_by(tokens.c.token))).all() if ids else []):
+                waiting.setdefault(t.run_id, []).append(t)
+            contexts = await read_context(conn, [(tenant, i) for i in ids]) if ids else {}
         by_run: dict[str, list[Any]] = {}
         for a in attempts:
             by_run.setdefault(a.run_id, []).append(a)
-        return [_run_proto(r, by_run.get(r.run_id, []), waiting.get(r.run_id)) for r in rows]
+        return [_run_proto(r, by_run.get(r.run_id, []), waiting.get(r.run_id, []), contexts.get((tenant, r.run_id), {})) for r in rows]
 
 
 def _first_token(run: NewRun, run_id: str) -> Work:
@@ -326,11 +331,16 @@ def _keyed(tenant_column: Any, id_column: Any, pairs: Iterable[tuple[str, str]])
     return sa.or_(*((tenant_column == tenant) & id_column.in_(sorted(keys)) for tenant, keys in by_tenant.items()))
 
 
-def _run_proto(row: Any, attempts: list[Any], token: Any) -> run_pb2.Run:
+def _run_proto(row: Any, attempts: list[Any], live: list[Any], context: dict[str, Any]) -> run_pb2.Run:
     run = run_pb2.Run(
         run_id=row.run_id, journey=row.journey, journey_version=row.journey_version, subject_id=row.subject_id,
         trigger_event_id=row.trigger_event_id, state=RunState(row.state).proto, current_step=row.current_step,
+        converted=row.converted, goal=row.goal, arms=list(row.arms or ()), holdout=row.holdout, cancel_reason=row.cancel_reason,
+        waiting_steps=[t.node for t in live if t.state != TokenState.READY.value],
     )
+    shown = {k: v for k, v in context.items() if not k.startswith("visits:")}
+    if shown:
+        run.context.CopyFrom(struct_from_dict(steps_of(shown)))
     run.create_time.FromDatetime(row.create_time)
     run.update_time.FromDatetime(row.update_time)
     steps: dict[str, run_pb2.StepRun] = {}
@@ -342,16 +352,23 @@ def _run_proto(row: Any, attempts: list[Any], token: Any) -> run_pb2.Run:
         step.attempts += 1
         step.state = StepState(a.state).proto
         step.outcome, step.error = a.outcome, a.error
+        step.edge = a.edge or ""
         if a.decision_id:
             step.decision_id = a.decision_id
         if a.delivery_id:
             step.delivery_id = a.delivery_id
+        if a.detail:
+            if a.detail.get("input"):
+                step.input.CopyFrom(struct_from_dict(a.detail["input"]))
+            if a.detail.get("output"):
+                step.output.CopyFrom(struct_from_dict(a.detail["output"]))
         step.ClearField("end_time")
         if a.end_time:
             step.end_time.FromDatetime(a.end_time)
         step.ClearField("wake_time")
         if a.wake_time:
             step.wake_time.FromDatetime(a.wake_time)
-    if token is not None and token.node in steps and run.state == run_pb2.RUN_STATE_WAITING:
-        steps[token.node].wake_time.FromDatetime(token.due_time)
+    for token in live:
+        if token.node in steps and token.state in (TokenState.WAITING.value, TokenState.RETRY.value) and token.due_time.year < 9999:
+            steps[token.node].wake_time.FromDatetime(token.due_time)
     return run

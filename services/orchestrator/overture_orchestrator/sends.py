@@ -32,11 +32,12 @@ from overture.connectors.v1 import connector_service_pb2, connector_service_pb2_
 from overture.orchestrator.v1 import journey_pb2
 from overture.rules.v1 import decision_pb2, rules_service_pb2, rules_service_pb2_grpc
 from overture_runtime.config import Settings
+from overture_runtime.privacy import mask
 from overture_runtime.protojson import struct_from_dict, struct_to_dict
 from overture_runtime.templates import event_scope, run_scope, template_scope
 
 from .calls import Transient, call
-from .flow import steps_scope
+from .contexts import steps_of
 from .model import StepState
 from .rendering import RenderError, message_of, render_message, render_value
 from .tokens import Steps, Token
@@ -97,7 +98,7 @@ class Sender:
             return None
         assert token.journey is not None
         scope = template_scope(profile=profile, event=event_scope(work.trigger_event),
-                               run=run_scope(run_id=work.run_id, journey=work.journey, step_id=step.id), steps=steps_scope(work.context))
+                               run=run_scope(run_id=work.run_id, journey=work.journey, step_id=step.id), steps=steps_of(work.context))
         template, to = message_of(step)
         try:
             rendered = render_message(token.journey.templates, template, to, scope, step_id=step.id)
@@ -202,8 +203,11 @@ class Sender:
             else:
                 name = messaging_pb2.DeliveryStatus.Name(result.status).removeprefix("DELIVERY_STATUS_").lower()
                 token.effects.actions += 1
+                template, _ = message_of(step)
                 self._steps.complete(token, step, StepState.COMPLETED, step.next, "sent" if name == "sent" else f"delivery {name}",
-                                     delivery_id=result.delivery_id)
+                                     delivery_id=result.delivery_id, detail={"input": {
+                                         "channel": messaging_pb2.Channel.Name(s_channel(step)).removeprefix("CHANNEL_").lower(),
+                                         "template": template, "to": mask(s.address)}})
         await self._release(tenant, releases)
 
     async def _send_batch(self, tenant: str, messages: Sequence[delivery_pb2.Message]) -> list[Any]:
@@ -216,6 +220,11 @@ class Sender:
         except grpc.aio.AioRpcError as error:
             return [f"{error.code().name}: {error.details()}"] * len(messages)
         return [_batch_result(r) for r in response.results]
+
+
+def s_channel(step: journey_pb2.Step) -> messaging_pb2.Channel.ValueType:
+    """The channel of a send or notify step."""
+    return step.notify.channel if step.WhichOneof("kind") == "notify" else step.send.channel
 
 
 def _message(s: _Send) -> delivery_pb2.Message:

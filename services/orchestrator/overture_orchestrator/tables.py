@@ -211,6 +211,8 @@ step_attempts = sa.Table(
     sa.Column("start_time", utc_datetime, nullable=False),
     sa.Column("end_time", utc_datetime, nullable=True),
     sa.Column("wake_time", utc_datetime, nullable=True),
+    sa.Column("edge", sa.String(128), nullable=False, server_default=""),  # the edge the step was left by
+    sa.Column("detail", JSONType, nullable=True),  # {"input": {...}, "output": {...}}, masked
 )
 
 dead_letters = sa.Table(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -74,9 +75,10 @@ class Steps:
         return attempt
 
     def complete(self, token: Token, step: journey_pb2.Step, state: StepState, next_node: str, outcome: str,
-                 *, edge: str = "next", delivery_id: str = "") -> None:
+                 *, edge: str = "next", delivery_id: str = "", detail: dict[str, Any] | None = None) -> None:
         """The step is done: the token moves along *edge* to *next_node*, or the run ends."""
-        self.attempt(token, step.id, state, outcome=outcome, edge=edge).delivery_id = delivery_id
+        attempt = self.attempt(token, step.id, state, outcome=outcome, edge=edge)
+        attempt.delivery_id, attempt.detail = delivery_id, detail
         token.decision_id = ""
         work = token.work
         if next_node:

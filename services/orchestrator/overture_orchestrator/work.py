@@ -79,6 +79,8 @@ class Attempt:
     """The token had been waiting at the step (it leaves a wait)."""
     latency: float | None = None
     """Seconds from reaching the step to leaving it, for an attempt that leaves it."""
+    detail: dict[str, Any] | None = None
+    """What the step read and produced, masked: ``{"input": {...}, "output": {...}}``."""
 
 
 @dataclass

@@ -4,7 +4,8 @@ Revision ID: 0005
 Revises: 0004
 Create Date: 2026-12-04 01:00:00
 
-Runs keep whether they converted (and the goal), the split branches they
+Attempts keep the edge their step was left by and what it read and
+produced (masked). Runs keep whether they converted (and the goal), the split branches they
 took, whether they are in a holdout, how many actions they took, and why
 they were cancelled. Tokens keep a wait's deadline and when they reached
 their node. What later steps read (kept responses, matched events, loop
@@ -39,6 +40,8 @@ def upgrade() -> None:
     op.add_column('orchestrator_runs', sa.Column('cancel_reason', sa.Text(), nullable=False, server_default=''))
     op.create_index('orchestrator_runs_live_subject', 'orchestrator_runs', ['tenant', 'subject_id'],
                     postgresql_where=sa.text(_LIVE), sqlite_where=sa.text(_LIVE))
+    op.add_column('orchestrator_step_attempts', sa.Column('edge', sa.String(length=128), nullable=False, server_default=''))
+    op.add_column('orchestrator_step_attempts', sa.Column('detail', _JSON, nullable=True))
     op.add_column('orchestrator_tokens', sa.Column('deadline', _TS, nullable=True))
     op.add_column('orchestrator_tokens', sa.Column('node_since', _TS, nullable=True))
     op.create_table('orchestrator_run_context',
@@ -114,6 +117,8 @@ def downgrade() -> None:
                   'orchestrator_waits', 'orchestrator_run_context'):
         op.drop_table(table)
     op.drop_column('orchestrator_tokens', 'node_since')
+    op.drop_column('orchestrator_step_attempts', 'detail')
+    op.drop_column('orchestrator_step_attempts', 'edge')
     op.drop_column('orchestrator_tokens', 'deadline')
     op.drop_index('orchestrator_runs_live_subject', table_name='orchestrator_runs')
     for column in ('cancel_reason', 'actions', 'holdout', 'arms', 'goal', 'converted'):
