@@ -209,6 +209,9 @@ class Compiler:
     def _parallel(self, where: str, step: journey_pb2.Step) -> None:
         if len(step.parallel.branches) < 2:
             self._v.add(f"{where}.branches", "a parallel step needs at least two branches", "TOO_FEW")
+        for i, start in enumerate(step.parallel.branches):
+            if not start:
+                self._v.add(f"{where}.branches[{i}]", "a branch needs its first step (the join itself for an empty branch)", "REQUIRED")
         if not step.parallel.join:
             self._v.add(f"{where}.join", "join is required: the step where the branches meet", "REQUIRED")
         elif step.parallel.join in self.joins:

@@ -216,3 +216,9 @@ def test_two_parallel_steps_cannot_share_a_join() -> None:
                    send("c", "meet"), send("d", "meet"))
     assert violations_of(spec) == {("spec.steps[4].parallel.join", "DUPLICATE")}
 
+
+
+def test_an_empty_branch_is_required() -> None:
+    """A parallel branch with no first step is REQUIRED at that branch, reported rather than raised."""
+    spec = journey(fork(["a", ""]), send("a", "meet"), meet())
+    assert violations_of(spec) == {("spec.steps[0].parallel.branches[1]", "REQUIRED")}
