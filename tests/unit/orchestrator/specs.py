@@ -13,7 +13,7 @@ from overture.orchestrator.v1 import journey_pb2 as J
 from overture_orchestrator.definition import CompiledJourney, compile_journey
 from overture_runtime.errors import FieldViolation
 
-__all__ = ["compiled", "condition", "delay", "duration", "exit_step", "journey", "send", "step", "violations_of"]
+__all__ = ["compiled", "condition", "delay", "duration", "exit_step", "journey", "outcome", "send", "step", "violations_of"]
 
 
 def duration(**length: float) -> duration_pb2.Duration:
@@ -67,6 +67,13 @@ def violations_of(spec: J.JourneySpec) -> set[tuple[str, str]]:
     assert compiled_ is None
     assert violations
     assert all(isinstance(v, FieldViolation) for v in violations)
+    return {(v.field, v.reason) for v in violations}
+
+
+def outcome(spec: J.JourneySpec) -> set[tuple[str, str]]:
+    """The (field, reason) pairs :func:`compile_journey` reports for *spec*: empty exactly when it compiles."""
+    result, violations = compile_journey(spec)
+    assert (result is None) == bool(violations)
     return {(v.field, v.reason) for v in violations}
 
 
