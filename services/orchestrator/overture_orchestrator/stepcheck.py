@@ -197,10 +197,12 @@ class Compiler:
                 or update.exit_segments or update.increment):
             self._v.add(where, "an update-profile step needs at least one change", "REQUIRED")
         self._inline_struct(f"{where}.traits", struct_to_dict(update.traits), f"the traits of step {step.id!r}")
-        for name, values in (("unset_traits", update.unset_traits), ("increment", list(update.increment))):
-            for i, trait in enumerate(values):
-                if not _TRAIT.fullmatch(trait):
-                    self._v.add(f"{where}.{name}[{i}]", f"{trait!r} is not a trait name", "INVALID_TRAIT")
+        for i, trait in enumerate(update.unset_traits):
+            if not _TRAIT.fullmatch(trait):
+                self._v.add(f"{where}.unset_traits[{i}]", f"{trait!r} is not a trait name", "INVALID_TRAIT")
+        for trait in sorted(update.increment):  # a map: named by key (as templates[name]), its order is not the file's
+            if not _TRAIT.fullmatch(trait):
+                self._v.add(f"{where}.increment[{trait}]", f"{trait!r} is not a trait name", "INVALID_TRAIT")
         for name, values in (("add_tags", update.add_tags), ("remove_tags", update.remove_tags),
                              ("enter_segments", update.enter_segments), ("exit_segments", update.exit_segments)):
             for i, value in enumerate(values):

@@ -261,9 +261,10 @@ def test_an_update_profile_needs_a_change() -> None:
     ({"unset_traits": ["ok", "not ok"]}, {("unset_traits[1]", "INVALID_TRAIT")}),
     ({"add_tags": ["VIP"], "remove_tags": [""]}, {("add_tags[0]", "INVALID_NAME"), ("remove_tags[0]", "REQUIRED")}),
     ({"enter_segments": ["ok", "Bad"], "exit_segments": ["x_y"]}, {("enter_segments[1]", "INVALID_NAME"), ("exit_segments[0]", "INVALID_NAME")}),
-], ids=["unset-traits", "tags", "segments"])
+    ({"increment": {"lead_score": 1.0, "bad name": 2.0, "visits": 3.0}}, {("increment[bad name]", "INVALID_TRAIT")}),
+], ids=["unset-traits", "tags", "segments", "increment"])
 def test_update_profile_problems(fields: dict[str, object], expected: set[tuple[str, str]]) -> None:
-    """Each bad trait name, tag or segment is reported at its index."""
+    """Each bad trait name, tag or segment is reported at its index, and each bad increment at its key."""
     assert problems(update(**fields)) == {(f"spec.steps[0].update_profile.{f}", r) for f, r in expected}
 
 
