@@ -48,16 +48,20 @@ def local_time_after(now: dt.datetime, zone: ZoneInfo, at: str, weekdays: frozen
     """The first moment at or after *now* that is *at* (``HH:MM``) on the wall
     clock of *zone*, on one of *weekdays* (0 = Monday; empty for any day).
     A time a DST change skips that day is taken as the same wall time plus
-    the gap (as :mod:`zoneinfo` resolves it)."""
+    the gap (as :mod:`zoneinfo` resolves it); a time it repeats, at its
+    first occurrence not yet past."""
     hour, minute = (int(part) for part in at.split(":"))
     local = now.astimezone(zone)
     for days in range(8):
         day = local.date() + dt.timedelta(days=days)
         if weekdays and day.weekday() not in weekdays:
             continue
-        candidate = dt.datetime.combine(day, dt.time(hour, minute), tzinfo=zone).astimezone(dt.UTC)
-        if candidate >= now:
-            return candidate
+        # fold 1 is the repeat of a time an overlap shows twice; on other times
+        # it is the same moment, and in a gap an earlier one, so never chosen.
+        for fold in (0, 1):
+            candidate = dt.datetime.combine(day, dt.time(hour, minute, fold=fold), tzinfo=zone).astimezone(dt.UTC)
+            if candidate >= now:
+                return candidate
     raise AssertionError("a week always holds an allowed day")  # pragma: no cover - weekdays are checked at publish
 
 

@@ -121,14 +121,23 @@ def test_a_local_time_is_never_before_now_and_on_an_allowed_day_at_that_wall_tim
         assert moment == dt.datetime.combine(local.date(), at, tzinfo=zone).astimezone(UTC)
 
 
+@settings(max_examples=300, deadline=None)
+@given(now=nows, zone=zones, at=times, weekdays=weekday_sets)
+def test_a_local_time_is_the_first_such_moment(now: dt.datetime, zone: ZoneInfo, at: dt.time, weekdays: frozenset[int]) -> None:
+    """No earlier moment at or after now reads the wall time on an allowed day, the repeated hour of a DST overlap included."""
+    assert local_time_after(now, zone, f"{at:%H:%M}", weekdays) == expected_local_time(now, zone, at, weekdays)
+
+
 @pytest.mark.parametrize(("now", "zone", "at", "weekdays", "expected"), [
     (dt.datetime(2024, 3, 31, 0, 15, tzinfo=UTC), BERLIN, "02:30", "", dt.datetime(2024, 3, 31, 1, 30, tzinfo=UTC)),  # skipped: 03:30 CEST
     (dt.datetime(2024, 10, 26, 22, 0, tzinfo=UTC), BERLIN, "02:30", "", dt.datetime(2024, 10, 27, 0, 30, tzinfo=UTC)),  # first 02:30
+    (dt.datetime(2024, 10, 27, 0, 45, tzinfo=UTC), BERLIN, "02:30", "", dt.datetime(2024, 10, 27, 1, 30, tzinfo=UTC)),  # the repeat
     (dt.datetime(2024, 3, 10, 6, 0, tzinfo=UTC), NEW_YORK, "02:15", "", dt.datetime(2024, 3, 10, 7, 15, tzinfo=UTC)),  # 03:15 EDT
+    (dt.datetime(2024, 11, 3, 5, 40, tzinfo=UTC), NEW_YORK, "01:30", "", dt.datetime(2024, 11, 3, 6, 30, tzinfo=UTC)),  # 01:30 EST
     (dt.datetime(2024, 6, 7, 8, 0, tzinfo=UTC), BERLIN, "09:00", "01234", dt.datetime(2024, 6, 10, 7, 0, tzinfo=UTC)),  # Fri 10:00 -> Mon
     (dt.datetime(2024, 6, 7, 7, 0, tzinfo=UTC), BERLIN, "09:00", "4", dt.datetime(2024, 6, 7, 7, 0, tzinfo=UTC)),  # exactly now
     (dt.datetime(2024, 6, 7, 7, 1, tzinfo=UTC), BERLIN, "09:00", "4", dt.datetime(2024, 6, 14, 7, 0, tzinfo=UTC)),  # a week on
-], ids=["berlin-gap", "berlin-overlap-first", "new-york-gap", "weekdays",
+], ids=["berlin-gap", "berlin-overlap-first", "berlin-overlap-repeat", "new-york-gap", "new-york-overlap-repeat", "weekdays",
         "now", "next-week"])
 def test_local_times_across_dst_and_weekdays(now: dt.datetime, zone: ZoneInfo, at: str, weekdays: str, expected: dt.datetime) -> None:
     """Worked examples: skipped times move by the gap, repeated times are taken at their first occurrence not yet past."""
