@@ -145,6 +145,32 @@ def journey(examples: Path, *, event_type: str = workload.EVENT_TYPE, delay: flo
     return spec
 
 
+BRANCH_EVENT, ORDER_EVENT = "bench.branching", "bench.ordered"
+
+
+def branching_journey() -> journey_pb2.JourneySpec:
+    """Issue 9's engine benchmark journey: an A/B split, two sends and a wait for an event between them.
+
+    On ``bench.branching``: split 50/50 into two welcome templates (each a send), then wait up to an hour
+    for the subject's ``bench.ordered`` event, and send a thank-you that names the order event."""
+    J = journey_pb2
+    spec = J.JourneySpec(description="bench: split, send, wait for event, send", rule_set="marketing-email")
+    spec.trigger.event.event_type = BRANCH_EVENT
+    spec.settings.allow_concurrent_runs = True
+    spec.steps.add(id="ab").split.branches.extend([J.SplitBranch(name="a", weight=1, step="send-a"),
+                                                   J.SplitBranch(name="b", weight=1, step="send-b")])
+    for arm in ("a", "b"):
+        spec.steps.add(id=f"send-{arm}", next="wait", send=J.SendStep(channel=messaging_pb2.CHANNEL_EMAIL, template=f"hello-{arm}"))
+        spec.templates[f"hello-{arm}"].CopyFrom(J.MessageTemplate(subject=f"Hello ({arm}) [ev:{{{{ event.event_id }}}}]",
+                                                                  text_body="Welcome, {{ profile.traits.first_name | default('there') }}."))
+    wait = spec.steps.add(id="wait")
+    wait.wait_for_event.event_type, wait.wait_for_event.on_event_step = ORDER_EVENT, "thanks"
+    wait.wait_for_event.timeout.FromSeconds(3600)
+    spec.steps.add(id="thanks", send=J.SendStep(channel=messaging_pb2.CHANNEL_EMAIL, template="thanks"))
+    spec.templates["thanks"].CopyFrom(J.MessageTemplate(subject="Thanks [ev:{{ steps.wait.event.event_id }}]", text_body="Thank you."))
+    return spec
+
+
 def event(event_id: str, index: int, *, event_type: str = workload.EVENT_TYPE, profiles: int) -> event_pb2.Event:
     e = event_pb2.Event(event_id=event_id, event_type=event_type, subject_id=workload.subject_id(index % profiles))
     e.attributes.update({"plan": "pro"})
@@ -250,7 +276,7 @@ async def setup(ov: Overture, *, examples: Path, delays: bool, probe_delay: floa
                                                metadata=METADATA)
     await rules.ActivateRuleSetVersion(rules_service_pb2.ActivateRuleSetVersionRequest(  # type: ignore[attr-defined]
         rule_set=name, version=created.rule_set_version.version, reason="bench"), metadata=METADATA)
-    journeys = {"welcome": journey(examples)}
+    journeys = {"welcome": journey(examples), "bench-branching": branching_journey()}
     if delays:
         journeys["bench-hold"] = journey(examples, event_type=HOLD_EVENT, delay=30 * 86400)
         journeys["bench-timer"] = journey(examples, event_type=PROBE_EVENT, delay=probe_delay)
@@ -521,6 +547,8 @@ async def run_overture(args: argparse.Namespace, sink: Sink, logs: Path, results
                 results.overture[f"latency {rate:g}"] = figures
                 results.latency[rate] = latencies
                 show(f"Overture: event -> email latency, open loop at {rate:g} events/s for {args.latency_seconds:g} s", figures)
+            if args.branching:
+                await branching(ov, args, results)
             if args.timers:
                 await timers(ov, args, results)
             if args.waiting:
@@ -548,6 +576,47 @@ async def run_overture(args: argparse.Namespace, sink: Sink, logs: Path, results
 def throughput_deadline(args: argparse.Namespace) -> float:
     """Seconds the throughput run may take: the stage timeout, plus what --events needs at 50 emails/s."""
     return float(args.stage_timeout + args.events / 50)
+
+
+async def branching(ov: Overture, args: argparse.Namespace, results: Results) -> None:
+    """Issue 9's engine figure: N subjects through a split, a send, a wait for their order event and a second send."""
+    n = min(args.branching, ov.profiles)
+    signups, orders = ids("ovt-brs-", n), ids("ovt-bro-", n)
+    cpu = ov.meter()
+    await cpu.start()
+    started = time.monotonic()
+    await ov.closed_loop(signups, event_type=BRANCH_EVENT)
+    first_done = await ov.sink.wait_for(signups, deadline=started + args.stage_timeout)
+    first = time.monotonic()
+    # The orders must come after the waits are in (a wait counts only events that arrive while it waits).
+    conn = await asyncpg.connect(ov.database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        while await conn.fetchval("SELECT count(*) FROM orchestrator_waits WHERE journey = 'bench-branching'") < n:
+            if time.monotonic() > first + args.stage_timeout:
+                raise RuntimeError("the branching runs did not all reach their wait")
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
+    registered = time.monotonic()
+    await ov.closed_loop(orders, event_type=ORDER_EVENT)
+    second_done = await ov.sink.wait_for(orders, deadline=registered + args.stage_timeout)
+    ended = time.monotonic()
+    await cpu.stop()
+    arrivals = list(ov.sink.first_arrivals([*signups, *orders]).values())
+    orchestrator = ov.stub("orchestrator", orchestrator_service_pb2_grpc.OrchestratorServiceStub)
+    stats = (await orchestrator.GetJourneyStats(orchestrator_service_pb2.GetJourneyStatsRequest(name="bench-branching"),  # type: ignore[attr-defined]
+                                                metadata=METADATA)).stats
+    arms = {a.arm: a.entered for a in stats.arms}
+    figures: dict[str, object] = {
+        "subjects": n, "emails": len(arrivals), "complete": "yes" if first_done and second_done else "NO",
+        "first sends: emails/s": n / (first - started), "wait registration (s)": registered - first,
+        "second sends (order -> thanks): emails/s": n / (ended - registered),
+        "emails/s over both phases (registration wait left out)": 2 * n / ((first - started) + (ended - registered)),
+        "split a / b": f"{arms.get('a', 0)} / {arms.get('b', 0)}",
+        **cpu_figures(cpu, len(arrivals)),
+    }
+    results.overture["branching"] = figures
+    show(f"Overture: {n} runs of split -> send -> wait for event -> send (issue 9)", figures)
 
 
 async def timers(ov: Overture, args: argparse.Namespace, results: Results) -> None:
@@ -875,6 +944,7 @@ if __name__ == "__main__":
     parser.add_argument("--profiles", type=int, default=5000)
     parser.add_argument("--rates", type=_rates, default=[200.0, 1000.0], help="open-loop rates, comma-separated")
     parser.add_argument("--latency-seconds", type=float, default=2, help="length of each open-loop run")
+    parser.add_argument("--branching", type=int, default=0, help="subjects through issue 9's split / wait-for-event / two-sends journey")
     parser.add_argument("--timers", type=int, default=0, help="runs held on a 30-day delay while the timer probes run (issue 8: 100000)")
     parser.add_argument("--timer-probes", type=int, default=100)
     parser.add_argument("--timer-rate", type=float, default=5, help="probes per second: low, so that the send after the timer adds little")

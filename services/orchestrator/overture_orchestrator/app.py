@@ -77,7 +77,7 @@ class OrchestratorApp(BaseApp):
         )
         self.inactivity = Inactivity(self.db, self.clock, self.journeys, owner=consumer)
         self.starter = Starter(journeys=self.journeys, runs=self.runs, clock=self.clock, ids=self.ids, workers=self.workers,
-                               gate=EntryGate(self.db, self.clock, self.runs, self.profiles), waits=Waits(self.db, self.clock, self.journeys),
+                               gate=EntryGate(self.db, self.clock, self.runs, self.profiles), waits=Waits(self.db, self.clock, self.journeys, wake=self.workers.wake),
                                goals=Goals(self.db, self.clock, self.ids, self.journeys), inactivity=self.inactivity)
         self.consumer = EventConsumer(
             redis=self.redis, keys=self.keys, partitions=self.settings.stream_partitions, consumer=consumer,

@@ -12,7 +12,7 @@ is not resumed as well: the first of the two wins.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import rule_engine
@@ -42,10 +42,11 @@ _ANY_PROFILE_CHANGE = ""
 class Waits:
     """Resumes waiting tokens from events."""
 
-    def __init__(self, db: Database, clock: Clock, journeys: JourneyStore) -> None:
+    def __init__(self, db: Database, clock: Clock, journeys: JourneyStore, *, wake: Callable[[], None]) -> None:
         self._db = db
         self._clock = clock
         self._journeys = journeys
+        self._wake = wake
 
     async def resume(self, tenant: str, events: Sequence[event_pb2.Event]) -> int:
         """Resume the tokens *events* end the wait of; returns how many."""
@@ -89,26 +90,53 @@ class Waits:
 
     async def _move(self, tenant: str, matches: list[tuple[Any, event_pb2.Event]]) -> int:
         now = self._clock.now()
-        t = tokens
-        moved = 0
         async with self._db.begin() as conn:
-            context = []
-            for row, event in matches:
-                result = await conn.execute(t.update().where(
-                    (t.c.tenant == tenant) & (t.c.run_id == row.run_id) & (t.c.token == row.token) & (t.c.node == row.step_id)
-                    & (t.c.state == TokenState.WAITING.value) & t.c.lease_owner.is_(None)
-                ).values(state=TokenState.RESUMED.value, due_time=now))
-                if not result.rowcount:
-                    continue
-                moved += 1
+            if conn.dialect.name == "postgresql":
+                moved = await self._move_together(conn, tenant, matches, now)
+            else:
+                moved = await self._move_one_by_one(conn, tenant, matches, now)
+            kept = [(row, event) for row, event in matches if (row.run_id, row.token) in moved]
+            await write_context(conn, [dict(tenant=tenant, run_id=row.run_id, key=f"{row.step_id}.event", value=_event_json(event))
+                                       for row, event in kept if row.event_type != _ANY_PROFILE_CHANGE])
+        if kept:
+            log.info("waits.resumed", count=len(kept))
+            self._wake()
+        return len(kept)
+
+    @staticmethod
+    async def _move_together(conn: Any, tenant: str, matches: list[tuple[Any, event_pb2.Event]], now: Any) -> set[tuple[str, int]]:
+        """One statement: the matched tokens still waiting at their step, unleased, become RESUMED and due now, and their waits go."""
+        rows = (await conn.execute(_RESUME, {
+            "tenant": tenant, "now": now, "resumed": TokenState.RESUMED.value, "waiting": TokenState.WAITING.value,
+            "runs": [r.run_id for r, _ in matches], "tokens": [r.token for r, _ in matches], "nodes": [r.step_id for r, _ in matches],
+        })).all()
+        return {(r.run_id, r.token) for r in rows}
+
+    @staticmethod
+    async def _move_one_by_one(conn: Any, tenant: str, matches: list[tuple[Any, event_pb2.Event]], now: Any) -> set[tuple[str, int]]:
+        t = tokens
+        moved = set()
+        for row, _ in matches:
+            result = await conn.execute(t.update().where(
+                (t.c.tenant == tenant) & (t.c.run_id == row.run_id) & (t.c.token == row.token) & (t.c.node == row.step_id)
+                & (t.c.state == TokenState.WAITING.value) & t.c.lease_owner.is_(None)
+            ).values(state=TokenState.RESUMED.value, due_time=now))
+            if result.rowcount:
+                moved.add((row.run_id, row.token))
                 await conn.execute(waits.delete().where((waits.c.tenant == tenant) & (waits.c.run_id == row.run_id)
                                                         & (waits.c.token == row.token)))
-                if row.event_type != _ANY_PROFILE_CHANGE:
-                    context.append(dict(tenant=tenant, run_id=row.run_id, key=f"{row.step_id}.event", value=_event_json(event)))
-            await write_context(conn, context)
-        if moved:
-            log.info("waits.resumed", count=moved)
         return moved
+
+
+_RESUME = sa.text(
+    "WITH moved AS ("
+    " UPDATE orchestrator_tokens AS t SET state = :resumed, due_time = :now"
+    " FROM unnest(CAST(:runs AS text[]), CAST(:tokens AS smallint[]), CAST(:nodes AS text[])) AS m(run_id, token, node)"
+    " WHERE t.tenant = :tenant AND t.run_id = m.run_id AND t.token = m.token AND t.node = m.node"
+    " AND t.state = :waiting AND t.lease_owner IS NULL RETURNING t.run_id, t.token),"
+    " gone AS (DELETE FROM orchestrator_waits AS w USING moved WHERE w.tenant = :tenant AND w.run_id = moved.run_id"
+    " AND w.token = moved.token)"
+    " SELECT run_id, token FROM moved")
 
 
 def _event_json(event: event_pb2.Event) -> dict[str, Any]:
