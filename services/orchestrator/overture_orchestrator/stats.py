@@ -1,4 +1,4 @@
-"""Journeys' statistics, kept as counters as runs move (ADR 0016).
+"""Journeys' statistics, kept as counters as runs move (ADR 0015).
 
 Every change that moves runs adds to ``orchestrator_stats`` in its own
 transaction, one statement per batch: reading a journey's statistics reads
