@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import cmd_deliveries, cmd_events, cmd_journeys, cmd_rules, cmd_runs
+from . import cmd_approvals, cmd_deliveries, cmd_events, cmd_journeys, cmd_rules, cmd_runs
 from .client import SERVICES
 from .output import CliError, print_error
 
@@ -51,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dev", help="run all four services locally, on embedded defaults")
     p.add_argument("--data-dir", default=".overture", help="where dev data, mail and the dev token are kept")
     p.set_defaults(func=_dev)
-    for module in (cmd_rules, cmd_journeys, cmd_events, cmd_runs, cmd_deliveries):
+    for module in (cmd_rules, cmd_journeys, cmd_events, cmd_runs, cmd_approvals, cmd_deliveries):
         module.add_commands(sub, common, fmt)
     return root
 

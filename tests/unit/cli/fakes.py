@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2, descriptor_pool, message_factory
+from google.protobuf import any_pb2, descriptor_pool, duration_pb2, message_factory
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -146,6 +146,19 @@ def canned() -> dict[str, Answer]:
         "GetRun": OS.GetRunResponse(run=alice),
         "ListDeadLetters": OS.ListDeadLettersResponse(runs=[failed]),
         "RedriveDeadLetters": OS.RedriveDeadLettersResponse(redriven_count=1),
+        "ListApprovals": OS.ListApprovalsResponse(approvals=[OS.Approval(
+            run_id="run-erin", step_id="vip-gate", journey="vip-offer", journey_version=2, subject_id="erin", approver_role="marketing.lead",
+            message="Offer Erin the VIP upgrade?", request_time=_ts(), expire_time=_ts())]),
+        "DecideApproval": OS.DecideApprovalResponse(run=alice),
+        "GetJourneyStats": OS.GetJourneyStatsResponse(stats=OS.JourneyStats(
+            name="welcome", entered=120, active=3, completed=110, converted=40, failed=2, dead_lettered=1, send_success_rate=0.98,
+            steps=[OS.StepStats(step_id="send-welcome", entered=120, completed=115, skipped=3, failed=2, edges={"next": 115},
+                                latency_p50=duration_pb2.Duration(nanos=50_000_000), latency_p95=duration_pb2.Duration(nanos=100_000_000),
+                                latency_p99=duration_pb2.Duration(seconds=1))],
+            arms=[OS.ArmStats(step_id="ab", arm="control", holdout=True, entered=20, converted=4)])),
+        "ListStepTypes": OS.ListStepTypesResponse(steps=[OS.StepType(
+            kind="wait_for_event", title="Wait for event", category="wait", edges=["event", "timeout"],
+            fields=[OS.StepField(name="event_type", type="string", required=True)])]),
         "ListDeliveries": CS.ListDeliveriesResponse(deliveries=[_delivery(messaging_pb2.DELIVERY_STATUS_IN_DOUBT)]),
         "ResolveDelivery": CS.ResolveDeliveryResponse(delivery=_delivery(messaging_pb2.DELIVERY_STATUS_SENT)),
     }
