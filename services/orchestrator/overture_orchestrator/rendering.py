@@ -5,7 +5,7 @@ them. Strict and all or nothing: a value the scope lacks fails the step
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jinja2
@@ -29,12 +29,32 @@ def render(template: jinja2.Template | None, scope: Mapping[str, Any]) -> str:
     return template.render(**scope) if template is not None else ""
 
 
-def _fail(where: str, error: Exception) -> RenderError:
+def _fail(where: str, error: Exception, scope: Mapping[str, Any]) -> RenderError:
     # Jinja's messages name the missing name and the type it was looked up
-    # on, never a value; other exceptions may quote values, so only their
-    # type is kept.
-    why = error.message if isinstance(error, jinja2.TemplateError) and error.message else type(error).__name__
+    # on. The name is a value when the template computed it from the data
+    # (``prices[profile.traits.email]``), so any string of the scope that the
+    # message quotes is masked (it fails rarely, so the walk costs nothing).
+    # Other exceptions may quote values, so only their type is kept.
+    if isinstance(error, jinja2.TemplateError) and error.message:
+        why = error.message
+        for value in _strings(scope):
+            why = why.replace(repr(value), "<a value of the data>")
+    else:
+        why = type(error).__name__
     return RenderError(f"{where} failed to render: {why}"[:2000])
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string value inside *value* (dicts and lists walked)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
 
 
 def render_text(source: str, scope: Mapping[str, Any], *, where: str) -> str:
@@ -44,7 +64,7 @@ def render_text(source: str, scope: Mapping[str, Any], *, where: str) -> str:
     try:
         return templates_env.from_string(source).render(**scope).strip()
     except Exception as error:  # noqa: BLE001 - every failure to render is reported the same way
-        raise _fail(where, error) from None
+        raise _fail(where, error, scope) from None
 
 
 def render_value(value: Any, scope: Mapping[str, Any], *, where: str) -> Any:
@@ -55,7 +75,7 @@ def render_value(value: Any, scope: Mapping[str, Any], *, where: str) -> Any:
         try:
             return templates_env.from_string(value).render(**scope)
         except Exception as error:  # noqa: BLE001 - every failure to render is reported the same way
-            raise _fail(where, error) from None
+            raise _fail(where, error, scope) from None
     if isinstance(value, Mapping):
         return {k: render_value(v, scope, where=f"{where}.{k}") for k, v in value.items()}
     if isinstance(value, list):
@@ -73,7 +93,7 @@ def render_message(templates: Mapping[str, Mapping[str, jinja2.Template]], templ
         try:
             rendered[part] = render(parts.get(part), scope)
         except Exception as error:  # noqa: BLE001 - every failure to render is reported the same way
-            raise _fail(f"template {template!r} {part}", error) from None
+            raise _fail(f"template {template!r} {part}", error, scope) from None
     rendered["subject"] = rendered["subject"].strip()
     return rendered
 

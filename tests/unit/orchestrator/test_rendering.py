@@ -60,6 +60,12 @@ def test_a_missing_value_fails_naming_the_part_and_the_name(source: str, missing
     assert message.startswith("the address of step 'hello' failed to render: ") and repr(missing) in message
 
 
+def test_a_key_computed_from_the_data_is_not_quoted() -> None:
+    """A lookup by a value (`prices[profile.traits.email]`) that misses fails without quoting the value it looked up."""
+    message = failure(render_text, "{{ profile.traits[profile.traits.email] }}", scope(), where="the address of step 'hello'")
+    assert message == "the address of step 'hello' failed to render: 'dict object' has no attribute <a value of the data>"
+
+
 @pytest.mark.parametrize(("source", "why"), [("{{ profile.traits.email + 1 }}", "TypeError"), ("{{ 1 / 0 }}", "ZeroDivisionError"),
                                              ("{{ profile.traits.phone | int(base=2) / 0 }}", "ZeroDivisionError")])
 def test_other_errors_keep_only_their_type(source: str, why: str) -> None:
