@@ -81,6 +81,11 @@ def test_each_edge_reaches_its_own_target(kind: str) -> None:
     compiled(journey(make(kind, iter(ends)), *(exit_step(e) for e in ends)))
 
 
+def test_a_diamond_is_not_a_loop() -> None:
+    """Two branches that meet again at one step are acyclic."""
+    compiled(journey(condition("check", "true", then="a", else_="b"), send("a", "end"), send("b", "end"), exit_step("end")))
+
+
 def test_empty_edges_end_the_run_and_are_not_checked() -> None:
     """An edge with an empty target ends the run: it is neither unknown nor required."""
     assert list(edges(condition("check", "true"))) == [("true", "condition.then_step", ""), ("false", "condition.else_step", "")]

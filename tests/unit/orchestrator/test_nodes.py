@@ -35,30 +35,34 @@ def split(id_: str, *weights: int) -> J.Step:
 def test_a_subject_always_takes_the_same_branch() -> None:
     """The branch depends only on the journey, the step id and the subject: the same on every call and on a rebuilt step of a new version."""
     first = [split_branch(split("ab", 1, 1, 1), journey="promo", subject_id=s).name for s in SUBJECTS[:2000]]
-    again = [split_branch(split("ab", 1, 1, 1), journey="promo", subject_id=s).name for s in SUBJECTS[:2000]]
+    rebuilt = split("ab", 1, 1, 1)
+    again = [split_branch(rebuilt, journey="promo", subject_id=s).name for s in SUBJECTS[:2000]]
     assert first == again and set(first) == {"b0", "b1", "b2"}
 
 
 def test_the_journey_and_the_step_each_reshuffle_subjects() -> None:
     """Another journey, or another step id, assigns a 50/50 split afresh: about half the subjects change branch."""
-    base = [split_branch(split("ab", 1, 1), journey="promo", subject_id=s).name for s in SUBJECTS]
-    for journey, step_id in (("other", "ab"), ("promo", "cd")):
-        moved = sum(a != split_branch(split(step_id, 1, 1), journey=journey, subject_id=s).name for a, s in zip(base, SUBJECTS, strict=True))
+    ab, cd = split("ab", 1, 1), split("cd", 1, 1)
+    base = [split_branch(ab, journey="promo", subject_id=s).name for s in SUBJECTS]
+    for journey, other in (("other", ab), ("promo", cd)):
+        moved = sum(a != split_branch(other, journey=journey, subject_id=s).name for a, s in zip(base, SUBJECTS, strict=True))
         assert abs(moved / len(SUBJECTS) - 0.5) < 0.02
 
 
 @pytest.mark.parametrize("weights", [(70, 20, 10), (1, 1), (5, 90, 5), (9_999, 1)])
 def test_twenty_thousand_subjects_split_by_weight(weights: tuple[int, ...]) -> None:
     """Over 20,000 subjects each branch's share is its weight's share of the total, within 1.5 points."""
-    counts = Counter(split_branch(split("ab", *weights), journey="promo", subject_id=s).name for s in SUBJECTS)
+    ab = split("ab", *weights)
+    counts = Counter(split_branch(ab, journey="promo", subject_id=s).name for s in SUBJECTS)
     for i, weight in enumerate(weights):
         assert abs(counts[f"b{i}"] / len(SUBJECTS) - weight / sum(weights)) < 0.015
 
 
 def test_two_splits_of_one_journey_are_independent() -> None:
     """The branch a subject takes at one 50/50 split says nothing about the next: each pair of branches gets a quarter."""
-    pairs = Counter((split_branch(split("first", 1, 1), journey="promo", subject_id=s).name,
-                     split_branch(split("second", 1, 1), journey="promo", subject_id=s).name) for s in SUBJECTS)
+    first, second = split("first", 1, 1), split("second", 1, 1)
+    pairs = Counter((split_branch(first, journey="promo", subject_id=s).name, split_branch(second, journey="promo", subject_id=s).name)
+                    for s in SUBJECTS)
     assert len(pairs) == 4 and all(abs(n / len(SUBJECTS) - 0.25) < 0.015 for n in pairs.values())
 
 

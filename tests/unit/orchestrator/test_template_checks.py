@@ -41,3 +41,20 @@ def test_templates_reading_only_names_that_can_exist_compile() -> None:
     """Traits, attributes and run fields that the renderer provides pass, whatever the data holds."""
     compiled, violations = compile_journey(spec("{{ profile.traits.first_name | default('there') }} ({{ run.run_id }}, {{ event.event_type }})"))
     assert violations == [] and compiled is not None
+
+
+def test_a_template_that_does_not_parse_is_refused_naming_its_line() -> None:
+    """A template part that does not compile is TEMPLATE_SYNTAX_ERROR at templates[name].part, naming the line."""
+    spec_ = spec("fine")
+    spec_.templates["welcome"].text_body = "line one\n{% if x %}never closed"
+    _, violations = compile_journey(spec_)
+    assert [(v.field, v.reason) for v in violations] == [("spec.templates[welcome].text_body", "TEMPLATE_SYNTAX_ERROR")]
+    assert "line 2" in violations[0].description
+
+
+def test_structured_template_data_is_checked_string_by_string() -> None:
+    """Each string inside a template's data (for push, webhook and in-app messages) is checked at its own path."""
+    spec_ = spec("fine")
+    spec_.templates["welcome"].data.update({"title": "{{ profile.traits.first_name }}", "actions": [{"url": "{{ link }}"}]})
+    _, violations = compile_journey(spec_)
+    assert [(v.field, v.reason) for v in violations] == [("spec.templates[welcome].data.actions[0].url", "UNKNOWN_TEMPLATE_VARIABLE")]
