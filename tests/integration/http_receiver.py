@@ -1,5 +1,6 @@
 """A real HTTP server (uvicorn + Starlette) on 127.0.0.1 for connector tests: it records every
-request and answers as told per idempotency key (a status, a Retry-After, or no answer in time)."""
+request (to ``/hooks`` and any path below it) and answers as told per idempotency key (a status, headers,
+a body, or no answer in time)."""
 
 from __future__ import annotations
 
@@ -30,9 +31,10 @@ class Received:
 
     @property
     def key(self) -> str:
-        """The idempotency key in a webhook payload (``data.idempotency_key``), if any."""
+        """The idempotency key in a webhook payload (``data.idempotency_key``, or ``idempotency_key`` in a bare body), if any."""
         try:
-            return str(json.loads(self.body)["data"]["idempotency_key"])
+            body = json.loads(self.body)
+            return str(body["data"]["idempotency_key"] if "data" in body else body["idempotency_key"])
         except (ValueError, KeyError, TypeError):
             return ""
 
@@ -45,6 +47,8 @@ class Receiver:
     requests: list[Received] = field(default_factory=list)
     answers: dict[str, tuple[int, dict[str, str]]] = field(default_factory=dict)
     """Per idempotency key: the status and headers to answer with (default 204)."""
+    bodies: dict[str, bytes] = field(default_factory=dict)
+    """Per idempotency key: the body to answer with (default none)."""
     stall: set[str] = field(default_factory=set)
     """Keys whose request is read, recorded, then left unanswered until the client gives up."""
     stalled: asyncio.Event = field(default_factory=asyncio.Event)
@@ -62,9 +66,9 @@ async def http_receiver() -> AsyncIterator[Receiver]:
         if received.key in receiver.stall:
             await receiver.stalled.wait()
         status, headers = receiver.answers.get(received.key, (204, {}))
-        return Response(status_code=status, headers=headers)
+        return Response(receiver.bodies.get(received.key), status_code=status, headers=headers)
 
-    app = Starlette(routes=[Route("/hooks", hook, methods=["POST"])])
+    app = Starlette(routes=[Route("/hooks", hook, methods=["POST"]), Route("/hooks/{rest:path}", hook, methods=["POST"])])
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off"))
     task = asyncio.create_task(server.serve())
     while not server.started:

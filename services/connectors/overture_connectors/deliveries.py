@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import structlog
 
 from overture.common.v1 import messaging_pb2
@@ -36,7 +37,7 @@ from overture_runtime.clock import Clock, IdGenerator
 from overture_runtime.config import ProviderConfig
 from overture_runtime.db import Database
 from overture_runtime.errors import FailedPrecondition, FieldViolation, NotFound, OvertureError, ResourceExhausted, Unavailable
-from overture_runtime.protojson import struct_to_dict
+from overture_runtime.protojson import struct_from_dict, struct_to_dict
 
 from .dispatch import Dispatcher
 from .plugin import Connector, OutboundMessage
@@ -172,7 +173,7 @@ class DeliveryService:
         row = await self._store.get(tenant, delivery_id=delivery_id, idempotency_key=idempotency_key)
         if row is None:
             raise NotFound("no such delivery", reason="DELIVERY_NOT_FOUND")
-        return to_proto(row)
+        return to_proto(row, with_response=True)
 
     async def wait_idle(self) -> None:
         """Wait until no batch is in flight, including batches whose callers gave up."""
@@ -225,7 +226,7 @@ class DeliveryService:
                 rows.update(await self._store.read(tenant, missing))
             for attempt in attempts:
                 row = rows.get(attempt.key)
-                results[attempt.key] = Outcome(delivery=to_proto(row) if row else None, error=attempt.error or _unreadable(row))
+                results[attempt.key] = Outcome(delivery=to_proto(row, with_response=True) if row else None, error=attempt.error or _unreadable(row))
         statuses = Counter(S.DeliveryStatus.Name(o.delivery.status) if o.delivery else "NONE" for o in results.values())
         log.info("deliveries.batch", messages=len(pending), sent_now=len(to_send), repeats=len(seen), statuses=dict(statuses))
         return results
@@ -241,7 +242,7 @@ class DeliveryService:
                 resolved.append(Finish(row=row, status=status or "in_doubt",
                                        error="" if status else "the sending process stopped mid-send; the provider cannot confirm"))
             rows.update(await self._store.finish(tenant, resolved, self._clock.now()))
-        return {key: Outcome(delivery=to_proto(rows[key]), duplicate=True) if key in rows else Outcome(error=_unreadable(None))
+        return {key: Outcome(delivery=to_proto(rows[key], with_response=True), duplicate=True) if key in rows else Outcome(error=_unreadable(None))
                 for key in keys}
 
     async def _attempt(self, tenant: str, pending: _Pending, row: Any) -> _Attempt:
@@ -256,10 +257,12 @@ class DeliveryService:
             track_opens=message.email.track_opens, track_clicks=message.email.track_clicks,
             push_ttl=message.push.ttl.ToTimedelta() if message.push.HasField("ttl") else None, push_urgency=message.push.urgency,
             push_topic=message.push.topic,
+            url=message.webhook.url, keep_response=message.webhook.keep_response, data_as_body=message.webhook.data_as_body,
         )
         done = await self.dispatcher.dispatch(outbound, pending.route, delivery_id=row.delivery_id)
         finish = Finish(row=row, status=done.status, retryable=done.retryable, error=done.error,
-                        provider_message_id=done.provider_message_id, connector=done.connector, calls=done.calls)
+                        provider_message_id=done.provider_message_id, connector=done.connector, calls=done.calls,
+                        response=done.response)
         if not done.retryable:
             return _Attempt(key, finish)
         return _Attempt(key, finish, Unavailable(done.error, reason=done.reason, retry_after=done.retry_after))
@@ -284,8 +287,8 @@ def _status(name: str) -> messaging_pb2.DeliveryStatus.ValueType:
     return S.DeliveryStatus.Value(f"DELIVERY_STATUS_{name.upper()}")
 
 
-def to_proto(row: Any) -> delivery_pb2.Delivery:
-    """A delivery row as its proto."""
+def to_proto(row: Any, *, with_response: bool = False) -> delivery_pb2.Delivery:
+    """A delivery row as its proto; with the kept response (``Delivery.response``) when *with_response*."""
     delivery = delivery_pb2.Delivery(
         delivery_id=row.delivery_id, idempotency_key=row.idempotency_key, connector=row.connector,
         channel=S.Channel.Value(f"CHANNEL_{row.channel.upper()}"), status=_status(row.status),
@@ -294,4 +297,11 @@ def to_proto(row: Any) -> delivery_pb2.Delivery:
     )
     delivery.create_time.FromDatetime(row.create_time)
     delivery.update_time.FromDatetime(row.update_time)
+    if with_response and row.response is not None:
+        delivery.response.CopyFrom(struct_from_dict(_json(row.response)))
     return delivery
+
+
+def _json(value: Any) -> dict[str, Any]:
+    """A JSON column's value: a dict, or its text when read through a plain text query."""
+    return value if isinstance(value, dict) else orjson.loads(value)

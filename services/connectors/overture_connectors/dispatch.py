@@ -35,6 +35,7 @@ import asyncio
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -74,6 +75,8 @@ class Dispatched:
     """For a retryable failure: ``PROVIDER_UNAVAILABLE``, ``CIRCUIT_OPEN`` or ``RATE_LIMITED``."""
     retry_after: dt.timedelta | None = None
     """For a retryable failure: when trying again may succeed."""
+    response: dict[str, Any] | None = None
+    """The endpoint's answer, when the message asked to keep it. May hold personal data: never logged."""
 
 
 class Dispatcher:
@@ -128,7 +131,8 @@ class Dispatcher:
                 except PermanentFailure as error:
                     breaker.success()  # the provider answered: it refused this message, not every message
                     log.warning("delivery.failed", connector=connector.name, delivery_id=delivery_id, error=str(error))
-                    return Dispatched("failed", connector.name, calls, error=_joined(errors, f"{connector.name}: {error}"))
+                    return Dispatched("failed", connector.name, calls, error=_joined(errors, f"{connector.name}: {error}"),
+                                      response=error.response)
                 except InDoubt as error:
                     breaker.failure()
                     status = await self.ask(connector, error.provider_message_id)
@@ -142,7 +146,7 @@ class Dispatcher:
                     return Dispatched("in_doubt", connector.name, calls,
                                       error=f"{connector.name}: the connector failed unexpectedly; the message may have been sent")
             breaker.success()
-            return Dispatched("sent", connector.name, calls, provider_message_id=result.provider_message_id)
+            return Dispatched("sent", connector.name, calls, provider_message_id=result.provider_message_id, response=result.response)
         last = route[-1].name if calls else route[0].name
         return Dispatched("failed", last, calls, retryable=True, error="; ".join(errors), reason=reason,
                           retry_after=retry_after or _RETRY_AFTER)

@@ -80,6 +80,12 @@ class OutboundMessage:
     """Push: a ``PushUrgency`` number; 0: by category."""
     push_topic: str = ""
     """Push: replaces an undelivered message of the same topic."""
+    url: str = ""
+    """Webhook: the message's own URL, called only when the provider's egress policy allows it; empty for the provider's."""
+    keep_response: bool = False
+    """Webhook: keep the endpoint's answer (:attr:`SendResult.response`)."""
+    data_as_body: bool = False
+    """Webhook: post :attr:`data` itself as the body, not the Standard Webhooks envelope."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,8 @@ class SendResult:
     """The provider's id for the message."""
     detail: str = ""
     """The provider's reply, without personal data."""
+    response: dict[str, Any] | None = None
+    """The endpoint's answer, when the message asked to keep it (:func:`.http_calls.kept_response`). May hold personal data."""
 
 
 class ConnectorFailure(Exception):
@@ -109,7 +117,14 @@ class TransientFailure(ConnectorFailure):
 
 
 class PermanentFailure(ConnectorFailure):
-    """The provider refused the message for good (for example, a bad address)."""
+    """The provider refused the message for good (for example, a bad address).
+
+    *response* is the endpoint's answer, when the message asked to keep it.
+    """
+
+    def __init__(self, message: str, *, response: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.response = response
 
 
 class InDoubt(ConnectorFailure):

@@ -23,6 +23,7 @@ from overture_runtime.validation import (
 from .bounce_reports import MAX_REPORT, FeedbackKind
 from .breaker import CircuitState
 from .deliveries import MAX_BATCH, DeliveryService, Outcome, check_batch_size, to_proto
+from .egress import MAX_URL, parse_url
 from .feedback import FeedbackIntake
 from .resolutions import FILTERABLE, RESOLUTIONS, Resolutions
 from .web_push import check_push_options
@@ -31,6 +32,8 @@ C = connector_service_pb2
 _CONTENT_MAX = 256 * 1024
 _ADDRESS_MAX = 512
 _ITEM_VIOLATIONS_MAX = 20
+_RESPONSES_MAX = 2 * 1024 * 1024
+"""The most bytes of kept responses one SendBatch answer carries (a gRPC message is at most 4 MiB)."""
 _CIRCUIT = {CircuitState.CLOSED: delivery_pb2.CIRCUIT_STATE_CLOSED, CircuitState.OPEN: delivery_pb2.CIRCUIT_STATE_OPEN,
             CircuitState.HALF_OPEN: delivery_pb2.CIRCUIT_STATE_HALF_OPEN}
 
@@ -59,6 +62,16 @@ def validate_message(v: Violations, message: delivery_pb2.Message, *, prefix: st
     if message.channel == messaging_pb2.CHANNEL_EMAIL and not (content.text_body or content.html_body):
         v.add(f"{prefix}content", "an email needs a text or HTML body", "REQUIRED")
     check_push_options(v, message.push, prefix=f"{prefix}push.")
+    if message.HasField("webhook"):
+        _validate_webhook(v, message, prefix=f"{prefix}webhook.")
+
+
+def _validate_webhook(v: Violations, message: delivery_pb2.Message, *, prefix: str) -> None:
+    options = message.webhook
+    if options.url:
+        parsed, problem = parse_url(options.url)
+        if parsed is None:
+            v.add(f"{prefix}url", f"url is refused: {problem}", "TOO_LONG" if len(options.url) > MAX_URL else "INVALID_URL")
 
 
 def _capped(violations: list[FieldViolation]) -> list[FieldViolation]:
@@ -125,8 +138,14 @@ class ConnectorServicer(connector_service_pb2_grpc.ConnectorServiceServicer):
             else:
                 valid.append(index)
         outcomes = await self._deliveries.send_many(tenant, [request.messages[i] for i in valid])
+        budget = _RESPONSES_MAX
         for index, outcome in zip(valid, outcomes, strict=True):
             _fill(response.results[index], outcome)
+            delivery = response.results[index].delivery
+            if delivery.HasField("response"):
+                budget -= delivery.response.ByteSize()
+                if budget < 0:  # past the answer's share: GetDeliveryStatus has it
+                    delivery.ClearField("response")
         return response
 
     async def GetDeliveryStatus(self, request: C.GetDeliveryStatusRequest, context: grpc.aio.ServicerContext) -> C.GetDeliveryStatusResponse:

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
@@ -72,20 +73,22 @@ CROSS JOIN LATERAL (
 """Read the rows of some keys: one primary-key probe per key."""
 
 FINISH_SQL = f"""
-INSERT INTO connectors_deliveries AS d ({_ROW})
+INSERT INTO connectors_deliveries AS d ({_ROW}, response)
 SELECT :tenant, f.key, f.delivery_id, f.connector, f.channel, f.subject_id, f.address_hash, f.status, f.retryable,
-       f.provider_message_id, f.attempts, f.last_error, f.create_time, CAST(:now AS timestamptz)
+       f.provider_message_id, f.attempts, f.last_error, f.create_time, CAST(:now AS timestamptz), CAST(f.response AS jsonb)
 FROM unnest(CAST(:keys AS varchar[]), CAST(:delivery_ids AS varchar[]), CAST(:connectors AS varchar[]),
             CAST(:channels AS varchar[]), CAST(:subject_ids AS varchar[]), CAST(:address_hashes AS varchar[]),
             CAST(:statuses AS varchar[]), CAST(:retryables AS boolean[]), CAST(:provider_message_ids AS varchar[]),
-            CAST(:attempts AS integer[]), CAST(:last_errors AS text[]), CAST(:create_times AS timestamptz[]))
+            CAST(:attempts AS integer[]), CAST(:last_errors AS text[]), CAST(:create_times AS timestamptz[]),
+            CAST(:responses AS text[]))
      AS f(key, delivery_id, connector, channel, subject_id, address_hash, status, retryable, provider_message_id,
-          attempts, last_error, create_time)
+          attempts, last_error, create_time, response)
 ON CONFLICT (tenant, idempotency_key) DO UPDATE
 SET status = excluded.status, retryable = excluded.retryable, last_error = excluded.last_error,
     connector = excluded.connector, attempts = excluded.attempts,
     provider_message_id = CASE WHEN excluded.provider_message_id = '' THEN d.provider_message_id
                                ELSE excluded.provider_message_id END,
+    response = COALESCE(excluded.response, d.response),
     update_time = excluded.update_time
 WHERE d.status IN ('sending', 'in_doubt')
 RETURNING d.*
@@ -135,6 +138,8 @@ class Finish:
     """The provider that handled the attempt; empty keeps the one claimed."""
     calls: int = 1
     """Provider calls the attempt made (a route may call several, or none)."""
+    response: dict[str, Any] | None = None
+    """The endpoint's answer to keep; None keeps the one recorded."""
 
     @property
     def attempts(self) -> int:
@@ -198,6 +203,7 @@ class DeliveryStore:
                     "provider_message_ids": [o.provider_message_id for o in outcomes],
                     "attempts": [o.attempts for o in outcomes], "last_errors": [o.error for o in outcomes],
                     "create_times": [o.row.create_time for o in outcomes],
+                    "responses": [None if o.response is None else orjson.dumps(o.response).decode() for o in outcomes],
                 })).all()
         return {row.idempotency_key: row for row in rows}
 
@@ -246,7 +252,8 @@ def _sqlite_finish(tenant: str, outcomes: Sequence[Finish], now: dt.datetime) ->
         dict(tenant=tenant, idempotency_key=o.row.idempotency_key, delivery_id=o.row.delivery_id, connector=o.handler,
              channel=o.row.channel, subject_id=o.row.subject_id, address_hash=o.row.address_hash, status=o.status,
              retryable=o.retryable, provider_message_id=o.provider_message_id, attempts=o.attempts,
-             last_error=o.error, create_time=o.row.create_time, update_time=now)
+             last_error=o.error, create_time=o.row.create_time, update_time=now,
+             response=sa.null() if o.response is None else o.response)
         for o in outcomes
     ])
     return insert.on_conflict_do_update(
@@ -255,6 +262,7 @@ def _sqlite_finish(tenant: str, outcomes: Sequence[Finish], now: dt.datetime) ->
                   connector=insert.excluded.connector, attempts=insert.excluded.attempts,
                   provider_message_id=sa.case((insert.excluded.provider_message_id == "", t.c.provider_message_id),
                                               else_=insert.excluded.provider_message_id),
+                  response=sa.func.coalesce(insert.excluded.response, t.c.response),
                   update_time=insert.excluded.update_time),
         where=t.c.status.in_(_OPEN),
     ).returning(*t.c)

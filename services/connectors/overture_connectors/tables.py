@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from overture_runtime.audit_outbox import audit_outbox_table
-from overture_runtime.db import utc_datetime
+from overture_runtime.db import JSONType, utc_datetime
 from overture_runtime.idempotency import idempotency_table
 
 metadata = sa.MetaData()
@@ -28,6 +28,8 @@ deliveries = sa.Table(
     sa.Column("last_error", sa.Text, nullable=False),
     sa.Column("create_time", utc_datetime, nullable=False),
     sa.Column("update_time", utc_datetime, nullable=False),
+    # The endpoint's answer, when the message asked to keep it (webhook keep_response); personal data, never logged.
+    sa.Column("response", JSONType, nullable=True),
     sa.UniqueConstraint("tenant", "delivery_id", name="connectors_deliveries_id"),
     # The deliveries waiting for someone: in doubt (an operator, a status
     # lookup) or still claimed. Partial, so it holds only those few rows.

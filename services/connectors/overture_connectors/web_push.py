@@ -52,10 +52,10 @@ from overture_runtime import Violations
 from overture_runtime.clock import Clock
 from overture_runtime.config import ProviderConfig
 
+from .http_calls import retry_after
 from .plugin import ConnectorContext, InDoubt, OutboundMessage, PermanentFailure, SendResult, TransientFailure
 from .push_store import DeviceClaims, PushSubscriptions
 from .vapid import VapidSigner, check_subject, load
-from .webhook import retry_after
 
 __all__ = ["DEFAULT_ENDPOINT_HOSTS", "MAX_PAYLOAD", "WebPushConnector", "WebPushPlugin", "WebPushSettings", "check_push_options",
            "endpoint_problem", "keys_problem"]

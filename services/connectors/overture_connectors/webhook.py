@@ -9,29 +9,27 @@ secret, separated by spaces, so secrets rotate by adding the new one, and
 removing the old once receivers have switched. Signatures are made by the
 ``standardwebhooks`` library itself.
 
-Failures are classified by whether the receiver can have acted on the
-message; only what provably was not accepted is retryable:
+A message may name its own URL (``Message.webhook.url``, a journey's
+webhook step): the provider calls it only when its egress policy
+(``allowed_hosts``, ``allowed_private_networks``; :mod:`.egress`) allows
+it, and refuses it for good otherwise. It may ask to keep the answer
+(``keep_response``: the status and up to 64 KiB of body, on the delivery),
+and to post its data as the whole body (``data_as_body``) instead of the
+envelope.
 
-- **no connection** (refused, DNS, TLS, connect or pool timeout) and a
-  failure while the request was still being written: the receiver never
-  had a whole request, so it cannot have acted. Retryable.
-- **429** and **408**: the receiver refused to take it now. Retryable,
-  after ``Retry-After`` when given (seconds or an HTTP date).
-- **5xx other than 504**: the receiver answered that it failed. Retryable:
-  the retry carries the same ``webhook-id``, which the spec requires
-  receivers to deduplicate on, so a receiver that had done part of the
-  work before failing sees one message.
-- **504**, and **no answer after the request was sent** (read timeout, the
-  connection dropped before the response): an upstream may have acted on
-  it. In doubt: never sent again automatically (webhooks have no status
-  lookup, so the delivery stays IN_DOUBT for an operator).
-- **any other 4xx**, and a redirect (not followed): refused for good.
+Failures are classified as :mod:`.http_calls` says: no connection, a
+failure while writing, 408, 429 (after ``Retry-After``) and a 5xx other
+than 504 are retryable (the retry carries the same ``webhook-id``, which
+the spec requires receivers to deduplicate on, so a receiver that had done
+part of the work before failing sees one message); a 504 and no answer
+after the request was sent are in doubt (webhooks have no status lookup,
+so the delivery stays IN_DOUBT for an operator); any other 4xx and a
+redirect (not followed) are refused for good.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import email.utils
 import hashlib
 from typing import Any
 
@@ -44,19 +42,20 @@ from overture.common.v1 import messaging_pb2
 from overture_runtime.clock import Clock
 from overture_runtime.config import ProviderConfig
 
-from .plugin import ConnectorContext, InDoubt, OutboundMessage, PermanentFailure, SendResult, TransientFailure
+from .egress import EgressPolicy, EgressRefused, guarded_transport
+from .http_calls import call, classify, kept_response
+from .plugin import ConnectorContext, OutboundMessage, PermanentFailure, SendResult
 
-__all__ = ["WebhookConnector", "WebhookPlugin", "WebhookSettings", "retry_after", "webhook_id"]
+__all__ = ["HttpEndpoint", "WebhookConnector", "WebhookPlugin", "WebhookSettings", "webhook_id"]
 
 _USER_AGENT = "Overture-Webhooks/1"
-_MAX_RETRY_AFTER = dt.timedelta(hours=1)
 
 
-class WebhookSettings(pydantic.BaseModel, frozen=True, extra="forbid"):
-    """A webhook provider's settings."""
+class WebhookSettings(EgressPolicy, frozen=True, extra="forbid"):
+    """A webhook provider's settings (with the egress policy for messages that carry their own URL)."""
 
-    url: pydantic.AnyHttpUrl
-    """The endpoint every message of this provider is posted to (a fixed URL: templates cannot choose where data goes)."""
+    url: pydantic.AnyHttpUrl | None = None
+    """The endpoint messages are posted to unless they carry their own URL; needed unless ``allowed_hosts`` is set."""
     secrets: tuple[pydantic.SecretStr, ...] = pydantic.Field(min_length=1, max_length=8)
     """Signing secrets, ``whsec_<base64>``; every one signs each request (rotation)."""
     event_type: str = pydantic.Field(default="overture.message", min_length=1, max_length=128)
@@ -77,30 +76,59 @@ class WebhookSettings(pydantic.BaseModel, frozen=True, extra="forbid"):
                 raise ValueError("each secret must be whsec_ followed by base64") from None
         return secrets
 
+    @pydantic.model_validator(mode="after")
+    def _somewhere(self) -> WebhookSettings:
+        if self.url is None and not self.allowed_hosts:
+            raise ValueError("set url, allowed_hosts (for messages that carry their own URL), or both")
+        return self
+
 
 def webhook_id(tenant: str, idempotency_key: str) -> str:
     """The ``webhook-id`` of a message: the same for every attempt of one key."""
     return "msg_" + hashlib.sha256(f"{tenant}\x00{idempotency_key}".encode()).hexdigest()[:32]
 
 
-def retry_after(value: str | None, now: dt.datetime) -> dt.timedelta | None:
-    """A ``Retry-After`` header (delay-seconds or an HTTP date) as a delay, capped at an hour; None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return min(dt.timedelta(seconds=int(value)), _MAX_RETRY_AFTER)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return min(max(when - now, dt.timedelta(0)), _MAX_RETRY_AFTER)
+class HttpEndpoint:
+    """The HTTP clients of a provider that posts to its own URL or, when its policy allows, to a message's.
+
+    Two pools: one for the provider's configured URL, and one whose
+    connections go only where the egress policy allows (:mod:`.egress`),
+    made when the policy allows any host. Safe for concurrent use.
+    """
+
+    def __init__(self, *, url: str | None, policy: EgressPolicy, timeout: httpx.Timeout, headers: dict[str, str],
+                 max_connections: int = 16, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._url = url
+        self._policy = policy
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        common: dict[str, Any] = dict(timeout=timeout, follow_redirects=False, trust_env=False,
+                                      headers={"accept-encoding": "identity", **headers})
+        self._fixed = httpx.AsyncClient(transport=transport, limits=limits, **common)
+        self._guarded = httpx.AsyncClient(transport=guarded_transport(policy, limits=limits), **common) if policy.allowed_hosts else None
+
+    def target(self, url: str) -> tuple[httpx.AsyncClient, str | httpx.URL]:
+        """The client and URL to call for a message carrying *url* (empty: the provider's); raises
+        :class:`PermanentFailure` when there is none or the policy refuses it."""
+        if not url:
+            if self._url is None:
+                raise PermanentFailure("the message carries no URL and the provider has none")
+            return self._fixed, self._url
+        if self._guarded is None:
+            raise PermanentFailure("the provider takes no URL from messages (its allowed_hosts is empty)")
+        try:
+            return self._guarded, self._policy.check_url(url)
+        except EgressRefused as error:  # its message names neither the URL nor the host
+            raise PermanentFailure(str(error)) from None
+
+    async def close(self) -> None:
+        """Close the connection pools."""
+        await self._fixed.aclose()
+        if self._guarded is not None:
+            await self._guarded.aclose()
 
 
 class WebhookConnector:
-    """Posts signed messages to one endpoint. Safe for concurrent sends."""
+    """Posts signed messages to one endpoint, or to the message's own. Safe for concurrent sends."""
 
     channel: messaging_pb2.Channel.ValueType = messaging_pb2.CHANNEL_WEBHOOK
 
@@ -109,18 +137,18 @@ class WebhookConnector:
         self.name = name
         self.rate_limit_per_second = rate_limit_per_second
         self._settings = settings
-        self._url = str(settings.url)
         self._clock = clock
         self._signers = [standardwebhooks.Webhook(s.get_secret_value()) for s in settings.secrets]
-        timeout = httpx.Timeout(settings.timeout_seconds, connect=settings.connect_timeout_seconds, pool=settings.connect_timeout_seconds)
-        self._client = httpx.AsyncClient(
-            timeout=timeout, follow_redirects=False, transport=transport,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        self._endpoint = HttpEndpoint(
+            url=str(settings.url) if settings.url else None, policy=settings, max_connections=max_connections, transport=transport,
+            timeout=httpx.Timeout(settings.timeout_seconds, connect=settings.connect_timeout_seconds, pool=settings.connect_timeout_seconds),
             headers={"user-agent": _USER_AGENT, "content-type": "application/json", **settings.headers},
         )
 
     def payload(self, message: OutboundMessage, now: dt.datetime) -> bytes:
-        """The request body: ``{"type", "timestamp", "data"}`` as the spec recommends."""
+        """The request body: ``{"type", "timestamp", "data"}`` as the spec recommends, or the data alone (``data_as_body``)."""
+        if message.data_as_body:
+            return orjson.dumps(message.data)
         data: dict[str, Any] = {"idempotency_key": message.idempotency_key, "recipient": message.address, **message.data}
         if message.subject:
             data.setdefault("subject", message.subject)
@@ -141,37 +169,23 @@ class WebhookConnector:
 
     async def send(self, message: OutboundMessage) -> SendResult:
         """Post *message*; see the module docstring for how failures are classified."""
+        client, url = self._endpoint.target(message.url)
         now = self._clock.now()
         msg_id = webhook_id(message.tenant, message.idempotency_key)
         body = self.payload(message, now)
-        try:
-            response = await self._client.post(self._url, content=body, headers=self.headers(msg_id, now, body))
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteError, httpx.WriteTimeout,
-                httpx.UnsupportedProtocol) as error:
-            raise TransientFailure(f"the webhook endpoint could not be reached: {type(error).__name__}") from None
-        except httpx.TransportError as error:  # read timeout, connection dropped before the answer
-            raise InDoubt(f"no answer after the request was sent: {type(error).__name__}", provider_message_id=msg_id) from None
-        code = response.status_code
-        if 200 <= code < 300:
-            return SendResult(provider_message_id=msg_id, detail=str(code))
-        if code in (408, 429):
-            raise TransientFailure(f"the webhook endpoint asked to retry later ({code})",
-                                   retry_after=retry_after(response.headers.get("retry-after"), now))
-        if code == 504:
-            raise InDoubt("the gateway timed out waiting for the endpoint (504); it may have acted", provider_message_id=msg_id)
-        if code >= 500:
-            raise TransientFailure(f"the webhook endpoint failed ({code})", retry_after=retry_after(response.headers.get("retry-after"), now))
-        if 300 <= code < 400:
-            raise PermanentFailure(f"the webhook endpoint redirected ({code}); redirects are not followed")
-        raise PermanentFailure(f"the webhook endpoint refused the message ({code})")
+        answer = await call(client, "POST", url, who="the webhook endpoint", content=body, headers=self.headers(msg_id, now, body),
+                            provider_message_id=msg_id)
+        response = kept_response(answer) if message.keep_response else None
+        classify(answer, now, who="the webhook endpoint", provider_message_id=msg_id, response=response)
+        return SendResult(provider_message_id=msg_id, detail=str(answer.status), response=response)
 
     async def status(self, provider_message_id: str) -> str | None:
         """Webhooks have no status lookup."""
         return None
 
     async def close(self) -> None:
-        """Close the connection pool."""
-        await self._client.aclose()
+        """Close the connection pools."""
+        await self._endpoint.close()
 
 
 class WebhookPlugin:

@@ -7,7 +7,8 @@ import datetime as dt
 import pydantic
 import pytest
 
-from overture_connectors.webhook import WebhookSettings, retry_after, webhook_id
+from overture_connectors.http_calls import retry_after
+from overture_connectors.webhook import WebhookSettings, webhook_id
 
 NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -32,8 +33,10 @@ def test_the_webhook_id_is_stable_per_key_and_distinct_across_tenants() -> None:
     {"url": "https://example.com/x", "secrets": []},
     {"url": "https://example.com/x", "secrets": ["not base64 !!"]},
     {"url": "https://example.com/x", "secrets": ["whsec_" + "a" * 32], "timeout_seconds": 0},
+    {"secrets": ["whsec_" + "a" * 32]},
+    {"secrets": ["whsec_" + "a" * 32], "allowed_hosts": ["exa mple.com"]},
 ])
 def test_bad_webhook_settings_are_refused(settings: dict[str, object]) -> None:
-    """A non-HTTP URL, no secret, an undecodable secret or a zero timeout fails validation at start-up."""
+    """A non-HTTP URL, no secret, an undecodable secret, a zero timeout, neither url nor allowed_hosts, or a malformed host fails at start-up."""
     with pytest.raises(pydantic.ValidationError):
         WebhookSettings.model_validate(settings)

@@ -90,6 +90,7 @@ class Message(_message.Message):
     EMAIL_FIELD_NUMBER: _builtins.int
     CONSENT_PURPOSE_FIELD_NUMBER: _builtins.int
     PUSH_FIELD_NUMBER: _builtins.int
+    WEBHOOK_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
     """The idempotency key, `run_id:step_id` for journey steps. A connector
     calls its provider at most once per key; repeats return the first result.
@@ -135,6 +136,13 @@ class Message(_message.Message):
         message of the same topic.
         """
 
+    @_builtins.property
+    def webhook(self) -> Global___WebhookOptions:
+        """Webhook options (the `webhook` and `slack` provider kinds): a URL of
+        the message's own, and whether to keep the endpoint's answer. Ignored
+        on other channels.
+        """
+
     def __init__(
         self,
         *,
@@ -150,10 +158,11 @@ class Message(_message.Message):
         email: Global___EmailOptions | None = ...,
         consent_purpose: _builtins.str = ...,
         push: Global___PushOptions | None = ...,
+        webhook: Global___WebhookOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "email", b"email", "push", b"push"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "email", b"email", "push", b"push", "webhook", b"webhook"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "category", b"category", "channel", b"channel", "connector", b"connector", "consent_purpose", b"consent_purpose", "content", b"content", "email", b"email", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "push", b"push", "subject_id", b"subject_id", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "category", b"category", "channel", b"channel", "connector", b"connector", "consent_purpose", b"consent_purpose", "content", b"content", "email", b"email", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "push", b"push", "subject_id", b"subject_id", "tags", b"tags", "webhook", b"webhook"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -196,6 +205,51 @@ class PushOptions(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PushOptions: _TypeAlias = PushOptions  # noqa: Y015
+
+@_typing.final
+class WebhookOptions(_message.Message):
+    """Per-message options of HTTP calls (the webhook channel)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    KEEP_RESPONSE_FIELD_NUMBER: _builtins.int
+    DATA_AS_BODY_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """The URL to post this message to, instead of the provider's own `url`:
+    http or https, at most 2,048 characters, without user or password.
+    The provider calls it only when its settings allow the URL's host
+    (`allowed_hosts`; none are allowed unless listed), and only when every
+    address the host resolves to is a public one (private, loopback and
+    link-local addresses are refused unless listed in the provider's
+    `allowed_private_networks`). A refused URL fails the delivery for good
+    (FAILED, not retryable) and nothing is sent. Empty: the provider's URL.
+    """
+    keep_response: _builtins.bool
+    """Keep the endpoint's answer on the delivery, as `Delivery.response`:
+    its HTTP status and body (at most 64 KiB). Kept for the answer the
+    delivery ended with (a 2xx, a refusal), and returned again to every
+    repeat of the key.
+    """
+    data_as_body: _builtins.bool
+    """Post `content.data` itself as the JSON body, instead of the Standard
+    Webhooks envelope `{"type", "timestamp", "data"}`; the request is still
+    signed (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
+    """
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        keep_response: _builtins.bool = ...,
+        data_as_body: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_as_body", b"data_as_body", "keep_response", b"keep_response", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookOptions: _TypeAlias = WebhookOptions  # noqa: Y015
 
 @_typing.final
 class EmailOptions(_message.Message):
@@ -283,6 +337,7 @@ class Delivery(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
     delivery_id: _builtins.str
     """The delivery's id."""
     idempotency_key: _builtins.str
@@ -311,6 +366,20 @@ class Delivery(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When its status last changed."""
 
+    @_builtins.property
+    def response(self) -> _struct_pb2.Struct:
+        """The endpoint's answer, kept when the message asked for it
+        (`webhook.keep_response`); absent otherwise. `status` is the HTTP
+        status (a number); `body` the answer's body when it was at most 64 KiB:
+        the parsed value of a JSON body, the text of any other body; a body
+        over 64 KiB, or JSON nested deeper than 32 levels, is left out and
+        `body_omitted` says why (`too_large`, `too_deep`). Set on the
+        deliveries returned by Send, SendBatch and GetDeliveryStatus, not by
+        ListDeliveries. A SendBatch answer carries at most 2 MiB of responses
+        in all: a delivery whose response did not fit has none there, and
+        GetDeliveryStatus returns it. May hold personal data: never logged.
+        """
+
     def __init__(
         self,
         *,
@@ -325,10 +394,11 @@ class Delivery(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         subject_id: _builtins.str = ...,
+        response: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "response", b"response", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "channel", b"channel", "connector", b"connector", "create_time", b"create_time", "delivery_id", b"delivery_id", "idempotency_key", b"idempotency_key", "last_error", b"last_error", "provider_message_id", b"provider_message_id", "status", b"status", "subject_id", b"subject_id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "channel", b"channel", "connector", b"connector", "create_time", b"create_time", "delivery_id", b"delivery_id", "idempotency_key", b"idempotency_key", "last_error", b"last_error", "provider_message_id", b"provider_message_id", "response", b"response", "status", b"status", "subject_id", b"subject_id", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
