@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from overture_runtime.testing import free_port
 
-__all__ = ["Received", "Receiver", "http_receiver"]
+__all__ = ["Received", "Receiver", "http_receiver", "served"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,23 @@ class Receiver:
 
 
 @contextlib.asynccontextmanager
+async def served(app: Starlette, port: int) -> AsyncIterator[None]:
+    """Serve *app* with uvicorn on 127.0.0.1:*port* until the block ends."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            await task
+            raise RuntimeError(f"the test server could not start on port {port}")
+        await asyncio.sleep(0.01)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await task
+
+
+@contextlib.asynccontextmanager
 async def http_receiver() -> AsyncIterator[Receiver]:
     """Serve a :class:`Receiver` until the block ends."""
     port = free_port()
@@ -69,13 +86,8 @@ async def http_receiver() -> AsyncIterator[Receiver]:
         return Response(receiver.bodies.get(received.key), status_code=status, headers=headers)
 
     app = Starlette(routes=[Route("/hooks", hook, methods=["POST"]), Route("/hooks/{rest:path}", hook, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    try:
-        yield receiver
-    finally:
-        receiver.stalled.set()
-        server.should_exit = True
-        await task
+    async with served(app, port):
+        try:
+            yield receiver
+        finally:
+            receiver.stalled.set()
