@@ -4,7 +4,9 @@ With no ``DATABASE_URL`` or ``REDIS_URL`` it runs on embedded defaults, the
 way the Prefect and Temporal dev servers do: SQLite files (one per service)
 under the data folder, and an in-process Redis-protocol server (fakeredis).
 Unless SMTP settings are given it also runs a local mail sink and keeps
-what arrives under ``<data>/mail``. It prints the addresses and a
+what arrives under ``<data>/mail``. Unless ``OVERTURE_CONNECTOR_PROVIDERS``
+is set, it configures email, the in-app inbox and web push (a VAPID key kept
+in ``dev.json``, like the link signing key). It prints the addresses and a
 development token for tenant ``demo`` with every role (``OVERTURE_DEV_TOKEN``
 when set, else the one kept from the last run), and writes them to
 ``<data>/dev.json`` (atomically) for the other commands.
@@ -30,7 +32,7 @@ from overture_runtime.config import SERVICES
 
 from .mailsink import MailSink, _free_port
 
-__all__ = ["dev_signing_key", "dev_token", "run_dev", "write_dev_file"]
+__all__ = ["dev_providers", "dev_signing_key", "dev_token", "dev_vapid_key", "run_dev", "write_dev_file"]
 
 _COLORS = {"ingest": "36", "rules": "35", "orchestrator": "33", "connectors": "32"}
 _INTERNAL_ROLES = [
@@ -114,6 +116,31 @@ def dev_signing_key(dev_file: Path) -> str:
     return kept if isinstance(kept, str) and len(kept) >= 16 else secrets.token_urlsafe(32)
 
 
+def dev_vapid_key(dev_file: Path) -> str:
+    """The web push VAPID private key: the one *dev_file* kept from the last run, else a new one, so that
+    browsers subscribed in an earlier run (with its public key) keep getting messages."""
+    try:
+        kept = json.loads(dev_file.read_text()).get("vapid_private_key")
+    except (OSError, ValueError, AttributeError):
+        kept = None
+    if isinstance(kept, str) and kept:
+        return kept
+    from overture_connectors.vapid import generate_private_key
+
+    return generate_private_key()
+
+
+def dev_providers(vapid_key: str) -> str:
+    """``OVERTURE_CONNECTOR_PROVIDERS`` of ``overture dev`` (unless set): email over SMTP (the mail sink or
+    ``OVERTURE_SMTP_*``), the in-app inbox, and web push with *vapid_key*, so every channel the README
+    shows works as written."""
+    return json.dumps([
+        {"name": "smtp", "kind": "smtp"},
+        {"name": "in-app", "kind": "in_app"},
+        {"name": "web-push", "kind": "web_push", "settings": {"vapid_private_key": vapid_key, "subject": "mailto:dev@overture.local"}},
+    ])
+
+
 def write_dev_file(path: Path, data: Mapping[str, Any]) -> None:
     """Replace *path* with *data* as JSON, readable by its owner only, atomically.
 
@@ -156,6 +183,8 @@ async def _main(data_dir: Path) -> int:
     token = dev_token(env, data_dir / "dev.json")
     service_token = f"ovt_svc_{secrets.token_urlsafe(24)}"
     signing_key = env.get("OVERTURE_SIGNING_KEYS") or dev_signing_key(data_dir / "dev.json")
+    vapid_key = dev_vapid_key(data_dir / "dev.json")
+    env.setdefault("OVERTURE_CONNECTOR_PROVIDERS", dev_providers(vapid_key))
     env.setdefault("OVERTURE_PUBLIC_URL", f"http://{host}:{_port('ingest', 'HTTP', 8080)}")
     env.update(
         OVERTURE_SIGNING_KEYS=signing_key,
@@ -211,7 +240,7 @@ async def _main(data_dir: Path) -> int:
     else:
         http_port = _port("ingest", "HTTP", 8080)
         write_dev_file(data_dir / "dev.json", {"token": token, "addresses": addresses, "http": f"http://{host}:{http_port}",
-                                               "signing_key": signing_key})
+                                               "signing_key": signing_key, "vapid_private_key": vapid_key})
         _say("ready.")
         for svc in SERVICES:
             _say(f"  {svc:<13} grpc://{addresses[svc]}")

@@ -36,6 +36,7 @@ from .protojson import struct_to_dict
 
 __all__ = [
     "SCOPE",
+    "UNSUBSCRIBE_URL_MARKER",
     "Kind",
     "MissingValue",
     "TemplateProblem",
@@ -91,12 +92,24 @@ class MissingValue(jinja2.ChainableUndefined, jinja2.StrictUndefined):
         return False
 
 
+UNSUBSCRIBE_URL_MARKER = "%%overture:unsubscribe_url%%"
+"""What ``{{ unsubscribe_url }}`` renders to. The link itself is sealed per
+message by the email connector, which replaces this marker in the text and
+HTML bodies with the message's one-click unsubscribe URL (the one its
+``List-Unsubscribe`` header carries); it is made of characters no escaping
+changes, and a preview shows it as it is."""
+
 text_environment = ImmutableSandboxedEnvironment(autoescape=False, undefined=MissingValue)
 """The sandbox subjects, text bodies and addresses render in: no access to
 Python internals, no mutation of the scope, strict about missing values."""
 
 html_environment = ImmutableSandboxedEnvironment(autoescape=True, undefined=MissingValue)
 """The same sandbox for HTML bodies, which also escapes every value it inserts."""
+
+for _environment in (text_environment, html_environment):
+    # A global, not part of SCOPE: the renderer cannot know the link (the connector seals it), and
+    # check_template accepts the environment's globals.
+    _environment.globals["unsubscribe_url"] = UNSUBSCRIBE_URL_MARKER
 
 
 def profile_scope(*, subject_id: str, traits: Mapping[str, Any], segments: Sequence[str], timezone: str,

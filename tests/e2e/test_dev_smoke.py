@@ -18,8 +18,19 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 
+from overture.common.v1 import messaging_pb2
+from overture.connectors.v1 import (
+    connector_service_pb2,
+    connector_service_pb2_grpc,
+    delivery_pb2,
+    inbox_service_pb2,
+    inbox_service_pb2_grpc,
+    push_service_pb2,
+    push_service_pb2_grpc,
+)
 from overture_runtime.config import SERVICES
 from overture_runtime.testing import free_port
 from tests.thinpath import EXAMPLES, eventually
@@ -130,6 +141,8 @@ async def test_overture_dev_runs_the_readme_on_embedded_defaults(tmp_path: Path)
         assert re.search(r"audit chain: +verified", said["audit verify"][0])
         assert "To: alice@example.com" in email.read_text()
 
+        await _in_app_and_push_are_configured(json.loads((tmp_path / ".overture" / "dev.json").read_text())["addresses"]["connectors"])
+
         rule_sets = readme_commands("Rule sets, decisions and the audit trail")
         outputs = [run(*command) for command in rule_sets]
         published, diffed, backtested, activated, verified, why = outputs
@@ -144,6 +157,22 @@ async def test_overture_dev_runs_the_readme_on_embedded_defaults(tmp_path: Path)
         assert {(v["version"], v["active"]) for v in versions} == {("1", False), ("2", True)}
         await asyncio.sleep(0.5)
         assert len(await mail()) == 1
+
+
+async def _in_app_and_push_are_configured(address: str) -> None:
+    """The README's inbox section as written: a message on channel in_app lands in the subject's inbox; and web push has
+    its VAPID key (GetPushConfig) without any configuration."""
+    metadata = (("authorization", f"Bearer {TOKEN}"),)
+    async with grpc.aio.insecure_channel(address) as channel:
+        sent = await connector_service_pb2_grpc.ConnectorServiceStub(channel).Send(connector_service_pb2.SendRequest(message=delivery_pb2.Message(
+            idempotency_key="dev-smoke:bell", channel=messaging_pb2.CHANNEL_IN_APP, subject_id="alice", address="alice",
+            content=delivery_pb2.MessageContent(subject="Welcome", text_body="Hello from the inbox"))), metadata=metadata)
+        listed = await inbox_service_pb2_grpc.InboxServiceStub(channel).ListInboxMessages(
+            inbox_service_pb2.ListInboxMessagesRequest(subject_id="alice"), metadata=metadata)
+        config = await push_service_pb2_grpc.PushServiceStub(channel).GetPushConfig(push_service_pb2.GetPushConfigRequest(), metadata=metadata)
+    assert sent.delivery.status == messaging_pb2.DELIVERY_STATUS_SENT and sent.delivery.connector == "in-app"
+    assert [(m.title, m.body) for m in listed.messages] == [("Welcome", "Hello from the inbox")]
+    assert len(config.application_server_key) == 87 and "fcm.googleapis.com" in config.endpoint_hosts
 
 
 async def test_overture_dev_keeps_its_token_across_restarts(tmp_path: Path) -> None:

@@ -18,8 +18,8 @@ import pytest
 from overture.common.v1 import event_pb2, messaging_pb2
 from overture.connectors.v1 import connector_service_pb2 as conn
 from overture.ingest.v1 import ingest_service_pb2 as ingest
+from overture.orchestrator.v1 import journey_pb2, run_pb2
 from overture.orchestrator.v1 import orchestrator_service_pb2 as orch
-from overture.orchestrator.v1 import run_pb2
 from overture.rules.v1 import decision_pb2
 from overture.rules.v1 import profile_service_pb2 as profiles
 from overture.rules.v1 import rules_service_pb2 as rules
@@ -30,6 +30,7 @@ from tests.thinpath import eventually, example_journey, example_rule_set
 from tests.unit.connectors.test_bounce_reports import arf, dsn
 
 from .cluster import Cluster, running_cluster
+from .connectors_support import email
 
 MD = admin_metadata()
 
@@ -195,3 +196,38 @@ async def _has(c: Cluster, subject: str, suppression: str) -> bool:
 async def _bounce_event(c: Cluster, key: str, *, soft: bool = False) -> Any:
     deliveries = await c.connectors.GetDeliveryStatus(conn.GetDeliveryStatusRequest(idempotency_key=key), metadata=MD)
     return await _event(c, f"delivery:{deliveries.delivery.delivery_id}:bounced{'-soft' if soft else ''}")
+
+
+async def test_bounces_of_sends_outside_journeys_still_suppress(cluster: tuple[Cluster, int]) -> None:
+    """A hard bounce of a direct Send (a key that names no run, with or without a colon) and of an Enqueue'd message, and a
+    complaint about a direct Send, each put the subject on hard-bounces or complaints and emit the email event; the next
+    marketing decision for a bounced subject is denied by suppression."""
+    c, port = cluster
+    await _publish(c)
+    await _signup(c, "dave", "first")  # consent, so that only the suppression can deny dave later
+    await _mail_to(c, "dave")
+    for key, subject in (("order-42:receipt", "dave"), ("receipt-43", "erin"), ("receipt-44", "gina")):
+        await c.connectors.Send(conn.SendRequest(message=email(key, address=f"{subject}@example.com", subject_id=subject)), metadata=MD)
+    template = journey_pb2.MessageTemplate(subject="Your invoice", text_body="Invoice attached.")
+    await c.orchestrator.Enqueue(orch.EnqueueRequest(subject_id="frank", request_id="invoice-7", rule_set="marketing-email",
+                                                     channel=messaging_pb2.CHANNEL_EMAIL, template=template, to="frank@example.com",
+                                                     category=messaging_pb2.MESSAGE_CATEGORY_TRANSACTIONAL), metadata=MD)
+    receipt, erin, gina, frank = [(await _mail_to(c, s, 2 if s == "dave" else 1))[-1] for s in ("dave", "erin", "gina", "frank")]
+    for mail in (receipt, erin, frank):
+        errors, _ = await aiosmtplib.send(dsn(message_id=str(mail["Message-ID"])), sender="mailer-daemon@mx.example.net",
+                                          recipients=["bounces@overture.test"], hostname="127.0.0.1", port=port)
+        assert not errors
+    report = arf().replace(b"<b406e4c4126c1b15421f1a917eaeb4fe@overture.test>", str(gina["Message-ID"]).encode())
+    await c.connectors.ReportEmailFeedback(conn.ReportEmailFeedbackRequest(raw_message=report), metadata=MD)
+    for subject, suppression in (("dave", "hard-bounces"), ("erin", "hard-bounces"), ("frank", "hard-bounces"), ("gina", "complaints")):
+        assert await eventually(lambda s=subject, name=suppression: _has(c, s, name), what=f"{subject} on {suppression}")  # type: ignore[misc]
+    bounced = await eventually(lambda: _bounce_event(c, "order-42:receipt"), what="dave's email.bounced")
+    assert (bounced.event_type, bounced.subject_id, bounced.attributes["bounce"]) == ("email.bounced", "dave", "hard")
+    gina_delivery = await c.connectors.GetDeliveryStatus(conn.GetDeliveryStatusRequest(idempotency_key="receipt-44"), metadata=MD)
+    assert gina_delivery.delivery.status == messaging_pb2.DELIVERY_STATUS_COMPLAINED
+    complained = await _event(c, f"delivery:{gina_delivery.delivery.delivery_id}:complained")
+    assert complained is not None and complained.event_type == "email.complained"
+    decision = (await c.rules.Evaluate(rules.EvaluateRequest(rule_set="marketing-email", subject_id="dave", channel=messaging_pb2.CHANNEL_EMAIL),
+                                       metadata=MD)).decision
+    denying = [(v.kind, v.id) for v in decision.verdicts if v.outcome == decision_pb2.VERDICT_OUTCOME_DENY]
+    assert denying == [(decision_pb2.VERDICT_KIND_SUPPRESSION, "hard-bounces")]

@@ -48,14 +48,19 @@ def _event(event_type: str, subject: str, event_id: str = "", **attributes: obje
     return event
 
 
-async def _send_tracked_welcome(c: Cluster) -> EmailMessage:
-    """Publish the tour with a tracked HTML welcome, sign alice up, and return her email."""
+async def _send_tracked_welcome(c: Cluster, *, footer: bool = False) -> EmailMessage:
+    """Publish the tour with a tracked HTML welcome (with an unsubscribe footer in both parts if *footer*), sign alice up,
+    and return her email."""
     name, spec = example_rule_set()
     created = await c.rules.CreateRuleSetVersion(rules.CreateRuleSetVersionRequest(rule_set=name, spec=spec, reason="t"), metadata=MD)
     await c.rules.ActivateRuleSetVersion(rules.ActivateRuleSetVersionRequest(
         rule_set=name, version=created.rule_set_version.version, reason="t"), metadata=MD)
     name, journey = example_journey()
     journey.templates["welcome"].html_body = '<html><body><p>Hi! <a href="https://example.com/start?ref=mail">Start</a></p></body></html>'
+    if footer:
+        journey.templates["welcome"].html_body = journey.templates["welcome"].html_body.replace(
+            "</body>", '<p><a href="{{ unsubscribe_url }}">Unsubscribe</a></p></body>')
+        journey.templates["welcome"].text_body += "\n\nUnsubscribe: {{ unsubscribe_url }}"
     journey.steps[0].send.track_opens = True
     journey.steps[0].send.track_clicks = True
     await c.orchestrator.PublishJourney(orch.PublishJourneyRequest(name=name, spec=journey, reason="t"), metadata=MD)
@@ -108,6 +113,22 @@ async def test_one_click_unsubscribe_revokes_consent_and_the_next_decision_denie
     assert not decision.allowed
     denying = [(v.kind, v.id) for v in decision.verdicts if v.outcome == decision_pb2.VERDICT_OUTCOME_DENY]
     assert denying == [(decision_pb2.VERDICT_KIND_CONSENT, "email/marketing")]
+
+
+async def test_the_unsubscribe_url_of_a_template_footer_is_the_one_click_link(cluster: Cluster) -> None:
+    """A journey whose template shows {{ unsubscribe_url }} publishes; the email's text and HTML footers carry the List-Unsubscribe
+    link itself (not a tracked one), and posting to the footer's link revokes the consent."""
+    c = cluster
+    mail = await _send_tracked_welcome(c, footer=True)
+    header = "".join(str(mail["List-Unsubscribe"]).split()).strip("<>")
+    text_part, html_part = mail.get_body(("plain",)), mail.get_body(("html",))
+    assert text_part is not None and html_part is not None
+    assert f"Unsubscribe: {header}" in str(text_part.get_content())  # type: ignore[attr-defined]
+    assert f'<a href="{header}">Unsubscribe</a>' in str(html_part.get_content())  # type: ignore[attr-defined]
+    async with httpx.AsyncClient() as http:
+        answer = await http.post(_local(header, c), content=b"List-Unsubscribe=One-Click",
+                                 headers={"content-type": "application/x-www-form-urlencoded"})
+    assert answer.status_code == 200 and not (await _decide(c)).allowed
 
 
 async def test_the_pixel_and_a_tracked_link_become_opened_and_clicked_events(cluster: Cluster) -> None:

@@ -15,8 +15,9 @@ from overture.connectors.v1 import (
     push_service_pb2,
     push_service_pb2_grpc,
 )
+from overture.ingest.v1 import ingest_service_pb2_grpc
 from overture.orchestrator.v1 import orchestrator_service_pb2_grpc
-from overture.rules.v1 import audit_service_pb2_grpc
+from overture.rules.v1 import audit_service_pb2_grpc, profile_service_pb2_grpc
 from overture_runtime import BaseApp
 from overture_runtime.audit_outbox import AuditForwarder
 from overture_runtime.clock import Clock
@@ -82,7 +83,9 @@ class ConnectorsApp(BaseApp):
         self.spawn("audit-outbox", lambda: self.audit.run(self.stopping))
         self.spawn("status-reports", lambda: self.reporter.run(self.stopping))
         self.feedback = FeedbackIntake(store=DeliveryStore(self.db), settings=self.settings,
-                                       orchestrator=orchestrator_service_pb2_grpc.OrchestratorServiceStub(self.channel("orchestrator")))
+                                       orchestrator=orchestrator_service_pb2_grpc.OrchestratorServiceStub(self.channel("orchestrator")),
+                                       profiles=profile_service_pb2_grpc.ProfileServiceStub(self.channel("rules")),
+                                       ingest=ingest_service_pb2_grpc.IngestServiceStub(self.channel("ingest")))
         self.feedback_smtp: FeedbackSmtpServer | None = None
         if self.settings.feedback_smtp_port >= 0:
             self.feedback_smtp = FeedbackSmtpServer(self.feedback, host=self.settings.host, port=self.settings.feedback_smtp_port)

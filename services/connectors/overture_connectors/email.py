@@ -99,10 +99,10 @@ class SmtpConnector:
         The unsubscribe headers, the tracking pixel and tracked links are
         added as configured (:mod:`.email_links`).
         """
-        extra = self._links.apply(message, now=self._clock.now()) if self._links else Additions({}, message.html_body)
+        extra = self._links.apply(message, now=self._clock.now()) if self._links else Additions({}, message.html_body, message.text_body)
         if not message.address.isascii():
             return self._build_utf8(message, extra)
-        mime: Message = _text(message.text_body or "", "plain")
+        mime: Message = _text(extra.text_body, "plain")
         if extra.html_body:
             alternatives = MIMEMultipart("alternative")
             alternatives.attach(mime)
@@ -134,7 +134,7 @@ class SmtpConnector:
         mime["X-Overture-Key"] = message.idempotency_key
         for name, value in extra.headers.items():
             mime[name] = value
-        mime.set_content(message.text_body or "")
+        mime.set_content(extra.text_body)
         if extra.html_body:
             mime.add_alternative(extra.html_body, subtype="html")
         return mime

@@ -1,6 +1,8 @@
 """What an email gains from Overture's links: the one-click unsubscribe
 headers (RFC 2369 ``List-Unsubscribe`` with RFC 8058
-``List-Unsubscribe-Post``), an open-tracking pixel, and tracked links.
+``List-Unsubscribe-Post``), the same link wherever a template wrote
+``{{ unsubscribe_url }}`` (a footer), an open-tracking pixel, and tracked
+links.
 
 Only the HTML part is tracked, as mail clients render only it: links in
 the text part stay as written (rewriting them would show long opaque URLs
@@ -20,8 +22,9 @@ from dataclasses import dataclass
 
 from overture.common.v1 import messaging_pb2
 from overture_runtime.links import Click, Links, Open, Unsubscribe
+from overture_runtime.templates import UNSUBSCRIBE_URL_MARKER
 
-from .plugin import OutboundMessage
+from .plugin import OutboundMessage, PermanentFailure
 
 __all__ = ["Additions", "EmailLinks", "rewrite_links"]
 
@@ -38,7 +41,9 @@ class Additions:
     headers: dict[str, str]
     """Headers to add (``List-Unsubscribe``, ``List-Unsubscribe-Post``)."""
     html_body: str
-    """The HTML part, with the pixel and tracked links when asked for."""
+    """The HTML part, with the pixel and tracked links when asked for, and ``{{ unsubscribe_url }}`` filled in."""
+    text_body: str = ""
+    """The text part, with ``{{ unsubscribe_url }}`` filled in."""
 
 
 class EmailLinks:
@@ -53,16 +58,26 @@ class EmailLinks:
         return self._links.enabled
 
     def apply(self, message: OutboundMessage, *, now: dt.datetime) -> Additions:
-        """The headers and HTML body of *message* with its links."""
+        """The headers, HTML and text bodies of *message* with its links. Raises :class:`PermanentFailure` when a
+        body shows ``{{ unsubscribe_url }}`` and no link can be made (no signing key, no subject)."""
         headers: dict[str, str] = {}
-        body = message.html_body
+        body, text = message.html_body, message.text_body
+        in_body = UNSUBSCRIBE_URL_MARKER in body or UNSUBSCRIBE_URL_MARKER in text
         if not self._links.enabled:
-            return Additions(headers, body)
+            if in_body:
+                raise PermanentFailure("the message shows {{ unsubscribe_url }}, but no signing key is configured (OVERTURE_SIGNING_KEYS)")
+            return Additions(headers, body, text)
         purpose = message.consent_purpose or ("marketing" if message.category != messaging_pb2.MESSAGE_CATEGORY_TRANSACTIONAL else "")
-        if purpose and message.subject_id:
-            url = self._links.unsubscribe_url(Unsubscribe(message.tenant, message.subject_id, "email", purpose, message.idempotency_key), now=now)
-            headers["List-Unsubscribe"] = f"<{url}>"
-            headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        url = ""
+        if (purpose or in_body) and message.subject_id:
+            # A transactional message may still show a link: it unsubscribes from marketing email.
+            unsubscribe = Unsubscribe(message.tenant, message.subject_id, "email", purpose or "marketing", message.idempotency_key)
+            url = self._links.unsubscribe_url(unsubscribe, now=now)
+            if purpose:
+                headers["List-Unsubscribe"] = f"<{url}>"
+                headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        elif in_body:
+            raise PermanentFailure("the message shows {{ unsubscribe_url }}, but has no subject to unsubscribe")
         if body and message.track_clicks:
             body = rewrite_links(body, lambda target: self._links.click_url(Click(message.tenant, message.idempotency_key, target), now=now))
         if body and message.track_opens:
@@ -71,7 +86,9 @@ class EmailLinks:
             ends = list(_BODY_END.finditer(body))
             at = ends[-1].start() if ends else len(body)
             body = body[:at] + pixel + body[at:]
-        return Additions(headers, body)
+        if in_body:  # last, so that click tracking leaves the unsubscribe link as it is
+            body, text = body.replace(UNSUBSCRIBE_URL_MARKER, html.escape(url)), text.replace(UNSUBSCRIBE_URL_MARKER, url)
+        return Additions(headers, body, text)
 
 
 def rewrite_links(body: str, tracked: Callable[[str], str]) -> str:

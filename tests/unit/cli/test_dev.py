@@ -78,3 +78,19 @@ def test_a_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.M
         write_dev_file(path, {"token": "new"})
     assert path.read_text() == '{"token": "old"}'
     assert [p.name for p in tmp_path.iterdir()] == ["dev.json"]
+
+
+def test_dev_configures_email_in_app_and_web_push_with_a_kept_vapid_key(tmp_path: Path) -> None:
+    """The dev providers (email, in-app, web push) pass the connectors service's start-up check, and the VAPID key
+    saved by the last run is used again (a new one only when none is kept), so browsers stay subscribed."""
+    from overture_connectors.registry import configure
+    from overture_runtime.config import Settings
+
+    key = dev.dev_vapid_key(tmp_path / "dev.json")
+    (tmp_path / "dev.json").write_text(json.dumps({"token": "t", "vapid_private_key": key}))
+    assert dev.dev_vapid_key(tmp_path / "dev.json") == key != dev.dev_vapid_key(tmp_path / "missing.json")
+    settings = Settings(database_url="sqlite+aiosqlite:///unused.db", redis_url="redis://127.0.0.1:1/0",  # type: ignore[call-arg]
+                        connector_providers=dev.dev_providers(key))
+    providers, routes = configure(settings)
+    assert [(p.config.name, p.config.kind) for p in providers] == [("smtp", "smtp"), ("in-app", "in_app"), ("web-push", "web_push")]
+    assert len(routes) == 3

@@ -4,6 +4,7 @@ pixel and tracked links (:mod:`overture_connectors.email_links`, :mod:`overture_
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import re
 from email import message_from_bytes
@@ -22,7 +23,7 @@ from overture_connectors.email import SmtpConnector
 from overture_connectors.email_links import EmailLinks, rewrite_links
 from overture_connectors.plugin import OutboundMessage
 from overture_runtime.clock import ManualClock
-from overture_runtime.links import Links
+from overture_runtime.links import Links, Unsubscribe
 from overture_runtime.sealing import Sealer
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
@@ -149,3 +150,40 @@ def test_a_bad_dkim_key_fails_at_start_up() -> None:
     """A key that is not a private key is refused when the signer is made."""
     with pytest.raises(ValueError, match="DKIM"):
         DkimSigner(private_key="not a key", selector="s", domain="overture.test")
+
+
+def test_unsubscribe_url_in_a_template_becomes_the_header_link_in_both_parts() -> None:
+    """``{{ unsubscribe_url }}`` rendered in the shared sandboxes (and accepted by the template check) becomes, in the text and
+    HTML parts, the very link of List-Unsubscribe, untouched by click tracking; it opens to the subject's email/marketing consent."""
+    from overture_runtime.templates import check_template, html_environment, text_environment
+
+    text_source, html_source = "Hi!\nUnsubscribe: {{ unsubscribe_url }}", '<html><body><a href="{{ unsubscribe_url }}">Unsubscribe</a></body></html>'
+    assert check_template(text_source) == [] and check_template(html_source, environment=html_environment) == []
+    message = outbound(text_body=text_environment.from_string(text_source).render(),
+                       html_body=html_environment.from_string(html_source).render(), track_clicks=True)
+    mail = parsed(connector().payload(message))
+    header = "".join(str(mail["List-Unsubscribe"]).split()).strip("<>")
+    text_part, html_part = mail.get_body(("plain",)), mail.get_body(("html",))
+    assert text_part is not None and html_part is not None
+    assert f"Unsubscribe: {header}" in str(text_part.get_content())  # type: ignore[attr-defined]
+    assert f'<a href="{header}">Unsubscribe</a>' in str(html_part.get_content())  # type: ignore[attr-defined]
+    token = header.rsplit("/", 1)[1]
+    assert LINKS.read_unsubscribe(token, now=NOW) == Unsubscribe("acme", "alice", "email", "marketing", "run-1:send")
+
+
+def test_a_transactional_footer_link_unsubscribes_from_marketing_and_no_key_fails_the_message() -> None:
+    """A transactional message gets no List-Unsubscribe, but a footer link it shows revokes marketing email; without a
+    signing key (or a subject) a message showing the link is refused for good instead of going out with a dead link."""
+    from overture_connectors.plugin import PermanentFailure
+    from overture_runtime.templates import UNSUBSCRIBE_URL_MARKER
+
+    receipt = outbound(category=messaging_pb2.MESSAGE_CATEGORY_TRANSACTIONAL, html_body="", text_body=f"Receipt. {UNSUBSCRIBE_URL_MARKER}")
+    mail = parsed(connector().payload(receipt))
+    assert mail["List-Unsubscribe"] is None
+    url = str(mail.get_content()).split("Receipt. ", 1)[1].strip()  # type: ignore[attr-defined]
+    assert LINKS.read_unsubscribe(url.rsplit("/", 1)[1], now=NOW).purpose == "marketing"
+    unkeyed = SmtpConnector(host="127.0.0.1", port=1, sender="Overture <no-reply@overture.test>", links=EmailLinks(Links(Sealer([]), "")),
+                            clock=ManualClock(NOW))
+    for connector_, message in ((unkeyed, receipt), (connector(), dataclasses.replace(receipt, subject_id=""))):
+        with pytest.raises(PermanentFailure, match="unsubscribe_url"):
+            connector_.payload(message)
