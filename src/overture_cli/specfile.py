@@ -36,7 +36,7 @@ from .output import Problem
 __all__ = ["SpecFile", "SpecFileError", "load_spec", "read_spec"]
 
 _M = TypeVar("_M", bound=Message)
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_DURATION = re.compile(r"(-?\d+(?:\.\d+)?)([smhd])")  # negative for an offset before a time (a trait date's)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _NULL = "tag:yaml.org,2002:null"
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -282,7 +282,7 @@ class _Reader:
             return self.add(node, at, f"expected a duration such as 30s, 15m, 2h or 7d, got {_kind(node)}")
         match = _DURATION.fullmatch(node.value.strip())
         if not match:
-            unitless = re.fullmatch(r"\d+(?:\.\d+)?", node.value.strip())
+            unitless = re.fullmatch(r"-?\d+(?:\.\d+)?", node.value.strip())
             why = "needs a unit" if unitless else "is not a duration"
             return self.add(node, at, f"{node.value!r} {why}: write it as a number and s, m, h or d, for example 30s, 15m, 2h or 7d")
         seconds = Decimal(match.group(1)) * _UNITS[match.group(2)]

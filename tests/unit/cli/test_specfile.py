@@ -157,6 +157,14 @@ def test_duration_keeps_its_precision(tmp_path: Path) -> None:
     assert delay_of(tmp_path, "100000.5s") == dt.timedelta(seconds=100000, milliseconds=500)
 
 
+@pytest.mark.parametrize(("offset", "expected"), [("-7d", -dt.timedelta(days=7)), ("-1.5h", -dt.timedelta(minutes=90)), ("3d", dt.timedelta(days=3))])
+def test_an_offset_may_be_negative(tmp_path: Path, offset: str, expected: dt.timedelta) -> None:
+    """A duration may carry a minus sign: a trait date's offset of `-7d` is a week before the date."""
+    path = write(tmp_path, f"name: j\nsteps:\n  - id: wait\n    delay: {{until_trait: {{trait: renewal_date, offset: {offset}}}}}\n")
+    _, spec = load_spec(path, J.JourneySpec)
+    assert spec.steps[0].delay.until_trait.offset.ToTimedelta() == expected
+
+
 def test_duration_without_unit_is_an_error(tmp_path: Path) -> None:
     """A bare number as a duration is a SpecFileError: the unit is required."""
     with pytest.raises(SpecFileError):

@@ -63,6 +63,27 @@ def test_the_longest_duration_is_accepted() -> None:
     edge.check_request(request)
 
 
+@pytest.mark.parametrize(("seconds", "nanos"), [(-7 * 86_400, 0), (-1, -5), (0, -5), (-edge._DURATION_MAX, 0), (edge._DURATION_MAX, 0)])
+def test_a_signed_duration_may_be_negative(seconds: int, nanos: int) -> None:
+    """A Duration field marked signed (a trait date's offset: 7 days before `renewal_date`) passes from minus to plus DURATION_MAX."""
+    request = orchestrator_service_pb2.PublishJourneyRequest(name="renewal", reason="r")
+    offset = request.spec.steps.add(id="wait").delay.until_trait.offset
+    offset.seconds, offset.nanos = seconds, nanos
+    edge.check_request(request)
+
+
+@pytest.mark.parametrize(("seconds", "nanos", "reason"), [
+    (-edge._DURATION_MAX, -1, "OUT_OF_RANGE"), (-edge._DURATION_MAX - 1, 0, "OUT_OF_RANGE"), (-(2**63), 0, "OUT_OF_RANGE"),
+    (-1, 5, "INVALID_DURATION"), (0, -1_000_000_000, "INVALID_DURATION"),
+])
+def test_a_signed_duration_is_bounded_both_ways(seconds: int, nanos: int, reason: str) -> None:
+    """A signed Duration past minus DURATION_MAX, or with mixed signs, is still a violation at its field."""
+    request = orchestrator_service_pb2.PublishJourneyRequest(name="renewal", reason="r")
+    offset = request.spec.steps.add(id="wait").delay.until_trait.offset
+    offset.seconds, offset.nanos = seconds, nanos
+    assert _reasons(request) == {"spec.steps[0].delay.until_trait.offset": reason}
+
+
 @pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_numbers_in_structs_name_their_path(number: float) -> None:
     """NaN or Infinity anywhere in a Struct is NOT_FINITE at its exact path."""
@@ -230,4 +251,14 @@ def test_the_fast_walk_agrees_at_the_duration_limits(seconds: int, nanos: int) -
 def test_the_fast_walk_agrees_on_string_limits(length: int, text: str) -> None:
     """Around an id's length limit, with ASCII, other Unicode, astral characters or NUL, the fast check and the full walk agree."""
     request = rules_service_pb2.EvaluateRequest(rule_set="r", subject_id=(text * length)[:length])
+    assert edge._ok(request, True, 0) == (not list(edge._message(request, "", skip_items=True)))
+
+
+@pytest.mark.parametrize("seconds", [-edge._DURATION_MAX - 1, -edge._DURATION_MAX, -1, 0, edge._DURATION_MAX, edge._DURATION_MAX + 1])
+@pytest.mark.parametrize("nanos", [-1_000_000_000, -1, 0, 1, 1_000_000_000])
+def test_the_fast_walk_agrees_at_the_signed_duration_limits(seconds: int, nanos: int) -> None:
+    """Around both ends of a signed Duration, the fast check and the full walk agree."""
+    request = orchestrator_service_pb2.PublishJourneyRequest(name="renewal", reason="r")
+    offset = request.spec.steps.add(id="wait").delay.until_trait.offset
+    offset.seconds, offset.nanos = seconds, nanos
     assert edge._ok(request, True, 0) == (not list(edge._message(request, "", skip_items=True)))

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#overture/common/v1/validation.proto\x12\x12overture.common.v1\x1a google/protobuf/descriptor.proto:1\n\x08per_item\x12\x1d.google.protobuf.FieldOptions\x18\xd2\x86\x03 \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#overture/common/v1/validation.proto\x12\x12overture.common.v1\x1a google/protobuf/descriptor.proto:1\n\x08per_item\x12\x1d.google.protobuf.FieldOptions\x18\xd2\x86\x03 \x01(\x08:/\n\x06signed\x12\x1d.google.protobuf.FieldOptions\x18\xd3\x86\x03 \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)

@@ -11,8 +11,13 @@ import builtins as _builtins
 DESCRIPTOR: _descriptor.FileDescriptor
 
 PER_ITEM_FIELD_NUMBER: _builtins.int
+SIGNED_FIELD_NUMBER: _builtins.int
 per_item: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, _builtins.bool]
 """The items of this repeated field are answered one by one: an item that
 fails the edge checks is rejected in its own result, with its field
 violations, and never fails the other items of the batch.
+"""
+signed: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, _builtins.bool]
+"""This Duration field may be negative (an offset before a point in time),
+down to minus the longest duration.
 """
