@@ -45,7 +45,7 @@ from .work import Outcome, Work
 __all__ = ["Executor"]
 
 log = structlog.get_logger("overture.orchestrator")
-_PROFILE_KINDS = frozenset({"send", "notify", "condition", "multi_split", "wait_until", "approval", "update_profile"})
+_PROFILE_KINDS = frozenset({"send", "notify", "webhook", "condition", "multi_split", "wait_until", "approval", "update_profile"})
 """Step kinds that read the subject's profile (delays only when they wait until a local time or a trait date)."""
 _NO_PROFILE: dict[str, Any] = {"traits": {}, "segments": [], "timezone": "", "tags": [], "subject_id": ""}
 
@@ -98,7 +98,7 @@ class Executor:
                 if not self._bounds(token, step):
                     continue
                 kind = step.WhichOneof("kind")
-                if kind in ("send", "notify"):
+                if kind in ("send", "notify", "webhook"):
                     if kind == "send" and token.work.holdout:
                         self._steps.complete(token, step, StepState.SKIPPED, step.next, "holdout: not sent")
                     else:

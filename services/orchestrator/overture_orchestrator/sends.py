@@ -39,7 +39,7 @@ from overture_runtime.templates import event_scope, run_scope, template_scope
 from .calls import Transient, call
 from .contexts import steps_of
 from .model import StepState
-from .rendering import RenderError, message_of, render_message, render_value
+from .rendering import RenderError, message_of, render_message, render_text, render_value
 from .tokens import Steps, Token
 
 __all__ = ["Sender"]
@@ -82,7 +82,8 @@ class Sender:
         for token in tokens:
             prepared = self._render(token, profiles[(token.work.tenant, token.work.subject_id)])
             if prepared is not None:
-                (notify if token.step.WhichOneof("kind") == "notify" else decide).setdefault(token.work.tenant, []).append(prepared)
+                kind = token.step.WhichOneof("kind")
+                (decide if kind == "send" else notify).setdefault(token.work.tenant, []).append(prepared)
         for tenant, group in decide.items():
             for start in range(0, len(group), _EVALUATE_CHUNK):
                 await self._decide_and_deliver(tenant, group[start:start + _EVALUATE_CHUNK])
@@ -99,8 +100,12 @@ class Sender:
         assert token.journey is not None
         scope = template_scope(profile=profile, event=event_scope(work.trigger_event),
                                run=run_scope(run_id=work.run_id, journey=work.journey, step_id=step.id), steps=steps_of(work.context))
-        template, to = message_of(step)
         try:
+            if step.WhichOneof("kind") == "webhook":
+                url = render_text(step.webhook.url, scope, where=f"the URL of step {step.id!r}")
+                body = render_value(struct_to_dict(step.webhook.body), scope, where=f"the body of step {step.id!r}")
+                return _Send(token, {"to": url, "subject": "", "text_body": "", "html_body": ""}, url, body)
+            template, to = message_of(step)
             rendered = render_message(token.journey.templates, template, to, scope, step_id=step.id)
             data = render_value(struct_to_dict(token.journey.spec.templates[template].data), scope, where=f"template {template!r} data")
         except RenderError as error:
@@ -203,11 +208,8 @@ class Sender:
             else:
                 name = messaging_pb2.DeliveryStatus.Name(result.status).removeprefix("DELIVERY_STATUS_").lower()
                 token.effects.actions += 1
-                template, _ = message_of(step)
                 self._steps.complete(token, step, StepState.COMPLETED, step.next, "sent" if name == "sent" else f"delivery {name}",
-                                     delivery_id=result.delivery_id, detail={"input": {
-                                         "channel": messaging_pb2.Channel.Name(s_channel(step)).removeprefix("CHANNEL_").lower(),
-                                         "template": template, "to": mask(s.address)}})
+                                     delivery_id=result.delivery_id, detail=_detail(s, result))
         await self._release(tenant, releases)
 
     async def _send_batch(self, tenant: str, messages: Sequence[delivery_pb2.Message]) -> list[Any]:
@@ -223,8 +225,33 @@ class Sender:
 
 
 def s_channel(step: journey_pb2.Step) -> messaging_pb2.Channel.ValueType:
-    """The channel of a send or notify step."""
-    return step.notify.channel if step.WhichOneof("kind") == "notify" else step.send.channel
+    """The channel of a send, notify or webhook step."""
+    kind = step.WhichOneof("kind")
+    if kind == "webhook":
+        return messaging_pb2.CHANNEL_WEBHOOK
+    return step.notify.channel if kind == "notify" else step.send.channel
+
+
+def _detail(s: _Send, delivery: Any) -> dict[str, Any]:
+    """What a delivered step read and produced, masked, for the run's timeline; a kept response goes to the run's context."""
+    step = s.token.step
+    channel = messaging_pb2.Channel.Name(s_channel(step)).removeprefix("CHANNEL_").lower()
+    if step.WhichOneof("kind") == "webhook":
+        output: dict[str, Any] = {}
+        if delivery.HasField("response"):
+            response = struct_to_dict(delivery.response)
+            key = f"{step.id}.response"
+            s.token.effects.context[key] = s.token.work.context[key] = response
+            output["status"] = response.get("status")
+        return {"input": {"channel": channel, "url": mask_url(s.address)}, "output": output}
+    template, _ = message_of(step)
+    return {"input": {"channel": channel, "template": template, "to": mask(s.address)}}
+
+
+def mask_url(url: str) -> str:
+    """A URL's scheme and host only: paths and queries may carry tokens or personal data."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0].split('?', 1)[0]}/..." if rest else mask(url)
 
 
 def _message(s: _Send) -> delivery_pb2.Message:
@@ -233,6 +260,12 @@ def _message(s: _Send) -> delivery_pb2.Message:
     content = delivery_pb2.MessageContent(subject=s.rendered["subject"], text_body=s.rendered["text_body"],
                                           html_body=s.rendered["html_body"], data=struct_from_dict(s.data) if s.data else None)
     metadata = {"run_id": work.run_id, "journey": work.journey, "step_id": step.id}
+    if step.WhichOneof("kind") == "webhook":
+        return delivery_pb2.Message(
+            idempotency_key=f"{work.run_id}:{step.id}", channel=messaging_pb2.CHANNEL_WEBHOOK, subject_id=work.subject_id,
+            address=step.id, content=delivery_pb2.MessageContent(data=struct_from_dict(s.data)),
+            category=messaging_pb2.MESSAGE_CATEGORY_TRANSACTIONAL, metadata=metadata,
+            webhook=delivery_pb2.WebhookOptions(url=s.address, keep_response=step.webhook.keep_response, data_as_body=True))
     if step.WhichOneof("kind") == "notify":
         notify = step.notify
         if notify.task:

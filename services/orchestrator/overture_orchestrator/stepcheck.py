@@ -27,7 +27,7 @@ from .nodes import WEEKDAYS
 __all__ = ["SUPPORTED_STEPS", "Compiler"]
 
 SUPPORTED_STEPS = frozenset({"send", "condition", "multi_split", "split", "delay", "wait_for_event", "wait_until", "approval",
-                             "update_profile", "notify", "parallel", "join", "exit"})
+                             "update_profile", "notify", "webhook", "parallel", "join", "exit"})
 """Step kinds this release runs; the others are part of the contract, not built yet."""
 MAX_WAIT = dt.timedelta(days=90)
 """The longest delay or wait a step may take."""
@@ -122,6 +122,15 @@ class Compiler:
         self._inline(f"{where}.to", notify.to, f"the address of step {step.id!r}")
         if notify.assignee and not notify.task:
             self._v.add(f"{where}.assignee", "an assignee needs task: true", "ASSIGNEE_WITHOUT_TASK")
+
+    def _webhook(self, where: str, step: journey_pb2.Step) -> None:
+        webhook = step.webhook
+        if not webhook.url:
+            self._v.add(f"{where}.url", "url is required", "REQUIRED")
+        elif not webhook.url.startswith(("https://", "http://", "{{")):
+            self._v.add(f"{where}.url", "url must be an http(s) URL (or a template giving one)", "INVALID_URL")
+        self._inline(f"{where}.url", webhook.url, f"the URL of step {step.id!r}")
+        self._inline_struct(f"{where}.body", struct_to_dict(webhook.body), f"the body of step {step.id!r}")
 
     def _condition(self, where: str, step: journey_pb2.Step) -> None:
         self._expression(f"{where}.expression", step.id, step.condition.expression)

@@ -30,11 +30,21 @@ def test_a_step_needs_a_kind() -> None:
     assert problems(J.Step(id="empty")) == {("spec.steps[0]", "REQUIRED")}
 
 
-def test_kinds_not_built_are_unsupported() -> None:
-    """Every kind of the contract runs but webhook, which is UNSUPPORTED at its kind's field."""
+def test_every_kind_of_the_contract_runs() -> None:
+    """Every step kind of the contract is one this release runs."""
     kinds = {f.name for f in J.Step.DESCRIPTOR.oneofs_by_name["kind"].fields}
-    assert kinds - SUPPORTED_STEPS == {"webhook"}
-    assert problems(step("call", webhook=J.WebhookStep(url="https://example.com"))) == {("spec.steps[0].webhook", "UNSUPPORTED")}
+    assert kinds == SUPPORTED_STEPS
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("https://crm.example.com/hooks/{{ profile.subject_id }}", set()),
+    ("", {("spec.steps[0].webhook.url", "REQUIRED")}),
+    ("ftp://crm.example.com", {("spec.steps[0].webhook.url", "INVALID_URL")}),
+    ("https://crm.example.com/{{ profile.trait.id }}", {("spec.steps[0].webhook.url", "UNKNOWN_TEMPLATE_VARIABLE")}),
+])
+def test_a_webhook_step_needs_an_http_url_whose_template_can_render(url: str, expected: set[tuple[str, str]]) -> None:
+    """A webhook step's URL is required, http(s), and reads only names that can exist; its body strings are templates too."""
+    assert problems(step("call", webhook=J.WebhookStep(url=url))) == expected
 
 
 @pytest.mark.parametrize(("visits", "expected"), [(0, set()), (1000, set()), (-1, {("spec.steps[0].max_visits", "OUT_OF_RANGE")}),
