@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from types import SimpleNamespace
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from overture.rules.v1 import audit_event_pb2, rule_set_pb2
 from overture_runtime.clock import Clock
 from overture_runtime.db import Database
 from overture_runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
-from overture_runtime.protojson import canonical_json, digest, from_json
+from overture_runtime.protojson import from_json
+from overture_runtime.versioned import Publication, VersionedSpecs, VersionedTables
 
 from . import audit
 from .compiler import CompiledRuleSet, compile_rule_set
@@ -37,12 +36,17 @@ class RuleSetStore:
         self._active_ttl = active_ttl
         self._active: dict[tuple[str, str], tuple[int, float]] = {}
         self._compiled: OrderedDict[tuple[str, str, int], tuple[CompiledRuleSet, rule_set_pb2.RuleSetVersion]] = OrderedDict()
+        # A concurrent create that took the number, or an audit append that
+        # lost the race for the tenant's next sequence, starts the create again.
+        self._specs = VersionedSpecs(db, VersionedTables(head=rule_sets, versions=rule_set_versions, key="rule_set",
+                                                         parent="parent_version"), what="rule set", retry_on=(audit.ConcurrentAppend,))
 
     async def create_version(
         self, *, tenant: str, name: str, spec: rule_set_pb2.RuleSetSpec, reason: str, parent_version: int, author: str
     ) -> tuple[rule_set_pb2.RuleSetVersion, bool]:
-        """Validate, test and store a new version. Returns it and whether the
-        content was unchanged (in which case the latest version is returned)."""
+        """Validate, test and store a new version (:mod:`overture_runtime.versioned`).
+        Returns it and whether the content was unchanged (in which case the
+        latest version is returned)."""
         compiled, problems = compile_rule_set(spec)
         if problems:
             raise InvalidArgument(f"the rule set is invalid: {problems[0].description}", violations=problems)
@@ -50,47 +54,31 @@ class RuleSetStore:
         failures = run_test_cases(compiled)
         if failures:
             raise InvalidArgument(f"a test case failed: {failures[0].description}", violations=failures, reason="TEST_CASE_FAILED")
-        spec_digest = digest(spec)
         now = self._clock.now()
-        for _ in range(5):
-            try:
-                async with self._db.begin() as conn:
-                    head = (await conn.execute(self._head(tenant, name, lock=True))).first()
-                    latest = head.latest_version if head else 0
-                    if parent_version and parent_version != latest:
-                        raise FailedPrecondition(
-                            f"parent_version {parent_version} is not the latest version ({latest}) of {name!r}",
-                            reason="STALE_PARENT_VERSION",
-                        )
-                    if head is not None:
-                        row = (await conn.execute(self._version_query(tenant, name, latest))).one()
-                        if row.digest == spec_digest:
-                            return self._to_proto(row, active=head.active_version == latest), True
-                    version = latest + 1
-                    values: dict[str, Any] = dict(
-                        tenant=tenant, rule_set=name, version=version, digest=spec_digest, spec=canonical_json(spec),
-                        author=author, reason=reason, parent_version=latest, create_time=now,
-                    )
-                    await conn.execute(rule_set_versions.insert().values(**values))
-                    if head is None:
-                        await conn.execute(rule_sets.insert().values(
-                            tenant=tenant, name=name, latest_version=version, active_version=None,
-                            create_time=now, update_time=now))
-                    else:
-                        await conn.execute(rule_sets.update().where(
-                            (rule_sets.c.tenant == tenant) & (rule_sets.c.name == name)
-                        ).values(latest_version=version, update_time=now))
-                    await audit.append(
-                        conn, tenant=tenant, action=audit_event_pb2.AUDIT_ACTION_RULE_SET_VERSION_CREATED, actor=author,
-                        time=now, reason=reason, target=f"rule_set/{name}/{version}",
-                        details={"digest": spec_digest, "parent_version": latest},
-                    )
-                created = self._to_proto(SimpleNamespace(**values), active=False)
-                self._remember(tenant, name, created, compiled)
-                return created, False
-            except (IntegrityError, audit.ConcurrentAppend):
-                continue  # a concurrent create took the number; read the head again
-        raise FailedPrecondition("the rule set is changing too fast; retry", reason="CONTENTION")
+
+        def check(head: Any) -> None:
+            latest = head.latest_version if head is not None else 0
+            if parent_version and parent_version != latest:
+                raise FailedPrecondition(
+                    f"parent_version {parent_version} is not the latest version ({latest}) of {name!r}",
+                    reason="STALE_PARENT_VERSION",
+                )
+
+        async def audited(conn: AsyncConnection, published: Publication) -> None:
+            await audit.append(
+                conn, tenant=tenant, action=audit_event_pb2.AUDIT_ACTION_RULE_SET_VERSION_CREATED, actor=author,
+                time=now, reason=reason, target=f"rule_set/{name}/{published.version.version}",
+                details={"digest": published.version.digest, "parent_version": published.previous},
+            )
+
+        published = await self._specs.publish(tenant=tenant, name=name, spec=spec, author=author, reason=reason, now=now,
+                                              check=check, on_created=audited)
+        if not published.created:
+            assert published.head is not None  # only an existing rule set can be unchanged
+            return self._to_proto(published.version, active=published.head.active_version == published.version.version), True
+        created = self._to_proto(published.version, active=False)
+        self._remember(tenant, name, created, compiled)
+        return created, False
 
     async def activate(self, *, tenant: str, name: str, version: int, reason: str, actor: str) -> tuple[rule_set_pb2.RuleSetVersion, int]:
         """Make *version* active; returns it and the previously active version."""
@@ -98,10 +86,10 @@ class RuleSetStore:
         for _ in range(5):
             try:
                 async with self._db.begin() as conn:
-                    head = (await conn.execute(self._head(tenant, name, lock=True))).first()
+                    head = await self._specs.head(conn, tenant, name, lock=True)
                     if head is None:
                         raise NotFound(f"rule set {name!r} does not exist", reason="RULE_SET_NOT_FOUND")
-                    row = (await conn.execute(self._version_query(tenant, name, version))).first()
+                    row = await self._specs.version(conn, tenant, name, version)
                     if row is None:
                         raise NotFound(f"rule set {name!r} has no version {version}", reason="VERSION_NOT_FOUND")
                     previous = head.active_version or 0
@@ -125,29 +113,25 @@ class RuleSetStore:
     async def get(self, *, tenant: str, name: str, version: int = 0) -> rule_set_pb2.RuleSetVersion:
         """A version, or the active one when *version* is 0."""
         async with self._db.connect() as conn:
-            head = (await conn.execute(self._head(tenant, name))).first()
+            head = await self._specs.head(conn, tenant, name)
             if head is None:
                 raise NotFound(f"rule set {name!r} does not exist", reason="RULE_SET_NOT_FOUND")
             if not version:
                 if head.active_version is None:
                     raise FailedPrecondition(f"rule set {name!r} has no active version; activate one", reason="NO_ACTIVE_VERSION")
                 version = head.active_version
-            row = (await conn.execute(self._version_query(tenant, name, version))).first()
+            row = await self._specs.version(conn, tenant, name, version)
             if row is None:
                 raise NotFound(f"rule set {name!r} has no version {version}", reason="VERSION_NOT_FOUND")
             return self._to_proto(row, active=head.active_version == version)
 
     async def list_versions(self, *, tenant: str, name: str, limit: int, before: int | None) -> list[rule_set_pb2.RuleSetVersion]:
         """Versions newest first, below *before* when given."""
-        t = rule_set_versions
         async with self._db.connect() as conn:
-            head = (await conn.execute(self._head(tenant, name))).first()
+            head = await self._specs.head(conn, tenant, name)
             if head is None:
                 raise NotFound(f"rule set {name!r} does not exist", reason="RULE_SET_NOT_FOUND")
-            query = sa.select(t).where((t.c.tenant == tenant) & (t.c.rule_set == name))
-            if before is not None:
-                query = query.where(t.c.version < before)
-            rows = (await conn.execute(query.order_by(t.c.version.desc()).limit(limit))).all()
+            rows = await self._specs.versions(conn, tenant, name, limit=limit, before=before)
         return [self._to_proto(r, active=head.active_version == r.version, with_tests=False) for r in rows]
 
     async def compiled(self, *, tenant: str, name: str, version: int = 0) -> tuple[CompiledRuleSet, rule_set_pb2.RuleSetVersion]:
@@ -176,7 +160,7 @@ class RuleSetStore:
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
         async with self._db.connect() as conn:
-            head = (await conn.execute(self._head(tenant, name))).first()
+            head = await self._specs.head(conn, tenant, name)
         if head is None:
             raise NotFound(f"rule set {name!r} does not exist", reason="RULE_SET_NOT_FOUND")
         if head.active_version is None:
@@ -198,16 +182,6 @@ class RuleSetStore:
         self._compiled[(tenant, name, record.version)] = (compiled, record)
         while len(self._compiled) > _CACHE_SIZE:
             self._compiled.popitem(last=False)
-
-    @staticmethod
-    def _head(tenant: str, name: str, *, lock: bool = False) -> Any:
-        query = sa.select(rule_sets).where((rule_sets.c.tenant == tenant) & (rule_sets.c.name == name))
-        return query.with_for_update() if lock else query
-
-    @staticmethod
-    def _version_query(tenant: str, name: str, version: int) -> Any:
-        t = rule_set_versions
-        return sa.select(t).where((t.c.tenant == tenant) & (t.c.rule_set == name) & (t.c.version == version))
 
     @staticmethod
     def _to_proto(row: Any, *, active: bool, with_tests: bool = True) -> rule_set_pb2.RuleSetVersion:
