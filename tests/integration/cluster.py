@@ -20,6 +20,7 @@ from overture_connectors import ConnectorsApp
 from overture_ingest import IngestApp
 from overture_orchestrator import OrchestratorApp
 from overture_rules import RulesApp
+from overture_runtime.clock import Clock
 from overture_runtime.config import Settings
 from overture_runtime.testing import free_port, serving
 
@@ -43,11 +44,13 @@ class Cluster:
 
 @contextlib.asynccontextmanager
 async def running_cluster(
-    make_settings: Callable[..., Settings], mail_dir: Path, *, mail_up: bool = True, **ingest_overrides: Any,
+    make_settings: Callable[..., Settings], mail_dir: Path, *, mail_up: bool = True, orchestrator_clock: Clock | None = None,
+    **ingest_overrides: Any,
 ) -> AsyncIterator[Cluster]:
-    """Start rules and connectors, then the orchestrator, then ingest. With
-    *mail_up* false the SMTP sink's port is chosen but nothing listens yet
-    (``cluster.mail.start()`` brings it up)."""
+    """Start rules and connectors, then the orchestrator (on *orchestrator_clock*
+    when given, for timers), then ingest. With *mail_up* false the SMTP
+    sink's port is chosen but nothing listens yet (``cluster.mail.start()``
+    brings it up)."""
     sink = MailSink(mail_dir, announce=lambda _: None)
     if mail_up:
         sink.start()
@@ -62,7 +65,7 @@ async def running_cluster(
             apps["connectors"] = ConnectorsApp(known)
             connectors = await stack.enter_async_context(serving(apps["connectors"], known))
             linked = known.model_copy(update={"connectors_address": connectors})
-            apps["orchestrator"] = OrchestratorApp(linked)
+            apps["orchestrator"] = OrchestratorApp(linked, clock=orchestrator_clock)
             orchestrator = await stack.enter_async_context(serving(apps["orchestrator"], linked, port=orchestrator_port))
             linked = linked.model_copy(update={"orchestrator_address": orchestrator, "ingest_http_port": 0, **ingest_overrides})
             ingest_app = apps["ingest"] = IngestApp(linked)

@@ -23,12 +23,14 @@ from .audit_outbox import AuditForwarder
 from .backlog import Backlog
 from .consumer import EventConsumer
 from .deadletters import DeadLetters
+from .drafts import Drafts
 from .entry import EntryGate
 from .executor import Executor
 from .feedback import DeliveryFeedback
 from .goals import Goals
 from .inactivity import Inactivity
 from .journeys import JourneyStore
+from .migrator import RunMigrator
 from .preview import Previewer
 from .profiles import ProfileReader
 from .references import RuleSetCheck
@@ -105,7 +107,9 @@ class OrchestratorApp(BaseApp):
                                  idempotency=Idempotency(self.db, idempotency, self.clock), feedback=self.feedback,
                                  retrier=Retrier(runs=self.runs, journeys=self.journeys), audited=self.audit.after_commit,
                                  previewer=Previewer(journeys=self.journeys, references=self.references, profile_of=self.profiles.profile_of),
-                                 dead_letters=self.dead_letters, approvals=Approvals(self.db, self.clock, self.ids), stats=self._stats),
+                                 dead_letters=self.dead_letters, approvals=Approvals(self.db, self.clock, self.ids), stats=self._stats,
+                                 drafts=Drafts(self.db, self.clock, references=self.references.check),
+                                 migrator=RunMigrator(self.db, self.clock, self.ids, journeys=self.journeys)),
             server,
         )
 

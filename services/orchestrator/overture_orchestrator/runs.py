@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from overture.common.v1 import event_pb2
 from overture.orchestrator.v1 import run_pb2
@@ -194,7 +195,8 @@ class RunStore:
                 key & runs.c.state.in_(_LIVE)).with_for_update())).first()
             if row is None:
                 return False
-            await conn.execute(runs.update().where(key).values(state=RunState.CANCELLED.value, current_step="", update_time=now))
+            await conn.execute(runs.update().where(key).values(state=RunState.CANCELLED.value, current_step="", update_time=now,
+                                                              cancel_reason=reason))
             left = (await conn.execute(tokens.delete().where((tokens.c.tenant == tenant) & (tokens.c.run_id == run_id))
                                        .returning(tokens.c.node, tokens.c.state))).all()
             await conn.execute(waits.delete().where((waits.c.tenant == tenant) & (waits.c.run_id == run_id)))
@@ -205,16 +207,19 @@ class RunStore:
                         details={"journey": row.journey, "journey_version": row.journey_version, "step_id": row.current_step})
         return True
 
-    async def cancel_journey(self, tenant: str, journey: str) -> int:
-        """Cancel the journey's live runs (it was paused or archived): their
-        timers never fire. Returns how many."""
+    async def cancel_journey(self, tenant: str, journey: str, *, reason: str = "", conn: AsyncConnection | None = None) -> int:
+        """Cancel the journey's live runs (it was paused or archived) with
+        *reason*, kept on each run: their timers never fire. In *conn*'s
+        transaction when given. Returns how many."""
+        if conn is None:
+            async with self._db.begin() as own:
+                return await self.cancel_journey(tenant, journey, reason=reason, conn=own)
         now = self._clock.now()
-        async with self._db.begin() as conn:
-            live = sa.select(runs.c.run_id).where((runs.c.tenant == tenant) & (runs.c.journey == journey) & runs.c.state.in_(_LIVE))
-            await conn.execute(tokens.delete().where((tokens.c.tenant == tenant) & tokens.c.run_id.in_(live)))
-            result = await conn.execute(runs.update().where(
-                (runs.c.tenant == tenant) & (runs.c.journey == journey) & runs.c.state.in_(_LIVE)
-            ).values(state=RunState.CANCELLED.value, current_step="", update_time=now))
+        live = sa.select(runs.c.run_id).where((runs.c.tenant == tenant) & (runs.c.journey == journey) & runs.c.state.in_(_LIVE))
+        await conn.execute(tokens.delete().where((tokens.c.tenant == tenant) & tokens.c.run_id.in_(live)))
+        result = await conn.execute(runs.update().where(
+            (runs.c.tenant == tenant) & (runs.c.journey == journey) & runs.c.state.in_(_LIVE)
+        ).values(state=RunState.CANCELLED.value, current_step="", update_time=now, cancel_reason=reason))
         return int(result.rowcount)
 
     async def retry(

@@ -25,8 +25,11 @@ from overture_runtime.validation import (
 from .approvals import Approvals
 from .catalogue import step_types
 from .deadletters import DeadLetters, PoisonEntry
+from .drafts import Drafts
 from .feedback import DeliveryFeedback
 from .journeys import JourneyStore
+from .lifecycle import LifecycleRpcs
+from .migrator import RunMigrator
 from .preview import Previewer
 from .retries import Retrier
 from .runs import RetryRefusal, RunStore
@@ -47,16 +50,19 @@ def _to_latest(v: Violations, value: int) -> bool:
     return value == OS.JOURNEY_VERSION_POLICY_LATEST
 
 
-class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServicer):
-    """``overture.orchestrator.v1.OrchestratorService``."""
+class OrchestratorServicer(LifecycleRpcs, orchestrator_service_pb2_grpc.OrchestratorServiceServicer):
+    """``overture.orchestrator.v1.OrchestratorService`` (the lifecycle RPCs are in :mod:`.lifecycle`)."""
 
     def __init__(
         self, *, journeys: JourneyStore, runs: RunStore, starter: Starter, idempotency: Idempotency, feedback: DeliveryFeedback,
         retrier: Retrier, audited: Callable[[str], Awaitable[None]], previewer: Previewer, dead_letters: DeadLetters,
         approvals: Approvals, stats: Callable[[str, str, int, journey_pb2.JourneySpec], Awaitable[OS.JourneyStats]],
+        drafts: Drafts, migrator: RunMigrator,
     ) -> None:
         self._approvals = approvals
         self._stats = stats
+        self._drafts = drafts
+        self._migrator = migrator
         self._dead_letters = dead_letters
         self._previewer = previewer
         self._feedback = feedback
@@ -170,7 +176,7 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         v.raise_if_any()
         journey = await self._journeys.set_state(tenant=tenant, name=request.name, state="paused", actor=principal.name, reason=request.reason)
         # Pausing cancels the live runs and so their pending timers.
-        cancelled = await self._runs.cancel_journey(tenant, request.name)
+        cancelled = await self._runs.cancel_journey(tenant, request.name, reason=f"journey paused: {request.reason}".removesuffix(": "))
         log.info("journey.paused", journey=request.name, cancelled_runs=cancelled)
         return OS.PauseJourneyResponse(journey=journey)
 
@@ -309,26 +315,6 @@ class OrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorServiceServ
         steps = await self._previewer.preview(tenant, name=request.name, spec=request.spec if request.HasField("spec") else None,
                                               subject_id=request.subject_id, attributes=request.attributes)
         return OS.PreviewJourneyResponse(steps=steps)
-
-    async def SaveJourneyDraft(self, request: OS.SaveJourneyDraftRequest, context: grpc.aio.ServicerContext) -> OS.SaveJourneyDraftResponse:
-        current_principal()
-        raise Unimplemented("SaveJourneyDraft is not built yet", reason="NOT_BUILT")
-
-    async def GetJourneyDraft(self, request: OS.GetJourneyDraftRequest, context: grpc.aio.ServicerContext) -> OS.GetJourneyDraftResponse:
-        current_principal()
-        raise Unimplemented("GetJourneyDraft is not built yet", reason="NOT_BUILT")
-
-    async def ListJourneyVersions(self, request: OS.ListJourneyVersionsRequest, context: grpc.aio.ServicerContext) -> OS.ListJourneyVersionsResponse:
-        current_principal()
-        raise Unimplemented("ListJourneyVersions is not built yet", reason="NOT_BUILT")
-
-    async def ArchiveJourney(self, request: OS.ArchiveJourneyRequest, context: grpc.aio.ServicerContext) -> OS.ArchiveJourneyResponse:
-        current_principal()
-        raise Unimplemented("ArchiveJourney is not built yet", reason="NOT_BUILT")
-
-    async def MigrateRuns(self, request: OS.MigrateRunsRequest, context: grpc.aio.ServicerContext) -> OS.MigrateRunsResponse:
-        current_principal()
-        raise Unimplemented("MigrateRuns is not built yet", reason="NOT_BUILT")
 
     async def ListApprovals(self, request: OS.ListApprovalsRequest, context: grpc.aio.ServicerContext) -> OS.ListApprovalsResponse:
         tenant = current_principal().tenant

@@ -130,6 +130,8 @@ class Starter:
         record = await self._journeys.get(tenant=tenant, name=journey)
         if record.state == journey_pb2.JOURNEY_STATE_PAUSED:
             raise FailedPrecondition(f"journey {journey!r} is paused", reason="JOURNEY_PAUSED")
+        if record.state == journey_pb2.JOURNEY_STATE_ARCHIVED:
+            raise FailedPrecondition(f"journey {journey!r} is archived; publish a new version to revive it", reason="JOURNEY_ARCHIVED")
         compiled = await self._journeys.compiled(tenant, journey, record.version)
         event = self._synthetic_event(subject_id, "journey.triggered", context, request_id)
         return await self._start_one(NewRun(tenant=tenant, journey=journey, version=record.version, subject_id=subject_id, event=event,

@@ -16,7 +16,7 @@ journeys = sa.Table(
     sa.Column("tenant", sa.String(64), primary_key=True),
     sa.Column("name", sa.String(63), primary_key=True),
     sa.Column("latest_version", sa.BigInteger, nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),  # active | paused
+    sa.Column("state", sa.String(16), nullable=False),  # active | paused | archived
     sa.Column("trigger_event_type", sa.String(128), nullable=True),
     sa.Column("update_time", utc_datetime, nullable=False),
     sa.Index("orchestrator_journeys_trigger", "tenant", "trigger_event_type"),
@@ -33,6 +33,22 @@ journey_versions = sa.Table(
     sa.Column("author", sa.String(256), nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("create_time", utc_datetime, nullable=False),
+)
+
+journey_drafts = sa.Table(
+    "orchestrator_journey_drafts",
+    metadata,
+    # One working copy per journey (it may precede the first version),
+    # replaced by every save; never run. Its problems and warnings are those
+    # found when it was saved (drafts.py).
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(63), primary_key=True),
+    sa.Column("spec", sa.Text, nullable=False),  # canonical JSON of JourneySpec
+    sa.Column("digest", sa.String(64), nullable=False),  # publishing this content discards the draft
+    sa.Column("problems", JSONType, nullable=False),  # [{"field", "description", "reason"}, ...]
+    sa.Column("warnings", JSONType, nullable=False),
+    sa.Column("author", sa.String(256), nullable=False),
+    sa.Column("update_time", utc_datetime, nullable=False),
 )
 
 runs = sa.Table(
