@@ -1,4 +1,5 @@
-"""``overture journeys``: validate, publish, show, pause and resume journeys."""
+"""``overture journeys``: validate, publish, show, pause and resume journeys (versions, drafts,
+archive and migrate are in :mod:`.cmd_journey_lifecycle`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import cmd_journey_lifecycle
 from .client import new_request_id, target
 from .output import CliError, Fields, Table, emit, flatten, human_value, run_async, short
 
@@ -142,3 +144,4 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
         p.add_argument("name")
         p.add_argument("--reason", default="")
         p.set_defaults(func=set_state)
+    cmd_journey_lifecycle.add_commands(journeys, common)

@@ -77,7 +77,17 @@ def _decision() -> decision_pb2.Decision:
     return d
 
 
-def _journey() -> J.Journey:
+def _draft() -> OS.JourneyDraft:
+    from overture.common.v1 import field_violation_pb2
+
+    draft = OS.JourneyDraft(name="welcome", spec=_journey().spec, author="dev", update_time=_ts())
+    draft.problems.add(field="spec.steps[0].send.template", reason="UNKNOWN_TEMPLATE", description="no template named 'welcom' in templates")
+    draft.warnings.append(field_violation_pb2.FieldViolation(field="spec.rule_set", reason="NOT_CHECKED",
+                                                             description="not checked: the rules service could not be reached"))
+    return draft
+
+
+def _journey(version: int = 1, state: J.JourneyState.ValueType = J.JOURNEY_STATE_ACTIVE) -> J.Journey:
     spec = J.JourneySpec(
         description="Welcome new sign-ups.", rule_set="marketing-email",
         trigger=J.JourneyTrigger(event=J.EventTrigger(event_type="user.signed_up")),
@@ -85,7 +95,7 @@ def _journey() -> J.Journey:
     )
     spec.templates["welcome"].subject = "Welcome, {{ profile.traits.first_name }}!"
     spec.templates["welcome"].text_body = "Hi,\n\nThanks for signing up."
-    return J.Journey(name="welcome", version=1, digest="1b02a9dcaad1ffff", state=J.JOURNEY_STATE_ACTIVE, spec=spec, author="dev",
+    return J.Journey(name="welcome", version=version, digest=f"{version}b02a9dcaad1ffff", state=state, spec=spec, author="dev",
                      reason="published from the CLI", create_time=_ts())
 
 
@@ -159,6 +169,14 @@ def canned() -> dict[str, Answer]:
         "ListStepTypes": OS.ListStepTypesResponse(steps=[OS.StepType(
             kind="wait_for_event", title="Wait for event", category="wait", edges=["event", "timeout"],
             fields=[OS.StepField(name="event_type", type="string", required=True)])]),
+        "ListJourneyVersions": OS.ListJourneyVersionsResponse(journeys=[_journey(2, J.JOURNEY_STATE_ACTIVE), _journey(1, J.JOURNEY_STATE_SUPERSEDED)]),
+        "SaveJourneyDraft": OS.SaveJourneyDraftResponse(draft=_draft()),
+        "GetJourneyDraft": OS.GetJourneyDraftResponse(draft=_draft()),
+        "ArchiveJourney": OS.ArchiveJourneyResponse(journey=J.Journey(name="welcome", version=2, state=J.JOURNEY_STATE_ARCHIVED),
+                                                    cancelled_runs=3),
+        "MigrateRuns": OS.MigrateRunsResponse(migrated_count=2, to_version=2, rejections=[OS.RedriveRejection(
+            run_id="run-carol", reason="STEP_NOT_IN_VERSION",
+            description="run 'run-carol' is at step 'wait-more', and version 2 has no step 'wait-more'")]),
         "ListDeliveries": CS.ListDeliveriesResponse(deliveries=[_delivery(messaging_pb2.DELIVERY_STATUS_IN_DOUBT)]),
         "ResolveDelivery": CS.ResolveDeliveryResponse(delivery=_delivery(messaging_pb2.DELIVERY_STATUS_SENT)),
     }

@@ -79,6 +79,14 @@ COMMANDS: dict[str, tuple[list[str], list[str]]] = {
                                                       "Thanks for signing up."]),
     "journeys pause": (["journeys", "pause", "welcome"], ["state:", "paused"]),
     "journeys resume": (["journeys", "resume", "welcome"], ["state:", "active"]),
+    "journeys versions": (["journeys", "versions", "welcome"], ["VERSION", "STATE", "active", "superseded", "2b02a9dcaad1"]),
+    "journeys draft save": (["journeys", "draft", "save", JOURNEY], ["draft:", "saved with 1 problem(s)", "welcome-journey.yaml:17:",
+                                                                    "UNKNOWN_TEMPLATE", "NOT_CHECKED"]),
+    "journeys draft show": (["journeys", "draft", "show", "welcome"], ["problems:", "send-welcome", "spec.steps[0].send.template",
+                                                                       "no template named 'welcom'"]),
+    "journeys archive": (["journeys", "archive", "welcome", "--reason", "campaign over"], ["state:", "archived", "cancelled runs:", "3"]),
+    "journeys migrate": (["journeys", "migrate", "welcome", "--from", "1", "--to", "2", "--map", "wait=hold", "--reason", "fix"],
+                         ["migrated:", "2", "left in place:", "run-carol", "STEP_NOT_IN_VERSION"]),
     "runs list": (["runs", "list"], ["RUN", "STEP STATE", "run-bob", "skipped", "dec-bob", "run-alice", "sent"]),
     "runs get": (["runs", "get", "run-alice"], ["run:", "run-alice", "trigger event:", "signup-alice", "ATTEMPTS"]),
     "runs dead-letters": (["runs", "dead-letters"], ["run-carol", "failed", "SMTP relay refused the connection"]),
@@ -311,3 +319,31 @@ async def test_the_token_and_addresses_come_from_the_dev_file(cli: Cli, monkeypa
     code, _, _ = await cli("runs", "list")
     assert code == 0
     assert cli.fake.metadata[-1]["authorization"] == "Bearer ovt_dev_saved"
+
+
+async def test_migrate_sends_the_mapping_with_a_request_id_and_refuses_a_bad_map_before_calling(cli: Cli) -> None:
+    """`journeys migrate` sends every --map pair, the versions and the reason with a fresh request id; a --map without `=` or a step mapped twice fails before any call."""
+    await cli("journeys", "migrate", "welcome", "--from", "1", "--map", "wait=hold", "--map", "send-welcome=send-hello", "--reason", "fix")
+    (request,) = cli.fake.requests["MigrateRuns"]
+    assert (request.journey, request.from_version, request.to_version, request.reason) == ("welcome", 1, 0, "fix")
+    assert dict(request.step_mapping) == {"wait": "hold", "send-welcome": "send-hello"} and request.request_id
+    for bad, why in ((["--map", "wait"], "expected OLD_STEP=NEW_STEP"), (["--map", "a=b", "--map", "a=c"], "mapped twice")):
+        code, _, err = await cli("journeys", "migrate", "welcome", "--from", "1", *bad, "--reason", "fix")
+        assert code == 1 and why in err
+    assert len(cli.fake.requests["MigrateRuns"]) == 1
+
+
+async def test_draft_save_places_each_problem_in_the_file(cli: Cli) -> None:
+    """`journeys draft save` sends the file's name and spec, and shows each problem at the file, line and column of its field."""
+    code, out, _ = await cli("journeys", "draft", "save", JOURNEY)
+    (request,) = cli.fake.requests["SaveJourneyDraft"]
+    assert code == 0 and request.name == "welcome" and request.spec.steps[0].id == "send-welcome"
+    assert f"{JOURNEY}:17:" in out and "no template named 'welcom'" in out
+    assert f"{JOURNEY}:7:" in out  # the warning, at rule_set
+
+
+async def test_archive_needs_a_reason(cli: Cli) -> None:
+    """`journeys archive` without --reason is a usage error and calls nothing."""
+    with pytest.raises(SystemExit):
+        await cli("journeys", "archive", "welcome")
+    assert "ArchiveJourney" not in cli.fake.requests
