@@ -108,6 +108,21 @@ async def test_a_draft_saved_while_the_rules_service_is_down_warns_that_its_rule
     assert [(w.field, w.reason) for w in draft.warnings] == [("spec.rule_set", "NOT_CHECKED")]
 
 
+async def test_a_long_journey_is_warned_about_by_its_draft_and_by_publish(world: World) -> None:
+    """A journey of 51 action steps is saved as a draft and published, both with the MANY_ACTIONS warning at spec.steps and no problem."""
+    c, _ = world
+    spec = delay_journey(("done", "exit"))
+    del spec.steps[:]
+    for i in range(51):
+        spec.steps.add(id=f"tag-{i}", next=f"tag-{i + 1}" if i < 50 else "done").update_profile.add_tags.append(f"t{i}")
+    spec.steps.add(id="done").exit.SetInParent()
+    draft = (await c.orchestrator.SaveJourneyDraft(O.SaveJourneyDraftRequest(name="long", spec=spec), metadata=MD)).draft
+    published = await c.orchestrator.PublishJourney(O.PublishJourneyRequest(name="long", spec=spec, reason="r"), metadata=MD)
+    for item in (draft, published):
+        assert [(w.field, w.reason) for w in item.warnings] == [("spec.steps", "MANY_ACTIONS")]
+    assert list(draft.problems) == []
+
+
 # -- versions ----------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ import grpc
 import pytest
 import sqlalchemy as sa
 
+from overture.orchestrator.v1 import journey_pb2 as J
 from overture.orchestrator.v1 import orchestrator_service_pb2 as O
 from overture.orchestrator.v1 import run_pb2
 from overture.rules.v1 import audit_event_pb2 as A
@@ -21,10 +22,11 @@ from overture_orchestrator import OrchestratorApp
 from overture_orchestrator.deadletters import DeadLetters
 from overture_orchestrator.model import RunState
 from overture_orchestrator.runs import Outcome, RunStore
-from overture_orchestrator.tables import tokens
+from overture_orchestrator.tables import run_context, tokens, waits
 from overture_runtime.clock import IdGenerator, ManualClock
 from overture_runtime.config import Settings
 from overture_runtime.protojson import struct_to_dict
+from tests.conftest import TENANT
 from tests.thinpath import eventually
 
 from .cluster import Cluster
@@ -159,6 +161,36 @@ async def test_a_run_a_worker_holds_is_not_moved_and_the_workers_outcome_lands_o
     (moved,) = await RunStore(app.db, ManualClock(START + dt.timedelta(days=10)), ids, owner="replica-2",
                               dead_letters=DeadLetters(app.db, later, ids)).claim(owner="replica-2:batch-2", limit=10)
     assert (moved.run_id, moved.journey_version, moved.node) == (free.run_id, 2, "hold")
+
+
+def _waiting_for_open(wait_id: str, end_id: str, event_type: str) -> J.JourneySpec:
+    spec = delay_journey((end_id, "exit"))
+    step = J.Step(id=wait_id)
+    step.wait_for_event.event_type = event_type
+    step.wait_for_event.timeout.FromTimedelta(dt.timedelta(days=1))
+    step.wait_for_event.on_event_step = step.wait_for_event.on_timeout_step = end_id
+    spec.steps.insert(0, step)
+    return spec
+
+
+async def test_what_a_waiting_run_registered_and_kept_follows_its_renamed_step(world: World) -> None:
+    """A run waiting for an event moves with its wait registration (new step, version and event type) and its context keys of mapped steps move to their new ids."""
+    c, _ = world
+    await publish(c, "trial", _waiting_for_open("wait-open", "done", "email.opened"))
+    (run,) = await waiting_runs(c, "trial", ["ann"])
+    await publish(c, "trial", _waiting_for_open("await-click", "finish", "email.clicked"))
+    app = _app(c)
+    async with app.db.begin() as conn:  # what earlier steps would have kept: one of a mapped step, one already under its new id
+        await conn.execute(run_context.insert(), [
+            dict(tenant=TENANT, run_id=run.run_id, key=key, value={"n": n})
+            for key, n in (("wait-open.visits", 1), ("wait-open.event", 2), ("await-click.event", 3), ("other.response", 4))])
+    done = await _migrate(c, {"wait-open": "await-click"})
+    assert (done.migrated_count, list(done.rejections)) == (1, [])
+    async with app.db.connect() as conn:
+        wait = (await conn.execute(sa.select(waits))).one()
+        kept = dict((await conn.execute(sa.select(run_context.c.key, run_context.c.value))).all())
+    assert (wait.step_id, wait.journey_version, wait.event_type) == ("await-click", 2, "email.clicked")
+    assert kept == {"await-click.visits": {"n": 1}, "wait-open.event": {"n": 2}, "await-click.event": {"n": 3}, "other.response": {"n": 4}}
 
 
 async def test_nothing_moves_when_the_request_is_impossible(world: World) -> None:

@@ -76,8 +76,8 @@ class Drafts:
     async def check(self, tenant: str, spec: journey_pb2.JourneySpec) -> tuple[list[FieldViolation], list[FieldViolation]]:
         """What PublishJourney would refuse in *spec*, and what it would only
         warn about. All problems at once: the definition's and the references'."""
-        _, problems = compile_journey(spec)
-        warnings: list[FieldViolation] = []
+        compiled, problems = compile_journey(spec)
+        warnings = list(compiled.warnings) if compiled is not None else []
         if self._references is not None:
             try:
                 await self._references(tenant, spec)

@@ -26,7 +26,7 @@ from overture.orchestrator.v1 import journey_pb2
 from overture.rules.v1 import audit_event_pb2
 from overture_runtime.clock import Clock, IdGenerator
 from overture_runtime.db import Database
-from overture_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from overture_runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from overture_runtime.protojson import from_json
 from overture_runtime.versioned import Publication, VersionedSpecs, VersionedTables
 
@@ -93,10 +93,13 @@ class JourneyStore:
         self._snapshots: dict[str, _Snapshot] = {}
         self._snapshot_ttl = snapshot_ttl
 
-    async def publish(self, *, tenant: str, name: str, spec: journey_pb2.JourneySpec, reason: str, author: str) -> tuple[journey_pb2.Journey, bool]:
+    async def publish(
+        self, *, tenant: str, name: str, spec: journey_pb2.JourneySpec, reason: str, author: str,
+    ) -> tuple[journey_pb2.Journey, bool, tuple[FieldViolation, ...]]:
         """Validate and store a new version (:mod:`overture_runtime.versioned`);
-        returns it and whether nothing changed. Publishing an archived
-        journey always makes a new version, which revives it."""
+        returns it, whether nothing changed, and what the definition is
+        warned about. Publishing an archived journey always makes a new
+        version, which revives it."""
         compiled, problems = compile_journey(spec)
         if problems:
             raise InvalidArgument(f"the journey is invalid: {problems[0].description}", violations=problems)
@@ -127,11 +130,11 @@ class JourneyStore:
             assert head is not None  # only an existing journey can be unchanged
             async with self._db.begin() as conn:  # the draft, if it holds this content, was published before
                 await discard_published(conn, tenant=tenant, name=name, digest=published.version.digest)
-            return self._to_proto(published.version, head.state), True
+            return self._to_proto(published.version, head.state), True, compiled.warnings
         self._remember((tenant, name, published.version.version), compiled)
         self.forget(tenant)
         await self._after_audit(tenant)
-        return self._to_proto(published.version, "active" if head is None or head.state == "archived" else head.state), False
+        return self._to_proto(published.version, "active" if head is None or head.state == "archived" else head.state), False, compiled.warnings
 
     async def get(self, *, tenant: str, name: str, version: int = 0) -> journey_pb2.Journey:
         """A version, or the latest."""

@@ -21,9 +21,11 @@ version with them. A run moves whole or not at all (ADR 0015):
   again a few times within the call, and otherwise reported
   (``RUN_BUSY``); running the migration again moves it.
 - What the run waits on moves with it: its wait registrations and its
-  pending approval go to the target step and version. Its history (step
-  attempts) keeps the old steps' ids; what earlier steps kept in the run's
-  context stays under their ids.
+  pending approval go to the target step and version, and what it keeps
+  under a mapped step's id in its context (a matched event, a decided
+  approval, a kept response, loop visits) goes to the step's new id. Its
+  history (step attempts, split arms) keeps the old steps' ids, and the
+  journey's counters stay with the version they were counted on.
 
 Runs move a page at a time, each page in one transaction with one audit
 record (``RUN_MIGRATED``) per moved run. A call cut short (a deadline) has
@@ -51,7 +53,7 @@ from .audit_outbox import stage
 from .journeys import JourneyStore
 from .model import LIVE, TokenState
 from .runs import RetryRefusal
-from .tables import approvals, runs, tokens, waits
+from .tables import approvals, run_context, runs, tokens, waits
 
 __all__ = ["Migration", "RunMigrator", "live_runs_page"]
 
@@ -198,6 +200,29 @@ class RunMigrator:
             await self._apply(conn, plan, movable)
         return len(movable), refused, sorted(busy)
 
+    async def _rename_context(self, conn: AsyncConnection, plan: _Plan, run_ids: list[str]) -> None:
+        """What the moved runs keep under a renamed step (``<step id>.<key>``:
+        a matched event, a decided approval, a kept response, loop visits)
+        follows the step to its new id, so the target version's steps find
+        it; a key the run already has under the new id is left as it is."""
+        renamed = {old: new for old, new in plan.mapping.items() if old != new}
+        if not renamed:
+            return
+        c = run_context
+        rows = (await conn.execute(sa.select(c.c.run_id, c.c.key).where((c.c.tenant == plan.tenant) & c.c.run_id.in_(run_ids)))).all()
+        keys: dict[str, set[str]] = {}
+        for row in rows:
+            keys.setdefault(row.run_id, set()).add(row.key)
+        moves = []
+        for run_id, held in sorted(keys.items()):
+            for key in sorted(held):
+                step, dot, rest = key.partition(".")
+                if dot and step in renamed and f"{renamed[step]}.{rest}" not in held:
+                    moves.append(dict(k_tenant=plan.tenant, k_run=run_id, k_key=key, v_key=f"{renamed[step]}.{rest}"))
+        if moves:
+            await conn.execute(c.update().where((c.c.tenant == sa.bindparam("k_tenant")) & (c.c.run_id == sa.bindparam("k_run"))
+                                                & (c.c.key == sa.bindparam("k_key"))).values(key=sa.bindparam("v_key")), moves)
+
     async def _without_approval_conflicts(self, conn: AsyncConnection, plan: _Plan, movable: list[tuple[Any, list[Any]]],
                                           refused: dict[str, RetryRefusal]) -> list[tuple[Any, list[Any]]]:
         """Refuse runs whose pending approval would land on a step the run already has an approval request for."""
@@ -233,6 +258,7 @@ class RunMigrator:
         await conn.execute(a.update().where((a.c.tenant == key[0]) & (a.c.run_id == key[1]) & (a.c.step_id == sa.bindparam("k_step"))
                                             & (a.c.decision == "")).values(step_id=sa.bindparam("v_node"), journey_version=plan.to_version), [
             dict(k_tenant=plan.tenant, k_run=run_id, k_step=old, v_node=new) for run_id, _, old, new in moves])
+        await self._rename_context(conn, plan, [run.run_id for run, _ in movable])
         for run, held in movable:
             steps = {k.node: plan.target(k.node) for k in held}
             await stage(conn, tenant=plan.tenant, record_id=self._ids.new(), action=audit_event_pb2.AUDIT_ACTION_RUN_MIGRATED,

@@ -20,6 +20,7 @@ from overture_runtime.validation import (
     decode_page_token,
     encode_page_token,
     page_size,
+    to_proto_violations,
 )
 
 from .approvals import Approvals
@@ -140,10 +141,10 @@ class OrchestratorServicer(LifecycleRpcs, orchestrator_service_pb2_grpc.Orchestr
         v.raise_if_any("the journey is invalid")
 
         async def publish() -> OS.PublishJourneyResponse:
-            journey, unchanged = await self._journeys.publish(
+            journey, unchanged, warnings = await self._journeys.publish(
                 tenant=principal.tenant, name=request.name, spec=request.spec, reason=request.reason or "published", author=principal.name
             )
-            return OS.PublishJourneyResponse(journey=journey, unchanged=unchanged)
+            return OS.PublishJourneyResponse(journey=journey, unchanged=unchanged, warnings=to_proto_violations(warnings))
 
         return await self._idempotency.run(tenant=principal.tenant, method="PublishJourney", request_id=request.request_id,
                                            request=request, response_type=OS.PublishJourneyResponse, compute=publish)
