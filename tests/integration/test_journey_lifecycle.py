@@ -19,7 +19,7 @@ from overture.orchestrator.v1 import orchestrator_service_pb2 as O
 from overture.orchestrator.v1 import run_pb2
 from overture.rules.v1 import audit_event_pb2 as A
 from overture_orchestrator import OrchestratorApp
-from overture_orchestrator.tables import tokens
+from overture_orchestrator.tables import inactivity, tokens
 from overture_runtime.clock import ManualClock
 from overture_runtime.config import Settings
 from overture_runtime.protojson import struct_to_dict
@@ -153,6 +153,9 @@ async def test_archiving_cancels_live_runs_and_their_timers_with_the_reason_and_
     await publish(c, "other", delay_journey(("wait", "delay"), ("done", "exit"), event_type="other.started"))
     runs = await waiting_runs(c, "trial", ["ann", "ben", "cat"])
     (bystander,) = await waiting_runs(c, "other", ["dan"])
+    async with _orchestrator(c).db.begin() as conn:  # an inactivity timer of the journey (its trigger's own timer)
+        await conn.execute(inactivity.insert().values(tenant=TENANT, journey="trial", subject_id="eve", due_time=clock.now(),
+                                                      fire_time=clock.now()))
     archived = await c.orchestrator.ArchiveJourney(O.ArchiveJourneyRequest(name="trial", reason="campaign over"), metadata=MD)
     assert (archived.cancelled_runs, archived.journey.state, archived.journey.version) == (3, J.JOURNEY_STATE_ARCHIVED, 1)
     for before in runs:
@@ -162,6 +165,11 @@ async def test_archiving_cancels_live_runs_and_their_timers_with_the_reason_and_
     async with _orchestrator(c).db.connect() as conn:
         left = (await conn.execute(sa.select(tokens.c.run_id))).scalars().all()
     assert left == [bystander.run_id]  # no timer of the archived journey is left to fire
+    async with _orchestrator(c).db.connect() as conn:
+        assert (await conn.execute(sa.select(sa.func.count()).select_from(inactivity))).scalar_one() == 0
+    stats = (await c.orchestrator.GetJourneyStats(O.GetJourneyStatsRequest(name="trial"), metadata=MD)).stats
+    assert (stats.entered, stats.cancelled, stats.active) == (3, 3, 0)
+    assert [(s.step_id, s.waiting) for s in stats.steps] == [("wait", 0)]
     clock.advance(dt.timedelta(days=2))
     assert (await c.orchestrator.GetRun(O.GetRunRequest(run_id=runs[0].run_id), metadata=MD)).run.state == run_pb2.RUN_STATE_CANCELLED
     listed = (await c.orchestrator.ListJourneys(O.ListJourneysRequest(), metadata=MD)).journeys

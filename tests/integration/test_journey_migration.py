@@ -96,6 +96,9 @@ async def test_runs_move_per_mapping_keep_their_timers_and_continue_on_the_new_v
         assert after[run.run_id] == ("hold", timers[run.run_id][1])  # the timer is kept, not restarted
     for run in ahead:
         assert ((await _run(c, run.run_id)).journey_version, after[run.run_id]) == (1, timers[run.run_id])
+    v1, v2 = [(await c.orchestrator.GetJourneyStats(O.GetJourneyStatsRequest(name="trial", version=v), metadata=MD)).stats for v in (1, 2)]
+    assert (v1.active, {s.step_id: s.waiting for s in v1.steps}) == (2, {"wait": 0, "wait-more": 2})
+    assert (v2.active, {s.step_id: s.waiting for s in v2.steps}) == (2, {"hold": 2})
     clock.set(START + dt.timedelta(days=3))
 
     async def finished() -> list[run_pb2.Run] | None:

@@ -33,7 +33,7 @@ from overture_runtime.versioned import Publication, VersionedSpecs, VersionedTab
 from .audit_outbox import SYSTEM_ACTOR, stage
 from .definition import CompiledJourney, compile_journey, trigger_event_type
 from .drafts import discard_published
-from .tables import journey_versions, journeys
+from .tables import inactivity, journey_versions, journeys
 
 __all__ = ["ActiveJourney", "JourneyStore", "ReferenceCheck"]
 
@@ -196,8 +196,8 @@ class JourneyStore:
     async def archive(self, *, tenant: str, name: str, actor: str, reason: str,
                       cancel_runs: Callable[[AsyncConnection], Awaitable[int]]) -> tuple[journey_pb2.Journey, int]:
         """Archive a journey, and in the same transaction cancel its live runs
-        with *cancel_runs* (given the connection; returns how many), audited
-        once with that count. Archiving an archived journey records nothing,
+        with *cancel_runs* (given the connection; returns how many) and
+        delete its inactivity timers, audited once with the count. Archiving an archived journey records nothing,
         but still cancels what is live (a run a replica started before it
         saw the archive). Returns the journey and how many runs were cancelled."""
         now = self._clock.now()
@@ -206,6 +206,8 @@ class JourneyStore:
             if head is None:
                 raise NotFound(f"journey {name!r} does not exist", reason="JOURNEY_NOT_FOUND")
             cancelled = await cancel_runs(conn)
+            # Its inactivity timers go too: they would start runs of a journey that starts none.
+            await conn.execute(inactivity.delete().where((inactivity.c.tenant == tenant) & (inactivity.c.journey == name)))
             changed = head.state != "archived"
             if changed:
                 await self._change_state(conn, tenant, name, "archived", now=now, action=audit_event_pb2.AUDIT_ACTION_JOURNEY_ARCHIVED,

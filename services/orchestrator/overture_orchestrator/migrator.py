@@ -36,6 +36,7 @@ same migration run again moves the rest.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,11 +54,14 @@ from .audit_outbox import stage
 from .journeys import JourneyStore
 from .model import LIVE, TokenState
 from .runs import RetryRefusal
+from .stats import add_counts
 from .tables import approvals, run_context, runs, tokens, waits
 
 __all__ = ["Migration", "RunMigrator", "live_runs_page"]
 
 _LIVE = tuple(s.value for s in LIVE)
+_WAITING = frozenset({TokenState.WAITING.value, TokenState.RESUMED.value, TokenState.JOINED.value})
+"""Token states counted as waiting at their step (``waiting_in`` / ``waiting_out``)."""
 _PAGE = 200
 _BUSY_BACKOFF = (0.1, 0.2, 0.4, 0.8, 1.6)
 """Seconds between the tries of runs that were busy (about 3 s in all, well within a worker's batch)."""
@@ -259,6 +263,13 @@ class RunMigrator:
                                             & (a.c.decision == "")).values(step_id=sa.bindparam("v_node"), journey_version=plan.to_version), [
             dict(k_tenant=plan.tenant, k_run=run_id, k_step=old, v_node=new) for run_id, _, old, new in moves])
         await self._rename_context(conn, plan, [run.run_id for run, _ in movable])
+        # In the journey's counters the run leaves the old version for the new
+        # one, and a token waiting at its step leaves the old step and waits at the new.
+        waiting = [(k.node, plan.target(k.node)) for _, held in movable for k in held if k.state in _WAITING]
+        await add_counts(conn, plan.tenant, Counter({(plan.journey, plan.from_version, "", "migrated_out"): len(movable),
+                                                     (plan.journey, plan.to_version, "", "migrated_in"): len(movable)})
+                         + Counter((plan.journey, plan.from_version, old, "waiting_out") for old, _ in waiting)
+                         + Counter((plan.journey, plan.to_version, new, "waiting_in") for _, new in waiting))
         for run, held in movable:
             steps = {k.node: plan.target(k.node) for k in held}
             await stage(conn, tenant=plan.tenant, record_id=self._ids.new(), action=audit_event_pb2.AUDIT_ACTION_RUN_MIGRATED,

@@ -209,18 +209,26 @@ class RunStore:
 
     async def cancel_journey(self, tenant: str, journey: str, *, reason: str = "", conn: AsyncConnection | None = None) -> int:
         """Cancel the journey's live runs (it was paused or archived) with
-        *reason*, kept on each run: their timers never fire. In *conn*'s
-        transaction when given. Returns how many."""
+        *reason*, kept on each run: their timers and waits are deleted, so
+        they never fire, and each is counted cancelled as :meth:`cancel`
+        counts it. In *conn*'s transaction when given. Returns how many."""
         if conn is None:
             async with self._db.begin() as own:
                 return await self.cancel_journey(tenant, journey, reason=reason, conn=own)
         now = self._clock.now()
         live = sa.select(runs.c.run_id).where((runs.c.tenant == tenant) & (runs.c.journey == journey) & runs.c.state.in_(_LIVE))
-        await conn.execute(tokens.delete().where((tokens.c.tenant == tenant) & tokens.c.run_id.in_(live)))
-        result = await conn.execute(runs.update().where(
+        left = (await conn.execute(tokens.delete().where((tokens.c.tenant == tenant) & tokens.c.run_id.in_(live))
+                                   .returning(tokens.c.run_id, tokens.c.node, tokens.c.state))).all()
+        await conn.execute(waits.delete().where((waits.c.tenant == tenant) & waits.c.run_id.in_(live)))
+        cancelled = {r.run_id: int(r.journey_version) for r in (await conn.execute(runs.update().where(
             (runs.c.tenant == tenant) & (runs.c.journey == journey) & runs.c.state.in_(_LIVE)
-        ).values(state=RunState.CANCELLED.value, current_step="", update_time=now, cancel_reason=reason))
-        return int(result.rowcount)
+        ).values(state=RunState.CANCELLED.value, current_step="", update_time=now, cancel_reason=reason)
+            .returning(runs.c.run_id, runs.c.journey_version))).all()}
+        counts = Counter((journey, version, "", "cancelled") for version in cancelled.values())
+        for version in set(cancelled.values()):
+            counts += waiting_left((journey, version), [t for t in left if cancelled.get(t.run_id) == version])
+        await add_counts(conn, tenant, counts)
+        return len(cancelled)
 
     async def retry(
         self, tenant: str, run_id: str, *, actor: str = SYSTEM_ACTOR, reason: str = "", via: str = "RetryRun",

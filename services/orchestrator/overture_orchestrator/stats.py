@@ -67,7 +67,8 @@ async def read_stats(db: Database, tenant: str, name: str, version: int, spec: j
         converted=run.get("converted", 0), failed=run.get("failed", 0), cancelled=run.get("cancelled", 0),
         skipped_entries=run.get("skipped", 0) + run.get("erased", 0),
         dead_lettered=max(0, run.get("failed", 0) - run.get("retried", 0)))
-    out.active = max(0, out.entered - out.completed - out.failed - out.cancelled - run.get("erased", 0) + run.get("retried", 0))
+    out.active = max(0, out.entered - out.completed - out.failed - out.cancelled - run.get("erased", 0) + run.get("retried", 0)
+                     + run.get("migrated_in", 0) - run.get("migrated_out", 0))  # MigrateRuns moves live runs between versions
     order = [s.id for s in spec.steps] if spec is not None else []
     sent = failed = 0
     for step_id in order + sorted(set(by_step) - set(order)):
