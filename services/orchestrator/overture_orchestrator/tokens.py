@@ -104,7 +104,10 @@ class Steps:
             return
         initial = policy.initial_backoff.ToTimedelta() if policy.HasField("initial_backoff") else dt.timedelta(seconds=1)
         ceiling = policy.max_backoff.ToTimedelta() if policy.HasField("max_backoff") else dt.timedelta(minutes=5)
-        wake = self._clock.now() + min(initial * (2 ** (token.work.attempts - 1)), ceiling)
+        # In float seconds, the doubling capped at 2**64 (past any ceiling): a
+        # timedelta times 2**n overflows from the 47th retry of a step allowed that many.
+        backoff = min(initial.total_seconds() * 2.0 ** min(token.work.attempts - 1, 64), ceiling.total_seconds())
+        wake = self._clock.now() + dt.timedelta(seconds=backoff)
         self.attempt(token, step.id, StepState.RETRY, error=error, wake=wake)
         token.outcome = Outcome(work=token.work, run_state=RunState.WAITING, node=step.id, token_state=TokenState.RETRY, due_time=wake,
                                 attempts=token.attempts, effects=token.effects)

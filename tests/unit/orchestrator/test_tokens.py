@@ -47,6 +47,14 @@ def test_the_backoff_stops_at_its_ceiling() -> None:
     assert [backoff(step, n).total_seconds() for n in range(5)] == [10, 20, 40, 60, 60]
 
 
+@pytest.mark.parametrize("attempts", [47, 60, 1500, 2**31 - 3])
+def test_many_attempts_wait_the_ceiling_without_overflowing(attempts: int) -> None:
+    """A step allowed many attempts keeps waiting its ceiling however many it has made (2**n seconds would overflow a timedelta)."""
+    step = send("hello")
+    step.retry.max_attempts = 2**31 - 1
+    assert backoff(step, attempts) == dt.timedelta(minutes=5)
+
+
 def test_the_last_attempt_fails_the_run() -> None:
     """Once the step has used its attempts (5 by default), the run fails with the error."""
     failing = token(4)
