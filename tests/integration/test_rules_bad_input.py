@@ -74,6 +74,16 @@ def _cases() -> list[tuple[str, str, Any, grpc.StatusCode, set[str]]]:
         ("profiles", "ApplyProfileEvents", P.ApplyProfileEventsRequest(), grpc.StatusCode.INVALID_ARGUMENT, {"events"}),
         ("profiles", "ApplyProfileEvents", P.ApplyProfileEventsRequest(events=[event_pb2.Event()] * 1001), grpc.StatusCode.INVALID_ARGUMENT, {"events"}),
         ("profiles", "EraseProfile", P.EraseProfileRequest(), grpc.StatusCode.INVALID_ARGUMENT, {"subject_id", "reason"}),
+        ("profiles", "UpdateProfile", P.UpdateProfileRequest(), grpc.StatusCode.INVALID_ARGUMENT, {"subject_id", "request_id", "set_traits"}),
+        ("profiles", "UpdateProfile", P.UpdateProfileRequest(subject_id="s", request_id="r", unset_traits=["1bad", "ok"], increment={"a-b": 1},
+                                                             add_tags=["Not A Name"], enter_segments=[""], exit_segments=["x"] * 101),
+         grpc.StatusCode.INVALID_ARGUMENT, {"unset_traits[0]", "increment[a-b]", "add_tags[0]", "enter_segments[0]", "exit_segments"}),
+        ("profiles", "UpdateProfile", _with_struct(P.UpdateProfileRequest(subject_id="s", request_id="r", unset_traits=["plan"],
+                                                                          increment={"plan": 1}, add_tags=["a"], remove_tags=["a"],
+                                                                          enter_segments=["s"], exit_segments=["s"]), "set_traits", {"plan": "x"}),
+         grpc.StatusCode.INVALID_ARGUMENT, {"unset_traits[0]", "increment[plan]", "remove_tags[0]", "exit_segments[0]"}),
+        ("profiles", "UpdateProfile", _with_struct(P.UpdateProfileRequest(subject_id="s", request_id="r"), "set_traits", BIG),
+         grpc.StatusCode.INVALID_ARGUMENT, {"set_traits"}),
     ]
 
 

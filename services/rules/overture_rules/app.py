@@ -22,6 +22,7 @@ from .audit_servicer import AuditServicer
 from .caps import CapLedger
 from .decisions import Decider
 from .profile_cache import LocalViews, ProfileCache
+from .profile_updates import ProfileUpdater
 from .profiles import ProfileStore
 from .rule_sets import RuleSetStore
 from .servicer import ProfileServicer, RulesServicer
@@ -64,5 +65,6 @@ class RulesApp(BaseApp):
                           idempotency=Idempotency(self.db, idempotency, self.clock)),
             server,
         )
-        profile_service_pb2_grpc.add_ProfileServiceServicer_to_server(ProfileServicer(profiles=self.profiles), server)
+        updater = ProfileUpdater(self.profiles, Idempotency(self.db, idempotency, self.clock), self.clock)
+        profile_service_pb2_grpc.add_ProfileServiceServicer_to_server(ProfileServicer(profiles=self.profiles, updater=updater), server)
         audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(db=self.db), server)

@@ -32,12 +32,13 @@ from .engine import ProfileView, channel_name
 from .profile_cache import LocalViews, ProfileCache
 from .tables import consents, decisions, profiles
 
-__all__ = ["ProfileStore"]
+__all__ = ["TRAITS_MAX_KEYS", "ProfileStore"]
 
 log = structlog.get_logger("overture.rules")
 
 _PROFILE_EVENTS = {"identify", "consent.granted", "consent.revoked", "segment.entered", "segment.exited"}
-_TRAITS_MAX_KEYS = 256
+TRAITS_MAX_KEYS = 256
+"""The most traits a profile may hold."""
 
 
 def _channel_value(name: str) -> messaging_pb2.Channel.ValueType:
@@ -119,7 +120,8 @@ class ProfileStore:
             )
         return views
 
-    async def _invalidate(self, tenant: str, subject_ids: Sequence[str]) -> None:
+    async def invalidate(self, tenant: str, subject_ids: Sequence[str]) -> None:
+        """After a write committed: drop the subjects' cached views, here and in Redis."""
         if self.local is not None:
             self.local.forget(tenant, subject_ids)
         if self._cache is None or not subject_ids:
@@ -139,7 +141,7 @@ class ProfileStore:
     async def get_many(self, *, tenant: str, subject_ids: Sequence[str]) -> dict[str, profile_pb2.Profile]:
         """The profiles of those of *subject_ids* that have one, by subject id."""
         async with self._db.connect() as conn:
-            return await self._load_many(conn, tenant, subject_ids)
+            return await self.load_protos(conn, tenant, subject_ids)
 
     async def upsert(
         self, *, tenant: str, subject_id: str, traits: Mapping[str, Any] | None = None, timezone: str = "",
@@ -150,7 +152,7 @@ class ProfileStore:
         async with self._db.begin() as conn:
             await self._merge(conn, tenant, subject_id, traits or {}, timezone, add_lists, remove_lists, add_segments, remove_segments)
             profile = await self._load(conn, tenant, subject_id)
-        await self._invalidate(tenant, [subject_id])
+        await self.invalidate(tenant, [subject_id])
         assert profile is not None
         return profile
 
@@ -162,7 +164,7 @@ class ProfileStore:
             await self._merge(conn, tenant, subject_id, {}, "", (), (), (), ())
             await self._consent(conn, tenant, subject_id, channel_name(channel), purpose, granted, source, when or self._clock.now())
             profile = await self._load(conn, tenant, subject_id)
-        await self._invalidate(tenant, [subject_id])
+        await self.invalidate(tenant, [subject_id])
         assert profile is not None
         return profile
 
@@ -241,7 +243,7 @@ class ProfileStore:
                     set_={"status": upsert.excluded.status, "source": upsert.excluded.source, "update_time": upsert.excluded.update_time},
                     where=consents.c.update_time <= upsert.excluded.update_time,
                 ), list(consent_rows.values()))
-        await self._invalidate(tenant, subjects)
+        await self.invalidate(tenant, subjects)
         return results
 
     def _parse_profile_event(self, event: event_pb2.Event) -> tuple[dict[str, Any], list[FieldViolation]]:
@@ -257,8 +259,8 @@ class ProfileStore:
             if not isinstance(traits, dict):
                 v.add("attributes.traits", "traits must be an object", "WRONG_TYPE")
                 traits = {}
-            elif len(traits) > _TRAITS_MAX_KEYS:
-                v.add("attributes.traits", f"at most {_TRAITS_MAX_KEYS} traits", "TOO_MANY")
+            elif len(traits) > TRAITS_MAX_KEYS:
+                v.add("attributes.traits", f"at most {TRAITS_MAX_KEYS} traits", "TOO_MANY")
             timezone = attrs.get("timezone") or traits.get("timezone") or ""
             if timezone and not _valid_timezone(str(timezone)):
                 v.add("attributes.timezone", f"unknown time zone {timezone!r}", "UNKNOWN_TIMEZONE")
@@ -283,12 +285,12 @@ class ProfileStore:
                 async with self._db.begin() as conn:
                     await self._merge(conn, tenant, subject_id, {}, "", (), (), (), ())
                     await conn.execute(profiles.update().where(self._key(profiles, tenant, subject_id)).values(
-                        traits={}, segments=[], timezone="", erased=True, update_time=now))
+                        traits={}, segments=[], tags=[], timezone="", erased=True, update_time=now))
                     await conn.execute(consents.delete().where(self._key(consents, tenant, subject_id)))
                     await self._pseudonymize_decisions(conn, tenant, subject_id, pseudonym)
                     await audit.append(conn, tenant=tenant, action=audit_event_pb2.AUDIT_ACTION_PROFILE_ERASED, actor=actor,
                                        time=now, reason=reason, target=f"profile/{pseudonym}", details={})
-                await self._invalidate(tenant, [subject_id])
+                await self.invalidate(tenant, [subject_id])
                 if self._ledger is not None:
                     try:
                         await self._ledger.forget(tenant, subject_id)
@@ -367,18 +369,18 @@ class ProfileStore:
                 status=status, source=source, update_time=when))
 
     async def _load(self, conn: AsyncConnection, tenant: str, subject_id: str) -> profile_pb2.Profile | None:
-        return (await self._load_many(conn, tenant, [subject_id])).get(subject_id)
+        return (await self.load_protos(conn, tenant, [subject_id])).get(subject_id)
 
     @staticmethod
-    async def _load_many(conn: AsyncConnection, tenant: str, subject_ids: Sequence[str]) -> dict[str, profile_pb2.Profile]:
-        """The profiles of *subject_ids* that exist, in two statements."""
+    async def load_protos(conn: AsyncConnection, tenant: str, subject_ids: Sequence[str]) -> dict[str, profile_pb2.Profile]:
+        """The profiles of *subject_ids* that exist, in two statements on *conn*."""
         wanted = sorted(set(subject_ids))
         rows = (await conn.execute(sa.select(profiles).where((profiles.c.tenant == tenant) & profiles.c.subject_id.in_(wanted)))).all()
         found: dict[str, profile_pb2.Profile] = {}
         for row in rows:
             profile = found[row.subject_id] = profile_pb2.Profile(
                 subject_id=row.subject_id, traits=struct_from_dict(row.traits), segments=row.segments, timezone=row.timezone,
-                suppression_lists=row.suppression_lists, erased=row.erased,
+                suppression_lists=row.suppression_lists, erased=row.erased, tags=row.tags,
             )
             profile.update_time.FromDatetime(row.update_time)
         if found:

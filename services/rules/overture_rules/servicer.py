@@ -4,6 +4,7 @@ leave every decision to the domain modules."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import grpc
 
@@ -37,6 +38,7 @@ from overture_runtime.validation import (
 from . import audit
 from .backtest import backtest
 from .decisions import Decider, validate_evaluate
+from .profile_updates import ProfileChange, ProfileUpdater, conflicts
 from .profiles import ProfileStore
 from .rule_sets import RuleSetStore
 
@@ -44,6 +46,15 @@ R = rules_service_pb2
 P = profile_service_pb2
 _REASON_MAX = 1024
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_TRAIT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_CHANGE_MAX = 100
+"""The most tags or segments one UpdateProfile names in each of its lists."""
+
+
+def _check_trait(v: Violations, field: str, name: str) -> None:
+    if not _TRAIT.fullmatch(name):
+        v.add(field, f"{name!r} is not a trait name: letters, digits and underscores, at most 64, not starting with a digit",
+              "INVALID_TRAIT")
 
 
 class RulesServicer(rules_service_pb2_grpc.RulesServiceServicer):
@@ -228,8 +239,9 @@ class RulesServicer(rules_service_pb2_grpc.RulesServiceServicer):
 class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
     """``overture.rules.v1.ProfileService``."""
 
-    def __init__(self, *, profiles: ProfileStore) -> None:
+    def __init__(self, *, profiles: ProfileStore, updater: ProfileUpdater) -> None:
         self._profiles = profiles
+        self._updater = updater
 
     async def GetProfile(self, request: P.GetProfileRequest, context: grpc.aio.ServicerContext) -> P.GetProfileResponse:
         tenant = current_principal().tenant
@@ -307,8 +319,29 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
         return P.EraseProfileResponse(pseudonymous_id=pseudonym)
 
     async def UpdateProfile(self, request: P.UpdateProfileRequest, context: grpc.aio.ServicerContext) -> P.UpdateProfileResponse:
-        current_principal()
-        raise Unimplemented("UpdateProfile is not built yet", reason="NOT_BUILT")
+        tenant = current_principal().tenant
+        v = Violations()
+        check_identifier(v, "subject_id", request.subject_id)
+        check_identifier(v, "request_id", request.request_id)
+        check_struct(v, "set_traits", request.set_traits, max_bytes=32 * 1024)
+        for i, name in enumerate(request.unset_traits):
+            _check_trait(v, f"unset_traits[{i}]", name)
+        for name in request.increment:
+            _check_trait(v, f"increment[{name}]", name)
+        for field in ("add_tags", "remove_tags", "enter_segments", "exit_segments"):
+            values = getattr(request, field)
+            if len(values) > _CHANGE_MAX:
+                v.add(field, f"at most {_CHANGE_MAX} {field} per call", "TOO_MANY")
+            for i, value in enumerate(values):
+                check_name(v, f"{field}[{i}]", value)
+        change = ProfileChange.of(request)
+        if not any((change.set_traits, change.unset_traits, change.increment, change.add_tags, change.remove_tags,
+                    change.enter_segments, change.exit_segments)):
+            v.add("set_traits", "the request changes nothing: give traits, tags or segments", "REQUIRED")
+        for where, what in conflicts(change):
+            v.add(where, what, "CONFLICT")
+        v.raise_if_any("the profile change is invalid")
+        return await self._updater.update(tenant=tenant, request=request)
 
     async def ListProfiles(self, request: P.ListProfilesRequest, context: grpc.aio.ServicerContext) -> P.ListProfilesResponse:
         current_principal()

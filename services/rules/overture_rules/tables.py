@@ -63,6 +63,8 @@ profiles = sa.Table(
     sa.Column("traits", JSONType, nullable=False),
     sa.Column("segments", JSONType, nullable=False),
     sa.Column("suppression_lists", JSONType, nullable=False),
+    # Free-form labels set by UpdateProfile (journeys' update-profile steps).
+    sa.Column("tags", JSONType, nullable=False, server_default=sa.text("'[]'")),
     sa.Column("timezone", sa.String(64), nullable=False),
     sa.Column("erased", sa.Boolean, nullable=False),
     sa.Column("create_time", utc_datetime, nullable=False),

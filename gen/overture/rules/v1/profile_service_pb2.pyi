@@ -451,21 +451,25 @@ class UpdateProfileRequest(_message.Message):
     """An idempotency key, required: the change is made once per key."""
     @_builtins.property
     def set_traits(self) -> _struct_pb2.Struct:
-        """Traits to set."""
+        """Traits to set; a null value removes the trait. A profile holds at most
+        256 traits.
+        """
 
     @_builtins.property
     def unset_traits(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Traits to remove."""
+        """Traits to remove; one that is not there is no error."""
 
     @_builtins.property
     def increment(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Numeric traits to add to; a missing trait counts as 0. A trait that is
-        not a number is a field violation.
+        not a number is a field violation. A sum of integers stays an integer.
         """
 
     @_builtins.property
     def add_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Tags to add."""
+        """Tags to add, as resource names (`vip`, `beta-tester`); at most 256 per
+        profile.
+        """
 
     @_builtins.property
     def remove_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -473,7 +477,7 @@ class UpdateProfileRequest(_message.Message):
 
     @_builtins.property
     def enter_segments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Segments to enter."""
+        """Segments to enter, as resource names."""
 
     @_builtins.property
     def exit_segments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -507,18 +511,32 @@ class UpdateProfileResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PROFILE_FIELD_NUMBER: _builtins.int
+    ENTERED_SEGMENTS_FIELD_NUMBER: _builtins.int
+    EXITED_SEGMENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def profile(self) -> _profile_pb2.Profile:
         """The profile after the change."""
+
+    @_builtins.property
+    def entered_segments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The segments the call entered: those of `enter_segments` the subject
+        was not in. No event is emitted for them (see UpdateProfile).
+        """
+
+    @_builtins.property
+    def exited_segments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The segments the call left: those of `exit_segments` the subject was in."""
 
     def __init__(
         self,
         *,
         profile: _profile_pb2.Profile | None = ...,
+        entered_segments: _abc.Iterable[_builtins.str] | None = ...,
+        exited_segments: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["profile", b"profile"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["profile", b"profile"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entered_segments", b"entered_segments", "exited_segments", b"exited_segments", "profile", b"profile"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -103,11 +103,22 @@ class ProfileServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateProfile(self, request, context):
-        """Changes a profile in one step: sets and removes traits, adds to numeric
-        traits, adds and removes tags, enters and leaves segments. Idempotent on
+        """Changes a profile in one step (one transaction): sets and removes
+        traits, adds to numeric traits, adds and removes tags, enters and leaves
+        segments. A subject without a profile gets one. Idempotent on
         `request_id` (journeys pass `run_id:step_id`): a repeat changes nothing
-        more and returns the profile as the first call left it. An erased
-        profile takes no change.
+        more and returns the answer of the first call, the profile as that call
+        left it. An erased profile takes no change. A trait, tag or segment
+        named twice (set and unset, added and removed) is a field violation,
+        and so is adding to a trait that holds something other than a number.
+
+        Segments entered or left here change the profile only: the rules
+        service does not publish to the event stream, so no `segment.entered`
+        or `segment.exited` event is emitted by this call. The answer names the
+        segments the call actually entered and left, for a caller that feeds
+        them through ingest as events (so that segment-entered triggers and
+        wait-until steps see them); profile events that pass through ingest
+        reach journeys as usual.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,11 +45,22 @@ class ProfileServiceStub:
     profiles at once, such as the orchestrator rendering a batch of sends.
     """
     UpdateProfile: _grpc.UnaryUnaryMultiCallable[_profile_service_pb2.UpdateProfileRequest, _profile_service_pb2.UpdateProfileResponse]
-    """Changes a profile in one step: sets and removes traits, adds to numeric
-    traits, adds and removes tags, enters and leaves segments. Idempotent on
+    """Changes a profile in one step (one transaction): sets and removes
+    traits, adds to numeric traits, adds and removes tags, enters and leaves
+    segments. A subject without a profile gets one. Idempotent on
     `request_id` (journeys pass `run_id:step_id`): a repeat changes nothing
-    more and returns the profile as the first call left it. An erased
-    profile takes no change.
+    more and returns the answer of the first call, the profile as that call
+    left it. An erased profile takes no change. A trait, tag or segment
+    named twice (set and unset, added and removed) is a field violation,
+    and so is adding to a trait that holds something other than a number.
+
+    Segments entered or left here change the profile only: the rules
+    service does not publish to the event stream, so no `segment.entered`
+    or `segment.exited` event is emitted by this call. The answer names the
+    segments the call actually entered and left, for a caller that feeds
+    them through ingest as events (so that segment-entered triggers and
+    wait-until steps see them); profile events that pass through ingest
+    reach journeys as usual.
     """
     ListProfiles: _grpc.UnaryUnaryMultiCallable[_profile_service_pb2.ListProfilesRequest, _profile_service_pb2.ListProfilesResponse]
     """Lists the subjects of a segment, or all subjects, by subject id, for
@@ -90,11 +101,22 @@ class ProfileServiceAsyncStub(ProfileServiceStub):
     profiles at once, such as the orchestrator rendering a batch of sends.
     """
     UpdateProfile: _aio.UnaryUnaryMultiCallable[_profile_service_pb2.UpdateProfileRequest, _profile_service_pb2.UpdateProfileResponse]  # type: ignore[assignment]
-    """Changes a profile in one step: sets and removes traits, adds to numeric
-    traits, adds and removes tags, enters and leaves segments. Idempotent on
+    """Changes a profile in one step (one transaction): sets and removes
+    traits, adds to numeric traits, adds and removes tags, enters and leaves
+    segments. A subject without a profile gets one. Idempotent on
     `request_id` (journeys pass `run_id:step_id`): a repeat changes nothing
-    more and returns the profile as the first call left it. An erased
-    profile takes no change.
+    more and returns the answer of the first call, the profile as that call
+    left it. An erased profile takes no change. A trait, tag or segment
+    named twice (set and unset, added and removed) is a field violation,
+    and so is adding to a trait that holds something other than a number.
+
+    Segments entered or left here change the profile only: the rules
+    service does not publish to the event stream, so no `segment.entered`
+    or `segment.exited` event is emitted by this call. The answer names the
+    segments the call actually entered and left, for a caller that feeds
+    them through ingest as events (so that segment-entered triggers and
+    wait-until steps see them); profile events that pass through ingest
+    reach journeys as usual.
     """
     ListProfiles: _aio.UnaryUnaryMultiCallable[_profile_service_pb2.ListProfilesRequest, _profile_service_pb2.ListProfilesResponse]  # type: ignore[assignment]
     """Lists the subjects of a segment, or all subjects, by subject id, for
@@ -150,11 +172,22 @@ class ProfileServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _profile_service_pb2.UpdateProfileRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_profile_service_pb2.UpdateProfileResponse, _abc.Awaitable[_profile_service_pb2.UpdateProfileResponse]]:
-        """Changes a profile in one step: sets and removes traits, adds to numeric
-        traits, adds and removes tags, enters and leaves segments. Idempotent on
+        """Changes a profile in one step (one transaction): sets and removes
+        traits, adds to numeric traits, adds and removes tags, enters and leaves
+        segments. A subject without a profile gets one. Idempotent on
         `request_id` (journeys pass `run_id:step_id`): a repeat changes nothing
-        more and returns the profile as the first call left it. An erased
-        profile takes no change.
+        more and returns the answer of the first call, the profile as that call
+        left it. An erased profile takes no change. A trait, tag or segment
+        named twice (set and unset, added and removed) is a field violation,
+        and so is adding to a trait that holds something other than a number.
+
+        Segments entered or left here change the profile only: the rules
+        service does not publish to the event stream, so no `segment.entered`
+        or `segment.exited` event is emitted by this call. The answer names the
+        segments the call actually entered and left, for a caller that feeds
+        them through ingest as events (so that segment-entered triggers and
+        wait-until steps see them); profile events that pass through ingest
+        reach journeys as usual.
         """
 
     @_abc_1.abstractmethod
