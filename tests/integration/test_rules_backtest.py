@@ -23,7 +23,8 @@ async def svc(make_settings: Callable[..., Settings]) -> AsyncIterator[Rules]:
 
 
 async def test_backtest_finds_exactly_the_decisions_a_stricter_rule_changes(svc: Rules) -> None:
-    """Replaying a week of decisions on a version that also denies the free plan reports exactly the free-plan allows."""
+    """Replaying a week of decisions (RESERVE and RESERVE_AND_COMMIT) on a version that also denies the free plan reports exactly the
+    free-plan allows."""
     lenient = spec(attributes=[("plan", STRING)], rules=[("not-churned", 'plan == "churned"', "deny")], caps=[cap("daily", 100)])
     stricter = spec(attributes=[("plan", STRING)], rules=[("not-churned", 'plan == "churned"', "deny"),
                                                           ("paying-only", 'plan == "free"', "deny")], caps=[cap("daily", 100)])
@@ -37,8 +38,9 @@ async def test_backtest_finds_exactly_the_decisions_a_stricter_rule_changes(svc:
             await svc.consent(subject)
     stored: dict[str, D.Decision] = {}
     for day in range(3):
+        mode = D.EVALUATION_MODE_RESERVE_AND_COMMIT if day == 2 else D.EVALUATION_MODE_RESERVE  # the engine's sends decide in one step
         for subject in plans:
-            decision = await svc.evaluate(rule_set="promo", subject_id=subject, mode=D.EVALUATION_MODE_RESERVE, now=utc(2026, 11, 2 + day, 12))
+            decision = await svc.evaluate(rule_set="promo", subject_id=subject, mode=mode, now=utc(2026, 11, 2 + day, 12))
             stored[decision.decision_id] = decision
     outside = await svc.evaluate(rule_set="promo", subject_id="ben", now=utc(2026, 10, 1, 12))  # before the window
     ledger_before = await svc.app.redis.keys(f"{svc.app.settings.redis_namespace}:*caps*")

@@ -61,7 +61,8 @@ def replay_one(candidate: CompiledRuleSet, subject_id: str, replay: dict[str, ob
 async def backtest(
     db: Database, candidate: CompiledRuleSet, *, tenant: str, rule_set: str, start: dt.datetime, end: dt.datetime, keep: int,
 ) -> Backtest:
-    """Replay the window's stored CHECK and RESERVE decisions of *rule_set* on *candidate*."""
+    """Replay the window's stored deciding decisions (CHECK, RESERVE, RESERVE_AND_COMMIT) of *rule_set* on
+    *candidate*; settlements (COMMIT, RELEASE) decide nothing."""
     t = decisions
     result = Backtest()
     after: tuple[dt.datetime, str] | None = None
@@ -69,7 +70,7 @@ async def backtest(
         query = (
             sa.select(t.c.decision_id, t.c.subject_id, t.c.allowed, t.c.evaluate_time, t.c.replay)
             .where((t.c.tenant == tenant) & (t.c.rule_set == rule_set) & (t.c.evaluate_time >= start) & (t.c.evaluate_time < end)
-                   & t.c.mode.in_(("check", "reserve")) & t.c.replay.is_not(None))
+                   & t.c.mode.in_(("check", "reserve", "reserve_and_commit")) & t.c.replay.is_not(None))
             .order_by(t.c.evaluate_time, t.c.decision_id).limit(_CHUNK)
         )
         if after is not None:
