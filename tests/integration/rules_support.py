@@ -11,6 +11,8 @@ from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from overture.common.v1 import messaging_pb2
 from overture.rules.v1 import (
@@ -110,3 +112,13 @@ def spec(*, caps: Iterable[rule_set_pb2.FrequencyCap] = (), quiet: tuple[str, st
 def utc(*args: int) -> dt.datetime:
     """A UTC datetime."""
     return dt.datetime(*args, tzinfo=dt.UTC)  # type: ignore[misc]
+
+
+def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
+    """The field violations of a refused call: reason by field path."""
+    for detail in rpc_status.from_call(error).details:  # type: ignore[arg-type]
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            return {v.field: v.reason for v in bad.field_violations}
+    return {}

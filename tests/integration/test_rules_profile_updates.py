@@ -11,13 +11,11 @@ from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from overture.rules.v1 import profile_service_pb2 as P
 from overture_runtime.config import Settings
 
-from .rules_support import MD, NUMBER, Rules, running_rules, spec
+from .rules_support import MD, NUMBER, Rules, field_violations, running_rules, spec
 
 
 @pytest.fixture
@@ -30,15 +28,6 @@ def _update(subject: str, request_id: str, *, traits: dict[str, Any] | None = No
     request = P.UpdateProfileRequest(subject_id=subject, request_id=request_id, **fields)
     request.set_traits.update(traits or {})
     return request
-
-
-def _violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
-    for detail in rpc_status.from_call(error).details:  # type: ignore[arg-type]
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            return {v.field: v.reason for v in bad.field_violations}
-    return {}
 
 
 async def test_one_call_sets_unsets_increments_tags_and_segments(svc: Rules) -> None:
@@ -95,7 +84,7 @@ async def test_adding_to_a_trait_that_is_not_a_number_is_a_field_violation_and_c
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await svc.profiles.UpdateProfile(_update("t", "bad", increment={"plan": 1, "score": 1}, add_tags=["x"]), metadata=MD)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert _violations(caught.value) == {"increment[plan]": "NOT_A_NUMBER"}
+    assert field_violations(caught.value) == {"increment[plan]": "NOT_A_NUMBER"}
     profile = (await svc.profiles.GetProfile(P.GetProfileRequest(subject_id="t"), metadata=MD)).profile
     assert profile.traits["score"] == 1 and not profile.tags
     await svc.profile("t", traits={"plan": 3})

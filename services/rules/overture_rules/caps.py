@@ -227,6 +227,12 @@ class CapLedger:
         preempted = tuple(_text(v) for v in reply[2 + len(windows):])
         return LedgerResult(outcome == "allowed", tuple(counters), preempted, replayed)
 
+    def check_command(self, tenant: str, subject_id: str, args: list[Any]) -> tuple[Script, tuple[Any, ...]]:
+        """The command that runs a check (*args* of op ``check``) on a
+        subject's ledger, for :class:`~.scripts.ScriptChannel`, without
+        confirming any profile view; :meth:`parse` reads its reply."""
+        return LEDGER, LEDGER.command(self._keys_of(tenant, subject_id), args)
+
     def settle_command(
         self, tenant: str, subject_id: str, decision_id: str, *, commit: bool, now: dt.datetime,
     ) -> tuple[Script, tuple[Any, ...]]:

@@ -35,6 +35,7 @@ from overture_runtime.validation import check_identifier, check_name, check_stru
 from .caps import CapLedger, CapWindow, LedgerResult
 from .compiler import CompiledRuleSet
 from .decision_store import DecisionStore, state_name
+from .dry_runs import DryRun, decide_dry
 from .engine import DecisionOutcome, EvaluationInput, ProfileView
 from .profile_cache import LocalEntry, LocalViews, load_view
 from .profiles import ProfileStore
@@ -44,11 +45,13 @@ from .scripts import Script, ScriptChannel
 from .settlement import Settlement, settle_many
 from .verdicts import build_decision, masked_snapshot
 
-__all__ = ["CONTEXT_MAX_BYTES", "Decider", "validate_evaluate"]
+__all__ = ["CONTEXT_MAX_BYTES", "PROFILE_MAX_BYTES", "Decider", "validate_evaluate"]
 
 log = structlog.get_logger("overture.rules")
 D = decision_pb2
 CONTEXT_MAX_BYTES = 16 * 1024
+PROFILE_MAX_BYTES = 32 * 1024
+"""The most a dry run's profile traits may take, as much as a stored profile's."""
 _MAX_TAGS = 32
 _ROUNDS = 4
 """Round trips a decision may take to catch up with profile writes before it fails closed."""
@@ -92,7 +95,28 @@ def validate_evaluate(req: rules_service_pb2.EvaluateRequest) -> list[FieldViola
         check_name(v, f"tags[{i}]", tag)
     if req.context.fields:
         check_struct(v, "context", req.context, max_bytes=CONTEXT_MAX_BYTES)
+    if req.dry_run:
+        if mode != D.EVALUATION_MODE_CHECK:
+            v.add("dry_run", "a dry run only checks: use mode CHECK", "DRY_RUN_NEEDS_CHECK")
+        if req.decision_id:
+            v.add("decision_id", "a dry run stores no decision, so it takes no decision_id", "DRY_RUN_HAS_NO_ID")
+        if req.HasField("profile"):
+            _check_profile(v, req)
+    elif req.HasField("profile"):
+        v.add("profile", "a profile may only be given with dry_run", "PROFILE_NEEDS_DRY_RUN")
     return v.items
+
+
+def _check_profile(v: Violations, req: rules_service_pb2.EvaluateRequest) -> None:
+    profile = req.profile
+    if profile.subject_id and profile.subject_id != req.subject_id:
+        v.add("profile.subject_id", "the profile must be the subject's (or leave its subject_id empty)", "SUBJECT_MISMATCH")
+    if profile.traits.fields:
+        check_struct(v, "profile.traits", profile.traits, max_bytes=PROFILE_MAX_BYTES)
+    for i, consent in enumerate(profile.consents):
+        if consent.channel == messaging_pb2.CHANNEL_UNSPECIFIED:
+            v.add(f"profile.consents[{i}].channel", "channel is required", "REQUIRED")
+        check_name(v, f"profile.consents[{i}].purpose", consent.purpose.replace("_", "-"))
 
 
 class Decider:
@@ -140,6 +164,7 @@ class Decider:
         given = [requests[i].decision_id for i in pending if requests[i].decision_id]
         existing = await self._records.load_many(tenant, given) if given else {}
         work: list[_Work] = []
+        dry: list[tuple[int, DryRun]] = []
         versions: dict[tuple[str, int], tuple[CompiledRuleSet, rule_set_pb2.RuleSetVersion] | OvertureError] = {}
         for i in pending:
             req = requests[i]
@@ -156,7 +181,15 @@ class Decider:
             if isinstance(found, OvertureError):
                 results[i] = found
                 continue
+            if req.dry_run:
+                dry.append((i, DryRun(req, found[0], found[1])))
+                continue
             work.append(_Work(i, req, found[0], found[1], req.decision_id or self._ids.new()))
+        if dry:
+            decided = await decide_dry([d for _, d in dry], tenant=tenant, now=self._clock.now(), profiles=self._profiles,
+                                       ledger=self._ledger, channel=self._channel)
+            for (i, _), decision in zip(dry, decided, strict=True):
+                results[i] = decision
         if work:
             for item, decision in zip(work, await self._decide(tenant, work), strict=True):
                 results[item.index] = decision

@@ -65,8 +65,11 @@ class EvaluateRequest(_message.Message):
     For COMMIT and RELEASE: the id of the RESERVE decision to settle.
     """
     dry_run: _builtins.bool
-    """Decide only, for previews and backtests: nothing is reserved and no
-    record is stored (the decision has no id). Only with CHECK mode.
+    """Decide only, for previews and backtests: the same verdicts a CHECK
+    would give (the subject's frequency caps counted as they stand), but
+    nothing is reserved and no record is stored, so the decision has no id
+    and GetDecision cannot find it. Only with CHECK mode and without
+    `decision_id`; anything else is a field violation.
     """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -83,7 +86,8 @@ class EvaluateRequest(_message.Message):
     @_builtins.property
     def profile(self) -> _profile_pb2.Profile:
         """With `dry_run`: decide on this profile instead of the subject's stored
-        one.
+        one (its `subject_id` empty or the request's). A field violation
+        without `dry_run`.
         """
 
     def __init__(
