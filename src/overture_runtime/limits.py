@@ -71,7 +71,7 @@ STRING_LIMITS: Mapping[str, int] = MappingProxyType({
     "subject_id": IDENTIFIER, "event_id": IDENTIFIER, "request_id": IDENTIFIER, "idempotency_key": IDENTIFIER,
     "root_event_id": IDENTIFIER, "trigger_event_id": IDENTIFIER,
     "decision_id": GENERATED_ID, "run_id": GENERATED_ID, "run_ids": GENERATED_ID, "delivery_id": GENERATED_ID,
-    "journey": NAME, "rule_set": NAME, "step_id": NAME, "purpose": NAME,
+    "journey": NAME, "rule_set": NAME, "step_id": NAME, "purpose": NAME, "segment": NAME,
     "event_type": EVENT_TYPE,
     "timezone": TIMEZONE, "default_timezone": TIMEZONE,
     "source": SOURCE,

@@ -33,6 +33,7 @@ from overture_runtime.idempotency import Idempotency
 from overture_runtime.protojson import struct_to_dict
 
 from .profiles import TRAITS_MAX_KEYS, ProfileStore
+from .segments import sync_segments
 from .tables import profiles
 
 __all__ = ["TAGS_MAX", "ProfileChange", "ProfileState", "ProfileUpdater", "apply_change", "conflicts"]
@@ -176,6 +177,7 @@ class ProfileUpdater:
                 apply_change(state, change)
                 await conn.execute(profiles.update().where(key).values(
                     traits=state.traits, tags=state.tags, segments=state.segments, update_time=now))
+                await sync_segments(conn, tenant, {subject_id: (list(row.segments), state.segments)})
             profile = (await ProfileStore.load_protos(conn, tenant, [subject_id]))[subject_id]
             return profile_service_pb2.UpdateProfileResponse(profile=profile, entered_segments=state.entered,
                                                              exited_segments=state.exited)

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from overture.common.v1 import event_pb2, messaging_pb2
 from overture.rules.v1 import audit_event_pb2, decision_pb2, profile_pb2
+from overture_runtime import limits
 from overture_runtime.clock import Clock
 from overture_runtime.db import Database, insert_ignore
 from overture_runtime.errors import FieldViolation, NotFound, Violations
@@ -30,7 +31,8 @@ from . import audit
 from .caps import CapLedger
 from .engine import ProfileView, channel_name
 from .profile_cache import LocalViews, ProfileCache
-from .tables import consents, decisions, profiles
+from .segments import sync_segments
+from .tables import consents, decisions, profiles, segment_members
 
 __all__ = ["TRAITS_MAX_KEYS", "ProfileStore"]
 
@@ -62,6 +64,11 @@ class ProfileStore:
         self._ledger = ledger
         self.local = local
         """Views kept in this process for decisions (validated by generation), if any."""
+
+    @property
+    def db(self) -> Database:
+        """The profiles' database."""
+        return self._db
 
     @property
     def cache(self) -> ProfileCache | None:
@@ -198,6 +205,7 @@ class ProfileStore:
                 query = query.order_by(profiles.c.subject_id).with_for_update()  # a fixed lock order: no deadlocks between batches
             state = {r.subject_id: {"traits": dict(r.traits), "segments": list(r.segments), "timezone": r.timezone, "erased": r.erased}
                      for r in (await conn.execute(query)).all()}
+            segments_before = {s: list(p["segments"]) for s, p in state.items()}
             held = {(c.subject_id, c.channel, c.purpose): c.update_time for c in (await conn.execute(sa.select(
                 consents.c.subject_id, consents.c.channel, consents.c.purpose, consents.c.update_time).where(
                 (consents.c.tenant == tenant) & consents.c.subject_id.in_(subjects)))).all()}
@@ -235,6 +243,7 @@ class ProfileStore:
                          update_time=now), [
                     dict(b_subject=s, b_traits=state[s]["traits"], b_segments=state[s]["segments"], b_timezone=state[s]["timezone"])
                     for s in touched])
+                await sync_segments(conn, tenant, {s: (segments_before[s], state[s]["segments"]) for s in touched})
             if consent_rows:
                 dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
                 upsert = dialect.insert(consents)
@@ -272,7 +281,8 @@ class ProfileStore:
             change = {"consent": (channel.lower(), purpose, event.event_type == "consent.granted", when)}
         else:
             segment = str(attrs.get("segment", ""))
-            v.require("attributes.segment", segment)
+            if v.require("attributes.segment", segment) and len(segment) > limits.NAME:
+                v.add("attributes.segment", f"a segment name has at most {limits.NAME} characters", "TOO_LONG")
             change = {"enter": segment} if event.event_type == "segment.entered" else {"exit": segment}
         return change, v.items
 
@@ -287,6 +297,7 @@ class ProfileStore:
                     await conn.execute(profiles.update().where(self._key(profiles, tenant, subject_id)).values(
                         traits={}, segments=[], tags=[], timezone="", erased=True, update_time=now))
                     await conn.execute(consents.delete().where(self._key(consents, tenant, subject_id)))
+                    await conn.execute(segment_members.delete().where(self._key(segment_members, tenant, subject_id)))
                     await self._pseudonymize_decisions(conn, tenant, subject_id, pseudonym)
                     await audit.append(conn, tenant=tenant, action=audit_event_pb2.AUDIT_ACTION_PROFILE_ERASED, actor=actor,
                                        time=now, reason=reason, target=f"profile/{pseudonym}", details={})
@@ -355,6 +366,7 @@ class ProfileStore:
         segments = [x for x in row.segments if x not in remove_segments] + [x for x in add_segments if x not in row.segments]
         await conn.execute(profiles.update().where(self._key(profiles, tenant, subject_id)).values(
             traits=merged, timezone=timezone or row.timezone, suppression_lists=lists, segments=segments, update_time=now))
+        await sync_segments(conn, tenant, {subject_id: (list(row.segments), segments)})
 
     async def _consent(
         self, conn: AsyncConnection, tenant: str, subject_id: str, channel: str, purpose: str, granted: bool,

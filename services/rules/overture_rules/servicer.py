@@ -20,7 +20,7 @@ from overture.rules.v1 import (
 from overture_runtime import OvertureError, Violations, current_principal
 from overture_runtime.db import Database
 from overture_runtime.edge import item_violations
-from overture_runtime.errors import FieldViolation, Unimplemented
+from overture_runtime.errors import FieldViolation
 from overture_runtime.idempotency import Idempotency
 from overture_runtime.protojson import struct_to_dict
 from overture_runtime.validation import (
@@ -38,6 +38,7 @@ from overture_runtime.validation import (
 from . import audit
 from .backtest import backtest
 from .decisions import Decider, validate_evaluate
+from .profile_pages import list_profiles
 from .profile_updates import ProfileChange, ProfileUpdater, conflicts
 from .profiles import ProfileStore
 from .rule_sets import RuleSetStore
@@ -344,6 +345,21 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
         return await self._updater.update(tenant=tenant, request=request)
 
     async def ListProfiles(self, request: P.ListProfilesRequest, context: grpc.aio.ServicerContext) -> P.ListProfilesResponse:
-        current_principal()
-        raise Unimplemented("ListProfiles is not built yet", reason="NOT_BUILT")
+        tenant = current_principal().tenant
+        v = Violations()
+        size = page_size(v, request.page_size, default=100, maximum=1000)
+        v.raise_if_any()
+        # A token names the segment it pages through, so it cannot be used on another.
+        cursor = (decode_page_token(request.page_token, after=str, segment=str) if request.segment
+                  else decode_page_token(request.page_token, after=str))
+        if cursor and cursor.get("segment", "") != request.segment:
+            v.add("page_token", "page_token belongs to a listing of another segment", "INVALID_PAGE_TOKEN")
+            v.raise_if_any()
+        found = await list_profiles(self._profiles.db, tenant=tenant, segment=request.segment, after=cursor.get("after", ""),
+                                    limit=size + 1)
+        token = ""
+        if len(found) > size:
+            last = {"after": found[size - 1].subject_id}
+            token = encode_page_token({**last, "segment": request.segment} if request.segment else last)
+        return P.ListProfilesResponse(profiles=found[:size], next_page_token=token)
 

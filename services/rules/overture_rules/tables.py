@@ -71,6 +71,17 @@ profiles = sa.Table(
     sa.Column("update_time", utc_datetime, nullable=False),
 )
 
+segment_members = sa.Table(
+    "rules_segment_members",
+    metadata,
+    # Who is in which segment: the profiles' `segments` arrays, one row per
+    # (segment, subject), kept in the same transactions. ListProfiles pages
+    # through a segment by its primary key, reading only the page's rows.
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("segment", sa.String(limits.NAME), primary_key=True),
+    sa.Column("subject_id", sa.String(256), primary_key=True),
+)
+
 consents = sa.Table(
     "rules_consents",
     metadata,

@@ -552,7 +552,9 @@ class ListProfilesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     segment: _builtins.str
-    """Only subjects in this segment; empty lists every subject."""
+    """Only subjects in this segment (at most 63 characters); empty lists
+    every subject.
+    """
     page_size: _builtins.int
     """The most profiles to return, 1 to 1,000; 0 means 100."""
     page_token: _builtins.str

@@ -126,7 +126,9 @@ class ProfileServiceServicer:
 
     def ListProfiles(self, request, context):
         """Lists the subjects of a segment, or all subjects, by subject id, for
-        schedule triggers. Erased profiles are left out.
+        schedule triggers. Erased profiles are left out. A page reads only its
+        own rows, however large the segment; a page token continues only the
+        listing (segment) it came from.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -64,7 +64,9 @@ class ProfileServiceStub:
     """
     ListProfiles: _grpc.UnaryUnaryMultiCallable[_profile_service_pb2.ListProfilesRequest, _profile_service_pb2.ListProfilesResponse]
     """Lists the subjects of a segment, or all subjects, by subject id, for
-    schedule triggers. Erased profiles are left out.
+    schedule triggers. Erased profiles are left out. A page reads only its
+    own rows, however large the segment; a page token continues only the
+    listing (segment) it came from.
     """
     UpsertProfile: _grpc.UnaryUnaryMultiCallable[_profile_service_pb2.UpsertProfileRequest, _profile_service_pb2.UpsertProfileResponse]
     """Creates a profile or merges traits into it."""
@@ -120,7 +122,9 @@ class ProfileServiceAsyncStub(ProfileServiceStub):
     """
     ListProfiles: _aio.UnaryUnaryMultiCallable[_profile_service_pb2.ListProfilesRequest, _profile_service_pb2.ListProfilesResponse]  # type: ignore[assignment]
     """Lists the subjects of a segment, or all subjects, by subject id, for
-    schedule triggers. Erased profiles are left out.
+    schedule triggers. Erased profiles are left out. A page reads only its
+    own rows, however large the segment; a page token continues only the
+    listing (segment) it came from.
     """
     UpsertProfile: _aio.UnaryUnaryMultiCallable[_profile_service_pb2.UpsertProfileRequest, _profile_service_pb2.UpsertProfileResponse]  # type: ignore[assignment]
     """Creates a profile or merges traits into it."""
@@ -197,7 +201,9 @@ class ProfileServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_profile_service_pb2.ListProfilesResponse, _abc.Awaitable[_profile_service_pb2.ListProfilesResponse]]:
         """Lists the subjects of a segment, or all subjects, by subject id, for
-        schedule triggers. Erased profiles are left out.
+        schedule triggers. Erased profiles are left out. A page reads only its
+        own rows, however large the segment; a page token continues only the
+        listing (segment) it came from.
         """
 
     @_abc_1.abstractmethod
