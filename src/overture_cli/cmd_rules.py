@@ -215,7 +215,7 @@ async def _audit_events(stub: rules_service_pb2_grpc.RulesServiceStub, metadata:
 def audit_verify(args: argparse.Namespace) -> int:
     """Walk the audit log's hash chain and report the first tampered entry."""
     from overture.rules.v1 import rules_service_pb2_grpc
-    from overture_rules.audit import verify_chain
+    from overture_runtime.audit_chain import verify_chain
 
     async def go() -> int:
         t = target(args.token)

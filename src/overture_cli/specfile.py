@@ -33,7 +33,7 @@ from google.protobuf.message import Message
 
 from .output import Problem
 
-__all__ = ["SpecFile", "SpecFileError", "load_spec", "read_spec"]
+__all__ = ["SpecFile", "SpecFileError", "load_spec", "parse_spec", "read_spec"]
 
 _M = TypeVar("_M", bound=Message)
 _DURATION = re.compile(r"(-?\d+(?:\.\d+)?)([smhd])")  # negative for an offset before a time (a trait date's)
@@ -106,11 +106,17 @@ class SpecFile(Generic[_M]):
 
 def read_spec(path: Path, message_type: type[_M]) -> SpecFile[_M]:
     """Read *path*: a top-level ``name`` and the fields of *message_type*; raise :class:`SpecFileError` with every problem."""
-    file = str(path)
     try:
         text = path.read_text()
     except OSError as error:
-        raise SpecFileError([Problem("", f"cannot read: {error.strerror or error}", file=file)]) from None
+        raise SpecFileError([Problem("", f"cannot read: {error.strerror or error}", file=str(path))]) from None
+    return parse_spec(text, message_type, path=path)
+
+
+def parse_spec(text: str, message_type: type[_M], *, path: Path) -> SpecFile[_M]:
+    """Read *text*, the content of a spec file (*path* names it in problems): as :func:`read_spec`. The console's
+    builder reads its form this way, so that a form and a file are read with the same conveniences and checks."""
+    file = str(path)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as error:

@@ -182,6 +182,17 @@ class Settings(BaseSettings):
     feedback_smtp_port: int = -1
     """Where the connectors service takes in bounces and complaints over SMTP; -1: not at all, 0: any free port."""
 
+    # console
+    console_port: int = 8090
+    """The console's HTTP port (``overture serve console``)."""
+    console_secure_cookies: bool = False
+    """Mark the console's cookies ``Secure`` (sent over HTTPS only); set it whenever the console is served over HTTPS."""
+    console_session_idle_seconds: float = Field(default=8 * 3600, gt=0, le=30 * 86400)
+    """How long a console session lives without a request; each request renews it."""
+    console_journey_templates: str = "examples"
+    """The folder of journey YAML files the console's builder offers as templates (``*.yaml`` and ``journeys/*.yaml``
+    holding a ``trigger``); relative paths are read from the working directory."""
+
     # rules
     reservation_ttl_seconds: float = 300.0
     """How long a frequency-cap reservation is held before it expires unsettled."""

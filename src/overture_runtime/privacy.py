@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["PII_KEYS", "mask", "mask_mapping", "pseudonymize"]
+__all__ = ["PII_KEYS", "looks_personal", "mask", "mask_mapping", "mask_text", "pseudonymize"]
 
 PII_KEYS = frozenset(
     {
@@ -46,6 +46,29 @@ def mask(value: str) -> str:
         host, dot, tld = domain.rpartition(".")
         return f"{local[:1]}***@{(host or tld)[:1]}***{dot}{tld if host else ''}"
     return f"{value[:1]}***"
+
+
+_EMAIL_IN_TEXT = re.compile(r"[^@\s<>()\[\]\"',;:]+@[^@\s<>()\[\]\"',;:]+\.[A-Za-z]{2,}")
+_PHONE_IN_TEXT = re.compile(r"(?<![\w-])\+?\d[\d\s().-]{5,18}\d(?![\w-])")
+
+
+def mask_text(text: str) -> str:
+    """*text* with every email address and phone number in it masked (free text: a rendered message, an error).
+
+    A run of digits is a phone number when it has 7 to 15 digits and is not a date (``2025-01-01``)."""
+    text = _EMAIL_IN_TEXT.sub(lambda m: mask(m.group(0)), text)
+
+    def phone(match: re.Match[str]) -> str:
+        found = match.group(0)
+        digits = sum(c.isdigit() for c in found)
+        return mask(found) if 7 <= digits <= 15 and not _DATE.match(found) else found
+
+    return _PHONE_IN_TEXT.sub(phone, text)
+
+
+def looks_personal(value: str) -> bool:
+    """Whether *value*, a whole value, looks like an email address or a phone number."""
+    return _looks_personal(value)
 
 
 def _looks_personal(value: str) -> bool:

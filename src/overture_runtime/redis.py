@@ -52,6 +52,10 @@ class Keys:
         """The pub/sub channel announcing changes to a subject's in-app inbox (connectors publish, ingest's stream listens)."""
         return self.subject(tenant, subject_id, "inbox")
 
+    def console_session(self, digest: str) -> str:
+        """A console session, by the sha256 of its id (the id itself, the cookie's secret, is never stored)."""
+        return f"{self.namespace}:console:session:{digest}"
+
     def stream(self, name: str, partition: int) -> str:
         """One partition of a shared stream, hash-tagged per partition."""
         return f"{self.namespace}:stream:{name}:{{p{partition}}}"

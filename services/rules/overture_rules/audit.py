@@ -13,26 +13,27 @@ once per record id, with their original actor, time and reason (ADR 0008).
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from google.protobuf import timestamp_pb2
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from overture.rules.v1 import audit_event_pb2
+from overture_runtime.audit_chain import entry_hash, verify_chain
 from overture_runtime.db import Database
 from overture_runtime.errors import Unavailable
-from overture_runtime.protojson import struct_from_dict, struct_to_dict
+from overture_runtime.protojson import struct_from_dict
 
 from .tables import audit_events
 
 __all__ = ["RECORDED_ACTIONS", "ExternalRecord", "append", "entry_hash", "list_events", "record", "to_proto", "verify_chain"]
+
+# The chain's hashing and verification are shared (overture_runtime.audit_chain): the CLI and the console verify
+# the chain they read through ListAuditEvents with the same code that writes it here.
 
 _A = audit_event_pb2
 RECORDED_ACTIONS = frozenset({
@@ -42,30 +43,6 @@ RECORDED_ACTIONS = frozenset({
 })
 """The actions other services record through RecordAuditEvents; the rest
 are the rules service's own, which only it appends."""
-
-
-def entry_hash(
-    *, sequence: int, action: str, actor: str, time: datetime, reason: str, target: str,
-    details: Mapping[str, Any], previous_hash: str, record_id: str = "", recorded_by: str = "",
-) -> str:
-    """The hash of one entry, over the canonical JSON of its fields. The
-    fields of recorded entries are hashed only when set, so the entries
-    written before they existed keep their hashes."""
-    body = {
-        "sequence": sequence, "action": action, "actor": actor, "time": _ts(time),
-        "reason": reason, "target": target, "details": details, "previous_hash": previous_hash,
-    }
-    if record_id:
-        body["record_id"] = record_id
-    if recorded_by:
-        body["recorded_by"] = recorded_by
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def _ts(time: datetime) -> str:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(time)
-    return stamp.ToJsonString()
 
 
 async def append(
@@ -175,26 +152,3 @@ def to_proto(row: Any) -> audit_event_pb2.AuditEvent:
     )
     event.time.FromDatetime(row.time)
     return event
-
-
-def verify_chain(events: Iterable[audit_event_pb2.AuditEvent]) -> tuple[int, str] | None:
-    """Walk a chain from its first entry; return ``(sequence, problem)`` of
-    the first tampered entry, or None when the whole chain verifies."""
-    previous = ""
-    expected_sequence = 1
-    for event in events:
-        if event.sequence != expected_sequence:
-            return event.sequence, f"expected sequence {expected_sequence}: an entry is missing"
-        if event.previous_hash != previous:
-            return event.sequence, "previous_hash does not match the previous entry"
-        recomputed = entry_hash(
-            sequence=event.sequence, action=audit_event_pb2.AuditAction.Name(event.action), actor=event.actor,
-            time=event.time.ToDatetime(tzinfo=UTC), reason=event.reason, target=event.target,
-            details=struct_to_dict(event.details), previous_hash=event.previous_hash,
-            record_id=event.record_id, recorded_by=event.recorded_by,
-        )
-        if recomputed != event.hash:
-            return event.sequence, "the entry's content does not match its hash"
-        previous = event.hash
-        expected_sequence += 1
-    return None

@@ -125,6 +125,22 @@ class RuleSetStore:
                 raise NotFound(f"rule set {name!r} has no version {version}", reason="VERSION_NOT_FOUND")
             return self._to_proto(row, active=head.active_version == version)
 
+    async def list_rule_sets(self, *, tenant: str, limit: int, after: str | None) -> list[rule_set_pb2.RuleSet]:
+        """The tenant's rule sets by name, after *after* when given (the primary key's order: one index range)."""
+        t = rule_sets
+        query = sa.select(t).where(t.c.tenant == tenant)
+        if after is not None:
+            query = query.where(t.c.name > after)
+        async with self._db.connect() as conn:
+            rows = (await conn.execute(query.order_by(t.c.name).limit(limit))).all()
+        found = []
+        for row in rows:
+            item = rule_set_pb2.RuleSet(rule_set=row.name, latest_version=row.latest_version, active_version=row.active_version or 0)
+            item.create_time.FromDatetime(row.create_time)
+            item.update_time.FromDatetime(row.update_time)
+            found.append(item)
+        return found
+
     async def list_versions(self, *, tenant: str, name: str, limit: int, before: int | None) -> list[rule_set_pb2.RuleSetVersion]:
         """Versions newest first, below *before* when given."""
         async with self._db.connect() as conn:

@@ -134,6 +134,16 @@ class RulesServicer(rules_service_pb2_grpc.RulesServiceServicer):
             rule_set_version=await self._rule_sets.get(tenant=tenant, name=request.rule_set, version=request.version)
         )
 
+    async def ListRuleSets(self, request: R.ListRuleSetsRequest, context: grpc.aio.ServicerContext) -> R.ListRuleSetsResponse:
+        tenant = current_principal().tenant
+        v = Violations()
+        size = page_size(v, request.page_size)
+        v.raise_if_any()
+        after = decode_page_token(request.page_token, after=str).get("after")
+        found = await self._rule_sets.list_rule_sets(tenant=tenant, limit=size + 1, after=after)
+        token = encode_page_token({"after": found[size - 1].rule_set}) if len(found) > size else ""
+        return R.ListRuleSetsResponse(rule_sets=found[:size], next_page_token=token)
+
     async def ListRuleSetVersions(
         self, request: R.ListRuleSetVersionsRequest, context: grpc.aio.ServicerContext
     ) -> R.ListRuleSetVersionsResponse:

@@ -28,47 +28,49 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from overture.common.v1 import messaging_pb2 as overture_dot_common_dot_v1_dot_messaging__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n overture/rules/v1/rule_set.proto\x12\x11overture.rules.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"overture/common/v1/messaging.proto\"\xea\x01\n\x0eRuleSetVersion\x12\x10\n\x08rule_set\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x16\n\x0eparent_version\x18\x07 \x01(\x03\x12\x0e\n\x06\x61\x63tive\x18\x08 \x01(\x08\x12,\n\x04spec\x18\t \x01(\x0b\x32\x1e.overture.rules.v1.RuleSetSpec\"\xfd\x02\n\x0bRuleSetSpec\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\x12;\n\nattributes\x18\x02 \x03(\x0b\x32\'.overture.rules.v1.AttributeDeclaration\x12&\n\x05rules\x18\x03 \x03(\x0b\x32\x17.overture.rules.v1.Rule\x12\x37\n\x08\x63onsents\x18\x04 \x03(\x0b\x32%.overture.rules.v1.ConsentRequirement\x12\x37\n\x0e\x66requency_caps\x18\x05 \x03(\x0b\x32\x1f.overture.rules.v1.FrequencyCap\x12\x32\n\x0bquiet_hours\x18\x06 \x01(\x0b\x32\x1d.overture.rules.v1.QuietHours\x12\x19\n\x11suppression_lists\x18\x07 \x03(\t\x12\x33\n\ntest_cases\x18\x08 \x03(\x0b\x32\x1f.overture.rules.v1.RuleTestCase\"\x9d\x01\n\x14\x41ttributeDeclaration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x04type\x18\x02 \x01(\x0e\x32 .overture.rules.v1.AttributeType\x12\x32\n\x06source\x18\x03 \x01(\x0e\x32\".overture.rules.v1.AttributeSource\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"z\n\x04Rule\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x12\n\nexpression\x18\x03 \x01(\t\x12-\n\x06\x65\x66\x66\x65\x63t\x18\x04 \x01(\x0e\x32\x1d.overture.rules.v1.RuleEffect\x12\x0e\n\x06reason\x18\x05 \x01(\t\"S\n\x12\x43onsentRequirement\x12,\n\x07\x63hannel\x18\x01 \x01(\x0e\x32\x1b.overture.common.v1.Channel\x12\x0f\n\x07purpose\x18\x02 \x01(\t\"\xbe\x01\n\x0c\x46requencyCap\x12\n\n\x02id\x18\x01 \x01(\t\x12*\n\x05scope\x18\x02 \x01(\x0e\x32\x1b.overture.rules.v1.CapScope\x12,\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x1b.overture.common.v1.Channel\x12\x0b\n\x03tag\x18\x04 \x01(\t\x12\r\n\x05limit\x18\x05 \x01(\x05\x12,\n\x06window\x18\x06 \x01(\x0b\x32\x1c.overture.rules.v1.CapWindow\"h\n\tCapWindow\x12.\n\x04kind\x18\x01 \x01(\x0e\x32 .overture.rules.v1.CapWindowKind\x12+\n\x08\x64uration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x8d\x01\n\nQuietHours\x12\r\n\x05start\x18\x01 \x01(\t\x12\x0b\n\x03\x65nd\x18\x02 \x01(\t\x12\x1a\n\x12timezone_attribute\x18\x03 \x01(\t\x12\x18\n\x10\x64\x65\x66\x61ult_timezone\x18\x04 \x01(\t\x12-\n\x08\x63hannels\x18\x05 \x03(\x0e\x32\x1b.overture.common.v1.Channel\"\xc7\x02\n\x0cRuleTestCase\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\x07profile\x18\x02 \x01(\x0b\x32\x1e.overture.rules.v1.TestProfile\x12(\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12,\n\x07\x63hannel\x18\x04 \x01(\x0e\x32\x1b.overture.common.v1.Channel\x12\x35\n\x08\x63\x61tegory\x18\x05 \x01(\x0e\x32#.overture.common.v1.MessageCategory\x12\x0c\n\x04tags\x18\x06 \x03(\t\x12\'\n\x03now\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x06\x65xpect\x18\x08 \x01(\x0b\x32\".overture.rules.v1.TestExpectation\"\x8f\x01\n\x0bTestProfile\x12\'\n\x06traits\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x18\n\x10granted_consents\x18\x02 \x03(\t\x12\x10\n\x08segments\x18\x03 \x03(\t\x12\x10\n\x08timezone\x18\x04 \x01(\t\x12\x19\n\x11suppression_lists\x18\x05 \x03(\t\"L\n\x0fTestExpectation\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x10\n\x08\x64\x65\x66\x65rred\x18\x02 \x01(\x08\x12\x16\n\x0e\x64\x65\x63iding_rules\x18\x03 \x03(\t\"p\n\rRuleSetChange\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x32\n\x04kind\x18\x02 \x01(\x0e\x32$.overture.rules.v1.RuleSetChangeKind\x12\x0e\n\x06\x62\x65\x66ore\x18\x03 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x04 \x01(\t*\xbe\x01\n\rAttributeType\x12\x1e\n\x1a\x41TTRIBUTE_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41TTRIBUTE_TYPE_STRING\x10\x01\x12\x19\n\x15\x41TTRIBUTE_TYPE_NUMBER\x10\x02\x12\x1a\n\x16\x41TTRIBUTE_TYPE_BOOLEAN\x10\x03\x12\x1b\n\x17\x41TTRIBUTE_TYPE_DATETIME\x10\x04\x12\x1e\n\x1a\x41TTRIBUTE_TYPE_STRING_LIST\x10\x05*m\n\x0f\x41ttributeSource\x12 \n\x1c\x41TTRIBUTE_SOURCE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41TTRIBUTE_SOURCE_TRAIT\x10\x01\x12\x1c\n\x18\x41TTRIBUTE_SOURCE_CONTEXT\x10\x02*X\n\nRuleEffect\x12\x1b\n\x17RULE_EFFECT_UNSPECIFIED\x10\x00\x12\x17\n\x13RULE_EFFECT_REQUIRE\x10\x01\x12\x14\n\x10RULE_EFFECT_DENY\x10\x02*k\n\x08\x43\x61pScope\x12\x19\n\x15\x43\x41P_SCOPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43\x41P_SCOPE_CHANNEL\x10\x01\x12\x1a\n\x16\x43\x41P_SCOPE_ALL_CHANNELS\x10\x02\x12\x11\n\rCAP_SCOPE_TAG\x10\x03*\x92\x01\n\rCapWindowKind\x12\x1f\n\x1b\x43\x41P_WINDOW_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43\x41P_WINDOW_KIND_ROLLING\x10\x01\x12 \n\x1c\x43\x41P_WINDOW_KIND_CALENDAR_DAY\x10\x02\x12!\n\x1d\x43\x41P_WINDOW_KIND_CALENDAR_WEEK\x10\x03*\x9d\x01\n\x11RuleSetChangeKind\x12$\n RULE_SET_CHANGE_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1aRULE_SET_CHANGE_KIND_ADDED\x10\x01\x12 \n\x1cRULE_SET_CHANGE_KIND_REMOVED\x10\x02\x12 \n\x1cRULE_SET_CHANGE_KIND_CHANGED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n overture/rules/v1/rule_set.proto\x12\x11overture.rules.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"overture/common/v1/messaging.proto\"\xad\x01\n\x07RuleSet\x12\x10\n\x08rule_set\x18\x01 \x01(\t\x12\x16\n\x0elatest_version\x18\x02 \x01(\x03\x12\x16\n\x0e\x61\x63tive_version\x18\x03 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xea\x01\n\x0eRuleSetVersion\x12\x10\n\x08rule_set\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x16\n\x0eparent_version\x18\x07 \x01(\x03\x12\x0e\n\x06\x61\x63tive\x18\x08 \x01(\x08\x12,\n\x04spec\x18\t \x01(\x0b\x32\x1e.overture.rules.v1.RuleSetSpec\"\xfd\x02\n\x0bRuleSetSpec\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\x12;\n\nattributes\x18\x02 \x03(\x0b\x32\'.overture.rules.v1.AttributeDeclaration\x12&\n\x05rules\x18\x03 \x03(\x0b\x32\x17.overture.rules.v1.Rule\x12\x37\n\x08\x63onsents\x18\x04 \x03(\x0b\x32%.overture.rules.v1.ConsentRequirement\x12\x37\n\x0e\x66requency_caps\x18\x05 \x03(\x0b\x32\x1f.overture.rules.v1.FrequencyCap\x12\x32\n\x0bquiet_hours\x18\x06 \x01(\x0b\x32\x1d.overture.rules.v1.QuietHours\x12\x19\n\x11suppression_lists\x18\x07 \x03(\t\x12\x33\n\ntest_cases\x18\x08 \x03(\x0b\x32\x1f.overture.rules.v1.RuleTestCase\"\x9d\x01\n\x14\x41ttributeDeclaration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x04type\x18\x02 \x01(\x0e\x32 .overture.rules.v1.AttributeType\x12\x32\n\x06source\x18\x03 \x01(\x0e\x32\".overture.rules.v1.AttributeSource\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"z\n\x04Rule\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x12\n\nexpression\x18\x03 \x01(\t\x12-\n\x06\x65\x66\x66\x65\x63t\x18\x04 \x01(\x0e\x32\x1d.overture.rules.v1.RuleEffect\x12\x0e\n\x06reason\x18\x05 \x01(\t\"S\n\x12\x43onsentRequirement\x12,\n\x07\x63hannel\x18\x01 \x01(\x0e\x32\x1b.overture.common.v1.Channel\x12\x0f\n\x07purpose\x18\x02 \x01(\t\"\xbe\x01\n\x0c\x46requencyCap\x12\n\n\x02id\x18\x01 \x01(\t\x12*\n\x05scope\x18\x02 \x01(\x0e\x32\x1b.overture.rules.v1.CapScope\x12,\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x1b.overture.common.v1.Channel\x12\x0b\n\x03tag\x18\x04 \x01(\t\x12\r\n\x05limit\x18\x05 \x01(\x05\x12,\n\x06window\x18\x06 \x01(\x0b\x32\x1c.overture.rules.v1.CapWindow\"h\n\tCapWindow\x12.\n\x04kind\x18\x01 \x01(\x0e\x32 .overture.rules.v1.CapWindowKind\x12+\n\x08\x64uration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x8d\x01\n\nQuietHours\x12\r\n\x05start\x18\x01 \x01(\t\x12\x0b\n\x03\x65nd\x18\x02 \x01(\t\x12\x1a\n\x12timezone_attribute\x18\x03 \x01(\t\x12\x18\n\x10\x64\x65\x66\x61ult_timezone\x18\x04 \x01(\t\x12-\n\x08\x63hannels\x18\x05 \x03(\x0e\x32\x1b.overture.common.v1.Channel\"\xc7\x02\n\x0cRuleTestCase\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\x07profile\x18\x02 \x01(\x0b\x32\x1e.overture.rules.v1.TestProfile\x12(\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12,\n\x07\x63hannel\x18\x04 \x01(\x0e\x32\x1b.overture.common.v1.Channel\x12\x35\n\x08\x63\x61tegory\x18\x05 \x01(\x0e\x32#.overture.common.v1.MessageCategory\x12\x0c\n\x04tags\x18\x06 \x03(\t\x12\'\n\x03now\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x06\x65xpect\x18\x08 \x01(\x0b\x32\".overture.rules.v1.TestExpectation\"\x8f\x01\n\x0bTestProfile\x12\'\n\x06traits\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x18\n\x10granted_consents\x18\x02 \x03(\t\x12\x10\n\x08segments\x18\x03 \x03(\t\x12\x10\n\x08timezone\x18\x04 \x01(\t\x12\x19\n\x11suppression_lists\x18\x05 \x03(\t\"L\n\x0fTestExpectation\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x10\n\x08\x64\x65\x66\x65rred\x18\x02 \x01(\x08\x12\x16\n\x0e\x64\x65\x63iding_rules\x18\x03 \x03(\t\"p\n\rRuleSetChange\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x32\n\x04kind\x18\x02 \x01(\x0e\x32$.overture.rules.v1.RuleSetChangeKind\x12\x0e\n\x06\x62\x65\x66ore\x18\x03 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x04 \x01(\t*\xbe\x01\n\rAttributeType\x12\x1e\n\x1a\x41TTRIBUTE_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41TTRIBUTE_TYPE_STRING\x10\x01\x12\x19\n\x15\x41TTRIBUTE_TYPE_NUMBER\x10\x02\x12\x1a\n\x16\x41TTRIBUTE_TYPE_BOOLEAN\x10\x03\x12\x1b\n\x17\x41TTRIBUTE_TYPE_DATETIME\x10\x04\x12\x1e\n\x1a\x41TTRIBUTE_TYPE_STRING_LIST\x10\x05*m\n\x0f\x41ttributeSource\x12 \n\x1c\x41TTRIBUTE_SOURCE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41TTRIBUTE_SOURCE_TRAIT\x10\x01\x12\x1c\n\x18\x41TTRIBUTE_SOURCE_CONTEXT\x10\x02*X\n\nRuleEffect\x12\x1b\n\x17RULE_EFFECT_UNSPECIFIED\x10\x00\x12\x17\n\x13RULE_EFFECT_REQUIRE\x10\x01\x12\x14\n\x10RULE_EFFECT_DENY\x10\x02*k\n\x08\x43\x61pScope\x12\x19\n\x15\x43\x41P_SCOPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43\x41P_SCOPE_CHANNEL\x10\x01\x12\x1a\n\x16\x43\x41P_SCOPE_ALL_CHANNELS\x10\x02\x12\x11\n\rCAP_SCOPE_TAG\x10\x03*\x92\x01\n\rCapWindowKind\x12\x1f\n\x1b\x43\x41P_WINDOW_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43\x41P_WINDOW_KIND_ROLLING\x10\x01\x12 \n\x1c\x43\x41P_WINDOW_KIND_CALENDAR_DAY\x10\x02\x12!\n\x1d\x43\x41P_WINDOW_KIND_CALENDAR_WEEK\x10\x03*\x9d\x01\n\x11RuleSetChangeKind\x12$\n RULE_SET_CHANGE_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1aRULE_SET_CHANGE_KIND_ADDED\x10\x01\x12 \n\x1cRULE_SET_CHANGE_KIND_REMOVED\x10\x02\x12 \n\x1cRULE_SET_CHANGE_KIND_CHANGED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'overture.rules.v1.rule_set_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ATTRIBUTETYPE']._serialized_start=2288
-  _globals['_ATTRIBUTETYPE']._serialized_end=2478
-  _globals['_ATTRIBUTESOURCE']._serialized_start=2480
-  _globals['_ATTRIBUTESOURCE']._serialized_end=2589
-  _globals['_RULEEFFECT']._serialized_start=2591
-  _globals['_RULEEFFECT']._serialized_end=2679
-  _globals['_CAPSCOPE']._serialized_start=2681
-  _globals['_CAPSCOPE']._serialized_end=2788
-  _globals['_CAPWINDOWKIND']._serialized_start=2791
-  _globals['_CAPWINDOWKIND']._serialized_end=2937
-  _globals['_RULESETCHANGEKIND']._serialized_start=2940
-  _globals['_RULESETCHANGEKIND']._serialized_end=3097
-  _globals['_RULESETVERSION']._serialized_start=187
-  _globals['_RULESETVERSION']._serialized_end=421
-  _globals['_RULESETSPEC']._serialized_start=424
-  _globals['_RULESETSPEC']._serialized_end=805
-  _globals['_ATTRIBUTEDECLARATION']._serialized_start=808
-  _globals['_ATTRIBUTEDECLARATION']._serialized_end=965
-  _globals['_RULE']._serialized_start=967
-  _globals['_RULE']._serialized_end=1089
-  _globals['_CONSENTREQUIREMENT']._serialized_start=1091
-  _globals['_CONSENTREQUIREMENT']._serialized_end=1174
-  _globals['_FREQUENCYCAP']._serialized_start=1177
-  _globals['_FREQUENCYCAP']._serialized_end=1367
-  _globals['_CAPWINDOW']._serialized_start=1369
-  _globals['_CAPWINDOW']._serialized_end=1473
-  _globals['_QUIETHOURS']._serialized_start=1476
-  _globals['_QUIETHOURS']._serialized_end=1617
-  _globals['_RULETESTCASE']._serialized_start=1620
-  _globals['_RULETESTCASE']._serialized_end=1947
-  _globals['_TESTPROFILE']._serialized_start=1950
-  _globals['_TESTPROFILE']._serialized_end=2093
-  _globals['_TESTEXPECTATION']._serialized_start=2095
-  _globals['_TESTEXPECTATION']._serialized_end=2171
-  _globals['_RULESETCHANGE']._serialized_start=2173
-  _globals['_RULESETCHANGE']._serialized_end=2285
+  _globals['_ATTRIBUTETYPE']._serialized_start=2464
+  _globals['_ATTRIBUTETYPE']._serialized_end=2654
+  _globals['_ATTRIBUTESOURCE']._serialized_start=2656
+  _globals['_ATTRIBUTESOURCE']._serialized_end=2765
+  _globals['_RULEEFFECT']._serialized_start=2767
+  _globals['_RULEEFFECT']._serialized_end=2855
+  _globals['_CAPSCOPE']._serialized_start=2857
+  _globals['_CAPSCOPE']._serialized_end=2964
+  _globals['_CAPWINDOWKIND']._serialized_start=2967
+  _globals['_CAPWINDOWKIND']._serialized_end=3113
+  _globals['_RULESETCHANGEKIND']._serialized_start=3116
+  _globals['_RULESETCHANGEKIND']._serialized_end=3273
+  _globals['_RULESET']._serialized_start=187
+  _globals['_RULESET']._serialized_end=360
+  _globals['_RULESETVERSION']._serialized_start=363
+  _globals['_RULESETVERSION']._serialized_end=597
+  _globals['_RULESETSPEC']._serialized_start=600
+  _globals['_RULESETSPEC']._serialized_end=981
+  _globals['_ATTRIBUTEDECLARATION']._serialized_start=984
+  _globals['_ATTRIBUTEDECLARATION']._serialized_end=1141
+  _globals['_RULE']._serialized_start=1143
+  _globals['_RULE']._serialized_end=1265
+  _globals['_CONSENTREQUIREMENT']._serialized_start=1267
+  _globals['_CONSENTREQUIREMENT']._serialized_end=1350
+  _globals['_FREQUENCYCAP']._serialized_start=1353
+  _globals['_FREQUENCYCAP']._serialized_end=1543
+  _globals['_CAPWINDOW']._serialized_start=1545
+  _globals['_CAPWINDOW']._serialized_end=1649
+  _globals['_QUIETHOURS']._serialized_start=1652
+  _globals['_QUIETHOURS']._serialized_end=1793
+  _globals['_RULETESTCASE']._serialized_start=1796
+  _globals['_RULETESTCASE']._serialized_end=2123
+  _globals['_TESTPROFILE']._serialized_start=2126
+  _globals['_TESTPROFILE']._serialized_end=2269
+  _globals['_TESTEXPECTATION']._serialized_start=2271
+  _globals['_TESTEXPECTATION']._serialized_end=2347
+  _globals['_RULESETCHANGE']._serialized_start=2349
+  _globals['_RULESETCHANGE']._serialized_end=2461
 # @@protoc_insertion_point(module_scope)

@@ -192,6 +192,48 @@ RULE_SET_CHANGE_KIND_CHANGED: RuleSetChangeKind.ValueType  # 3
 Global___RuleSetChangeKind: _TypeAlias = RuleSetChangeKind  # noqa: Y015
 
 @_typing.final
+class RuleSet(_message.Message):
+    """A rule set: a named, versioned document, as ListRuleSets shows it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_SET_FIELD_NUMBER: _builtins.int
+    LATEST_VERSION_FIELD_NUMBER: _builtins.int
+    ACTIVE_VERSION_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    rule_set: _builtins.str
+    """The rule set's name."""
+    latest_version: _builtins.int
+    """The number of its newest version."""
+    active_version: _builtins.int
+    """The number of its active version; 0 when none was ever activated."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When its first version was created."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When a version was last created or activated."""
+
+    def __init__(
+        self,
+        *,
+        rule_set: _builtins.str = ...,
+        latest_version: _builtins.int = ...,
+        active_version: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_version", b"active_version", "create_time", b"create_time", "latest_version", b"latest_version", "rule_set", b"rule_set", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RuleSet: _TypeAlias = RuleSet  # noqa: Y015
+
+@_typing.final
 class RuleSetVersion(_message.Message):
     """One immutable, numbered version of a rule set. A rule set (such as
     `marketing-email`) is a named document; each change creates a new version

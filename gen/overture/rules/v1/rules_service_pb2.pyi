@@ -294,6 +294,60 @@ class CreateRuleSetVersionResponse(_message.Message):
 Global___CreateRuleSetVersionResponse: _TypeAlias = CreateRuleSetVersionResponse  # noqa: Y015
 
 @_typing.final
+class ListRuleSetsRequest(_message.Message):
+    """The request of ListRuleSets."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """The most rule sets to return, 1 to 100; 0 means 20."""
+    page_token: _builtins.str
+    """The `next_page_token` of a previous call."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRuleSetsRequest: _TypeAlias = ListRuleSetsRequest  # noqa: Y015
+
+@_typing.final
+class ListRuleSetsResponse(_message.Message):
+    """The response of ListRuleSets."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_SETS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The token for the next page; empty on the last page."""
+    @_builtins.property
+    def rule_sets(self) -> _containers.RepeatedCompositeFieldContainer[_rule_set_pb2.RuleSet]:
+        """The rule sets, by name."""
+
+    def __init__(
+        self,
+        *,
+        rule_sets: _abc.Iterable[_rule_set_pb2.RuleSet] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "rule_sets", b"rule_sets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRuleSetsResponse: _TypeAlias = ListRuleSetsResponse  # noqa: Y015
+
+@_typing.final
 class GetRuleSetVersionRequest(_message.Message):
     """The request of GetRuleSetVersion."""
 

@@ -51,6 +51,11 @@ class RulesServiceStub:
                 request_serializer=overture_dot_rules_dot_v1_dot_rules__service__pb2.CreateRuleSetVersionRequest.SerializeToString,
                 response_deserializer=overture_dot_rules_dot_v1_dot_rules__service__pb2.CreateRuleSetVersionResponse.FromString,
                 _registered_method=True)
+        self.ListRuleSets = channel.unary_unary(
+                '/overture.rules.v1.RulesService/ListRuleSets',
+                request_serializer=overture_dot_rules_dot_v1_dot_rules__service__pb2.ListRuleSetsRequest.SerializeToString,
+                response_deserializer=overture_dot_rules_dot_v1_dot_rules__service__pb2.ListRuleSetsResponse.FromString,
+                _registered_method=True)
         self.GetRuleSetVersion = channel.unary_unary(
                 '/overture.rules.v1.RulesService/GetRuleSetVersion',
                 request_serializer=overture_dot_rules_dot_v1_dot_rules__service__pb2.GetRuleSetVersionRequest.SerializeToString,
@@ -123,6 +128,14 @@ class RulesServiceServicer:
         version with INVALID_ARGUMENT and field violations naming the rule and
         the position of the error. The new version is not active until
         ActivateRuleSetVersion. Idempotent on `request_id`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRuleSets(self, request, context):
+        """Lists the tenant's rule sets by name, each with its latest and active
+        version numbers (not their content: see GetRuleSetVersion).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -203,6 +216,11 @@ def add_RulesServiceServicer_to_server(servicer, server):
                     servicer.CreateRuleSetVersion,
                     request_deserializer=overture_dot_rules_dot_v1_dot_rules__service__pb2.CreateRuleSetVersionRequest.FromString,
                     response_serializer=overture_dot_rules_dot_v1_dot_rules__service__pb2.CreateRuleSetVersionResponse.SerializeToString,
+            ),
+            'ListRuleSets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRuleSets,
+                    request_deserializer=overture_dot_rules_dot_v1_dot_rules__service__pb2.ListRuleSetsRequest.FromString,
+                    response_serializer=overture_dot_rules_dot_v1_dot_rules__service__pb2.ListRuleSetsResponse.SerializeToString,
             ),
             'GetRuleSetVersion': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRuleSetVersion,
@@ -328,6 +346,33 @@ class RulesService:
             '/overture.rules.v1.RulesService/CreateRuleSetVersion',
             overture_dot_rules_dot_v1_dot_rules__service__pb2.CreateRuleSetVersionRequest.SerializeToString,
             overture_dot_rules_dot_v1_dot_rules__service__pb2.CreateRuleSetVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRuleSets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/overture.rules.v1.RulesService/ListRuleSets',
+            overture_dot_rules_dot_v1_dot_rules__service__pb2.ListRuleSetsRequest.SerializeToString,
+            overture_dot_rules_dot_v1_dot_rules__service__pb2.ListRuleSetsResponse.FromString,
             options,
             channel_credentials,
             insecure,

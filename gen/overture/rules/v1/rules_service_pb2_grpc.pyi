@@ -52,6 +52,10 @@ class RulesServiceStub:
     the position of the error. The new version is not active until
     ActivateRuleSetVersion. Idempotent on `request_id`.
     """
+    ListRuleSets: _grpc.UnaryUnaryMultiCallable[_rules_service_pb2.ListRuleSetsRequest, _rules_service_pb2.ListRuleSetsResponse]
+    """Lists the tenant's rule sets by name, each with its latest and active
+    version numbers (not their content: see GetRuleSetVersion).
+    """
     GetRuleSetVersion: _grpc.UnaryUnaryMultiCallable[_rules_service_pb2.GetRuleSetVersionRequest, _rules_service_pb2.GetRuleSetVersionResponse]
     """Returns one version of a rule set, or its active version."""
     ListRuleSetVersions: _grpc.UnaryUnaryMultiCallable[_rules_service_pb2.ListRuleSetVersionsRequest, _rules_service_pb2.ListRuleSetVersionsResponse]
@@ -96,6 +100,10 @@ class RulesServiceAsyncStub(RulesServiceStub):
     version with INVALID_ARGUMENT and field violations naming the rule and
     the position of the error. The new version is not active until
     ActivateRuleSetVersion. Idempotent on `request_id`.
+    """
+    ListRuleSets: _aio.UnaryUnaryMultiCallable[_rules_service_pb2.ListRuleSetsRequest, _rules_service_pb2.ListRuleSetsResponse]  # type: ignore[assignment]
+    """Lists the tenant's rule sets by name, each with its latest and active
+    version numbers (not their content: see GetRuleSetVersion).
     """
     GetRuleSetVersion: _aio.UnaryUnaryMultiCallable[_rules_service_pb2.GetRuleSetVersionRequest, _rules_service_pb2.GetRuleSetVersionResponse]  # type: ignore[assignment]
     """Returns one version of a rule set, or its active version."""
@@ -156,6 +164,16 @@ class RulesServiceServicer(metaclass=_abc_1.ABCMeta):
         version with INVALID_ARGUMENT and field violations naming the rule and
         the position of the error. The new version is not active until
         ActivateRuleSetVersion. Idempotent on `request_id`.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRuleSets(
+        self,
+        request: _rules_service_pb2.ListRuleSetsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rules_service_pb2.ListRuleSetsResponse, _abc.Awaitable[_rules_service_pb2.ListRuleSetsResponse]]:
+        """Lists the tenant's rule sets by name, each with its latest and active
+        version numbers (not their content: see GetRuleSetVersion).
         """
 
     @_abc_1.abstractmethod
