@@ -1,4 +1,4 @@
-"""``overture dev``: all four services as separate processes on one machine.
+"""``overture dev``: all four services and the web console as separate processes on one machine.
 
 With no ``DATABASE_URL`` or ``REDIS_URL`` it runs on embedded defaults, the
 way the Prefect and Temporal dev servers do: SQLite files (one per service)
@@ -34,7 +34,7 @@ from .mailsink import MailSink, _free_port
 
 __all__ = ["dev_providers", "dev_signing_key", "dev_token", "dev_vapid_key", "run_dev", "write_dev_file"]
 
-_COLORS = {"ingest": "36", "rules": "35", "orchestrator": "33", "connectors": "32"}
+_COLORS = {"ingest": "36", "rules": "35", "orchestrator": "33", "connectors": "32", "console": "34"}
 _INTERNAL_ROLES = [
     "rules.evaluate", "rules.read", "profiles.read", "profiles.write", "deliveries.send", "deliveries.report", "runs.read", "events.write",
     "audit.write",
@@ -162,6 +162,23 @@ def write_dev_file(path: Path, data: Mapping[str, Any]) -> None:
         raise
 
 
+async def _wait_for_http(url: str, *, within: float) -> bool:
+    """Poll *url* until it answers 200; False after *within* seconds."""
+    import httpx
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    async with httpx.AsyncClient(timeout=1.0) as client:
+        while loop.time() < deadline:
+            try:
+                if (await client.get(url)).status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
+    return False
+
+
 def _port(service: str, kind: str, default: int) -> int:
     return int(os.environ.get(f"OVERTURE_{service.upper()}_{kind}_PORT", default))
 
@@ -225,26 +242,38 @@ async def _main(data_dir: Path) -> int:
         processes[svc] = proc
         assert proc.stdout is not None
         pumps.append(asyncio.create_task(_pump(svc, proc.stdout)))
+    console_port = int(os.environ.get("OVERTURE_CONSOLE_PORT", 8090))
+    console_url = f"http://{host}:{console_port}"
+    env.setdefault("OVERTURE_CONSOLE_JOURNEY_TEMPLATES", str(Path("examples").resolve()))  # noqa: ASYNC240 - once, at start-up
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "overture_cli.main", "serve", "console", env={**env, "OVERTURE_CONSOLE_PORT": str(console_port)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+    )
+    processes["console"] = proc
+    assert proc.stdout is not None
+    pumps.append(asyncio.create_task(_pump("console", proc.stdout)))
     _say("database  " + ("DATABASE_URL" if shared_db else f"SQLite under {data_dir / 'data'}/"))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    ready = await asyncio.gather(*(wait_until_serving(addresses[s], within=90) for s in SERVICES))
+    ready = await asyncio.gather(*(wait_until_serving(addresses[s], within=90) for s in SERVICES),
+                                 _wait_for_http(f"{console_url}/healthz", within=90))
     code = 0
     if not all(ready):
-        failed = [s for s, ok in zip(SERVICES, ready, strict=True) if not ok]
+        failed = [s for s, ok in zip((*SERVICES, "console"), ready, strict=True) if not ok]
         _say(f"services did not become healthy: {', '.join(failed)}")
         stop.set()
         code = 1
     else:
         http_port = _port("ingest", "HTTP", 8080)
         write_dev_file(data_dir / "dev.json", {"token": token, "addresses": addresses, "http": f"http://{host}:{http_port}",
-                                               "signing_key": signing_key, "vapid_private_key": vapid_key})
+                                               "console": console_url, "signing_key": signing_key, "vapid_private_key": vapid_key})
         _say("ready.")
         for svc in SERVICES:
             _say(f"  {svc:<13} grpc://{addresses[svc]}")
         _say(f"  {'ingest http':<13} http://{host}:{http_port}/automation/events")
+        _say(f"  {'console':<13} {console_url}  (sign in with the token below)")
         _say(f"  tenant demo, token: {token}")
         _say(f"  (saved to {data_dir / 'dev.json'}; other `overture` commands in this folder use it)")
 

@@ -19,9 +19,12 @@ __all__ = ["main", "parser"]
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .serve import run
+    from .serve import run, run_console
 
-    run(args.service)
+    if args.service == "console":
+        run_console()
+    else:
+        run(args.service)
     return 0
 
 
@@ -45,8 +48,8 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="overture", description="Overture: a marketing-automation rules engine.")
     root.add_argument("--json", action="store_true", default=False, help=_JSON_HELP)
     sub = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("serve", help="run one service in this process")
-    p.add_argument("service", choices=SERVICES)
+    p = sub.add_parser("serve", help="run one service (or the web console) in this process")
+    p.add_argument("service", choices=(*SERVICES, "console"))
     p.set_defaults(func=_serve)
     p = sub.add_parser("dev", help="run all four services locally, on embedded defaults")
     p.add_argument("--data-dir", default=".overture", help="where dev data, mail and the dev token are kept")

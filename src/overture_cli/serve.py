@@ -30,7 +30,7 @@ from overture_runtime.config import ServiceName
 from overture_runtime.logging import configure_logging
 from overture_runtime.telemetry import configure_tracing
 
-__all__ = ["app_class", "run"]
+__all__ = ["app_class", "run", "run_console"]
 
 _APPS = {
     "ingest": "overture_ingest:IngestApp",
@@ -62,6 +62,16 @@ def _serve_here(service: ServiceName, settings: Settings) -> None:
     configure_tracing(service=service, exporter=settings.otel_exporter)
     app = app_class(service)(settings)
     _run_loop(serve(app, settings), settings.event_loop)
+
+
+def run_console() -> None:
+    """Run the console (``overture serve console``) until SIGTERM or SIGINT."""
+    from overture_console.app import ConsoleSettings
+    from overture_console.app import serve as serve_console
+
+    settings = load_settings(ConsoleSettings)
+    configure_logging(level=settings.log_level, fmt=settings.log_format, service="console")
+    _run_loop(serve_console(settings), settings.event_loop)
 
 
 def _run_loop(main: Coroutine[Any, Any, None], event_loop: str) -> None:
