@@ -45,7 +45,7 @@ async def rule_set(visit: Visit) -> Response:
     try:
         shown = (await visit.call("rules.GetRuleSetVersion", RS.GetRuleSetVersionRequest(rule_set=name, version=chosen))).rule_set_version
     except ServiceError as error:
-        if error.code != "NOT_FOUND" or chosen:
+        if error.code not in ("NOT_FOUND", "FAILED_PRECONDITION") or chosen:
             raise
         notices.append(("info", "No version is active yet; choose one below."))
     backtest = None

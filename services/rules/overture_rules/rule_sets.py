@@ -7,6 +7,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from overture.rules.v1 import audit_event_pb2, rule_set_pb2
