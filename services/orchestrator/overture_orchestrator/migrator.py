@@ -3,7 +3,7 @@
 Runs stay on the version they started on; an operator who publishes a fix
 may move them. Each token of a run goes to the step the mapping names for
 its node (a node missing from the mapping keeps its id), and the run's
-version with them. A run moves whole or not at all (ADR 0016):
+version with them. A run moves whole or not at all (ADR 0017):
 
 - **Every token must have a target.** A token whose target step is not in
   the target version leaves its run where it is (``STEP_NOT_IN_VERSION``).
