@@ -7,6 +7,7 @@ does is visible to another.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -47,18 +48,38 @@ async def database_url() -> AsyncIterator[str]:
         yield url
 
 
+@contextlib.asynccontextmanager
+async def scratch_namespace(prefix: str = "test") -> AsyncIterator[str]:
+    """A fresh Redis key namespace, its keys deleted afterwards (for fixtures of any scope)."""
+    namespace = f"{prefix}{secrets.token_hex(4)}"
+    try:
+        yield namespace
+    finally:
+        client = aioredis.Redis.from_url(REDIS_URL)
+        try:
+            keys = [k async for k in client.scan_iter(match=f"{namespace}:*", count=1000)]
+            if keys:
+                await client.delete(*keys)
+        finally:
+            await client.aclose()
+
+
+def settings_for(database_url: str, redis_namespace: str, **overrides: object) -> Settings:
+    """Settings for in-process services on *database_url* and *redis_namespace*, with the test tokens."""
+    values: dict[str, object] = dict(
+        database_url=database_url, redis_url=REDIS_URL, redis_namespace=redis_namespace,
+        auth_tokens=json.dumps(TOKENS), service_token=SERVICE_TOKEN, environment="test",
+        ingest_http_port=-1, stream_partitions=4, shutdown_grace_seconds=1,
+    )
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
 @pytest.fixture
 async def redis_namespace() -> AsyncIterator[str]:
     """A Redis key namespace for this test, deleted afterwards."""
-    namespace = f"test{secrets.token_hex(4)}"
-    yield namespace
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{namespace}:*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+    async with scratch_namespace() as namespace:
+        yield namespace
 
 
 @pytest.fixture
@@ -66,13 +87,7 @@ def make_settings(database_url: str, redis_namespace: str) -> Callable[..., Sett
     """Build settings for in-process services on this test's database and namespace."""
 
     def build(**overrides: object) -> Settings:
-        values: dict[str, object] = dict(
-            database_url=database_url, redis_url=REDIS_URL, redis_namespace=redis_namespace,
-            auth_tokens=json.dumps(TOKENS), service_token=SERVICE_TOKEN, environment="test",
-            ingest_http_port=-1, stream_partitions=4, shutdown_grace_seconds=1,
-        )
-        values.update(overrides)
-        return Settings(**values)  # type: ignore[arg-type]
+        return settings_for(database_url, redis_namespace, **overrides)
 
     return build
 

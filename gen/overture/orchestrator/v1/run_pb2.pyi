@@ -231,8 +231,9 @@ class StepRun(_message.Message):
     error: _builtins.str
     """The last error, when the step failed."""
     edge: _builtins.str
-    """The edge the run left the step by, for example `true`, `timeout` or a
-    split branch's name; empty for `next`.
+    """The edge the run left the step by, for example `next`, `true`,
+    `timeout`, `goal` (its goal event ended the run there) or a split
+    branch's name; empty while the run is still at the step.
     """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
