@@ -14,6 +14,7 @@ from overture.orchestrator.v1 import orchestrator_service_pb2 as O
 from overture.orchestrator.v1 import run_pb2
 from overture.rules.v1 import audit_event_pb2 as A
 from overture.rules.v1 import rules_service_pb2 as R
+from overture_orchestrator import OrchestratorApp
 from overture_runtime.clock import ManualClock
 from overture_runtime.config import Settings
 from tests.conftest import admin_metadata
@@ -21,10 +22,12 @@ from tests.thinpath import eventually
 
 from .cluster import Cluster, running_cluster
 
-__all__ = ["MD", "START", "audit_entries", "delay_journey", "lifecycle_cluster", "publish", "waiting_runs"]
+__all__ = ["MD", "START", "World", "audit_entries", "delay_journey", "lifecycle_cluster", "orchestrator_app", "publish", "waiting_runs"]
 
 MD = admin_metadata()
 START = dt.datetime(2026, 5, 4, 9, 0, tzinfo=dt.UTC)
+World = tuple[Cluster, ManualClock]
+"""The cluster and the orchestrator's clock."""
 
 
 @contextlib.asynccontextmanager
@@ -33,6 +36,13 @@ async def lifecycle_cluster(make_settings: Callable[..., Settings], tmp_path: Pa
     clock = ManualClock(START)
     async with running_cluster(make_settings, tmp_path / "mail", orchestrator_clock=clock) as cluster:
         yield cluster, clock
+
+
+def orchestrator_app(c: Cluster) -> OrchestratorApp:
+    """The cluster's orchestrator, for tests that look inside."""
+    app = c.apps["orchestrator"]
+    assert isinstance(app, OrchestratorApp)
+    return app
 
 
 def delay_journey(*steps: tuple[str, str], event_type: str = "trial.started", description: str = "") -> J.JourneySpec:

@@ -5,6 +5,7 @@ and is undone only by publishing a new version."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -19,8 +20,7 @@ from overture.orchestrator.v1 import orchestrator_service_pb2 as O
 from overture.orchestrator.v1 import run_pb2
 from overture.rules.v1 import audit_event_pb2 as A
 from overture_orchestrator import OrchestratorApp
-from overture_orchestrator.tables import inactivity, tokens
-from overture_runtime.clock import ManualClock
+from overture_orchestrator.tables import inactivity, journey_drafts, tokens
 from overture_runtime.config import Settings
 from overture_runtime.protojson import struct_to_dict
 from overture_runtime.testing import free_port, serving
@@ -28,10 +28,8 @@ from tests.conftest import TENANT
 from tests.thinpath import example_journey
 
 from .cluster import Cluster
-from .lifecycle_support import MD, audit_entries, delay_journey, lifecycle_cluster, publish, waiting_runs
+from .lifecycle_support import MD, World, audit_entries, delay_journey, lifecycle_cluster, orchestrator_app, publish, waiting_runs
 from .test_journey_publish_checks import _publish_rules, _refusal
-
-World = tuple[Cluster, ManualClock]
 
 
 @pytest.fixture
@@ -40,15 +38,9 @@ async def world(make_settings: Callable[..., Settings], tmp_path: Path) -> Async
         yield running
 
 
-def _orchestrator(c: Cluster) -> OrchestratorApp:
-    app = c.apps["orchestrator"]
-    assert isinstance(app, OrchestratorApp)
-    return app
-
-
 async def _started(c: Cluster, event_type: str, subject: str, event_id: str) -> int:
     """How many runs one event starts, handed to the starter as the consumer would."""
-    return await _orchestrator(c).starter.on_events([(TENANT, event_pb2.Event(event_id=event_id, event_type=event_type, subject_id=subject))])
+    return await orchestrator_app(c).starter.on_events([(TENANT, event_pb2.Event(event_id=event_id, event_type=event_type, subject_id=subject))])
 
 
 # -- drafts ------------------------------------------------------------------
@@ -91,6 +83,19 @@ async def test_saving_replaces_the_draft_and_publishing_its_content_discards_it(
     await publish(c, name, spec)
     code, _, reason = await _refusal(c.orchestrator.GetJourneyDraft(O.GetJourneyDraftRequest(name=name), metadata=MD))
     assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "DRAFT_NOT_FOUND")
+
+
+async def test_concurrent_first_saves_of_a_draft_keep_one_draft(world: World) -> None:
+    """Eight concurrent saves of a new journey's first draft all succeed and leave one draft, holding one of the saved versions."""
+    c, _ = world
+    specs = [delay_journey(("wait", "delay"), ("done", "exit"), description=f"take {i}") for i in range(8)]
+    saved = await asyncio.gather(*(c.orchestrator.SaveJourneyDraft(O.SaveJourneyDraftRequest(name="trial", spec=spec), metadata=MD)
+                                   for spec in specs))
+    assert sorted(r.draft.spec.description for r in saved) == sorted(s.description for s in specs)
+    kept = (await c.orchestrator.GetJourneyDraft(O.GetJourneyDraftRequest(name="trial"), metadata=MD)).draft
+    assert kept.spec in specs
+    async with orchestrator_app(c).db.connect() as conn:
+        assert (await conn.execute(sa.select(sa.func.count()).select_from(journey_drafts))).scalar_one() == 1
 
 
 async def test_a_draft_saved_while_the_rules_service_is_down_warns_that_its_rule_set_was_not_checked(
@@ -153,7 +158,7 @@ async def test_archiving_cancels_live_runs_and_their_timers_with_the_reason_and_
     await publish(c, "other", delay_journey(("wait", "delay"), ("done", "exit"), event_type="other.started"))
     runs = await waiting_runs(c, "trial", ["ann", "ben", "cat"])
     (bystander,) = await waiting_runs(c, "other", ["dan"])
-    async with _orchestrator(c).db.begin() as conn:  # an inactivity timer of the journey (its trigger's own timer)
+    async with orchestrator_app(c).db.begin() as conn:  # an inactivity timer of the journey (its trigger's own timer)
         await conn.execute(inactivity.insert().values(tenant=TENANT, journey="trial", subject_id="eve", due_time=clock.now(),
                                                       fire_time=clock.now()))
     archived = await c.orchestrator.ArchiveJourney(O.ArchiveJourneyRequest(name="trial", reason="campaign over"), metadata=MD)
@@ -162,10 +167,10 @@ async def test_archiving_cancels_live_runs_and_their_timers_with_the_reason_and_
         after = (await c.orchestrator.GetRun(O.GetRunRequest(run_id=before.run_id), metadata=MD)).run
         assert (after.state, after.cancel_reason) == (run_pb2.RUN_STATE_CANCELLED, "journey archived: campaign over")
         assert [s.step_id for s in after.steps] == ["wait"]  # the history is kept
-    async with _orchestrator(c).db.connect() as conn:
+    async with orchestrator_app(c).db.connect() as conn:
         left = (await conn.execute(sa.select(tokens.c.run_id))).scalars().all()
     assert left == [bystander.run_id]  # no timer of the archived journey is left to fire
-    async with _orchestrator(c).db.connect() as conn:
+    async with orchestrator_app(c).db.connect() as conn:
         assert (await conn.execute(sa.select(sa.func.count()).select_from(inactivity))).scalar_one() == 0
     stats = (await c.orchestrator.GetJourneyStats(O.GetJourneyStatsRequest(name="trial"), metadata=MD)).stats
     assert (stats.entered, stats.cancelled, stats.active) == (3, 3, 0)

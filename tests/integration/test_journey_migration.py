@@ -18,7 +18,6 @@ from overture.orchestrator.v1 import journey_pb2 as J
 from overture.orchestrator.v1 import orchestrator_service_pb2 as O
 from overture.orchestrator.v1 import run_pb2
 from overture.rules.v1 import audit_event_pb2 as A
-from overture_orchestrator import OrchestratorApp
 from overture_orchestrator.deadletters import DeadLetters
 from overture_orchestrator.model import RunState
 from overture_orchestrator.runs import Outcome, RunStore
@@ -30,10 +29,9 @@ from tests.conftest import TENANT
 from tests.thinpath import eventually
 
 from .cluster import Cluster
-from .lifecycle_support import MD, START, audit_entries, delay_journey, lifecycle_cluster, publish, waiting_runs
+from .lifecycle_support import MD, START, World, audit_entries, delay_journey, lifecycle_cluster, orchestrator_app, publish, waiting_runs
 from .test_journey_publish_checks import _refusal
 
-World = tuple[Cluster, ManualClock]
 V1 = delay_journey(("wait", "delay"), ("wait-more", "delay"), ("done", "exit"))
 V2 = delay_journey(("hold", "delay"), ("finish", "exit"))
 
@@ -44,18 +42,12 @@ async def world(make_settings: Callable[..., Settings], tmp_path: Path) -> Async
         yield running
 
 
-def _app(c: Cluster) -> OrchestratorApp:
-    app = c.apps["orchestrator"]
-    assert isinstance(app, OrchestratorApp)
-    return app
-
-
 async def _run(c: Cluster, run_id: str) -> run_pb2.Run:
     return (await c.orchestrator.GetRun(O.GetRunRequest(run_id=run_id), metadata=MD)).run
 
 
 async def _tokens(c: Cluster) -> dict[str, tuple[str, dt.datetime]]:
-    async with _app(c).db.connect() as conn:
+    async with orchestrator_app(c).db.connect() as conn:
         return {r.run_id: (r.node, r.due_time) for r in (await conn.execute(sa.select(tokens))).all()}
 
 
@@ -143,7 +135,7 @@ async def test_a_run_a_worker_holds_is_not_moved_and_the_workers_outcome_lands_o
     await publish(c, "trial", V1)
     held, free = await waiting_runs(c, "trial", ["ann", "ben"])
     await publish(c, "trial", V2)
-    app = _app(c)
+    app = orchestrator_app(c)
     # Another replica a day later claims ann's due timer and is executing it.
     later = ManualClock(START + dt.timedelta(days=1, minutes=1))
     ids = IdGenerator(later)
@@ -182,7 +174,7 @@ async def test_what_a_waiting_run_registered_and_kept_follows_its_renamed_step(w
     await publish(c, "trial", _waiting_for_open("wait-open", "done", "email.opened"))
     (run,) = await waiting_runs(c, "trial", ["ann"])
     await publish(c, "trial", _waiting_for_open("await-click", "finish", "email.clicked"))
-    app = _app(c)
+    app = orchestrator_app(c)
     async with app.db.begin() as conn:  # what earlier steps would have kept: one of a mapped step, one already under its new id
         await conn.execute(run_context.insert(), [
             dict(tenant=TENANT, run_id=run.run_id, key=key, value={"n": n})
