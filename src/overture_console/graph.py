@@ -159,13 +159,15 @@ def layout(spec: journey_pb2.JourneySpec, stats: orchestrator_service_pb2.Journe
         nodes[TRIGGER].entered = stats.entered
         for edge in out[TRIGGER]:
             edge.count = stats.entered
-    for edge in edges:
-        source = nodes[edge.source]
-        start = (source.x + NODE_W // 2, source.y + NODE_H)
-        if edge.target:
-            target = nodes[edge.target]
-            end = (target.x + NODE_W // 2, target.y) if not edge.back else (target.x + NODE_W, target.y + NODE_H // 2)
-        else:
-            end = (start[0], start[1] + GAP_Y // 2)
-        edge.points = [start, end]
+    for source_id, leaving in out.items():
+        source = nodes[source_id]
+        for k, edge in enumerate(leaving):  # a node's edges leave side by side, so their labels do not overlap
+            offset = int((k - (len(leaving) - 1) / 2) * min(70, NODE_W // max(1, len(leaving))))
+            start = (source.x + NODE_W // 2 + offset, source.y + NODE_H)
+            if edge.target:
+                target = nodes[edge.target]
+                end = (target.x + NODE_W // 2, target.y) if not edge.back else (target.x + NODE_W, target.y + NODE_H // 2)
+            else:
+                end = (start[0] + offset // 2, start[1] + GAP_Y // 2)
+            edge.points = [start, end]
     return Layout(nodes=list(nodes.values()), edges=edges, width=width, height=height)
