@@ -70,6 +70,12 @@ async def _send_tracked_welcome(c: Cluster, *, footer: bool = False) -> EmailMes
         _event("user.signed_up", "alice", "signup-alice"),
     ]), metadata=MD)
     mail = await eventually(lambda: _now(c.mail.messages), what="the welcome email")
+
+    async def step_recorded() -> bool:  # the mail server has the message a moment before the run records its send step
+        found = (await c.orchestrator.ListRuns(orch.ListRunsRequest(subject_id="alice"), metadata=MD)).runs
+        return any(r.steps for r in found)
+
+    await eventually(step_recorded, what="the run to record its send step")
     return mail[0]
 
 
