@@ -190,10 +190,14 @@ async def test_a_garbage_page_token_is_invalid(cluster: Cluster) -> None:
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in violations
 
 
-async def test_unbuilt_rpcs_answer_unimplemented(cluster: Cluster) -> None:
-    """RPCs of the v1 contract that are not built yet say so with UNIMPLEMENTED."""
-    code, message, _, _ = await _error(cluster.orchestrator.DecideApproval(orch.DecideApprovalRequest(run_id="r"), metadata=MD))
-    assert code == grpc.StatusCode.UNIMPLEMENTED and "not built yet" in message
+async def test_approvals_and_redrives_validate_before_they_look(cluster: Cluster) -> None:
+    """DecideApproval names each missing field, then answers NOT_FOUND for an approval that does not exist; empty re-drives
+    and retries of unknown runs are refused likewise."""
+    code, _, violations, _ = await _error(cluster.orchestrator.DecideApproval(orch.DecideApprovalRequest(), metadata=MD))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and {"run_id", "step_id", "reason"} <= set(violations)
+    code, _, _, _ = await _error(cluster.orchestrator.DecideApproval(orch.DecideApprovalRequest(
+        run_id="no-such-run", step_id="gate", approve=True, reason="ok"), metadata=MD))
+    assert code == grpc.StatusCode.NOT_FOUND
     code, _, violations, _ = await _error(cluster.orchestrator.RedriveDeadLetters(orch.RedriveDeadLettersRequest(), metadata=MD))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "run_ids" in violations
     code, _, _, _ = await _error(cluster.orchestrator.RetryRun(orch.RetryRunRequest(run_id="no-such-run"), metadata=MD))
