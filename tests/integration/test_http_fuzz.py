@@ -38,6 +38,7 @@ import structlog
 from hypothesis import given, note
 from hypothesis import strategies as st
 
+from overture_ingest.callback_door import callback_routes
 from overture_ingest.feedback_door import feedback_routes
 from overture_ingest.http import create_http_app
 from overture_ingest.link_doors import link_routes
@@ -197,6 +198,7 @@ def _routes() -> list[str]:
     links = link_routes(pipeline=None, links=LINKS, settings=None, clock=SystemClock(), orchestrator=None,  # type: ignore[arg-type]
                         error_response=None)  # type: ignore[arg-type]
     links += feedback_routes(tokens=TokenTable([]), settings=None, connectors=None, error_response=None)  # type: ignore[arg-type]
+    links += callback_routes(settings=None, connectors=None, error_response=None)  # type: ignore[arg-type]
     app = create_http_app(pipeline=None, tokens=TokenTable([]), extra_routes=links)  # type: ignore[arg-type]
     return sorted({str(getattr(r, "path", "")) for r in app.routes if "POST" in (getattr(r, "methods", None) or ())})
 

@@ -25,6 +25,7 @@ from overture_runtime.config import Settings
 from overture_runtime.idempotency import Idempotency
 from overture_runtime.links import configured_links
 
+from .callbacks import CallbackIntake
 from .deliveries import DeliveryService
 from .feedback import FeedbackIntake
 from .feedback_smtp import FeedbackSmtpServer
@@ -80,6 +81,8 @@ class ConnectorsApp(BaseApp):
         self.reporter = StatusReporter(db=self.db, orchestrator=orchestrator_service_pb2_grpc.OrchestratorServiceStub(
             self.channel("orchestrator")), settings=self.settings)
         self.resolutions = Resolutions(self.db, self.clock, self.ids, audit=self.audit, reporter=self.reporter)
+        self.callbacks = CallbackIntake(db=self.db, connectors=self.deliveries.connectors, clock=self.clock, ids=self.ids,
+                                        reporter=self.reporter)
         self.spawn("audit-outbox", lambda: self.audit.run(self.stopping))
         self.spawn("status-reports", lambda: self.reporter.run(self.stopping))
         self.feedback = FeedbackIntake(store=DeliveryStore(self.db), settings=self.settings,
@@ -98,7 +101,8 @@ class ConnectorsApp(BaseApp):
 
     def register(self, server: grpc.aio.Server) -> None:
         servicer = ConnectorServicer(deliveries=self.deliveries, resolutions=self.resolutions,
-                                     idempotency=Idempotency(self.db, idempotency, self.clock), feedback=self.feedback)
+                                     idempotency=Idempotency(self.db, idempotency, self.clock), feedback=self.feedback,
+                                     callbacks=self.callbacks)
         connector_service_pb2_grpc.add_ConnectorServiceServicer_to_server(servicer, server)
         inbox = Inbox(self.db, self.redis, self.keys, self.clock, self.ids)
         inbox_service_pb2_grpc.add_InboxServiceServicer_to_server(

@@ -262,7 +262,7 @@ class DeliveryService:
         done = await self.dispatcher.dispatch(outbound, pending.route, delivery_id=row.delivery_id)
         finish = Finish(row=row, status=done.status, retryable=done.retryable, error=done.error,
                         provider_message_id=done.provider_message_id, connector=done.connector, calls=done.calls,
-                        response=done.response)
+                        response=done.response, segments=done.segments)
         if not done.retryable:
             return _Attempt(key, finish)
         return _Attempt(key, finish, Unavailable(done.error, reason=done.reason, retry_after=done.retry_after))
@@ -293,7 +293,7 @@ def to_proto(row: Any, *, with_response: bool = False) -> delivery_pb2.Delivery:
         delivery_id=row.delivery_id, idempotency_key=row.idempotency_key, connector=row.connector,
         channel=S.Channel.Value(f"CHANNEL_{row.channel.upper()}"), status=_status(row.status),
         provider_message_id=row.provider_message_id, attempts=row.attempts, last_error=row.last_error,
-        subject_id=row.subject_id,
+        subject_id=row.subject_id, segments=row.segments,
     )
     delivery.create_time.FromDatetime(row.create_time)
     delivery.update_time.FromDatetime(row.update_time)

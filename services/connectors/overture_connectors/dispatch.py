@@ -77,6 +77,8 @@ class Dispatched:
     """For a retryable failure: when trying again may succeed."""
     response: dict[str, Any] | None = None
     """The endpoint's answer, when the message asked to keep it. May hold personal data: never logged."""
+    segments: int = 0
+    """SMS: the segments the message was sent as, when a provider was handed it."""
 
 
 class Dispatcher:
@@ -138,7 +140,7 @@ class Dispatcher:
                     status = await self.ask(connector, error.provider_message_id)
                     log.warning("delivery.in_doubt", connector=connector.name, delivery_id=delivery_id, error=str(error), resolved=status)
                     return Dispatched(status or "in_doubt", connector.name, calls, error="" if status else f"{connector.name}: {error}",
-                                      provider_message_id=error.provider_message_id)
+                                      provider_message_id=error.provider_message_id, segments=error.segments)
                 except Exception:
                     # A connector bug: it may or may not have called its provider.
                     breaker.failure()
@@ -146,7 +148,8 @@ class Dispatcher:
                     return Dispatched("in_doubt", connector.name, calls,
                                       error=f"{connector.name}: the connector failed unexpectedly; the message may have been sent")
             breaker.success()
-            return Dispatched("sent", connector.name, calls, provider_message_id=result.provider_message_id, response=result.response)
+            return Dispatched("sent", connector.name, calls, provider_message_id=result.provider_message_id, response=result.response,
+                              segments=result.segments)
         last = route[-1].name if calls else route[0].name
         return Dispatched("failed", last, calls, retryable=True, error="; ".join(errors), reason=reason,
                           retry_after=retry_after or _RETRY_AFTER)

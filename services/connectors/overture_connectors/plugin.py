@@ -19,9 +19,9 @@ the kind's plugin validates the provider's ``settings`` with its
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import pydantic
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from overture_runtime.db import Database
 
 __all__ = [
-    "Connector", "ConnectorContext", "ConnectorFailure", "ConnectorPlugin", "InDoubt", "OutboundMessage", "PermanentFailure",
+    "CallbackConnector", "CallbackRefused", "Connector", "ConnectorContext", "ConnectorFailure", "ConnectorPlugin", "InDoubt", "OutboundMessage", "PermanentFailure",
     "SendResult", "StatusUpdate", "TransientFailure",
 ]
 
@@ -98,6 +98,8 @@ class SendResult:
     """The provider's reply, without personal data."""
     response: dict[str, Any] | None = None
     """The endpoint's answer, when the message asked to keep it (:func:`.http_calls.kept_response`). May hold personal data."""
+    segments: int = 0
+    """SMS: the segments the message was sent as (:mod:`.sms_segments`); 0 for other channels."""
 
 
 class ConnectorFailure(Exception):
@@ -135,9 +137,10 @@ class InDoubt(ConnectorFailure):
     delivery keeps it, and :meth:`Connector.status` is asked with it.
     """
 
-    def __init__(self, message: str, *, provider_message_id: str = "") -> None:
+    def __init__(self, message: str, *, provider_message_id: str = "", segments: int = 0) -> None:
         super().__init__(message)
         self.provider_message_id = provider_message_id
+        self.segments = segments
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,28 @@ class StatusUpdate:
     """The provider's detail (an error code), without personal data."""
     occur_time: dt.datetime | None = None
     """When the provider observed it, if it said."""
+    reference: str = ""
+    """Our own reference for the message, when the provider echoes it: the id an in-doubt delivery was
+    recorded under (:attr:`InDoubt.provider_message_id`) before the provider's id was known."""
+
+
+class CallbackRefused(ConnectorFailure):
+    """A provider callback that cannot be taken: its signature does not verify, or (*bad_request*) it is malformed."""
+
+    def __init__(self, message: str, *, bad_request: bool = False) -> None:
+        super().__init__(message)
+        self.bad_request = bad_request
+
+
+@runtime_checkable
+class CallbackConnector(Protocol):
+    """A connector whose provider calls back with status changes (delivered, failed), through
+    ingest's ``POST /callbacks/{provider}/{tenant}`` and ``ReportProviderCallback``."""
+
+    def read_callback(self, *, tenant: str, headers: Mapping[str, str], body: bytes) -> list[StatusUpdate]:
+        """The updates a callback carries, once it is authenticated; raises :class:`CallbackRefused` otherwise.
+        *headers* have lower-case names; *body* is at most 64 KiB."""
+        ...
 
 
 class Connector(Protocol):

@@ -22,6 +22,7 @@ from overture_runtime.validation import (
 
 from .bounce_reports import MAX_REPORT, FeedbackKind
 from .breaker import CircuitState
+from .callbacks import CallbackIntake
 from .deliveries import MAX_BATCH, DeliveryService, Outcome, check_batch_size, to_proto
 from .egress import MAX_URL, parse_url
 from .feedback import FeedbackIntake
@@ -32,6 +33,9 @@ C = connector_service_pb2
 _CONTENT_MAX = 256 * 1024
 _ADDRESS_MAX = 512
 _ITEM_VIOLATIONS_MAX = 20
+_CALLBACK_HEADERS = 64
+_CALLBACK_HEADER_BYTES = 8 * 1024
+_CALLBACK_BODY = 64 * 1024
 _RESPONSES_MAX = 2 * 1024 * 1024
 """The most bytes of kept responses one SendBatch answer carries (a gRPC message is at most 4 MiB)."""
 _CIRCUIT = {CircuitState.CLOSED: delivery_pb2.CIRCUIT_STATE_CLOSED, CircuitState.OPEN: delivery_pb2.CIRCUIT_STATE_OPEN,
@@ -61,6 +65,8 @@ def validate_message(v: Violations, message: delivery_pb2.Message, *, prefix: st
     check_struct(v, f"{prefix}content.data", content.data, max_bytes=_CONTENT_MAX)
     if message.channel == messaging_pb2.CHANNEL_EMAIL and not (content.text_body or content.html_body):
         v.add(f"{prefix}content", "an email needs a text or HTML body", "REQUIRED")
+    if message.channel == messaging_pb2.CHANNEL_SMS and not content.text_body.strip():
+        v.add(f"{prefix}content.text_body", "an SMS needs a text body", "REQUIRED")
     check_push_options(v, message.push, prefix=f"{prefix}push.")
     if message.HasField("webhook"):
         _validate_webhook(v, message, prefix=f"{prefix}webhook.")
@@ -102,11 +108,12 @@ class ConnectorServicer(connector_service_pb2_grpc.ConnectorServiceServicer):
     """``overture.connectors.v1.ConnectorService``."""
 
     def __init__(self, *, deliveries: DeliveryService, resolutions: Resolutions, idempotency: Idempotency,
-                 feedback: FeedbackIntake | None = None) -> None:
+                 feedback: FeedbackIntake | None = None, callbacks: CallbackIntake | None = None) -> None:
         self._deliveries = deliveries
         self._resolutions = resolutions
         self._idempotency = idempotency
         self._feedback = feedback
+        self._callbacks = callbacks
 
     async def Send(self, request: C.SendRequest, context: grpc.aio.ServicerContext) -> C.SendResponse:
         tenant = current_principal().tenant
@@ -228,6 +235,25 @@ class ConnectorServicer(connector_service_pb2_grpc.ConnectorServiceServicer):
         if taken.report is None:
             return C.ReportEmailFeedbackResponse()
         return C.ReportEmailFeedbackResponse(kind=_FEEDBACK_KINDS[taken.report.kind], delivery_id=taken.delivery_id, detail=taken.report.detail)
+
+
+    async def ReportProviderCallback(self, request: C.ReportProviderCallbackRequest,
+                                     context: grpc.aio.ServicerContext) -> C.ReportProviderCallbackResponse:
+        tenant = current_principal().tenant
+        v = Violations()
+        check_identifier(v, "provider", request.provider)
+        if len(request.headers) > _CALLBACK_HEADERS:
+            v.add("headers", f"at most {_CALLBACK_HEADERS} headers", "TOO_MANY")
+        elif any(len(k) > 256 or k != k.lower() or len(value) > _CALLBACK_HEADER_BYTES for k, value in request.headers.items()):
+            v.add("headers", f"header names must be lower case and at most 256 characters, values at most {_CALLBACK_HEADER_BYTES}",
+                  "INVALID")
+        if len(request.body) > _CALLBACK_BODY:
+            v.add("body", f"body must be at most {_CALLBACK_BODY} bytes", "TOO_LONG")
+        v.raise_if_any()
+        if self._callbacks is None:
+            raise Unimplemented("this server takes no provider callbacks", reason="NOT_CONFIGURED")
+        changed = await self._callbacks.take(tenant, provider=request.provider, headers=dict(request.headers), body=request.body)
+        return C.ReportProviderCallbackResponse(delivery_ids=changed)
 
 
 def _status_name(status: int) -> str:

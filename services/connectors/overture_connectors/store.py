@@ -73,22 +73,23 @@ CROSS JOIN LATERAL (
 """Read the rows of some keys: one primary-key probe per key."""
 
 FINISH_SQL = f"""
-INSERT INTO connectors_deliveries AS d ({_ROW}, response)
+INSERT INTO connectors_deliveries AS d ({_ROW}, response, segments)
 SELECT :tenant, f.key, f.delivery_id, f.connector, f.channel, f.subject_id, f.address_hash, f.status, f.retryable,
-       f.provider_message_id, f.attempts, f.last_error, f.create_time, CAST(:now AS timestamptz), CAST(f.response AS jsonb)
+       f.provider_message_id, f.attempts, f.last_error, f.create_time, CAST(:now AS timestamptz), CAST(f.response AS jsonb),
+       f.segments
 FROM unnest(CAST(:keys AS varchar[]), CAST(:delivery_ids AS varchar[]), CAST(:connectors AS varchar[]),
             CAST(:channels AS varchar[]), CAST(:subject_ids AS varchar[]), CAST(:address_hashes AS varchar[]),
             CAST(:statuses AS varchar[]), CAST(:retryables AS boolean[]), CAST(:provider_message_ids AS varchar[]),
             CAST(:attempts AS integer[]), CAST(:last_errors AS text[]), CAST(:create_times AS timestamptz[]),
-            CAST(:responses AS text[]))
+            CAST(:responses AS text[]), CAST(:segments AS integer[]))
      AS f(key, delivery_id, connector, channel, subject_id, address_hash, status, retryable, provider_message_id,
-          attempts, last_error, create_time, response)
+          attempts, last_error, create_time, response, segments)
 ON CONFLICT (tenant, idempotency_key) DO UPDATE
 SET status = excluded.status, retryable = excluded.retryable, last_error = excluded.last_error,
     connector = excluded.connector, attempts = excluded.attempts,
     provider_message_id = CASE WHEN excluded.provider_message_id = '' THEN d.provider_message_id
                                ELSE excluded.provider_message_id END,
-    response = COALESCE(excluded.response, d.response),
+    response = COALESCE(excluded.response, d.response), segments = GREATEST(excluded.segments, d.segments),
     update_time = excluded.update_time
 WHERE d.status IN ('sending', 'in_doubt')
 RETURNING d.*
@@ -140,6 +141,8 @@ class Finish:
     """Provider calls the attempt made (a route may call several, or none)."""
     response: dict[str, Any] | None = None
     """The endpoint's answer to keep; None keeps the one recorded."""
+    segments: int = 0
+    """SMS: the segments sent; 0 keeps the count recorded."""
 
     @property
     def attempts(self) -> int:
@@ -204,6 +207,7 @@ class DeliveryStore:
                     "attempts": [o.attempts for o in outcomes], "last_errors": [o.error for o in outcomes],
                     "create_times": [o.row.create_time for o in outcomes],
                     "responses": [None if o.response is None else orjson.dumps(o.response).decode() for o in outcomes],
+                    "segments": [o.segments for o in outcomes],
                 })).all()
         return {row.idempotency_key: row for row in rows}
 
@@ -253,7 +257,7 @@ def _sqlite_finish(tenant: str, outcomes: Sequence[Finish], now: dt.datetime) ->
              channel=o.row.channel, subject_id=o.row.subject_id, address_hash=o.row.address_hash, status=o.status,
              retryable=o.retryable, provider_message_id=o.provider_message_id, attempts=o.attempts,
              last_error=o.error, create_time=o.row.create_time, update_time=now,
-             response=sa.null() if o.response is None else o.response)
+             response=sa.null() if o.response is None else o.response, segments=o.segments)
         for o in outcomes
     ])
     return insert.on_conflict_do_update(
@@ -263,6 +267,7 @@ def _sqlite_finish(tenant: str, outcomes: Sequence[Finish], now: dt.datetime) ->
                   provider_message_id=sa.case((insert.excluded.provider_message_id == "", t.c.provider_message_id),
                                               else_=insert.excluded.provider_message_id),
                   response=sa.func.coalesce(insert.excluded.response, t.c.response),
+                  segments=sa.func.max(insert.excluded.segments, t.c.segments),
                   update_time=insert.excluded.update_time),
         where=t.c.status.in_(_OPEN),
     ).returning(*t.c)

@@ -30,13 +30,15 @@ deliveries = sa.Table(
     sa.Column("update_time", utc_datetime, nullable=False),
     # The endpoint's answer, when the message asked to keep it (webhook keep_response); personal data, never logged.
     sa.Column("response", JSONType, nullable=True),
+    sa.Column("segments", sa.Integer, nullable=False, server_default="0"),  # SMS: the segments billed
     sa.UniqueConstraint("tenant", "delivery_id", name="connectors_deliveries_id"),
     # The deliveries waiting for someone: in doubt (an operator, a status
     # lookup) or still claimed. Partial, so it holds only those few rows.
     sa.Index("connectors_deliveries_open", "tenant", "delivery_id",
              postgresql_where=sa.text("status IN ('in_doubt', 'sending')"), sqlite_where=sa.text("status IN ('in_doubt', 'sending')")),
-    # Bounces and complaints name a delivery only by its Message-ID.
-    sa.Index("connectors_deliveries_provider_message_id", "provider_message_id"),
+    # Bounces and complaints name a delivery only by its Message-ID; provider callbacks by the provider's
+    # id within their tenant (the tenant is in the index so that no plan combines it with another index).
+    sa.Index("connectors_deliveries_provider_message_id", "provider_message_id", "tenant"),
 )
 
 status_outbox = sa.Table(

@@ -22,6 +22,7 @@ from overture_runtime import BaseApp
 from overture_runtime.auth import TokenTable
 from overture_runtime.links import configured_links
 
+from .callback_door import callback_routes
 from .feedback_door import feedback_routes
 from .http import create_http_app, error_response
 from .inbox_stream import inbox_routes
@@ -99,8 +100,9 @@ class IngestApp(BaseApp):
                                 orchestrator=orchestrator, error_response=error_response)
             extra += inbox_routes(links=configured_links(s), clock=self.clock, settings=s, redis=self.redis, keys=self.keys,
                                   inbox=inbox_service_pb2_grpc.InboxServiceStub(self.channel("connectors")), error_response=error_response)
-            extra += feedback_routes(tokens=tokens, settings=s, error_response=error_response,
-                                     connectors=connector_service_pb2_grpc.ConnectorServiceStub(self.channel("connectors")))
+            connectors = connector_service_pb2_grpc.ConnectorServiceStub(self.channel("connectors"))
+            extra += feedback_routes(tokens=tokens, settings=s, error_response=error_response, connectors=connectors)
+            extra += callback_routes(settings=s, error_response=error_response, connectors=connectors)
             config = uvicorn.Config(
                 create_http_app(pipeline=self.pipeline, tokens=tokens, extra_routes=extra), host=self.settings.host, port=port,
                 log_config=None, access_log=False, lifespan="off", limit_concurrency=1000,

@@ -71,20 +71,20 @@ def error_response(error: OvertureError) -> JSONResponse:
     return JSONResponse(body, status_code=_HTTP_STATUS.get(error.code.name, 500), headers=headers)
 
 
-async def read_body(request: Request) -> bytes:
-    """The request body, gunzipped if it says so, bounded in size either way."""
+async def read_body(request: Request, *, limit: int = MAX_BODY) -> bytes:
+    """The request body, gunzipped if it says so, bounded in size (*limit* bytes) either way."""
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
-        if len(body) > MAX_BODY:
+        if len(body) > limit:
             raise TooLarge()
     if request.headers.get("content-encoding", "").lower() == "gzip":
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
-            plain = inflater.decompress(bytes(body), MAX_BODY + 1)
+            plain = inflater.decompress(bytes(body), limit + 1)
         except zlib.error:
             raise InvalidArgument("the body is not valid gzip", reason="MALFORMED_GZIP") from None
-        if len(plain) > MAX_BODY or inflater.unconsumed_tail:
+        if len(plain) > limit or inflater.unconsumed_tail:
             raise TooLarge()
         return plain
     return bytes(body)

@@ -66,6 +66,11 @@ class ConnectorServiceStub:
                 request_serializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.ReportEmailFeedbackRequest.SerializeToString,
                 response_deserializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.ReportEmailFeedbackResponse.FromString,
                 _registered_method=True)
+        self.ReportProviderCallback = channel.unary_unary(
+                '/overture.connectors.v1.ConnectorService/ReportProviderCallback',
+                request_serializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.ReportProviderCallbackRequest.SerializeToString,
+                response_deserializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.ReportProviderCallbackResponse.FromString,
+                _registered_method=True)
         self.ListConnectors = channel.unary_unary(
                 '/overture.connectors.v1.ConnectorService/ListConnectors',
                 request_serializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.ListConnectorsRequest.SerializeToString,
@@ -150,6 +155,28 @@ class ConnectorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportProviderCallback(self, request, context):
+        """Takes in a provider's status callback (an SMS provider's delivery
+        report) as ingest's `POST /callbacks/{provider}/{tenant}` received it,
+        for the tenant the call is made for. The provider's connector
+        authenticates it (an SMS provider's `X-Signature`, computed over the
+        callback URL the message gave it) and reads the status from it; the
+        delivery it names (by the provider's message id, or by the reference
+        an in-doubt delivery was recorded under) moves forward to that status
+        (SENT, DELIVERED, FAILED; never back), and the change is reported to
+        the orchestrator's `ReportDeliveryStatus`, where it becomes an event
+        such as `sms.delivered`. A callback about no known delivery, or one
+        that changes nothing, is answered with no delivery ids. Errors: an
+        unknown provider, or one that takes no callbacks, is NOT_FOUND
+        (`UNKNOWN_PROVIDER`); a signature that does not verify is
+        UNAUTHENTICATED (`BAD_SIGNATURE`); a malformed callback is
+        INVALID_ARGUMENT; a callback about a delivery whose send has not
+        finished is UNAVAILABLE (`DELIVERY_SENDING`) with a retry delay.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListConnectors(self, request, context):
         """Lists the configured connectors and their health.
         """
@@ -189,6 +216,11 @@ def add_ConnectorServiceServicer_to_server(servicer, server):
                     servicer.ReportEmailFeedback,
                     request_deserializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.ReportEmailFeedbackRequest.FromString,
                     response_serializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.ReportEmailFeedbackResponse.SerializeToString,
+            ),
+            'ReportProviderCallback': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportProviderCallback,
+                    request_deserializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.ReportProviderCallbackRequest.FromString,
+                    response_serializer=overture_dot_connectors_dot_v1_dot_connector__service__pb2.ReportProviderCallbackResponse.SerializeToString,
             ),
             'ListConnectors': grpc.unary_unary_rpc_method_handler(
                     servicer.ListConnectors,
@@ -360,6 +392,33 @@ class ConnectorService:
             '/overture.connectors.v1.ConnectorService/ReportEmailFeedback',
             overture_dot_connectors_dot_v1_dot_connector__service__pb2.ReportEmailFeedbackRequest.SerializeToString,
             overture_dot_connectors_dot_v1_dot_connector__service__pb2.ReportEmailFeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportProviderCallback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/overture.connectors.v1.ConnectorService/ReportProviderCallback',
+            overture_dot_connectors_dot_v1_dot_connector__service__pb2.ReportProviderCallbackRequest.SerializeToString,
+            overture_dot_connectors_dot_v1_dot_connector__service__pb2.ReportProviderCallbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

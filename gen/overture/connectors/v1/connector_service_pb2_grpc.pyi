@@ -82,6 +82,24 @@ class ConnectorServiceStub:
     `OVERTURE_FEEDBACK_SMTP_PORT` is set, and over HTTP at ingest's
     `POST /email/feedback`.
     """
+    ReportProviderCallback: _grpc.UnaryUnaryMultiCallable[_connector_service_pb2.ReportProviderCallbackRequest, _connector_service_pb2.ReportProviderCallbackResponse]
+    """Takes in a provider's status callback (an SMS provider's delivery
+    report) as ingest's `POST /callbacks/{provider}/{tenant}` received it,
+    for the tenant the call is made for. The provider's connector
+    authenticates it (an SMS provider's `X-Signature`, computed over the
+    callback URL the message gave it) and reads the status from it; the
+    delivery it names (by the provider's message id, or by the reference
+    an in-doubt delivery was recorded under) moves forward to that status
+    (SENT, DELIVERED, FAILED; never back), and the change is reported to
+    the orchestrator's `ReportDeliveryStatus`, where it becomes an event
+    such as `sms.delivered`. A callback about no known delivery, or one
+    that changes nothing, is answered with no delivery ids. Errors: an
+    unknown provider, or one that takes no callbacks, is NOT_FOUND
+    (`UNKNOWN_PROVIDER`); a signature that does not verify is
+    UNAUTHENTICATED (`BAD_SIGNATURE`); a malformed callback is
+    INVALID_ARGUMENT; a callback about a delivery whose send has not
+    finished is UNAVAILABLE (`DELIVERY_SENDING`) with a retry delay.
+    """
     ListConnectors: _grpc.UnaryUnaryMultiCallable[_connector_service_pb2.ListConnectorsRequest, _connector_service_pb2.ListConnectorsResponse]
     """Lists the configured connectors and their health."""
 
@@ -138,6 +156,24 @@ class ConnectorServiceAsyncStub(ConnectorServiceStub):
     recognised and changes nothing. Reports also arrive over SMTP when
     `OVERTURE_FEEDBACK_SMTP_PORT` is set, and over HTTP at ingest's
     `POST /email/feedback`.
+    """
+    ReportProviderCallback: _aio.UnaryUnaryMultiCallable[_connector_service_pb2.ReportProviderCallbackRequest, _connector_service_pb2.ReportProviderCallbackResponse]  # type: ignore[assignment]
+    """Takes in a provider's status callback (an SMS provider's delivery
+    report) as ingest's `POST /callbacks/{provider}/{tenant}` received it,
+    for the tenant the call is made for. The provider's connector
+    authenticates it (an SMS provider's `X-Signature`, computed over the
+    callback URL the message gave it) and reads the status from it; the
+    delivery it names (by the provider's message id, or by the reference
+    an in-doubt delivery was recorded under) moves forward to that status
+    (SENT, DELIVERED, FAILED; never back), and the change is reported to
+    the orchestrator's `ReportDeliveryStatus`, where it becomes an event
+    such as `sms.delivered`. A callback about no known delivery, or one
+    that changes nothing, is answered with no delivery ids. Errors: an
+    unknown provider, or one that takes no callbacks, is NOT_FOUND
+    (`UNKNOWN_PROVIDER`); a signature that does not verify is
+    UNAUTHENTICATED (`BAD_SIGNATURE`); a malformed callback is
+    INVALID_ARGUMENT; a callback about a delivery whose send has not
+    finished is UNAVAILABLE (`DELIVERY_SENDING`) with a retry delay.
     """
     ListConnectors: _aio.UnaryUnaryMultiCallable[_connector_service_pb2.ListConnectorsRequest, _connector_service_pb2.ListConnectorsResponse]  # type: ignore[assignment]
     """Lists the configured connectors and their health."""
@@ -228,6 +264,30 @@ class ConnectorServiceServicer(metaclass=_abc_1.ABCMeta):
         recognised and changes nothing. Reports also arrive over SMTP when
         `OVERTURE_FEEDBACK_SMTP_PORT` is set, and over HTTP at ingest's
         `POST /email/feedback`.
+        """
+
+    @_abc_1.abstractmethod
+    def ReportProviderCallback(
+        self,
+        request: _connector_service_pb2.ReportProviderCallbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_connector_service_pb2.ReportProviderCallbackResponse, _abc.Awaitable[_connector_service_pb2.ReportProviderCallbackResponse]]:
+        """Takes in a provider's status callback (an SMS provider's delivery
+        report) as ingest's `POST /callbacks/{provider}/{tenant}` received it,
+        for the tenant the call is made for. The provider's connector
+        authenticates it (an SMS provider's `X-Signature`, computed over the
+        callback URL the message gave it) and reads the status from it; the
+        delivery it names (by the provider's message id, or by the reference
+        an in-doubt delivery was recorded under) moves forward to that status
+        (SENT, DELIVERED, FAILED; never back), and the change is reported to
+        the orchestrator's `ReportDeliveryStatus`, where it becomes an event
+        such as `sms.delivered`. A callback about no known delivery, or one
+        that changes nothing, is answered with no delivery ids. Errors: an
+        unknown provider, or one that takes no callbacks, is NOT_FOUND
+        (`UNKNOWN_PROVIDER`); a signature that does not verify is
+        UNAUTHENTICATED (`BAD_SIGNATURE`); a malformed callback is
+        INVALID_ARGUMENT; a callback about a delivery whose send has not
+        finished is UNAVAILABLE (`DELIVERY_SENDING`) with a retry delay.
         """
 
     @_abc_1.abstractmethod

@@ -338,6 +338,7 @@ class Delivery(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     SUBJECT_ID_FIELD_NUMBER: _builtins.int
     RESPONSE_FIELD_NUMBER: _builtins.int
+    SEGMENTS_FIELD_NUMBER: _builtins.int
     delivery_id: _builtins.str
     """The delivery's id."""
     idempotency_key: _builtins.str
@@ -358,6 +359,11 @@ class Delivery(_message.Message):
     """The last error, without personal data."""
     subject_id: _builtins.str
     """The subject the message was for."""
+    segments: _builtins.int
+    """SMS: the segments the message was sent as (GSM-7: 160 characters in
+    one, 153 per segment when split; UCS-2: 70, 67), which providers bill
+    per; 0 for other channels.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the delivery was created."""
@@ -395,10 +401,11 @@ class Delivery(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         subject_id: _builtins.str = ...,
         response: _struct_pb2.Struct | None = ...,
+        segments: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "response", b"response", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "channel", b"channel", "connector", b"connector", "create_time", b"create_time", "delivery_id", b"delivery_id", "idempotency_key", b"idempotency_key", "last_error", b"last_error", "provider_message_id", b"provider_message_id", "response", b"response", "status", b"status", "subject_id", b"subject_id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "channel", b"channel", "connector", b"connector", "create_time", b"create_time", "delivery_id", b"delivery_id", "idempotency_key", b"idempotency_key", "last_error", b"last_error", "provider_message_id", b"provider_message_id", "response", b"response", "segments", b"segments", "status", b"status", "subject_id", b"subject_id", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
