@@ -19,6 +19,7 @@ from overture.connectors.v1 import connector_service_pb2 as conn
 from overture.connectors.v1 import delivery_pb2, inbox_service_pb2, inbox_service_pb2_grpc
 from overture_runtime.config import Settings
 from tests.conftest import admin_metadata
+from tests.thinpath import eventually
 
 from .cluster import Cluster, running_cluster
 
@@ -135,3 +136,32 @@ async def test_bad_inbox_requests_name_their_fields(cluster: tuple[Cluster, Any]
             await method(request, metadata=MD)
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field in (error.value.details() or ""), error.value.details()
+
+
+async def test_a_journeys_in_app_send_without_an_address_reaches_the_subjects_inbox_with_its_data(
+    cluster: tuple[Cluster, inbox_service_pb2_grpc.InboxServiceStub],
+) -> None:
+    """An in-app send step with no `to` is delivered to its own subject's inbox, with the template's rendered data."""
+    from overture.ingest.v1 import ingest_service_pb2 as I
+    from overture.orchestrator.v1 import journey_pb2 as J
+    from overture.orchestrator.v1 import orchestrator_service_pb2 as O
+
+    from .test_thin_path import _event, publish_tour
+
+    c, inbox = cluster
+    await publish_tour(c)
+    spec = J.JourneySpec(rule_set="marketing-email")
+    spec.trigger.event.event_type = "order.shipped"
+    spec.steps.add(id="notify-app", send=J.SendStep(channel=messaging_pb2.CHANNEL_IN_APP, template="shipped",
+                                                    category=messaging_pb2.MESSAGE_CATEGORY_TRANSACTIONAL))
+    spec.templates["shipped"].subject = "Order {{ event.attributes.order }} shipped"
+    spec.templates["shipped"].data.update({"url": "https://example.com/orders/{{ event.attributes.order }}"})
+    await c.orchestrator.PublishJourney(O.PublishJourneyRequest(name="shipping", spec=spec, reason="test"), metadata=MD)
+    await c.ingest.IngestEvents(I.IngestEventsRequest(events=[_event("order.shipped", "kim", "shipped-1", order="A-7")]), metadata=MD)
+
+    async def arrived() -> Any:
+        found = (await inbox.ListInboxMessages(IS.ListInboxMessagesRequest(subject_id="kim"), metadata=MD)).messages
+        return found or None
+
+    (message,) = await eventually(arrived, what="the in-app message")
+    assert message.title == "Order A-7 shipped" and message.data["url"] == "https://example.com/orders/A-7"

@@ -48,6 +48,7 @@ log = structlog.get_logger("overture.orchestrator")
 D = decision_pb2
 _NS = uuid.UUID("6f1c4d2e-8a5b-4c3d-9e7f-0a1b2c3d4e5f")
 _ADDRESS_TRAIT = {messaging_pb2.CHANNEL_EMAIL: "email", messaging_pb2.CHANNEL_SMS: "phone", messaging_pb2.CHANNEL_WEBHOOK: "webhook_url"}
+_TO_SUBJECT = frozenset({messaging_pb2.CHANNEL_IN_APP, messaging_pb2.CHANNEL_PUSH})
 _EVALUATE_CHUNK = 1000
 _SEND_CHUNK = 500
 
@@ -296,8 +297,12 @@ def _batch_result(result: Any) -> Any:
 
 
 def _default_address(send: journey_pb2.SendStep, profile: Mapping[str, Any], event: Mapping[str, Any]) -> str:
-    """The channel's trait (``email`` for email) of the profile, then of the
-    event's attributes, when the step has no ``to``."""
+    """When the step has no ``to``: the subject itself on channels that
+    deliver to subjects (in-app inbox, web push: their subscriptions are the
+    subject's), else the channel's trait (``email`` for email) of the
+    profile, then of the event's attributes."""
+    if send.channel in _TO_SUBJECT:
+        return str(profile.get("subject_id") or event.get("subject_id") or "")
     trait = _ADDRESS_TRAIT.get(send.channel, "")
     value = profile.get("traits", {}).get(trait) or event["attributes"].get(trait)
     return str(value).strip() if value else ""
