@@ -45,12 +45,13 @@ class Cluster:
 @contextlib.asynccontextmanager
 async def running_cluster(
     make_settings: Callable[..., Settings], mail_dir: Path, *, mail_up: bool = True, orchestrator_clock: Clock | None = None,
-    **ingest_overrides: Any,
+    ingest_clock: Clock | None = None, **ingest_overrides: Any,
 ) -> AsyncIterator[Cluster]:
     """Start rules and connectors, then the orchestrator (on *orchestrator_clock*
-    when given, for timers), then ingest. With *mail_up* false the SMTP
-    sink's port is chosen but nothing listens yet (``cluster.mail.start()``
-    brings it up)."""
+    when given, for timers), then ingest (on *ingest_clock* when given: it
+    stamps the events' times, which inactivity timers count from). With
+    *mail_up* false the SMTP sink's port is chosen but nothing listens yet
+    (``cluster.mail.start()`` brings it up)."""
     sink = MailSink(mail_dir, announce=lambda _: None)
     if mail_up:
         sink.start()
@@ -68,7 +69,7 @@ async def running_cluster(
             apps["orchestrator"] = OrchestratorApp(linked, clock=orchestrator_clock)
             orchestrator = await stack.enter_async_context(serving(apps["orchestrator"], linked, port=orchestrator_port))
             linked = linked.model_copy(update={"orchestrator_address": orchestrator, "ingest_http_port": 0, **ingest_overrides})
-            ingest_app = apps["ingest"] = IngestApp(linked)
+            ingest_app = apps["ingest"] = IngestApp(linked, clock=ingest_clock)
             ingest = await stack.enter_async_context(serving(ingest_app, linked, port=ingest_port))
             channels = {name: await stack.enter_async_context(grpc.aio.insecure_channel(addr))
                         for name, addr in (("ingest", ingest), ("rules", rules), ("orchestrator", orchestrator), ("connectors", connectors))}

@@ -33,7 +33,6 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-import redis.asyncio as aioredis
 import structlog
 from hypothesis import given, note
 from hypothesis import strategies as st
@@ -49,7 +48,7 @@ from overture_runtime.links import Links, Unsubscribe
 from overture_runtime.sealing import Sealer
 from overture_runtime.testing import temporary_database
 from tests import fuzzing
-from tests.conftest import ADMIN_TOKEN, PG_ADMIN, REDIS_URL, SERVICE_TOKEN, TOKENS
+from tests.conftest import ADMIN_TOKEN, PG_ADMIN, scratch_namespace, settings_for
 
 from .cluster import Cluster, running_cluster
 
@@ -211,29 +210,13 @@ ALL_DOORS = [*DOORS, *(Door(f"generic {path}", path, _automation_event) for path
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
     """One cluster for the module, on its own database and Redis namespace."""
-    namespace = f"httpfuzz{secrets.token_hex(4)}"
-    try:
-        async with temporary_database(PG_ADMIN) as url:
+    async with temporary_database(PG_ADMIN) as url, scratch_namespace("httpfuzz") as namespace:
 
-            def make_settings(**overrides: object) -> Settings:
-                values: dict[str, object] = dict(
-                    database_url=url, redis_url=REDIS_URL, redis_namespace=namespace, auth_tokens=json.dumps(TOKENS),
-                    service_token=SERVICE_TOKEN, environment="test", ingest_http_port=-1, stream_partitions=4, shutdown_grace_seconds=1,
-                    signing_keys=SIGNING_KEY,
-                )
-                values.update(overrides)
-                return Settings(**values)  # type: ignore[arg-type]
+        def make_settings(**overrides: object) -> Settings:
+            return settings_for(url, namespace, **{"signing_keys": SIGNING_KEY, **overrides})
 
-            async with running_cluster(make_settings, Path(tmp_path_factory.mktemp("mail"))) as running:
-                yield running
-    finally:
-        client = aioredis.Redis.from_url(REDIS_URL)
-        try:
-            keys = [k async for k in client.scan_iter(match=f"{namespace}:*", count=1000)]
-            if keys:
-                await client.delete(*keys)
-        finally:
-            await client.aclose()
+        async with running_cluster(make_settings, Path(tmp_path_factory.mktemp("mail"))) as running:
+            yield running
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

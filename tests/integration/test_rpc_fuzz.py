@@ -33,7 +33,6 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
-import redis.asyncio as aioredis
 import structlog
 from google.protobuf import struct_pb2, text_format
 from google.protobuf.descriptor import Descriptor
@@ -54,7 +53,17 @@ from overture.rules.v1 import rules_service_pb2 as rules
 from overture_runtime.config import Settings
 from overture_runtime.testing import temporary_database
 from tests import fuzzing
-from tests.conftest import ADMIN_TOKEN, OTHER_TENANT_TOKEN, PG_ADMIN, READER_TOKEN, REDIS_URL, SERVICE_TOKEN, TENANT, TOKENS
+from tests.conftest import (
+    ADMIN_TOKEN,
+    OTHER_TENANT_TOKEN,
+    PG_ADMIN,
+    READER_TOKEN,
+    SERVICE_TOKEN,
+    TENANT,
+    TOKENS,
+    scratch_namespace,
+    settings_for,
+)
 from tests.thinpath import eventually, example_journey, example_rule_set
 
 from .cluster import Cluster, running_cluster
@@ -129,36 +138,21 @@ class World:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
     """One seeded cluster for the module (its own database and Redis namespace)."""
-    namespace = f"fuzz{secrets.token_hex(4)}"
     tokens = [*TOKENS, {"token": NO_ROLE_TOKEN, "tenant": TENANT, "roles": [], "principal": "fuzz-no-roles"},
               *({"token": _role_token(role), "tenant": TENANT, "roles": [role], "principal": f"fuzz-{role}"} for role in ROLES)]
-    try:
-        async with temporary_database(PG_ADMIN) as url:
+    async with temporary_database(PG_ADMIN) as url, scratch_namespace("fuzz") as namespace:
 
-            def make_settings(**overrides: object) -> Settings:
-                values: dict[str, object] = dict(
-                    database_url=url, redis_url=REDIS_URL, redis_namespace=namespace, auth_tokens=json.dumps(tokens),
-                    service_token=SERVICE_TOKEN, environment="test", ingest_http_port=-1, stream_partitions=4, shutdown_grace_seconds=1,
-                )
-                values.update(overrides)
-                return Settings(**values)  # type: ignore[arg-type]
+        def make_settings(**overrides: object) -> Settings:
+            return settings_for(url, namespace, **{"auth_tokens": json.dumps(tokens), **overrides})
 
-            async with running_cluster(make_settings, Path(tmp_path_factory.mktemp("mail"))) as cluster:
-                async with contextlib.AsyncExitStack() as stack:
-                    channels = {name: await stack.enter_async_context(grpc.aio.insecure_channel(address))
-                                for name, address in cluster.addresses.items()}
-                    seeds = fuzzing.Seeds()
-                    running = World(cluster, channels, seeds)
-                    await _seed(running)
-                    yield running
-    finally:
-        client = aioredis.Redis.from_url(REDIS_URL)
-        try:
-            keys = [k async for k in client.scan_iter(match=f"{namespace}:*", count=1000)]
-            if keys:
-                await client.delete(*keys)
-        finally:
-            await client.aclose()
+        async with running_cluster(make_settings, Path(tmp_path_factory.mktemp("mail"))) as cluster:
+            async with contextlib.AsyncExitStack() as stack:
+                channels = {name: await stack.enter_async_context(grpc.aio.insecure_channel(address))
+                            for name, address in cluster.addresses.items()}
+                seeds = fuzzing.Seeds()
+                running = World(cluster, channels, seeds)
+                await _seed(running)
+                yield running
 
 
 def _event(event_type: str, subject: str, event_id: str = "", **attributes: Any) -> event_pb2.Event:
