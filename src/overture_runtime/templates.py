@@ -99,11 +99,21 @@ HTML bodies with the message's one-click unsubscribe URL (the one its
 ``List-Unsubscribe`` header carries); it is made of characters no escaping
 changes, and a preview shows it as it is."""
 
-text_environment = ImmutableSandboxedEnvironment(autoescape=False, undefined=MissingValue)
+
+def _whole_numbers(value: Any) -> Any:
+    """What ``{{ ... }}`` prints: a whole number as one (``1200``, not
+    ``1200.0``). JSON and protobuf's Struct carry every number as a double,
+    so an event's or a profile's integers arrive as floats."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+text_environment = ImmutableSandboxedEnvironment(autoescape=False, undefined=MissingValue, finalize=_whole_numbers)
 """The sandbox subjects, text bodies and addresses render in: no access to
 Python internals, no mutation of the scope, strict about missing values."""
 
-html_environment = ImmutableSandboxedEnvironment(autoescape=True, undefined=MissingValue)
+html_environment = ImmutableSandboxedEnvironment(autoescape=True, undefined=MissingValue, finalize=_whole_numbers)
 """The same sandbox for HTML bodies, which also escapes every value it inserts."""
 
 for _environment in (text_environment, html_environment):

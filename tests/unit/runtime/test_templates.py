@@ -109,3 +109,11 @@ def test_html_bodies_escape_what_they_insert() -> None:
     scope = {"profile": {"traits": {"first_name": "<b>Ada</b>"}}}
     assert html_environment.from_string("<p>{{ profile.traits.first_name }}</p>").render(**scope) == "<p>&lt;b&gt;Ada&lt;/b&gt;</p>"
     assert text_environment.from_string("{{ profile.traits.first_name }}").render(**scope) == "<b>Ada</b>"
+
+
+def test_a_whole_number_prints_as_one_and_a_fraction_keeps_its_digits() -> None:
+    """Every number of an event or a profile arrives as a double (JSON and Struct have no integers), yet 1200 prints as 1200, not 1200.0, in text and HTML."""
+    scope = {"event": {"attributes": {"spend": 1200.0, "rate": 2.5, "huge": 1e300}}}
+    source = "{{ event.attributes.spend }} {{ event.attributes.rate }} {{ event.attributes.spend * 2 }} {{ event.attributes.huge }}"
+    for environment in (text_environment, html_environment):
+        assert environment.from_string(source).render(**scope) == "1200 2.5 2400 1e+300"
