@@ -7,8 +7,8 @@ decision in the run's context for the step to read and an audit record;
 the step then takes its ``approved`` or ``rejected`` edge. Unanswered, the
 step's timer fires at the expiry and the step rejects it itself, logged and
 audited as automatic. Whichever comes first wins: a decision is refused
-once the expiry is being processed, and the expiry changes nothing once a
-decision is in.
+from the expiry on (whether or not a worker has run the timer yet), and
+the expiry changes nothing once a decision is in.
 """
 
 from __future__ import annotations
@@ -70,6 +70,8 @@ class Approvals:
                 raise PermissionDenied(f"this approval asks for the role {row.approver_role!r}", reason="APPROVER_ROLE_REQUIRED")
             if row.decision:
                 raise FailedPrecondition(f"the approval was already {row.decision}", reason="APPROVAL_DECIDED")
+            if now >= row.expire_time:  # its timer is due: the automatic rejection wins, even before a worker has run it
+                raise FailedPrecondition(f"the approval expired at {row.expire_time.isoformat()}", reason="APPROVAL_EXPIRED")
             t = tokens
             moved = await conn.execute(t.update().where(
                 (t.c.tenant == tenant) & (t.c.run_id == run_id) & (t.c.token == row.token) & (t.c.node == step_id)
