@@ -20,6 +20,8 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from overture.common.v1 import event_pb2
 from overture.ingest.v1 import ingest_service_pb2 as I
 from overture.orchestrator.v1 import journey_pb2 as J
@@ -28,6 +30,8 @@ from overture.orchestrator.v1 import run_pb2
 from overture.rules.v1 import audit_event_pb2 as A
 from overture.rules.v1 import rules_service_pb2 as R
 from overture_cli.specfile import load_spec
+from overture_ingest.tables import events
+from overture_orchestrator.consumer import GROUP, STREAM
 from overture_runtime.clock import ManualClock
 from overture_runtime.config import Settings
 from overture_runtime.testing import temporary_database
@@ -61,6 +65,8 @@ class World:
 
     c: Cluster
     clock: ManualClock
+    timers: int = 0
+    """Hour timers started so far (see :meth:`hour_timer`)."""
 
     # -- journeys --------------------------------------------------------------
 
@@ -173,6 +179,40 @@ class World:
         """Move the clock forward to *when*, which must not be in its past."""
         assert when >= self.clock.now(), f"{when} is before the clock's {self.clock.now()}"
         self.advance(when - self.clock.now())
+
+    async def consumed(self) -> None:
+        """Wait until the orchestrator has handled every event ingest has
+        accepted so far: each is published to the stream, and each stream
+        partition's entries are read and acknowledged by the orchestrator's
+        group (acknowledged after their runs started, waits resumed and
+        goals converted). A test that expects an event to change nothing
+        waits for this."""
+        ingest, orchestrator = self.c.apps["ingest"], self.c.apps["orchestrator"]
+        streams = [orchestrator.keys.stream(STREAM, p) for p in range(orchestrator.settings.stream_partitions)]
+
+        async def handled() -> bool:
+            async with ingest.db.connect() as conn:
+                if (await conn.execute(sa.select(sa.func.count()).select_from(events).where(events.c.published_at.is_(None)))).scalar_one():
+                    return False
+            for stream in streams:
+                if not await orchestrator.redis.exists(stream):
+                    continue
+                last = (await orchestrator.redis.xinfo_stream(stream))["last-generated-id"]
+                group = next(g for g in await orchestrator.redis.xinfo_groups(stream) if g["name"] in (GROUP, GROUP.encode()))
+                if group["pending"] or group["last-delivered-id"] != last:
+                    return False
+            return True
+
+        await eventually(handled, what="the orchestrator to handle every accepted event")
+
+    async def hour_timer(self) -> str:
+        """Start a run that waits an hour and ends (``journeys/hour-timer.yaml``);
+        its id. Started beside another run's timer, its end after the clock
+        has moved shows that the workers handled what came due with it: a
+        test that expects nothing to happen waits for it."""
+        await self.publish("hour-timer")
+        self.timers += 1
+        return await self.trigger("hour-timer", f"timer-{self.timers}")
 
     def mail_to(self, *addresses: str) -> list[EmailMessage]:
         """The emails sent to any of *addresses*, in the order they arrived."""

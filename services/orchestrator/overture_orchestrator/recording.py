@@ -26,7 +26,7 @@ from overture_runtime.db import Database
 from .audit_outbox import SYSTEM_ACTOR, stage
 from .deadletters import DeadLetters
 from .model import LIVE, RunState, StepState, TokenState
-from .stats import Counts, add_counts, latency_metric
+from .stats import Counts, add_counts, latency_metric, waiting_left
 from .tables import approvals, run_context, runs, step_attempts, tokens, waits
 from .work import Outcome
 
@@ -84,11 +84,12 @@ class Recorder:
             await self._attempts(conn, kept)
             await conn.execute(waits.delete().where(_keyed(waits.c.tenant, waits.c.run_id, [(o.work.tenant, o.work.run_id) for o in kept])
                                                     & waits.c.token.in_({o.work.token for o in kept})))
-            await self._tokens(conn, kept, now)
+            gone: dict[str, Counts] = defaultdict(Counter)  # waiting tokens that other tokens' outcomes remove
+            await self._tokens(conn, kept, now, gone)
             await self._effects(conn, kept, now)
-            states = await self._joins_and_states(conn, kept, now)
+            states = await self._joins_and_states(conn, kept, now, gone)
             await self._runs(conn, kept, states, now)
-            await self._counters(conn, kept, states)
+            await self._counters(conn, kept, states, gone)
             failed = [o for o in kept if states[(o.work.tenant, o.work.run_id)] == RunState.FAILED]
             if failed:
                 await self._dead_letters.add_runs(conn, [(o.work.tenant, o.work.run_id, o.work.trigger_event.SerializeToString(),
@@ -103,7 +104,7 @@ class Recorder:
         if rows:
             await conn.execute(step_attempts.insert(), rows)
 
-    async def _tokens(self, conn: Any, kept: Sequence[Outcome], now: dt.datetime) -> None:
+    async def _tokens(self, conn: Any, kept: Sequence[Outcome], now: dt.datetime, gone: dict[str, Counts]) -> None:
         t = tokens
         ended = [o for o in kept if o.run_state not in LIVE]
         moving = [o for o in kept if o.run_state in LIVE]
@@ -122,7 +123,9 @@ class Recorder:
                 for o in moving])
         siblings = [o for o in kept if o.effects is not None and o.effects.cancel_siblings]
         for o in siblings:
-            await conn.execute(t.delete().where((t.c.tenant == o.work.tenant) & (t.c.run_id == o.work.run_id) & (t.c.token != o.work.token)))
+            cancelled = (await conn.execute(t.delete().where((t.c.tenant == o.work.tenant) & (t.c.run_id == o.work.run_id)
+                                                             & (t.c.token != o.work.token)).returning(t.c.node, t.c.state))).all()
+            gone[o.work.tenant].update(waiting_left((o.work.journey, o.work.journey_version), cancelled))
             await conn.execute(waits.delete().where((waits.c.tenant == o.work.tenant) & (waits.c.run_id == o.work.run_id)))
         forking = [o for o in kept if o.effects is not None and o.effects.forks]
         for o in forking:
@@ -170,20 +173,26 @@ class Recorder:
             await conn.execute(dialect.insert(approvals).on_conflict_do_nothing(index_elements=["tenant", "run_id", "step_id"]), new_approvals)
         await write_context(conn, context)
 
-    async def _joins_and_states(self, conn: Any, kept: Sequence[Outcome], now: dt.datetime) -> dict[tuple[str, str], RunState]:
+    async def _joins_and_states(self, conn: Any, kept: Sequence[Outcome], now: dt.datetime,
+                                gone: dict[str, Counts]) -> dict[tuple[str, str], RunState]:
         """Each run's state after the batch. A run whose tokens were several
         (or still are) is locked and read back: it ends only with its last
-        token, and a join whose branches are all in lets one token go on."""
+        token, and a join whose branches are all in lets one token go on.
+        Tokens that stop waiting so (at the join, or at any step of a run
+        that ends) are added to *gone*."""
         states = {(o.work.tenant, o.work.run_id): o.run_state for o in kept}
         several = {(o.work.tenant, o.work.run_id) for o in kept
                    if o.work.token != 0 or (o.effects is not None and (o.effects.forks or o.effects.joined))}
         t = tokens
         for tenant, run_id in sorted(several):
             own = [o for o in kept if (o.work.tenant, o.work.run_id) == (tenant, run_id)]
+            ident = (own[0].work.journey, own[0].work.journey_version)
             if any(o.run_state in (RunState.FAILED, RunState.CANCELLED) or (o.effects is not None and o.effects.cancel_siblings
                                                                             and o.run_state not in LIVE) for o in own):
                 # A failed, cancelled or exited branch ends the whole run.
-                await conn.execute(t.delete().where((t.c.tenant == tenant) & (t.c.run_id == run_id)))
+                ended = (await conn.execute(t.delete().where((t.c.tenant == tenant) & (t.c.run_id == run_id))
+                                            .returning(t.c.node, t.c.state))).all()
+                gone[tenant].update(waiting_left(ident, ended))
                 await conn.execute(waits.delete().where((waits.c.tenant == tenant) & (waits.c.run_id == run_id)))
                 continue
             await conn.execute(sa.select(runs.c.run_id).where((runs.c.tenant == tenant) & (runs.c.run_id == run_id)).with_for_update())
@@ -194,6 +203,7 @@ class Recorder:
                 if arrival is None:  # cannot happen: a join is complete only once a branch arrives
                     continue
                 nxt = arrival.join_next
+                gone[tenant].update(waiting_left(ident, joined))  # every branch leaves the join, the survivor too
                 survivor = min(r.token for r in joined)
                 await conn.execute(t.delete().where((t.c.tenant == tenant) & (t.c.run_id == run_id) & (t.c.token != survivor)))
                 if nxt:
@@ -241,8 +251,11 @@ class Recorder:
                      v_holdout=flags[k]["holdout"], v_converted=bool(flags[k]["goal"]), v_goal=flags[k]["goal"],
                      v_actions=flags[k]["actions"]) for k in richer])
 
-    async def _counters(self, conn: Any, kept: Sequence[Outcome], states: dict[tuple[str, str], RunState]) -> None:
+    async def _counters(self, conn: Any, kept: Sequence[Outcome], states: dict[tuple[str, str], RunState],
+                        gone: dict[str, Counts]) -> None:
         by_tenant: dict[str, Counts] = defaultdict(Counter)
+        for tenant, counts in gone.items():
+            by_tenant[tenant].update(counts)
         ended_runs: set[tuple[str, str]] = set()
         for o in kept:
             w = o.work
