@@ -98,9 +98,12 @@ def check_graph(v: Violations, spec: journey_pb2.JourneySpec, prefix: str) -> No
         if step.id not in state:
             v.add(f"{prefix}.steps[{index[step.id]}]", f"step {step.id!r} cannot be reached from the first step {spec.steps[0].id!r}",
                   "UNREACHABLE_STEP")
+    named = {s.parallel.join for s in spec.steps if s.WhichOneof("kind") == "parallel"}
     for step in spec.steps:
         if step.WhichOneof("kind") == "parallel":
             _check_parallel(v, step, steps, index, prefix)
+        elif step.WhichOneof("kind") == "join" and step.id not in named:
+            v.add(f"{prefix}.steps[{index[step.id]}].join", f"no parallel step names {step.id!r} as its join", "ORPHAN_JOIN")
 
 
 def _check_parallel(v: Violations, step: journey_pb2.Step, steps: dict[str, journey_pb2.Step], index: dict[str, int],

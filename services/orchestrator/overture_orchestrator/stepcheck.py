@@ -100,7 +100,20 @@ class Compiler:
             return
         if not 0 <= step.max_visits <= 1000:
             self._v.add(f"{where}.max_visits", "max_visits must be between 0 and 1000", "OUT_OF_RANGE")
+        if step.HasField("retry"):
+            self._retry(f"{where}.retry", step.retry)
         getattr(self, f"_{kind}")(f"{where}.{kind}", step)
+
+    def _retry(self, where: str, policy: journey_pb2.RetryPolicy) -> None:
+        if not 0 <= policy.max_attempts <= 100:
+            self._v.add(f"{where}.max_attempts", "max_attempts must be between 0 (the default, 5) and 100", "OUT_OF_RANGE")
+        initial, ceiling = policy.initial_backoff.ToTimedelta(), policy.max_backoff.ToTimedelta()
+        if not dt.timedelta(0) <= initial <= dt.timedelta(days=1):
+            self._v.add(f"{where}.initial_backoff", "initial_backoff must be between 0 (the default, 1 s) and 1 day", "OUT_OF_RANGE")
+        if not dt.timedelta(0) <= ceiling <= dt.timedelta(days=7):
+            self._v.add(f"{where}.max_backoff", "max_backoff must be between 0 (the default, 5 min) and 7 days", "OUT_OF_RANGE")
+        elif policy.HasField("initial_backoff") and policy.HasField("max_backoff") and ceiling and initial > ceiling:
+            self._v.add(f"{where}.max_backoff", "max_backoff must not be shorter than initial_backoff", "OUT_OF_RANGE")
 
     # -- kinds -------------------------------------------------------------
 
@@ -220,9 +233,13 @@ class Compiler:
     def _parallel(self, where: str, step: journey_pb2.Step) -> None:
         if len(step.parallel.branches) < 2:
             self._v.add(f"{where}.branches", "a parallel step needs at least two branches", "TOO_FEW")
+        seen: set[str] = set()
         for i, start in enumerate(step.parallel.branches):
             if not start:
                 self._v.add(f"{where}.branches[{i}]", "a branch needs its first step (the join itself for an empty branch)", "REQUIRED")
+            elif start in seen and start != step.parallel.join:
+                self._v.add(f"{where}.branches[{i}]", f"step {start!r} starts two branches", "DUPLICATE")
+            seen.add(start)
         if not step.parallel.join:
             self._v.add(f"{where}.join", "join is required: the step where the branches meet", "REQUIRED")
         elif step.parallel.join in self.joins:

@@ -72,7 +72,7 @@ def test_edges_are_named_as_histories_show_them(kind: str) -> None:
 @pytest.mark.parametrize("kind", [k for k in EDGES if EDGES[k]])
 def test_an_edge_to_no_step_is_unknown_at_its_own_field(kind: str) -> None:
     """Every edge of every kind that names a missing step is UNKNOWN_STEP at that edge's field path under the step."""
-    spec = journey(make(kind, iter(["ghost"] * len(EDGES[kind]))))
+    spec = journey(make(kind, iter([f"ghost-{i}" for i in range(len(EDGES[kind]))])))
     assert violations_of(spec) == {(f"spec.steps[0].{path}", "UNKNOWN_STEP") for _, path in EDGES[kind]}
 
 

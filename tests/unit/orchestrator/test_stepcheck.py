@@ -5,7 +5,7 @@ under the step's index."""
 from __future__ import annotations
 
 import pytest
-from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from overture.common.v1 import messaging_pb2 as M
 from overture.orchestrator.v1 import journey_pb2 as J
@@ -289,7 +289,27 @@ def test_parallel_problems(parallel: J.ParallelStep, expected: set[tuple[str, st
                                              (7, {("spec.steps[1].join.mode", "INVALID_ENUM")})])
 def test_a_join_takes_each_mode_of_the_enum(mode: int, expected: set[tuple[str, str]]) -> None:
     """A join step compiles in every mode of the enum; another number is INVALID_ENUM at its mode."""
-    assert problems(send("hello", "meet"), step("meet", join=J.JoinStep(mode=mode))) == expected  # type: ignore[arg-type]
+    fork = step("fork", parallel=J.ParallelStep(branches=["meet", "meet"], join="meet"))  # two empty branches
+    assert problems(fork, step("meet", join=J.JoinStep(mode=mode))) == expected  # type: ignore[arg-type]
+
+
+def test_a_join_no_parallel_step_names_is_an_orphan() -> None:
+    """A join step that closes no parallel step is ORPHAN_JOIN at its join field."""
+    assert problems(send("hello", "meet"), step("meet", join=J.JoinStep())) == {("spec.steps[1].join", "ORPHAN_JOIN")}
+
+
+@pytest.mark.parametrize(("retry", "expected"), [
+    (J.RetryPolicy(max_attempts=10), set()),
+    (J.RetryPolicy(max_attempts=101), {("spec.steps[0].retry.max_attempts", "OUT_OF_RANGE")}),
+    (J.RetryPolicy(initial_backoff=duration_pb2.Duration(seconds=-1)), {("spec.steps[0].retry.initial_backoff", "OUT_OF_RANGE")}),
+    (J.RetryPolicy(initial_backoff=duration_pb2.Duration(seconds=60), max_backoff=duration_pb2.Duration(seconds=10)),
+     {("spec.steps[0].retry.max_backoff", "OUT_OF_RANGE")}),
+])
+def test_a_retry_policy_is_checked(retry: J.RetryPolicy, expected: set[tuple[str, str]]) -> None:
+    """A step's retry policy keeps attempts within 100 and backoffs within their bounds, the ceiling not below the first."""
+    hello = send("hello")
+    hello.retry.CopyFrom(retry)
+    assert problems(hello) == expected
 
 
 @pytest.mark.parametrize(("goal", "expected"), [("", set()), ("converted", set()), ("Converted!", {("spec.steps[0].exit.goal", "INVALID_NAME")})])
