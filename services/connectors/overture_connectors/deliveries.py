@@ -258,6 +258,8 @@ class DeliveryService:
             push_ttl=message.push.ttl.ToTimedelta() if message.push.HasField("ttl") else None, push_urgency=message.push.urgency,
             push_topic=message.push.topic,
             url=message.webhook.url, keep_response=message.webhook.keep_response, data_as_body=message.webhook.data_as_body,
+            audience_id=message.audience.audience_id, audience_operation=_operation(message.audience.operation),
+            members=tuple((m.email, m.phone_number) for m in message.audience.members),
         )
         done = await self.dispatcher.dispatch(outbound, pending.route, delivery_id=row.delivery_id)
         finish = Finish(row=row, status=done.status, retryable=done.retryable, error=done.error,
@@ -266,6 +268,13 @@ class DeliveryService:
         if not done.retryable:
             return _Attempt(key, finish)
         return _Attempt(key, finish, Unavailable(done.error, reason=done.reason, retry_after=done.retry_after))
+
+
+def _operation(operation: delivery_pb2.AudienceOperation.ValueType) -> str:
+    """An AudienceOperation as ``add``/``remove`` ("" when unset)."""
+    if operation == delivery_pb2.AUDIENCE_OPERATION_ADD:
+        return "add"
+    return "remove" if operation == delivery_pb2.AUDIENCE_OPERATION_REMOVE else ""
 
 
 def _unreadable(row: Any) -> OvertureError | None:

@@ -86,6 +86,12 @@ class OutboundMessage:
     """Webhook: keep the endpoint's answer (:attr:`SendResult.response`)."""
     data_as_body: bool = False
     """Webhook: post :attr:`data` itself as the body, not the Standard Webhooks envelope."""
+    audience_id: str = ""
+    """Audience sync: the audience at the platform."""
+    audience_operation: str = ""
+    """Audience sync: ``add`` or ``remove``."""
+    members: tuple[tuple[str, str], ...] = ()
+    """Audience sync: each member's (email, phone number), either may be empty; none: the subject alone, by :attr:`address`."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from overture_runtime.idempotency import Idempotency
 from overture_runtime.validation import (
     check_identifier,
     check_reason,
-    check_struct,
     decode_page_token,
     encode_page_token,
     page_size,
@@ -24,14 +23,11 @@ from .bounce_reports import MAX_REPORT, FeedbackKind
 from .breaker import CircuitState
 from .callbacks import CallbackIntake
 from .deliveries import MAX_BATCH, DeliveryService, Outcome, check_batch_size, to_proto
-from .egress import MAX_URL, parse_url
 from .feedback import FeedbackIntake
+from .message_checks import validate_message
 from .resolutions import FILTERABLE, RESOLUTIONS, Resolutions
-from .web_push import check_push_options
 
 C = connector_service_pb2
-_CONTENT_MAX = 256 * 1024
-_ADDRESS_MAX = 512
 _ITEM_VIOLATIONS_MAX = 20
 _CALLBACK_HEADERS = 64
 _CALLBACK_HEADER_BYTES = 8 * 1024
@@ -40,44 +36,6 @@ _RESPONSES_MAX = 2 * 1024 * 1024
 """The most bytes of kept responses one SendBatch answer carries (a gRPC message is at most 4 MiB)."""
 _CIRCUIT = {CircuitState.CLOSED: delivery_pb2.CIRCUIT_STATE_CLOSED, CircuitState.OPEN: delivery_pb2.CIRCUIT_STATE_OPEN,
             CircuitState.HALF_OPEN: delivery_pb2.CIRCUIT_STATE_HALF_OPEN}
-
-
-def validate_message(v: Violations, message: delivery_pb2.Message, *, prefix: str = "message.") -> None:
-    """Record the problems of a message to send, with field paths under *prefix*."""
-    check_identifier(v, f"{prefix}idempotency_key", message.idempotency_key)
-    if message.channel == messaging_pb2.CHANNEL_UNSPECIFIED:
-        v.add(f"{prefix}channel", "channel is required", "REQUIRED")
-    elif message.channel not in messaging_pb2.Channel.values():
-        v.add(f"{prefix}channel", f"unknown channel {message.channel}", "INVALID_ENUM")
-    check_identifier(v, f"{prefix}subject_id", message.subject_id)
-    if not message.address.strip():
-        v.add(f"{prefix}address", "address is required", "REQUIRED")
-    elif len(message.address) > _ADDRESS_MAX:
-        v.add(f"{prefix}address", f"address must be at most {_ADDRESS_MAX} characters", "TOO_LONG")
-    elif message.channel == messaging_pb2.CHANNEL_EMAIL and ("@" not in message.address or any(c in message.address for c in "\r\n<>,;")):
-        v.add(f"{prefix}address", "address is not a valid email address", "INVALID_ADDRESS")
-    content = message.content
-    size = len(content.subject) + len(content.text_body) + len(content.html_body)
-    if size > _CONTENT_MAX:
-        v.add(f"{prefix}content", f"content is {size} characters; the limit is {_CONTENT_MAX}", "TOO_LARGE")
-    if "\n" in content.subject or "\r" in content.subject:
-        v.add(f"{prefix}content.subject", "subject must be one line", "INVALID")
-    check_struct(v, f"{prefix}content.data", content.data, max_bytes=_CONTENT_MAX)
-    if message.channel == messaging_pb2.CHANNEL_EMAIL and not (content.text_body or content.html_body):
-        v.add(f"{prefix}content", "an email needs a text or HTML body", "REQUIRED")
-    if message.channel == messaging_pb2.CHANNEL_SMS and not content.text_body.strip():
-        v.add(f"{prefix}content.text_body", "an SMS needs a text body", "REQUIRED")
-    check_push_options(v, message.push, prefix=f"{prefix}push.")
-    if message.HasField("webhook"):
-        _validate_webhook(v, message, prefix=f"{prefix}webhook.")
-
-
-def _validate_webhook(v: Violations, message: delivery_pb2.Message, *, prefix: str) -> None:
-    options = message.webhook
-    if options.url:
-        parsed, problem = parse_url(options.url)
-        if parsed is None:
-            v.add(f"{prefix}url", f"url is refused: {problem}", "TOO_LONG" if len(options.url) > MAX_URL else "INVALID_URL")
 
 
 def _capped(violations: list[FieldViolation]) -> list[FieldViolation]:

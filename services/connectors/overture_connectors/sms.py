@@ -49,14 +49,15 @@ from typing import Any
 from urllib.parse import parse_qsl, quote
 
 import httpx
-import phonenumbers
 import pydantic
 
 from overture.common.v1 import messaging_pb2
 from overture_runtime.clock import Clock
 from overture_runtime.config import ProviderConfig
 
+from . import phones
 from .http_calls import Answer, call, classify
+from .phones import Region
 from .plugin import CallbackRefused, ConnectorContext, InDoubt, OutboundMessage, PermanentFailure, SendResult, StatusUpdate
 from .sms_segments import split
 
@@ -81,7 +82,7 @@ class SmsSettings(pydantic.BaseModel, frozen=True, extra="forbid", hide_input_in
     """The auth token: the Basic auth password, and the key that signs status callbacks."""
     sender: str = pydantic.Field(alias="from", min_length=1, max_length=32)
     """The sender: an E.164 number, a short code, or an alphanumeric sender id."""
-    default_region: str = pydantic.Field(default="US", pattern=r"^[A-Z]{2}$")
+    default_region: Region = "US"
     """The region (ISO 3166 alpha-2) a number without a country code is read in."""
     max_segments: int = pydantic.Field(default=10, ge=1, le=50)
     """The most segments one message may take; a longer body is refused."""
@@ -92,13 +93,6 @@ class SmsSettings(pydantic.BaseModel, frozen=True, extra="forbid", hide_input_in
     connect_timeout_seconds: float = pydantic.Field(default=3.0, gt=0, le=60)
     timeout_seconds: float = pydantic.Field(default=10.0, gt=0, le=120)
 
-    @pydantic.field_validator("default_region")
-    @classmethod
-    def _known(cls, region: str) -> str:
-        if region not in phonenumbers.SUPPORTED_REGIONS:
-            raise ValueError("not a region phonenumbers knows")
-        return region
-
 
 def client_ref(tenant: str, idempotency_key: str) -> str:
     """Our reference for a message: the same for every attempt of one key, distinct across tenants."""
@@ -108,13 +102,10 @@ def client_ref(tenant: str, idempotency_key: str) -> str:
 def e164(address: str, region: str) -> str:
     """*address* as an E.164 number, read in *region* when it has no country code; raises
     :class:`PermanentFailure` (without the number) when it is not a valid phone number."""
-    try:
-        number = phonenumbers.parse(address, region)
-    except phonenumbers.NumberParseException:
-        raise PermanentFailure("the address is not a phone number") from None
-    if not phonenumbers.is_valid_number(number):
+    number = phones.e164(address, region)
+    if number is None:
         raise PermanentFailure("the address is not a valid phone number")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return number
 
 
 def sign(token: str, url: str, params: Mapping[str, str]) -> str:

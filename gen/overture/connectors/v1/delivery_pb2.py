@@ -29,7 +29,7 @@ from overture.common.v1 import messaging_pb2 as overture_dot_common_dot_v1_dot_m
 from overture.connectors.v1 import push_pb2 as overture_dot_connectors_dot_v1_dot_push__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%overture/connectors/v1/delivery.proto\x12\x16overture.connectors.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"overture/common/v1/messaging.proto\x1a!overture/connectors/v1/push.proto\"\xb2\x04\n\x07Message\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12,\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x1b.overture.common.v1.Channel\x12\x12\n\nsubject_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x37\n\x07\x63ontent\x18\x05 \x01(\x0b\x32&.overture.connectors.v1.MessageContent\x12\x35\n\x08\x63\x61tegory\x18\x06 \x01(\x0e\x32#.overture.common.v1.MessageCategory\x12\x0c\n\x04tags\x18\x07 \x03(\t\x12?\n\x08metadata\x18\x08 \x03(\x0b\x32-.overture.connectors.v1.Message.MetadataEntry\x12\x11\n\tconnector\x18\t \x01(\t\x12\x33\n\x05\x65mail\x18\n \x01(\x0b\x32$.overture.connectors.v1.EmailOptions\x12\x17\n\x0f\x63onsent_purpose\x18\x0b \x01(\t\x12\x31\n\x04push\x18\x0c \x01(\x0b\x32#.overture.connectors.v1.PushOptions\x12\x37\n\x07webhook\x18\r \x01(\x0b\x32&.overture.connectors.v1.WebhookOptions\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"z\n\x0bPushOptions\x12&\n\x03ttl\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x07urgency\x18\x02 \x01(\x0e\x32#.overture.connectors.v1.PushUrgency\x12\r\n\x05topic\x18\x03 \x01(\t\"J\n\x0eWebhookOptions\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x15\n\rkeep_response\x18\x02 \x01(\x08\x12\x14\n\x0c\x64\x61ta_as_body\x18\x03 \x01(\x08\"9\n\x0c\x45mailOptions\x12\x13\n\x0btrack_opens\x18\x01 \x01(\x08\x12\x14\n\x0ctrack_clicks\x18\x02 \x01(\x08\"n\n\x0eMessageContent\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x11\n\ttext_body\x18\x02 \x01(\t\x12\x11\n\thtml_body\x18\x03 \x01(\t\x12%\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xa3\x03\n\x08\x44\x65livery\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12\x11\n\tconnector\x18\x03 \x01(\t\x12,\n\x07\x63hannel\x18\x04 \x01(\x0e\x32\x1b.overture.common.v1.Channel\x12\x32\n\x06status\x18\x05 \x01(\x0e\x32\".overture.common.v1.DeliveryStatus\x12\x1b\n\x13provider_message_id\x18\x06 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\x05\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsubject_id\x18\x0b \x01(\t\x12)\n\x08response\x18\x0c \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08segments\x18\r \x01(\x05\"\xb4\x01\n\tConnector\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x1b.overture.common.v1.Channel\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\x03 \x01(\x08\x12;\n\rcircuit_state\x18\x04 \x01(\x0e\x32$.overture.connectors.v1.CircuitState\x12\x1d\n\x15rate_limit_per_second\x18\x05 \x01(\x01*|\n\x0c\x43ircuitState\x12\x1d\n\x19\x43IRCUIT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43IRCUIT_STATE_CLOSED\x10\x01\x12\x16\n\x12\x43IRCUIT_STATE_OPEN\x10\x02\x12\x1b\n\x17\x43IRCUIT_STATE_HALF_OPEN\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%overture/connectors/v1/delivery.proto\x12\x16overture.connectors.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"overture/common/v1/messaging.proto\x1a!overture/connectors/v1/push.proto\"\xed\x04\n\x07Message\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12,\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x1b.overture.common.v1.Channel\x12\x12\n\nsubject_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x37\n\x07\x63ontent\x18\x05 \x01(\x0b\x32&.overture.connectors.v1.MessageContent\x12\x35\n\x08\x63\x61tegory\x18\x06 \x01(\x0e\x32#.overture.common.v1.MessageCategory\x12\x0c\n\x04tags\x18\x07 \x03(\t\x12?\n\x08metadata\x18\x08 \x03(\x0b\x32-.overture.connectors.v1.Message.MetadataEntry\x12\x11\n\tconnector\x18\t \x01(\t\x12\x33\n\x05\x65mail\x18\n \x01(\x0b\x32$.overture.connectors.v1.EmailOptions\x12\x17\n\x0f\x63onsent_purpose\x18\x0b \x01(\t\x12\x31\n\x04push\x18\x0c \x01(\x0b\x32#.overture.connectors.v1.PushOptions\x12\x37\n\x07webhook\x18\r \x01(\x0b\x32&.overture.connectors.v1.WebhookOptions\x12\x39\n\x08\x61udience\x18\x0e \x01(\x0b\x32\'.overture.connectors.v1.AudienceOptions\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9d\x01\n\x0f\x41udienceOptions\x12\x13\n\x0b\x61udience_id\x18\x01 \x01(\t\x12<\n\toperation\x18\x02 \x01(\x0e\x32).overture.connectors.v1.AudienceOperation\x12\x37\n\x07members\x18\x03 \x03(\x0b\x32&.overture.connectors.v1.AudienceMember\"5\n\x0e\x41udienceMember\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x14\n\x0cphone_number\x18\x02 \x01(\t\"z\n\x0bPushOptions\x12&\n\x03ttl\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x07urgency\x18\x02 \x01(\x0e\x32#.overture.connectors.v1.PushUrgency\x12\r\n\x05topic\x18\x03 \x01(\t\"J\n\x0eWebhookOptions\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x15\n\rkeep_response\x18\x02 \x01(\x08\x12\x14\n\x0c\x64\x61ta_as_body\x18\x03 \x01(\x08\"9\n\x0c\x45mailOptions\x12\x13\n\x0btrack_opens\x18\x01 \x01(\x08\x12\x14\n\x0ctrack_clicks\x18\x02 \x01(\x08\"n\n\x0eMessageContent\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x11\n\ttext_body\x18\x02 \x01(\t\x12\x11\n\thtml_body\x18\x03 \x01(\t\x12%\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xa3\x03\n\x08\x44\x65livery\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12\x11\n\tconnector\x18\x03 \x01(\t\x12,\n\x07\x63hannel\x18\x04 \x01(\x0e\x32\x1b.overture.common.v1.Channel\x12\x32\n\x06status\x18\x05 \x01(\x0e\x32\".overture.common.v1.DeliveryStatus\x12\x1b\n\x13provider_message_id\x18\x06 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\x05\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsubject_id\x18\x0b \x01(\t\x12)\n\x08response\x18\x0c \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08segments\x18\r \x01(\x05\"\xb4\x01\n\tConnector\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x1b.overture.common.v1.Channel\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\x03 \x01(\x08\x12;\n\rcircuit_state\x18\x04 \x01(\x0e\x32$.overture.connectors.v1.CircuitState\x12\x1d\n\x15rate_limit_per_second\x18\x05 \x01(\x01*r\n\x11\x41udienceOperation\x12\"\n\x1e\x41UDIENCE_OPERATION_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41UDIENCE_OPERATION_ADD\x10\x01\x12\x1d\n\x19\x41UDIENCE_OPERATION_REMOVE\x10\x02*|\n\x0c\x43ircuitState\x12\x1d\n\x19\x43IRCUIT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43IRCUIT_STATE_CLOSED\x10\x01\x12\x16\n\x12\x43IRCUIT_STATE_OPEN\x10\x02\x12\x1b\n\x17\x43IRCUIT_STATE_HALF_OPEN\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,22 +38,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MESSAGE_METADATAENTRY']._loaded_options = None
   _globals['_MESSAGE_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_CIRCUITSTATE']._serialized_start=1772
-  _globals['_CIRCUITSTATE']._serialized_end=1896
+  _globals['_AUDIENCEOPERATION']._serialized_start=2046
+  _globals['_AUDIENCEOPERATION']._serialized_end=2160
+  _globals['_CIRCUITSTATE']._serialized_start=2162
+  _globals['_CIRCUITSTATE']._serialized_end=2286
   _globals['_MESSAGE']._serialized_start=232
-  _globals['_MESSAGE']._serialized_end=794
-  _globals['_MESSAGE_METADATAENTRY']._serialized_start=747
-  _globals['_MESSAGE_METADATAENTRY']._serialized_end=794
-  _globals['_PUSHOPTIONS']._serialized_start=796
-  _globals['_PUSHOPTIONS']._serialized_end=918
-  _globals['_WEBHOOKOPTIONS']._serialized_start=920
-  _globals['_WEBHOOKOPTIONS']._serialized_end=994
-  _globals['_EMAILOPTIONS']._serialized_start=996
-  _globals['_EMAILOPTIONS']._serialized_end=1053
-  _globals['_MESSAGECONTENT']._serialized_start=1055
-  _globals['_MESSAGECONTENT']._serialized_end=1165
-  _globals['_DELIVERY']._serialized_start=1168
-  _globals['_DELIVERY']._serialized_end=1587
-  _globals['_CONNECTOR']._serialized_start=1590
-  _globals['_CONNECTOR']._serialized_end=1770
+  _globals['_MESSAGE']._serialized_end=853
+  _globals['_MESSAGE_METADATAENTRY']._serialized_start=806
+  _globals['_MESSAGE_METADATAENTRY']._serialized_end=853
+  _globals['_AUDIENCEOPTIONS']._serialized_start=856
+  _globals['_AUDIENCEOPTIONS']._serialized_end=1013
+  _globals['_AUDIENCEMEMBER']._serialized_start=1015
+  _globals['_AUDIENCEMEMBER']._serialized_end=1068
+  _globals['_PUSHOPTIONS']._serialized_start=1070
+  _globals['_PUSHOPTIONS']._serialized_end=1192
+  _globals['_WEBHOOKOPTIONS']._serialized_start=1194
+  _globals['_WEBHOOKOPTIONS']._serialized_end=1268
+  _globals['_EMAILOPTIONS']._serialized_start=1270
+  _globals['_EMAILOPTIONS']._serialized_end=1327
+  _globals['_MESSAGECONTENT']._serialized_start=1329
+  _globals['_MESSAGECONTENT']._serialized_end=1439
+  _globals['_DELIVERY']._serialized_start=1442
+  _globals['_DELIVERY']._serialized_end=1861
+  _globals['_CONNECTOR']._serialized_start=1864
+  _globals['_CONNECTOR']._serialized_end=2044
 # @@protoc_insertion_point(module_scope)

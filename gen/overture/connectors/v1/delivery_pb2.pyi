@@ -24,6 +24,30 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _AudienceOperation:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AudienceOperationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AudienceOperation.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AUDIENCE_OPERATION_UNSPECIFIED: _AudienceOperation.ValueType  # 0
+    """Not set. Rejected on the audience_sync channel."""
+    AUDIENCE_OPERATION_ADD: _AudienceOperation.ValueType  # 1
+    """Add the members to the audience."""
+    AUDIENCE_OPERATION_REMOVE: _AudienceOperation.ValueType  # 2
+    """Remove the members from the audience."""
+
+class AudienceOperation(_AudienceOperation, metaclass=_AudienceOperationEnumTypeWrapper):
+    """What an audience sync does with its members."""
+
+AUDIENCE_OPERATION_UNSPECIFIED: AudienceOperation.ValueType  # 0
+"""Not set. Rejected on the audience_sync channel."""
+AUDIENCE_OPERATION_ADD: AudienceOperation.ValueType  # 1
+"""Add the members to the audience."""
+AUDIENCE_OPERATION_REMOVE: AudienceOperation.ValueType  # 2
+"""Remove the members from the audience."""
+Global___AudienceOperation: _TypeAlias = AudienceOperation  # noqa: Y015
+
 class _CircuitState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -91,6 +115,7 @@ class Message(_message.Message):
     CONSENT_PURPOSE_FIELD_NUMBER: _builtins.int
     PUSH_FIELD_NUMBER: _builtins.int
     WEBHOOK_FIELD_NUMBER: _builtins.int
+    AUDIENCE_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
     """The idempotency key, `run_id:step_id` for journey steps. A connector
     calls its provider at most once per key; repeats return the first result.
@@ -143,6 +168,12 @@ class Message(_message.Message):
         on other channels.
         """
 
+    @_builtins.property
+    def audience(self) -> Global___AudienceOptions:
+        """Audience sync options (the audience_sync channel): which audience, add
+        or remove, and the members. Required on that channel, ignored on others.
+        """
+
     def __init__(
         self,
         *,
@@ -159,14 +190,91 @@ class Message(_message.Message):
         consent_purpose: _builtins.str = ...,
         push: Global___PushOptions | None = ...,
         webhook: Global___WebhookOptions | None = ...,
+        audience: Global___AudienceOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "email", b"email", "push", b"push", "webhook", b"webhook"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "content", b"content", "email", b"email", "push", b"push", "webhook", b"webhook"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "category", b"category", "channel", b"channel", "connector", b"connector", "consent_purpose", b"consent_purpose", "content", b"content", "email", b"email", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "push", b"push", "subject_id", b"subject_id", "tags", b"tags", "webhook", b"webhook"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "audience", b"audience", "category", b"category", "channel", b"channel", "connector", b"connector", "consent_purpose", b"consent_purpose", "content", b"content", "email", b"email", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "push", b"push", "subject_id", b"subject_id", "tags", b"tags", "webhook", b"webhook"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Message: _TypeAlias = Message  # noqa: Y015
+
+@_typing.final
+class AudienceOptions(_message.Message):
+    """Adds people to, or removes them from, an audience at an advertising
+    platform (a Customer Match list, a custom audience). Identifiers leave
+    Overture only normalised and hashed with SHA-256: emails trimmed and
+    lower-cased, phone numbers in E.164.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIENCE_ID_FIELD_NUMBER: _builtins.int
+    OPERATION_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    audience_id: _builtins.str
+    """The audience at the platform (a list id), 1 to 256 printable
+    characters.
+    """
+    operation: Global___AudienceOperation.ValueType
+    """Whether the members are added or removed."""
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___AudienceMember]:
+        """The members, at most 10,000; empty: the message's subject alone, whose
+        identifier is the message's `address` (an email address when it holds
+        an `@`, else a phone number). The provider sends them in batches of at
+        most its `batch_size` identifiers, each batch with an id that is the
+        same on every attempt of the message's key, so a retried batch is
+        recognised by the platform. Members with no valid identifier are
+        skipped (their number is logged); a message none of whose members is
+        valid fails for good.
+        """
+
+    def __init__(
+        self,
+        *,
+        audience_id: _builtins.str = ...,
+        operation: Global___AudienceOperation.ValueType = ...,
+        members: _abc.Iterable[Global___AudienceMember] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_id", b"audience_id", "members", b"members", "operation", b"operation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AudienceOptions: _TypeAlias = AudienceOptions  # noqa: Y015
+
+@_typing.final
+class AudienceMember(_message.Message):
+    """One person to add to or remove from an audience: an email address, a
+    phone number, or both. Personal data: never logged, sent only hashed.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMAIL_FIELD_NUMBER: _builtins.int
+    PHONE_NUMBER_FIELD_NUMBER: _builtins.int
+    email: _builtins.str
+    """An email address, at most 320 characters."""
+    phone_number: _builtins.str
+    """A phone number, at most 64 characters; one without a country code is
+    read in the provider's `default_region`.
+    """
+    def __init__(
+        self,
+        *,
+        email: _builtins.str = ...,
+        phone_number: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "phone_number", b"phone_number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AudienceMember: _TypeAlias = AudienceMember  # noqa: Y015
 
 @_typing.final
 class PushOptions(_message.Message):
