@@ -3,9 +3,10 @@
 The browser holds only a random session id in an HttpOnly, SameSite=Strict
 cookie (``Secure`` when ``OVERTURE_CONSOLE_SECURE_COOKIES`` is set). Redis
 holds, under the sha256 of that id (so a copy of Redis cannot be replayed
-as cookies), the person's Overture token, tenant, principal and roles, the
-session's CSRF token and its pending notices, sealed with
-``OVERTURE_SIGNING_KEYS`` (so the token is not readable at rest either).
+as cookies), the person's Overture token, sealed with
+``OVERTURE_SIGNING_KEYS`` (so it is not readable at rest either), and the
+tenant, principal and roles, the session's CSRF token and its pending
+notices (at most :data:`MAX_NOTICES`).
 Each request renews the session's idle lifetime; signing out deletes it.
 """
 
@@ -29,6 +30,10 @@ COOKIE = "overture_console"
 LOGIN_COOKIE = "overture_console_login"
 """The sign-in form's CSRF cookie (double submit: the form carries the same random value)."""
 _PURPOSE = "console-session"
+MAX_NOTICES = 8
+"""Notices kept for the next page, the latest."""
+NOTICE_CHARS = 600
+"""The longest notice kept."""
 
 
 @dataclass
@@ -54,9 +59,7 @@ class Session:
         """Whether the person holds *role*."""
         return "*" in self.roles or role in self.roles
 
-    def _payload(self) -> str:
-        return json.dumps({"token": self.token, "tenant": self.tenant, "principal": self.principal, "roles": sorted(self.roles),
-                           "csrf": self.csrf, "notices": self.notices}, separators=(",", ":"))
+
 
 
 def _digest(session_id: str) -> str:
@@ -89,18 +92,22 @@ class SessionStore:
         if raw is None:
             return None
         try:
-            text = raw.decode() if isinstance(raw, bytes) else str(raw)
-            (payload,) = self._sealer.open(_PURPOSE, text, now=self._clock.now(), arity=1)
-            data = json.loads(payload)
-            return Session(key=key, token=data["token"], tenant=data["tenant"], principal=data["principal"],
+            data = json.loads(raw)
+            (token,) = self._sealer.open(_PURPOSE, data["token"], now=self._clock.now(), arity=1)
+            return Session(key=key, token=token, tenant=data["tenant"], principal=data["principal"],
                            roles=frozenset(data["roles"]), csrf=data["csrf"], notices=[(k, t) for k, t in data.get("notices", [])])
         except (BadToken, ValueError, KeyError, TypeError):  # sealed by a key since retired, or not ours: sign in again
             return None
 
     async def save(self, session: Session) -> None:
         """Store *session* (with its notices) for the idle lifetime."""
-        sealed = self._sealer.seal(_PURPOSE, [session._payload()], now=self._clock.now())
-        await self._redis.set(self._keys.console_session(session.key), sealed.encode(), ex=self._idle)
+        # Only the token is sealed (a sealed value is bounded in size); the notices waiting for the next page are bounded
+        # too, so that a person who never reads them (a script posting forms) cannot grow the session without end.
+        del session.notices[:-MAX_NOTICES]
+        session.notices[:] = [(kind, text[:NOTICE_CHARS]) for kind, text in session.notices]
+        data = {"token": self._sealer.seal(_PURPOSE, [session.token], now=self._clock.now()), "tenant": session.tenant,
+                "principal": session.principal, "roles": sorted(session.roles), "csrf": session.csrf, "notices": session.notices}
+        await self._redis.set(self._keys.console_session(session.key), json.dumps(data, separators=(",", ":")).encode(), ex=self._idle)
 
     async def delete(self, session: Session) -> None:
         """Sign out: forget the session."""
