@@ -274,3 +274,39 @@ async def test_a_send_that_fails_for_good_gives_its_cap_slot_back_and_one_withou
         assert [m["To"] for m in c.mail.messages] == ["dee@example.com"]
         second, _ = (await c.rules.ListDecisions(RS.ListDecisionsRequest(subject_id="dee"), metadata=MD)).decisions
         assert second.allowed and second.reservation_state == D.RESERVATION_STATE_COMMITTED
+
+
+async def test_runs_list_by_state_and_start_time(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """ListRuns keeps only runs in the state asked and started within the window; a reversed window is refused at end_time."""
+    import grpc
+
+    async with running_cluster(make_settings, tmp_path / "mail") as c:
+        await publish_tour(c)
+        await c.ingest.IngestEvents(I.IngestEventsRequest(events=[
+            _event("identify", "lou", traits={"email": "lou@example.com"}),
+            _event("consent.granted", "lou", channel="email", purpose="marketing"),
+            _event("user.signed_up", "lou", "filter-signup"),
+            _event("user.signed_up", "max", "filter-signup-max"),
+        ]), metadata=MD)
+
+        async def ended() -> list[run_pb2.Run] | None:
+            runs = (await c.orchestrator.ListRuns(O.ListRunsRequest(journey="welcome"), metadata=MD)).runs
+            return list(runs) if len(runs) == 2 and all(r.state == run_pb2.RUN_STATE_COMPLETED for r in runs) else None
+
+        both = await eventually(ended, what="both runs to end")
+        started = min(r.create_time.ToDatetime(tzinfo=dt.UTC) for r in both)
+        completed = await c.orchestrator.ListRuns(O.ListRunsRequest(state=run_pb2.RUN_STATE_COMPLETED), metadata=MD)
+        assert len(completed.runs) == 2
+        assert not (await c.orchestrator.ListRuns(O.ListRunsRequest(state=run_pb2.RUN_STATE_FAILED), metadata=MD)).runs
+        window = O.ListRunsRequest()
+        window.start_time.FromDatetime(started + dt.timedelta(hours=1))
+        assert not (await c.orchestrator.ListRuns(window, metadata=MD)).runs
+        window.start_time.FromDatetime(started - dt.timedelta(minutes=1))
+        window.end_time.FromDatetime(started + dt.timedelta(hours=1))
+        assert len((await c.orchestrator.ListRuns(window, metadata=MD)).runs) == 2
+        window.end_time.FromDatetime(started - dt.timedelta(hours=1))
+        try:
+            await c.orchestrator.ListRuns(window, metadata=MD)
+            raise AssertionError("a reversed window was accepted")
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "end_time" in str(error.trailing_metadata())

@@ -296,10 +296,14 @@ class RunStore:
 
     async def list_runs(
         self, *, tenant: str, journey: str = "", subject_id: str = "", trigger_event_id: str = "", limit: int, before: str | None,
-        state: str = "",
+        state: str = "", start: dt.datetime | None = None, end: dt.datetime | None = None,
     ) -> list[run_pb2.Run]:
-        """Runs newest first, filtered."""
+        """Runs newest first, filtered (*start* inclusive, *end* exclusive, by when they started)."""
         query = sa.select(runs).where(runs.c.tenant == tenant)
+        if start is not None:
+            query = query.where(runs.c.create_time >= start)
+        if end is not None:
+            query = query.where(runs.c.create_time < end)
         if state:
             query = query.where(runs.c.state == state)
         if journey:

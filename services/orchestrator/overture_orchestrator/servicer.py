@@ -31,6 +31,7 @@ from .feedback import DeliveryFeedback
 from .journeys import JourneyStore
 from .lifecycle import LifecycleRpcs
 from .migrator import RunMigrator
+from .model import RunState
 from .preview import Previewer
 from .retries import Retrier
 from .runs import RetryRefusal, RunStore
@@ -42,6 +43,7 @@ log = structlog.get_logger("overture.orchestrator")
 OS = orchestrator_service_pb2
 _CONTEXT_MAX = 32 * 1024
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_RUN_STATES = {state.proto: state.value for state in RunState}
 
 
 def _to_latest(v: Violations, value: int) -> bool:
@@ -205,11 +207,22 @@ class OrchestratorServicer(LifecycleRpcs, orchestrator_service_pb2_grpc.Orchestr
         check_name(v, "journey", request.journey, required=False)
         check_identifier(v, "subject_id", request.subject_id, required=False)
         check_identifier(v, "trigger_event_id", request.trigger_event_id, required=False)
+        state = ""
+        if request.state:
+            if request.state not in _RUN_STATES:
+                v.add("state", f"unknown state {request.state}", "INVALID_ENUM")
+            else:
+                state = _RUN_STATES[request.state]
+        start = request.start_time.ToDatetime(tzinfo=dt.UTC) if request.HasField("start_time") else None
+        end = request.end_time.ToDatetime(tzinfo=dt.UTC) if request.HasField("end_time") else None
+        if start is not None and end is not None and end <= start:
+            v.add("end_time", "end_time must be after start_time", "OUT_OF_RANGE")
         size = page_size(v, request.page_size)
         v.raise_if_any()
         before = decode_page_token(request.page_token, before=str).get("before")
         found = await self._runs.list_runs(tenant=tenant, journey=request.journey, subject_id=request.subject_id,
-                                      trigger_event_id=request.trigger_event_id, limit=size + 1, before=before)
+                                           trigger_event_id=request.trigger_event_id, limit=size + 1, before=before, state=state,
+                                           start=start, end=end)
         token = encode_page_token({"before": found[size - 1].run_id}) if len(found) > size else ""
         return OS.ListRunsResponse(runs=found[:size], next_page_token=token)
 
