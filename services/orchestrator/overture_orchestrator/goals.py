@@ -29,7 +29,7 @@ from overture_runtime.protojson import struct_to_dict
 from .definition import evaluate_expression
 from .journeys import JourneyStore
 from .model import LIVE, RunState, StepState
-from .stats import Counts, add_counts, waiting_left
+from .stats import Counts, add_counts, day_metric, waiting_left
 from .tables import runs, step_attempts, tokens, waits
 
 __all__ = ["Goals"]
@@ -111,6 +111,7 @@ class Goals:
                     end_time=now, wake_time=None, edge="goal", detail={"output": {"event_id": event.event_id}}))
                 ident = (run.journey, run.journey_version)
                 counts[(*ident, "", "converted")] += 1
+                counts[(*ident, "", day_metric(now, "converted"))] += 1
                 counts[(*ident, "", "completed")] += 1
                 counts.update(waiting_left(ident, left))
                 for arm in run.arms or ():

@@ -26,7 +26,7 @@ from overture_runtime.db import Database
 from .audit_outbox import SYSTEM_ACTOR, stage
 from .deadletters import DeadLetters
 from .model import LIVE, RunState, StepState, TokenState
-from .stats import Counts, add_counts, latency_metric, waiting_left
+from .stats import Counts, add_counts, day_metric, latency_metric, waiting_left
 from .tables import approvals, run_context, runs, step_attempts, tokens, waits
 from .work import Outcome
 
@@ -89,7 +89,7 @@ class Recorder:
             await self._effects(conn, kept, now)
             states = await self._joins_and_states(conn, kept, now, gone)
             await self._runs(conn, kept, states, now)
-            await self._counters(conn, kept, states, gone)
+            await self._counters(conn, kept, states, gone, now)
             failed = [o for o in kept if states[(o.work.tenant, o.work.run_id)] == RunState.FAILED]
             if failed:
                 await self._dead_letters.add_runs(conn, [(o.work.tenant, o.work.run_id, o.work.trigger_event.SerializeToString(),
@@ -252,7 +252,7 @@ class Recorder:
                      v_actions=flags[k]["actions"]) for k in richer])
 
     async def _counters(self, conn: Any, kept: Sequence[Outcome], states: dict[tuple[str, str], RunState],
-                        gone: dict[str, Counts]) -> None:
+                        gone: dict[str, Counts], now: dt.datetime) -> None:
         by_tenant: dict[str, Counts] = defaultdict(Counter)
         for tenant, counts in gone.items():
             by_tenant[tenant].update(counts)
@@ -276,6 +276,7 @@ class Recorder:
                         c[(*ident, a.step_id, latency_metric(a.latency))] += 1
                     if a.delivery_id and a.state == StepState.COMPLETED:
                         c[(*ident, a.step_id, "sent")] += 1
+                        c[(*ident, "", day_metric(now, "sent"))] += 1
                     elif a.decision_id and a.state == StepState.FAILED:
                         c[(*ident, a.step_id, "send_failed")] += 1
             e = o.effects
@@ -284,6 +285,7 @@ class Recorder:
                     c[(*ident, "", f"arm:{arm}:entered")] += 1
                 if e.goal:
                     c[(*ident, "", "converted")] += 1
+                    c[(*ident, "", day_metric(now, "converted"))] += 1
                     for arm in (*w.arms, *e.arms):
                         c[(*ident, "", f"arm:{arm}:converted")] += 1
             key = (w.tenant, w.run_id)
@@ -291,6 +293,8 @@ class Recorder:
             if state not in LIVE and key not in ended_runs:
                 ended_runs.add(key)
                 c[(*ident, "", "erased" if e is not None and e.skipped else state.value)] += 1
+                if state == RunState.FAILED:
+                    c[(*ident, "", day_metric(now, "failed"))] += 1
         for tenant, counts in by_tenant.items():
             await add_counts(conn, tenant, counts)
 

@@ -35,7 +35,7 @@ from .contexts import steps_of
 from .deadletters import DeadLetters
 from .model import LIVE, RunState, StepState, TokenState
 from .recording import Recorder, read_context
-from .stats import Counts, add_counts, waiting_left
+from .stats import Counts, add_counts, day_metric, waiting_left
 from .tables import run_inputs, runs, step_attempts, tokens, waits
 from .work import Attempt, Effects, NewRun, Outcome, Work
 
@@ -114,8 +114,11 @@ class RunStore:
                     dict(tenant=r.tenant, run_id=i, token=0, node=r.first_step, state=TokenState.READY.value, due_time=due, attempts=0,
                          evaluations=0, lease_owner=lease_owner) for r, i in fresh])
             entered: dict[str, Counts] = {}
+            today = day_metric(now, "entered")
             for r, _ in fresh:
-                entered.setdefault(r.tenant, Counter())[(r.journey, r.version, "", "entered")] += 1
+                added = entered.setdefault(r.tenant, Counter())
+                added[(r.journey, r.version, "", "entered")] += 1
+                added[(r.journey, r.version, "", today)] += 1
             if skipped:
                 entered.setdefault(skipped[0], Counter()).update(skipped[1])
             for tenant, added in entered.items():

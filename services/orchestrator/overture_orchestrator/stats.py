@@ -9,6 +9,7 @@ fixed buckets, read back as percentiles (each the upper bound of its bucket).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -22,12 +23,18 @@ from overture_runtime.db import Database
 
 from .tables import stats
 
-__all__ = ["LATENCY_BUCKETS", "Counts", "add_counts", "latency_metric", "read_stats", "run_counts", "waiting_left"]
+__all__ = ["LATENCY_BUCKETS", "Counts", "add_counts", "day_metric", "latency_metric", "read_stats", "run_counts", "waiting_left"]
 
 Counts = Counter[tuple[str, int, str, str]]
 """Additions by (journey, version, step id, metric)."""
+_DAYS = 90
 LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0, 21600.0, 86400.0, 604800.0, 2592000.0)
 """Upper bounds (seconds) of the step-latency histogram; past the last is ``inf``."""
+
+
+def day_metric(when: dt.datetime, what: str) -> str:
+    """The counter of *what* (entered, sent, converted, failed) on the UTC day of *when*."""
+    return f"day:{when.astimezone(dt.UTC).date().isoformat()}:{what}"
 
 
 def latency_metric(seconds: float) -> str:
@@ -88,6 +95,15 @@ async def read_stats(db: Database, tenant: str, name: str, version: int, spec: j
         sent += counters.get("sent", 0)
         failed += counters.get("send_failed", 0)
     out.send_success_rate = sent / (sent + failed) if sent + failed else 0.0
+    days: dict[str, dict[str, int]] = {}
+    for metric, count in run.items():
+        if metric.startswith("day:"):
+            _, date, what = metric.split(":", 2)
+            days.setdefault(date, {})[what] = count
+    for date in sorted(days)[-_DAYS:]:
+        counters = days[date]
+        out.days.add(date=date, entered=counters.get("entered", 0), sent=counters.get("sent", 0),
+                     converted=counters.get("converted", 0), failed=counters.get("failed", 0))
     holdouts = _holdouts(spec)
     arms: dict[tuple[str, str], dict[str, int]] = {}
     for metric, count in run.items():

@@ -2207,6 +2207,7 @@ class JourneyStats(_message.Message):
     STEPS_FIELD_NUMBER: _builtins.int
     SEND_SUCCESS_RATE_FIELD_NUMBER: _builtins.int
     ARMS_FIELD_NUMBER: _builtins.int
+    DAYS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The journey."""
     version: _builtins.int
@@ -2239,6 +2240,10 @@ class JourneyStats(_message.Message):
     def arms(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArmStats]:
         """Per split branch, with holdout branches marked."""
 
+    @_builtins.property
+    def days(self) -> _containers.RepeatedCompositeFieldContainer[Global___DailyStats]:
+        """Per day (UTC), the last 90 days with any activity, oldest first."""
+
     def __init__(
         self,
         *,
@@ -2255,14 +2260,53 @@ class JourneyStats(_message.Message):
         steps: _abc.Iterable[Global___StepStats] | None = ...,
         send_success_rate: _builtins.float = ...,
         arms: _abc.Iterable[Global___ArmStats] | None = ...,
+        days: _abc.Iterable[Global___DailyStats] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "arms", b"arms", "cancelled", b"cancelled", "completed", b"completed", "converted", b"converted", "dead_lettered", b"dead_lettered", "entered", b"entered", "failed", b"failed", "name", b"name", "send_success_rate", b"send_success_rate", "skipped_entries", b"skipped_entries", "steps", b"steps", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "arms", b"arms", "cancelled", b"cancelled", "completed", b"completed", "converted", b"converted", "days", b"days", "dead_lettered", b"dead_lettered", "entered", b"entered", "failed", b"failed", "name", b"name", "send_success_rate", b"send_success_rate", "skipped_entries", b"skipped_entries", "steps", b"steps", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JourneyStats: _TypeAlias = JourneyStats  # noqa: Y015
+
+@_typing.final
+class DailyStats(_message.Message):
+    """A journey's counters of one day."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATE_FIELD_NUMBER: _builtins.int
+    ENTERED_FIELD_NUMBER: _builtins.int
+    SENT_FIELD_NUMBER: _builtins.int
+    CONVERTED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    date: _builtins.str
+    """The day, `YYYY-MM-DD` in UTC."""
+    entered: _builtins.int
+    """Runs started that day."""
+    sent: _builtins.int
+    """Messages sent to a provider that day."""
+    converted: _builtins.int
+    """Runs that converted that day."""
+    failed: _builtins.int
+    """Runs that failed that day."""
+    def __init__(
+        self,
+        *,
+        date: _builtins.str = ...,
+        entered: _builtins.int = ...,
+        sent: _builtins.int = ...,
+        converted: _builtins.int = ...,
+        failed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["converted", b"converted", "date", b"date", "entered", b"entered", "failed", b"failed", "sent", b"sent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DailyStats: _TypeAlias = DailyStats  # noqa: Y015
 
 @_typing.final
 class StepStats(_message.Message):
