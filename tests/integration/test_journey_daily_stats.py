@@ -34,7 +34,7 @@ async def test_the_days_counters_hold_the_runs_entered_and_the_messages_sent(mak
 
         async def ended() -> bool | None:
             runs = (await c.orchestrator.ListRuns(O.ListRunsRequest(journey="welcome"), metadata=MD)).runs
-            return len(runs) == 2 and all(r.state == run_pb2.RUN_STATE_COMPLETED for r in runs) or None
+            return (len(runs) == 2 and all(r.state == run_pb2.RUN_STATE_COMPLETED for r in runs)) or None
 
         await eventually(ended, what="both runs to end")
         stats = (await c.orchestrator.GetJourneyStats(O.GetJourneyStatsRequest(name="welcome"), metadata=MD)).stats
