@@ -4,14 +4,14 @@ holdout against treatment conversion.
 
 Where the figures come from (no RPC offers a time series yet):
 
-- counters (``GetJourneyStats``): success rate, step latency, holdout and
-  treatment conversion, and sends per channel (each send step's completed
-  count, by the channel its definition names): exact;
+- counters (``GetJourneyStats``): runs and sends per day (its daily
+  counters), success rate, step latency, holdout and treatment conversion,
+  and sends per channel (each send step's completed count, by the channel
+  its definition names): exact;
 - the latest runs (``ListRuns``, newest first, at most :data:`RUN_SAMPLE`
-  runs of the last :data:`DAYS` days): runs and sends per day; exact while
-  the window holds fewer runs, marked as a sample otherwise;
-- the decisions behind the denied sends of those runs (``GetDecision``, at
-  most :data:`DECISION_SAMPLE`): denials by guardrail, a sample.
+  runs of the last :data:`DAYS` days) and the decisions behind their denied
+  sends (``GetDecision``, at most :data:`DECISION_SAMPLE`): denials by
+  guardrail, a sample.
 """
 
 from __future__ import annotations
@@ -60,10 +60,6 @@ async def _recent_runs(visit: Visit, journey: str, since: dt.datetime) -> tuple[
     return found, True
 
 
-def _day(stamp: Any) -> str:
-    return str(stamp.ToDatetime(tzinfo=dt.UTC).date())
-
-
 @view("orchestrator.ListJourneys", "orchestrator.GetJourneyStats", "orchestrator.ListRuns")
 async def analytics(visit: Visit) -> Response:
     """The charts, for every journey or one."""
@@ -76,11 +72,14 @@ async def analytics(visit: Visit) -> Response:
     since = (now - dt.timedelta(days=DAYS - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
     runs, sampled = await _recent_runs(visit, chosen, since)
     days = [str((since + dt.timedelta(days=i)).date()) for i in range(DAYS)]
-    runs_per_day = Counter(_day(r.create_time) for r in runs)
-    sends_per_day = Counter(_day(s.end_time if s.HasField("end_time") else s.start_time) for r in runs for s in r.steps if s.delivery_id)
+    runs_per_day: Counter[str] = Counter()
+    sends_per_day: Counter[str] = Counter()
+    for _, counters in by_name.values():
+        for day in counters.days:
+            runs_per_day[day.date] += day.entered
+            sends_per_day[day.date] += day.sent
     charts = [bar_chart("per-day", f"Runs and sends per day, last {DAYS} days", [d[5:] for d in days],
-                        {"runs": [runs_per_day[d] for d in days], "sends": [sends_per_day[d] for d in days]},
-                        note=f"From the latest {RUN_SAMPLE:,} runs only." if sampled else "")]
+                        {"runs": [runs_per_day[d] for d in days], "sends": [sends_per_day[d] for d in days]})]
     with_sends = [(n, s) for n, (_, s) in by_name.items() if s.entered]
     charts.append(bar_chart("success", "Send success rate", [n for n, _ in with_sends], {"delivered": [s.send_success_rate * 100 for _, s in with_sends]},
                             fmt=lambda v: f"{v:.0f}%", ceiling=100))
@@ -114,7 +113,8 @@ async def analytics(visit: Visit) -> Response:
                     kind = decision_pb2.VerdictKind.Name(verdict.kind).removeprefix("VERDICT_KIND_").lower()
                     guardrails[f"{kind} {verdict.id}".strip()] += 1
     charts.append(bar_chart("denials", "Denied sends by guardrail", list(guardrails), {"denials": list(guardrails.values())},
-                            note=f"From the decisions of the latest {len(denied)} denied sends." if denied else ""))
+                            note=(f"From the decisions of the latest {len(denied)} denied sends"
+                                  f"{f' among the latest {RUN_SAMPLE:,} runs' if sampled else ''}." if denied else "")))
     arms = [(n, a) for n, (_, s) in by_name.items() for a in s.arms if a.entered]
     charts.append(bar_chart("holdout", "Conversion: holdout against treatment", [f"{n} · {a.arm}{' (holdout)' if a.holdout else ''}" for n, a in arms],
                             {"converted": [100 * a.converted / a.entered for _, a in arms]}, fmt=lambda v: f"{v:.1f}%", ceiling=100))
