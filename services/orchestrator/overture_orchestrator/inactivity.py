@@ -26,6 +26,7 @@ from overture_runtime.db import Database
 from overture_runtime.errors import NotFound
 
 from .journeys import JourneyStore
+from .loops import repeat
 from .tables import inactivity
 from .work import NewRun
 
@@ -108,16 +109,5 @@ class Inactivity:
 
     async def run(self, stopping: asyncio.Event, start: Callable[[str, Sequence[NewRun]], Awaitable[object]], *,
                   interval: float = 1.0) -> None:
-        """Fire due timers until *stopping* is set."""
-        while not stopping.is_set():
-            try:
-                fired = await self.fire_once(start)
-            except Exception:
-                log.exception("inactivity.fire_failed")  # the lease runs out; the timers come due again
-                fired = 0
-            if fired:
-                continue
-            try:
-                await asyncio.wait_for(stopping.wait(), timeout=interval)
-            except TimeoutError:
-                pass
+        """Fire due timers until *stopping* is set (a failed firing's lease runs out; its timers come due again)."""
+        await repeat(stopping, lambda: self.fire_once(start), interval=interval, failure="inactivity.fire_failed")

@@ -34,6 +34,7 @@ from overture_runtime.errors import NotFound
 from .calls import call
 from .definition import SCHEDULED
 from .journeys import JourneyStore
+from .loops import repeat
 from .tables import journeys, schedules
 from .work import NewRun
 
@@ -128,21 +129,16 @@ class Scheduler:
         return len(runs)
 
     async def run(self, stopping: asyncio.Event, start: Start, *, interval: float = 1.0, reconcile_every: float = 10.0) -> None:
-        """Fire due schedules until *stopping* is set."""
+        """Fire due schedules until *stopping* is set (a failed firing's lease
+        runs out; it resumes from its cursor); reconcile every *reconcile_every* seconds."""
         loop = asyncio.get_running_loop()
         reconciled = -reconcile_every
-        while not stopping.is_set():
-            try:
-                if loop.time() - reconciled >= reconcile_every:
-                    await self.reconcile()
-                    reconciled = loop.time()
-                fired = await self.fire_once(start)
-            except Exception:
-                log.exception("schedule.fire_failed")  # the lease runs out; the firing resumes from its cursor
-                fired = 0
-            if fired:
-                continue
-            try:
-                await asyncio.wait_for(stopping.wait(), timeout=interval)
-            except TimeoutError:
-                pass
+
+        async def step() -> int:
+            nonlocal reconciled
+            if loop.time() - reconciled >= reconcile_every:
+                await self.reconcile()
+                reconciled = loop.time()
+            return await self.fire_once(start)
+
+        await repeat(stopping, step, interval=interval, failure="schedule.fire_failed")
