@@ -138,7 +138,7 @@ class IngestApp(BaseApp):
 
     def register(self, server: grpc.aio.Server) -> None:
         ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(
-            IngestServicer(pipeline=self.pipeline, log_=self.log, settings=self.settings,
+            IngestServicer(pipeline=self.pipeline, log_=self.log, settings=self.settings, clock=self.clock,
                            orchestrator=orchestrator_service_pb2_grpc.OrchestratorServiceStub(self.channel("orchestrator"))),
             server,
         )

@@ -41,7 +41,7 @@ from overture_runtime.redis import Keys
 from .normalize import PROFILE_EVENT_TYPES, NormalizedEvent
 from .tables import events, relay_state
 
-__all__ = ["DIRECT_BATCH", "EVENT_STREAM", "EventLog", "Relay"]
+__all__ = ["DIRECT_BATCH", "EVENT_STREAM", "EventLog", "Relay", "StoredEvent"]
 
 log = structlog.get_logger("overture.ingest")
 EVENT_STREAM = "events"
@@ -49,6 +49,15 @@ EVENT_STREAM = "events"
 _STREAM_MAXLEN = 1_000_000
 
 
+_TENANTS = sa.text("""
+WITH RECURSIVE tenants(tenant) AS (
+  SELECT min(tenant) FROM ingest_events
+  UNION ALL
+  SELECT (SELECT min(e.tenant) FROM ingest_events e WHERE e.tenant > tenants.tenant) FROM tenants WHERE tenants.tenant IS NOT NULL
+)
+SELECT tenant FROM tenants WHERE tenant IS NOT NULL
+""")
+"""The tenants with events, one index probe each (a skip scan of ingest_events_window)."""
 _MARK_PUBLISHED = sa.text("UPDATE ingest_events SET published_at = :now WHERE seq = ANY(CAST(:seqs AS bigint[]))")
 DIRECT_BATCH = 50
 """Batches at least this large are inserted on their own, not grouped."""
@@ -74,6 +83,15 @@ class StoredEvent:
     published_at: dt.datetime | None
     profile_applied_at: dt.datetime | None
 
+    @classmethod
+    def of_row(cls, row: Any) -> StoredEvent:
+        """The event of a row of ``ingest_events``."""
+        return cls(
+            event=event_pb2.Event.FromString(row.payload), original_event_type=row.original_event_type,
+            partition=row.partition, commit_time=row.commit_time, published_at=row.published_at,
+            profile_applied_at=row.profile_applied_at,
+        )
+
 
 class EventLog:
     """The tenant-scoped durable log of accepted events.
@@ -91,6 +109,11 @@ class EventLog:
         self._connections = connections
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
+
+    @property
+    def db(self) -> Database:
+        """The log's database."""
+        return self._db
 
     def start(self) -> None:
         """Start the group-commit writer."""
@@ -156,13 +179,7 @@ class EventLog:
         t = events
         async with self._db.connect() as conn:
             row = (await conn.execute(sa.select(t).where((t.c.tenant == tenant) & (t.c.event_id == event_id)))).first()
-        if row is None:
-            return None
-        return StoredEvent(
-            event=event_pb2.Event.FromString(row.payload), original_event_type=row.original_event_type,
-            partition=row.partition, commit_time=row.commit_time, published_at=row.published_at,
-            profile_applied_at=row.profile_applied_at,
-        )
+        return StoredEvent.of_row(row) if row is not None else None
 
     async def pending_profile_events(self, *, older_than: dt.timedelta, limit: int = 500) -> list[tuple[str, event_pb2.Event]]:
         """Profile events whose update has not been applied, oldest first."""
@@ -179,9 +196,14 @@ class EventLog:
         ids stop deduplicating. Returns how many were deleted."""
         t = events
         cutoff = self._clock.now() - older_than
+        deleted = 0
         async with self._db.begin() as conn:
-            result = await conn.execute(t.delete().where((t.c.commit_time < cutoff) & t.c.published_at.is_not(None) & ~t.c.profile_pending))
-        return int(result.rowcount)
+            # Tenant by tenant, each one range of ingest_events_window.
+            for (tenant,) in (await conn.execute(_TENANTS)).all():
+                result = await conn.execute(t.delete().where(
+                    (t.c.tenant == tenant) & (t.c.commit_time < cutoff) & t.c.published_at.is_not(None) & ~t.c.profile_pending))
+                deleted += int(result.rowcount)
+        return deleted
 
     async def mark_profile_applied(self, tenant: str, event_ids: Sequence[str]) -> None:
         """Record that these events' profile updates were applied."""

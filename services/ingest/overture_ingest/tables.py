@@ -36,7 +36,11 @@ events = sa.Table(
              sqlite_where=sa.text("published_at IS NULL")),
     sa.Index("ingest_events_profile_pending", "seq", postgresql_where=sa.text("profile_pending"),
              sqlite_where=sa.text("profile_pending")),
-    sa.Index("ingest_events_commit_time", "commit_time"),
+    # ListEvents (windows.py): a tenant's window by commit time, in log
+    # order, of every type or of one type; the retention purge, tenant by
+    # tenant, through the first.
+    sa.Index("ingest_events_window", "tenant", "commit_time", "seq"),
+    sa.Index("ingest_events_type_window", "tenant", "event_type", "commit_time", "seq"),
 )
 
 relay_state = sa.Table(
