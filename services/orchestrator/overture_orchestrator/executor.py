@@ -5,7 +5,8 @@ profiles of the batch's subjects come in one call per tenant (:mod:`.profiles`);
 steps that need no other service run inline (:mod:`.flow`); update-profile
 steps call the rules service side by side; the round's sends and
 notifications are rendered, decided and delivered together (:mod:`.sends`).
-Then the next round, for the tokens that moved on. The outcomes come back
+Then the next round, for the tokens that moved on, with the profiles that
+an update-profile step changed read again. The outcomes come back
 to the worker, which records them in one transaction.
 
 Before its step, a token checks what bounds its run: a loop head counts its
@@ -117,6 +118,8 @@ class Executor:
                 await asyncio.gather(*(self._update_profile(token, scope) for token, scope in updates))
             if messages:
                 await self._sender.send(messages, profiles)
+            for token, _ in updates:  # read again next round: the steps after an update see what it changed
+                profiles.pop((token.work.tenant, token.work.subject_id), None)
         for token in tokens:
             if token.outcome is None:  # took max_steps: due again at once, so one run cannot hold a worker
                 token.outcome = Outcome(work=token.work, run_state=RunState.RUNNING, node=token.work.node, attempts=token.attempts,
