@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
+from overture.rules.v1 import profile_service_pb2 as P
 from tests.integration.journey_library import Library, Open, event, html_of, library_cluster, opened_journeys, path, text_of
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -61,6 +62,34 @@ async def test_welcome_series_welcomes_then_helps_or_teaches_by_setup_then_invit
     assert all(s.outcome == "sent" for s in ana_run.steps if s.step_id in ("welcome", "finish-setup", "invite-team"))
 
 
+async def test_double_opt_in_sends_marketing_only_after_the_subscriber_confirms(journey: Open) -> None:
+    """A sign-up gets the transactional confirmation; the consent its link records resumes the wait, stores the address, tags and segments the profile and only then sends the welcome; an unconfirmed sign-up gets one reminder, then a tag."""
+    t = await journey("double-opt-in")
+    confirm_url = "https://example.com/newsletter/confirm/abc123"
+    await t.send(event("newsletter.subscribed", "eva", "sub-eva", email="eva@example.com", confirm_url=confirm_url, source="footer"),
+                 event("newsletter.subscribed", "finn", "sub-finn", email="finn@example.com", confirm_url=confirm_url))
+    (confirm,) = await t.mail_arrives("eva@example.com", 1)
+    assert confirm["Subject"] == "Please confirm your subscription" and confirm_url in text_of(confirm)
+    await t.waiting_at("eva", "wait-for-confirmation")
+    await t.send(event("consent.granted", "eva", "consent-eva", channel="email", purpose="marketing"))
+    welcome = (await t.mail_arrives("eva@example.com", 2))[1]
+    assert welcome["Subject"] == "You're in! Welcome to the Acme newsletter"
+    eva = await t.ended("eva")
+    assert path(eva) == [("ask-to-confirm", "next"), ("wait-for-confirmation", "event"), ("subscribe", "next"), ("welcome", "next")]
+    profile = (await t.c.profiles.GetProfile(P.GetProfileRequest(subject_id="eva"), metadata=t.md)).profile
+    assert profile.traits["email"] == "eva@example.com" and profile.traits["newsletter_source"] == "footer"
+    assert list(profile.tags) == ["newsletter"] and list(profile.segments) == ["newsletter"]
+    await t.waiting_at("finn", "wait-for-confirmation")
+    t.clock.advance(dt.timedelta(days=2))
+    await t.waiting_at("finn", "wait-after-reminder")
+    t.clock.advance(dt.timedelta(days=5))
+    finn = await t.ended("finn")
+    assert [m["Subject"] for m in t.mail("finn@example.com")] == ["Please confirm your subscription", "Reminder: confirm your subscription"]
+    assert path(finn)[1:] == [("wait-for-confirmation", "timeout"), ("remind", "next"), ("wait-after-reminder", "timeout"), ("give-up", "next")]
+    unconfirmed = (await t.c.profiles.GetProfile(P.GetProfileRequest(subject_id="finn"), metadata=t.md)).profile
+    assert list(unconfirmed.tags) == ["newsletter-unconfirmed"]
+
+
 async def test_abandoned_cart_reminds_an_hour_later_and_the_order_ends_the_run_converted(journey: Open) -> None:
     """An abandoned cart gets its reminder, listing the products, an hour later; the order that follows ends the run converted, so no last call is sent, and the cart abandoned again that week enters nothing."""
     t = await journey("abandoned-cart")
@@ -83,3 +112,29 @@ async def test_abandoned_cart_reminds_an_hour_later_and_the_order_ends_the_run_c
     t.clock.advance(dt.timedelta(days=1))
     assert await t.c.apps["orchestrator"].workers.run_once() == 0  # the converted run left no timer behind
     assert len(t.mail(ben)) == 1
+
+
+async def test_review_request_waits_three_days_then_for_ten_on_a_weekday_in_the_customers_zone(journey: Open) -> None:
+    """Delivered on a Thursday, the request waits three days (to Sunday), then until Monday 10:00 in New York (the day after the DST change); the review that follows is counted on the profile."""
+    t = await journey("review-request", start=dt.datetime(2026, 3, 5, 16, tzinfo=dt.UTC))
+    hal = await t.person("hal", first_name="Hal", timezone="America/New_York")
+    await t.send(event("order.delivered", "hal", "delivered-o-9", order_id="o-9",
+                       products=[{"name": "Trail shoes", "review_url": "https://shop.example.com/review/o-9/1"}]))
+    await t.waiting_at("hal", "let-them-try-it")
+    t.clock.advance(dt.timedelta(days=3))
+    waiting = await t.waiting_at("hal", "weekday-morning")
+    monday_ten = dt.datetime(2026, 3, 9, 14, tzinfo=dt.UTC)  # 10:00 EDT
+    assert waiting.steps[-1].wake_time.ToDatetime(tzinfo=dt.UTC) == monday_ten
+    t.clock.set(monday_ten - dt.timedelta(seconds=1))
+    assert await t.c.apps["orchestrator"].workers.run_once() == 0
+    t.clock.set(monday_ten)
+    (request,) = await t.mail_arrives(hal, 1)
+    assert request["Subject"] == "Hal, how are you getting on with your order?"
+    assert "Trail shoes: https://shop.example.com/review/o-9/1" in text_of(request)
+    await t.waiting_at("hal", "wait-for-review")
+    await t.send(event("review.submitted", "hal", "review-1", order_id="o-9", rating=5))
+    run = await t.ended("hal")
+    assert path(run) == [("let-them-try-it", "next"), ("weekday-morning", "next"), ("ask-for-review", "next"),
+                         ("wait-for-review", "event"), ("count-review", "next")]
+    profile = (await t.c.profiles.GetProfile(P.GetProfileRequest(subject_id="hal"), metadata=t.md)).profile
+    assert profile.traits["reviews_written"] == 1 and list(profile.tags) == ["reviewer"]

@@ -17,6 +17,12 @@ LIBRARY = Path(__file__).resolve().parents[3] / "examples" / "journeys"
 FILES = sorted(LIBRARY.glob("*.yaml"))
 
 
+def test_the_library_has_the_eight_journeys_issue_9_asks_for() -> None:
+    """The folder holds at least the eight journeys of the issue."""
+    assert {p.stem for p in FILES} >= {"welcome-series", "abandoned-cart", "win-back", "renewal-reminder", "double-opt-in", "vip-offer",
+                                       "ab-subject-test", "review-request"}
+
+
 @pytest.mark.parametrize("file", FILES, ids=lambda p: p.stem)
 def test_each_journey_passes_validate_without_a_warning(file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`overture journeys validate FILE` accepts the file, it is named after its file, describes itself, and compiles without a warning."""
