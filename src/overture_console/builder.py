@@ -207,7 +207,8 @@ def _set(tree: dict[str, Any], parts: list[str], value: Any) -> None:
 
 
 def _listify(node: Any, descriptor: Descriptor | None) -> Any:
-    """Dicts keyed by row numbers become lists (maps of templates become mappings by their @key); oneofs keep their chosen member."""
+    """Dicts keyed by row numbers become lists (maps of templates become mappings by their @key; maps of plain values, such as
+    an update's ``increment``, come whole from their JSON field); oneofs keep their chosen member."""
     if not isinstance(node, dict):
         return node
     kind = node.pop("@kind", None)
@@ -222,7 +223,10 @@ def _listify(node: Any, descriptor: Descriptor | None) -> Any:
     for key, value in node.items():
         fd = descriptor.fields_by_name.get(key) if descriptor is not None else None
         inner = fd.message_type if fd is not None else None
-        if fd is not None and inner is not None and inner.GetOptions().map_entry and isinstance(value, dict):
+        is_map = inner is not None and inner.GetOptions().map_entry
+        if is_map and inner is not None and inner.fields_by_name["value"].message_type is None:
+            result[key] = value  # a map of plain values, whole from its JSON field
+        elif fd is not None and inner is not None and is_map and isinstance(value, dict):
             value_type = inner.fields_by_name["value"].message_type
             mapping = {}
             for _, row in sorted(((int(k), v) for k, v in value.items() if k.isdigit()), key=lambda kv: kv[0]):

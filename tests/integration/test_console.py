@@ -16,10 +16,11 @@ from overture.orchestrator.v1 import journey_pb2
 from overture.orchestrator.v1 import orchestrator_service_pb2 as O
 from overture.rules.v1 import rules_service_pb2 as R
 from overture_console.app import ROUTES
+from overture_console.library import JourneyLibrary
 from overture_runtime.config import Settings
 from overture_runtime.protojson import digest
 from tests.conftest import ADMIN_TOKEN, READER_TOKEN, SERVICE_TOKEN, admin_metadata
-from tests.thinpath import eventually, example_journey, example_rule_set
+from tests.thinpath import EXAMPLES, eventually, example_journey, example_rule_set
 
 from .cluster import Cluster, running_cluster
 from .console_support import console_app, hidden, post_form, sign_in
@@ -150,6 +151,27 @@ async def test_the_builder_makes_the_same_spec_as_the_yaml_and_shows_problems_at
     assert answer.status_code == 303 and answer.headers["location"] == "/journeys/welcome", answer.text[:2000]
     published = (await cluster.orchestrator.GetJourney(O.GetJourneyRequest(name="welcome"), metadata=MD)).journey
     assert published.digest == digest(example_journey()[1])
+
+
+async def test_every_template_the_builder_offers_publishes_through_its_form_unchanged(
+        cluster: Cluster, browser: Callable[[], httpx.AsyncClient]) -> None:
+    """Each journey template of examples/ (the journey library included), opened in the builder and published through its
+    form as it stands, is the very spec its file holds (same digest)."""
+    name, spec = example_rule_set()
+    created = await cluster.rules.CreateRuleSetVersion(R.CreateRuleSetVersionRequest(rule_set=name, spec=spec, reason="t"), metadata=MD)
+    await cluster.rules.ActivateRuleSetVersion(R.ActivateRuleSetVersionRequest(rule_set=name, version=created.rule_set_version.version,
+                                                                               reason="t"), metadata=MD)
+    client = browser()
+    await sign_in(client, ADMIN_TOKEN)
+    templates = JourneyLibrary(EXAMPLES).templates()
+    assert {t.key for t in templates} >= {"welcome-journey", "journeys/review-request", "journeys/vip-offer"}
+    for template in templates:
+        page = await client.get(f"/builder?template={template.key}")
+        assert page.status_code == 200, (template.key, page.text[:500])
+        answer = await post_form(client, "/builder", [*_form_fields(page.text), ("op", "publish"), ("reason", "builder")])
+        assert answer.status_code == 303, (template.key, answer.text[:2000])
+        published = (await cluster.orchestrator.GetJourney(O.GetJourneyRequest(name=template.name), metadata=MD)).journey
+        assert published.digest == digest(template.spec), template.key
 
 
 def _form_fields(html: str) -> list[tuple[str, str]]:
