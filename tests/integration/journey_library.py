@@ -2,7 +2,8 @@
 the orchestrator on a manual clock, and a tenant per test, each with its
 own token, so that journeys listening to the same events never meet.
 
-A test module holds one :func:`library_cluster`; a test opens a journey of
+A test module takes the fixtures :func:`library` (one :func:`library_cluster`
+for the module) and :func:`journey`, which opens a journey of
 ``examples/journeys`` with :func:`opened_journeys` (validated first as
 ``overture journeys validate`` does, then published in its own tenant with
 the clock set), feeds it events through ingest, moves the clock, and reads
@@ -21,6 +22,9 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import pytest
+import pytest_asyncio
+
 from overture.common.v1 import event_pb2
 from overture.ingest.v1 import ingest_service_pb2 as I
 from overture.orchestrator.v1 import journey_pb2, run_pb2
@@ -35,8 +39,8 @@ from tests.thinpath import EXAMPLES, eventually, example_rule_set
 
 from .cluster import Cluster, running_cluster
 
-__all__ = ["JOURNEYS", "Library", "Open", "Tenant", "event", "html_of", "library_cluster", "load_journey", "opened_journeys", "path",
-           "text_of"]
+__all__ = ["JOURNEYS", "Library", "Open", "Tenant", "event", "html_of", "journey", "library", "library_cluster", "load_journey",
+           "opened_journeys", "path", "text_of"]
 
 JOURNEYS = EXAMPLES / "journeys"
 """The library: one journey per file."""
@@ -220,3 +224,17 @@ async def opened_journeys(library: Library) -> AsyncIterator[Open]:
     finally:
         for tenant in opened:
             await tenant.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def library(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Library]:
+    """One cluster for the test module that takes it (``library = journey_library.library``); each test has its own tenant."""
+    async with library_cluster(tmp_path_factory.mktemp("mail")) as running:
+        yield running
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def journey(library: Library) -> AsyncIterator[Open]:
+    """Opens library journeys for the test (see :func:`opened_journeys`)."""
+    async with opened_journeys(library) as open_journey:
+        yield open_journey

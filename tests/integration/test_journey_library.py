@@ -8,29 +8,16 @@ test_journey_library_retention.py."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 
 from overture.rules.v1 import profile_service_pb2 as P
-from tests.integration.journey_library import Library, Open, event, html_of, library_cluster, opened_journeys, path, text_of
+from tests.integration import journey_library
+from tests.integration.journey_library import Open, event, html_of, path, text_of
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def library(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Library]:
-    """One cluster for the module; each test has its own tenant."""
-    async with library_cluster(tmp_path_factory.mktemp("mail")) as running:
-        yield running
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def journey(library: Library) -> AsyncIterator[Open]:
-    """Opens library journeys for the test (see :func:`opened_journeys`)."""
-    async with opened_journeys(library) as open_journey:
-        yield open_journey
+library, journey = journey_library.library, journey_library.journey  # the module's cluster, and each test's journeys
 
 
 async def test_welcome_series_welcomes_then_helps_or_teaches_by_setup_then_invites_the_team(journey: Open) -> None:

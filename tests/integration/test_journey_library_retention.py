@@ -7,11 +7,9 @@ edges each run took, are what its header promises."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import sqlalchemy as sa
 
 from overture.orchestrator.v1 import orchestrator_service_pb2 as O
@@ -20,24 +18,13 @@ from overture.rules.v1 import profile_service_pb2 as P
 from overture.rules.v1 import rules_service_pb2 as R
 from overture_orchestrator.nodes import split_branch
 from overture_orchestrator.tables import inactivity
-from tests.integration.journey_library import Library, Open, event, library_cluster, load_journey, opened_journeys, path, text_of
+from tests.integration import journey_library
+from tests.integration.journey_library import Open, event, load_journey, path, text_of
 from tests.thinpath import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def library(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Library]:
-    """One cluster for the module; each test has its own tenant."""
-    async with library_cluster(tmp_path_factory.mktemp("mail")) as running:
-        yield running
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def journey(library: Library) -> AsyncIterator[Open]:
-    """Opens library journeys for the test (see :func:`opened_journeys`)."""
-    async with opened_journeys(library) as open_journey:
-        yield open_journey
+library, journey = journey_library.library, journey_library.journey  # the module's cluster, and each test's journeys
 
 
 async def test_win_back_writes_to_a_quiet_customer_then_gives_a_personal_code_when_they_stay_away(journey: Open) -> None:
