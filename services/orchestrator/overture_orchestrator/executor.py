@@ -115,7 +115,7 @@ class Executor:
                 else:
                     self._flow_step(kind, token, step, scope, profile)
             if updates:
-                await asyncio.gather(*(self._update_profile(token, scope) for token, scope in updates))
+                await asyncio.gather(*(self._update_profile(token, scope, profiles) for token, scope in updates))
             if messages:
                 await self._sender.send(messages, profiles)
             for token, _ in updates:  # read again next round: the steps after an update see what it changed
@@ -170,12 +170,13 @@ class Executor:
         return template_scope(profile=profile, event=event_scope(work.trigger_event),
                               run=run_scope(run_id=work.run_id, journey=work.journey, step_id=step.id), steps=steps_of(work.context))
 
-    async def _update_profile(self, token: Token, scope: Mapping[str, Any]) -> None:
+    async def _update_profile(self, token: Token, scope: Mapping[str, Any], profiles: Profiles) -> None:
+        """Change the profile; the steps after it in this batch read the changed one."""
         step, work = token.step, token.work
         update = step.update_profile
         try:
             traits = render_value(struct_to_dict(update.traits), scope, where=f"the traits of step {step.id!r}")
-            await self._profiles.update(work.tenant, work.subject_id, request_id=f"{work.run_id}:{step.id}", set_traits=traits,
+            profiles[(work.tenant, work.subject_id)] = await self._profiles.update(work.tenant, work.subject_id, request_id=f"{work.run_id}:{step.id}", set_traits=traits,
                                         unset_traits=update.unset_traits, increment=update.increment, add_tags=update.add_tags,
                                         remove_tags=update.remove_tags, enter_segments=update.enter_segments,
                                         exit_segments=update.exit_segments)

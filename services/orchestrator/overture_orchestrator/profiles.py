@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import grpc
 
-from overture.rules.v1 import profile_service_pb2, profile_service_pb2_grpc
+from overture.rules.v1 import profile_pb2, profile_service_pb2, profile_service_pb2_grpc
 from overture_runtime.config import Settings
 from overture_runtime.protojson import struct_from_dict, struct_to_dict
 from overture_runtime.templates import profile_scope
@@ -69,14 +69,17 @@ class ProfileReader:
 
     async def update(self, tenant: str, subject_id: str, *, request_id: str, set_traits: Mapping[str, Any], unset_traits: Iterable[str],
                      increment: Mapping[str, float], add_tags: Iterable[str], remove_tags: Iterable[str],
-                     enter_segments: Iterable[str], exit_segments: Iterable[str]) -> None:
-        """Change a profile once per *request_id*. Raises :class:`Transient`,
-        or the refusal (``grpc.aio.AioRpcError``) when the change is invalid."""
+                     enter_segments: Iterable[str], exit_segments: Iterable[str]) -> dict[str, Any]:
+        """Change a profile once per *request_id*; returns the ``profile``
+        scope after the change, for the steps that follow. Raises
+        :class:`Transient`, or the refusal (``grpc.aio.AioRpcError``) when
+        the change is invalid."""
         request = profile_service_pb2.UpdateProfileRequest(
             subject_id=subject_id, set_traits=struct_from_dict(dict(set_traits)), unset_traits=list(unset_traits),
             increment=dict(increment), add_tags=list(add_tags), remove_tags=list(remove_tags), enter_segments=list(enter_segments),
             exit_segments=list(exit_segments), request_id=request_id)
-        await call(self._settings, self._profiles.UpdateProfile, request, tenant, "profiles")
+        response = await call(self._settings, self._profiles.UpdateProfile, request, tenant, "profiles")
+        return _scope(subject_id, response.profile)
 
     async def _batch(self, tenant: str, subjects: list[str]) -> dict[str, dict[str, Any] | Erased]:
         try:
@@ -90,7 +93,13 @@ class ProfileReader:
             if result.HasField("profile") and profile.erased:
                 found[result.subject_id] = ERASED
                 continue
-            found[result.subject_id] = profile_scope(
-                subject_id=result.subject_id, traits=struct_to_dict(profile.traits) if result.HasField("profile") else {},
-                segments=profile.segments, timezone=profile.timezone, tags=profile.tags)
+            found[result.subject_id] = _scope(result.subject_id, profile if result.HasField("profile") else None)
         return found
+
+
+def _scope(subject_id: str, profile: profile_pb2.Profile | None) -> dict[str, Any]:
+    """The ``profile`` scope of a stored profile (None: it has none yet)."""
+    if profile is None:
+        return profile_scope(subject_id=subject_id, traits={}, segments=[], timezone="")
+    return profile_scope(subject_id=subject_id, traits=struct_to_dict(profile.traits), segments=profile.segments,
+                         timezone=profile.timezone, tags=profile.tags)
