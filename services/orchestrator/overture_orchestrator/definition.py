@@ -72,6 +72,10 @@ class CompiledJourney:
     """What publish accepts but warns about."""
     max_actions: int = _MAX_ACTIONS
     """The most actions a run may take."""
+    repeatable: frozenset[str] = frozenset()
+    """The action steps a run may take more than once (those of a journey
+    with a bounded loop): each time's effects carry their own key
+    (:func:`.contexts.effect_key`)."""
 
 
 def trigger_event_type(spec: journey_pb2.JourneySpec) -> str | None:
@@ -126,7 +130,8 @@ def compile_journey(spec: journey_pb2.JourneySpec, *, prefix: str = "spec") -> t
     return CompiledJourney(
         spec=spec, steps=steps, first_step=spec.steps[0].id, filter=filter_rule, conditions=c.conditions, templates=templates,
         profile_condition=profile_condition, goal_filter=goal_filter, cases=c.cases, joins=c.joins, warnings=tuple(found),
-        max_actions=max_actions,
+        max_actions=max_actions, repeatable=frozenset(s.id for s in spec.steps if s.WhichOneof("kind") in ACTION_KINDS)
+        if any(s.max_visits for s in spec.steps) else frozenset(),
     ), []
 
 

@@ -31,7 +31,7 @@ from overture_runtime.protojson import from_json, struct_to_dict
 from overture_runtime.templates import event_scope, run_scope, template_scope
 
 from .calls import Transient
-from .contexts import steps_of
+from .contexts import effect_key, steps_of
 from .definition import compile_journey
 from .flow import Flow
 from .graph import ACTION_KINDS
@@ -176,7 +176,7 @@ class Executor:
         update = step.update_profile
         try:
             traits = render_value(struct_to_dict(update.traits), scope, where=f"the traits of step {step.id!r}")
-            profiles[(work.tenant, work.subject_id)] = await self._profiles.update(work.tenant, work.subject_id, request_id=f"{work.run_id}:{step.id}", set_traits=traits,
+            profiles[(work.tenant, work.subject_id)] = await self._profiles.update(work.tenant, work.subject_id, request_id=effect_key(work.run_id, step.id, work.context), set_traits=traits,
                                         unset_traits=update.unset_traits, increment=update.increment, add_tags=update.add_tags,
                                         remove_tags=update.remove_tags, enter_segments=update.enter_segments,
                                         exit_segments=update.exit_segments)

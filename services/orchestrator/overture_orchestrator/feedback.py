@@ -19,6 +19,7 @@ from overture_runtime.clients import call_metadata
 from overture_runtime.config import Settings
 from overture_runtime.errors import FailedPrecondition, NotFound, Unavailable
 
+from .contexts import effect_step
 from .journeys import JourneyStore
 from .runs import RunStore
 
@@ -48,16 +49,15 @@ class DeliveryFeedback:
     ) -> None:
         """Apply one reported status. Idempotent: the same report twice emits one event.
         A soft bounce suppresses nothing, and its event is distinct from a later hard bounce's."""
-        run_id, _, step_id = idempotency_key.partition(":")
+        run_id, step_id = effect_step(idempotency_key)
         run = await self._runs.get(tenant, run_id)
-        step = next((s for s in run.steps if s.step_id == step_id), None)
-        if step is None:
+        if not any(s.step_id == step_id for s in run.steps):
             raise NotFound(f"run {run_id!r} has no step {step_id!r}", reason="STEP_NOT_FOUND")
-        if delivery_id and step.delivery_id and step.delivery_id != delivery_id:
-            raise FailedPrecondition("delivery_id does not match the step's delivery", reason="DELIVERY_MISMATCH")
         channel = await self._channel(tenant, run.journey, run.journey_version, step_id)
         name = messaging_pb2.DeliveryStatus.Name(status).removeprefix("DELIVERY_STATUS_").lower()
-        await self._runs.note_delivery(tenant, run_id, step_id, f"delivery {name}" + (f": {detail[:200]}" if detail else ""))
+        if not await self._runs.note_delivery(tenant, run_id, step_id, f"delivery {name}" + (f": {detail[:200]}" if detail else ""),
+                                              delivery_id=delivery_id):
+            raise FailedPrecondition("delivery_id does not match the step's delivery", reason="DELIVERY_MISMATCH")
         metadata = call_metadata(self._settings, tenant)
         timeout = self._settings.rpc_timeout_seconds
         try:

@@ -270,15 +270,23 @@ class RunStore:
                                  "to_version": version, "via": via})
         return None
 
-    async def note_delivery(self, tenant: str, run_id: str, step_id: str, outcome: str) -> None:
-        """Record what a send step's delivery became, on its last attempt."""
+    async def note_delivery(self, tenant: str, run_id: str, step_id: str, outcome: str, *, delivery_id: str = "") -> bool:
+        """Record what a send step's delivery became, on the attempt that made
+        *delivery_id* (a step a loop brings back has one per time), else on
+        its last attempt. False, noting nothing, when the step has
+        deliveries and *delivery_id* is none of them."""
         a = step_attempts
         async with self._db.begin() as conn:
-            last = (await conn.execute(sa.select(sa.func.max(a.c.attempt_id)).where(
-                (a.c.tenant == tenant) & (a.c.run_id == run_id) & (a.c.step_id == step_id)))).scalar_one_or_none()
-            if last is not None:
-                await conn.execute(a.update().where((a.c.tenant == tenant) & (a.c.run_id == run_id) & (a.c.attempt_id == last))
+            rows = (await conn.execute(sa.select(a.c.attempt_id, a.c.delivery_id).where(
+                (a.c.tenant == tenant) & (a.c.run_id == run_id) & (a.c.step_id == step_id)).order_by(a.c.attempt_id))).all()
+            made = [r.attempt_id for r in rows if delivery_id and r.delivery_id == delivery_id]
+            if delivery_id and not made and any(r.delivery_id for r in rows):
+                return False
+            target = made[-1] if made else rows[-1].attempt_id if rows else None
+            if target is not None:
+                await conn.execute(a.update().where((a.c.tenant == tenant) & (a.c.run_id == run_id) & (a.c.attempt_id == target))
                                    .values(outcome=outcome[:1000]))
+        return True
 
     # -- reading -------------------------------------------------------------
 

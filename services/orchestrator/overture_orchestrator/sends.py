@@ -37,7 +37,7 @@ from overture_runtime.protojson import struct_from_dict, struct_to_dict
 from overture_runtime.templates import event_scope, run_scope, template_scope
 
 from .calls import Transient, call
-from .contexts import steps_of
+from .contexts import effect_key, steps_of
 from .model import StepState
 from .rendering import RenderError, message_of, render_message, render_text, render_value
 from .tokens import Steps, Token
@@ -117,7 +117,7 @@ class Sender:
             self._steps.complete(token, step, StepState.SKIPPED, step.next, "the subject has no address for this channel")
             return None
         if step.WhichOneof("kind") == "send":
-            token.decision_id = str(uuid.uuid5(_NS, f"{work.tenant}:{work.run_id}:{step.id}:{work.evaluations}"))
+            token.decision_id = str(uuid.uuid5(_NS, f"{work.tenant}:{effect_key(work.run_id, step.id, work.context)}:{work.evaluations}"))
         return _Send(token, rendered, address, data)
 
     async def _decide_and_deliver(self, tenant: str, sends: Sequence[_Send]) -> None:
@@ -263,7 +263,7 @@ def _message(s: _Send) -> delivery_pb2.Message:
     metadata = {"run_id": work.run_id, "journey": work.journey, "step_id": step.id}
     if step.WhichOneof("kind") == "webhook":
         return delivery_pb2.Message(
-            idempotency_key=f"{work.run_id}:{step.id}", channel=messaging_pb2.CHANNEL_WEBHOOK, subject_id=work.subject_id,
+            idempotency_key=effect_key(work.run_id, step.id, work.context), channel=messaging_pb2.CHANNEL_WEBHOOK, subject_id=work.subject_id,
             address=step.id, content=delivery_pb2.MessageContent(data=struct_from_dict(s.data)),
             category=messaging_pb2.MESSAGE_CATEGORY_TRANSACTIONAL, metadata=metadata,
             webhook=delivery_pb2.WebhookOptions(url=s.address, keep_response=step.webhook.keep_response, data_as_body=True))
@@ -271,12 +271,12 @@ def _message(s: _Send) -> delivery_pb2.Message:
         notify = step.notify
         if notify.task:
             metadata.update(task="true", assignee=notify.assignee)
-        return delivery_pb2.Message(idempotency_key=f"{work.run_id}:{step.id}", channel=notify.channel, subject_id=work.subject_id,
+        return delivery_pb2.Message(idempotency_key=effect_key(work.run_id, step.id, work.context), channel=notify.channel, subject_id=work.subject_id,
                                     address=s.address, content=content, category=messaging_pb2.MESSAGE_CATEGORY_TRANSACTIONAL,
                                     metadata=metadata)
     send = step.send
     metadata["decision_id"] = s.token.decision_id
-    return delivery_pb2.Message(idempotency_key=f"{work.run_id}:{step.id}", channel=send.channel, subject_id=work.subject_id,
+    return delivery_pb2.Message(idempotency_key=effect_key(work.run_id, step.id, work.context), channel=send.channel, subject_id=work.subject_id,
                                 address=s.address, content=content, category=send.category, tags=send.tags, metadata=metadata,
                                 email=delivery_pb2.EmailOptions(track_opens=send.track_opens, track_clicks=send.track_clicks))
 

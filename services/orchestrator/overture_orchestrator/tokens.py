@@ -20,6 +20,7 @@ import structlog
 from overture.orchestrator.v1 import journey_pb2
 from overture_runtime.clock import Clock
 
+from .contexts import DONE
 from .definition import CompiledJourney
 from .model import RunState, StepState, TokenState
 from .work import Attempt, Effects, Outcome, Work
@@ -81,6 +82,9 @@ class Steps:
         attempt.delivery_id, attempt.detail = delivery_id, detail
         token.decision_id = ""
         work = token.work
+        if token.journey is not None and step.id in token.journey.repeatable:  # the next time acts anew
+            key = f"{DONE}{step.id}"
+            work.context[key] = token.effects.context[key] = int(work.context.get(key, 0)) + 1
         if next_node:
             work.node, work.attempts, work.evaluations, work.state = next_node, 0, 0, TokenState.READY
             work.node_since, work.deadline = self._clock.now(), None

@@ -528,7 +528,9 @@ class Step(_message.Message):
     JOIN_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The step's id, unique in the journey: lower-case letters, digits, dashes.
-    Side effects of a step carry the key `run_id:step_id`.
+    Side effects of a step carry the key `run_id:step_id`; the n-th time a
+    bounded loop brings a run back to an action step, `run_id:step_id#n`,
+    so each time acts once.
     """
     description: _builtins.str
     """What the step is for."""
@@ -540,6 +542,7 @@ class Step(_message.Message):
     """Makes this step the head of an explicitly bounded loop: an edge back to
     it is allowed, and a run reaches it at most this many times; one more
     time ends the run (completed, with the outcome `loop bound reached`).
+    The actions in the loop act each time round (see `id`).
     0: no loop may lead back to this step (publish refuses the cycle).
     """
     @_builtins.property

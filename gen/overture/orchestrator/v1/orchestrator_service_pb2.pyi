@@ -292,7 +292,9 @@ class ReportDeliveryStatusRequest(_message.Message):
     delivery_id: _builtins.str
     """The connector's delivery id."""
     idempotency_key: _builtins.str
-    """The idempotency key of the message (`run_id:step_id`)."""
+    """The idempotency key of the message (`run_id:step_id`, or
+    `run_id:step_id#n` for the n-th time round a loop).
+    """
     status: _messaging_pb2.DeliveryStatus.ValueType
     """The new status."""
     detail: _builtins.str
