@@ -4,9 +4,10 @@ moves it, never by waiting), the tour's rule set, journeys read from the
 YAML files of ``tests/integration/journeys/``, and helpers for subjects,
 events, runs, mail and statistics.
 
-Tests of a module share the cluster, so each uses its own journeys and
-subjects (and so its own addresses), and moves the clock only forward:
-they pass in any order.
+A test module takes the fixture :func:`world` (``world = journeys_support.world``),
+one cluster for the module. Its tests share it, so each uses its own
+journeys and subjects (and so its own addresses), and moves the clock only
+forward: they pass in any order.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import pytest
+import pytest_asyncio
 import sqlalchemy as sa
 
 from overture.common.v1 import event_pb2
@@ -41,7 +44,7 @@ from tests.thinpath import eventually, example_rule_set
 from .cluster import Cluster, running_cluster
 from .test_thin_path import _event as event
 
-__all__ = ["DECIDER", "MD", "START", "VIP_APPROVER", "World", "event", "journey_world"]
+__all__ = ["DECIDER", "MD", "START", "VIP_APPROVER", "World", "event", "journey_world", "world"]
 
 MD = admin_metadata()
 START = dt.datetime(2027, 3, 1, 8, 0, tzinfo=dt.UTC)
@@ -212,7 +215,10 @@ class World:
         test that expects nothing to happen waits for it."""
         await self.publish("hour-timer")
         self.timers += 1
-        return await self.trigger("hour-timer", f"timer-{self.timers}")
+        run_id = await self.trigger("hour-timer", f"timer-{self.timers}")
+        # Its hour counts from now: the clock must not move before the delay has started.
+        await self.waiting_at(run_id, "hour")
+        return run_id
 
     def mail_to(self, *addresses: str) -> list[EmailMessage]:
         """The emails sent to any of *addresses*, in the order they arrived."""
@@ -259,3 +265,11 @@ async def _activate_rule_set(cluster: Cluster) -> None:
                                                        metadata=MD)
     await cluster.rules.ActivateRuleSetVersion(R.ActivateRuleSetVersionRequest(
         rule_set=name, version=created.rule_set_version.version, reason="journeys"), metadata=MD)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
+    """One :func:`journey_world` for the test module that takes it; its tests
+    run on the module's event loop (``pytestmark = pytest.mark.asyncio(loop_scope="module")``)."""
+    async with journey_world(tmp_path_factory.mktemp("mail")) as running:
+        yield running

@@ -10,10 +10,11 @@ import pytest
 from overture.rules.v1 import profile_service_pb2 as P
 from overture.rules.v1 import rules_service_pb2 as R
 from overture_runtime.protojson import struct_to_dict
-
-from .journeys_support import MD, World, event
+from tests.integration import journeys_support
+from tests.integration.journeys_support import MD, World, event
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
+world = journeys_support.world
 
 
 async def test_a_notification_reaches_the_team_without_the_subjects_consent(world: World) -> None:

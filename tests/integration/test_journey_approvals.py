@@ -14,10 +14,11 @@ from overture.orchestrator.v1 import run_pb2
 from overture.rules.v1 import audit_event_pb2 as A
 from overture_runtime.protojson import struct_to_dict
 from tests.conftest import READER_TOKEN, admin_metadata
-
-from .journeys_support import DECIDER, MD, VIP_APPROVER, World, event
+from tests.integration import journeys_support
+from tests.integration.journeys_support import DECIDER, MD, VIP_APPROVER, World, event
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
+world = journeys_support.world
 DAY = dt.timedelta(hours=24)
 
 

@@ -11,11 +11,12 @@ from collections import Counter
 import pytest
 
 from overture.orchestrator.v1 import run_pb2
+from tests.integration import journeys_support
+from tests.integration.journeys_support import World, event
 from tests.thinpath import eventually
 
-from .journeys_support import World, event
-
 pytestmark = pytest.mark.asyncio(loop_scope="module")
+world = journeys_support.world
 
 
 async def test_a_condition_routes_each_subject_by_its_profile(world: World) -> None:

@@ -10,10 +10,11 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from overture.orchestrator.v1 import run_pb2
-
-from .journeys_support import World, event
+from tests.integration import journeys_support
+from tests.integration.journeys_support import World, event
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
+world = journeys_support.world
 SECOND = dt.timedelta(seconds=1)
 
 

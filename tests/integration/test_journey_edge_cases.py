@@ -16,11 +16,12 @@ from overture.orchestrator.v1 import orchestrator_service_pb2 as O
 from overture.orchestrator.v1 import run_pb2
 from overture.rules.v1 import audit_event_pb2 as A
 from overture.rules.v1 import profile_service_pb2 as P
+from tests.integration import journeys_support
+from tests.integration.journeys_support import MD, World, event
 from tests.thinpath import eventually
 
-from .journeys_support import MD, World, event
-
 pytestmark = pytest.mark.asyncio(loop_scope="module")
+world = journeys_support.world
 HOUR = dt.timedelta(hours=1)
 
 

@@ -9,10 +9,11 @@ import datetime as dt
 import pytest
 
 from overture.orchestrator.v1 import run_pb2
-
-from .journeys_support import World, event
+from tests.integration import journeys_support
+from tests.integration.journeys_support import World, event
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
+world = journeys_support.world
 DAY = dt.timedelta(days=1)
 
 

@@ -12,10 +12,11 @@ import pytest
 
 from overture.orchestrator.v1 import run_pb2
 from overture_runtime.protojson import struct_to_dict
-
-from .journeys_support import World, event
+from tests.integration import journeys_support
+from tests.integration.journeys_support import World, event
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
+world = journeys_support.world
 
 
 async def test_a_wait_for_event_ends_by_a_matching_event_whose_data_a_later_template_reads(world: World) -> None:
