@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import cmd_journey_lifecycle
+from . import cmd_journey_lifecycle, cmd_journey_previews
 from .client import new_request_id, target
 from .output import CliError, Fields, Table, emit, flatten, human_value, run_async, short
 
@@ -145,3 +145,4 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
         p.add_argument("--reason", default="")
         p.set_defaults(func=set_state)
     cmd_journey_lifecycle.add_commands(journeys, common)
+    cmd_journey_previews.add_commands(journeys, common)

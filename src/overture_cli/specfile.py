@@ -33,7 +33,7 @@ from google.protobuf.message import Message
 
 from .output import Problem
 
-__all__ = ["SpecFile", "SpecFileError", "load_spec", "parse_spec", "read_spec"]
+__all__ = ["SpecFile", "SpecFileError", "load_spec", "parse_message", "parse_spec", "read_spec"]
 
 _M = TypeVar("_M", bound=Message)
 _DURATION = re.compile(r"(-?\d+(?:\.\d+)?)([smhd])")  # negative for an offset before a time (a trait date's)
@@ -116,6 +116,16 @@ def read_spec(path: Path, message_type: type[_M]) -> SpecFile[_M]:
 def parse_spec(text: str, message_type: type[_M], *, path: Path) -> SpecFile[_M]:
     """Read *text*, the content of a spec file (*path* names it in problems): as :func:`read_spec`. The console's
     builder reads its form this way, so that a form and a file are read with the same conveniences and checks."""
+    return _parse(text, message_type, path=path, named=True)
+
+
+def parse_message(text: str, message_type: type[_M], *, path: Path) -> _M:
+    """Read *text* (YAML or JSON) as one *message_type*, with the conveniences of spec files (enum short names,
+    durations like ``2d``) and no ``name``; raise :class:`SpecFileError` with every problem, placed in *path*."""
+    return _parse(text, message_type, path=path, named=False).message
+
+
+def _parse(text: str, message_type: type[_M], *, path: Path, named: bool) -> SpecFile[_M]:
     file = str(path)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -130,12 +140,14 @@ def parse_spec(text: str, message_type: type[_M], *, path: Path) -> SpecFile[_M]
         at = (root.start_mark.line + 1, root.start_mark.column + 1) if root is not None else (0, 0)
         raise SpecFileError([Problem("", "expected a mapping (key: value lines) at the top level", file=file, line=at[0], column=at[1])])
     reader = _Reader(file)
-    name_node = next((v for k, v in root.value if isinstance(k, yaml.ScalarNode) and k.value == "name"), None)
-    name = name_node.value if isinstance(name_node, yaml.ScalarNode) and name_node.tag == "tag:yaml.org,2002:str" else ""
-    if not name:
-        reader.add(name_node or root, "name", "a top-level 'name' is required (text, for example name: marketing-email)")
-    body = yaml.MappingNode(root.tag, [(k, v) for k, v in root.value if not (isinstance(k, yaml.ScalarNode) and k.value == "name")],
-                            start_mark=root.start_mark, end_mark=root.end_mark)
+    name, body = "", root
+    if named:
+        name_node = next((v for k, v in root.value if isinstance(k, yaml.ScalarNode) and k.value == "name"), None)
+        name = name_node.value if isinstance(name_node, yaml.ScalarNode) and name_node.tag == "tag:yaml.org,2002:str" else ""
+        if not name:
+            reader.add(name_node or root, "name", "a top-level 'name' is required (text, for example name: marketing-email)")
+        body = yaml.MappingNode(root.tag, [(k, v) for k, v in root.value if not (isinstance(k, yaml.ScalarNode) and k.value == "name")],
+                                start_mark=root.start_mark, end_mark=root.end_mark)
     data = reader.message(body, message_type.DESCRIPTOR, [])  # type: ignore[arg-type]
     if reader.problems:
         raise SpecFileError(sorted(reader.problems, key=lambda p: (p.line, p.column)))

@@ -16,7 +16,8 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
-from overture.common.v1 import field_violation_pb2
+from overture.common.v1 import field_violation_pb2, messaging_pb2
+from overture.rules.v1 import profile_pb2
 
 from . import limits
 from .errors import FieldViolation, InvalidArgument, Violations
@@ -26,6 +27,7 @@ __all__ = [
     "check_batch",
     "check_identifier",
     "check_name",
+    "check_profile",
     "check_reason",
     "check_struct",
     "decode_page_token",
@@ -149,3 +151,17 @@ def _typed(value: Any, expected: type[int] | type[str]) -> bool:
 
 def _bad_token() -> FieldViolation:
     return FieldViolation("page_token", "page_token is not a token this service issued", "INVALID_PAGE_TOKEN")
+
+
+def check_profile(v: Violations, field: str, profile: profile_pb2.Profile, *, subject_id: str, max_bytes: int = 32 * 1024) -> None:
+    """A profile a caller sends to be decided or walked on instead of the
+    stored one (dry runs, previews): the request's subject's, traits within
+    *max_bytes*, each consent naming its channel and purpose."""
+    if profile.subject_id and profile.subject_id != subject_id:
+        v.add(f"{field}.subject_id", "the profile must be the subject's (or leave its subject_id empty)", "SUBJECT_MISMATCH")
+    if profile.traits.fields:
+        check_struct(v, f"{field}.traits", profile.traits, max_bytes=max_bytes)
+    for i, consent in enumerate(profile.consents):
+        if consent.channel == messaging_pb2.CHANNEL_UNSPECIFIED:
+            v.add(f"{field}.consents[{i}].channel", "channel is required", "REQUIRED")
+        check_name(v, f"{field}.consents[{i}].purpose", consent.purpose.replace("_", "-"))

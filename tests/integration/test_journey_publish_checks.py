@@ -198,7 +198,7 @@ async def test_redrive_moves_runs_to_the_latest_version_only_when_it_has_their_s
 
 
 async def test_preview_refuses_names_that_cannot_exist_and_shows_values_the_subject_lacks(cluster: Cluster) -> None:
-    """Previewing a spec with `profile.trait` is INVALID_ARGUMENT at the template; with a trait the subject lacks, the send step comes back FAILED naming it; nothing is sent."""
+    """Previewing a spec with `profile.trait` is INVALID_ARGUMENT at the template; with a trait the subject lacks, the send step comes back FAILED naming it; with it, the message renders and the decision (no consent) says it would not be sent; nothing is sent."""
     from overture.rules.v1 import profile_service_pb2 as P
 
     c = cluster
@@ -210,8 +210,10 @@ async def test_preview_refuses_names_that_cannot_exist_and_shows_values_the_subj
     (step,) = (await c.orchestrator.PreviewJourney(O.PreviewJourneyRequest(spec=strict, subject_id="hal"), metadata=MD)).steps
     assert step.state == run_pb2.STEP_RUN_STATE_FAILED and "'nickname'" in step.error
     request = P.UpsertProfileRequest(subject_id="hal")
-    request.traits.update({"nickname": "Hal"})
+    request.traits.update({"nickname": "Hal", "email": "hal@example.com"})
     await c.profiles.UpsertProfile(request, metadata=MD)
-    (step,) = (await c.orchestrator.PreviewJourney(O.PreviewJourneyRequest(spec=strict, subject_id="hal"), metadata=MD)).steps
-    assert step.state == run_pb2.STEP_RUN_STATE_COMPLETED and step.outcome.startswith("would send template 'welcome' by email")
+    previewed = await c.orchestrator.PreviewJourney(O.PreviewJourneyRequest(spec=strict, subject_id="hal"), metadata=MD)
+    (step,), (message,) = previewed.steps, previewed.messages
+    assert step.state == run_pb2.STEP_RUN_STATE_SKIPPED and step.outcome.startswith("would not send: denied by consent")
+    assert message.subject == "Hi Hal" and not message.decision.allowed
     assert c.mail.messages == []

@@ -23,14 +23,17 @@ import jinja2
 import rule_engine
 from croniter import croniter
 
+from overture.common.v1 import event_pb2
 from overture.orchestrator.v1 import journey_pb2
 from overture_runtime.errors import FieldViolation, Violations
+from overture_runtime.protojson import struct_to_dict
 from overture_runtime.validation import check_name
 
 from .graph import ACTION_KINDS, check_graph
 from .stepcheck import Compiler
 
-__all__ = ["SCHEDULED", "SEGMENT_ENTERED", "CompiledJourney", "compile_journey", "evaluate_expression", "trigger_event_type"]
+__all__ = ["SCHEDULED", "SEGMENT_ENTERED", "CompiledJourney", "compile_journey", "evaluate_expression", "event_matches",
+           "trigger_event_type"]
 
 _EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){0,7}$")
 _MAX_STEPS = 200
@@ -210,3 +213,15 @@ def evaluate_expression(rule: rule_engine.Rule, scope: Mapping[str, Any]) -> boo
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rule_engine.errors.MappingAttributeLookupDeprecation)
         return bool(rule.matches(scope))
+
+
+def event_matches(rule: rule_engine.Rule | None, event: event_pb2.Event) -> bool:
+    """Whether an event passes a trigger's, a wait's or a goal's filter (read
+    over ``attributes`` and ``event_type``); no filter passes everything, and
+    a filter that cannot be evaluated does not match."""
+    if rule is None:
+        return True
+    try:
+        return evaluate_expression(rule, {"attributes": struct_to_dict(event.attributes), "event_type": event.event_type})
+    except Exception:  # noqa: BLE001 - a filter that cannot evaluate does not match
+        return False

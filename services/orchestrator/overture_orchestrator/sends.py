@@ -42,7 +42,7 @@ from .model import StepState
 from .rendering import RenderError, message_of, render_message, render_text, render_value
 from .tokens import Steps, Token
 
-__all__ = ["Sender"]
+__all__ = ["Sender", "default_address"]
 
 log = structlog.get_logger("overture.orchestrator")
 D = decision_pb2
@@ -112,7 +112,7 @@ class Sender:
         except RenderError as error:
             self._steps.fail(token, step.id, str(error))
             return None
-        address = rendered["to"] or (_default_address(step.send, profile, scope["event"]) if step.WhichOneof("kind") == "send" else "")
+        address = rendered["to"] or (default_address(step.send, profile, scope["event"]) if step.WhichOneof("kind") == "send" else "")
         if not address:
             self._steps.complete(token, step, StepState.SKIPPED, step.next, "the subject has no address for this channel")
             return None
@@ -296,7 +296,7 @@ def _batch_result(result: Any) -> Any:
     return Transient("the connector gave no result")
 
 
-def _default_address(send: journey_pb2.SendStep, profile: Mapping[str, Any], event: Mapping[str, Any]) -> str:
+def default_address(send: journey_pb2.SendStep, profile: Mapping[str, Any], event: Mapping[str, Any]) -> str:
     """When the step has no ``to``: the subject itself on channels that
     deliver to subjects (in-app inbox, web push: their subscriptions are the
     subject's), else the channel's trait (``email`` for email) of the

@@ -15,6 +15,7 @@ from overture_runtime.idempotency import Idempotency
 from overture_runtime.validation import (
     check_identifier,
     check_name,
+    check_profile,
     check_reason,
     check_struct,
     decode_page_token,
@@ -325,10 +326,12 @@ class OrchestratorServicer(LifecycleRpcs, orchestrator_service_pb2_grpc.Orchestr
             v.add("name", "give a journey's name, or a spec to preview", "REQUIRED")
         check_identifier(v, "subject_id", request.subject_id)
         check_struct(v, "attributes", request.attributes, max_bytes=_CONTEXT_MAX)
+        if request.HasField("profile"):
+            check_profile(v, "profile", request.profile, subject_id=request.subject_id)
         v.raise_if_any("the preview is invalid")
-        steps = await self._previewer.preview(tenant, name=request.name, spec=request.spec if request.HasField("spec") else None,
-                                              subject_id=request.subject_id, attributes=request.attributes)
-        return OS.PreviewJourneyResponse(steps=steps)
+        return await self._previewer.preview(tenant, name=request.name, spec=request.spec if request.HasField("spec") else None,
+                                             subject_id=request.subject_id, attributes=request.attributes,
+                                             profile=request.profile if request.HasField("profile") else None)
 
     async def ListApprovals(self, request: OS.ListApprovalsRequest, context: grpc.aio.ServicerContext) -> OS.ListApprovalsResponse:
         tenant = current_principal().tenant

@@ -30,7 +30,7 @@ from overture_runtime.clock import Clock, IdGenerator
 from overture_runtime.db import Database
 from overture_runtime.errors import FieldViolation, NotFound, OvertureError, Violations
 from overture_runtime.protojson import struct_to_dict
-from overture_runtime.validation import check_identifier, check_name, check_struct
+from overture_runtime.validation import check_identifier, check_name, check_profile, check_struct
 
 from .caps import CapLedger, CapWindow, LedgerResult
 from .compiler import CompiledRuleSet
@@ -101,22 +101,10 @@ def validate_evaluate(req: rules_service_pb2.EvaluateRequest) -> list[FieldViola
         if req.decision_id:
             v.add("decision_id", "a dry run stores no decision, so it takes no decision_id", "DRY_RUN_HAS_NO_ID")
         if req.HasField("profile"):
-            _check_profile(v, req)
+            check_profile(v, "profile", req.profile, subject_id=req.subject_id, max_bytes=PROFILE_MAX_BYTES)
     elif req.HasField("profile"):
         v.add("profile", "a profile may only be given with dry_run", "PROFILE_NEEDS_DRY_RUN")
     return v.items
-
-
-def _check_profile(v: Violations, req: rules_service_pb2.EvaluateRequest) -> None:
-    profile = req.profile
-    if profile.subject_id and profile.subject_id != req.subject_id:
-        v.add("profile.subject_id", "the profile must be the subject's (or leave its subject_id empty)", "SUBJECT_MISMATCH")
-    if profile.traits.fields:
-        check_struct(v, "profile.traits", profile.traits, max_bytes=PROFILE_MAX_BYTES)
-    for i, consent in enumerate(profile.consents):
-        if consent.channel == messaging_pb2.CHANNEL_UNSPECIFIED:
-            v.add(f"profile.consents[{i}].channel", "channel is required", "REQUIRED")
-        check_name(v, f"profile.consents[{i}].purpose", consent.purpose.replace("_", "-"))
 
 
 class Decider:

@@ -121,6 +121,16 @@ def _profile() -> profile_pb2.Profile:
     return profile
 
 
+def _preview() -> OS.PreviewJourneyResponse:
+    """The welcome journey previewed for alice: one send, allowed."""
+    step = run_pb2.StepRun(step_id="send-welcome", state=run_pb2.STEP_RUN_STATE_COMPLETED, edge="next", start_time=_ts(),
+                           outcome="would send template 'welcome' by email")
+    message = OS.PreviewedMessage(step_id="send-welcome", channel=messaging_pb2.CHANNEL_EMAIL, to="a***@e***.com",
+                                  subject="Welcome to Overture, Alice!", text_body="Thanks for signing up.",
+                                  decision=decision_pb2.Decision(allowed=True, summary="allowed"))
+    return OS.PreviewJourneyResponse(steps=[step], messages=[message], entered=True)
+
+
 def canned() -> dict[str, Answer]:
     """A realistic answer for every method the CLI calls, after the tour of the README."""
     alice = _run("run-alice", "alice", run_pb2.STEP_RUN_STATE_COMPLETED, "sent", "dec-alice")
@@ -166,6 +176,7 @@ def canned() -> dict[str, Answer]:
                                 latency_p50=duration_pb2.Duration(nanos=50_000_000), latency_p95=duration_pb2.Duration(nanos=100_000_000),
                                 latency_p99=duration_pb2.Duration(seconds=1))],
             arms=[OS.ArmStats(step_id="ab", arm="control", holdout=True, entered=20, converted=4)])),
+        "PreviewJourney": _preview(),
         "ListStepTypes": OS.ListStepTypesResponse(steps=[OS.StepType(
             kind="wait_for_event", title="Wait for event", category="wait", edges=["event", "timeout"],
             fields=[OS.StepField(name="event_type", type="string", required=True)])]),

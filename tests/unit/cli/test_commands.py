@@ -87,6 +87,9 @@ COMMANDS: dict[str, tuple[list[str], list[str]]] = {
     "journeys archive": (["journeys", "archive", "welcome", "--reason", "campaign over"], ["state:", "archived", "cancelled runs:", "3"]),
     "journeys migrate": (["journeys", "migrate", "welcome", "--from", "1", "--to", "2", "--map", "wait=hold", "--reason", "fix"],
                          ["migrated:", "2", "left in place:", "run-carol", "STEP_NOT_IN_VERSION"]),
+    "journeys preview": (["journeys", "preview", JOURNEY, "--subject", "alice", "--attr", "plan=pro",
+                          "--profile", '{"traits": {"first_name": "Alice"}, "consents": [{"channel": "email", "purpose": "marketing", "status": "granted"}]}'],
+                         ["would enter:", "yes", "send-welcome", "would send template", "Welcome to Overture, Alice!", "allowed"]),
     "runs list": (["runs", "list"], ["RUN", "STEP STATE", "run-bob", "skipped", "dec-bob", "run-alice", "sent"]),
     "runs get": (["runs", "get", "run-alice"], ["run:", "run-alice", "trigger event:", "signup-alice", "ATTEMPTS"]),
     "runs dead-letters": (["runs", "dead-letters"], ["run-carol", "failed", "SMTP relay refused the connection"]),
@@ -347,3 +350,24 @@ async def test_archive_needs_a_reason(cli: Cli) -> None:
     with pytest.raises(SystemExit):
         await cli("journeys", "archive", "welcome")
     assert "ArchiveJourney" not in cli.fake.requests
+
+
+async def test_journeys_preview_sends_the_file_the_event_and_the_profile(cli: Cli, tmp_path: Path) -> None:
+    """A journey file goes as the spec, --event and --attr as the attributes, a --profile file (short enum names) as the profile;
+    a name that is no file previews the published journey; a bad profile is refused at its place before any call."""
+    profile = tmp_path / "alice.yaml"
+    profile.write_text("traits: {first_name: Alice}\nconsents:\n  - {channel: email, purpose: marketing, status: granted}\ntags: [vip]\n")
+    code, _, err = await cli("journeys", "preview", JOURNEY, "--subject", "alice", "--event", '{"plan": "pro", "seats": 3}',
+                             "--attr", "seats=5", "--profile", str(profile))
+    assert (code, err) == (0, "")
+    (request,) = cli.fake.requests["PreviewJourney"]
+    assert request.spec.steps[0].id == "send-welcome" and not request.name and request.subject_id == "alice"
+    assert dict(request.attributes) == {"plan": "pro", "seats": 5}
+    assert request.profile.traits["first_name"] == "Alice" and list(request.profile.tags) == ["vip"]
+    assert request.profile.consents[0].channel == 1 and request.profile.consents[0].status == 1
+    code, _, _ = await cli("journeys", "preview", "welcome")
+    assert code == 0 and cli.fake.requests["PreviewJourney"][-1].name == "welcome"
+    profile.write_text("consents: [{channel: emial}]\n")
+    code, out, err = await cli("journeys", "preview", "welcome", "--profile", str(profile))
+    assert code == 1 and out == "" and "alice.yaml:1:" in err and "emial" in err
+    assert len(cli.fake.requests["PreviewJourney"]) == 2

@@ -1205,6 +1205,15 @@ class PreviewJourneyResponse(_message.Message):
 
     STEPS_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
+    ENTERED_FIELD_NUMBER: _builtins.int
+    ENTRY_REASON_FIELD_NUMBER: _builtins.int
+    entered: _builtins.bool
+    """Whether the event and the profile would start a run: the trigger's
+    filter and profile condition hold and the subject is not erased. The
+    steps are walked either way.
+    """
+    entry_reason: _builtins.str
+    """Why the subject would not enter, when it would not."""
     @_builtins.property
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.StepRun]:
         """The steps the run would reach, in order, with what each would do."""
@@ -1221,10 +1230,12 @@ class PreviewJourneyResponse(_message.Message):
         *,
         steps: _abc.Iterable[_run_pb2.StepRun] | None = ...,
         messages: _abc.Iterable[Global___PreviewedMessage] | None = ...,
+        entered: _builtins.bool = ...,
+        entry_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "steps", b"steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entered", b"entered", "entry_reason", b"entry_reason", "messages", b"messages", "steps", b"steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1257,7 +1268,9 @@ class PreviewedMessage(_message.Message):
     """The rendered HTML body."""
     @_builtins.property
     def decision(self) -> _decision_pb2.Decision:
-        """What the guardrails would decide now."""
+        """What the guardrails would decide at the time the run would send it
+        (send steps only: notifications and webhooks are not decided).
+        """
 
     def __init__(
         self,

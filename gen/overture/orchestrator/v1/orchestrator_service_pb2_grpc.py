@@ -303,13 +303,20 @@ class OrchestratorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PreviewJourney(self, request, context):
-        """Walks a journey definition for a sample subject and event without
-        sending anything, and returns the path the run would take. A `spec` gets
-        the checks of PublishJourney first (template variables that cannot
-        exist and an unknown rule set are INVALID_ARGUMENT). Send steps render
-        their message for the subject as a send would; one that does not render
-        (a trait the subject lacks) is returned FAILED with the reason, and the
-        walk stops there. Nothing is decided, reserved or sent.
+        """Walks a journey definition for a sample subject and event without any
+        side effect, and returns the path the run would take: every step kind,
+        with the engine's own conditions, split branches, delay ends, loop
+        bounds and action limit, in simulated time (delays and waits move it on
+        instead of waiting). A `spec` gets the checks of PublishJourney first
+        (template variables that cannot exist and an unknown rule set are
+        INVALID_ARGUMENT). Send, notify and webhook steps render their message
+        for the subject as a send would; one that does not render (a trait the
+        subject lacks) is returned FAILED with the reason, and the walk stops
+        there. Each send is decided by the rules service in dry-run CHECK mode
+        (nothing reserved or stored). A wait for an event is shown timing out
+        (no event arrives during a preview), a wait until a condition holds at
+        once or times out, an approval is shown approved, and update-profile
+        steps change nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -92,13 +92,20 @@ class OrchestratorServiceStub:
     recorded in the audit log.
     """
     PreviewJourney: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.PreviewJourneyRequest, _orchestrator_service_pb2.PreviewJourneyResponse]
-    """Walks a journey definition for a sample subject and event without
-    sending anything, and returns the path the run would take. A `spec` gets
-    the checks of PublishJourney first (template variables that cannot
-    exist and an unknown rule set are INVALID_ARGUMENT). Send steps render
-    their message for the subject as a send would; one that does not render
-    (a trait the subject lacks) is returned FAILED with the reason, and the
-    walk stops there. Nothing is decided, reserved or sent.
+    """Walks a journey definition for a sample subject and event without any
+    side effect, and returns the path the run would take: every step kind,
+    with the engine's own conditions, split branches, delay ends, loop
+    bounds and action limit, in simulated time (delays and waits move it on
+    instead of waiting). A `spec` gets the checks of PublishJourney first
+    (template variables that cannot exist and an unknown rule set are
+    INVALID_ARGUMENT). Send, notify and webhook steps render their message
+    for the subject as a send would; one that does not render (a trait the
+    subject lacks) is returned FAILED with the reason, and the walk stops
+    there. Each send is decided by the rules service in dry-run CHECK mode
+    (nothing reserved or stored). A wait for an event is shown timing out
+    (no event arrives during a preview), a wait until a condition holds at
+    once or times out, an approval is shown approved, and update-profile
+    steps change nothing.
     """
     SaveJourneyDraft: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.SaveJourneyDraftRequest, _orchestrator_service_pb2.SaveJourneyDraftResponse]
     """Saves a journey's draft: a working copy, one per journey, that can be
@@ -212,13 +219,20 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     recorded in the audit log.
     """
     PreviewJourney: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.PreviewJourneyRequest, _orchestrator_service_pb2.PreviewJourneyResponse]  # type: ignore[assignment]
-    """Walks a journey definition for a sample subject and event without
-    sending anything, and returns the path the run would take. A `spec` gets
-    the checks of PublishJourney first (template variables that cannot
-    exist and an unknown rule set are INVALID_ARGUMENT). Send steps render
-    their message for the subject as a send would; one that does not render
-    (a trait the subject lacks) is returned FAILED with the reason, and the
-    walk stops there. Nothing is decided, reserved or sent.
+    """Walks a journey definition for a sample subject and event without any
+    side effect, and returns the path the run would take: every step kind,
+    with the engine's own conditions, split branches, delay ends, loop
+    bounds and action limit, in simulated time (delays and waits move it on
+    instead of waiting). A `spec` gets the checks of PublishJourney first
+    (template variables that cannot exist and an unknown rule set are
+    INVALID_ARGUMENT). Send, notify and webhook steps render their message
+    for the subject as a send would; one that does not render (a trait the
+    subject lacks) is returned FAILED with the reason, and the walk stops
+    there. Each send is decided by the rules service in dry-run CHECK mode
+    (nothing reserved or stored). A wait for an event is shown timing out
+    (no event arrives during a preview), a wait until a condition holds at
+    once or times out, an approval is shown approved, and update-profile
+    steps change nothing.
     """
     SaveJourneyDraft: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.SaveJourneyDraftRequest, _orchestrator_service_pb2.SaveJourneyDraftResponse]  # type: ignore[assignment]
     """Saves a journey's draft: a working copy, one per journey, that can be
@@ -425,13 +439,20 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orchestrator_service_pb2.PreviewJourneyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orchestrator_service_pb2.PreviewJourneyResponse, _abc.Awaitable[_orchestrator_service_pb2.PreviewJourneyResponse]]:
-        """Walks a journey definition for a sample subject and event without
-        sending anything, and returns the path the run would take. A `spec` gets
-        the checks of PublishJourney first (template variables that cannot
-        exist and an unknown rule set are INVALID_ARGUMENT). Send steps render
-        their message for the subject as a send would; one that does not render
-        (a trait the subject lacks) is returned FAILED with the reason, and the
-        walk stops there. Nothing is decided, reserved or sent.
+        """Walks a journey definition for a sample subject and event without any
+        side effect, and returns the path the run would take: every step kind,
+        with the engine's own conditions, split branches, delay ends, loop
+        bounds and action limit, in simulated time (delays and waits move it on
+        instead of waiting). A `spec` gets the checks of PublishJourney first
+        (template variables that cannot exist and an unknown rule set are
+        INVALID_ARGUMENT). Send, notify and webhook steps render their message
+        for the subject as a send would; one that does not render (a trait the
+        subject lacks) is returned FAILED with the reason, and the walk stops
+        there. Each send is decided by the rules service in dry-run CHECK mode
+        (nothing reserved or stored). A wait for an event is shown timing out
+        (no event arrives during a preview), a wait until a condition holds at
+        once or times out, an approval is shown approved, and update-profile
+        steps change nothing.
         """
 
     @_abc_1.abstractmethod
