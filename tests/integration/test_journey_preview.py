@@ -18,11 +18,13 @@ from overture.orchestrator.v1 import run_pb2
 from overture.rules.v1 import profile_pb2
 from overture.rules.v1 import profile_service_pb2 as P
 from overture.rules.v1 import rules_service_pb2 as R
+from tests.integration import journeys_support
+from tests.integration.journeys_support import MD, START, World
 
-from .journeys_support import MD, START, World
 from .rules_support import field_violations
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
+world = journeys_support.world
 EMAIL = messaging_pb2.CHANNEL_EMAIL
 TOUR = [("route", "pro"), ("hello", "next"), ("before-renewal", "next"), ("wait-order", "timeout"), ("nudge", "next"),
         ("until-pro", "true"), ("approve", "approved"), ("fork", "branch:0"), ("send-more", "next"), ("mark", "next"),
