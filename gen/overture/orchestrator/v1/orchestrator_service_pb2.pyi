@@ -2555,7 +2555,9 @@ class StepField(_message.Message):
     """The field's name in the spec."""
     type: _builtins.str
     """Its type: `string`, `duration`, `timestamp`, `expression`, `template`,
-    `step` (a step id), `enum`, `bool`, `int`, `struct`, `list`, `map`.
+    `template_name` (the name of one of the journey's `templates`), `step`
+    (a step id), `enum`, `bool`, `int`, `struct`, `object` (a message of
+    its own fields, such as a delay's `until_local_time`), `list`, `map`.
     """
     description: _builtins.str
     """What it means."""
