@@ -112,7 +112,7 @@ class RunStore:
                 due = now + LEASE if lease_owner is not None else now
                 await conn.execute(tokens.insert(), [
                     dict(tenant=r.tenant, run_id=i, token=0, node=r.first_step, state=TokenState.READY.value, due_time=due, attempts=0,
-                         evaluations=0, lease_owner=lease_owner) for r, i in fresh])
+                         evaluations=0, lease_owner=lease_owner, node_since=now) for r, i in fresh])
             entered: dict[str, Counts] = {}
             today = day_metric(now, "entered")
             for r, _ in fresh:
@@ -129,7 +129,7 @@ class RunStore:
                 rows = await conn.execute(sa.select(runs.c.run_id, *key).where(_keyed(
                     runs.c.tenant, runs.c.trigger_event_id, [(r.tenant, r.event.event_id) for r in others])))
                 existing = {(row.tenant, row.journey, row.subject_id, row.trigger_event_id): row.run_id for row in rows}
-        return [(i, _first_token(r, i)) if i in inserted else (existing.get((r.tenant, r.journey, r.subject_id, r.event.event_id), ""), None)
+        return [(i, _first_token(r, i, now)) if i in inserted else (existing.get((r.tenant, r.journey, r.subject_id, r.event.event_id), ""), None)
                 for r, i in zip(batch, ids, strict=True)]
 
     async def unfinished(self, tenant: str, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
@@ -260,7 +260,7 @@ class RunStore:
             # evaluations counter moves past every decision made so far.
             await conn.execute(tokens.insert().values(
                 tenant=tenant, run_id=run_id, token=0, node=run.current_step, state=TokenState.READY.value, due_time=now, attempts=0,
-                evaluations=int(last) + 1, lease_owner=None))
+                evaluations=int(last) + 1, lease_owner=None, node_since=now))
             await conn.execute(runs.update().where(key).values(state=RunState.RUNNING.value, journey_version=version, update_time=now))
             await self.dead_letters.remove_run(conn, tenant, run_id)
             await add_counts(conn, tenant, Counter({(run.journey, run.journey_version, "", "retried"): 1}))
@@ -344,10 +344,10 @@ class RunStore:
         return [_run_proto(r, by_run.get(r.run_id, []), waiting.get(r.run_id, []), contexts.get((tenant, r.run_id), {})) for r in rows]
 
 
-def _first_token(run: NewRun, run_id: str) -> Work:
+def _first_token(run: NewRun, run_id: str, now: dt.datetime) -> Work:
     return Work(tenant=run.tenant, run_id=run_id, token=0, journey=run.journey, journey_version=run.version, subject_id=run.subject_id,
                 trigger_event=run.event, inline_spec=run.inline_spec, node=run.first_step, state=TokenState.READY, attempts=0,
-                evaluations=0)
+                evaluations=0, node_since=now)
 
 
 def _keyed(tenant_column: Any, id_column: Any, pairs: Iterable[tuple[str, str]]) -> Any:
