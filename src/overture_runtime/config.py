@@ -173,6 +173,15 @@ class Settings(BaseSettings):
     connector_routes: Annotated[dict[str, tuple[str, ...]], NoDecode] = {}
     """JSON ``{"email": ["smtp-primary", "smtp-backup"]}``: per channel, the providers to try in order.
     A channel without a route uses its providers in the order they are listed."""
+    connector_sweep_seconds: float = Field(default=15.0, gt=0, le=3600)
+    """How often each connectors replica looks for abandoned claims and in-doubt deliveries to ask about again."""
+    connector_stale_claim_seconds: float = Field(default=120.0, gt=0, le=86_400)
+    """A claim still SENDING this long after it was made was left by a process that stopped mid-send: it is settled
+    through the provider's status lookup, or marked IN_DOUBT, and never sent again."""
+    connector_recheck_seconds: float = Field(default=60.0, gt=0, le=86_400)
+    """The first wait before the provider of an in-doubt delivery is asked again; each later wait doubles, up to 6 hours."""
+    connector_recheck_attempts: int = Field(default=8, ge=0, le=100)
+    """How often a provider is asked again about an in-doubt delivery before it is left to an operator; 0: never."""
     dkim_private_key: SecretStr | None = None
     """A PEM private key (RSA, 1024 bits or more) to DKIM-sign every email with; none: unsigned."""
     dkim_selector: str = "overture"

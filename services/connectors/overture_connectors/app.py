@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import grpc
@@ -40,6 +41,7 @@ from .reports import StatusReporter
 from .resolutions import Resolutions
 from .servicer import ConnectorServicer
 from .store import DeliveryStore
+from .sweeper import Sweeper
 from .tables import audit_outbox, idempotency
 from .web_push import WebPushConnector
 
@@ -73,9 +75,12 @@ class ConnectorsApp(BaseApp):
     async def on_start(self) -> None:
         limited = any(p.config.rate_limit_per_second > 0 for p in self.providers)
         limiter = RateLimiter(self.redis if limited else None, self.keys, self.clock)
+        s = self.settings
         self.deliveries = DeliveryService(self.db, self.connectors(), self.routes, self.clock, self.ids,
-                                          concurrency=self.settings.connector_concurrency, limiter=limiter,
-                                          providers={p.config.name: p.config for p in self.providers})
+                                          concurrency=s.connector_concurrency, limiter=limiter,
+                                          providers={p.config.name: p.config for p in self.providers},
+                                          stale_claim=dt.timedelta(seconds=s.connector_stale_claim_seconds),
+                                          recheck=dt.timedelta(seconds=s.connector_recheck_seconds) if s.connector_recheck_attempts else None)
         self.audit = AuditForwarder(db=self.db, table=audit_outbox, audit=audit_service_pb2_grpc.AuditServiceStub(self.channel("rules")),
                                     settings=self.settings)
         self.reporter = StatusReporter(db=self.db, orchestrator=orchestrator_service_pb2_grpc.OrchestratorServiceStub(
@@ -85,6 +90,9 @@ class ConnectorsApp(BaseApp):
                                         reporter=self.reporter)
         self.spawn("audit-outbox", lambda: self.audit.run(self.stopping))
         self.spawn("status-reports", lambda: self.reporter.run(self.stopping))
+        self.sweeper = Sweeper(db=self.db, connectors=self.deliveries.connectors, dispatcher=self.deliveries.dispatcher, clock=self.clock,
+                               ids=self.ids, settings=self.settings, reporter=self.reporter)
+        self.spawn("sweeper", lambda: self.sweeper.run(self.stopping))
         self.feedback = FeedbackIntake(store=DeliveryStore(self.db), settings=self.settings,
                                        orchestrator=orchestrator_service_pb2_grpc.OrchestratorServiceStub(self.channel("orchestrator")),
                                        profiles=profile_service_pb2_grpc.ProfileServiceStub(self.channel("rules")),

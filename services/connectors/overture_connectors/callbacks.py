@@ -94,7 +94,7 @@ class CallbackIntake:
             if RANK.get(update.status, 0) <= _rank(row):
                 return ""
             await conn.execute(t.update().where((t.c.tenant == tenant) & (t.c.idempotency_key == row.idempotency_key)).values(
-                status=update.status, retryable=False, provider_message_id=update.provider_message_id, update_time=now,
+                status=update.status, retryable=False, provider_message_id=update.provider_message_id, update_time=now, next_check_time=None,
                 last_error=update.detail[:1000] if update.status == "failed" else row.last_error))
             await stage(conn, tenant=tenant, report_id=self._ids.new(), idempotency_key=row.idempotency_key, delivery_id=row.delivery_id,
                         status=update.status, detail=update.detail, occur_time=update.occur_time or now)

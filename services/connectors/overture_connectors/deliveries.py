@@ -40,7 +40,7 @@ from overture_runtime.errors import FailedPrecondition, FieldViolation, NotFound
 from overture_runtime.protojson import struct_from_dict, struct_to_dict
 
 from .dispatch import Dispatcher
-from .plugin import Connector, OutboundMessage
+from .plugin import Connector, OutboundMessage, has_status_lookup, reference_of
 from .ratelimit import RateLimiter
 from .store import Claim, DeliveryStore, Finish
 
@@ -50,7 +50,6 @@ log = structlog.get_logger("overture.connectors")
 S = messaging_pb2
 MAX_BATCH = 500
 """The most messages one batch may hold."""
-_STALE_CLAIM = dt.timedelta(minutes=2)
 
 
 @dataclass(frozen=True)
@@ -96,7 +95,8 @@ class DeliveryService:
     def __init__(
         self, db: Database, connectors: Mapping[str, Connector], routes: Mapping[messaging_pb2.Channel.ValueType, str | Sequence[str]],
         clock: Clock, ids: IdGenerator, *, concurrency: int = 16, providers: Mapping[str, ProviderConfig] | None = None,
-        limiter: RateLimiter | None = None,
+        limiter: RateLimiter | None = None, stale_claim: dt.timedelta = dt.timedelta(minutes=2),
+        recheck: dt.timedelta | None = None,
     ) -> None:
         self._store = DeliveryStore(db)
         self.connectors = connectors
@@ -109,6 +109,8 @@ class DeliveryService:
         self._ids = ids
         self.dispatcher = Dispatcher(connectors, providers or {}, clock, limiter=limiter, concurrency=concurrency)
         """Calls the providers: routes, breakers, rate limits."""
+        self._stale_claim = stale_claim
+        self._recheck = recheck
         self._inflight: dict[tuple[str, str], asyncio.Future[Outcome]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -234,16 +236,23 @@ class DeliveryService:
     async def _repeats(self, tenant: str, keys: list[str], now: dt.datetime) -> dict[str, Outcome]:
         """The first deliveries of keys seen before; a claim abandoned mid-send is resolved first."""
         rows = await self._store.read(tenant, keys)
-        stale = [row for row in rows.values() if row.status == "sending" and now - row.update_time >= _STALE_CLAIM]
+        stale = [row for row in rows.values() if row.status == "sending" and now - row.update_time >= self._stale_claim]
         if stale:
             resolved = []
             for row in stale:
-                status = await self.dispatcher.ask(self.connectors.get(row.connector), row.provider_message_id)
-                resolved.append(Finish(row=row, status=status or "in_doubt",
-                                       error="" if status else "the sending process stopped mid-send; the provider cannot confirm"))
+                connector = self.connectors.get(row.connector)
+                reference = reference_of(connector, tenant, row.idempotency_key, row.provider_message_id)
+                status = await self.dispatcher.ask(connector, reference)
+                resolved.append(Finish(row=row, status=status or "in_doubt", provider_message_id=reference if status else "",
+                                       error="" if status else "the sending process stopped mid-send; the provider cannot confirm",
+                                       next_check=None if status else self._next_check(connector, now)))
             rows.update(await self._store.finish(tenant, resolved, self._clock.now()))
         return {key: Outcome(delivery=to_proto(rows[key], with_response=True), duplicate=True) if key in rows else Outcome(error=_unreadable(None))
                 for key in keys}
+
+    def _next_check(self, connector: Connector | None, now: dt.datetime) -> dt.datetime | None:
+        """When the sweeper should ask *connector*'s provider again about an in-doubt delivery; None: it cannot be asked."""
+        return now + self._recheck if self._recheck is not None and has_status_lookup(connector) else None
 
     async def _attempt(self, tenant: str, pending: _Pending, row: Any) -> _Attempt:
         """Hand a claimed message to its route; the outcome to record."""
@@ -262,9 +271,10 @@ class DeliveryService:
             members=tuple((m.email, m.phone_number) for m in message.audience.members),
         )
         done = await self.dispatcher.dispatch(outbound, pending.route, delivery_id=row.delivery_id)
+        next_check = self._next_check(self.connectors.get(done.connector), self._clock.now()) if done.status == "in_doubt" else None
         finish = Finish(row=row, status=done.status, retryable=done.retryable, error=done.error,
                         provider_message_id=done.provider_message_id, connector=done.connector, calls=done.calls,
-                        response=done.response, segments=done.segments)
+                        response=done.response, segments=done.segments, next_check=next_check)
         if not done.retryable:
             return _Attempt(key, finish)
         return _Attempt(key, finish, Unavailable(done.error, reason=done.reason, retry_after=done.retry_after))

@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     from overture_runtime.db import Database
 
 __all__ = [
-    "CallbackConnector", "CallbackRefused", "Connector", "ConnectorContext", "ConnectorFailure", "ConnectorPlugin", "InDoubt", "OutboundMessage", "PermanentFailure",
-    "SendResult", "StatusUpdate", "TransientFailure",
+    "CallbackConnector", "CallbackRefused", "Connector", "ConnectorContext", "ConnectorFailure", "ConnectorPlugin", "InDoubt",
+    "OutboundMessage", "PermanentFailure", "SendResult", "StatusUpdate", "TransientFailure", "has_status_lookup", "reference_of",
 ]
 
 
@@ -211,6 +211,22 @@ class Connector(Protocol):
     async def close(self) -> None:
         """Release what the connector holds open (connections), at shutdown."""
         ...
+
+
+def has_status_lookup(connector: Connector | None) -> bool:
+    """Whether *connector*'s provider can be asked about a message later: the connector says so with a true
+    ``status_lookup`` attribute (optional; a connector whose ``status`` always answers None leaves it out)."""
+    return bool(getattr(connector, "status_lookup", False))
+
+
+def reference_of(connector: Connector | None, tenant: str, idempotency_key: str, recorded: str) -> str:
+    """The id to ask *connector*'s ``status`` with about a message: the one recorded, or, for a claim that never recorded
+    one (its process stopped mid-send), the one the connector derives from the key (an optional
+    ``reference(tenant, idempotency_key)`` method, for providers that know a message by our own reference)."""
+    if recorded or connector is None:
+        return recorded
+    derive = getattr(connector, "reference", None)
+    return str(derive(tenant, idempotency_key)) if callable(derive) else ""
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,8 @@ class Resolutions:
         async with self._db.begin() as conn:
             row = (await conn.execute(
                 t.update().where(key & (t.c.status == "in_doubt"))
-                .values(status=resolution, retryable=False, last_error=f"resolved as {resolution} by an operator", update_time=now)
+                .values(status=resolution, retryable=False, last_error=f"resolved as {resolution} by an operator", update_time=now,
+                        next_check_time=None)
                 .returning(*t.c)
             )).first()
             if row is None:

@@ -118,6 +118,8 @@ class SmsConnector:
     """Sends text messages through one provider account. Safe for concurrent sends."""
 
     channel: messaging_pb2.Channel.ValueType = messaging_pb2.CHANNEL_SMS
+    status_lookup = True
+    """The provider can be asked about a message later (the sweeper re-asks about in-doubt ones)."""
 
     def __init__(self, *, name: str, settings: SmsSettings, clock: Clock, public_url: str, rate_limit_per_second: float = 0.0,
                  max_connections: int = 16, transport: httpx.AsyncBaseTransport | None = None) -> None:
@@ -134,6 +136,10 @@ class SmsConnector:
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             headers={"user-agent": "Overture-SMS/1", "accept": "application/json", "accept-encoding": "identity"},
         )
+
+    def reference(self, tenant: str, idempotency_key: str) -> str:
+        """Our reference for a message, which the status lookup finds it by even when no answer was recorded."""
+        return client_ref(tenant, idempotency_key)
 
     def callback_url(self, tenant: str) -> str:
         """Where the provider posts *tenant*'s status callbacks (ingest's door)."""

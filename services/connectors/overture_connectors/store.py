@@ -73,24 +73,24 @@ CROSS JOIN LATERAL (
 """Read the rows of some keys: one primary-key probe per key."""
 
 FINISH_SQL = f"""
-INSERT INTO connectors_deliveries AS d ({_ROW}, response, segments)
+INSERT INTO connectors_deliveries AS d ({_ROW}, response, segments, next_check_time)
 SELECT :tenant, f.key, f.delivery_id, f.connector, f.channel, f.subject_id, f.address_hash, f.status, f.retryable,
        f.provider_message_id, f.attempts, f.last_error, f.create_time, CAST(:now AS timestamptz), CAST(f.response AS jsonb),
-       f.segments
+       f.segments, f.next_check_time
 FROM unnest(CAST(:keys AS varchar[]), CAST(:delivery_ids AS varchar[]), CAST(:connectors AS varchar[]),
             CAST(:channels AS varchar[]), CAST(:subject_ids AS varchar[]), CAST(:address_hashes AS varchar[]),
             CAST(:statuses AS varchar[]), CAST(:retryables AS boolean[]), CAST(:provider_message_ids AS varchar[]),
             CAST(:attempts AS integer[]), CAST(:last_errors AS text[]), CAST(:create_times AS timestamptz[]),
-            CAST(:responses AS text[]), CAST(:segments AS integer[]))
+            CAST(:responses AS text[]), CAST(:segments AS integer[]), CAST(:next_checks AS timestamptz[]))
      AS f(key, delivery_id, connector, channel, subject_id, address_hash, status, retryable, provider_message_id,
-          attempts, last_error, create_time, response, segments)
+          attempts, last_error, create_time, response, segments, next_check_time)
 ON CONFLICT (tenant, idempotency_key) DO UPDATE
 SET status = excluded.status, retryable = excluded.retryable, last_error = excluded.last_error,
     connector = excluded.connector, attempts = excluded.attempts,
     provider_message_id = CASE WHEN excluded.provider_message_id = '' THEN d.provider_message_id
                                ELSE excluded.provider_message_id END,
     response = COALESCE(excluded.response, d.response), segments = GREATEST(excluded.segments, d.segments),
-    update_time = excluded.update_time
+    next_check_time = excluded.next_check_time, update_time = excluded.update_time
 WHERE d.status IN ('sending', 'in_doubt')
 RETURNING d.*
 """
@@ -143,6 +143,8 @@ class Finish:
     """The endpoint's answer to keep; None keeps the one recorded."""
     segments: int = 0
     """SMS: the segments sent; 0 keeps the count recorded."""
+    next_check: dt.datetime | None = None
+    """When an in-doubt delivery's provider is asked about it again (the sweeper); None: not again."""
 
     @property
     def attempts(self) -> int:
@@ -207,7 +209,7 @@ class DeliveryStore:
                     "attempts": [o.attempts for o in outcomes], "last_errors": [o.error for o in outcomes],
                     "create_times": [o.row.create_time for o in outcomes],
                     "responses": [None if o.response is None else orjson.dumps(o.response).decode() for o in outcomes],
-                    "segments": [o.segments for o in outcomes],
+                    "segments": [o.segments for o in outcomes], "next_checks": [o.next_check for o in outcomes],
                 })).all()
         return {row.idempotency_key: row for row in rows}
 
@@ -257,7 +259,7 @@ def _sqlite_finish(tenant: str, outcomes: Sequence[Finish], now: dt.datetime) ->
              channel=o.row.channel, subject_id=o.row.subject_id, address_hash=o.row.address_hash, status=o.status,
              retryable=o.retryable, provider_message_id=o.provider_message_id, attempts=o.attempts,
              last_error=o.error, create_time=o.row.create_time, update_time=now,
-             response=sa.null() if o.response is None else o.response, segments=o.segments)
+             response=sa.null() if o.response is None else o.response, segments=o.segments, next_check_time=o.next_check)
         for o in outcomes
     ])
     return insert.on_conflict_do_update(
@@ -267,7 +269,7 @@ def _sqlite_finish(tenant: str, outcomes: Sequence[Finish], now: dt.datetime) ->
                   provider_message_id=sa.case((insert.excluded.provider_message_id == "", t.c.provider_message_id),
                                               else_=insert.excluded.provider_message_id),
                   response=sa.func.coalesce(insert.excluded.response, t.c.response),
-                  segments=sa.func.max(insert.excluded.segments, t.c.segments),
+                  segments=sa.func.max(insert.excluded.segments, t.c.segments), next_check_time=insert.excluded.next_check_time,
                   update_time=insert.excluded.update_time),
         where=t.c.status.in_(_OPEN),
     ).returning(*t.c)

@@ -31,6 +31,9 @@ deliveries = sa.Table(
     # The endpoint's answer, when the message asked to keep it (webhook keep_response); personal data, never logged.
     sa.Column("response", JSONType, nullable=True),
     sa.Column("segments", sa.Integer, nullable=False, server_default="0"),  # SMS: the segments billed
+    # In doubt: when the sweeper asks the provider again, and how often it asked.
+    sa.Column("next_check_time", utc_datetime, nullable=True),
+    sa.Column("checks", sa.Integer, nullable=False, server_default="0"),
     sa.UniqueConstraint("tenant", "delivery_id", name="connectors_deliveries_id"),
     # The deliveries waiting for someone: in doubt (an operator, a status
     # lookup) or still claimed. Partial, so it holds only those few rows.
@@ -39,6 +42,13 @@ deliveries = sa.Table(
     # Bounces and complaints name a delivery only by its Message-ID; provider callbacks by the provider's
     # id within their tenant (the tenant is in the index so that no plan combines it with another index).
     sa.Index("connectors_deliveries_provider_message_id", "provider_message_id", "tenant"),
+    # The sweeper's work, across tenants, soonest first: in-doubt deliveries due to be asked about again (only
+    # they have a next check: every other status clears it), and claims left SENDING, oldest first. Partial, so
+    # each holds only those few rows.
+    sa.Index("connectors_deliveries_recheck", "next_check_time", postgresql_where=sa.text("next_check_time IS NOT NULL"),
+             sqlite_where=sa.text("next_check_time IS NOT NULL")),
+    sa.Index("connectors_deliveries_claimed", "update_time", postgresql_where=sa.text("status = 'sending'"),
+             sqlite_where=sa.text("status = 'sending'")),
 )
 
 status_outbox = sa.Table(
