@@ -35,6 +35,7 @@ from overture.rules.v1 import rules_service_pb2 as R
 from overture_cli.specfile import load_spec
 from overture_ingest.tables import events
 from overture_orchestrator.consumer import GROUP, STREAM
+from overture_orchestrator.tables import tokens
 from overture_runtime.clock import ManualClock
 from overture_runtime.config import Settings
 from overture_runtime.testing import temporary_database
@@ -173,15 +174,25 @@ class World:
 
     # -- time, mail and audit ----------------------------------------------------------
 
-    def advance(self, delta: dt.timedelta) -> None:
-        """Move the clock forward; the workers claim what came due within their poll."""
-        self.clock.advance(delta)
-        self.c.apps["orchestrator"].workers.wake()
+    async def advance(self, delta: dt.timedelta) -> None:
+        """Move the clock forward once no batch is in flight; the workers
+        claim what came due within their poll. (A token still leased when
+        the clock jumped past its lease would be claimed again and its step
+        start anew at the new time: a stalled worker, not what a test means.)"""
+        orchestrator = self.c.apps["orchestrator"]
 
-    def advance_to(self, when: dt.datetime) -> None:
+        async def idle() -> bool:
+            async with orchestrator.db.connect() as conn:
+                return not (await conn.execute(sa.select(sa.func.count()).select_from(tokens).where(tokens.c.lease_owner.is_not(None)))).scalar_one()
+
+        await eventually(idle, what="the workers to finish their batches")
+        self.clock.advance(delta)
+        orchestrator.workers.wake()
+
+    async def advance_to(self, when: dt.datetime) -> None:
         """Move the clock forward to *when*, which must not be in its past."""
         assert when >= self.clock.now(), f"{when} is before the clock's {self.clock.now()}"
-        self.advance(when - self.clock.now())
+        await self.advance(when - self.clock.now())
 
     async def consumed(self) -> None:
         """Wait until the orchestrator has handled every event ingest has

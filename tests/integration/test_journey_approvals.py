@@ -103,7 +103,7 @@ async def test_an_unanswered_approval_is_rejected_after_24_hours_audited_and_a_l
     with pytest.raises(grpc.aio.AioRpcError) as late:
         await world.c.orchestrator.DecideApproval(_decision(run.run_id, approve=True, reason="sorry, late"), metadata=MD)
     assert late.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    world.advance(dt.timedelta())
+    await world.advance(dt.timedelta())
     done = await world.ended(run.run_id)
     assert world.path(done) == [("approve", "rejected"), ("send-sorry", "next")]
     assert world.step(done, "approve").outcome == "rejected automatically: no decision before the timeout"

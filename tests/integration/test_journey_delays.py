@@ -32,7 +32,7 @@ def _wake(run: run_pb2.Run, step_id: str) -> dt.datetime:
 async def test_a_delay_until_a_local_time_waits_for_that_time_in_each_subjects_zone(world: World) -> None:
     """On a Saturday, a delay until 09:00 on weekdays waits for Monday 09:00 in New York for one subject and in Tokyo for another, and sends each at its own time."""
     await world.publish("local-morning")
-    world.advance_to(saturday := _next(world.clock.now(), 5, 12))
+    await world.advance_to(saturday := _next(world.clock.now(), 5, 12))
     ny = await world.person("local-ny", timezone="America/New_York")
     tokyo = await world.person("local-tokyo", timezone="Asia/Tokyo")
     await world.ingest(event("trial.started", "local-ny"), event("trial.started", "local-tokyo"))
@@ -43,12 +43,12 @@ async def test_a_delay_until_a_local_time_waits_for_that_time_in_each_subjects_z
     tokyo_nine = dt.datetime.combine(monday, dt.time(9), tzinfo=ZoneInfo("Asia/Tokyo")).astimezone(dt.UTC)
     assert (_wake(ny_run, "morning"), _wake(tokyo_run, "morning")) == (ny_nine, tokyo_nine)
     assert tokyo_nine < ny_nine
-    world.advance_to(ny_nine - SECOND)  # Tokyo's morning has come, New York's not quite
+    await world.advance_to(ny_nine - SECOND)  # Tokyo's morning has come, New York's not quite
     done = await world.ended(tokyo_run.run_id)
     assert world.path(done) == [("morning", "next"), ("send-tip", "next")]
     assert [m["Subject"] for m in world.mail_to(tokyo)] == ["Good morning"]
     assert (await world.run(ny_run.run_id)).waiting_steps == ["morning"] and world.mail_to(ny) == []
-    world.advance(SECOND)
+    await world.advance(SECOND)
     assert (await world.ended(ny_run.run_id)).state == run_pb2.RUN_STATE_COMPLETED
     assert [m["Subject"] for m in world.mail_to(ny)] == ["Good morning"]
 
@@ -67,7 +67,7 @@ async def test_a_delay_until_a_trait_date_less_an_offset_waits_for_it_and_takes_
     waiting = await world.waiting_at((await world.run_of("renewal-reminder", "renew-dated")).run_id, "week-before")
     expected = dt.datetime.combine(renews, dt.time(), tzinfo=ZoneInfo("Europe/Berlin")).astimezone(dt.UTC) - dt.timedelta(days=7)
     assert _wake(waiting, "week-before") == expected
-    world.advance_to(expected)
+    await world.advance_to(expected)
     reminded = await world.ended(waiting.run_id)
     assert world.path(reminded) == [("week-before", "next"), ("remind", "next")]
     (mail,) = world.mail_to(dated)
@@ -84,7 +84,7 @@ async def test_a_delay_until_a_time_waits_exactly_until_it_and_one_already_past_
     await world.ingest(event("waitlist.joined", "launch-early"))
     waiting = await world.waiting_at((await world.run_of("launch-day", "launch-early")).run_id, "until-launch")
     assert _wake(waiting, "until-launch") == launch
-    world.advance_to(launch)
+    await world.advance_to(launch)
     assert world.path(await world.ended(waiting.run_id)) == [("until-launch", "next"), ("announce", "next")]
     assert [m["Subject"] for m in world.mail_to(early)] == ["We are live"]
     spec.steps[0].delay.until.FromDatetime(launch - dt.timedelta(hours=1))  # a time now past

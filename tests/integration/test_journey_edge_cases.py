@@ -89,9 +89,9 @@ async def test_a_delayed_step_of_a_paused_journey_is_cancelled_with_the_reason_a
     await world.c.orchestrator.PauseJourney(O.PauseJourneyRequest(name="demo-reminder", reason="copy review"), metadata=MD)
     cancelled = await world.run(run.run_id)
     assert (cancelled.state, cancelled.cancel_reason, cancelled.waiting_steps) == (run_pb2.RUN_STATE_CANCELLED, "journey paused: copy review", [])
-    world.advance(23 * HOUR)
+    await world.advance(23 * HOUR)
     timer = await world.hour_timer()  # due with the cancelled delay
-    world.advance(HOUR)
+    await world.advance(HOUR)
     await world.ended(timer)
     await world.c.orchestrator.ResumeJourney(O.ResumeJourneyRequest(name="demo-reminder", reason="copy approved"), metadata=MD)
     assert (await world.run(run.run_id)).state == run_pb2.RUN_STATE_CANCELLED and world.mail_to(address) == []
@@ -109,7 +109,7 @@ async def test_profile_data_changing_mid_run_leaves_the_runs_trigger_snapshot_as
     await world.ingest(event("identify", "snap-ida", traits={"first_name": "Idabelle", "plan": "basic"}),
                        event("plan.chosen", "snap-ida", "chose-basic", plan="basic"))
     await world.consumed()
-    world.advance(HOUR)
+    await world.advance(HOUR)
     done = await world.ended(run.run_id)
     assert done.trigger_event_id == "chose-pro" and done.state == run_pb2.RUN_STATE_COMPLETED
     assert [m["Subject"] for m in world.mail_to(address)] == ["Your pro plan, Idabelle"]

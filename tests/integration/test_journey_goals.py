@@ -23,7 +23,7 @@ async def test_the_goal_event_ends_a_waiting_run_as_converted_from_any_step(worl
     early, late = await world.person("goal-early"), await world.person("goal-late")
     await world.ingest(event("cart.abandoned", "goal-late"))
     late_run = await world.waiting_at((await world.run_of("goal-checkout", "goal-late")).run_id, "first-wait")
-    world.advance(DAY)
+    await world.advance(DAY)
     await world.waiting_at(late_run.run_id, "second-wait")
     assert [m["Subject"] for m in world.mail_to(late)] == ["You left something behind"]
     await world.ingest(event("cart.abandoned", "goal-early"))
@@ -37,9 +37,9 @@ async def test_the_goal_event_ends_a_waiting_run_as_converted_from_any_step(worl
         done = await world.ended(run.run_id)
         assert (done.state, done.converted, done.goal, done.waiting_steps) == (run_pb2.RUN_STATE_COMPLETED, True, "checkout.completed", [])
         assert (world.step(done, step).edge, world.step(done, step).outcome) == ("goal", f"converted: goal event checkout.completed ({paid})")
-    world.advance(3 * DAY)
+    await world.advance(3 * DAY)
     timer = await world.hour_timer()
-    world.advance(dt.timedelta(hours=1))
+    await world.advance(dt.timedelta(hours=1))
     await world.ended(timer)
     assert [m["Subject"] for m in world.mail_to(early, late)] == ["You left something behind"]
     stats = await world.stats("goal-checkout")

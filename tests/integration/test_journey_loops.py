@@ -28,7 +28,7 @@ async def test_a_loop_sends_on_each_visit_and_its_bound_ends_the_run(world: Worl
     await world.ingest(event("quiz.started", "loop-jo"))
     run = await world.waiting_at((await world.run_of("daily-nudge", "loop-jo")).run_id, "day")
     for visit in (2, 3):
-        world.advance(DAY)
+        await world.advance(DAY)
         run = await world.until(run.run_id, lambda r, v=visit: World.step(r, "nudge").attempts == v and r.waiting_steps == ["day"],
                                 f"nudge number {visit}")
     assert [m["Subject"] for m in world.mail_to(address)] == ["Finish your quiz"] * 3
@@ -38,7 +38,7 @@ async def test_a_loop_sends_on_each_visit_and_its_bound_ends_the_run(world: Worl
     assert len({d.delivery_id for d in deliveries}) == 3 and world.step(run, "nudge").delivery_id == deliveries[2].delivery_id
     await world.c.orchestrator.ReportDeliveryStatus(O.ReportDeliveryStatusRequest(  # the first time's status, reported late
         idempotency_key=keys[0], delivery_id=deliveries[0].delivery_id, status=M.DELIVERY_STATUS_DELIVERED), metadata=MD)
-    world.advance(DAY)
+    await world.advance(DAY)
     done = await world.ended(run.run_id)
     assert done.state == run_pb2.RUN_STATE_COMPLETED
     assert world.step(done, "nudge").outcome == "loop bound reached: step 'nudge' visited 3 times"

@@ -24,7 +24,7 @@ async def test_a_join_for_all_branches_waits_for_the_last_and_the_step_after_it_
     await world.ingest(event("onboarding.started", "par-all"))
     run = await world.waiting_at((await world.run_of("parallel-all", "par-all")).run_id, "later", "meet")
     assert [m["Subject"] for m in world.mail_to(address)] == ["Your guide"]
-    world.advance(HOUR)
+    await world.advance(HOUR)
     done = await world.ended(run.run_id)
     assert done.state == run_pb2.RUN_STATE_COMPLETED and done.waiting_steps == []
     assert [m["Subject"] for m in world.mail_to(address)] == ["Your guide", "Your checklist", "You are all set"]
@@ -48,7 +48,7 @@ async def test_a_join_for_the_first_branch_goes_on_with_it_and_cancels_the_other
     assert done.state == run_pb2.RUN_STATE_COMPLETED and done.waiting_steps == []
     assert world.step(done, "meet").outcome == "the first branch arrived; the others are cancelled"
     assert [m["Subject"] for m in world.mail_to(address)] == ["Your guide", "You are all set"]
-    world.advance(HOUR)
+    await world.advance(HOUR)
     await world.ended(timer)
     after = await world.run(done.run_id)
     assert "checklist" not in [s.step_id for s in after.steps] and after.waiting_steps == []

@@ -46,7 +46,7 @@ async def test_journey_stats_count_runs_steps_edges_latency_and_sends_after_a_mi
         assert (await world.ended(runs[s])).state == run_pb2.RUN_STATE_FAILED
     await world.ingest(event("purchase.done", "mix-pro"))
     assert (await world.ended(runs["mix-pro"])).converted
-    world.advance(DAY)
+    await world.advance(DAY)
     for s in ("mix-basic", "mix-no-consent"):
         assert (await world.ended(runs[s])).state == run_pb2.RUN_STATE_COMPLETED
     stats = await world.stats("stats-mix")

@@ -43,7 +43,7 @@ async def test_a_wait_for_event_takes_its_timeout_edge_when_the_clock_passes_it(
     run = await world.waiting_at((await world.run_of("order-thanks", "wait-idle")).run_id, "order")
     started = world.step(run, "order").start_time.ToDatetime(tzinfo=dt.UTC)
     assert world.step(run, "order").wake_time.ToDatetime(tzinfo=dt.UTC) == started + dt.timedelta(days=3)
-    world.advance(dt.timedelta(days=3))
+    await world.advance(dt.timedelta(days=3))
     done = await world.ended(run.run_id)
     assert world.path(done) == [("order", "timeout"), ("nudge", "next")]
     assert [m["Subject"] for m in world.mail_to(address)] == ["Your cart misses you"]
@@ -55,7 +55,7 @@ async def test_an_event_from_before_the_wait_started_does_not_end_it(world: Worl
     address = await world.person("wait-early")
     await world.ingest(event("order.placed", "wait-early", "order-before", order_id="C-3", total=40), event("cart.created", "wait-early"))
     run = await world.waiting_at((await world.run_of("order-thanks", "wait-early")).run_id, "order")
-    world.advance(dt.timedelta(days=3))
+    await world.advance(dt.timedelta(days=3))
     done = await world.ended(run.run_id)
     assert world.path(done) == [("order", "timeout"), ("nudge", "next")]
     assert not done.HasField("context")
@@ -88,10 +88,10 @@ async def test_a_wait_until_times_out_when_its_condition_never_holds(world: Worl
     address = await world.person("until-never", plan="basic")
     await world.ingest(event("trial.ending", "until-never"))
     run = await world.waiting_at((await world.run_of("upgrade-wait", "until-never")).run_id, "until-upgraded")
-    world.advance(dt.timedelta(hours=1, seconds=1))  # the hourly re-check: still waiting
+    await world.advance(dt.timedelta(hours=1, seconds=1))  # the hourly re-check: still waiting
     await world.until(run.run_id, lambda r: World.step(r, "until-upgraded").attempts >= 2 and r.state == run_pb2.RUN_STATE_WAITING,
                       "the hourly re-check")
-    world.advance(dt.timedelta(days=2))
+    await world.advance(dt.timedelta(days=2))
     done = await world.ended(run.run_id)
     assert world.path(done) == [("until-upgraded", "timeout"), ("send-late", "next")]
     assert [m["Subject"] for m in world.mail_to(address)] == ["Your trial has ended"]
