@@ -7,6 +7,7 @@ counted without an error."""
 from __future__ import annotations
 
 import datetime as dt
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -63,11 +64,11 @@ async def test_a_once_per_window_policy_lets_a_subject_in_again_only_after_the_w
     address = await world.person("digest-bo")
     await world.ingest(event("article.read", "digest-bo", "read-1"))
     await world.ended((await world.run_of("weekly-digest", "digest-bo")).run_id)
-    world.advance(DAY)
+    await world.advance(DAY)
     await world.ingest(event("article.read", "digest-bo", "read-2"))
     await world.consumed()
     assert len(await world.runs("weekly-digest", "digest-bo")) == 1
-    world.advance(7 * DAY)
+    await world.advance(7 * DAY)
     await world.ingest(event("article.read", "digest-bo", "read-3"))
 
     async def second() -> list[run_pb2.Run] | None:
@@ -94,6 +95,41 @@ async def test_simultaneous_triggers_for_one_subject_start_one_run(world: World)
     assert (await world.stats("promo-click")).entered == 1
 
 
+async def test_a_schedule_enters_its_segments_subjects_meeting_its_condition_in_pages_at_each_firing_in_its_zone(world: World) -> None:
+    """Every Monday at 09:00 Paris time (not a second before), the 500 active members of a 520-member segment enter, read in pages, under one trigger event per firing; outsiders and inactive members never do."""
+    await world.publish("monday-digest")
+    scheduler = world.c.apps["orchestrator"].scheduler
+    await scheduler.reconcile()  # as its loop does every few seconds
+    members = [f"digest-{i:03d}" for i in range(520)]
+    active = {s for i, s in enumerate(members) if i % 26}  # 500, on both pages of members
+    profiles = [event("segment.entered", s, segment="digest-readers") for s in members]
+    profiles += [event("identify", s, traits={"active": s in active}) for s in members]
+    profiles += [event("identify", f"outsider-{i}", traits={"active": True}) for i in range(5)]
+    for start in range(0, len(profiles), 500):
+        await world.ingest(*profiles[start:start + 500])
+    paris = ZoneInfo("Europe/Paris")
+    local = world.clock.now().astimezone(paris)
+    monday = local.date() + dt.timedelta(days=(7 - local.weekday()) % 7)
+    first = dt.datetime.combine(monday, dt.time(9), tzinfo=paris).astimezone(dt.UTC)
+    if first <= world.clock.now():
+        first = dt.datetime.combine(monday + dt.timedelta(days=7), dt.time(9), tzinfo=paris).astimezone(dt.UTC)
+    await world.advance_to(first - dt.timedelta(seconds=1))
+    assert await scheduler.fire_once(world.c.apps["orchestrator"].starter.start_new) == 0
+    second = dt.datetime.combine(first.astimezone(paris).date() + dt.timedelta(days=7), dt.time(9), tzinfo=paris).astimezone(dt.UTC)
+    for firing, count in ((first, 500), (second, 1000)):
+        await world.advance_to(firing)
+
+        async def entered(count: int = count) -> list[run_pb2.Run] | None:
+            runs = await world.runs("monday-digest")
+            return runs if len(runs) >= count and all(r.state == run_pb2.RUN_STATE_COMPLETED for r in runs) else None
+
+        runs = await eventually(entered, within=60, what=f"the {count} runs of the firings so far")
+        assert len(runs) == count
+        this = [r for r in runs if r.trigger_event_id == f"schedule:monday-digest:{int(firing.timestamp())}"]
+        assert sorted(r.subject_id for r in this) == sorted(active)
+    assert (await world.stats("monday-digest")).entered == 1000
+
+
 async def test_a_segment_entered_trigger_starts_a_run_when_the_subject_enters_that_segment(world: World) -> None:
     """Entering the VIP segment through ingest starts the welcome; entering another segment starts nothing."""
     await world.publish("vip-entered")
@@ -114,16 +150,16 @@ async def test_an_inactivity_trigger_is_rearmed_by_a_newer_event_and_fires_once_
     first = world.clock.now()
     await world.ingest(event("session.started", "idle-di"))
     await world.consumed()
-    world.advance(20 * DAY)
+    await world.advance(20 * DAY)
     await world.ingest(event("session.started", "idle-di"))
     await world.consumed()
-    world.advance_to(first + 31 * DAY)
+    await world.advance_to(first + 31 * DAY)
     assert await inactivity.fire_once(start) == 0 and await world.runs("win-back", "idle-di") == []
-    world.advance_to(first + 50 * DAY)
+    await world.advance_to(first + 50 * DAY)
     run = await world.ended((await world.run_of("win-back", "idle-di")).run_id)
     assert run.state == run_pb2.RUN_STATE_COMPLETED and run.trigger_event_id.startswith("inactive:win-back:idle-di:")
     assert [m["Subject"] for m in world.mail_to(address)] == ["We miss you"]
-    world.advance(60 * DAY)
+    await world.advance(60 * DAY)
     assert await inactivity.fire_once(start) == 0
     assert len(await world.runs("win-back", "idle-di")) == 1 and len(world.mail_to(address)) == 1
 
