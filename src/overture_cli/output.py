@@ -26,6 +26,7 @@ __all__ = [
     "CliError",
     "Fields",
     "Problem",
+    "Progress",
     "Table",
     "each_page",
     "emit",
@@ -306,6 +307,38 @@ def print_error(error: CliError, *, as_json: bool) -> None:
     if error.retry_after is not None:
         lines.append(f"  retry after {error.retry_after:g}s")
     print("\n".join(lines), file=sys.stderr)
+
+
+class Progress:
+    """A one-line progress bar on stderr, for long work (``label [####    ] 45% 4,500/10,000 events``).
+
+    Drawn only when stderr is a terminal, so that scripts and ``--json`` get
+    nothing but the result; :meth:`close` ends the line."""
+
+    def __init__(self, label: str, *, unit: str, width: int = 30) -> None:
+        self._label = label
+        self._unit = unit
+        self._width = width
+        self._shown = sys.stderr.isatty()
+        self._drawn = False
+
+    def update(self, done: int, total: int) -> None:
+        """Show *done* of *total* (an estimate may change as the work goes)."""
+        if not self._shown:
+            return
+        total = max(total, done, 1)
+        filled = self._width * done // total
+        bar = "#" * filled + " " * (self._width - filled)
+        sys.stderr.write(f"\r{self._label} [{bar}] {100 * done // total:3d}% {done:,}/{total:,} {self._unit}")
+        sys.stderr.flush()
+        self._drawn = True
+
+    def close(self) -> None:
+        """End the bar's line, if one was drawn."""
+        if self._drawn:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self._drawn = False
 
 
 async def each_page(fetch: Callable[[str], Awaitable[Any]]) -> AsyncIterator[Any]:

@@ -259,6 +259,10 @@ class Settings(BaseSettings):
     """How long a stream entry stays pending (its consumer crashed, or handling it failed) before it is delivered again."""
     consumer_max_deliveries: int = Field(default=5, ge=1, le=100)
     """Deliveries of a stream entry before it is dead-lettered as poison."""
+    backtest_concurrency: int = Field(default=2, ge=1, le=16)
+    """Journey backtests one orchestrator replica runs at once; more wait their turn."""
+    backtest_max_events: int = Field(default=500_000, ge=1_000, le=10_000_000)
+    """Events a journey backtest may read from its window; a larger window fails, asking for a narrower one."""
 
     @field_validator("auth_tokens", "connector_providers", mode="before")
     @classmethod

@@ -21,6 +21,7 @@ from overture_runtime.idempotency import Idempotency
 from .approvals import Approvals
 from .audit_outbox import AuditForwarder
 from .backlog import Backlog
+from .backtests import Backtests
 from .consumer import EventConsumer
 from .deadletters import DeadLetters
 from .drafts import Drafts
@@ -94,6 +95,10 @@ class OrchestratorApp(BaseApp):
         self.scheduler = Scheduler(self.db, self.clock, self.journeys, profiles=profile_service_pb2_grpc.ProfileServiceStub(self.channel("rules")),
                                    settings=self.settings, owner=consumer)
         self.spawn("schedules", lambda: self.scheduler.run(self.stopping, self.starter.start_new))
+        self.backtests = Backtests(self.db, self.clock, self.ids, journeys=self.journeys, references=self.references, profiles=self.profiles,
+                                   ingest=ingest_service_pb2_grpc.IngestServiceStub(self.channel("ingest")),
+                                   rules=rules_service_pb2_grpc.RulesServiceStub(self.channel("rules")), settings=self.settings, owner=consumer)
+        self.spawn("backtests", lambda: self.backtests.run(self.stopping))
         self.spawn("audit", lambda: self.audit.run(self.stopping))
         self.backlog = Backlog(db=self.db, redis=self.redis, keys=self.keys, partitions=self.settings.stream_partitions, clock=self.clock)
         self.spawn("backlog", lambda: self.backlog.run(self.stopping))
@@ -111,7 +116,7 @@ class OrchestratorApp(BaseApp):
                                                      settings=self.settings, clock=self.clock),
                                  dead_letters=self.dead_letters, approvals=Approvals(self.db, self.clock, self.ids), stats=self._stats,
                                  drafts=Drafts(self.db, self.clock, references=self.references.check),
-                                 migrator=RunMigrator(self.db, self.clock, self.ids, journeys=self.journeys)),
+                                 migrator=RunMigrator(self.db, self.clock, self.ids, journeys=self.journeys), backtests=self.backtests),
             server,
         )
 

@@ -25,6 +25,7 @@ from overture_runtime.validation import (
 )
 
 from .approvals import Approvals
+from .backtests import Backtests
 from .catalogue import step_types
 from .deadletters import DeadLetters, PoisonEntry
 from .drafts import Drafts
@@ -61,8 +62,9 @@ class OrchestratorServicer(LifecycleRpcs, orchestrator_service_pb2_grpc.Orchestr
         self, *, journeys: JourneyStore, runs: RunStore, starter: Starter, idempotency: Idempotency, feedback: DeliveryFeedback,
         retrier: Retrier, audited: Callable[[str], Awaitable[None]], previewer: Previewer, dead_letters: DeadLetters,
         approvals: Approvals, stats: Callable[[str, str, int, journey_pb2.JourneySpec], Awaitable[OS.JourneyStats]],
-        drafts: Drafts, migrator: RunMigrator,
+        drafts: Drafts, migrator: RunMigrator, backtests: Backtests,
     ) -> None:
+        self._backtests = backtests
         self._approvals = approvals
         self._stats = stats
         self._drafts = drafts
@@ -357,12 +359,31 @@ class OrchestratorServicer(LifecycleRpcs, orchestrator_service_pb2_grpc.Orchestr
         return response
 
     async def StartJourneyBacktest(self, request: OS.StartJourneyBacktestRequest, context: grpc.aio.ServicerContext) -> OS.StartJourneyBacktestResponse:
-        current_principal()
-        raise Unimplemented("StartJourneyBacktest is not built yet", reason="NOT_BUILT")
+        tenant = current_principal().tenant
+        v = Violations()
+        check_name(v, "name", request.name)
+        if not request.HasField("start_time"):
+            v.add("start_time", "start_time is required", "REQUIRED")
+        elif request.HasField("end_time") and request.end_time.ToDatetime() <= request.start_time.ToDatetime():
+            v.add("end_time", "end_time must be after start_time", "OUT_OF_RANGE")
+        check_identifier(v, "request_id", request.request_id, required=False)
+        v.raise_if_any("the backtest is invalid")
+
+        async def start() -> OS.StartJourneyBacktestResponse:
+            return OS.StartJourneyBacktestResponse(backtest=await self._backtests.start(
+                tenant, name=request.name, spec=request.spec if request.HasField("spec") else None,
+                start=request.start_time.ToDatetime(tzinfo=dt.UTC),
+                end=request.end_time.ToDatetime(tzinfo=dt.UTC) if request.HasField("end_time") else None))
+
+        return await self._idempotency.run(tenant=tenant, method="StartJourneyBacktest", request_id=request.request_id, request=request,
+                                           response_type=OS.StartJourneyBacktestResponse, compute=start)
 
     async def GetJourneyBacktest(self, request: OS.GetJourneyBacktestRequest, context: grpc.aio.ServicerContext) -> OS.GetJourneyBacktestResponse:
-        current_principal()
-        raise Unimplemented("GetJourneyBacktest is not built yet", reason="NOT_BUILT")
+        tenant = current_principal().tenant
+        v = Violations()
+        check_identifier(v, "backtest_id", request.backtest_id)
+        v.raise_if_any()
+        return OS.GetJourneyBacktestResponse(backtest=await self._backtests.get(tenant, request.backtest_id))
 
     async def ReplayEvents(self, request: OS.ReplayEventsRequest, context: grpc.aio.ServicerContext) -> OS.ReplayEventsResponse:
         current_principal()

@@ -249,3 +249,31 @@ audit_outbox = audit_outbox_table(metadata, "orchestrator")
 """Audit records of journey and run changes, written in the change's own transaction (ADR 0008)."""
 
 idempotency = idempotency_table(metadata, "orchestrator")
+
+backtests = sa.Table(
+    "orchestrator_backtests",
+    metadata,
+    # Journey backtests: a long-running operation, queued, then run by one
+    # replica at a time under a lease (backtests.py).
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("backtest_id", sa.String(64), primary_key=True),
+    sa.Column("journey", sa.String(63), nullable=False),
+    sa.Column("candidate_spec", sa.Text, nullable=True),  # canonical JSON of the candidate JourneySpec, when one was given
+    sa.Column("candidate_version", sa.BigInteger, nullable=False),  # 0 for candidate_spec
+    sa.Column("baseline_version", sa.BigInteger, nullable=True),  # the active version when it started, if any
+    sa.Column("start_time", utc_datetime, nullable=False),
+    sa.Column("end_time", utc_datetime, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # queued | running | succeeded | failed
+    sa.Column("events_scanned", sa.BigInteger, nullable=False),
+    sa.Column("events_total", sa.BigInteger, nullable=False),
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("candidate_report", sa.LargeBinary, nullable=True),  # BacktestReport
+    sa.Column("baseline_report", sa.LargeBinary, nullable=True),
+    sa.Column("lease_owner", sa.String(128), nullable=True),
+    sa.Column("lease_until", utc_datetime, nullable=True),
+    sa.Column("create_time", utc_datetime, nullable=False),
+    sa.Column("finish_time", utc_datetime, nullable=True),
+    # The open ones, for the runners' claims: few rows, whatever the history.
+    sa.Index("orchestrator_backtests_open", "create_time", postgresql_where=sa.text("state IN ('queued', 'running')"),
+             sqlite_where=sa.text("state IN ('queued', 'running')")),
+)

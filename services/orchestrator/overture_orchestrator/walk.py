@@ -84,6 +84,8 @@ class WalkResult:
     """What it would send."""
     end: str = "completed"
     """How it ended: ``completed``, ``failed``, ``pending`` (an approval), ``converted`` (the goal), ``stopped`` (a loop bound)."""
+    at: dt.datetime | None = None
+    """When it ended (simulated time)."""
 
 
 class _Stop(Exception):
@@ -124,6 +126,7 @@ class Walk:
             self._path(self._journey.first_step, join="")
         except _Stop:
             pass
+        self.result.at = self._now
         return self.result
 
     # -- the path ------------------------------------------------------------

@@ -131,6 +131,17 @@ def _preview() -> OS.PreviewJourneyResponse:
     return OS.PreviewJourneyResponse(steps=[step], messages=[message], entered=True)
 
 
+def _backtest() -> OS.JourneyBacktest:
+    """A finished backtest of the welcome journey: a candidate that sends fewer emails than version 1."""
+    return OS.JourneyBacktest(
+        backtest_id="bt-1", name="welcome", state=OS.BACKTEST_STATE_SUCCEEDED, events_scanned=1200, events_total=1200,
+        create_time=_ts(), end_time=_ts(),
+        candidate=OS.BacktestReport(version=0, runs_entered=300, subjects_entered=280, sends_by_channel={"email": 250},
+                                    denials_by_guardrail={"consent": 50}, edge_counts={"send-welcome:next": 300}),
+        baseline=OS.BacktestReport(version=1, runs_entered=300, subjects_entered=280, sends_by_channel={"email": 270},
+                                   denials_by_guardrail={"consent": 30}, edge_counts={"send-welcome:next": 300}))
+
+
 def canned() -> dict[str, Answer]:
     """A realistic answer for every method the CLI calls, after the tour of the README."""
     alice = _run("run-alice", "alice", run_pb2.STEP_RUN_STATE_COMPLETED, "sent", "dec-alice")
@@ -177,6 +188,9 @@ def canned() -> dict[str, Answer]:
                                 latency_p99=duration_pb2.Duration(seconds=1))],
             arms=[OS.ArmStats(step_id="ab", arm="control", holdout=True, entered=20, converted=4)])),
         "PreviewJourney": _preview(),
+        "StartJourneyBacktest": OS.StartJourneyBacktestResponse(backtest=OS.JourneyBacktest(
+            backtest_id="bt-1", name="welcome", state=OS.BACKTEST_STATE_RUNNING, create_time=_ts())),
+        "GetJourneyBacktest": OS.GetJourneyBacktestResponse(backtest=_backtest()),
         "ListStepTypes": OS.ListStepTypesResponse(steps=[OS.StepType(
             kind="wait_for_event", title="Wait for event", category="wait", edges=["event", "timeout"],
             fields=[OS.StepField(name="event_type", type="string", required=True)])]),

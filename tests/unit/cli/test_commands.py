@@ -90,6 +90,8 @@ COMMANDS: dict[str, tuple[list[str], list[str]]] = {
     "journeys preview": (["journeys", "preview", JOURNEY, "--subject", "alice", "--attr", "plan=pro",
                           "--profile", '{"traits": {"first_name": "Alice"}, "consents": [{"channel": "email", "purpose": "marketing", "status": "granted"}]}'],
                          ["would enter:", "yes", "send-welcome", "would send template", "Welcome to Overture, Alice!", "allowed"]),
+    "journeys backtest": (["journeys", "backtest", "welcome", "--since", "7d", "--poll", "0"],
+                          ["backtest:", "bt-1", "active version 1", "PROJECTION", "sends email", "250", "270", "-20", "denied by consent", "+20"]),
     "runs list": (["runs", "list"], ["RUN", "STEP STATE", "run-bob", "skipped", "dec-bob", "run-alice", "sent"]),
     "runs get": (["runs", "get", "run-alice"], ["run:", "run-alice", "trigger event:", "signup-alice", "ATTEMPTS"]),
     "runs dead-letters": (["runs", "dead-letters"], ["run-carol", "failed", "SMTP relay refused the connection"]),
@@ -371,3 +373,41 @@ async def test_journeys_preview_sends_the_file_the_event_and_the_profile(cli: Cl
     code, out, err = await cli("journeys", "preview", "welcome", "--profile", str(profile))
     assert code == 1 and out == "" and "alice.yaml:1:" in err and "emial" in err
     assert len(cli.fake.requests["PreviewJourney"]) == 2
+
+
+async def test_journeys_backtest_starts_then_follows_the_backtest_until_it_is_done(cli: Cli, tmp_path: Path) -> None:
+    """A file goes as the candidate spec with its name and the window from --since; the command polls GetJourneyBacktest while it
+    runs, and a failed backtest exits 1 with its error."""
+    from overture.orchestrator.v1 import orchestrator_service_pb2 as OS
+
+    answers = iter([OS.JourneyBacktest(backtest_id="bt-1", state=OS.BACKTEST_STATE_RUNNING, events_scanned=10, events_total=100)] * 2)
+    finished = cli.fake.answers["GetJourneyBacktest"]
+    cli.fake.answers["GetJourneyBacktest"] = lambda _: OS.GetJourneyBacktestResponse(backtest=next(answers, finished.backtest))  # type: ignore[union-attr]
+    code, out, err = await cli("journeys", "backtest", JOURNEY, "--since", "2d", "--until", "1d", "--poll", "0")
+    assert (code, err) == (0, "") and "bt-1" in out
+    (start,) = cli.fake.requests["StartJourneyBacktest"]
+    assert start.name == "welcome" and start.spec.steps[0].id == "send-welcome" and start.request_id
+    assert dt.timedelta(hours=23) < start.end_time.ToDatetime() - start.start_time.ToDatetime() < dt.timedelta(hours=25)
+    assert len(cli.fake.requests["GetJourneyBacktest"]) == 3
+    cli.fake.answers["GetJourneyBacktest"] = OS.GetJourneyBacktestResponse(backtest=OS.JourneyBacktest(
+        backtest_id="bt-2", state=OS.BACKTEST_STATE_FAILED, error="interrupted: start the backtest again"))
+    code, out, err = await cli("journeys", "backtest", "welcome", "--since", "1d", "--poll", "0")
+    assert code == 1 and "interrupted" in err
+
+
+def test_a_progress_bar_is_drawn_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """On a terminal the bar redraws one line with the share done and ends it; elsewhere nothing is written."""
+    import sys
+
+    from overture_cli.output import Progress
+
+    quiet = Progress("backtest", unit="events")
+    quiet.update(5, 10)
+    quiet.close()
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    bar = Progress("backtest", unit="events", width=10)
+    bar.update(250, 1000)
+    bar.update(1000, 1000)
+    bar.close()
+    assert capsys.readouterr().err == "\rbacktest [##        ]  25% 250/1,000 events\rbacktest [##########] 100% 1,000/1,000 events\n"

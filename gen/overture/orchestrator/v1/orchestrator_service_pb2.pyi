@@ -2040,12 +2040,27 @@ class BacktestReport(_message.Message):
     EDGE_COUNTS_FIELD_NUMBER: _builtins.int
     SENDS_BY_CHANNEL_FIELD_NUMBER: _builtins.int
     DENIALS_BY_GUARDRAIL_FIELD_NUMBER: _builtins.int
+    RUNS_CONVERTED_FIELD_NUMBER: _builtins.int
+    RUNS_PENDING_FIELD_NUMBER: _builtins.int
+    RUNS_FAILED_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """The journey version (0 for a candidate definition)."""
     subjects_entered: _builtins.int
     """Subjects that would have entered."""
     runs_entered: _builtins.int
     """Runs that would have started."""
+    runs_converted: _builtins.int
+    """Runs its goal event (or an exit step with a goal) would have ended as
+    converted.
+    """
+    runs_pending: _builtins.int
+    """Runs that would still be waiting for an approval (a backtest decides
+    none).
+    """
+    runs_failed: _builtins.int
+    """Runs that would have failed: a template the subject's profile cannot
+    fill, a condition that cannot be evaluated.
+    """
     @_builtins.property
     def step_counts(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Per step: how many runs would have reached it."""
@@ -2076,10 +2091,13 @@ class BacktestReport(_message.Message):
         edge_counts: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         sends_by_channel: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         denials_by_guardrail: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        runs_converted: _builtins.int = ...,
+        runs_pending: _builtins.int = ...,
+        runs_failed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["denials_by_guardrail", b"denials_by_guardrail", "edge_counts", b"edge_counts", "runs_entered", b"runs_entered", "sends_by_channel", b"sends_by_channel", "step_counts", b"step_counts", "subjects_entered", b"subjects_entered", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["denials_by_guardrail", b"denials_by_guardrail", "edge_counts", b"edge_counts", "runs_converted", b"runs_converted", "runs_entered", b"runs_entered", "runs_failed", b"runs_failed", "runs_pending", b"runs_pending", "sends_by_channel", b"sends_by_channel", "step_counts", b"step_counts", "subjects_entered", b"subjects_entered", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
