@@ -52,11 +52,11 @@ async def test_a_backtest_projects_the_candidate_and_the_active_version_over_the
     t0 = world.clock.now()
     await world.ingest(*(event("cart.started", s, f"bt-start-{s}", total=10) for s in ("bt-a", "bt-b", "bt-c", "bt-e", "bt-z")),
                        event("cart.started", "bt-d", "bt-start-bt-d", total=0))
-    world.advance(dt.timedelta(minutes=30))
+    await world.advance(dt.timedelta(minutes=30))
     await world.ingest(event("cart.paid", "bt-a", "bt-paid-a"), event("cart.bought", "bt-e", "bt-bought-e"))
-    world.advance(dt.timedelta(minutes=90))
+    await world.advance(dt.timedelta(minutes=90))
     await world.ingest(event("cart.paid", "bt-c", "bt-paid-c"))
-    world.advance(dt.timedelta(hours=1))
+    await world.advance(dt.timedelta(hours=1))
     await world.consumed()
     await world.publish("backtest-checkout")  # after the events: the live engine started nothing from them
     candidate = world.spec("backtest-checkout")
