@@ -35,6 +35,7 @@ from .migrator import RunMigrator
 from .preview import Previewer
 from .profiles import ProfileReader
 from .references import RuleSetCheck
+from .replays import Replayer
 from .retries import Retrier
 from .runs import RunStore
 from .schedules import Scheduler
@@ -116,7 +117,11 @@ class OrchestratorApp(BaseApp):
                                                      settings=self.settings, clock=self.clock),
                                  dead_letters=self.dead_letters, approvals=Approvals(self.db, self.clock, self.ids), stats=self._stats,
                                  drafts=Drafts(self.db, self.clock, references=self.references.check),
-                                 migrator=RunMigrator(self.db, self.clock, self.ids, journeys=self.journeys), backtests=self.backtests),
+                                 migrator=RunMigrator(self.db, self.clock, self.ids, journeys=self.journeys), backtests=self.backtests,
+                                 replayer=Replayer(self.db, self.clock, self.ids, journeys=self.journeys, starter=self.starter,
+                                                   ingest=ingest_service_pb2_grpc.IngestServiceStub(self.channel("ingest")),
+                                                   settings=self.settings, audited=self.audit.after_commit),
+                                 clock=self.clock),
             server,
         )
 

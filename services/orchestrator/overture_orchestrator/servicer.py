@@ -10,7 +10,8 @@ import structlog
 
 from overture.common.v1 import messaging_pb2
 from overture.orchestrator.v1 import journey_pb2, orchestrator_service_pb2, orchestrator_service_pb2_grpc
-from overture_runtime import FailedPrecondition, Unimplemented, Violations, current_principal
+from overture_runtime import FailedPrecondition, Violations, current_principal
+from overture_runtime.clock import Clock
 from overture_runtime.idempotency import Idempotency
 from overture_runtime.validation import (
     check_identifier,
@@ -35,6 +36,7 @@ from .lifecycle import LifecycleRpcs
 from .migrator import RunMigrator
 from .model import RunState
 from .preview import Previewer
+from .replays import Replayer
 from .retries import Retrier
 from .runs import RetryRefusal, RunStore
 from .starter import Starter
@@ -62,9 +64,11 @@ class OrchestratorServicer(LifecycleRpcs, orchestrator_service_pb2_grpc.Orchestr
         self, *, journeys: JourneyStore, runs: RunStore, starter: Starter, idempotency: Idempotency, feedback: DeliveryFeedback,
         retrier: Retrier, audited: Callable[[str], Awaitable[None]], previewer: Previewer, dead_letters: DeadLetters,
         approvals: Approvals, stats: Callable[[str, str, int, journey_pb2.JourneySpec], Awaitable[OS.JourneyStats]],
-        drafts: Drafts, migrator: RunMigrator, backtests: Backtests,
+        drafts: Drafts, migrator: RunMigrator, backtests: Backtests, replayer: Replayer, clock: Clock,
     ) -> None:
         self._backtests = backtests
+        self._replayer = replayer
+        self._clock = clock
         self._approvals = approvals
         self._stats = stats
         self._drafts = drafts
@@ -386,8 +390,26 @@ class OrchestratorServicer(LifecycleRpcs, orchestrator_service_pb2_grpc.Orchestr
         return OS.GetJourneyBacktestResponse(backtest=await self._backtests.get(tenant, request.backtest_id))
 
     async def ReplayEvents(self, request: OS.ReplayEventsRequest, context: grpc.aio.ServicerContext) -> OS.ReplayEventsResponse:
-        current_principal()
-        raise Unimplemented("ReplayEvents is not built yet", reason="NOT_BUILT")
+        principal = current_principal()
+        v = Violations()
+        check_name(v, "journey", request.journey)
+        if not request.HasField("start_time"):
+            v.add("start_time", "start_time is required", "REQUIRED")
+        elif request.HasField("end_time") and request.end_time.ToDatetime() <= request.start_time.ToDatetime():
+            v.add("end_time", "end_time must be after start_time", "OUT_OF_RANGE")
+        check_reason(v, request.reason)
+        check_identifier(v, "request_id", request.request_id, required=False)
+        v.raise_if_any("the replay is invalid")
+
+        async def replay() -> OS.ReplayEventsResponse:
+            done = await self._replayer.replay(
+                principal.tenant, journey=request.journey, start=request.start_time.ToDatetime(tzinfo=dt.UTC),
+                end=request.end_time.ToDatetime(tzinfo=dt.UTC) if request.HasField("end_time") else self._clock.now(),
+                reason=request.reason, actor=principal.name)
+            return OS.ReplayEventsResponse(events_read=done.events_read, runs_started=done.runs_started)
+
+        return await self._idempotency.run(tenant=principal.tenant, method="ReplayEvents", request_id=request.request_id, request=request,
+                                           response_type=OS.ReplayEventsResponse, compute=replay)
 
     async def GetJourneyStats(self, request: OS.GetJourneyStatsRequest, context: grpc.aio.ServicerContext) -> OS.GetJourneyStatsResponse:
         tenant = current_principal().tenant

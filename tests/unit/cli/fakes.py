@@ -188,6 +188,7 @@ def canned() -> dict[str, Answer]:
                                 latency_p99=duration_pb2.Duration(seconds=1))],
             arms=[OS.ArmStats(step_id="ab", arm="control", holdout=True, entered=20, converted=4)])),
         "PreviewJourney": _preview(),
+        "ReplayEvents": OS.ReplayEventsResponse(events_read=120, runs_started=7),
         "StartJourneyBacktest": OS.StartJourneyBacktestResponse(backtest=OS.JourneyBacktest(
             backtest_id="bt-1", name="welcome", state=OS.BACKTEST_STATE_RUNNING, create_time=_ts())),
         "GetJourneyBacktest": OS.GetJourneyBacktestResponse(backtest=_backtest()),

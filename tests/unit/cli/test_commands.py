@@ -92,6 +92,8 @@ COMMANDS: dict[str, tuple[list[str], list[str]]] = {
                          ["would enter:", "yes", "send-welcome", "would send template", "Welcome to Overture, Alice!", "allowed"]),
     "journeys backtest": (["journeys", "backtest", "welcome", "--since", "7d", "--poll", "0"],
                           ["backtest:", "bt-1", "active version 1", "PROJECTION", "sends email", "250", "270", "-20", "denied by consent", "+20"]),
+    "runs replay": (["runs", "replay", "welcome", "--since", "2d", "--until", "1d", "--reason", "missed during the outage"],
+                    ["journey:", "welcome", "events read:", "120", "runs started:", "7 (events that had started none before)"]),
     "runs list": (["runs", "list"], ["RUN", "STEP STATE", "run-bob", "skipped", "dec-bob", "run-alice", "sent"]),
     "runs get": (["runs", "get", "run-alice"], ["run:", "run-alice", "trigger event:", "signup-alice", "ATTEMPTS"]),
     "runs dead-letters": (["runs", "dead-letters"], ["run-carol", "failed", "SMTP relay refused the connection"]),
@@ -411,3 +413,14 @@ def test_a_progress_bar_is_drawn_on_a_terminal_only(monkeypatch: pytest.MonkeyPa
     bar.update(1000, 1000)
     bar.close()
     assert capsys.readouterr().err == "\rbacktest [##        ]  25% 250/1,000 events\rbacktest [##########] 100% 1,000/1,000 events\n"
+
+
+async def test_runs_replay_sends_the_window_and_the_reason(cli: Cli) -> None:
+    """The window from --since/--until, the journey and the reason go in one ReplayEvents call with a request id; no reason is refused."""
+    code, _, err = await cli("runs", "replay", "welcome", "--since", "3d", "--until", "1d", "--reason", "outage")
+    assert (code, err) == (0, "")
+    (request,) = cli.fake.requests["ReplayEvents"]
+    assert (request.journey, request.reason) == ("welcome", "outage") and request.request_id
+    assert dt.timedelta(hours=47) < request.end_time.ToDatetime() - request.start_time.ToDatetime() < dt.timedelta(hours=49)
+    with pytest.raises(SystemExit):
+        await cli("runs", "replay", "welcome", "--since", "3d")

@@ -2122,11 +2122,11 @@ class ReplayEventsRequest(_message.Message):
     """An idempotency key: a repeat returns the first answer."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
-        """The window's start: events committed at or after it."""
+        """The window's start: events committed at or after it. Required."""
 
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
-        """The window's end: events committed before it."""
+        """The window's end: events committed before it; unset means now."""
 
     def __init__(
         self,

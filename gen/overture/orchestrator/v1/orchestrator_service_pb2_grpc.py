@@ -392,9 +392,15 @@ class OrchestratorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReplayEvents(self, request, context):
-        """Feeds the stored events of a time window to a journey's trigger again.
-        Idempotent: an event starts at most one run per journey and subject, so
-        replaying a window twice sends nothing new. Recorded in the audit log.
+        """Feeds the stored events of a time window to a journey's trigger again,
+        through the same path as live events: the trigger's filter, the entry
+        checks, and the runs' once-key. Idempotent: an event starts at most one
+        run per journey and subject, so replaying a window twice sends nothing
+        new. Only the trigger sees the events again (waits, goals and
+        inactivity timers do not). The journey must be active and started by
+        events (FAILED_PRECONDITION otherwise). The replay runs within the call;
+        one cut short can be made again. Recorded in the audit log
+        (EVENTS_REPLAYED) with the window and what it started.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

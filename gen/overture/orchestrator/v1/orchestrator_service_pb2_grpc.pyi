@@ -141,9 +141,15 @@ class OrchestratorServiceStub:
     GetJourneyBacktest: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.GetJourneyBacktestRequest, _orchestrator_service_pb2.GetJourneyBacktestResponse]
     """Returns a backtest: its progress and, when done, its report."""
     ReplayEvents: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.ReplayEventsRequest, _orchestrator_service_pb2.ReplayEventsResponse]
-    """Feeds the stored events of a time window to a journey's trigger again.
-    Idempotent: an event starts at most one run per journey and subject, so
-    replaying a window twice sends nothing new. Recorded in the audit log.
+    """Feeds the stored events of a time window to a journey's trigger again,
+    through the same path as live events: the trigger's filter, the entry
+    checks, and the runs' once-key. Idempotent: an event starts at most one
+    run per journey and subject, so replaying a window twice sends nothing
+    new. Only the trigger sees the events again (waits, goals and
+    inactivity timers do not). The journey must be active and started by
+    events (FAILED_PRECONDITION otherwise). The replay runs within the call;
+    one cut short can be made again. Recorded in the audit log
+    (EVENTS_REPLAYED) with the window and what it started.
     """
     GetJourneyStats: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.GetJourneyStatsRequest, _orchestrator_service_pb2.GetJourneyStatsResponse]
     """Returns a journey's statistics, kept as counters as runs move: runs
@@ -268,9 +274,15 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     GetJourneyBacktest: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.GetJourneyBacktestRequest, _orchestrator_service_pb2.GetJourneyBacktestResponse]  # type: ignore[assignment]
     """Returns a backtest: its progress and, when done, its report."""
     ReplayEvents: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.ReplayEventsRequest, _orchestrator_service_pb2.ReplayEventsResponse]  # type: ignore[assignment]
-    """Feeds the stored events of a time window to a journey's trigger again.
-    Idempotent: an event starts at most one run per journey and subject, so
-    replaying a window twice sends nothing new. Recorded in the audit log.
+    """Feeds the stored events of a time window to a journey's trigger again,
+    through the same path as live events: the trigger's filter, the entry
+    checks, and the runs' once-key. Idempotent: an event starts at most one
+    run per journey and subject, so replaying a window twice sends nothing
+    new. Only the trigger sees the events again (waits, goals and
+    inactivity timers do not). The journey must be active and started by
+    events (FAILED_PRECONDITION otherwise). The replay runs within the call;
+    one cut short can be made again. Recorded in the audit log
+    (EVENTS_REPLAYED) with the window and what it started.
     """
     GetJourneyStats: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.GetJourneyStatsRequest, _orchestrator_service_pb2.GetJourneyStatsResponse]  # type: ignore[assignment]
     """Returns a journey's statistics, kept as counters as runs move: runs
@@ -542,9 +554,15 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orchestrator_service_pb2.ReplayEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orchestrator_service_pb2.ReplayEventsResponse, _abc.Awaitable[_orchestrator_service_pb2.ReplayEventsResponse]]:
-        """Feeds the stored events of a time window to a journey's trigger again.
-        Idempotent: an event starts at most one run per journey and subject, so
-        replaying a window twice sends nothing new. Recorded in the audit log.
+        """Feeds the stored events of a time window to a journey's trigger again,
+        through the same path as live events: the trigger's filter, the entry
+        checks, and the runs' once-key. Idempotent: an event starts at most one
+        run per journey and subject, so replaying a window twice sends nothing
+        new. Only the trigger sees the events again (waits, goals and
+        inactivity timers do not). The journey must be active and started by
+        events (FAILED_PRECONDITION otherwise). The replay runs within the call;
+        one cut short can be made again. Recorded in the audit log
+        (EVENTS_REPLAYED) with the window and what it started.
         """
 
     @_abc_1.abstractmethod
