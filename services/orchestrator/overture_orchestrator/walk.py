@@ -18,8 +18,10 @@ moves it on instead of waiting. What the walk cannot know is given to it:
 
 Sends and notifications are rendered, not decided: the walk returns them
 (:class:`Outgoing`) for the caller to decide together, in dry-run mode.
-Update-profile steps change nothing and later steps read the profile as it
-was when the walk began, as a run's steps read the profile its batch read.
+Update-profile steps change nothing stored: the walk applies their change
+to its own copy of the profile, so the steps after one see it, as a run's
+steps after an update do (a trait that is not a number cannot be added to:
+the walk fails there, as the rules service would refuse the change).
 Nothing here does I/O.
 """
 
@@ -260,7 +262,24 @@ class Walk:
                   "add_tags": list(update.add_tags), "remove_tags": list(update.remove_tags),
                   "enter_segments": list(update.enter_segments), "exit_segments": list(update.exit_segments)}
         record.input.CopyFrom(struct_from_dict({k: v for k, v in change.items() if v}))
-        record.outcome = "would update the profile (not changed by a walk)"
+        changed = dict(self._profile.get("traits", {}))
+        for name, value in traits.items():
+            if value is None:
+                changed.pop(name, None)
+            else:
+                changed[name] = value
+        for name in update.unset_traits:
+            changed.pop(name, None)
+        for name, amount in update.increment.items():
+            current = changed.get(name, 0)
+            if isinstance(current, bool) or not isinstance(current, (int, float)):
+                self._fail(step, f"rules would refuse the change: trait {name!r} is not a number, so it cannot be added to")
+            total = current + amount
+            changed[name] = int(total) if float(total).is_integer() else total
+        self._profile = {**self._profile, "traits": changed,
+                         "tags": _edited(self._profile.get("tags", []), update.add_tags, update.remove_tags),
+                         "segments": _edited(self._profile.get("segments", []), update.enter_segments, update.exit_segments)}
+        record.outcome = "would update the profile (the later steps of the walk see the change; nothing is stored)"
         return step.next, "next"
 
     def _condition(self, step: journey_pb2.Step, record: run_pb2.StepRun) -> tuple[str, str]:
@@ -357,6 +376,13 @@ class Walk:
         if step.exit.goal:
             self.result.end = "converted"
         return "", "next"
+
+
+def _edited(current: Any, add: Any, remove: Any) -> list[str]:
+    """A tag or segment list with *add* appended (once each) and *remove* taken out, as UpdateProfile edits it."""
+    gone = set(remove)
+    kept = [x for x in current if x not in gone]
+    return kept + [x for x in dict.fromkeys(add) if x not in kept and x not in gone]
 
 
 def _ts(when: dt.datetime) -> timestamp_pb2.Timestamp:

@@ -101,3 +101,15 @@ def test_a_template_the_profile_cannot_fill_fails_the_walk_there() -> None:
     spec = journey(send("hi", "bye"), exit_step("bye"))
     result = _walk(spec, profile={**PROFILE, "traits": {"email": "x@example.com"}})
     assert _path(result) == [("hi", "")] and result.end == "failed" and "first_name" in result.steps[0].error
+
+
+def test_the_steps_after_an_update_see_its_change_and_a_non_number_fails_like_the_rules_would() -> None:
+    """After adding 10 to a score and a tag, a condition on both is true; adding to a text trait fails the walk at the update."""
+    update = step("bump", "hot", update_profile=J.UpdateProfileStep(increment={"score": 10}, add_tags=["warm"],
+                                                                      traits={"last": "{{ event.event_type }}"}))
+    spec = journey(update, condition("hot", 'profile.traits.score >= 15 and "warm" in profile.tags and profile.traits.last == "user.signed_up"',
+                                     then="hi"), send("hi"))
+    result = _walk(spec, profile={**PROFILE, "traits": {**PROFILE["traits"], "score": 5}})
+    assert _path(result) == [("bump", "next"), ("hot", "true"), ("hi", "next")]
+    refused = _walk(spec, profile={**PROFILE, "traits": {**PROFILE["traits"], "score": "high"}})
+    assert _path(refused) == [("bump", "")] and refused.end == "failed" and "not a number" in refused.steps[0].error

@@ -315,8 +315,9 @@ class OrchestratorServiceServicer:
         there. Each send is decided by the rules service in dry-run CHECK mode
         (nothing reserved or stored). A wait for an event is shown timing out
         (no event arrives during a preview), a wait until a condition holds at
-        once or times out, an approval is shown approved, and update-profile
-        steps change nothing.
+        once or times out, an approval is shown approved, and an update-profile
+        step stores nothing (the later steps of the walk see its change, as a
+        run's later steps do).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -104,8 +104,9 @@ class OrchestratorServiceStub:
     there. Each send is decided by the rules service in dry-run CHECK mode
     (nothing reserved or stored). A wait for an event is shown timing out
     (no event arrives during a preview), a wait until a condition holds at
-    once or times out, an approval is shown approved, and update-profile
-    steps change nothing.
+    once or times out, an approval is shown approved, and an update-profile
+    step stores nothing (the later steps of the walk see its change, as a
+    run's later steps do).
     """
     SaveJourneyDraft: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.SaveJourneyDraftRequest, _orchestrator_service_pb2.SaveJourneyDraftResponse]
     """Saves a journey's draft: a working copy, one per journey, that can be
@@ -237,8 +238,9 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     there. Each send is decided by the rules service in dry-run CHECK mode
     (nothing reserved or stored). A wait for an event is shown timing out
     (no event arrives during a preview), a wait until a condition holds at
-    once or times out, an approval is shown approved, and update-profile
-    steps change nothing.
+    once or times out, an approval is shown approved, and an update-profile
+    step stores nothing (the later steps of the walk see its change, as a
+    run's later steps do).
     """
     SaveJourneyDraft: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.SaveJourneyDraftRequest, _orchestrator_service_pb2.SaveJourneyDraftResponse]  # type: ignore[assignment]
     """Saves a journey's draft: a working copy, one per journey, that can be
@@ -463,8 +465,9 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         there. Each send is decided by the rules service in dry-run CHECK mode
         (nothing reserved or stored). A wait for an event is shown timing out
         (no event arrives during a preview), a wait until a condition holds at
-        once or times out, an approval is shown approved, and update-profile
-        steps change nothing.
+        once or times out, an approval is shown approved, and an update-profile
+        step stores nothing (the later steps of the walk see its change, as a
+        run's later steps do).
         """
 
     @_abc_1.abstractmethod
