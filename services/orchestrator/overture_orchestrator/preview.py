@@ -25,7 +25,6 @@ from overture_runtime.clock import Clock
 from overture_runtime.config import Settings
 from overture_runtime.errors import InvalidArgument, Unavailable
 from overture_runtime.privacy import mask
-from overture_runtime.protojson import struct_to_dict
 from overture_runtime.templates import event_scope, profile_scope
 
 from .calls import Transient
@@ -33,22 +32,16 @@ from .definition import SEGMENT_ENTERED, CompiledJourney, compile_journey, evalu
 from .dryrun import DrySend, decide_dry
 from .inactivity import INACTIVE_EVENT
 from .journeys import JourneyStore, ReferenceCheck
-from .profiles import ERASED, ProfileReader, Profiles
+from .profiles import ERASED, ProfileReader, Profiles, scope_of
 from .schedules import SCHEDULED_EVENT
 from .sends import mask_url
 from .walk import Outgoing, Walk
 
-__all__ = ["Previewer", "profile_of_proto"]
+__all__ = ["Previewer"]
 
 log = structlog.get_logger("overture.orchestrator")
 OS = orchestrator_service_pb2
 D = decision_pb2
-
-
-def profile_of_proto(subject_id: str, profile: profile_pb2.Profile) -> dict[str, Any]:
-    """The ``profile`` scope of a ``Profile`` a caller sent."""
-    return profile_scope(subject_id=subject_id, traits=struct_to_dict(profile.traits), segments=profile.segments,
-                         timezone=profile.timezone, tags=profile.tags)
 
 
 class Previewer:
@@ -107,7 +100,7 @@ class Previewer:
     async def _profile(self, tenant: str, subject_id: str, given: profile_pb2.Profile | None) -> tuple[dict[str, Any], bool]:
         """The profile scope to walk with, and whether the subject is erased."""
         if given is not None:
-            return profile_of_proto(subject_id, given), given.erased
+            return scope_of(subject_id, given), given.erased
         found: Profiles = {}
         await self._profiles.load([(tenant, subject_id)], found)
         profile = found[(tenant, subject_id)]

@@ -22,7 +22,7 @@ from overture_runtime.templates import profile_scope
 
 from .calls import Transient, call
 
-__all__ = ["ERASED", "Erased", "ProfileReader", "Profiles"]
+__all__ = ["ERASED", "Erased", "ProfileReader", "Profiles", "scope_of"]
 
 
 class Erased:
@@ -62,11 +62,6 @@ class ProfileReader:
                     continue
                 into.update({(tenant, s): found[s] for s in chunk})
 
-    async def profile_of(self, tenant: str, subject_id: str) -> dict[str, Any]:
-        """One subject's ``profile`` scope (an erased one reads as empty); raises :class:`Transient`."""
-        found = (await self._batch(tenant, [subject_id]))[subject_id]
-        return found if isinstance(found, dict) else profile_scope(subject_id=subject_id, traits={}, segments=[], timezone="")
-
     async def update(self, tenant: str, subject_id: str, *, request_id: str, set_traits: Mapping[str, Any], unset_traits: Iterable[str],
                      increment: Mapping[str, float], add_tags: Iterable[str], remove_tags: Iterable[str],
                      enter_segments: Iterable[str], exit_segments: Iterable[str]) -> dict[str, Any]:
@@ -79,7 +74,7 @@ class ProfileReader:
             increment=dict(increment), add_tags=list(add_tags), remove_tags=list(remove_tags), enter_segments=list(enter_segments),
             exit_segments=list(exit_segments), request_id=request_id)
         response = await call(self._settings, self._profiles.UpdateProfile, request, tenant, "profiles")
-        return _scope(subject_id, response.profile)
+        return scope_of(subject_id, response.profile)
 
     async def _batch(self, tenant: str, subjects: list[str]) -> dict[str, dict[str, Any] | Erased]:
         try:
@@ -93,12 +88,12 @@ class ProfileReader:
             if result.HasField("profile") and profile.erased:
                 found[result.subject_id] = ERASED
                 continue
-            found[result.subject_id] = _scope(result.subject_id, profile if result.HasField("profile") else None)
+            found[result.subject_id] = scope_of(result.subject_id, profile if result.HasField("profile") else None)
         return found
 
 
-def _scope(subject_id: str, profile: profile_pb2.Profile | None) -> dict[str, Any]:
-    """The ``profile`` scope of a stored profile (None: it has none yet)."""
+def scope_of(subject_id: str, profile: profile_pb2.Profile | None) -> dict[str, Any]:
+    """The ``profile`` scope of a stored profile, or of one a caller sent (None: it has none yet)."""
     if profile is None:
         return profile_scope(subject_id=subject_id, traits={}, segments=[], timezone="")
     return profile_scope(subject_id=subject_id, traits=struct_to_dict(profile.traits), segments=profile.segments,
