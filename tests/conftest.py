@@ -64,8 +64,9 @@ async def scratch_namespace(prefix: str = "test") -> AsyncIterator[str]:
             await client.aclose()
 
 
-def settings_for(database_url: str, redis_namespace: str, **overrides: object) -> Settings:
-    """Settings for in-process services on *database_url* and *redis_namespace*, with the test tokens."""
+def settings_for(database_url: str, redis_namespace: str, /, **overrides: object) -> Settings:
+    """Settings for in-process services on *database_url* and *redis_namespace*, with the test tokens; any of them,
+    ``database_url`` too (a SQLite file), can be overridden."""
     values: dict[str, object] = dict(
         database_url=database_url, redis_url=REDIS_URL, redis_namespace=redis_namespace,
         auth_tokens=json.dumps(TOKENS), service_token=SERVICE_TOKEN, environment="test",
