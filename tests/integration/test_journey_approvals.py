@@ -63,8 +63,7 @@ async def test_an_approval_lets_the_run_go_on_and_is_audited_with_its_actor_and_
     assert run.run_id not in await _pending(world)
     (entry,) = await world.audit(A.AUDIT_ACTION_APPROVAL_DECIDED, f"run/{run.run_id}")
     assert (entry.actor, entry.reason) == ("vera@acme", "big spender")
-    details = struct_to_dict(entry.details)
-    assert (details["journey"], details["step_id"], details["decision"]) == ("vip-offer", "approve", "approved")
+    assert struct_to_dict(entry.details) == {"journey": "vip-offer", "journey_version": "1", "step_id": "approve", "decision": "approved"}
 
 
 async def test_a_rejection_takes_the_reject_step_and_is_audited_with_its_reason(world: World) -> None:
@@ -110,7 +109,7 @@ async def test_an_unanswered_approval_is_rejected_after_24_hours_audited_and_a_l
     assert [m["Subject"] for m in world.mail_to(address)] == ["Thanks for your loyalty"]
     (entry,) = await world.audit(A.AUDIT_ACTION_APPROVAL_DECIDED, f"run/{run.run_id}")
     assert (entry.actor, entry.reason) == ("system:orchestrator", "rejected automatically: no decision before the timeout")
-    assert struct_to_dict(entry.details)["decision"] == "expired"
+    assert struct_to_dict(entry.details) == {"journey": "vip-offer", "journey_version": "1", "step_id": "approve", "decision": "expired"}
     with pytest.raises(grpc.aio.AioRpcError) as after:
         await world.c.orchestrator.DecideApproval(_decision(run.run_id, approve=True, reason="sorry, late"), metadata=MD)
     assert after.value.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -163,8 +163,8 @@ class Recorder:
                 if expired.rowcount:
                     await stage(conn, tenant=w.tenant, record_id=self._ids.new(), action=audit_event_pb2.AUDIT_ACTION_APPROVAL_DECIDED,
                                 actor=SYSTEM_ACTOR, time=now, reason="rejected automatically: no decision before the timeout",
-                                target=f"run/{w.run_id}", details={"journey": w.journey, "step_id": e.expired_approval,
-                                                                   "decision": "expired"})
+                                target=f"run/{w.run_id}", details={"journey": w.journey, "journey_version": w.journey_version,
+                                                                   "step_id": e.expired_approval, "decision": "expired"})
             context.extend(dict(tenant=w.tenant, run_id=w.run_id, key=k, value=v) for k, v in e.context.items())
         if new_waits:
             await conn.execute(waits.insert(), new_waits)
