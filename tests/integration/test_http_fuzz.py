@@ -24,8 +24,8 @@ import functools
 import gzip
 import json
 import re
-import urllib.parse
 import secrets
+import urllib.parse
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
