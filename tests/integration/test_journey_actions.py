@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pytest
 
+from overture.common.v1 import messaging_pb2
+from overture.orchestrator.v1 import orchestrator_service_pb2 as O
 from overture.rules.v1 import profile_service_pb2 as P
 from overture.rules.v1 import rules_service_pb2 as R
 from overture_runtime.protojson import struct_to_dict
@@ -31,6 +33,22 @@ async def test_a_notification_reaches_the_team_without_the_subjects_consent(worl
     decisions = (await world.c.rules.ListDecisions(R.ListDecisionsRequest(subject_id="notify-lu"), metadata=MD)).decisions
     assert [d.allowed for d in decisions] == [False]  # only the subject's own message was decided
 
+
+
+async def test_a_bounce_of_a_team_notification_is_recorded_but_suppresses_no_one(world: World) -> None:
+    """A BOUNCED report for a notify step's delivery is accepted and noted on the step, but the subject is put on no suppression list."""
+    await world.publish("vip-alert")
+    await world.person("notify-bo", consent=False)
+    await world.ingest(event("vip.signed_up", "notify-bo", plan="gold"))
+    run = await world.ended((await world.run_of("vip-alert", "notify-bo")).run_id)
+    step = world.step(run, "tell-sales")
+    await world.c.orchestrator.ReportDeliveryStatus(O.ReportDeliveryStatusRequest(
+        idempotency_key=f"{run.run_id}:tell-sales", delivery_id=step.delivery_id, status=messaging_pb2.DELIVERY_STATUS_BOUNCED,
+        detail="550 no such team mailbox"), metadata=MD)
+    noted = (await world.c.orchestrator.GetRun(O.GetRunRequest(run_id=run.run_id), metadata=MD)).run
+    assert world.step(noted, "tell-sales").outcome.startswith("delivery bounced")
+    profile = (await world.c.profiles.GetProfile(P.GetProfileRequest(subject_id="notify-bo"), metadata=MD)).profile
+    assert list(profile.suppression_lists) == []
 
 async def test_an_update_profile_step_changes_the_profile_once_and_the_next_step_reads_the_change(world: World) -> None:
     """Attending a webinar sets a trait from the event, removes one, adds 10 to the lead score, tags and enters a segment; the condition after it sees the warm lead, and a repeat of the change under the step's key changes nothing."""

@@ -22,6 +22,7 @@ from overture_runtime.errors import FailedPrecondition, NotFound, Unavailable
 from .contexts import effect_step
 from .journeys import JourneyStore
 from .runs import RunStore
+from .sends import s_channel
 
 __all__ = ["SUPPRESS_ON", "DeliveryFeedback"]
 
@@ -53,7 +54,7 @@ class DeliveryFeedback:
         run = await self._runs.get(tenant, run_id)
         if not any(s.step_id == step_id for s in run.steps):
             raise NotFound(f"run {run_id!r} has no step {step_id!r}", reason="STEP_NOT_FOUND")
-        channel = await self._channel(tenant, run.journey, run.journey_version, step_id)
+        channel, to_subject = await self._channel(tenant, run.journey, run.journey_version, step_id)
         name = messaging_pb2.DeliveryStatus.Name(status).removeprefix("DELIVERY_STATUS_").lower()
         if not await self._runs.note_delivery(tenant, run_id, step_id, f"delivery {name}" + (f": {detail[:200]}" if detail else ""),
                                               delivery_id=delivery_id):
@@ -61,7 +62,9 @@ class DeliveryFeedback:
         metadata = call_metadata(self._settings, tenant)
         timeout = self._settings.rpc_timeout_seconds
         try:
-            suppression = None if soft_bounce else SUPPRESS_ON.get(status)
+            # A notification or a call went to a team or a system, not to the
+            # subject: its bounce says nothing about the subject's address.
+            suppression = None if soft_bounce or not to_subject else SUPPRESS_ON.get(status)
             if suppression:
                 await self._profiles.UpsertProfile(profile_service_pb2.UpsertProfileRequest(
                     subject_id=run.subject_id, add_suppression_lists=[suppression]), metadata=metadata, timeout=timeout)
@@ -84,14 +87,16 @@ class DeliveryFeedback:
                               retry_after=dt.timedelta(seconds=1)) from None
         log.info("delivery.reported", run_id=run_id, step_id=step_id, status=name)
 
-    async def _channel(self, tenant: str, journey: str, version: int, step_id: str) -> str:
+    async def _channel(self, tenant: str, journey: str, version: int, step_id: str) -> tuple[str, bool]:
+        """The step's channel (the events' prefix) and whether it delivers to the run's subject."""
         if not journey:
-            return "message"
+            return "message", True
         compiled = await self._journeys.compiled(tenant, journey, version)
         step = compiled.steps.get(step_id)
-        if step is None or step.WhichOneof("kind") != "send":
-            raise FailedPrecondition(f"step {step_id!r} is not a send step", reason="NOT_A_SEND_STEP")
-        return messaging_pb2.Channel.Name(step.send.channel).removeprefix("CHANNEL_").lower()
+        kind = step.WhichOneof("kind") if step is not None else None
+        if step is None or kind not in ("send", "notify", "webhook"):
+            raise FailedPrecondition(f"step {step_id!r} delivers nothing", reason="NOT_A_SEND_STEP")
+        return messaging_pb2.Channel.Name(s_channel(step)).removeprefix("CHANNEL_").lower(), kind == "send"
 
     async def _trigger_causation(self, tenant: str, event_id: str) -> tuple[str, int]:
         """The causation root and depth of the event that started the run."""
