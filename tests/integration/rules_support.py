@@ -122,3 +122,13 @@ def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
             detail.Unpack(bad)
             return {v.field: v.reason for v in bad.field_violations}
     return {}
+
+
+def reason_of(error: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason of a refused call ("" without one)."""
+    for detail in rpc_status.from_call(error).details:  # type: ignore[arg-type]
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    return ""

@@ -6,9 +6,11 @@ counted without an error."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from zoneinfo import ZoneInfo
 
+import grpc
 import pytest
 
 from overture.orchestrator.v1 import orchestrator_service_pb2 as O
@@ -17,6 +19,7 @@ from overture.rules.v1 import profile_service_pb2 as P
 from tests.conftest import TENANT
 from tests.integration import journeys_support
 from tests.integration.journeys_support import MD, World, event
+from tests.integration.rules_support import reason_of
 from tests.thinpath import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -180,3 +183,39 @@ async def test_a_trigger_for_an_erased_subject_is_skipped_and_counted_not_an_err
     plain, conditional = await world.stats("newsletter"), await world.stats("newsletter-known")
     assert (plain.skipped_entries, plain.failed, plain.active) == (1, 0, 0)
     assert (conditional.entered, conditional.skipped_entries) == (0, 1)
+
+
+async def test_trigger_keeps_to_the_entry_policy_and_concurrency_and_simultaneous_calls_start_one_run(world: World) -> None:
+    """Manual Trigger skips the trigger's conditions but not the journey's entry rules: ten simultaneous calls (different
+    request ids) for a journey without concurrent runs start one run, the others are FAILED_PRECONDITION
+    ALREADY_IN_JOURNEY, and a repeat of the first request id returns its run; once the run ended, a new call starts
+    another. A once-ever journey refuses a second Trigger with ENTRY_POLICY. Every refusal is a skipped entry."""
+    await world.publish("hour-timer")
+    await world.publish("welcome-once")
+    address = await world.person("trig-dee")
+    outcomes = await asyncio.gather(*(world.trigger("hour-timer", "trig-dee", request_id=f"tap-{i}") for i in range(10)),
+                                    return_exceptions=True)
+    started = [o for o in outcomes if isinstance(o, str)]
+    refused = [o for o in outcomes if not isinstance(o, str)]
+    assert len(started) == 1, outcomes
+    assert all(isinstance(e, grpc.aio.AioRpcError) and e.code() == grpc.StatusCode.FAILED_PRECONDITION
+               and reason_of(e) == "ALREADY_IN_JOURNEY" for e in refused), refused
+    first = outcomes.index(started[0])
+    assert await world.trigger("hour-timer", "trig-dee", request_id=f"tap-{first}") == started[0]
+    await world.advance(dt.timedelta(hours=1))
+    await world.ended(started[0])
+    again = await world.trigger("hour-timer", "trig-dee", request_id="tap-later")
+    assert again != started[0]
+    stats = await world.stats("hour-timer")
+    assert (stats.entered, stats.skipped_entries) == (2, 9)
+
+    once = await world.trigger("welcome-once", "trig-dee", request_id="once-1")
+    await world.ended(once)
+    with pytest.raises(grpc.aio.AioRpcError) as refusal:
+        await world.trigger("welcome-once", "trig-dee", request_id="once-2")
+    assert refusal.value.code() == grpc.StatusCode.FAILED_PRECONDITION and reason_of(refusal.value) == "ENTRY_POLICY"
+    assert "once ever" in (refusal.value.details() or "")
+    assert await world.trigger("welcome-once", "trig-dee", request_id="once-1") == once
+    assert [m["Subject"] for m in world.mail_to(address)] == ["Welcome"]
+    stats = await world.stats("welcome-once")
+    assert (stats.entered, stats.skipped_entries) == (1, 1)

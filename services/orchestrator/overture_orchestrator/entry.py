@@ -15,13 +15,23 @@ Simultaneous triggers for one subject and journey (in one batch) enter
 once under any policy but ``always``. A subject's events are on one stream
 partition, read in order by one consumer, so two batches of one subject do
 not race here.
+
+A manual ``Trigger`` skips the trigger's own conditions (it starts a run
+"regardless of its trigger") but not the journey's entry policy and
+concurrency setting (:meth:`EntryGate.refusal`); simultaneous Trigger calls
+for one subject and journey are serialized by :meth:`EntryGate.serialized`
+(a PostgreSQL advisory lock, so across replicas and worker processes).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
+import weakref
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import NamedTuple
 
 import rule_engine
 import sqlalchemy as sa
@@ -40,10 +50,17 @@ from .stats import Counts
 from .tables import runs
 from .work import NewRun
 
-__all__ = ["EntryGate"]
+__all__ = ["EntryGate", "Refusal"]
 
 log = structlog.get_logger("overture.orchestrator")
 J = journey_pb2
+
+
+class Refusal(NamedTuple):
+    """Why a manually triggered run may not start."""
+
+    reason: str
+    description: str
 
 
 class EntryGate:
@@ -54,6 +71,44 @@ class EntryGate:
         self._clock = clock
         self._runs = runs_store
         self._profiles = profiles
+        self._local: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = weakref.WeakValueDictionary()
+
+    async def refusal(self, tenant: str, compiled: CompiledJourney, run: NewRun) -> Refusal | None:
+        """Why the journey's entry policy or concurrency setting keeps *run*
+        (a manual trigger) out, or None when it may start. A refusal is
+        counted as a skipped entry by the caller."""
+        skipped: Counts = Counter()
+        if not await self._entry_policies(tenant, [(compiled, run)], skipped):
+            entry = compiled.spec.entry
+            policy = "once ever" if entry.mode == J.ENTRY_MODE_ONCE else f"once per {_span(entry.window.ToTimedelta())}"
+            return Refusal("ENTRY_POLICY", f"the journey's entry policy ({policy}) keeps the subject out")
+        if not await self._concurrency(tenant, [(compiled, run)]):
+            return Refusal("ALREADY_IN_JOURNEY", "the subject is already in this journey, which does not allow concurrent runs")
+        return None
+
+    @contextlib.asynccontextmanager
+    async def serialized(self, tenant: str, journey: str, subject_id: str) -> AsyncIterator[None]:
+        """Hold the entry of *subject_id* into *journey* for one caller at a
+        time: a session advisory lock on PostgreSQL (released if the
+        process dies, as its connection closes), a lock of this process on
+        SQLite (one process there)."""
+        key = (tenant, journey, subject_id)
+        if self._db.is_sqlite:
+            lock = self._local.get(key)
+            if lock is None:
+                lock = self._local[key] = asyncio.Lock()
+            async with lock:
+                yield
+            return
+        name = "\x1f".join(("overture-entry", *key))
+        async with self._db.connect() as conn:
+            await conn.execute(sa.text("SELECT pg_advisory_lock(hashtextextended(:k, 0))"), {"k": name})
+            await conn.commit()
+            try:
+                yield
+            finally:
+                await conn.execute(sa.text("SELECT pg_advisory_unlock(hashtextextended(:k, 0))"), {"k": name})
+                await conn.commit()
 
     async def admit(self, tenant: str, candidates: Sequence[tuple[CompiledJourney, NewRun]]) -> tuple[list[NewRun], Counts]:
         """The candidates that enter, and the skipped entries to count. Raises
@@ -144,3 +199,8 @@ class EntryGate:
             log.info("run.not_started", count=len(candidates) - len(kept),
                      reason="the subject is already in a journey that does not allow concurrent runs")
         return kept
+
+
+def _span(window: dt.timedelta) -> str:
+    hours = window.total_seconds() / 3600
+    return f"{hours / 24:g} days" if hours >= 24 else f"{hours:g} hours"

@@ -12,6 +12,7 @@ journeys triggering each other stop.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -126,7 +127,10 @@ class Starter:
         return results
 
     async def trigger(self, tenant: str, *, journey: str, subject_id: str, context: Any, request_id: str) -> str:
-        """Start a run of *journey* now; returns its id."""
+        """Start a run of *journey* now, whatever its trigger's conditions, under
+        its entry policy and concurrency setting (FAILED_PRECONDITION when they
+        keep the subject out, counted as a skipped entry); returns its id. A
+        repeated *request_id* returns the first run."""
         record = await self._journeys.get(tenant=tenant, name=journey)
         if record.state == journey_pb2.JOURNEY_STATE_PAUSED:
             raise FailedPrecondition(f"journey {journey!r} is paused", reason="JOURNEY_PAUSED")
@@ -134,8 +138,19 @@ class Starter:
             raise FailedPrecondition(f"journey {journey!r} is archived; publish a new version to revive it", reason="JOURNEY_ARCHIVED")
         compiled = await self._journeys.compiled(tenant, journey, record.version)
         event = self._synthetic_event(subject_id, "journey.triggered", context, request_id)
-        return await self._start_one(NewRun(tenant=tenant, journey=journey, version=record.version, subject_id=subject_id, event=event,
-                                            first_step=compiled.first_step))
+        run = NewRun(tenant=tenant, journey=journey, version=record.version, subject_id=subject_id, event=event, first_step=compiled.first_step)
+        async with self._gate.serialized(tenant, journey, subject_id):
+            if request_id:
+                # A repeat returns the first run, whatever the entry checks would say now.
+                first = await self._runs.list_runs(tenant=tenant, journey=journey, subject_id=subject_id, trigger_event_id=event.event_id,
+                                                   limit=1, before=None)
+                if first:
+                    return first[0].run_id
+            refusal = await self._gate.refusal(tenant, compiled, run)
+            if refusal is not None:
+                await self._start([], skipped=(tenant, Counter({(journey, record.version, "", "skipped"): 1})))
+                raise FailedPrecondition(f"journey {journey!r} does not take the subject now: {refusal.description}", reason=refusal.reason)
+            return await self._start_one(run)
 
     async def enqueue(self, tenant: str, *, spec: journey_pb2.JourneySpec, subject_id: str, context: Any, request_id: str) -> str:
         """Start a one-step run that sends one message; returns its id."""

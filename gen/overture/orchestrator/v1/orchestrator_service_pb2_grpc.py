@@ -181,7 +181,11 @@ class OrchestratorServiceServicer:
     """
 
     def Trigger(self, request, context):
-        """Starts a run of a journey for a subject now, regardless of its trigger.
+        """Starts a run of a journey for a subject now, regardless of its trigger's
+        filter and profile condition, but under the journey's entry policy and
+        concurrency setting: a subject they keep out is FAILED_PRECONDITION
+        (reason ENTRY_POLICY or ALREADY_IN_JOURNEY) and counted as a skipped
+        entry. Simultaneous calls for one subject and journey start one run.
         Idempotent on `request_id`: a repeat returns the first run.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -37,7 +37,11 @@ class OrchestratorServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> OrchestratorServiceAsyncStub: ...
     Trigger: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.TriggerRequest, _orchestrator_service_pb2.TriggerResponse]
-    """Starts a run of a journey for a subject now, regardless of its trigger.
+    """Starts a run of a journey for a subject now, regardless of its trigger's
+    filter and profile condition, but under the journey's entry policy and
+    concurrency setting: a subject they keep out is FAILED_PRECONDITION
+    (reason ENTRY_POLICY or ALREADY_IN_JOURNEY) and counted as a skipped
+    entry. Simultaneous calls for one subject and journey start one run.
     Idempotent on `request_id`: a repeat returns the first run.
     """
     Enqueue: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.EnqueueRequest, _orchestrator_service_pb2.EnqueueResponse]
@@ -171,7 +175,11 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Trigger: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.TriggerRequest, _orchestrator_service_pb2.TriggerResponse]  # type: ignore[assignment]
-    """Starts a run of a journey for a subject now, regardless of its trigger.
+    """Starts a run of a journey for a subject now, regardless of its trigger's
+    filter and profile condition, but under the journey's entry policy and
+    concurrency setting: a subject they keep out is FAILED_PRECONDITION
+    (reason ENTRY_POLICY or ALREADY_IN_JOURNEY) and counted as a skipped
+    entry. Simultaneous calls for one subject and journey start one run.
     Idempotent on `request_id`: a repeat returns the first run.
     """
     Enqueue: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.EnqueueRequest, _orchestrator_service_pb2.EnqueueResponse]  # type: ignore[assignment]
@@ -308,7 +316,11 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orchestrator_service_pb2.TriggerRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orchestrator_service_pb2.TriggerResponse, _abc.Awaitable[_orchestrator_service_pb2.TriggerResponse]]:
-        """Starts a run of a journey for a subject now, regardless of its trigger.
+        """Starts a run of a journey for a subject now, regardless of its trigger's
+        filter and profile condition, but under the journey's entry policy and
+        concurrency setting: a subject they keep out is FAILED_PRECONDITION
+        (reason ENTRY_POLICY or ALREADY_IN_JOURNEY) and counted as a skipped
+        entry. Simultaneous calls for one subject and journey start one run.
         Idempotent on `request_id`: a repeat returns the first run.
         """
 
