@@ -5,7 +5,10 @@ body, and ``data`` the structured content.
 Writing the inbox row is the whole send, and the row is unique per
 idempotency key, so :meth:`InAppConnector.status` can always say whether a
 send that was interrupted happened: an in-app delivery is never left in
-doubt. Configure it as a provider: ``{"name": "in-app", "kind": "in_app"}``.
+doubt. It opts into the sweeper's lookups (``status_lookup``, and
+:meth:`InAppConnector.reference` for a claim whose process stopped before
+it recorded an id), so such a delivery is settled without an operator.
+Configure it as a provider: ``{"name": "in-app", "kind": "in_app"}``.
 """
 
 from __future__ import annotations
@@ -29,15 +32,20 @@ class InAppConnector:
     """Delivers into the inbox; see the module docstring."""
 
     channel: messaging_pb2.Channel.ValueType = messaging_pb2.CHANNEL_IN_APP
+    status_lookup = True
 
     def __init__(self, *, name: str, inbox: Inbox, rate_limit_per_second: float = 0.0) -> None:
         self.name = name
         self.rate_limit_per_second = rate_limit_per_second
         self._inbox = inbox
 
+    def reference(self, tenant: str, idempotency_key: str) -> str:
+        """The id :meth:`status` knows a message by, derived from its key."""
+        return f"{tenant}/{idempotency_key}"
+
     async def send(self, message: OutboundMessage) -> SendResult:
         """Store *message* in its subject's inbox (once per key) and announce it."""
-        provider_message_id = f"{message.tenant}/{message.idempotency_key}"
+        provider_message_id = self.reference(message.tenant, message.idempotency_key)
         try:
             message_id = await self._inbox.deliver(message.tenant, NewMessage(
                 idempotency_key=message.idempotency_key, subject_id=message.subject_id or message.address, title=message.subject,

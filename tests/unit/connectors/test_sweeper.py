@@ -12,12 +12,15 @@ import sqlalchemy as sa
 
 from overture.common.v1 import messaging_pb2
 from overture_connectors.deliveries import DeliveryService
+from overture_connectors.inbox import Inbox, NewMessage
+from overture_connectors.inbox_connector import InAppConnector
 from overture_connectors.store import Claim, DeliveryStore
 from overture_connectors.sweeper import MAX_WAIT, Sweeper, next_wait
 from overture_connectors.tables import deliveries, status_outbox
 from overture_runtime.clock import IdGenerator, ManualClock
 from overture_runtime.config import Settings
 from overture_runtime.db import Database
+from overture_runtime.redis import Keys
 
 from .conftest import message
 from .fakes import FakeConnector
@@ -43,7 +46,7 @@ def settings(**overrides: Any) -> Settings:
     return Settings(**values)
 
 
-def build(db: Database, clock: ManualClock, fake: FakeConnector, **overrides: Any) -> tuple[DeliveryService, Sweeper]:
+def build(db: Database, clock: ManualClock, fake: FakeConnector | InAppConnector, **overrides: Any) -> tuple[DeliveryService, Sweeper]:
     """A DeliveryService over *fake* and its sweeper."""
     config = settings(**overrides)
     service = DeliveryService(db, {fake.name: fake}, {S.CHANNEL_EMAIL: fake.name}, clock, IdGenerator(),
@@ -180,3 +183,22 @@ async def test_a_slow_sender_that_records_after_the_sweeper_marked_its_claim_in_
 def test_the_wait_doubles_up_to_six_hours(checks: int, wait: int) -> None:
     """next_wait doubles the first wait per question already asked, capped at six hours."""
     assert next_wait(dt.timedelta(seconds=60), checks) == dt.timedelta(seconds=wait)
+
+
+async def test_abandoned_in_app_claims_are_settled_by_the_inbox_itself(db: Database, clock: ManualClock) -> None:
+    """The in-app kind opts into the lookups: of two claims whose process stopped mid-send, the one whose inbox row was written is
+    settled SENT and the other FAILED (nothing else can write it), each reported, none written again, and the inbox holds one
+    message."""
+    inbox = Inbox(db, None, Keys("t"), clock, IdGenerator())
+    in_app = InAppConnector(name="fake", inbox=inbox)
+    _, sweeper = build(db, clock, in_app)
+    await abandon(db, clock, "written")
+    await abandon(db, clock, "lost")
+    await inbox.deliver(TENANT, NewMessage(idempotency_key="written", subject_id="s", title="Hi", body="Hello", data={}, category=0))
+    clock.advance(dt.timedelta(minutes=5))
+    swept = await sweeper.sweep()
+    assert (swept.stale_claims, swept.outcomes) == (2, {"sent": 1, "failed": 1})
+    assert ((await row(db, "written")).status, (await row(db, "lost")).status) == ("sent", "failed")
+    assert (await row(db, "written")).provider_message_id == f"{TENANT}/written"
+    assert sorted(await reports(db)) == [("lost", "failed"), ("written", "sent")]
+    assert await inbox.by_key(TENANT, "lost") is None and (await sweeper.sweep()).stale_claims == 0
