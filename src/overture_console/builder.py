@@ -42,12 +42,59 @@ _FORM_KEY = re.compile(r"^[a-z_0-9.@]{1,300}$")
 MAX_STEPS = 200
 
 
-def form_path(field_path: str) -> str:
-    """A violation's field (``spec.steps[2].send.template``, ``steps[2].send.template``) as a form path (``steps.2.send.template``)."""
+_TOKEN = re.compile(r"""\.?([^.\[\]]+)|\[(?:"([^"]*)"|'([^']*)'|([^\]]*))\]""")
+_JSON_TYPES = frozenset({"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"})
+
+
+def _whole(fd: FieldDescriptor | None) -> bool:
+    """Whether the form holds *fd* as one JSON input: a Struct or a map of plain values."""
+    message = fd.message_type if fd is not None else None
+    if message is None:
+        return False
+    if message.GetOptions().map_entry:
+        return message.fields_by_name["value"].message_type is None
+    return message.full_name in _JSON_TYPES
+
+
+def form_path(field_path: str, values: Mapping[str, Any] | None = None) -> str:
+    """A violation's field (``spec.steps[2].send.template``, ``steps[2].send.template``) as a form path (``steps.2.send.template``).
+
+    A field inside an input (a key of a JSON structure, an item of a list of words) is that input's path; a template, a row by
+    number in the form, is the number of its row among *values*' templates (the values the form is drawn from)."""
     path = field_path.removeprefix("spec.")
     if path == "name":
         return "name"
-    return re.sub(r"\[(\d+)\]", r".\1", path).replace("[", ".").replace("]", "")
+    tokens = [next(g for g in m.groups() if g is not None) for m in _TOKEN.finditer(path)]
+    descriptor: Descriptor | None = journey_pb2.JourneySpec.DESCRIPTOR
+    node: Any = values
+    found: list[str] = []
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        found.append(token)
+        i += 1
+        fd = descriptor.fields_by_name.get(token) if descriptor is not None else None
+        node = node.get(token) if isinstance(node, Mapping) else None
+        if fd is None:
+            descriptor = None
+            continue
+        if _whole(fd) or (fd.is_repeated and fd.message_type is None):
+            break  # one input: a JSON field, or a list of words
+        message = fd.message_type
+        if message is not None and message.GetOptions().map_entry and i < len(tokens):
+            keys = list(node) if isinstance(node, Mapping) else []
+            found.append(str(keys.index(tokens[i])) if tokens[i] in keys else tokens[i])
+            node = node.get(tokens[i]) if isinstance(node, Mapping) else None
+            descriptor = message.fields_by_name["value"].message_type
+            i += 1
+        elif fd.is_repeated and i < len(tokens):
+            found.append(tokens[i])
+            node = node[int(tokens[i])] if isinstance(node, list) and tokens[i].isdigit() and int(tokens[i]) < len(node) else None
+            descriptor = message
+            i += 1
+        else:
+            descriptor = message
+    return ".".join(found)
 
 
 def _short(enum_value: str, fd: FieldDescriptor) -> str:
@@ -242,14 +289,29 @@ def _listify(node: Any, descriptor: Descriptor | None) -> Any:
     return result
 
 
-def _prune(value: Any) -> Any:
-    """Drop empty values, as a file would leave them out (a chosen kind with no fields stays, as ``{}``)."""
+def _prune(value: Any, descriptor: Descriptor | None = None) -> Any:
+    """Drop empty values, as a file would leave them out (a chosen kind with no fields stays, as ``{}``); what a JSON input
+    holds (a webhook's body, traits, an increment) is kept as written, its ``false``, ``0`` and ``""`` included."""
     if isinstance(value, dict):
-        pruned = {k: _prune(v) for k, v in value.items()}
-        return {k: v for k, v in pruned.items() if v not in ("", None, [], False) and not (isinstance(v, dict) and not v and k not in _KINDS)}
+        pruned = {}
+        for k, v in value.items():
+            fd = descriptor.fields_by_name.get(k) if descriptor is not None else None
+            inner = fd.message_type if fd is not None else None
+            if _whole(fd):
+                pruned[k] = v
+            elif inner is not None and inner.GetOptions().map_entry and isinstance(v, dict):
+                entries = {key: _prune(item, inner.fields_by_name["value"].message_type) for key, item in v.items()}
+                pruned[k] = {key: item for key, item in entries.items() if not _empty(key, item)}
+            else:
+                pruned[k] = _prune(v, inner)
+        return {k: v for k, v in pruned.items() if not _empty(k, v)}
     if isinstance(value, list):
-        return [_prune(v) for v in value]
+        return [_prune(v, descriptor) for v in value]
     return value
+
+
+def _empty(key: str, value: Any) -> bool:
+    return value is False or value in ("", None, []) or (isinstance(value, dict) and not value and key not in _KINDS)
 
 
 _KINDS = frozenset({*(f.name for f in journey_pb2.Step.DESCRIPTOR.oneofs_by_name["kind"].fields),
@@ -279,7 +341,7 @@ def read_form(fields: list[tuple[str, str]]) -> tuple[str, dict[str, Any], journ
             text = raw.replace("\r\n", "\n")
             _set(tree, parts, text if "\n" in text else text.strip())
     name = str(tree.pop("name", "") or "")
-    values = _prune(_listify(tree, journey_pb2.JourneySpec.DESCRIPTOR))
+    values = _prune(_listify(tree, journey_pb2.JourneySpec.DESCRIPTOR), journey_pb2.JourneySpec.DESCRIPTOR)
     if len(values.get("steps", [])) > MAX_STEPS:
         problems["steps"] = f"at most {MAX_STEPS} steps"
         return name, values, None, problems
@@ -289,7 +351,7 @@ def read_form(fields: list[tuple[str, str]]) -> tuple[str, dict[str, Any], journ
         spec = parse_spec(text, journey_pb2.JourneySpec, path=Path("<builder>")).message
     except SpecFileError as error:
         for problem in error.problems:
-            problems.setdefault(form_path(problem.field), problem.description)
+            problems.setdefault(form_path(problem.field, values), problem.description)
         spec = None
     return name, values, spec if not problems else None, problems
 

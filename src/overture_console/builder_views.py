@@ -199,8 +199,9 @@ async def builder(visit: Visit) -> Response:
         try:
             draft = (await visit.call("orchestrator.GetJourneyDraft", OS.GetJourneyDraftRequest(name=journey))).draft
             notices.append(("info", f"Editing the draft saved {draft.update_time.ToJsonString()} by {draft.author}."))
-            errors = {form_path(p.field): p.description for p in draft.problems}
-            return await _render(visit, journey, spec_values(draft.spec), spec=draft.spec, notices=notices, errors=errors)
+            values = spec_values(draft.spec)
+            errors = {form_path(p.field, values): p.description for p in draft.problems}
+            return await _render(visit, journey, values, spec=draft.spec, notices=notices, errors=errors)
         except ServiceError as error:
             if error.code not in ("NOT_FOUND", "UNIMPLEMENTED", "PERMISSION_DENIED"):
                 raise
@@ -252,7 +253,7 @@ async def builder_post(visit: Visit) -> Response:
         except ServiceError as error:
             if error.code != "INVALID_ARGUMENT":
                 raise
-            return await _render(visit, name, values, spec=spec, status=400, errors={form_path(f): d for f, d in error.violations},
+            return await _render(visit, name, values, spec=spec, status=400, errors={form_path(f, values): d for f, d in error.violations},
                                  notices=[("error", error.notice)])
         return await _render(visit, name, values, spec=spec, preview=preview)
     if op in ("publish", "draft"):
@@ -269,14 +270,14 @@ async def builder_post(visit: Visit) -> Response:
                 return RedirectResponse(f"/journeys/{name}", status_code=303)
             draft_spec = spec or journey_pb2.JourneySpec()
             saved = (await visit.call(rpc, OS.SaveJourneyDraftRequest(name=name, spec=draft_spec))).draft
-            problems = {form_path(p.field): p.description for p in saved.problems}
+            problems = {form_path(p.field, values): p.description for p in saved.problems}
             return await _render(visit, name, values, spec=spec, errors={**errors, **problems},
                                  notices=[("ok", f"Draft of {name} saved" + (f", with {len(problems)} problems to fix before publishing." if problems else "."))])
         except ServiceError as error:
             if error.code not in ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "UNAVAILABLE", "UNIMPLEMENTED", "ALREADY_EXISTS"):
                 raise
             return await _render(visit, name, values, spec=spec, status=error.http_status,
-                                 errors={form_path(f): d for f, d in error.violations}, notices=[("error", error.notice)])
+                                 errors={form_path(f, values): d for f, d in error.violations}, notices=[("error", error.notice)])
     _apply(op, visit, values)
     return await _render(visit, name, values, spec=spec, errors={} if op != "refresh" else errors)
 
