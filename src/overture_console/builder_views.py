@@ -126,7 +126,10 @@ def _apply(op: str, visit: Visit, values: dict[str, Any]) -> None:
         container = _container(values, parent)
         if action == "add":
             if isinstance(container, dict):
-                container[f"template-{len(container) + 1}"] = {}
+                number = len(container) + 1
+                while f"template-{number}" in container:  # after a removal, template-N may be taken
+                    number += 1
+                container[f"template-{number}"] = {}
             elif isinstance(container, list):
                 container.append({})
             return
@@ -138,7 +141,7 @@ def _apply(op: str, visit: Visit, values: dict[str, Any]) -> None:
                 del container[i]
             elif i > 0:
                 container[i - 1], container[i] = container[i], container[i - 1]
-        elif isinstance(container, dict) and i < len(container):
+        elif isinstance(container, dict) and i < len(container) and action == "remove":  # a map has no order to move in
             del container[list(container)[i]]
     elif action == "cond":
         attribute, operator, value = visit.field(f"cond-attr:{where}"), visit.field(f"cond-op:{where}"), visit.field(f"cond-value:{where}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from overture.orchestrator.v1 import journey_pb2 as J
 from overture_cli.specfile import load_spec
@@ -51,10 +52,10 @@ def _all(form: dict[str, object]) -> list[Widget]:
     return [*form["top"], *trigger.children, *form["steps"], *form["rest"]]  # type: ignore[misc]
 
 
-def form_of(name: str, spec: J.JourneySpec) -> list[tuple[str, str]]:
-    """What the builder's form posts for *spec*, as drawn from the spec with no field help."""
+def form_of(name: str, spec: J.JourneySpec | dict[str, Any]) -> list[tuple[str, str]]:
+    """What the builder's form posts for *spec* (or the builder's values), as drawn with no field help."""
     fields = [("name", name)]
-    for widget in _all(widgets(spec_values(spec), {})):
+    for widget in _all(widgets(spec_values(spec) if isinstance(spec, J.JourneySpec) else spec, {})):
         fields += submitted(widget)
     return fields
 
