@@ -3,7 +3,9 @@ rules service reports those of rule sets: a JSON path, added, removed or
 changed, and the values before and after.
 
 Lists of objects with an ``id`` (steps) are matched by id, so that
-inserting a step shows one added step rather than every later step changed.
+inserting a step shows one added step rather than every later step changed;
+the same ids in another order are one change of the list (the first step
+is where runs start).
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ def diff(before: Any, after: Any, path: str = "") -> list[Change]:
         old, new = _keyed(before), _keyed(after)
         if old is not None and new is not None:
             found = []
+            kept = [k for k in old if k in new]
+            if kept != [k for k in new if k in old]:  # the same steps in another order: another first step, another journey
+                found.append(Change(path or "(all)", "changed", _text(list(old)), _text(list(new))))
             for key in [*old, *(k for k in new if k not in old)]:
                 sub = f"{path}[id={key}]"
                 if key not in new:
