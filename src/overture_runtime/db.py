@@ -36,6 +36,8 @@ class Database:
     def __init__(self, url: str, *, echo: bool = False, pool_size: int = 10, max_overflow: int = 10) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self.connections = pool_size + max_overflow
+        """At most this many connections are open at once (on PostgreSQL)."""
         # hide_parameters: errors must not carry row values (personal data) into logs.
         kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
         if self.is_sqlite:

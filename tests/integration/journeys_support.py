@@ -255,14 +255,15 @@ class World:
 
 
 @contextlib.asynccontextmanager
-async def journey_world(mail_dir: Path) -> AsyncIterator[World]:
+async def journey_world(mail_dir: Path, **settings: object) -> AsyncIterator[World]:
     """The cluster a module's journey tests share, its clock at :data:`START`,
-    with the tour's rule set (email marketing needs consent) active."""
+    with the tour's rule set (email marketing needs consent) active; *settings*
+    override every service's."""
     clock = ManualClock(START)
     async with temporary_database(PG_ADMIN) as url, scratch_namespace("journeys") as namespace:
 
         def make_settings(**overrides: object) -> Settings:
-            return settings_for(url, namespace, **{"auth_tokens": json.dumps(_TOKENS), **overrides})
+            return settings_for(url, namespace, **{"auth_tokens": json.dumps(_TOKENS), **settings, **overrides})
 
         async with running_cluster(make_settings, mail_dir, orchestrator_clock=clock, ingest_clock=clock) as cluster:
             await _activate_rule_set(cluster)

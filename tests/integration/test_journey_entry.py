@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import grpc
@@ -18,7 +19,7 @@ from overture.orchestrator.v1 import run_pb2
 from overture.rules.v1 import profile_service_pb2 as P
 from tests.conftest import TENANT
 from tests.integration import journeys_support
-from tests.integration.journeys_support import MD, World, event
+from tests.integration.journeys_support import MD, World, event, journey_world
 from tests.integration.rules_support import reason_of
 from tests.thinpath import eventually
 
@@ -226,3 +227,14 @@ async def test_trigger_keeps_to_the_entry_policy_and_concurrency_and_simultaneou
     assert [m["Subject"] for m in world.mail_to(address)] == ["Welcome"]
     entered, skipped = await counts("welcome-once")
     assert (entered - once_before[0], skipped - once_before[1]) == (1, 1)
+
+
+async def test_many_simultaneous_triggers_cannot_take_the_whole_connection_pool(tmp_path: Path) -> None:
+    """Each Trigger holds a pooled connection for its entry lock while its checks take others: with a pool of two connections,
+    twelve simultaneous Triggers for twelve subjects all start their run (lock holders are bounded below the pool), where
+    unbounded holders would each keep one connection and wait for a second until the pool times out."""
+    async with journey_world(tmp_path / "mail", db_pool_size=2, db_max_overflow=0) as small:
+        await small.publish("hour-timer")
+        started = await asyncio.wait_for(asyncio.gather(*(small.trigger("hour-timer", f"pool-{i}") for i in range(12))), timeout=120)
+        assert len(set(started)) == 12
+        assert (await small.stats("hour-timer")).entered == 12

@@ -54,6 +54,7 @@ __all__ = ["EntryGate", "Refusal"]
 
 log = structlog.get_logger("overture.orchestrator")
 J = journey_pb2
+_LOCK_HOLDERS = 4
 
 
 class Refusal(NamedTuple):
@@ -72,6 +73,11 @@ class EntryGate:
         self._runs = runs_store
         self._profiles = profiles
         self._local: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = weakref.WeakValueDictionary()
+        # Each holder of an entry lock keeps a pooled connection while its
+        # checks and insert take others: a few holders at a time, so that
+        # many simultaneous Triggers cannot take the whole pool and wait on
+        # each other for a connection.
+        self._holders = asyncio.Semaphore(max(1, min(_LOCK_HOLDERS, db.connections // 2)))
 
     async def refusal(self, tenant: str, compiled: CompiledJourney, run: NewRun) -> Refusal | None:
         """Why the journey's entry policy or concurrency setting keeps *run*
@@ -101,7 +107,7 @@ class EntryGate:
                 yield
             return
         name = "\x1f".join(("overture-entry", *key))
-        async with self._db.connect() as conn:
+        async with self._holders, self._db.connect() as conn:
             await conn.execute(sa.text("SELECT pg_advisory_lock(hashtextextended(:k, 0))"), {"k": name})
             await conn.commit()
             try:
