@@ -29,11 +29,41 @@ from .server import Server
 __all__ = ["Processes", "free_port", "service_processes", "serving", "temporary_database"]
 
 
+_PORTS = range(20000, 32000)
+"""Below Linux's ephemeral range (32768-60999), so no outgoing connection's
+local port can take a port handed out here before its server binds it."""
+_BLOCK = 1500
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that is free now and that no other caller of
+    this function will be given: never twice in this process, and from a
+    block of its own for each pytest-xdist worker (``PYTEST_XDIST_WORKER``,
+    ``gw0``, ``gw1`` ...), so that parallel tests cannot pick each other's
+    ports between choosing one and binding it. Outside the kernel's
+    ephemeral range, so an outgoing connection cannot take it either."""
+    import random
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else None
+    if index is None:
+        block = _PORTS
+    else:
+        start = _PORTS.start + (index * _BLOCK) % (len(_PORTS) - _BLOCK)
+        block = range(start, start + _BLOCK)
+    for _ in range(200):
+        port = random.choice(block)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {block.start}-{block.stop - 1}")
 
 
 @contextlib.asynccontextmanager
