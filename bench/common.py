@@ -218,3 +218,66 @@ if __name__ == "__main__":
         uvloop.run(_run_echo(args.port))
     else:
         asyncio.run(_run_echo(args.port))
+
+
+# --- server-side durations from the services' Prometheus histograms -------------------------------------------
+
+Histograms = dict[tuple[str, str], tuple[list[tuple[float, float]], float, float]]
+"""By (service, series): cumulative (upper bound, count) buckets, sum and count."""
+
+
+async def scrape_histograms(metrics_ports: dict[str, int]) -> Histograms:
+    """Every histogram series of each service's /metrics, keyed by the series' name and labels."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found: Histograms = {}
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        for service, port in metrics_ports.items():
+            try:
+                text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+            except httpx.HTTPError:
+                continue
+            for family in text_string_to_metric_families(text):
+                if family.type != "histogram":
+                    continue
+                series: dict[str, tuple[list[tuple[float, float]], float, float]] = {}
+                for sample in family.samples:
+                    labels = {k: v for k, v in sample.labels.items() if k != "le"}
+                    name = family.name + (f"{{{','.join(f'{k}={v}' for k, v in sorted(labels.items()))}}}" if labels else "")
+                    buckets, total, count = series.get(name, ([], 0.0, 0.0))
+                    if sample.name.endswith("_bucket"):
+                        buckets.append((float(sample.labels["le"]), sample.value))
+                    elif sample.name.endswith("_sum"):
+                        total = sample.value
+                    elif sample.name.endswith("_count"):
+                        count = sample.value
+                    series[name] = (buckets, total, count)
+                for name, value in series.items():
+                    found[(service, name)] = value
+    return found
+
+
+def histogram_figures(before: Histograms, after: Histograms) -> dict[str, object]:
+    """What each series recorded between two scrapes: count, mean and the bucket bounds holding p50 and p99
+    (server-side time only: queueing before a batch or a call is not in it)."""
+    figures: dict[str, object] = {}
+    for key, (buckets, total, count) in sorted(after.items()):
+        old_buckets, old_total, old_count = before.get(key, ([], 0.0, 0.0))
+        n = count - old_count
+        if n <= 0:
+            continue
+        previous = dict(old_buckets)
+        delta = [(le, c - previous.get(le, 0.0)) for le, c in sorted(buckets)]
+
+        def bound(q: float, delta: list[tuple[float, float]] = delta, n: float = n) -> str:
+            for le, c in delta:
+                if c >= q * n:
+                    return f"<= {le * 1000:g}" if le != float("inf") else "> last bucket"
+            return "?"
+
+        service, name = key
+        short = name.replace("overture_", "").replace("_seconds", "").replace("rpc_duration{method=", "rpc{")
+        figures[f"{service} {short}: n, mean ms, p50 ms, p99 ms"] = (f"{n:.0f}, {(total - old_total) / n * 1000:.1f}, "
+                                                                      f"{bound(0.5)}, {bound(0.99)}")
+    return figures

@@ -79,7 +79,7 @@ from baselines.harness import (  # type: ignore[import-not-found]
     running,
     summarize_profile,
 )
-from common import METADATA, PG_ADMIN, REDIS_URL, services  # type: ignore[import-not-found]
+from common import METADATA, PG_ADMIN, REDIS_URL, histogram_figures, scrape_histograms, services  # type: ignore[import-not-found]
 
 from overture.common.v1 import event_pb2, messaging_pb2
 from overture.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
@@ -194,6 +194,8 @@ class Overture:
     """Ack time per trigger event id that should give an email."""
     held: int = 0
     """Runs started on the 30-day delay (no email expected)."""
+    metrics_ports: dict[str, int] = field(default_factory=dict)
+    """Each service's Prometheus port: the open loops print the server-side durations its histograms recorded."""
 
     def stub(self, service: str, factory: Callable[[grpc.aio.Channel], object]) -> object:
         channel = grpc.aio.insecure_channel(self.addresses[service], options=[("grpc.max_send_message_length", 64 << 20)])
@@ -384,6 +386,7 @@ async def open_loop(ov: Overture, prefix: str, *, rate: float, seconds: float, w
 
     cpu = ov.meter()
     await cpu.start()
+    durations = await scrape_histograms(ov.metrics_ports)
     start = time.monotonic() + 0.05
     sent = 0
     overloaded = ""
@@ -423,6 +426,7 @@ async def open_loop(ov: Overture, prefix: str, *, rate: float, seconds: float, w
         "complete within the deadline": "yes" if complete else f"NO: {total - len(arrived)} undelivered {within:.0f} s after the last send",
         **_tail(from_schedule), **{f"ack -> email {k}": v for k, v in _tail(from_ack).items()},
         **cpu_figures(cpu, len(arrived)),
+        **histogram_figures(durations, await scrape_histograms(ov.metrics_ports)),
     }
     return figures, from_schedule
 
@@ -519,7 +523,7 @@ async def run_overture(args: argparse.Namespace, sink: Sink, logs: Path, results
     print(f"starting the four services (logs in {logs}) ...", flush=True)
     async with services(SERVICES, log_dir=logs, **env) as running_services:
         ov = Overture(addresses=dict(running_services.addresses), database_url=running_services.env["DATABASE_URL"], sink=sink,
-                      profiles=args.profiles, pids=service_pids())
+                      profiles=args.profiles, pids=service_pids(), metrics_ports=dict(running_services.metrics_ports))
         try:
             started = time.monotonic()
             await setup(ov, examples=source / "examples", delays=delays, probe_delay=args.timer_delay)
