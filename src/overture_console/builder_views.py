@@ -23,6 +23,7 @@ from overture.rules.v1 import profile_pb2, rule_set_pb2
 from overture.rules.v1 import rules_service_pb2 as RS
 
 from .builder import form_path, read_form, spec_values, widgets
+from .graph import edges_of
 from .render import page
 from .services import ServiceError
 from .web import BadInput, Visit, view
@@ -106,6 +107,18 @@ def _container(values: dict[str, Any], path: str) -> Any:
     return node
 
 
+def _takes_next(step: dict[str, Any]) -> bool:
+    """Whether a step (as values) goes on through ``next``: not an exit, nor a step that branches on edges of its own (a
+    condition, a split, a wait), whose ``next`` the orchestrator would ignore."""
+    kinds = journey_pb2.Step.DESCRIPTOR.oneofs_by_name["kind"].fields
+    kind = next((f.name for f in kinds if f.name in step), None)
+    if kind is None:
+        return True
+    probe = journey_pb2.Step()
+    getattr(probe, kind).SetInParent()
+    return "next" in dict(edges_of(probe)) or kind == "approval"
+
+
 def _apply(op: str, visit: Visit, values: dict[str, Any]) -> None:
     """Change *values* as the button *op* says."""
     steps = values.setdefault("steps", [])
@@ -118,7 +131,7 @@ def _apply(op: str, visit: Visit, values: dict[str, Any]) -> None:
         number = len(steps) + 1
         while f"{kind.replace('_', '-')}-{number}" in taken:
             number += 1
-        if steps and not steps[-1].get("next") and "exit" not in steps[-1]:
+        if steps and not steps[-1].get("next") and _takes_next(steps[-1]):
             steps[-1]["next"] = f"{kind.replace('_', '-')}-{number}"
         steps.append({"id": f"{kind.replace('_', '-')}-{number}", kind: {}})
     elif action in ("remove", "add", "up"):

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from overture.common.v1 import messaging_pb2
 from overture.orchestrator.v1 import journey_pb2, orchestrator_service_pb2
 
+from .render import fmt_duration
+
 __all__ = ["Edge", "Layout", "Node", "edges_of", "layout", "trigger_label"]
 
 NODE_W, NODE_H, GAP_X, GAP_Y, MARGIN = 210, 74, 40, 70, 20
@@ -78,7 +80,7 @@ def _step_label(step: journey_pb2.Step) -> str:
         channel = messaging_pb2.Channel.Name(step.send.channel).removeprefix("CHANNEL_").lower()
         return f"send {channel} · {step.send.template}"
     if kind == "delay" and step.delay.HasField("duration"):
-        return f"delay {step.delay.duration.ToTimedelta()}"
+        return f"delay {fmt_duration(step.delay.duration)}"
     if kind == "wait_for_event":
         return f"wait for {step.wait_for_event.event_type}"
     return kind.replace("_", " ")

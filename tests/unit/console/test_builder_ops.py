@@ -150,3 +150,14 @@ def test_a_changed_journey_reads_back_from_its_redrawn_form() -> None:
     assert spec.steps[-1].id == "delay-8" and spec.steps[-2].next == "delay-8"
     assert spec.steps[-1].delay.duration.ToTimedelta().days == 1
 
+
+
+def test_a_step_after_a_branching_step_is_not_linked_by_a_next_the_branching_step_has_no_use_for() -> None:
+    """Adding after a condition, a split or a wait leaves the last step without ``next`` (its own edges say where it goes);
+    after an approval (whose ``next`` is where an approval leads) or a send, the new step is linked."""
+    for kind in ("condition", "split", "multi_split", "wait_for_event", "wait_until", "parallel"):
+        after = press("add-step", {"steps": [{"id": "last", kind: {}}]}, new_kind="send")
+        assert "next" not in after["steps"][0], kind
+    for kind in ("approval", "send", "delay", "update_profile"):
+        after = press("add-step", {"steps": [{"id": "last", kind: {}}]}, new_kind="send")
+        assert after["steps"][0]["next"] == "send-2", kind

@@ -184,7 +184,7 @@ def test_steps_are_labelled_by_kind_and_what_they_do() -> None:
     _, spec = journey_file("welcome-series")
     at = nodes(layout(spec))
     assert at["welcome"].label == "send email · welcome"
-    assert at["wait-two-days"].label == "delay 2 days, 0:00:00"
+    assert at["wait-two-days"].label == "delay 2 d"
     assert at["finished-setup"].label == "condition"
     drawn = layout(J.JourneySpec(steps=[J.Step(id="w", wait_for_event=J.WaitForEventStep(event_type="email.confirmed")),
                                         J.Step(id="u", update_profile=J.UpdateProfileStep())]))
