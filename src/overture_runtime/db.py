@@ -23,7 +23,8 @@ from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 
-__all__ = ["SERVER_SETTINGS", "Database", "JSONType", "analyze_grown", "insert_ignore", "migrate", "run_migrations_in_env", "utc_datetime"]
+__all__ = ["SERVER_SETTINGS", "Database", "JSONType", "analyze_grown", "insert_ignore", "migrate", "run_migrations_in_env", "storage_unavailable",
+           "utc_datetime"]
 
 
 SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
@@ -46,7 +47,14 @@ class Database:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": 30}
         else:
-            kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)
+            # No pool_pre_ping: on asyncpg it costs three round trips (BEGIN,
+            # a ping, ROLLBACK) per checkout, a quarter of the orchestrator's
+            # CPU at low rates. A connection that died is found on use
+            # instead: SQLAlchemy sees the disconnect, drops every pooled
+            # connection older than it, and the call fails once with
+            # UNAVAILABLE (see :func:`storage_unavailable`), which callers
+            # and background loops retry.
+            kwargs.update(pool_size=pool_size, max_overflow=max_overflow)
             # Prepared statements are cached per connection, and PostgreSQL
             # switches a prepared statement to a generic plan after five
             # runs. A generic plan made while a table was small (or its
@@ -59,10 +67,16 @@ class Database:
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # Reads run without a transaction on PostgreSQL: under READ
+        # COMMITTED each statement takes its own snapshot anyway, and a
+        # driver-level transaction costs a BEGIN and a ROLLBACK round trip.
+        self._autocommit = self.engine if self.is_sqlite else self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     def connect(self) -> Any:
-        """``async with db.connect() as conn``: a connection, no transaction."""
-        return self.engine.connect()
+        """``async with db.connect() as conn``: a connection, no transaction
+        (on PostgreSQL each statement commits on its own: use it to read,
+        and :meth:`begin` to change several rows together)."""
+        return self._autocommit.connect()
 
     def begin(self) -> Any:
         """``async with db.begin() as conn``: a connection in a transaction, committed on exit."""
@@ -71,6 +85,26 @@ class Database:
     async def close(self) -> None:
         """Dispose of the connection pool."""
         await self.engine.dispose()
+
+
+_UNREACHABLE = frozenset({
+    # asyncpg's names for a server that is gone, restarting, refusing or full
+    "ConnectionDoesNotExistError", "ConnectionFailureError", "CannotConnectNowError", "AdminShutdownError", "CrashShutdownError",
+    "TooManyConnectionsError", "PostgresConnectionError", "ConnectionRefusedError", "ConnectionResetError",
+})
+
+
+def storage_unavailable(error: BaseException) -> bool:
+    """Whether *error* says the database could not be reached or dropped the
+    connection (retrying may succeed), however SQLAlchemy wrapped it."""
+    seen: BaseException | None = error
+    for _ in range(5):
+        if seen is None:
+            return False
+        if getattr(seen, "connection_invalidated", False) or type(seen).__name__ in _UNREACHABLE:
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -35,6 +35,7 @@ from overture.common.v1 import auth_pb2
 from .auth import TokenTable
 from .clock import new_id
 from .context import CallState, current_call, reset_call, set_call
+from .db import storage_unavailable
 from .edge import check_request
 from .errors import InvalidArgument, OvertureError, PermissionDenied, Unavailable, to_rpc_status
 from .privacy import mask_mapping
@@ -196,11 +197,9 @@ class ErrorInterceptor(_AroundInterceptor):
                 state.code, state.reason = grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED"
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented")
         except Exception as error:
-            if _transient_storage_error(error):
-                # A migration changed a table under a cached statement: the
-                # driver dropped its cache, and a retry succeeds.
-                retry = Unavailable("the database schema changed under this call; retry", reason="SCHEMA_CHANGED",
-                                    retry_after=timedelta(milliseconds=100))
+            retry = _transient_storage_error(error)
+            if retry is not None:
+                log.warning("rpc.storage_unavailable", reason=retry.reason, error=type(error).__name__)
                 if state is not None:
                     state.code, state.reason = retry.code, retry.reason
                 status = rpc_status.to_status(to_rpc_status(retry, domain=self._domain))
@@ -212,16 +211,22 @@ class ErrorInterceptor(_AroundInterceptor):
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error; reference {error_id}")
 
 
-def _transient_storage_error(error: BaseException) -> bool:
-    """Whether *error* is asyncpg's InvalidCachedStatementError, however wrapped."""
+def _transient_storage_error(error: BaseException) -> Unavailable | None:
+    """The UNAVAILABLE that *error* is, when a retry of the call can succeed:
+    a migration changed a table under a cached statement (the driver has
+    dropped its cache), or the database connection was lost or refused."""
+    if storage_unavailable(error):
+        return Unavailable("the database cannot be reached right now; retry", reason="DATABASE_UNAVAILABLE",
+                           retry_after=timedelta(milliseconds=250))
     seen: BaseException | None = error
     for _ in range(5):
         if seen is None:
-            return False
+            return None
         if type(seen).__name__ == "InvalidCachedStatementError":
-            return True
+            return Unavailable("the database schema changed under this call; retry", reason="SCHEMA_CHANGED",
+                               retry_after=timedelta(milliseconds=100))
         seen = getattr(seen, "orig", None) or seen.__cause__
-    return False
+    return None
 
 
 def required_role(method: str) -> str:
