@@ -6,7 +6,10 @@ tokens claimed from the database (timers that came due, retries, tokens
 whose worker died, runs started elsewhere or while the queue was full). A
 batch is executed, and its outcomes recorded in one transaction; then the
 worker takes the next. Idle workers sleep until woken or for at most
-``poll`` seconds, so a timer fires within about ``poll`` of its time.
+``poll`` seconds, so a timer fires within about ``poll`` of its time. A
+claim that finds nothing is not repeated within ``poll`` unless the workers
+are woken: after a batch of runs started here, a worker goes back to the
+queue instead of asking the database again.
 
 Runs started in this replica skip the claim: the starter inserts their
 tokens already leased to the claim name of :meth:`WorkerPool.eager`, and
@@ -67,6 +70,8 @@ class WorkerPool:
         self._open: str | None = None
         """The claim name new runs are queued under, until a worker takes its queue."""
         self._queued: dict[str, _Queued] = {}
+        self._found_none_at: float | None = None
+        """When a claim last found no due token (monotonic), None if the last one found some."""
 
     def wake(self) -> None:
         """New work is due now: idle workers claim it without waiting for their poll."""
@@ -111,7 +116,9 @@ class WorkerPool:
     async def _work(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             try:
-                done = await self._take_queued() or await self._batch_once()
+                done = await self._take_queued()
+                if not done and (self._wake.is_set() or self._claim_due()):
+                    done = await self._batch_once()
             except Exception:
                 log.exception("worker.batch_failed")  # its tokens come due again when their lease runs out
                 done = 0
@@ -125,6 +132,12 @@ class WorkerPool:
             await asyncio.wait({waiter, stopper}, timeout=self._poll, return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
             stopper.cancel()
+
+    def _claim_due(self) -> bool:
+        """Whether to look for due tokens now: not when a claim found none
+        less than ``poll`` ago (eager batches need no claim after them), so
+        timers still fire within about ``poll`` of their time."""
+        return self._found_none_at is None or time.monotonic() - self._found_none_at >= self._poll
 
     def _ready(self) -> bool:
         return any(q.work and not q.starting for q in self._queued.values())
@@ -159,6 +172,7 @@ class WorkerPool:
     async def _batch_once(self) -> int:
         owner = self._claim_name()
         work = await self._runs.claim(owner=owner, limit=self._batch)
+        self._found_none_at = None if work else time.monotonic()
         if not work:
             return 0
         CLAIMED.labels("claimed").inc(len(work))
