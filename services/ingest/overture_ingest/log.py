@@ -58,7 +58,15 @@ WITH RECURSIVE tenants(tenant) AS (
 SELECT tenant FROM tenants WHERE tenant IS NOT NULL
 """)
 """The tenants with events, one index probe each (a skip scan of ingest_events_window)."""
-_MARK_PUBLISHED = sa.text("UPDATE ingest_events SET published_at = :now WHERE seq = ANY(CAST(:seqs AS bigint[]))")
+# Take the next unpublished events and mark them, in one statement (the
+# relay's transaction is rolled back if they cannot be appended to the
+# stream). The ids are picked first, as an array, so the update probes the
+# primary key for them whatever the planner thinks of the table's size.
+_TAKE_UNPUBLISHED = sa.text(
+    "UPDATE ingest_events SET published_at = :now WHERE seq = ANY(ARRAY("
+    "SELECT seq FROM ingest_events WHERE published_at IS NULL ORDER BY seq LIMIT :limit)) "
+    "RETURNING seq, tenant, event_id, partition, payload"
+).columns(seq=sa.BigInteger, tenant=sa.Text, event_id=sa.Text, partition=sa.Integer, payload=sa.LargeBinary)
 DIRECT_BATCH = 50
 """Batches at least this large are inserted on their own, not grouped."""
 _COLUMNS = ("tenant", "event_id", "event_type", "original_event_type", "subject_id", "occurred_at", "received_at", "commit_time",
@@ -240,12 +248,22 @@ class Relay:
         self._horizon = republish_horizon
         self._epoch_key = f"{keys.namespace}:stream:{EVENT_STREAM}:epoch"
         self.wake = asyncio.Event()
+        self._epoch: str | None = None
+        """The epoch last seen in PostgreSQL and Redis alike."""
 
     async def check_epoch(self, conn: AsyncConnection) -> int:
         """Detect a Redis that lost the stream; mark recent events unpublished. Returns how many."""
-        stored = (await conn.execute(sa.select(relay_state.c.epoch).where(relay_state.c.name == EVENT_STREAM))).scalar()
         current: Any = await self._redis.get(self._epoch_key)
-        if stored is not None and current is not None and (current.decode() if isinstance(current, bytes) else current) == stored:
+        if isinstance(current, bytes):
+            current = current.decode()
+        if current is not None and current == self._epoch:
+            # The epoch this relay last read or wrote in PostgreSQL is still in
+            # Redis. PostgreSQL's changes only with Redis's (by the relay that
+            # holds the lock), so it has not changed either: no need to read it.
+            return 0
+        stored = (await conn.execute(sa.select(relay_state.c.epoch).where(relay_state.c.name == EVENT_STREAM))).scalar()
+        if stored is not None and current is not None and current == stored:
+            self._epoch = stored
             return 0
         now = self._clock.now()
         epoch = secrets.token_hex(16)
@@ -257,6 +275,7 @@ class Relay:
         await conn.execute(relay_state.delete().where(relay_state.c.name == EVENT_STREAM))
         await conn.execute(relay_state.insert().values(name=EVENT_STREAM, epoch=epoch, update_time=now))
         await self._redis.set(self._epoch_key, epoch)
+        self._epoch = epoch
         return reset
 
     async def publish_once(self) -> int:
@@ -268,19 +287,23 @@ class Relay:
                 if not locked:
                     return 0
             await self.check_epoch(conn)
-            rows = (await conn.execute(
-                sa.select(t.c.seq, t.c.tenant, t.c.event_id, t.c.partition, t.c.payload)
-                .where(t.c.published_at.is_(None)).order_by(t.c.seq).limit(self._batch)
-            )).all()
+            if conn.dialect.name == "postgresql":  # marked as they are read: one statement
+                rows = sorted((await conn.execute(_TAKE_UNPUBLISHED, {"now": self._clock.now(), "limit": self._batch})).all(),
+                              key=lambda r: r.seq)
+            else:
+                rows = (await conn.execute(
+                    sa.select(t.c.seq, t.c.tenant, t.c.event_id, t.c.partition, t.c.payload)
+                    .where(t.c.published_at.is_(None)).order_by(t.c.seq).limit(self._batch)
+                )).all()
+                if rows:
+                    await conn.execute(t.update().where(t.c.seq.in_([r.seq for r in rows])).values(published_at=self._clock.now()))
             if not rows:
                 return 0
+            # Appended before the transaction commits: if this fails, the
+            # events stay unpublished; if the commit fails after it, they are
+            # appended again, and consumers deduplicate by event id.
             await self._append([("XADD", self._keys.stream(EVENT_STREAM, r.partition), "MAXLEN", "~", _STREAM_MAXLEN, "*",
                                   "tenant", r.tenant, "event_id", r.event_id, "event", r.payload) for r in rows])
-            seqs = [r.seq for r in rows]
-            if conn.dialect.name == "postgresql":  # one array parameter, not one per row
-                await conn.execute(_MARK_PUBLISHED, {"now": self._clock.now(), "seqs": seqs})
-            else:
-                await conn.execute(t.update().where(t.c.seq.in_(seqs)).values(published_at=self._clock.now()))
         return len(rows)
 
     async def _append(self, commands: list[tuple[Any, ...]]) -> None:
