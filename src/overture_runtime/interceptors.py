@@ -39,6 +39,7 @@ from .db import storage_unavailable
 from .edge import check_request
 from .errors import InvalidArgument, OvertureError, PermissionDenied, Unavailable, to_rpc_status
 from .privacy import mask_mapping
+from .wire import Encoded
 
 __all__ = ["AuthInterceptor", "ErrorInterceptor", "ObservabilityInterceptor", "default_interceptors", "required_role"]
 
@@ -84,6 +85,17 @@ def _checked_decoder(method: str, deserializer: Callable[[bytes], Any]) -> Calla
     return decode
 
 
+def _encoding(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """*serializer*, passing a response the servicer encoded itself (:class:`~.wire.Encoded`) through as it is."""
+    if serializer is None:
+        return None
+
+    def serialize(response: Any) -> bytes:
+        return response.data if isinstance(response, Encoded) else serializer(response)
+
+    return serialize
+
+
 class _AroundInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Wraps the behaviour of each intercepted unary-response method."""
 
@@ -115,7 +127,7 @@ class _AroundInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
             return await self.around(method, lambda: inner(decode(request), context), context)
 
-        return factory(behavior, request_deserializer=deserializer, response_serializer=handler.response_serializer)
+        return factory(behavior, request_deserializer=deserializer, response_serializer=_encoding(handler.response_serializer))
 
     async def around(
         self, method: str, call: Callable[[], Awaitable[Any]], context: grpc.aio.ServicerContext

@@ -368,7 +368,7 @@ class RunStore:
         return [_run_proto(r, by_run.get(r.run_id, []), waiting.get(r.run_id, []), contexts.get((tenant, r.run_id), {})) for r in rows]
 
 
-def _start_statement() -> sa.TextClause:
+def _start_statement() -> sa.TextualSelect:
     """Starting a batch of runs on PostgreSQL, in one statement: the runs
     (skipping those whose trigger already made one, by the once-key), then
     for the new ones their inputs, first tokens and ``entered`` counters,

@@ -34,6 +34,7 @@ from overture_runtime.validation import (
     page_size,
     to_proto_violations,
 )
+from overture_runtime.wire import Encoded, message_field
 
 from . import audit
 from .backtest import backtest
@@ -49,6 +50,8 @@ _REASON_MAX = 1024
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _TRAIT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _CHANGE_MAX = 100
+_RESPONSE_RESULTS = R.EvaluateBatchResponse.DESCRIPTOR.fields_by_name["results"].number
+_RESULT_DECISION = R.EvaluateBatchResult.DESCRIPTOR.fields_by_name["decision"].number
 """The most tags or segments one UpdateProfile names in each of its lists."""
 
 
@@ -79,25 +82,29 @@ class RulesServicer(rules_service_pb2_grpc.RulesServiceServicer):
         v = Violations()
         check_batch(v, "requests", request.requests)
         v.raise_if_any("the batch is invalid")
-        response = R.EvaluateBatchResponse()
+        # The response is built as wire bytes: each decision serialized once,
+        # where copying it into the response and serializing that cost more
+        # than deciding it (see overture_runtime.wire).
+        results: list[bytes] = []
         valid: list[int] = []
         for index, item in enumerate(request.requests):
             problems = item_violations(item) or validate_evaluate(item)
-            result = response.results.add(index=index)
             if problems:
-                result.violations.extend(to_proto_violations(problems))
+                results.append(R.EvaluateBatchResult(index=index, violations=to_proto_violations(problems)).SerializeToString())
             else:
+                results.append(b"")
                 valid.append(index)
         decided = await self._decider.evaluate_many(tenant, [request.requests[i] for i in valid])
         for index, outcome in zip(valid, decided, strict=True):
-            result = response.results[index]
             if isinstance(outcome, OvertureError):
                 settling = request.requests[index].mode in (decision_pb2.EVALUATION_MODE_COMMIT, decision_pb2.EVALUATION_MODE_RELEASE)
                 where = "decision_id" if settling else "rule_set"
-                result.violations.extend(to_proto_violations(list(outcome.violations) or [FieldViolation(where, outcome.message, outcome.reason)]))
+                violations = to_proto_violations(list(outcome.violations) or [FieldViolation(where, outcome.message, outcome.reason)])
+                results[index] = R.EvaluateBatchResult(index=index, violations=violations).SerializeToString()
             else:
-                result.decision.CopyFrom(outcome)
-        return response
+                results[index] = R.EvaluateBatchResult(index=index).SerializeToString() + message_field(_RESULT_DECISION,
+                                                                                                        outcome.SerializeToString())
+        return Encoded(b"".join(message_field(_RESPONSE_RESULTS, r) for r in results))  # type: ignore[return-value]
 
     async def CreateRuleSetVersion(
         self, request: R.CreateRuleSetVersionRequest, context: grpc.aio.ServicerContext

@@ -106,3 +106,22 @@ def test_new_id_uses_the_system_clock() -> None:
     now_ms = int(datetime.now(UTC).timestamp() * 1000)
     assert uuid.UUID(value).version == 7
     assert abs(_unix_ms(value) - now_ms) < 60_000
+
+
+def test_a_forked_child_makes_ids_other_than_its_parents() -> None:
+    """Random bits are read ahead in a buffer; a forked child must not reuse what its parent read (OVERTURE_WORKERS forks)."""
+    import os
+
+    new_id()  # the parent has bits buffered
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        os.close(read)
+        os.write(write, "\n".join(new_id()[-12:] for _ in range(50)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = set(pipe.read().split("\n"))
+    os.waitpid(pid, 0)
+    parent = {new_id()[-12:] for _ in range(50)}
+    assert len(child) == 50 and not child & parent
