@@ -62,8 +62,12 @@ SELECT tenant FROM tenants WHERE tenant IS NOT NULL
 # relay's transaction is rolled back if they cannot be appended to the
 # stream). The ids are picked first, as an array, so the update probes the
 # primary key for them whatever the planner thinks of the table's size.
+# Only the replica holding the relay's lock (taken by the same statement,
+# once, before anything is read) gets rows.
+_RELAY_LOCK = "hashtext('overture-ingest-relay')"
 _TAKE_UNPUBLISHED = sa.text(
-    "UPDATE ingest_events SET published_at = :now WHERE seq = ANY(ARRAY("
+    f"WITH relay AS (SELECT pg_try_advisory_xact_lock({_RELAY_LOCK}) AS held) "
+    "UPDATE ingest_events SET published_at = :now WHERE (SELECT held FROM relay) AND seq = ANY(ARRAY("
     "SELECT seq FROM ingest_events WHERE published_at IS NULL ORDER BY seq LIMIT :limit)) "
     "RETURNING seq, tenant, event_id, partition, payload"
 ).columns(seq=sa.BigInteger, tenant=sa.Text, event_id=sa.Text, partition=sa.Integer, payload=sa.LargeBinary)
@@ -168,7 +172,10 @@ class EventLog:
             async with self._opening:
                 if self._pool is None:
                     assert self._dsn is not None
-                    self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._connections,
+                    # No reset query on release (a round trip per insert): the
+                    # pool runs only the one-statement insert, which leaves no
+                    # session state (locks, cursors, listeners, settings).
+                    self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._connections, reset=_keep_session,
                                                            server_settings={"application_name": "overture-ingest-log"})
                 pool = self._pool
         async with pool.acquire() as conn:
@@ -223,6 +230,10 @@ class EventLog:
                 profile_pending=False, profile_applied_at=self._clock.now()))
 
 
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """asyncpg's pool reset, for a pool whose statements leave no session state."""
+
+
 class Relay:
     """Publishes committed events to the partitioned stream, in log order.
 
@@ -251,16 +262,20 @@ class Relay:
         self._epoch: str | None = None
         """The epoch last seen in PostgreSQL and Redis alike."""
 
+    async def _epoch_holds(self) -> bool:
+        """Whether Redis still holds the epoch this relay last saw in PostgreSQL
+        too. PostgreSQL's epoch changes only with Redis's (by the relay that
+        holds the lock), so then neither changed, and nothing was lost."""
+        current: Any = await self._redis.get(self._epoch_key)
+        if isinstance(current, bytes):
+            current = current.decode()
+        return current is not None and current == self._epoch
+
     async def check_epoch(self, conn: AsyncConnection) -> int:
         """Detect a Redis that lost the stream; mark recent events unpublished. Returns how many."""
         current: Any = await self._redis.get(self._epoch_key)
         if isinstance(current, bytes):
             current = current.decode()
-        if current is not None and current == self._epoch:
-            # The epoch this relay last read or wrote in PostgreSQL is still in
-            # Redis. PostgreSQL's changes only with Redis's (by the relay that
-            # holds the lock), so it has not changed either: no need to read it.
-            return 0
         stored = (await conn.execute(sa.select(relay_state.c.epoch).where(relay_state.c.name == EVENT_STREAM))).scalar()
         if stored is not None and current is not None and current == stored:
             self._epoch = stored
@@ -282,12 +297,16 @@ class Relay:
         """Publish one batch of unpublished events; return how many."""
         t = events
         async with self._db.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                locked = (await conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(hashtext('overture-ingest-relay'))"))).scalar()
+            if conn.dialect.name != "postgresql":
+                await self.check_epoch(conn)
+            elif not await self._epoch_holds():
+                # Redis may have lost the stream: check under the lock (the
+                # statement below takes it again, which it may, in this transaction).
+                locked = (await conn.execute(sa.text(f"SELECT pg_try_advisory_xact_lock({_RELAY_LOCK})"))).scalar()
                 if not locked:
                     return 0
-            await self.check_epoch(conn)
-            if conn.dialect.name == "postgresql":  # marked as they are read: one statement
+                await self.check_epoch(conn)
+            if conn.dialect.name == "postgresql":  # taken under the lock and marked as they are read: one statement
                 rows = sorted((await conn.execute(_TAKE_UNPUBLISHED, {"now": self._clock.now(), "limit": self._batch})).all(),
                               key=lambda r: r.seq)
             else:
