@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import hiredis
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 import structlog
+from redis.exceptions import NoScriptError
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -230,6 +232,18 @@ class EventLog:
                 profile_pending=False, profile_applied_at=self._clock.now()))
 
 
+_APPEND = """
+local n = #KEYS
+for i = 1, n do
+  local at = 1 + (i - 1) * 3
+  redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[1], '*', 'tenant', ARGV[at + 1], 'event_id', ARGV[at + 2], 'event', ARGV[at + 3])
+end
+return n
+"""
+"""XADD each entry (KEYS: its stream; ARGV: the trim length, then tenant, id and payload per entry), in order."""
+_APPEND_SHA = hashlib.sha1(_APPEND.encode()).hexdigest()
+
+
 async def _keep_session(_conn: asyncpg.Connection) -> None:
     """asyncpg's pool reset, for a pool whose statements leave no session state."""
 
@@ -321,29 +335,41 @@ class Relay:
             # Appended before the transaction commits: if this fails, the
             # events stay unpublished; if the commit fails after it, they are
             # appended again, and consumers deduplicate by event id.
-            await self._append([("XADD", self._keys.stream(EVENT_STREAM, r.partition), "MAXLEN", "~", _STREAM_MAXLEN, "*",
-                                  "tenant", r.tenant, "event_id", r.event_id, "event", r.payload) for r in rows])
+            await self._append([(self._keys.stream(EVENT_STREAM, r.partition), r.tenant, r.event_id, r.payload) for r in rows])
         return len(rows)
 
-    async def _append(self, commands: list[tuple[Any, ...]]) -> None:
-        """Send the XADDs in one round trip: packed by hiredis on one pooled
-        connection (redis-py's pipeline packs in Python); a Redis Cluster
-        client, whose partitions live on several nodes, gets its pipeline."""
+    async def _append(self, entries: list[tuple[str, str, str, bytes]]) -> None:
+        """XADD each (stream, tenant, event id, payload), in order, in one round
+        trip: one script call (:data:`_APPEND`) packed by hiredis on a pooled
+        connection, with one reply where a pipeline reads one per entry. A
+        Redis Cluster client, whose partitions live on several nodes, gets a
+        pipeline of XADDs."""
         redis = self._redis
         pool = getattr(redis, "connection_pool", None)
         if not isinstance(redis, aioredis.Redis) or pool is None:
             pipe = redis.pipeline(transaction=False)
-            for command in commands:
-                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+            for stream, tenant, event_id, payload in entries:
+                pipe.execute_command("XADD", stream, "MAXLEN", "~", _STREAM_MAXLEN, "*",  # type: ignore[no-untyped-call]
+                                     "tenant", tenant, "event_id", event_id, "event", payload)
             await pipe.execute()
             return
+        args: list[Any] = [_STREAM_MAXLEN]
+        for _, tenant, event_id, payload in entries:
+            args += (tenant, event_id, payload)
         conn = await pool.get_connection()
         try:
-            await conn.send_packed_command(b"".join(hiredis.pack_command(c) for c in commands))
-            for _ in commands:
-                await conn.read_response()
+            for attempt in range(2):
+                await conn.send_packed_command(hiredis.pack_command(("EVALSHA", _APPEND_SHA, len(entries), *(e[0] for e in entries), *args)))
+                try:
+                    await conn.read_response()
+                    return
+                except NoScriptError:  # a Redis that restarted or flushed its scripts
+                    if attempt:
+                        raise
+                    await conn.send_packed_command(hiredis.pack_command(("SCRIPT", "LOAD", _APPEND)))
+                    await conn.read_response()
         except BaseException:
-            await conn.disconnect()  # replies may be left unread: never reuse the connection
+            await conn.disconnect()  # a reply may be left unread: never reuse the connection
             raise
         finally:
             await pool.release(conn)
