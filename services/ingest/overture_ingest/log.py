@@ -366,7 +366,8 @@ class Relay:
                 except NoScriptError:  # a Redis that restarted or flushed its scripts
                     if attempt:
                         raise
-                    await conn.send_packed_command(hiredis.pack_command(("SCRIPT", "LOAD", _APPEND)))
+                    load: tuple[Any, ...] = ("SCRIPT", "LOAD", _APPEND)
+                    await conn.send_packed_command(hiredis.pack_command(load))
                     await conn.read_response()
         except BaseException:
             await conn.disconnect()  # a reply may be left unread: never reuse the connection
