@@ -20,14 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from overture.common.v1 import event_pb2
 from overture.orchestrator.v1 import run_pb2
 from overture.rules.v1 import audit_event_pb2
 from overture_runtime.clock import Clock, IdGenerator
-from overture_runtime.db import Database, insert_ignore, utc_datetime
+from overture_runtime.db import Database
 from overture_runtime.errors import NotFound
 from overture_runtime.protojson import struct_from_dict
 
@@ -36,8 +35,9 @@ from .contexts import steps_of
 from .deadletters import DeadLetters
 from .model import LIVE, RunState, StepState, TokenState
 from .recording import Recorder, read_context
-from .stats import Counts, add_counts, day_metric, waiting_left
-from .tables import run_inputs, runs, stats, step_attempts, tokens, waits
+from .run_starts import insert_runs
+from .stats import Counts, add_counts, waiting_left
+from .tables import run_inputs, runs, step_attempts, tokens, waits
 from .work import Attempt, Effects, NewRun, Outcome, Work
 
 __all__ = ["Attempt", "Effects", "JourneyTarget", "NewRun", "Outcome", "RetryRefusal", "RunStore", "Work"]
@@ -88,8 +88,7 @@ class RunStore:
         already claimed by it (its worker executes them at once); without,
         they are due now for any worker to claim. Each journey's ``entered``
         counters, and *skipped* (a tenant's skipped entries), are added with
-        the runs. On PostgreSQL this is one statement and one round trip
-        (:data:`_START`); elsewhere a transaction of a few."""
+        the runs, in one statement (:func:`.run_starts.insert_runs`)."""
         if not batch:
             if skipped:
                 async with self._db.begin() as conn:
@@ -98,21 +97,7 @@ class RunStore:
         now = self._clock.now()
         ids = [self._ids.new() for _ in batch]
         due = now + LEASE if lease_owner is not None else now
-        if self._db.is_sqlite:
-            inserted = await self._start_portable(batch, ids, now=now, due=due, lease_owner=lease_owner, skipped=skipped)
-        else:
-            counts = [(skipped[0], *key, n) for key, n in skipped[1].items() if n and key[0]] if skipped else []
-            async with self._db.connect() as conn:  # one statement: atomic without a transaction's round trips
-                inserted = set((await conn.execute(_START, {
-                    "tenant": [r.tenant for r in batch], "run_id": ids, "journey": [r.journey for r in batch],
-                    "version": [r.version for r in batch], "subject_id": [r.subject_id for r in batch],
-                    "trigger_event_id": [r.event.event_id for r in batch], "first_step": [r.first_step for r in batch],
-                    "trigger_event": [r.event.SerializeToString() for r in batch], "inline_spec": [r.inline_spec for r in batch],
-                    "state": RunState.RUNNING.value, "token_state": TokenState.READY.value, "now": now, "due": due, "lease_owner": lease_owner,
-                    "day_entered": day_metric(now, "entered"),
-                    "count_tenant": [c[0] for c in counts], "count_journey": [c[1] for c in counts], "count_version": [c[2] for c in counts],
-                    "count_step": [c[3] for c in counts], "count_metric": [c[4] for c in counts], "count_n": [c[5] for c in counts],
-                })).scalars())
+        inserted = await insert_runs(self._db, batch, ids, now=now, due=due, lease_owner=lease_owner, skipped=skipped)
         existing: dict[tuple[str, str, str, str], str] = {}
         others = [r for r, i in zip(batch, ids, strict=True) if i not in inserted]
         if others:  # an event delivered again: the runs it made
@@ -123,34 +108,6 @@ class RunStore:
             existing = {(row.tenant, row.journey, row.subject_id, row.trigger_event_id): row.run_id for row in rows}
         return [(i, _first_token(r, i, now)) if i in inserted else (existing.get((r.tenant, r.journey, r.subject_id, r.event.event_id), ""), None)
                 for r, i in zip(batch, ids, strict=True)]
-
-    async def _start_portable(self, batch: Sequence[NewRun], ids: Sequence[str], *, now: dt.datetime, due: dt.datetime,
-                              lease_owner: str | None, skipped: tuple[str, Counts] | None) -> set[str]:
-        """:meth:`start` in a transaction of a few statements (SQLite); returns the ids inserted."""
-        async with self._db.begin() as conn:
-            inserted = set((await conn.execute(
-                insert_ignore(conn, runs, index_elements=["tenant", "journey", "subject_id", "trigger_event_id"]).returning(runs.c.run_id), [
-                    dict(tenant=r.tenant, run_id=i, journey=r.journey, journey_version=r.version, subject_id=r.subject_id,
-                         trigger_event_id=r.event.event_id, state=RunState.RUNNING.value, current_step=r.first_step, create_time=now,
-                         update_time=now) for r, i in zip(batch, ids, strict=True)])).scalars())
-            fresh = [(r, i) for r, i in zip(batch, ids, strict=True) if i in inserted]
-            if fresh:
-                await conn.execute(run_inputs.insert(), [
-                    dict(tenant=r.tenant, run_id=i, trigger_event=r.event.SerializeToString(), inline_spec=r.inline_spec) for r, i in fresh])
-                await conn.execute(tokens.insert(), [
-                    dict(tenant=r.tenant, run_id=i, token=0, node=r.first_step, state=TokenState.READY.value, due_time=due, attempts=0,
-                         evaluations=0, lease_owner=lease_owner, node_since=now) for r, i in fresh])
-            entered: dict[str, Counts] = {}
-            today = day_metric(now, "entered")
-            for r, _ in fresh:
-                added = entered.setdefault(r.tenant, Counter())
-                added[(r.journey, r.version, "", "entered")] += 1
-                added[(r.journey, r.version, "", today)] += 1
-            if skipped:
-                entered.setdefault(skipped[0], Counter()).update(skipped[1])
-            for tenant, added in entered.items():
-                await add_counts(conn, tenant, added)
-        return inserted
 
     async def unfinished(self, tenant: str, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
         """Which (journey, subject) pairs have a run that has not ended."""
@@ -366,61 +323,6 @@ class RunStore:
         for a in attempts:
             by_run.setdefault(a.run_id, []).append(a)
         return [_run_proto(r, by_run.get(r.run_id, []), waiting.get(r.run_id, []), contexts.get((tenant, r.run_id), {})) for r in rows]
-
-
-def _start_statement() -> sa.TextualSelect:
-    """Starting a batch of runs on PostgreSQL, in one statement: the runs
-    (skipping those whose trigger already made one, by the once-key), then
-    for the new ones their inputs, first tokens and ``entered`` counters,
-    plus the skipped entries' counters. A statement is atomic, so it needs
-    no transaction around it."""
-    text = sa.text(f"""
-        WITH batch AS MATERIALIZED (
-            SELECT * FROM unnest(:tenant, :run_id, :journey, :version, :subject_id, :trigger_event_id, :first_step, :trigger_event,
-                                 :inline_spec)
-                AS b(tenant, run_id, journey, journey_version, subject_id, trigger_event_id, first_step, trigger_event, inline_spec)
-        ), fresh AS (
-            INSERT INTO {runs.name} (tenant, run_id, journey, journey_version, subject_id, trigger_event_id, state, current_step,
-                                     create_time, update_time)
-            SELECT tenant, run_id, journey, journey_version, subject_id, trigger_event_id, :state, first_step, :now, :now FROM batch
-            ON CONFLICT (tenant, journey, subject_id, trigger_event_id) DO NOTHING
-            RETURNING run_id
-        ), started AS (
-            SELECT b.* FROM batch b JOIN fresh f USING (run_id)
-        ), inputs AS (
-            INSERT INTO {run_inputs.name} (tenant, run_id, trigger_event, inline_spec)
-            SELECT tenant, run_id, trigger_event, inline_spec FROM started
-        ), first_tokens AS (
-            INSERT INTO {tokens.name} (tenant, run_id, token, node, state, due_time, attempts, evaluations, lease_owner, node_since)
-            SELECT tenant, run_id, 0, first_step, :token_state, :due, 0, 0, :lease_owner, :now FROM started
-        ), counted AS (
-            INSERT INTO {stats.name} (tenant, journey, version, step_id, metric, count)
-            SELECT tenant, journey, version, step_id, metric, sum(n) FROM (
-                SELECT s.tenant, s.journey, s.journey_version AS version, '' AS step_id, m.metric, 1 AS n
-                FROM started s CROSS JOIN (VALUES ('entered'), (CAST(:day_entered AS text))) AS m(metric)
-                WHERE s.journey <> ''
-                UNION ALL
-                SELECT * FROM unnest(:count_tenant, :count_journey, :count_version, :count_step, :count_metric, :count_n)
-            ) AS c(tenant, journey, version, step_id, metric, n)
-            GROUP BY tenant, journey, version, step_id, metric
-            ORDER BY tenant, journey, version, step_id, metric
-            ON CONFLICT (tenant, journey, version, step_id, metric) DO UPDATE SET count = {stats.name}.count + excluded.count
-        )
-        SELECT run_id FROM fresh""")
-    texts, big = ARRAY(sa.Text), ARRAY(sa.BigInteger)
-    return text.bindparams(
-        sa.bindparam("tenant", type_=texts), sa.bindparam("run_id", type_=texts), sa.bindparam("journey", type_=texts),
-        sa.bindparam("version", type_=big), sa.bindparam("subject_id", type_=texts), sa.bindparam("trigger_event_id", type_=texts),
-        sa.bindparam("first_step", type_=texts), sa.bindparam("trigger_event", type_=ARRAY(sa.LargeBinary)),
-        sa.bindparam("inline_spec", type_=texts), sa.bindparam("now", type_=utc_datetime), sa.bindparam("due", type_=utc_datetime),
-        sa.bindparam("lease_owner", type_=sa.Text), sa.bindparam("state", type_=sa.Text), sa.bindparam("token_state", type_=sa.Text),
-        sa.bindparam("day_entered", type_=sa.Text),
-        sa.bindparam("count_tenant", type_=texts), sa.bindparam("count_journey", type_=texts), sa.bindparam("count_version", type_=big),
-        sa.bindparam("count_step", type_=texts), sa.bindparam("count_metric", type_=texts), sa.bindparam("count_n", type_=big),
-    ).columns(run_id=sa.Text)
-
-
-_START = _start_statement()
 
 
 def _first_token(run: NewRun, run_id: str, now: dt.datetime) -> Work:
