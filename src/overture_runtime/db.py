@@ -13,6 +13,7 @@ independently even when they share one database.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 
 __all__ = ["SERVER_SETTINGS", "Database", "JSONType", "analyze_grown", "insert_ignore", "migrate", "run_migrations_in_env", "storage_unavailable",
-           "utc_datetime"]
+           "tenant_keys", "utc_datetime"]
 
 
 SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
@@ -122,6 +123,22 @@ def insert_ignore(conn: AsyncConnection, table: sa.Table, *, index_elements: lis
     """An ``INSERT ... ON CONFLICT (index_elements) DO NOTHING`` for the connection's dialect."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     return dialect.insert(table).on_conflict_do_nothing(index_elements=index_elements)
+
+
+def tenant_keys(conn: AsyncConnection, tenant_column: Any, key_column: Any, pairs: Iterable[tuple[str, str]]) -> Any:
+    """The rows of (tenant, key) *pairs*: ``(tenant = t AND key = ANY(keys)) OR ...``
+    per tenant, an index condition on (tenant, key) where a row-value IN list
+    reads every row of the tenant. On PostgreSQL each tenant's keys are one
+    array parameter, so the statement is the same whatever the number of keys
+    (one prepared statement, no expanding IN list compiled per call)."""
+    by_tenant: dict[str, set[str]] = {}
+    for tenant, key in pairs:
+        by_tenant.setdefault(tenant, set()).add(key)
+    if conn.dialect.name == "postgresql":
+        array = postgresql.ARRAY(key_column.type)
+        return sa.or_(*((tenant_column == tenant) & (key_column == sa.any_(sa.bindparam(None, sorted(keys), type_=array)))
+                        for tenant, keys in by_tenant.items()))
+    return sa.or_(*((tenant_column == tenant) & key_column.in_(sorted(keys)) for tenant, keys in by_tenant.items()))
 
 
 class utc_datetime(sa.types.TypeDecorator[Any]):

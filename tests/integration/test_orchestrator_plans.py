@@ -15,9 +15,8 @@ import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from overture_orchestrator.runs import _keyed
 from overture_orchestrator.tables import runs, tokens
-from overture_runtime.db import SERVER_SETTINGS, Database, analyze_grown, migrate
+from overture_runtime.db import SERVER_SETTINGS, Database, analyze_grown, migrate, tenant_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = dt.datetime(2026, 6, 1, 12, tzinfo=dt.UTC)
@@ -72,13 +71,14 @@ async def test_claiming_and_once_key_lookups_stay_on_their_indexes_as_tables_gro
         assert _buffers(nodes[0]) < 300  # the 50 due rows and their index pages; a scan would read ~2,000
         assert nodes[0]["Actual Rows"] == 50
 
-        once = sa.select(runs.c.run_id).where(_keyed(runs.c.tenant, runs.c.trigger_event_id, [("acme", "e7"), ("acme", "e9")]))
+        async with db.connect() as pg:  # the statements as the services build them for PostgreSQL (keys as one array)
+            once = sa.select(runs.c.run_id).where(tenant_keys(pg, runs.c.tenant, runs.c.trigger_event_id, [("acme", "e7"), ("acme", "e9")]))
+            held = sa.select(tokens.c.run_id).where(tenant_keys(pg, tokens.c.tenant, tokens.c.run_id, [("acme", f"r{i}") for i in range(100)]))
         nodes = await _explain(conn, once)
         scans = [(n["Node Type"], n.get("Index Name")) for n in nodes if "Scan" in n["Node Type"]]
         assert all(kind in ("Index Scan", "Index Only Scan", "Bitmap Index Scan") for kind, _ in scans), scans
         assert _buffers(nodes[0]) < 50
 
-        held = sa.select(tokens.c.run_id).where(_keyed(tokens.c.tenant, tokens.c.run_id, [("acme", f"r{i}") for i in range(100)]))
         nodes = await _explain(conn, held)
         assert "Seq Scan" not in {n["Node Type"] for n in nodes}
         assert {n.get("Index Name") for n in nodes if n.get("Index Name")} == {"orchestrator_tokens_pkey"}

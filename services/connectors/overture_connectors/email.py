@@ -47,6 +47,11 @@ _BODY = email.charset.Charset("utf-8")
 _BODY.body_encoding = email.charset.QP  # readable in the raw message, and safe for long lines
 
 
+_CRLF = email.policy.compat32.clone(linesep="\r\n")
+_CRLF_UTF8 = email.policy.SMTPUTF8.clone(linesep="\r\n")
+"""The policies messages are written with (SMTP's line ends), made once."""
+
+
 class _Stale:
     """A pooled session turned out to be closed before anything was sent."""
 
@@ -77,6 +82,7 @@ class SmtpConnector:
         self._clock = clock or SystemClock()
         self._from_header = formataddr(parseaddr(sender))
         self._envelope_sender = parseaddr(sender)[1]
+        self._id_domain = self._envelope_sender.partition("@")[2] or "overture.local"
         self.rate_limit_per_second = rate_limit_per_second
         self.pool = SmtpPool(
             host=host, port=port, timeout=timeout, starttls=starttls, username=username, password=password,
@@ -87,8 +93,7 @@ class SmtpConnector:
     def message_id(self, message: OutboundMessage) -> str:
         """The Message-ID of *message*, stable for its idempotency key."""
         digest = hashlib.sha256(f"{message.tenant}\x00{message.idempotency_key}".encode()).hexdigest()[:32]
-        domain = parseaddr(self._sender)[1].partition("@")[2] or "overture.local"
-        return f"<{digest}@{domain}>"
+        return f"<{digest}@{self._id_domain}>"
 
     def build(self, message: OutboundMessage) -> Message:
         """The MIME message for *message*: a text part, and an HTML alternative when there is one.
@@ -121,7 +126,7 @@ class SmtpConnector:
     def payload(self, message: OutboundMessage) -> bytes:
         """The bytes sent for *message* (CRLF line ends), DKIM-signed when a key is configured."""
         mime = self.build(message)
-        raw = mime.as_bytes(policy=mime.policy.clone(linesep="\r\n"))
+        raw = mime.as_bytes(policy=_CRLF_UTF8 if isinstance(mime, EmailMessage) else _CRLF)
         return self._dkim.sign(raw) + raw if self._dkim else raw
 
     def _build_utf8(self, message: OutboundMessage, extra: Additions) -> EmailMessage:

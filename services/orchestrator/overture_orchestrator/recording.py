@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from overture.rules.v1 import audit_event_pb2
 from overture_runtime.clock import Clock, IdGenerator
-from overture_runtime.db import Database
+from overture_runtime.db import Database, tenant_keys
 
 from .audit_outbox import SYSTEM_ACTOR, stage
 from .deadletters import DeadLetters
@@ -76,13 +76,13 @@ class Recorder:
         async with self._db.begin() as conn:
             pairs = [(o.work.tenant, o.work.run_id) for o in outcomes]
             held = {(r.tenant, r.run_id, r.token) for r in (await conn.execute(
-                sa.select(t.c.tenant, t.c.run_id, t.c.token).where(_keyed(t.c.tenant, t.c.run_id, pairs) & (t.c.lease_owner == owner))
+                sa.select(t.c.tenant, t.c.run_id, t.c.token).where(tenant_keys(conn, t.c.tenant, t.c.run_id, pairs) & (t.c.lease_owner == owner))
                 .with_for_update())).all()}
             kept = [o for o in outcomes if (o.work.tenant, o.work.run_id, o.work.token) in held]
             if not kept:
                 return 0
             await self._attempts(conn, kept)
-            await conn.execute(waits.delete().where(_keyed(waits.c.tenant, waits.c.run_id, [(o.work.tenant, o.work.run_id) for o in kept])
+            await conn.execute(waits.delete().where(tenant_keys(conn, waits.c.tenant, waits.c.run_id, [(o.work.tenant, o.work.run_id) for o in kept])
                                                     & waits.c.token.in_({o.work.token for o in kept})))
             gone: dict[str, Counts] = defaultdict(Counter)  # waiting tokens that other tokens' outcomes remove
             await self._tokens(conn, kept, now, gone)
@@ -109,7 +109,7 @@ class Recorder:
         ended = [o for o in kept if o.run_state not in LIVE]
         moving = [o for o in kept if o.run_state in LIVE]
         if ended:
-            await conn.execute(t.delete().where(_keyed(t.c.tenant, t.c.run_id, [(o.work.tenant, o.work.run_id) for o in ended])
+            await conn.execute(t.delete().where(tenant_keys(conn, t.c.tenant, t.c.run_id, [(o.work.tenant, o.work.run_id) for o in ended])
                                                 & t.c.token.in_({o.work.token for o in ended})))
         if moving:
             await conn.execute(t.update().where(
@@ -301,12 +301,3 @@ class Recorder:
 
 def _current(outcome: Outcome, state: RunState) -> str:
     return outcome.node if state in (*LIVE, RunState.FAILED) else ""
-
-
-def _keyed(tenant_column: Any, id_column: Any, pairs: Iterable[tuple[str, str]]) -> Any:
-    """``(tenant = t AND id IN (...)) OR ...`` per tenant: an index condition
-    on (tenant, id), where a row-value IN list reads every row of the tenant."""
-    by_tenant: dict[str, set[str]] = {}
-    for tenant, key in pairs:
-        by_tenant.setdefault(tenant, set()).add(key)
-    return sa.or_(*((tenant_column == tenant) & id_column.in_(sorted(keys)) for tenant, keys in by_tenant.items()))

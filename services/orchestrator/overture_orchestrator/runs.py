@@ -26,7 +26,7 @@ from overture.common.v1 import event_pb2
 from overture.orchestrator.v1 import run_pb2
 from overture.rules.v1 import audit_event_pb2
 from overture_runtime.clock import Clock, IdGenerator
-from overture_runtime.db import Database
+from overture_runtime.db import Database, tenant_keys
 from overture_runtime.errors import NotFound
 from overture_runtime.protojson import struct_from_dict
 
@@ -103,8 +103,8 @@ class RunStore:
         if others:  # an event delivered again: the runs it made
             key = (runs.c.tenant, runs.c.journey, runs.c.subject_id, runs.c.trigger_event_id)
             async with self._db.connect() as conn:
-                rows = await conn.execute(sa.select(runs.c.run_id, *key).where(_keyed(
-                    runs.c.tenant, runs.c.trigger_event_id, [(r.tenant, r.event.event_id) for r in others])))
+                rows = await conn.execute(sa.select(runs.c.run_id, *key).where(tenant_keys(
+                    conn, runs.c.tenant, runs.c.trigger_event_id, [(r.tenant, r.event.event_id) for r in others])))
             existing = {(row.tenant, row.journey, row.subject_id, row.trigger_event_id): row.run_id for row in rows}
         return [(i, _first_token(r, i, now)) if i in inserted else (existing.get((r.tenant, r.journey, r.subject_id, r.event.event_id), ""), None)
                 for r, i in zip(batch, ids, strict=True)]
@@ -146,7 +146,7 @@ class RunStore:
                 sa.select(runs.c.tenant, runs.c.run_id, runs.c.journey, runs.c.journey_version, runs.c.subject_id, runs.c.state,
                           runs.c.holdout, runs.c.actions, runs.c.arms, run_inputs.c.trigger_event, run_inputs.c.inline_spec)
                 .join(run_inputs, (run_inputs.c.tenant == runs.c.tenant) & (run_inputs.c.run_id == runs.c.run_id))
-                .where(_keyed(runs.c.tenant, runs.c.run_id, keys)))).all()}
+                .where(tenant_keys(conn, runs.c.tenant, runs.c.run_id, keys)))).all()}
             contexts = await read_context(conn, keys)
         work = []
         for c in claimed:
@@ -329,15 +329,6 @@ def _first_token(run: NewRun, run_id: str, now: dt.datetime) -> Work:
     return Work(tenant=run.tenant, run_id=run_id, token=0, journey=run.journey, journey_version=run.version, subject_id=run.subject_id,
                 trigger_event=run.event, inline_spec=run.inline_spec, node=run.first_step, state=TokenState.READY, attempts=0,
                 evaluations=0, node_since=now)
-
-
-def _keyed(tenant_column: Any, id_column: Any, pairs: Iterable[tuple[str, str]]) -> Any:
-    """``(tenant = t AND id IN (...)) OR ...`` per tenant: an index condition
-    on (tenant, id), where a row-value IN list reads every row of the tenant."""
-    by_tenant: dict[str, set[str]] = {}
-    for tenant, key in pairs:
-        by_tenant.setdefault(tenant, set()).add(key)
-    return sa.or_(*((tenant_column == tenant) & id_column.in_(sorted(keys)) for tenant, keys in by_tenant.items()))
 
 
 def _run_proto(row: Any, attempts: list[Any], live: list[Any], context: dict[str, Any]) -> run_pb2.Run:
