@@ -46,8 +46,29 @@ def from_json(text: str | Mapping[str, Any], message_type: type[_M]) -> _M:
 
 
 def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
-    """A ``Struct`` as a plain dict (numbers are floats, as in JSON)."""
-    return json_format.MessageToDict(value)
+    """A ``Struct`` as a plain dict (numbers are floats, as in JSON): what
+    ``json_format.MessageToDict`` gives, ValueError for an infinite or NaN
+    number included, walked directly (MessageToDict's generic printer was
+    the most of rendering a message's scope)."""
+    return {key: _plain(item) for key, item in value.fields.items()}
+
+
+def _plain(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        if number - number != 0:  # inf or NaN: what JSON cannot hold
+            raise ValueError("a Struct number is infinite or NaN, which JSON cannot hold")
+        return number
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return {key: _plain(item) for key, item in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_plain(item) for item in value.list_value.values]
+    return None  # null_value, or unset
 
 
 def struct_from_dict(value: Mapping[str, Any] | None) -> struct_pb2.Struct:

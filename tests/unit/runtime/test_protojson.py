@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any
 
 import pytest
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
+from hypothesis import given
+from hypothesis import strategies as st
 
 from overture.common.v1 import messaging_pb2
 from overture.connectors.v1 import delivery_pb2
@@ -119,3 +122,30 @@ def test_struct_from_dict_of_nothing_is_empty() -> None:
     """None and {} give an empty Struct."""
     assert struct_from_dict(None).fields == {}
     assert struct_from_dict({}).fields == {}
+
+
+_JSON_LEAVES = st.one_of(st.none(), st.booleans(), st.text(max_size=20), st.floats(allow_nan=False, allow_infinity=False))
+_JSON = st.recursive(_JSON_LEAVES, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+                     max_leaves=25)
+
+
+@given(st.dictionaries(st.text(max_size=8), _JSON, max_size=6))
+def test_struct_to_dict_gives_what_message_to_dict_gives(data: dict[str, object]) -> None:
+    """The direct walk is MessageToDict's answer, value for value and type for type."""
+    struct = struct_from_dict(data)
+    ours, theirs = struct_to_dict(struct), json_format.MessageToDict(struct)
+    assert ours == theirs
+    assert repr(ours) == repr(theirs)  # the same types (floats stay floats), in the same order
+
+
+@pytest.mark.parametrize("number", [math.inf, -math.inf, math.nan])
+def test_struct_to_dict_refuses_what_json_cannot_hold_as_message_to_dict_does(number: float) -> None:
+    struct = struct_pb2.Struct()
+    struct.update({"deep": [{"n": number}]})
+    with pytest.raises(ValueError):
+        json_format.MessageToDict(struct)
+    with pytest.raises(ValueError):
+        struct_to_dict(struct)
+    unset = struct_pb2.Struct()
+    unset.fields["empty"].SetInParent()  # a Value with no kind: null, as MessageToDict says
+    assert struct_to_dict(unset) == json_format.MessageToDict(unset) == {"empty": None}
