@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from email import message_from_bytes
 from email.message import EmailMessage
+from email.policy import compat32
 from email.policy import default as default_policy
+from typing import Any
 
-from overture_connectors.email import SmtpConnector
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from overture_connectors.email import _CRLF, SmtpConnector
 from overture_connectors.plugin import OutboundMessage
 
 SMTP = SmtpConnector(host="127.0.0.1", port=1, sender="Overture Café <no-reply@overture.test>")
@@ -64,3 +69,35 @@ def test_the_message_id_is_stable_per_key_and_tenant() -> None:
     assert SMTP.message_id(outbound()) == SMTP.message_id(outbound(subject="other"))
     assert SMTP.message_id(outbound()) != SMTP.message_id(outbound(tenant="globex"))
     assert SMTP.message_id(outbound()).endswith("@overture.test>")
+
+
+_COMPAT32_CRLF = compat32.clone(linesep="\r\n")
+_ASCII = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=127), max_size=100)
+_PRINTABLE = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=100)
+_WORDS = st.from_regex(r"[\x21-\x7e]{1,25}( [\x21-\x7e]{1,25}){0,6}", fullmatch=True)
+
+
+def _folded(policy: Any, name: str, value: str) -> bytes | type[BaseException]:
+    try:
+        return bytes(policy.fold_binary(name, value))
+    except Exception as error:  # noqa: BLE001 - the same refusal is part of the same behaviour
+        return type(error)
+
+
+@settings(max_examples=3000)
+@given(st.sampled_from(["Subject", "To", "From", "Message-ID", "X-Overture-Key", "List-Unsubscribe", "Content-Type", "A-Very-Long-Header-Name"]),
+       _ASCII | _PRINTABLE | _WORDS | st.text(max_size=100))
+def test_headers_are_written_byte_for_byte_as_compat32_writes_them(name: str, value: str) -> None:
+    """The fast path for plain headers changes nothing: any value, short or long, plain, odd or not ASCII."""
+    assert _folded(_CRLF, name, value) == _folded(_COMPAT32_CRLF, name, value)
+
+
+@given(st.text(max_size=120), st.text(max_size=300), st.one_of(st.just(""), st.text(max_size=200)), st.booleans())
+def test_whole_messages_are_the_bytes_compat32_writes(subject: str, text: str, html: str, unsubscribe: bool) -> None:
+    """A built message (headers of every kind, parts, encodings) serialises to the same bytes as with compat32 itself."""
+    message = outbound(subject=subject or "Hello", text_body=text, html_body=html)
+    mime = SMTP.build(message)
+    if unsubscribe:
+        mime["List-Unsubscribe"] = "<https://overture.test/u/" + "t" * 90 + ">"
+        mime["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    assert mime.as_bytes(policy=_CRLF) == mime.as_bytes(policy=_COMPAT32_CRLF)
