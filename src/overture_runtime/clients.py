@@ -21,8 +21,11 @@ from .context import current_call
 
 __all__ = ["call_metadata", "open_channel", "wait_until_serving"]
 
-# Retry only what cannot have been processed: UNAVAILABLE means the call did
-# not reach a handler. Mutating RPCs are idempotent on their keys anyway.
+# Retry only UNAVAILABLE: the call did not reach a handler, or its handler
+# lost the database (DATABASE_UNAVAILABLE), in which case a change may have
+# committed before the connection broke. Mutating RPCs are idempotent on
+# their keys (request ids, idempotency keys, decision ids), so a retry
+# repeats nothing.
 # Calls are spread round-robin over every address the name resolves to: with
 # a headless Kubernetes Service (dns:///name:port) that is every replica.
 _SERVICE_CONFIG = json.dumps(

@@ -1,7 +1,9 @@
 """The relay appends committed events to their partitions in log order, with
-one script call per batch, and keeps going on a Redis that lost its scripts
-(a restart, ``SCRIPT FLUSH``): on a private redis-server, since the test
-flushes it."""
+one script call per batch; keeps going on a Redis that lost its scripts (a
+restart, ``SCRIPT FLUSH``); publishes again, once, what a Redis that lost
+the stream no longer holds, even when the cycle that noticed failed; and
+takes nothing while another replica holds its lock. On a private
+redis-server, since the tests flush it."""
 
 from __future__ import annotations
 
@@ -9,10 +11,12 @@ import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
 
+import asyncpg
+import pytest
 import redis.asyncio as aioredis
 
 from overture.common.v1 import event_pb2
-from overture_ingest.log import EVENT_STREAM, Relay
+from overture_ingest.log import _RELAY_LOCK, EVENT_STREAM, Relay
 from overture_runtime.clock import ManualClock
 from overture_runtime.db import Database, migrate
 from overture_runtime.redis import Keys
@@ -55,5 +59,66 @@ async def test_the_relay_appends_in_log_order_and_survives_a_redis_that_lost_its
         async with db.connect() as conn:
             assert (await conn.exec_driver_sql("SELECT count(*) FROM ingest_events WHERE published_at IS NULL")).scalar() == 0
     finally:
+        await redis.aclose()
+        await db.close()
+
+
+async def _stream_ids(redis: aioredis.Redis, keys: Keys) -> list[str]:
+    ids: list[str] = []
+    for partition in range(3):
+        ids += [fields[b"event_id"].decode() for _, fields in await redis.xrange(keys.stream(EVENT_STREAM, partition))]
+    return sorted(ids, key=lambda i: int(i[1:]))
+
+
+async def test_a_stream_lost_while_a_cycle_fails_is_published_again(database_url: str, throwaway_redis: Callable[[], str]) -> None:
+    """Redis loses the stream and the epoch; the cycle that notices marks the recent events unpublished, writes a new epoch,
+    and then fails to append: it rolls back. The next cycle must notice again (the new epoch never committed) and publish
+    everything; nothing is lost."""
+    await migrate(database_url, script_location=ROOT / "services/ingest/overture_ingest/migrations", version_table="ingest_alembic_version")
+    db = Database(database_url)
+    redis = aioredis.Redis.from_url(throwaway_redis())
+    keys = Keys("relaylost")
+    relay = Relay(db, redis, keys, ManualClock(T0), batch_size=100)
+    try:
+        await _commit(db, 0, 10)
+        assert await relay.publish_once() == 10
+        await redis.flushall()  # Redis lost the stream and the epoch
+        await _commit(db, 10, 5)
+        real_append = relay._append
+        failures = iter([RuntimeError("Redis went away again")])
+
+        async def flaky(entries: list[tuple[str, str, str, bytes]]) -> None:
+            failure = next(failures, None)
+            if failure is not None:
+                raise failure
+            await real_append(entries)
+
+        relay._append = flaky  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError):
+            await relay.publish_once()
+        assert await relay.publish_once() == 15
+        assert await relay.publish_once() == 0
+        assert await _stream_ids(redis, keys) == [f"e{g}" for g in range(15)]
+    finally:
+        await redis.aclose()
+        await db.close()
+
+
+async def test_a_relay_takes_nothing_while_another_replica_holds_the_lock(database_url: str, throwaway_redis: Callable[[], str]) -> None:
+    await migrate(database_url, script_location=ROOT / "services/ingest/overture_ingest/migrations", version_table="ingest_alembic_version")
+    db = Database(database_url)
+    redis = aioredis.Redis.from_url(throwaway_redis())
+    keys = Keys("relaylock")
+    relay = Relay(db, redis, keys, ManualClock(T0), batch_size=100)
+    other = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        await _commit(db, 0, 20)
+        async with other.transaction():
+            assert await other.fetchval(f"SELECT pg_try_advisory_xact_lock({_RELAY_LOCK})")
+            assert await relay.publish_once() == 0
+            assert await _stream_ids(redis, keys) == []
+        assert await relay.publish_once() == 20  # the other replica let go
+    finally:
+        await other.close()
         await redis.aclose()
         await db.close()

@@ -64,12 +64,11 @@ SELECT tenant FROM tenants WHERE tenant IS NOT NULL
 # relay's transaction is rolled back if they cannot be appended to the
 # stream). The ids are picked first, as an array, so the update probes the
 # primary key for them whatever the planner thinks of the table's size.
-# Only the replica holding the relay's lock (taken by the same statement,
-# once, before anything is read) gets rows.
 _RELAY_LOCK = "hashtext('overture-ingest-relay')"
+_TAKE_LOCK = sa.text(f"SELECT pg_try_advisory_xact_lock({_RELAY_LOCK})")
+"""One relay publishes at a time, so that a subject's events keep their order."""
 _TAKE_UNPUBLISHED = sa.text(
-    f"WITH relay AS (SELECT pg_try_advisory_xact_lock({_RELAY_LOCK}) AS held) "
-    "UPDATE ingest_events SET published_at = :now WHERE (SELECT held FROM relay) AND seq = ANY(ARRAY("
+    "UPDATE ingest_events SET published_at = :now WHERE seq = ANY(ARRAY("
     "SELECT seq FROM ingest_events WHERE published_at IS NULL ORDER BY seq LIMIT :limit)) "
     "RETURNING seq, tenant, event_id, partition, payload"
 ).columns(seq=sa.BigInteger, tenant=sa.Text, event_id=sa.Text, partition=sa.Integer, payload=sa.LargeBinary)
@@ -274,7 +273,9 @@ class Relay:
         self._epoch_key = f"{keys.namespace}:stream:{EVENT_STREAM}:epoch"
         self.wake = asyncio.Event()
         self._epoch: str | None = None
-        """The epoch last seen in PostgreSQL and Redis alike."""
+        """The epoch last seen in PostgreSQL (committed) and Redis alike."""
+        self._confirmed: str | None = None
+        """The epoch the current cycle found or wrote, remembered once it commits."""
 
     async def _epoch_holds(self) -> bool:
         """Whether Redis still holds the epoch this relay last saw in PostgreSQL
@@ -292,7 +293,7 @@ class Relay:
             current = current.decode()
         stored = (await conn.execute(sa.select(relay_state.c.epoch).where(relay_state.c.name == EVENT_STREAM))).scalar()
         if stored is not None and current is not None and current == stored:
-            self._epoch = stored
+            self._confirmed = stored
             return 0
         now = self._clock.now()
         epoch = secrets.token_hex(16)
@@ -304,38 +305,49 @@ class Relay:
         await conn.execute(relay_state.delete().where(relay_state.c.name == EVENT_STREAM))
         await conn.execute(relay_state.insert().values(name=EVENT_STREAM, epoch=epoch, update_time=now))
         await self._redis.set(self._epoch_key, epoch)
-        self._epoch = epoch
+        self._confirmed = epoch
         return reset
 
     async def publish_once(self) -> int:
         """Publish one batch of unpublished events; return how many."""
+        self._confirmed = None
+        try:
+            async with self._db.begin() as conn:
+                published = await self._publish(conn)
+        except BaseException:
+            self._epoch = None  # what check_epoch wrote may be rolled back: check again next time
+            raise
+        if self._confirmed is not None:  # committed: the epoch in PostgreSQL is this one
+            self._epoch = self._confirmed
+        return published
+
+    async def _publish(self, conn: AsyncConnection) -> int:
         t = events
-        async with self._db.begin() as conn:
-            if conn.dialect.name != "postgresql":
-                await self.check_epoch(conn)
-            elif not await self._epoch_holds():
-                # Redis may have lost the stream: check under the lock (the
-                # statement below takes it again, which it may, in this transaction).
-                locked = (await conn.execute(sa.text(f"SELECT pg_try_advisory_xact_lock({_RELAY_LOCK})"))).scalar()
-                if not locked:
-                    return 0
-                await self.check_epoch(conn)
-            if conn.dialect.name == "postgresql":  # taken under the lock and marked as they are read: one statement
-                rows = sorted((await conn.execute(_TAKE_UNPUBLISHED, {"now": self._clock.now(), "limit": self._batch})).all(),
-                              key=lambda r: r.seq)
-            else:
-                rows = (await conn.execute(
-                    sa.select(t.c.seq, t.c.tenant, t.c.event_id, t.c.partition, t.c.payload)
-                    .where(t.c.published_at.is_(None)).order_by(t.c.seq).limit(self._batch)
-                )).all()
-                if rows:
-                    await conn.execute(t.update().where(t.c.seq.in_([r.seq for r in rows])).values(published_at=self._clock.now()))
-            if not rows:
+        if conn.dialect.name == "postgresql":
+            # The lock first, in its own statement: the statement that takes
+            # the events then has a snapshot from after the last holder's
+            # commit (READ COMMITTED), so it sees what that relay published
+            # or reset.
+            if not (await conn.execute(_TAKE_LOCK)).scalar():
                 return 0
-            # Appended before the transaction commits: if this fails, the
-            # events stay unpublished; if the commit fails after it, they are
-            # appended again, and consumers deduplicate by event id.
-            await self._append([(self._keys.stream(EVENT_STREAM, r.partition), r.tenant, r.event_id, r.payload) for r in rows])
+            if not await self._epoch_holds():
+                await self.check_epoch(conn)
+            rows: Sequence[Any] = sorted((await conn.execute(_TAKE_UNPUBLISHED, {"now": self._clock.now(), "limit": self._batch})).all(),
+                                         key=lambda r: r.seq)
+        else:
+            await self.check_epoch(conn)
+            rows = (await conn.execute(
+                sa.select(t.c.seq, t.c.tenant, t.c.event_id, t.c.partition, t.c.payload)
+                .where(t.c.published_at.is_(None)).order_by(t.c.seq).limit(self._batch)
+            )).all()
+            if rows:
+                await conn.execute(t.update().where(t.c.seq.in_([r.seq for r in rows])).values(published_at=self._clock.now()))
+        if not rows:
+            return 0
+        # Appended before the transaction commits: if this fails, the
+        # events stay unpublished; if the commit fails after it, they are
+        # appended again, and consumers deduplicate by event id.
+        await self._append([(self._keys.stream(EVENT_STREAM, r.partition), r.tenant, r.event_id, r.payload) for r in rows])
         return len(rows)
 
     async def _append(self, entries: list[tuple[str, str, str, bytes]]) -> None:

@@ -37,7 +37,9 @@ from prometheus_client import Counter, Histogram
 from overture_runtime.clock import Clock
 
 from .executor import Executor
+from .model import LIVE, TokenState
 from .runs import LEASE, RunStore, Work
+from .work import Outcome
 
 __all__ = ["WorkerPool"]
 
@@ -71,10 +73,13 @@ class WorkerPool:
         """The claim name new runs are queued under, until a worker takes its queue."""
         self._queued: dict[str, _Queued] = {}
         self._found_none_at: float | None = None
-        """When a claim last found no due token (monotonic), None if the last one found some."""
+        """When a claim last found no due token (monotonic), None if the last one found some or work came due since."""
+        self._wakes = 0
+        """How many times :meth:`wake` was called: a claim that began before a wake cannot say nothing is due."""
 
     def wake(self) -> None:
         """New work is due now: idle workers claim it without waiting for their poll."""
+        self._wakes += 1
         self._wake.set()
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -171,8 +176,9 @@ class WorkerPool:
 
     async def _batch_once(self) -> int:
         owner = self._claim_name()
+        wakes = self._wakes
         work = await self._runs.claim(owner=owner, limit=self._batch)
-        self._found_none_at = None if work else time.monotonic()
+        self._found_none_at = time.monotonic() if not work and wakes == self._wakes else None
         if not work:
             return 0
         CLAIMED.labels("claimed").inc(len(work))
@@ -183,6 +189,8 @@ class WorkerPool:
         started = time.perf_counter()
         outcomes = await self._executor.execute(work)
         recorded = await self._runs.record(owner=owner, outcomes=outcomes)
+        if any(_due_now(o, self._clock.now()) for o in outcomes):
+            self.wake()  # forks and tokens that go on at once are left due for a claim: claim them now
         RECORDED.inc(recorded)
         BATCH_SECONDS.observe(time.perf_counter() - started)
         if recorded < len(outcomes):
@@ -202,3 +210,12 @@ class _Queued:
     closed: bool = False
     """A worker waits for it: no new start joins."""
     work: list[Work] = field(default_factory=list)
+
+
+def _due_now(outcome: Outcome, now: dt.datetime) -> bool:
+    """Whether *outcome* leaves work due at once for a claim: a fork's new
+    tokens, or its own token going on (not waiting, joined or ended)."""
+    if outcome.effects is not None and outcome.effects.forks:
+        return True
+    return (outcome.run_state in LIVE and outcome.token_state not in (TokenState.JOINED, TokenState.WAITING)
+            and (outcome.due_time is None or outcome.due_time <= now))

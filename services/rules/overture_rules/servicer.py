@@ -50,9 +50,10 @@ _REASON_MAX = 1024
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _TRAIT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _CHANGE_MAX = 100
+"""The most tags or segments one UpdateProfile names in each of its lists."""
 _RESPONSE_RESULTS = R.EvaluateBatchResponse.DESCRIPTOR.fields_by_name["results"].number
 _RESULT_DECISION = R.EvaluateBatchResult.DESCRIPTOR.fields_by_name["decision"].number
-"""The most tags or segments one UpdateProfile names in each of its lists."""
+"""Field numbers of the EvaluateBatch response, built as wire bytes."""
 
 
 def _check_trait(v: Violations, field: str, name: str) -> None:

@@ -104,3 +104,53 @@ async def test_a_dispatch_wakes_an_idle_worker() -> None:
     assert runs.recorded == [(name, ["now"])]
 
 
+
+
+class _SlowRuns(_Runs):
+    """A claim that takes a while and finds nothing, then finds *later* once asked again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claims = 0
+        self.release = asyncio.Event()
+        self.later: list[Work] = []
+
+    async def claim(self, *, owner: str, limit: int) -> list[Work]:
+        self.claims += 1
+        if self.claims == 1:
+            await self.release.wait()
+            return []
+        found, self.later = self.later, []
+        return found
+
+
+async def test_a_claim_that_found_nothing_holds_off_the_next_one_but_not_past_a_wake() -> None:
+    """After a claim finds nothing, workers do not ask again within the poll; a wake during that claim (work inserted
+    after it looked) must not be swallowed: the next round claims at once."""
+    runs = _SlowRuns()
+    pool = _pool(ManualClock(), runs)
+    claiming = asyncio.create_task(pool._batch_once())
+    await asyncio.sleep(0)
+    runs.later = [_work("inserted-meanwhile")]
+    pool.wake()  # a start left its runs due for a claim while the first claim was looking
+    runs.release.set()
+    assert await claiming == 0
+    assert pool._claim_due()  # the wake came after the claim began: it cannot say nothing is due
+    assert await pool._batch_once() == 1 and runs.recorded[-1][1] == ["inserted-meanwhile"]
+    assert await pool._batch_once() == 0
+    assert not pool._claim_due()  # nothing due, no wake since: the next claim waits for the poll
+
+
+async def test_work_left_due_by_a_batch_wakes_the_workers() -> None:
+    """A batch whose outcome leaves its token going on at once (or forks) wakes the workers to claim it."""
+    class _GoesOn(_Executor):
+        async def execute(self, batch: list[Work]) -> list[Outcome]:
+            return [Outcome(work=w, run_state=RunState.RUNNING, node="next") for w in batch]
+
+    pool = WorkerPool(runs=_Runs(), executor=_GoesOn(), owner="me", clock=ManualClock(), concurrency=1, batch=10)  # type: ignore[arg-type]
+    name = pool.eager(1)
+    assert name is not None
+    pool.dispatch(name, [_work("a")])
+    pool._wake.clear()
+    assert await pool._take_queued() == 1
+    assert pool._wake.is_set()
