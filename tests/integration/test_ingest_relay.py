@@ -8,7 +8,8 @@ redis-server, since the tests flush it."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -36,31 +37,43 @@ async def _commit(db: Database, first: int, count: int) -> None:
                 (f"e{g}", f"s{g % 5}", T0, g % 3, payload))
 
 
-async def test_the_relay_appends_in_log_order_and_survives_a_redis_that_lost_its_scripts(
-    database_url: str, throwaway_redis: Callable[[], str],
-) -> None:
+@dataclass
+class _Relaying:
+    db: Database
+    redis: aioredis.Redis
+    keys: Keys
+    relay: Relay
+
+
+@pytest.fixture
+async def relaying(database_url: str, throwaway_redis: Callable[[], str]) -> AsyncIterator[_Relaying]:
+    """A relay (batches of 100) on this test's migrated database and a private redis-server."""
     await migrate(database_url, script_location=ROOT / "services/ingest/overture_ingest/migrations", version_table="ingest_alembic_version")
     db = Database(database_url)
     redis = aioredis.Redis.from_url(throwaway_redis())
     keys = Keys("relaytest")
-    relay = Relay(db, redis, keys, ManualClock(T0), batch_size=100)
     try:
-        await _commit(db, 0, 250)
-        assert [await relay.publish_once() for _ in range(4)] == [100, 100, 50, 0]
-        await redis.script_flush()
-        await _commit(db, 250, 30)
-        assert await relay.publish_once() == 30
-        for partition in range(3):
-            entries = await redis.xrange(keys.stream(EVENT_STREAM, partition))
-            ids = [fields[b"event_id"].decode() for _, fields in entries]
-            assert ids == [f"e{g}" for g in range(280) if g % 3 == partition]  # each partition in log order, each event once
-            assert all(fields[b"tenant"] == b"acme" for _, fields in entries)
-            assert [event_pb2.Event.FromString(fields[b"event"]).event_id for _, fields in entries] == ids
-        async with db.connect() as conn:
-            assert (await conn.exec_driver_sql("SELECT count(*) FROM ingest_events WHERE published_at IS NULL")).scalar() == 0
+        yield _Relaying(db, redis, keys, Relay(db, redis, keys, ManualClock(T0), batch_size=100))
     finally:
         await redis.aclose()
         await db.close()
+
+
+async def test_the_relay_appends_in_log_order_and_survives_a_redis_that_lost_its_scripts(relaying: _Relaying) -> None:
+    db, redis, keys, relay = relaying.db, relaying.redis, relaying.keys, relaying.relay
+    await _commit(db, 0, 250)
+    assert [await relay.publish_once() for _ in range(4)] == [100, 100, 50, 0]
+    await redis.script_flush()
+    await _commit(db, 250, 30)
+    assert await relay.publish_once() == 30
+    for partition in range(3):
+        entries = await redis.xrange(keys.stream(EVENT_STREAM, partition))
+        ids = [fields[b"event_id"].decode() for _, fields in entries]
+        assert ids == [f"e{g}" for g in range(280) if g % 3 == partition]  # each partition in log order, each event once
+        assert all(fields[b"tenant"] == b"acme" for _, fields in entries)
+        assert [event_pb2.Event.FromString(fields[b"event"]).event_id for _, fields in entries] == ids
+    async with db.connect() as conn:
+        assert (await conn.exec_driver_sql("SELECT count(*) FROM ingest_events WHERE published_at IS NULL")).scalar() == 0
 
 
 async def _stream_ids(redis: aioredis.Redis, keys: Keys) -> list[str]:
@@ -70,46 +83,34 @@ async def _stream_ids(redis: aioredis.Redis, keys: Keys) -> list[str]:
     return sorted(ids, key=lambda i: int(i[1:]))
 
 
-async def test_a_stream_lost_while_a_cycle_fails_is_published_again(database_url: str, throwaway_redis: Callable[[], str]) -> None:
+async def test_a_stream_lost_while_a_cycle_fails_is_published_again(relaying: _Relaying) -> None:
     """Redis loses the stream and the epoch; the cycle that notices marks the recent events unpublished, writes a new epoch,
     and then fails to append: it rolls back. The next cycle must notice again (the new epoch never committed) and publish
     everything; nothing is lost."""
-    await migrate(database_url, script_location=ROOT / "services/ingest/overture_ingest/migrations", version_table="ingest_alembic_version")
-    db = Database(database_url)
-    redis = aioredis.Redis.from_url(throwaway_redis())
-    keys = Keys("relaylost")
-    relay = Relay(db, redis, keys, ManualClock(T0), batch_size=100)
-    try:
-        await _commit(db, 0, 10)
-        assert await relay.publish_once() == 10
-        await redis.flushall()  # Redis lost the stream and the epoch
-        await _commit(db, 10, 5)
-        real_append = relay._append
-        failures = iter([RuntimeError("Redis went away again")])
+    db, redis, keys, relay = relaying.db, relaying.redis, relaying.keys, relaying.relay
+    await _commit(db, 0, 10)
+    assert await relay.publish_once() == 10
+    await redis.flushall()  # Redis lost the stream and the epoch
+    await _commit(db, 10, 5)
+    real_append = relay._append
+    failures = iter([RuntimeError("Redis went away again")])
 
-        async def flaky(entries: list[tuple[str, str, str, bytes]]) -> None:
-            failure = next(failures, None)
-            if failure is not None:
-                raise failure
-            await real_append(entries)
+    async def flaky(entries: list[tuple[str, str, str, bytes]]) -> None:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        await real_append(entries)
 
-        relay._append = flaky  # type: ignore[method-assign]
-        with pytest.raises(RuntimeError):
-            await relay.publish_once()
-        assert await relay.publish_once() == 15
-        assert await relay.publish_once() == 0
-        assert await _stream_ids(redis, keys) == [f"e{g}" for g in range(15)]
-    finally:
-        await redis.aclose()
-        await db.close()
+    relay._append = flaky  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        await relay.publish_once()
+    assert await relay.publish_once() == 15
+    assert await relay.publish_once() == 0
+    assert await _stream_ids(redis, keys) == [f"e{g}" for g in range(15)]
 
 
-async def test_a_relay_takes_nothing_while_another_replica_holds_the_lock(database_url: str, throwaway_redis: Callable[[], str]) -> None:
-    await migrate(database_url, script_location=ROOT / "services/ingest/overture_ingest/migrations", version_table="ingest_alembic_version")
-    db = Database(database_url)
-    redis = aioredis.Redis.from_url(throwaway_redis())
-    keys = Keys("relaylock")
-    relay = Relay(db, redis, keys, ManualClock(T0), batch_size=100)
+async def test_a_relay_takes_nothing_while_another_replica_holds_the_lock(relaying: _Relaying, database_url: str) -> None:
+    db, redis, keys, relay = relaying.db, relaying.redis, relaying.keys, relaying.relay
     other = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://", 1))
     try:
         await _commit(db, 0, 20)
@@ -120,5 +121,3 @@ async def test_a_relay_takes_nothing_while_another_replica_holds_the_lock(databa
         assert await relay.publish_once() == 20  # the other replica let go
     finally:
         await other.close()
-        await redis.aclose()
-        await db.close()
