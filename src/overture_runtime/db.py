@@ -13,7 +13,7 @@ independently even when they share one database.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,8 @@ from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 
-__all__ = ["SERVER_SETTINGS", "Database", "JSONType", "analyze_grown", "insert_ignore", "migrate", "run_migrations_in_env", "storage_unavailable",
-           "tenant_keys", "utc_datetime"]
+__all__ = ["SERVER_SETTINGS", "Database", "JSONType", "analyze_grown", "insert_ignore", "migrate", "run_migrations_in_env", "schema_changed",
+           "storage_unavailable", "tenant_keys", "utc_datetime"]
 
 
 SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
@@ -95,17 +95,27 @@ _UNREACHABLE = frozenset({
 })
 
 
-def storage_unavailable(error: BaseException) -> bool:
-    """Whether *error* says the database could not be reached or dropped the
-    connection (retrying may succeed), however SQLAlchemy wrapped it."""
+def _unwrapped(error: BaseException) -> Iterator[BaseException]:
+    """*error* and what it wraps (SQLAlchemy's ``orig``, or the cause), five deep at most."""
     seen: BaseException | None = error
     for _ in range(5):
         if seen is None:
-            return False
-        if getattr(seen, "connection_invalidated", False) or type(seen).__name__ in _UNREACHABLE:
-            return True
+            return
+        yield seen
         seen = getattr(seen, "orig", None) or seen.__cause__
-    return False
+
+
+def storage_unavailable(error: BaseException) -> bool:
+    """Whether *error* says the database could not be reached or dropped the
+    connection (retrying may succeed), however SQLAlchemy wrapped it."""
+    return any(getattr(e, "connection_invalidated", False) or type(e).__name__ in _UNREACHABLE for e in _unwrapped(error))
+
+
+def schema_changed(error: BaseException) -> bool:
+    """Whether *error* is asyncpg's InvalidCachedStatementError (a migration
+    changed a table under a cached statement; the driver has dropped its
+    cache, so a retry succeeds), however SQLAlchemy wrapped it."""
+    return any(type(e).__name__ == "InvalidCachedStatementError" for e in _unwrapped(error))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -264,6 +274,6 @@ async def analyze_grown(db: Database, *, prefix: str, factor: float = 2.0) -> li
     async with db.connect() as conn:
         names = [str(n) for n in (await conn.execute(_GROWN, {"pattern": f"{prefix}\\_%", "factor": factor})).scalars()]
     for name in names:
-        async with db.engine.connect() as conn:
-            await (await conn.execution_options(isolation_level="AUTOCOMMIT")).execute(sa.text(f'ANALYZE "{name}"'))
+        async with db.connect() as conn:  # outside a transaction, so each table's statistics are in as soon as it is done
+            await conn.execute(sa.text(f'ANALYZE "{name}"'))
     return names

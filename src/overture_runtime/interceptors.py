@@ -35,7 +35,7 @@ from overture.common.v1 import auth_pb2
 from .auth import TokenTable
 from .clock import new_id
 from .context import CallState, current_call, reset_call, set_call
-from .db import storage_unavailable
+from .db import schema_changed, storage_unavailable
 from .edge import check_request
 from .errors import InvalidArgument, OvertureError, PermissionDenied, Unavailable, to_rpc_status
 from .privacy import mask_mapping
@@ -85,15 +85,23 @@ def _checked_decoder(method: str, deserializer: Callable[[bytes], Any]) -> Calla
     return decode
 
 
+class _PassingEncoded:
+    """A response serializer that passes a response the servicer encoded itself (:class:`~.wire.Encoded`) through as it is."""
+
+    __slots__ = ("serializer",)
+
+    def __init__(self, serializer: Callable[[Any], bytes]) -> None:
+        self.serializer = serializer
+
+    def __call__(self, response: Any) -> bytes:
+        return response.data if isinstance(response, Encoded) else self.serializer(response)
+
+
 def _encoding(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
-    """*serializer*, passing a response the servicer encoded itself (:class:`~.wire.Encoded`) through as it is."""
-    if serializer is None:
-        return None
-
-    def serialize(response: Any) -> bytes:
-        return response.data if isinstance(response, Encoded) else serializer(response)
-
-    return serialize
+    """*serializer*, passing encoded responses through; wrapped once, whatever the number of interceptors."""
+    if serializer is None or isinstance(serializer, _PassingEncoded):
+        return serializer
+    return _PassingEncoded(serializer)
 
 
 class _AroundInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -225,19 +233,14 @@ class ErrorInterceptor(_AroundInterceptor):
 
 def _transient_storage_error(error: BaseException) -> Unavailable | None:
     """The UNAVAILABLE that *error* is, when a retry of the call can succeed:
-    a migration changed a table under a cached statement (the driver has
-    dropped its cache), or the database connection was lost or refused."""
+    the database connection was lost or refused, or a migration changed a
+    table under a cached statement."""
     if storage_unavailable(error):
         return Unavailable("the database cannot be reached right now; retry", reason="DATABASE_UNAVAILABLE",
                            retry_after=timedelta(milliseconds=250))
-    seen: BaseException | None = error
-    for _ in range(5):
-        if seen is None:
-            return None
-        if type(seen).__name__ == "InvalidCachedStatementError":
-            return Unavailable("the database schema changed under this call; retry", reason="SCHEMA_CHANGED",
-                               retry_after=timedelta(milliseconds=100))
-        seen = getattr(seen, "orig", None) or seen.__cause__
+    if schema_changed(error):
+        return Unavailable("the database schema changed under this call; retry", reason="SCHEMA_CHANGED",
+                           retry_after=timedelta(milliseconds=100))
     return None
 
 

@@ -60,13 +60,13 @@ WITH RECURSIVE tenants(tenant) AS (
 SELECT tenant FROM tenants WHERE tenant IS NOT NULL
 """)
 """The tenants with events, one index probe each (a skip scan of ingest_events_window)."""
+_RELAY_LOCK = "hashtext('overture-ingest-relay')"
+_TAKE_LOCK = sa.text(f"SELECT pg_try_advisory_xact_lock({_RELAY_LOCK})")
+"""One relay publishes at a time, so that a subject's events keep their order."""
 # Take the next unpublished events and mark them, in one statement (the
 # relay's transaction is rolled back if they cannot be appended to the
 # stream). The ids are picked first, as an array, so the update probes the
 # primary key for them whatever the planner thinks of the table's size.
-_RELAY_LOCK = "hashtext('overture-ingest-relay')"
-_TAKE_LOCK = sa.text(f"SELECT pg_try_advisory_xact_lock({_RELAY_LOCK})")
-"""One relay publishes at a time, so that a subject's events keep their order."""
 _TAKE_UNPUBLISHED = sa.text(
     "UPDATE ingest_events SET published_at = :now WHERE seq = ANY(ARRAY("
     "SELECT seq FROM ingest_events WHERE published_at IS NULL ORDER BY seq LIMIT :limit)) "
@@ -277,20 +277,21 @@ class Relay:
         self._confirmed: str | None = None
         """The epoch the current cycle found or wrote, remembered once it commits."""
 
+    async def _redis_epoch(self) -> str | None:
+        """The epoch Redis holds, None when it has none (it lost it, or never had one)."""
+        current: Any = await self._redis.get(self._epoch_key)
+        return current.decode() if isinstance(current, bytes) else current
+
     async def _epoch_holds(self) -> bool:
         """Whether Redis still holds the epoch this relay last saw in PostgreSQL
         too. PostgreSQL's epoch changes only with Redis's (by the relay that
         holds the lock), so then neither changed, and nothing was lost."""
-        current: Any = await self._redis.get(self._epoch_key)
-        if isinstance(current, bytes):
-            current = current.decode()
+        current = await self._redis_epoch()
         return current is not None and current == self._epoch
 
     async def check_epoch(self, conn: AsyncConnection) -> int:
         """Detect a Redis that lost the stream; mark recent events unpublished. Returns how many."""
-        current: Any = await self._redis.get(self._epoch_key)
-        if isinstance(current, bytes):
-            current = current.decode()
+        current = await self._redis_epoch()
         stored = (await conn.execute(sa.select(relay_state.c.epoch).where(relay_state.c.name == EVENT_STREAM))).scalar()
         if stored is not None and current is not None and current == stored:
             self._confirmed = stored
