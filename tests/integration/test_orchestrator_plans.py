@@ -1,7 +1,8 @@
 """The orchestrator's hot statements read only the rows they need on tables
 that grew after their statistics were taken (autovacuum is off here), once
 the services' own ANALYZE of grown tables has run: claiming due tokens among
-200,000 waiting ones, once-key lookups and primary-key batches."""
+200,000 waiting ones, once-key lookups, primary-key batches, and the waits a
+batch of events ends."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from overture_orchestrator.tables import runs, tokens
+from overture_orchestrator.waits import waiting_for
 from overture_runtime.db import SERVER_SETTINGS, Database, analyze_grown, migrate, tenant_keys
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,17 +52,20 @@ async def test_claiming_and_once_key_lookups_stay_on_their_indexes_as_tables_gro
     conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://", 1), server_settings=dict(SERVER_SETTINGS))
     db = Database(database_url, pool_size=1, max_overflow=0)
     try:
-        await conn.execute("ANALYZE orchestrator_tokens; ANALYZE orchestrator_runs")  # statistics of empty tables
+        await conn.execute("ANALYZE orchestrator_tokens; ANALYZE orchestrator_runs; ANALYZE orchestrator_waits")  # of empty tables
         await conn.execute("""
             INSERT INTO orchestrator_runs SELECT 'acme', 'r' || g, 'welcome', 1, 's' || g, 'e' || g, 'waiting', 'wait', now(), now()
             FROM generate_series(1, 200000) g;
             INSERT INTO orchestrator_tokens SELECT 'acme', 'r' || g, 0, 'wait',
                    'waiting', $1::timestamptz + (CASE WHEN g <= 50 THEN -1 ELSE 1 END) * interval '1 hour', 0, 0, NULL
             FROM generate_series(1, 200000) g;
+            INSERT INTO orchestrator_waits SELECT 'acme', 'r' || g, 0, 's' || g, CASE WHEN g % 2 = 0 THEN 'email.clicked' ELSE '' END,
+                   'wait', 'welcome', 1
+            FROM generate_series(1, 200000) g;
         """.replace("$1::timestamptz", f"'{NOW.isoformat()}'::timestamptz"))
         # What every service's "analyze" loop does: the tables grew past twice
         # their size at their last ANALYZE, so their statistics are renewed.
-        assert await analyze_grown(db, prefix="orchestrator") == ["orchestrator_runs", "orchestrator_tokens"]
+        assert await analyze_grown(db, prefix="orchestrator") == ["orchestrator_runs", "orchestrator_tokens", "orchestrator_waits"]
         assert await analyze_grown(db, prefix="orchestrator") == []
         t = tokens
         claim = (sa.select(t.c.tenant, t.c.run_id, t.c.token).where(t.c.due_time <= NOW).order_by(t.c.due_time).limit(100)
@@ -74,6 +79,7 @@ async def test_claiming_and_once_key_lookups_stay_on_their_indexes_as_tables_gro
         async with db.connect() as pg:  # the statements as the services build them for PostgreSQL (keys as one array)
             once = sa.select(runs.c.run_id).where(tenant_keys(pg, runs.c.tenant, runs.c.trigger_event_id, [("acme", "e7"), ("acme", "e9")]))
             held = sa.select(tokens.c.run_id).where(tenant_keys(pg, tokens.c.tenant, tokens.c.run_id, [("acme", f"r{i}") for i in range(100)]))
+            ended = waiting_for(pg, "acme", ["order.completed", "email.clicked", ""], [f"s{i}" for i in range(1, 101)])
         nodes = await _explain(conn, once)
         scans = [(n["Node Type"], n.get("Index Name")) for n in nodes if "Scan" in n["Node Type"]]
         assert all(kind in ("Index Scan", "Index Only Scan", "Bitmap Index Scan") for kind, _ in scans), scans
@@ -83,6 +89,12 @@ async def test_claiming_and_once_key_lookups_stay_on_their_indexes_as_tables_gro
         assert "Seq Scan" not in {n["Node Type"] for n in nodes}
         assert {n.get("Index Name") for n in nodes if n.get("Index Name")} == {"orchestrator_tokens_pkey"}
         assert _buffers(nodes[0]) < 500  # 100 primary-key probes
+
+        nodes = await _explain(conn, ended)
+        assert "Seq Scan" not in {n["Node Type"] for n in nodes}
+        assert {n.get("Index Name") for n in nodes if n.get("Index Name")} == {"orchestrator_waits_event"}
+        assert nodes[0]["Actual Rows"] == 100  # each subject waits for one of the types
+        assert _buffers(nodes[0]) < 1500  # 3 types x 100 subjects probed
     finally:
         await conn.close()
         await db.close()

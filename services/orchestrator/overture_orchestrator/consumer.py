@@ -1,8 +1,14 @@
 """The stream consumer: it only starts runs.
 
-One reader per partition reads up to ``batch`` entries at a time, hands them
-to the starter as one batch (which matches triggers in memory and inserts
-the new runs in a few statements), and acks them in one call. It never
+One reader per partition reads up to ``batch`` entries at a time and hands
+them to one starting task, which takes what every reader has brought
+since its last batch (up to ``batch`` entries, oldest first), hands it to
+the starter as one batch (which matches triggers in memory and inserts the
+new runs in one statement), and acks each partition's entries. At a few
+events per partition a second, the partitions' entries so start together
+instead of paying a batch's fixed cost each. A reader waits for its entries
+to be handled before it reads again, so a partition stays in order and
+what is held in memory is bounded by the partitions. The consumer never
 executes a step, so a slow provider never holds up a partition; the
 workers do that.
 
@@ -15,6 +21,7 @@ dead-letter queue (acked, so its partition moves on).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -34,6 +41,8 @@ log = structlog.get_logger("overture.orchestrator.consumer")
 GROUP = "orchestrator"
 STREAM = "events"
 Handler = Callable[[Sequence[tuple[str, event_pb2.Event]]], Awaitable[object]]
+Entry = tuple[str, Any, dict[bytes, bytes], int]
+"""A stream entry to handle: its stream, id, fields, and how many times it was delivered."""
 
 
 class EventConsumer:
@@ -50,6 +59,9 @@ class EventConsumer:
         self._handle = handle
         self._batch = batch
         self._max_deliveries = max_deliveries
+        self._brought: list[tuple[list[Entry], asyncio.Future[None]]] = []
+        """Readers' batches waiting for the starting task, oldest first."""
+        self._arrived = asyncio.Event()
 
     async def ensure_groups(self) -> None:
         """Create the consumer group on every partition, if missing."""
@@ -62,10 +74,17 @@ class EventConsumer:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Consume every partition until *stopping* is set: one reader per
-        partition, since partitions live on different Redis Cluster slots and
-        one busy partition must not hold up the others."""
+        partition (partitions live on different Redis Cluster slots, and one
+        busy partition must not hold up reading the others), one starting
+        task for what they read."""
         await self.ensure_groups()
-        await asyncio.gather(*(self._consume(stream, stopping) for stream in self._streams))
+        starting = asyncio.create_task(self._start_brought(), name="consumer:start")
+        try:
+            await asyncio.gather(*(self._consume(stream, stopping) for stream in self._streams))
+        finally:
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
 
     async def _consume(self, stream: str, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
@@ -78,7 +97,41 @@ class EventConsumer:
                     continue
                 raise
             for _, messages in batches or []:
-                await self._process(stream, [(message_id, fields, 1) for message_id, fields in messages])
+                await self._bring([(stream, message_id, fields, 1) for message_id, fields in messages])
+
+    async def _bring(self, entries: list[Entry]) -> None:
+        """Hand a reader's *entries* to the starting task; returns once they are handled (raises what handling raised)."""
+        handled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._brought.append((entries, handled))
+        self._arrived.set()
+        await handled
+
+    async def _start_brought(self) -> None:
+        """Handle what the readers bring, as few batches as ``batch`` allows."""
+        while True:
+            await self._arrived.wait()
+            self._arrived.clear()
+            while self._brought:
+                taken = 1
+                size = len(self._brought[0][0])
+                while taken < len(self._brought) and size + len(self._brought[taken][0]) <= self._batch:
+                    size += len(self._brought[taken][0])
+                    taken += 1
+                group, self._brought = self._brought[:taken], self._brought[taken:]
+                try:
+                    await self._process([entry for entries, _ in group for entry in entries])
+                except Exception as error:  # noqa: BLE001 - raised in each reader whose entries these were
+                    for _, handled in group:
+                        if not handled.done():
+                            handled.set_exception(error)
+                except BaseException:
+                    for _, handled in group:
+                        handled.cancel()
+                    raise
+                else:
+                    for _, handled in group:
+                        if not handled.done():
+                            handled.set_result(None)
 
     async def reclaim(self, stopping: asyncio.Event, *, min_idle_ms: int = 30_000, interval: float = 10.0) -> None:
         """Claim entries left pending by a crashed or failing consumer, until stopping."""
@@ -97,18 +150,19 @@ class EventConsumer:
                 if not stale:
                     continue
                 claimed: Any = await self._redis.xclaim(stream, GROUP, self._consumer, min_idle_ms, list(stale))
-                entries = [(message_id, fields, stale.get(message_id, 1) + 1) for message_id, fields in claimed if fields]
+                entries = [(stream, message_id, fields, stale.get(message_id, 1) + 1) for message_id, fields in claimed if fields]
                 if entries:
-                    await self._process(stream, entries)
+                    await self._process(entries)
             try:
                 await asyncio.wait_for(stopping.wait(), timeout=interval)
             except TimeoutError:
                 pass
 
-    async def _process(self, stream: str, entries: list[tuple[Any, dict[bytes, bytes], int]]) -> None:
-        readable: list[tuple[Any, str, event_pb2.Event, int, bytes]] = []
-        done: list[Any] = []
-        for message_id, fields, deliveries in entries:
+    async def _process(self, entries: Sequence[Entry]) -> None:
+        """Start the runs of *entries* (of any partitions) as one batch, then ack them."""
+        readable: list[tuple[str, Any, str, event_pb2.Event, int, bytes]] = []
+        done: dict[str, list[Any]] = {}
+        for stream, message_id, fields, deliveries in entries:
             tenant = _text(fields.get(b"tenant", b""))
             try:
                 event = event_pb2.Event.FromString(fields[b"event"])
@@ -116,15 +170,16 @@ class EventConsumer:
                 await self._dead_letters.add_poison(tenant=tenant, stream_entry=_text(message_id), payload=fields.get(b"event", b""),
                                                     attempts=deliveries, error=f"unreadable entry: {type(error).__name__}")
                 log.error("consumer.dead_lettered", stream=stream, reason="unreadable entry")
-                done.append(message_id)
+                done.setdefault(stream, []).append(message_id)
                 continue
-            readable.append((message_id, tenant, event, deliveries, fields[b"event"]))
+            readable.append((stream, message_id, tenant, event, deliveries, fields[b"event"]))
         try:
-            await self._handle([(tenant, event) for _, tenant, event, _, _ in readable])
-            done += [message_id for message_id, *_ in readable]
+            await self._handle([(tenant, event) for _, _, tenant, event, _, _ in readable])
+            for stream, message_id, *_ in readable:
+                done.setdefault(stream, []).append(message_id)
         except Exception as error:  # noqa: BLE001 - isolate the entry that fails, below
-            log.warning("consumer.batch_failed", stream=stream, entries=len(readable), error=type(error).__name__)
-            for message_id, tenant, event, deliveries, payload in readable:
+            log.warning("consumer.batch_failed", entries=len(readable), error=type(error).__name__)
+            for stream, message_id, tenant, event, deliveries, payload in readable:
                 try:
                     await self._handle([(tenant, event)])
                 except Exception as single:  # noqa: BLE001 - stays pending and is retried by reclaim, then dead-lettered
@@ -134,9 +189,15 @@ class EventConsumer:
                     await self._dead_letters.add_poison(tenant=tenant, stream_entry=_text(message_id), payload=payload,
                                                         attempts=deliveries, error=f"{type(single).__name__}: {single}"[:500])
                     log.error("consumer.dead_lettered", stream=stream, deliveries=deliveries, error=type(single).__name__)
-                done.append(message_id)
-        if done:
-            await self._redis.xack(stream, GROUP, *done)
+                done.setdefault(stream, []).append(message_id)
+        if len(done) == 1:
+            ((stream, ids),) = done.items()
+            await self._redis.xack(stream, GROUP, *ids)
+        elif done:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for stream, ids in done.items():
+                    pipe.xack(stream, GROUP, *ids)
+                await pipe.execute()
 
 
 def _text(value: Any) -> str:

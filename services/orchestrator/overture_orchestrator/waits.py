@@ -12,12 +12,13 @@ is not resumed as well: the first of the two wins.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import rule_engine
 import sqlalchemy as sa
 import structlog
+from sqlalchemy.dialects import postgresql
 
 from overture.common.v1 import event_pb2
 from overture_runtime.clock import Clock
@@ -31,12 +32,26 @@ from .model import TokenState
 from .recording import write_context
 from .tables import tokens, waits
 
-__all__ = ["PROFILE_EVENTS", "Waits"]
+__all__ = ["PROFILE_EVENTS", "Waits", "waiting_for"]
 
 log = structlog.get_logger("overture.orchestrator")
 PROFILE_EVENTS = ("identify", "consent.granted", "consent.revoked", "segment.entered", "segment.exited")
 """Event types that change a profile (applied before they reach the stream): they re-check wait-until steps."""
 _ANY_PROFILE_CHANGE = ""
+
+
+def waiting_for(conn: Any, tenant: str, event_types: Iterable[str], subjects: Iterable[str]) -> sa.Select[Any]:
+    """The waits of *tenant* for any of *event_types* by any of *subjects*, on
+    the (tenant, event type, subject) index. On PostgreSQL the types and the
+    subjects are two array parameters: one prepared statement whatever the
+    batch, where expanding IN lists made a statement (and a prepare) per
+    pair of list lengths."""
+    w = waits
+    if conn.dialect.name == "postgresql":
+        types = sa.bindparam("types", sorted(event_types), type_=postgresql.ARRAY(w.c.event_type.type))
+        subject_ids = sa.bindparam("subjects", sorted(subjects), type_=postgresql.ARRAY(w.c.subject_id.type))
+        return sa.select(w).where((w.c.tenant == tenant) & (w.c.event_type == sa.any_(types)) & (w.c.subject_id == sa.any_(subject_ids)))
+    return sa.select(w).where((w.c.tenant == tenant) & w.c.event_type.in_(sorted(event_types)) & w.c.subject_id.in_(sorted(subjects)))
 
 
 class Waits:
@@ -56,10 +71,8 @@ class Waits:
         subjects = {e.subject_id for e in events}
         if not subjects:
             return 0
-        w = waits
         async with self._db.connect() as conn:
-            found = (await conn.execute(sa.select(w).where(
-                (w.c.tenant == tenant) & w.c.event_type.in_(sorted(types)) & w.c.subject_id.in_(sorted(subjects))))).all()
+            found = (await conn.execute(waiting_for(conn, tenant, types, subjects))).all()
         if not found:
             return 0
         by_key: dict[tuple[str, str], list[event_pb2.Event]] = {}

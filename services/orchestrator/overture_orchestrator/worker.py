@@ -8,8 +8,10 @@ batch is executed, and its outcomes recorded in one transaction; then the
 worker takes the next. Idle workers sleep until woken or for at most
 ``poll`` seconds, so a timer fires within about ``poll`` of its time. A
 claim that finds nothing is not repeated within ``poll`` unless the workers
-are woken: after a batch of runs started here, a worker goes back to the
-queue instead of asking the database again.
+are woken (:meth:`WorkerPool.wake`: work came due in the database): after a
+batch of runs started here, a worker goes back to the queue instead of
+asking the database again, and the workers a dispatch wakes but finds no
+queue for do not claim either.
 
 Runs started in this replica skip the claim: the starter inserts their
 tokens already leased to the claim name of :meth:`WorkerPool.eager`, and
@@ -78,8 +80,9 @@ class WorkerPool:
         """How many times :meth:`wake` was called: a claim that began before a wake cannot say nothing is due."""
 
     def wake(self) -> None:
-        """New work is due now: idle workers claim it without waiting for their poll."""
+        """New work is due now in the database: idle workers claim it without waiting for their poll."""
         self._wakes += 1
+        self._found_none_at = None
         self._wake.set()
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -122,7 +125,7 @@ class WorkerPool:
         while not stopping.is_set():
             try:
                 done = await self._take_queued()
-                if not done and (self._wake.is_set() or self._claim_due()):
+                if not done and self._claim_due():
                     done = await self._batch_once()
             except Exception:
                 log.exception("worker.batch_failed")  # its tokens come due again when their lease runs out
@@ -140,8 +143,9 @@ class WorkerPool:
 
     def _claim_due(self) -> bool:
         """Whether to look for due tokens now: not when a claim found none
-        less than ``poll`` ago (eager batches need no claim after them), so
-        timers still fire within about ``poll`` of their time."""
+        less than ``poll`` ago and nothing was woken since (eager batches and
+        dispatches need no claim), so timers still fire within about ``poll``
+        of their time."""
         return self._found_none_at is None or time.monotonic() - self._found_none_at >= self._poll
 
     def _ready(self) -> bool:

@@ -104,6 +104,46 @@ async def test_a_dispatch_wakes_an_idle_worker() -> None:
     assert runs.recorded == [(name, ["now"])]
 
 
+class _CountingRuns(_Runs):
+    def __init__(self) -> None:
+        super().__init__()
+        self.claims = 0
+
+    async def claim(self, *, owner: str, limit: int) -> list[Work]:
+        self.claims += 1
+        return []
+
+
+async def test_a_dispatch_does_not_make_idle_workers_claim_but_a_wake_does() -> None:
+    """Runs started here are queued: the workers a dispatch wakes take the queue, and those that find none go back to
+    sleep without asking the database (one empty claim per idle worker per started run was most of a lone event's
+    cost). A wake (work due in the database) makes them claim at once."""
+    runs = _CountingRuns()
+    pool = WorkerPool(runs=runs, executor=_Executor(), owner="me", clock=ManualClock(), concurrency=3, batch=10,  # type: ignore[arg-type]
+                      poll=3600)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(pool.run(stopping))
+
+    async def settle() -> None:
+        for _ in range(20):
+            await asyncio.sleep(0)
+
+    await settle()
+    assert 1 <= runs.claims <= 3  # the first round of the idle workers: nothing due
+    before = runs.claims
+    for i in range(5):
+        name = pool.eager(1)
+        assert name is not None
+        pool.dispatch(name, [_work(f"r{i}")])
+        await settle()
+    assert [r for _, rs in runs.recorded for r in rs] == [f"r{i}" for i in range(5)]
+    assert runs.claims == before
+    pool.wake()
+    await settle()
+    assert runs.claims > before
+    stopping.set()
+    pool.wake()
+    await task
 
 
 class _SlowRuns(_Runs):

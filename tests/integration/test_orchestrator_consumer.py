@@ -1,0 +1,109 @@
+"""The stream consumer on a real Redis: the partitions' readers hand their
+entries to one starting task, which starts what they brought together (up
+to a batch) and acks each partition's entries; a partition stays in order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+
+from overture.common.v1 import event_pb2
+from overture_orchestrator.consumer import GROUP, STREAM, EventConsumer
+from overture_runtime.redis import Keys
+from tests.conftest import REDIS_URL, TENANT
+from tests.thinpath import eventually
+
+
+class _Starter:
+    """Records each batch it is handed; the first waits until released, so that the other partitions' entries pile up."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.release = asyncio.Event()
+
+    async def __call__(self, entries: Sequence[tuple[str, event_pb2.Event]]) -> None:
+        self.batches.append([event.event_id for _, event in entries])
+        if len(self.batches) == 1:
+            await self.release.wait()
+
+
+async def _add(redis: aioredis.Redis, keys: Keys, partition: int, event_ids: list[str]) -> None:
+    """Append *event_ids* to a partition at once (MULTI), so that its reader reads them together."""
+    async with redis.pipeline(transaction=True) as pipe:
+        for event_id in event_ids:
+            event = event_pb2.Event(event_id=event_id, event_type="order.completed", subject_id=event_id)
+            pipe.xadd(keys.stream(STREAM, partition), {"tenant": TENANT, "event_id": event_id, "event": event.SerializeToString()})
+        await pipe.execute()
+
+
+async def _consuming(redis: aioredis.Redis, keys: Keys, starter: _Starter, *, batch: int) -> tuple[EventConsumer, asyncio.Event,
+                                                                                                    asyncio.Task[None]]:
+    consumer = EventConsumer(redis=redis, keys=keys, partitions=8, consumer="c1", dead_letters=None,  # type: ignore[arg-type]
+                             handle=starter, batch=batch)
+    await consumer.ensure_groups()
+    stopping = asyncio.Event()
+    return consumer, stopping, asyncio.create_task(consumer.run(stopping))
+
+
+async def _pending(redis: aioredis.Redis, keys: Keys) -> int:
+    return sum([int((await redis.xpending(keys.stream(STREAM, p), GROUP))["pending"]) for p in range(8)])
+
+
+async def test_entries_of_several_partitions_start_as_one_batch_and_are_acked(redis_namespace: str) -> None:
+    redis = aioredis.Redis.from_url(REDIS_URL)
+    keys = Keys(redis_namespace)
+    starter = _Starter()
+    consumer, stopping, task = await _consuming(redis, keys, starter, batch=100)
+    try:
+        await _add(redis, keys, 0, ["a1", "a2"])
+        await eventually(lambda: _async(starter.batches or None), what="the first batch")
+        # While it is being handled, three other partitions bring entries.
+        await _add(redis, keys, 3, ["b1", "b2"])
+        await _add(redis, keys, 5, ["c1"])
+        await _add(redis, keys, 7, ["d1", "d2", "d3"])
+        await eventually(lambda: _async(len(consumer._brought) == 3 or None), what="the three partitions' reads")
+        starter.release.set()
+        await eventually(lambda: _async(len(starter.batches) == 2 or None), what="the second batch")
+        assert starter.batches[0] == ["a1", "a2"]
+        assert sorted(starter.batches[1]) == ["b1", "b2", "c1", "d1", "d2", "d3"]  # one batch for the three partitions
+        assert starter.batches[1].index("d1") < starter.batches[1].index("d2") < starter.batches[1].index("d3")
+        assert await eventually(lambda: _pending_none(redis, keys), what="every entry acked")
+    finally:
+        stopping.set()
+        starter.release.set()
+        await task
+        await redis.aclose()
+
+
+async def test_a_batch_takes_whole_reads_up_to_its_size(redis_namespace: str) -> None:
+    """Reads are taken whole and oldest first while they fit in ``batch`` entries; the rest make the next batch."""
+    redis = aioredis.Redis.from_url(REDIS_URL)
+    keys = Keys(redis_namespace)
+    starter = _Starter()
+    consumer, stopping, task = await _consuming(redis, keys, starter, batch=3)
+    try:
+        await _add(redis, keys, 0, ["a1"])
+        await eventually(lambda: _async(starter.batches or None), what="the first batch")
+        await _add(redis, keys, 1, ["b1", "b2"])
+        await eventually(lambda: _async(len(consumer._brought) == 1 or None), what="partition 1's read")
+        await _add(redis, keys, 2, ["c1", "c2"])
+        await eventually(lambda: _async(len(consumer._brought) == 2 or None), what="partition 2's read")
+        starter.release.set()
+        await eventually(lambda: _async(len(starter.batches) == 3 or None), what="the other batches")
+        assert starter.batches[1:] == [["b1", "b2"], ["c1", "c2"]]  # 2 + 2 entries would pass the batch of 3
+        assert await eventually(lambda: _pending_none(redis, keys), what="every entry acked")
+    finally:
+        stopping.set()
+        starter.release.set()
+        await task
+        await redis.aclose()
+
+
+async def _async(value: object) -> object:
+    return value
+
+
+async def _pending_none(redis: aioredis.Redis, keys: Keys) -> bool | None:
+    return True if await _pending(redis, keys) == 0 else None
