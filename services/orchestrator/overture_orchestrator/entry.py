@@ -39,7 +39,7 @@ import structlog
 
 from overture.orchestrator.v1 import journey_pb2
 from overture_runtime.clock import Clock
-from overture_runtime.db import Database
+from overture_runtime.db import Database, any_of
 from overture_runtime.templates import event_scope
 
 from .calls import Transient
@@ -178,11 +178,11 @@ class EntryGate:
         return kept
 
     async def _last_entries(self, tenant: str, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], dt.datetime]:
-        """When each (journey, subject) last entered, if ever (journey IN and subject IN: the once-key index)."""
+        """When each (journey, subject) last entered, if ever (journey = ANY and subject = ANY: the once-key index)."""
         r = runs
         async with self._db.connect() as conn:
             rows = (await conn.execute(sa.select(r.c.journey, r.c.subject_id, sa.func.max(r.c.create_time).label("last")).where(
-                (r.c.tenant == tenant) & r.c.journey.in_(sorted({j for j, _ in pairs})) & r.c.subject_id.in_(sorted({s for _, s in pairs})))
+                (r.c.tenant == tenant) & any_of(conn, r.c.journey, {j for j, _ in pairs}) & any_of(conn, r.c.subject_id, {s for _, s in pairs}))
                 .group_by(r.c.journey, r.c.subject_id))).all()
         return {(row.journey, row.subject_id): row.last for row in rows if (row.journey, row.subject_id) in pairs}
 

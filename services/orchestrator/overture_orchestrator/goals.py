@@ -22,7 +22,7 @@ import structlog
 
 from overture.common.v1 import event_pb2
 from overture_runtime.clock import Clock, IdGenerator
-from overture_runtime.db import Database
+from overture_runtime.db import Database, any_of
 from overture_runtime.errors import OvertureError
 from overture_runtime.protojson import struct_to_dict
 
@@ -61,8 +61,8 @@ class Goals:
         r = runs
         async with self._db.connect() as conn:
             live = (await conn.execute(sa.select(r.c.run_id, r.c.journey, r.c.journey_version, r.c.subject_id, r.c.arms, r.c.current_step)
-                                       .where((r.c.tenant == tenant) & r.c.subject_id.in_(sorted(wanted)) & r.c.state.in_(_LIVE)
-                                              & r.c.journey.in_(sorted(names))))).all()
+                                       .where((r.c.tenant == tenant) & any_of(conn, r.c.subject_id, wanted) & r.c.state.in_(_LIVE)
+                                              & any_of(conn, r.c.journey, names)))).all()
         converted = []
         for run in live:
             goal = await self._goal_event(tenant, run, wanted.get(run.subject_id, []))

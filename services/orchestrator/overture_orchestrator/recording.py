@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from overture.rules.v1 import audit_event_pb2
 from overture_runtime.clock import Clock, IdGenerator
-from overture_runtime.db import Database, tenant_keys
+from overture_runtime.db import Database, any_of, tenant_keys
 
 from .audit_outbox import SYSTEM_ACTOR, stage
 from .deadletters import DeadLetters
@@ -83,7 +83,7 @@ class Recorder:
                 return 0
             await self._attempts(conn, kept)
             await conn.execute(waits.delete().where(tenant_keys(conn, waits.c.tenant, waits.c.run_id, [(o.work.tenant, o.work.run_id) for o in kept])
-                                                    & waits.c.token.in_({o.work.token for o in kept})))
+                                                    & any_of(conn, waits.c.token, {o.work.token for o in kept})))
             gone: dict[str, Counts] = defaultdict(Counter)  # waiting tokens that other tokens' outcomes remove
             await self._tokens(conn, kept, now, gone)
             await self._effects(conn, kept, now)
@@ -110,7 +110,7 @@ class Recorder:
         moving = [o for o in kept if o.run_state in LIVE]
         if ended:
             await conn.execute(t.delete().where(tenant_keys(conn, t.c.tenant, t.c.run_id, [(o.work.tenant, o.work.run_id) for o in ended])
-                                                & t.c.token.in_({o.work.token for o in ended})))
+                                                & any_of(conn, t.c.token, {o.work.token for o in ended})))
         if moving:
             await conn.execute(t.update().where(
                 (t.c.tenant == sa.bindparam("k_tenant")) & (t.c.run_id == sa.bindparam("k_run")) & (t.c.token == sa.bindparam("k_token"))

@@ -26,7 +26,7 @@ from overture.common.v1 import event_pb2
 from overture.orchestrator.v1 import run_pb2
 from overture.rules.v1 import audit_event_pb2
 from overture_runtime.clock import Clock, IdGenerator
-from overture_runtime.db import Database, tenant_keys
+from overture_runtime.db import Database, any_of, tenant_keys
 from overture_runtime.errors import NotFound
 from overture_runtime.protojson import struct_from_dict
 
@@ -115,10 +115,10 @@ class RunStore:
         if not wanted:
             return set()
         async with self._db.connect() as conn:
-            # journey IN and subject IN: both are index conditions of the
-            # once-key; a row-value IN list would read the tenant's every run.
+            # journey = ANY and subject = ANY: both are index conditions of
+            # the once-key; a row-value IN list would read the tenant's every run.
             rows = await conn.execute(sa.select(runs.c.journey, runs.c.subject_id).where(
-                (runs.c.tenant == tenant) & runs.c.journey.in_({j for j, _ in wanted}) & runs.c.subject_id.in_({s for _, s in wanted})
+                (runs.c.tenant == tenant) & any_of(conn, runs.c.journey, {j for j, _ in wanted}) & any_of(conn, runs.c.subject_id, {s for _, s in wanted})
                 & runs.c.state.in_(_LIVE)))
             return {(r.journey, r.subject_id) for r in rows} & set(wanted)
 

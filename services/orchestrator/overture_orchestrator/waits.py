@@ -18,11 +18,10 @@ from typing import Any
 import rule_engine
 import sqlalchemy as sa
 import structlog
-from sqlalchemy.dialects import postgresql
 
 from overture.common.v1 import event_pb2
 from overture_runtime.clock import Clock
-from overture_runtime.db import Database
+from overture_runtime.db import Database, any_of
 from overture_runtime.errors import OvertureError
 from overture_runtime.protojson import struct_to_dict
 
@@ -42,16 +41,10 @@ _ANY_PROFILE_CHANGE = ""
 
 def waiting_for(conn: Any, tenant: str, event_types: Iterable[str], subjects: Iterable[str]) -> sa.Select[Any]:
     """The waits of *tenant* for any of *event_types* by any of *subjects*, on
-    the (tenant, event type, subject) index. On PostgreSQL the types and the
-    subjects are two array parameters: one prepared statement whatever the
-    batch, where expanding IN lists made a statement (and a prepare) per
-    pair of list lengths."""
+    the (tenant, event type, subject) index, as one statement whatever the
+    batch (:func:`overture_runtime.db.any_of`)."""
     w = waits
-    if conn.dialect.name == "postgresql":
-        types = sa.bindparam("types", sorted(event_types), type_=postgresql.ARRAY(w.c.event_type.type))
-        subject_ids = sa.bindparam("subjects", sorted(subjects), type_=postgresql.ARRAY(w.c.subject_id.type))
-        return sa.select(w).where((w.c.tenant == tenant) & (w.c.event_type == sa.any_(types)) & (w.c.subject_id == sa.any_(subject_ids)))
-    return sa.select(w).where((w.c.tenant == tenant) & w.c.event_type.in_(sorted(event_types)) & w.c.subject_id.in_(sorted(subjects)))
+    return sa.select(w).where((w.c.tenant == tenant) & any_of(conn, w.c.event_type, event_types) & any_of(conn, w.c.subject_id, subjects))
 
 
 class Waits:

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from overture.rules.v1 import decision_pb2
-from overture_runtime.db import Database, insert_ignore
+from overture_runtime.db import Database, any_of, insert_ignore
 from overture_runtime.group_commit import GroupWriter
 
 from .tables import decisions as decisions_table
@@ -95,7 +95,7 @@ class DecisionStore:
         if rest:
             t = decisions_table
             async with self._db.connect() as conn:
-                rows = (await conn.execute(sa.select(t.c.record).where((t.c.tenant == tenant) & t.c.decision_id.in_(rest)))).all()
+                rows = (await conn.execute(sa.select(t.c.record).where((t.c.tenant == tenant) & any_of(conn, t.c.decision_id, rest)))).all()
             for row in rows:
                 decision = D.Decision.FromString(row.record)
                 found[decision.decision_id] = decision
@@ -126,7 +126,7 @@ class DecisionStore:
             return {}
         t = decisions_table
         ids = sorted({m[0] for m in marks})  # one lock order for every caller
-        query = sa.select(t.c.decision_id, t.c.record).where((t.c.tenant == tenant) & t.c.decision_id.in_(ids))
+        query = sa.select(t.c.decision_id, t.c.record).where((t.c.tenant == tenant) & any_of(conn, t.c.decision_id, ids))
         if conn.dialect.name == "postgresql":
             query = query.with_for_update()
         stored = {row.decision_id: row.record for row in (await conn.execute(query)).all()}

@@ -22,7 +22,7 @@ from overture.common.v1 import event_pb2, messaging_pb2
 from overture.rules.v1 import audit_event_pb2, decision_pb2, profile_pb2
 from overture_runtime import limits
 from overture_runtime.clock import Clock
-from overture_runtime.db import Database, insert_ignore
+from overture_runtime.db import Database, any_of, insert_ignore
 from overture_runtime.errors import FieldViolation, NotFound, Violations
 from overture_runtime.privacy import pseudonymize
 from overture_runtime.protojson import struct_from_dict, struct_to_dict
@@ -109,9 +109,9 @@ class ProfileStore:
                 # A decision must not hang on a locked or overloaded store: past
                 # the timeout the read fails and the decision fails closed.
                 await conn.execute(sa.text(f"SET LOCAL statement_timeout = {int(self._read_timeout_ms)}"))
-            rows = (await conn.execute(sa.select(profiles).where((profiles.c.tenant == tenant) & profiles.c.subject_id.in_(subject_ids)))).all()
+            rows = (await conn.execute(sa.select(profiles).where((profiles.c.tenant == tenant) & any_of(conn, profiles.c.subject_id, subject_ids)))).all()
             consent_rows = (await conn.execute(sa.select(consents).where(
-                (consents.c.tenant == tenant) & consents.c.subject_id.in_(subject_ids)))).all()
+                (consents.c.tenant == tenant) & any_of(conn, consents.c.subject_id, subject_ids)))).all()
         by_subject: dict[str, list[Any]] = {}
         for c in consent_rows:
             by_subject.setdefault(c.subject_id, []).append(c)
@@ -200,7 +200,7 @@ class ProfileStore:
             await conn.execute(insert_ignore(conn, profiles, index_elements=["tenant", "subject_id"]), [
                 dict(tenant=tenant, subject_id=s, traits={}, segments=[], suppression_lists=[], timezone="", erased=False,
                      create_time=now, update_time=now) for s in subjects])
-            query = sa.select(profiles).where((profiles.c.tenant == tenant) & profiles.c.subject_id.in_(subjects))
+            query = sa.select(profiles).where((profiles.c.tenant == tenant) & any_of(conn, profiles.c.subject_id, subjects))
             if conn.dialect.name == "postgresql":
                 query = query.order_by(profiles.c.subject_id).with_for_update()  # a fixed lock order: no deadlocks between batches
             state = {r.subject_id: {"traits": dict(r.traits), "segments": list(r.segments), "timezone": r.timezone, "erased": r.erased}
@@ -208,7 +208,7 @@ class ProfileStore:
             segments_before = {s: list(p["segments"]) for s, p in state.items()}
             held = {(c.subject_id, c.channel, c.purpose): c.update_time for c in (await conn.execute(sa.select(
                 consents.c.subject_id, consents.c.channel, consents.c.purpose, consents.c.update_time).where(
-                (consents.c.tenant == tenant) & consents.c.subject_id.in_(subjects)))).all()}
+                (consents.c.tenant == tenant) & any_of(conn, consents.c.subject_id, subjects)))).all()}
             touched: set[str] = set()
             consent_rows: dict[tuple[str, str, str], dict[str, Any]] = {}
             for event, change in changes:
@@ -387,7 +387,7 @@ class ProfileStore:
     async def load_protos(conn: AsyncConnection, tenant: str, subject_ids: Sequence[str]) -> dict[str, profile_pb2.Profile]:
         """The profiles of *subject_ids* that exist, in two statements on *conn*."""
         wanted = sorted(set(subject_ids))
-        rows = (await conn.execute(sa.select(profiles).where((profiles.c.tenant == tenant) & profiles.c.subject_id.in_(wanted)))).all()
+        rows = (await conn.execute(sa.select(profiles).where((profiles.c.tenant == tenant) & any_of(conn, profiles.c.subject_id, wanted)))).all()
         found: dict[str, profile_pb2.Profile] = {}
         for row in rows:
             profile = found[row.subject_id] = profile_pb2.Profile(
@@ -397,7 +397,7 @@ class ProfileStore:
             profile.update_time.FromDatetime(row.update_time)
         if found:
             held = (await conn.execute(sa.select(consents).where(
-                (consents.c.tenant == tenant) & consents.c.subject_id.in_(sorted(found))))).all()
+                (consents.c.tenant == tenant) & any_of(conn, consents.c.subject_id, found)))).all()
             for c in sorted(held, key=lambda c: (c.channel, c.purpose)):
                 consent = found[c.subject_id].consents.add(
                     channel=_channel_value(c.channel), purpose=c.purpose, source=c.source,
