@@ -1,8 +1,8 @@
 """The orchestrator's hot statements read only the rows they need on tables
 that grew after their statistics were taken (autovacuum is off here), once
 the services' own ANALYZE of grown tables has run: claiming due tokens among
-200,000 waiting ones, once-key lookups, primary-key batches, and the waits a
-batch of events ends."""
+200,000 waiting ones, once-key lookups, primary-key batches, the waits a
+batch of events ends, and recording a batch of outcomes in one statement."""
 
 from __future__ import annotations
 
@@ -16,8 +16,13 @@ import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
+from overture.common.v1 import event_pb2
+from overture_orchestrator.model import RunState, StepState, TokenState
+from overture_orchestrator.simple_records import record_params, record_statement
 from overture_orchestrator.tables import runs, tokens
 from overture_orchestrator.waits import waiting_for
+from overture_orchestrator.work import Attempt, Effects, Outcome, Work
+from overture_runtime.clock import IdGenerator
 from overture_runtime.db import SERVER_SETTINGS, Database, analyze_grown, migrate, tenant_keys
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,6 +95,8 @@ async def test_claiming_and_once_key_lookups_stay_on_their_indexes_as_tables_gro
         assert {n.get("Index Name") for n in nodes if n.get("Index Name")} == {"orchestrator_tokens_pkey"}
         assert _buffers(nodes[0]) < 500  # 100 primary-key probes
 
+        await _explain_record(db)
+
         nodes = await _explain(conn, ended)
         assert "Seq Scan" not in {n["Node Type"] for n in nodes}
         assert {n.get("Index Name") for n in nodes if n.get("Index Name")} == {"orchestrator_waits_event"}
@@ -98,3 +105,28 @@ async def test_claiming_and_once_key_lookups_stay_on_their_indexes_as_tables_gro
     finally:
         await conn.close()
         await db.close()
+
+
+async def _explain_record(db: Database) -> None:
+    """The one-statement record of 100 outcomes (runs r51..r150, leased to the claim) reads and writes by primary key:
+    no table is scanned. Run in a transaction that is rolled back."""
+    owner = "replica#1"
+    keys = [f"r{i}" for i in range(51, 151)]
+    outcomes = [Outcome(
+        work=Work(tenant="acme", run_id=k, token=0, journey="welcome", journey_version=1, subject_id="s", trigger_event=event_pb2.Event(),
+                  inline_spec=None, node="wait", state=TokenState.READY, attempts=0, evaluations=0),
+        run_state=RunState.COMPLETED, node="done", effects=Effects(actions=1),
+        attempts=[Attempt(step_id="wait", state=StepState.COMPLETED, start_time=NOW, end_time=NOW, edge="next", arrival=True)])
+        for k in keys]
+    explain = record_statement("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ")
+    async with db.begin() as conn:
+        await conn.execute(tokens.update().where(tokens.c.run_id.in_(keys)).values(lease_owner=owner))
+        plan = (await conn.execute(explain, record_params(IdGenerator(), owner=owner, outcomes=outcomes, now=NOW))).scalar()
+        await conn.rollback()
+    document = plan if isinstance(plan, list) else json.loads(plan)
+    nodes = list(_nodes(document[0]["Plan"]))
+    scans = {(n["Node Type"], n.get("Relation Name")) for n in nodes if "Scan" in n["Node Type"] and n.get("Relation Name")}
+    assert not [s for s in scans if s[0] == "Seq Scan"], scans
+    assert {relation for _, relation in scans} >= {"orchestrator_tokens", "orchestrator_runs"}
+    assert nodes[0]["Actual Rows"] == 1  # SELECT count(*) FROM kept
+    assert _buffers(nodes[0]) < 5000  # 100 runs: a few key probes each, where a scan of 200,000 rows reads ~4,000 pages per table

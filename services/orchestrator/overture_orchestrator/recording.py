@@ -30,7 +30,7 @@ from .stats import Counts, add_counts, day_metric, latency_metric, waiting_left
 from .tables import approvals, run_context, runs, step_attempts, tokens, waits
 from .work import Outcome
 
-__all__ = ["FAR_FUTURE", "Recorder", "read_context", "write_context"]
+__all__ = ["FAR_FUTURE", "Recorder", "attempt_rows", "count_outcomes", "read_context", "write_context"]
 
 FAR_FUTURE = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
 """The due time of a token that only another token can move (at a join)."""
@@ -97,10 +97,7 @@ class Recorder:
         return len(kept)
 
     async def _attempts(self, conn: Any, kept: Sequence[Outcome]) -> None:
-        rows = [dict(tenant=o.work.tenant, run_id=o.work.run_id, attempt_id=self._ids.new(), step_id=a.step_id, state=a.state.value,
-                     decision_id=a.decision_id, delivery_id=a.delivery_id, outcome=a.outcome[:2000], error=a.error[:2000],
-                     start_time=a.start_time, end_time=a.end_time, wake_time=a.wake_time, edge=a.edge[:128], detail=a.detail)
-                for o in kept for a in o.attempts]
+        rows = attempt_rows(kept, self._ids)
         if rows:
             await conn.execute(step_attempts.insert(), rows)
 
@@ -253,50 +250,66 @@ class Recorder:
 
     async def _counters(self, conn: Any, kept: Sequence[Outcome], states: dict[tuple[str, str], RunState],
                         gone: dict[str, Counts], now: dt.datetime) -> None:
-        by_tenant: dict[str, Counts] = defaultdict(Counter)
-        for tenant, counts in gone.items():
-            by_tenant[tenant].update(counts)
-        ended_runs: set[tuple[str, str]] = set()
-        for o in kept:
-            w = o.work
-            c = by_tenant[w.tenant]
-            ident = (w.journey, w.journey_version)
-            for a in o.attempts:
-                if a.arrival:
-                    c[(*ident, a.step_id, "entered")] += 1
-                if a.state == StepState.WAITING and a.arrival:
-                    c[(*ident, a.step_id, "waiting_in")] += 1
-                if a.state in (StepState.COMPLETED, StepState.SKIPPED, StepState.FAILED):
-                    c[(*ident, a.step_id, a.state.value)] += 1
-                    if a.waited:
-                        c[(*ident, a.step_id, "waiting_out")] += 1
-                    if a.edge:
-                        c[(*ident, a.step_id, f"edge:{a.edge}")] += 1
-                    if a.latency is not None:
-                        c[(*ident, a.step_id, latency_metric(a.latency))] += 1
-                    if a.delivery_id and a.state == StepState.COMPLETED:
-                        c[(*ident, a.step_id, "sent")] += 1
-                        c[(*ident, "", day_metric(now, "sent"))] += 1
-                    elif a.decision_id and a.state == StepState.FAILED:
-                        c[(*ident, a.step_id, "send_failed")] += 1
-            e = o.effects
-            if e is not None:
-                for arm in e.arms:
-                    c[(*ident, "", f"arm:{arm}:entered")] += 1
-                if e.goal:
-                    c[(*ident, "", "converted")] += 1
-                    c[(*ident, "", day_metric(now, "converted"))] += 1
-                    for arm in (*w.arms, *e.arms):
-                        c[(*ident, "", f"arm:{arm}:converted")] += 1
-            key = (w.tenant, w.run_id)
-            state = states[key]
-            if state not in LIVE and key not in ended_runs:
-                ended_runs.add(key)
-                c[(*ident, "", "erased" if e is not None and e.skipped else state.value)] += 1
-                if state == RunState.FAILED:
-                    c[(*ident, "", day_metric(now, "failed"))] += 1
-        for tenant, counts in by_tenant.items():
+        for tenant, counts in count_outcomes(kept, states, gone, now).items():
             await add_counts(conn, tenant, counts)
+
+
+def attempt_rows(kept: Sequence[Outcome], ids: IdGenerator) -> list[dict[str, Any]]:
+    """The step attempts of *kept*, as rows of ``step_attempts`` (new, time-ordered ids)."""
+    return [dict(tenant=o.work.tenant, run_id=o.work.run_id, attempt_id=ids.new(), step_id=a.step_id, state=a.state.value,
+                 decision_id=a.decision_id, delivery_id=a.delivery_id, outcome=a.outcome[:2000], error=a.error[:2000],
+                 start_time=a.start_time, end_time=a.end_time, wake_time=a.wake_time, edge=a.edge[:128], detail=a.detail)
+            for o in kept for a in o.attempts]
+
+
+def count_outcomes(kept: Sequence[Outcome], states: dict[tuple[str, str], RunState], gone: dict[str, Counts],
+                   now: dt.datetime) -> dict[str, Counts]:
+    """The journeys' counters that recording *kept* adds, by tenant: steps
+    entered, left and waited at, edges, latencies, sends, arms, goals, and
+    runs that end (by their state in *states*), plus the waiting tokens *gone*."""
+    by_tenant: dict[str, Counts] = defaultdict(Counter)
+    for tenant, counts in gone.items():
+        by_tenant[tenant].update(counts)
+    ended_runs: set[tuple[str, str]] = set()
+    for o in kept:
+        w = o.work
+        c = by_tenant[w.tenant]
+        ident = (w.journey, w.journey_version)
+        for a in o.attempts:
+            if a.arrival:
+                c[(*ident, a.step_id, "entered")] += 1
+            if a.state == StepState.WAITING and a.arrival:
+                c[(*ident, a.step_id, "waiting_in")] += 1
+            if a.state in (StepState.COMPLETED, StepState.SKIPPED, StepState.FAILED):
+                c[(*ident, a.step_id, a.state.value)] += 1
+                if a.waited:
+                    c[(*ident, a.step_id, "waiting_out")] += 1
+                if a.edge:
+                    c[(*ident, a.step_id, f"edge:{a.edge}")] += 1
+                if a.latency is not None:
+                    c[(*ident, a.step_id, latency_metric(a.latency))] += 1
+                if a.delivery_id and a.state == StepState.COMPLETED:
+                    c[(*ident, a.step_id, "sent")] += 1
+                    c[(*ident, "", day_metric(now, "sent"))] += 1
+                elif a.decision_id and a.state == StepState.FAILED:
+                    c[(*ident, a.step_id, "send_failed")] += 1
+        e = o.effects
+        if e is not None:
+            for arm in e.arms:
+                c[(*ident, "", f"arm:{arm}:entered")] += 1
+            if e.goal:
+                c[(*ident, "", "converted")] += 1
+                c[(*ident, "", day_metric(now, "converted"))] += 1
+                for arm in (*w.arms, *e.arms):
+                    c[(*ident, "", f"arm:{arm}:converted")] += 1
+        key = (w.tenant, w.run_id)
+        state = states[key]
+        if state not in LIVE and key not in ended_runs:
+            ended_runs.add(key)
+            c[(*ident, "", "erased" if e is not None and e.skipped else state.value)] += 1
+            if state == RunState.FAILED:
+                c[(*ident, "", day_metric(now, "failed"))] += 1
+    return by_tenant
 
 
 def _current(outcome: Outcome, state: RunState) -> str:

@@ -36,6 +36,7 @@ from .deadletters import DeadLetters
 from .model import LIVE, RunState, StepState, TokenState
 from .recording import Recorder, read_context
 from .run_starts import insert_runs
+from .simple_records import is_simple, record_simple
 from .stats import Counts, add_counts, waiting_left
 from .tables import run_inputs, runs, step_attempts, tokens, waits
 from .work import Attempt, Effects, NewRun, Outcome, Work
@@ -162,10 +163,13 @@ class RunStore:
         return work
 
     async def record(self, *, owner: str, outcomes: Sequence[Outcome]) -> int:
-        """Record a claim's outcomes in one transaction (see :mod:`.recording`);
+        """Record a claim's outcomes in one transaction (see :mod:`.recording`;
+        a batch of simple outcomes in one statement, :mod:`.simple_records`);
         only for the tokens *owner* still holds. Returns how many were recorded."""
         if not outcomes:
             return 0
+        if not self._db.is_sqlite and all(is_simple(o) for o in outcomes):
+            return await record_simple(self._db, self._ids, owner=owner, outcomes=outcomes, now=self._clock.now())
         return await Recorder(self._db, self._clock, self._ids, self.dead_letters).record(owner=owner, outcomes=outcomes)
 
     # -- operators -----------------------------------------------------------
