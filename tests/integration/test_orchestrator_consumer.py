@@ -107,3 +107,31 @@ async def _async(value: object) -> object:
 
 async def _pending_none(redis: aioredis.Redis, keys: Keys) -> bool | None:
     return True if await _pending(redis, keys) == 0 else None
+
+
+async def test_a_reader_that_fails_ends_every_reader_and_the_starting_task(redis_namespace: str) -> None:
+    """When handling raises (here: the dead-letter queue cannot be written), run() raises and leaves no reader behind
+    waiting for a starting task that is gone, so that a restarted run() reads each partition once."""
+    redis = aioredis.Redis.from_url(REDIS_URL)
+    keys = Keys(redis_namespace)
+
+    async def failing(entries: Sequence[tuple[str, event_pb2.Event]]) -> None:
+        raise RuntimeError("the starter is broken")
+
+    consumer = EventConsumer(redis=redis, keys=keys, partitions=8, consumer="c1", dead_letters=None,  # type: ignore[arg-type]
+                             handle=failing, batch=10, max_deliveries=1)
+    try:
+        await consumer.ensure_groups()
+        await _add(redis, keys, 2, ["x1"])
+        try:
+            await asyncio.wait_for(consumer.run(asyncio.Event()), timeout=20)
+        except AttributeError:
+            pass  # the dead-letter queue (None here) could not take the poison entry
+        else:
+            raise AssertionError("run() should have raised")
+        await asyncio.sleep(0)
+        left = [name for t in asyncio.all_tasks() if not t.done()
+                and (name := getattr(t.get_coro(), "__qualname__", "")).startswith("EventConsumer.")]
+        assert left == []
+    finally:
+        await redis.aclose()

@@ -21,7 +21,6 @@ dead-letter queue (acked, so its partition moves on).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -78,13 +77,16 @@ class EventConsumer:
         busy partition must not hold up reading the others), one starting
         task for what they read."""
         await self.ensure_groups()
+        readers = [asyncio.create_task(self._consume(stream, stopping), name=f"consumer:{stream}") for stream in self._streams]
         starting = asyncio.create_task(self._start_brought(), name="consumer:start")
         try:
-            await asyncio.gather(*(self._consume(stream, stopping) for stream in self._streams))
+            await asyncio.gather(*readers)
         finally:
-            starting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await starting
+            # One reader failing ends them all (and the starting task): none is
+            # left waiting for a starting task that is gone when run() is restarted.
+            for task in (*readers, starting):
+                task.cancel()
+            await asyncio.gather(*readers, starting, return_exceptions=True)
 
     async def _consume(self, stream: str, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
