@@ -7,6 +7,11 @@ the run context is written; joins whose branches are all in let one token
 go on; the runs' rows take their new state and flags; the journeys'
 counters are added to; failed runs go to the dead-letter queue. A run with
 several tokens ends only with its last one.
+
+On PostgreSQL a batch whose outcomes are all simple (a send, a delay, an
+exit; one token per run) is recorded in one statement instead
+(:mod:`.simple_records`, which reuses :func:`attempt_rows` and
+:func:`count_outcomes`); :meth:`.runs.RunStore.record` chooses.
 """
 
 from __future__ import annotations
