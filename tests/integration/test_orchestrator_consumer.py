@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Sequence
 
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
 
 from overture.common.v1 import event_pb2
 from overture_orchestrator.consumer import GROUP, STREAM, EventConsumer
@@ -55,6 +56,8 @@ async def test_entries_of_several_partitions_start_as_one_batch_and_are_acked(re
     redis = aioredis.Redis.from_url(REDIS_URL)
     keys = Keys(redis_namespace)
     starter = _Starter()
+    batches_before = REGISTRY.get_sample_value("overture_orchestrator_start_entries_count") or 0
+    entries_before = REGISTRY.get_sample_value("overture_orchestrator_start_entries_sum") or 0
     consumer, stopping, task = await _consuming(redis, keys, starter, batch=100)
     try:
         await _add(redis, keys, 0, ["a1", "a2"])
@@ -70,6 +73,9 @@ async def test_entries_of_several_partitions_start_as_one_batch_and_are_acked(re
         assert sorted(starter.batches[1]) == ["b1", "b2", "c1", "d1", "d2", "d3"]  # one batch for the three partitions
         assert starter.batches[1].index("d1") < starter.batches[1].index("d2") < starter.batches[1].index("d3")
         assert await eventually(lambda: _pending_none(redis, keys), what="every entry acked")
+        # The batches show in the metrics: two batches, eight entries.
+        assert (REGISTRY.get_sample_value("overture_orchestrator_start_entries_count") or 0) - batches_before == 2
+        assert (REGISTRY.get_sample_value("overture_orchestrator_start_entries_sum") or 0) - entries_before == 8
     finally:
         stopping.set()
         starter.release.set()

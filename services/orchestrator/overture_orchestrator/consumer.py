@@ -26,6 +26,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
+from prometheus_client import Histogram
 from redis.exceptions import ResponseError
 
 from overture.common.v1 import event_pb2
@@ -40,6 +41,10 @@ log = structlog.get_logger("overture.orchestrator.consumer")
 GROUP = "orchestrator"
 STREAM = "events"
 Handler = Callable[[Sequence[tuple[str, event_pb2.Event]]], Awaitable[object]]
+START_SECONDS = Histogram("overture_orchestrator_start_seconds", "Time to start the runs of one batch of stream entries and ack them.",
+                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+START_ENTRIES = Histogram("overture_orchestrator_start_entries", "Stream entries per batch the consumer starts (every partition's reads since the last).",
+                          buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
 Entry = tuple[str, Any, dict[bytes, bytes], int]
 """A stream entry to handle: its stream, id, fields, and how many times it was delivered."""
 
@@ -120,8 +125,10 @@ class EventConsumer:
                     size += len(self._brought[taken][0])
                     taken += 1
                 group, self._brought = self._brought[:taken], self._brought[taken:]
+                START_ENTRIES.observe(size)
                 try:
-                    await self._process([entry for entries, _ in group for entry in entries])
+                    with START_SECONDS.time():
+                        await self._process([entry for entries, _ in group for entry in entries])
                 except Exception as error:  # noqa: BLE001 - raised in each reader whose entries these were
                     for _, handled in group:
                         if not handled.done():
