@@ -270,14 +270,19 @@ def histogram_figures(before: Histograms, after: Histograms) -> dict[str, object
         previous = dict(old_buckets)
         delta = [(le, c - previous.get(le, 0.0)) for le, c in sorted(buckets)]
 
-        def bound(q: float, delta: list[tuple[float, float]] = delta, n: float = n) -> str:
+        service, name = key
+        # Durations are in seconds, printed in ms; other histograms (sizes, counts) as they are.
+        timed = "_seconds" in name or "_duration" in name
+        scale = 1000 if timed else 1
+
+        def bound(q: float, delta: list[tuple[float, float]] = delta, n: float = n, scale: int = scale) -> str:
             for le, c in delta:
                 if c >= q * n:
-                    return f"<= {le * 1000:g}" if le != float("inf") else "> last bucket"
+                    return f"<= {le * scale:g}" if le != float("inf") else "> last bucket"
             return "?"
 
-        service, name = key
         short = name.replace("overture_", "").replace("_seconds", "").replace("rpc_duration{method=", "rpc{")
-        figures[f"{service} {short}: n, mean ms, p50 ms, p99 ms"] = (f"{n:.0f}, {(total - old_total) / n * 1000:.1f}, "
-                                                                      f"{bound(0.5)}, {bound(0.99)}")
+        unit = " ms" if timed else ""
+        figures[f"{service} {short}: n, mean{unit}, p50{unit}, p99{unit}"] = (f"{n:.0f}, {(total - old_total) / n * scale:.1f}, "
+                                                                               f"{bound(0.5)}, {bound(0.99)}")
     return figures
