@@ -5,7 +5,8 @@ to a batch) and acks each partition's entries; a partition stays in order."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
@@ -39,13 +40,24 @@ async def _add(redis: aioredis.Redis, keys: Keys, partition: int, event_ids: lis
         await pipe.execute()
 
 
-async def _consuming(redis: aioredis.Redis, keys: Keys, starter: _Starter, *, batch: int) -> tuple[EventConsumer, asyncio.Event,
-                                                                                                    asyncio.Task[None]]:
+@contextlib.asynccontextmanager
+async def _consuming(namespace: str, *, batch: int) -> AsyncIterator[tuple[aioredis.Redis, Keys, _Starter, EventConsumer]]:
+    """A consumer of every partition running on a real Redis with a :class:`_Starter`; stopped (the starter released) after."""
+    redis = aioredis.Redis.from_url(REDIS_URL)
+    keys = Keys(namespace)
+    starter = _Starter()
     consumer = EventConsumer(redis=redis, keys=keys, partitions=8, consumer="c1", dead_letters=None,  # type: ignore[arg-type]
                              handle=starter, batch=batch)
     await consumer.ensure_groups()
     stopping = asyncio.Event()
-    return consumer, stopping, asyncio.create_task(consumer.run(stopping))
+    task = asyncio.create_task(consumer.run(stopping))
+    try:
+        yield redis, keys, starter, consumer
+    finally:
+        stopping.set()
+        starter.release.set()
+        await task
+        await redis.aclose()
 
 
 async def _pending(redis: aioredis.Redis, keys: Keys) -> int:
@@ -53,13 +65,9 @@ async def _pending(redis: aioredis.Redis, keys: Keys) -> int:
 
 
 async def test_entries_of_several_partitions_start_as_one_batch_and_are_acked(redis_namespace: str) -> None:
-    redis = aioredis.Redis.from_url(REDIS_URL)
-    keys = Keys(redis_namespace)
-    starter = _Starter()
     batches_before = REGISTRY.get_sample_value("overture_orchestrator_start_entries_count") or 0
     entries_before = REGISTRY.get_sample_value("overture_orchestrator_start_entries_sum") or 0
-    consumer, stopping, task = await _consuming(redis, keys, starter, batch=100)
-    try:
+    async with _consuming(redis_namespace, batch=100) as (redis, keys, starter, consumer):
         await _add(redis, keys, 0, ["a1", "a2"])
         await eventually(lambda: _async(starter.batches or None), what="the first batch")
         # While it is being handled, three other partitions bring entries.
@@ -76,20 +84,11 @@ async def test_entries_of_several_partitions_start_as_one_batch_and_are_acked(re
         # The batches show in the metrics: two batches, eight entries.
         assert (REGISTRY.get_sample_value("overture_orchestrator_start_entries_count") or 0) - batches_before == 2
         assert (REGISTRY.get_sample_value("overture_orchestrator_start_entries_sum") or 0) - entries_before == 8
-    finally:
-        stopping.set()
-        starter.release.set()
-        await task
-        await redis.aclose()
 
 
 async def test_a_batch_takes_whole_reads_up_to_its_size(redis_namespace: str) -> None:
     """Reads are taken whole and oldest first while they fit in ``batch`` entries; the rest make the next batch."""
-    redis = aioredis.Redis.from_url(REDIS_URL)
-    keys = Keys(redis_namespace)
-    starter = _Starter()
-    consumer, stopping, task = await _consuming(redis, keys, starter, batch=3)
-    try:
+    async with _consuming(redis_namespace, batch=3) as (redis, keys, starter, consumer):
         await _add(redis, keys, 0, ["a1"])
         await eventually(lambda: _async(starter.batches or None), what="the first batch")
         await _add(redis, keys, 1, ["b1", "b2"])
@@ -100,11 +99,6 @@ async def test_a_batch_takes_whole_reads_up_to_its_size(redis_namespace: str) ->
         await eventually(lambda: _async(len(starter.batches) == 3 or None), what="the other batches")
         assert starter.batches[1:] == [["b1", "b2"], ["c1", "c2"]]  # 2 + 2 entries would pass the batch of 3
         assert await eventually(lambda: _pending_none(redis, keys), what="every entry acked")
-    finally:
-        stopping.set()
-        starter.release.set()
-        await task
-        await redis.aclose()
 
 
 async def _async(value: object) -> object:

@@ -43,15 +43,13 @@ FAR_FUTURE = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
 
 async def read_context(conn: Any, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
     """The context of each (tenant, run id), as ``key -> value``."""
-    by_tenant: dict[str, set[str]] = defaultdict(set)
-    for tenant, run_id in keys:
-        by_tenant[tenant].add(run_id)
+    pairs = list(keys)
     found: dict[tuple[str, str], dict[str, Any]] = {}
+    if not pairs:
+        return found
     c = run_context
-    for tenant, run_ids in by_tenant.items():
-        rows = await conn.execute(sa.select(c.c.run_id, c.c.key, c.c.value).where((c.c.tenant == tenant) & c.c.run_id.in_(sorted(run_ids))))
-        for row in rows:
-            found.setdefault((tenant, row.run_id), {})[row.key] = row.value
+    for row in await conn.execute(sa.select(c.c.tenant, c.c.run_id, c.c.key, c.c.value).where(tenant_keys(conn, c.c.tenant, c.c.run_id, pairs))):
+        found.setdefault((row.tenant, row.run_id), {})[row.key] = row.value
     return found
 
 

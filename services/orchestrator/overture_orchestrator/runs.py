@@ -89,7 +89,7 @@ class RunStore:
         already claimed by it (its worker executes them at once); without,
         they are due now for any worker to claim. Each journey's ``entered``
         counters, and *skipped* (a tenant's skipped entries), are added with
-        the runs, in one statement (:func:`.run_starts.insert_runs`)."""
+        the runs, in one statement on PostgreSQL (:func:`.run_starts.insert_runs`)."""
         if not batch:
             if skipped:
                 async with self._db.begin() as conn:
