@@ -109,6 +109,30 @@ async def test_a_stream_lost_while_a_cycle_fails_is_published_again(relaying: _R
     assert await _stream_ids(redis, keys) == [f"e{g}" for g in range(15)]
 
 
+async def test_an_event_whose_insert_commits_after_later_ones_were_published_is_published(
+        relaying: _Relaying, database_url: str) -> None:
+    """A slow insert takes its transaction id first and commits last, after the relay published 250 later events in full and
+    partial batches: the relay's floor stays below it, and the next cycle publishes it."""
+    db, redis, keys, relay = relaying.db, relaying.redis, relaying.keys, relaying.relay
+    slow = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        insert = slow.transaction()
+        await insert.start()
+        await slow.execute(
+            "INSERT INTO ingest_events (tenant, event_id, event_type, original_event_type, subject_id, occurred_at, received_at, "
+            "commit_time, source, id_derived, partition, payload, profile_pending) "
+            "VALUES ('acme', 'e999', 'page.viewed', 'page.viewed', 's0', $1, $1, $1, 'test', false, 0, $2, false)",
+            T0, event_pb2.Event(event_id="e999").SerializeToString())
+        await _commit(db, 0, 250)
+        assert [await relay.publish_once() for _ in range(4)] == [100, 100, 50, 0]
+        await insert.commit()
+        assert await relay.publish_once() == 1
+        assert await relay.publish_once() == 0
+        assert await _stream_ids(redis, keys) == [f"e{g}" for g in range(250)] + ["e999"]
+    finally:
+        await slow.close()
+
+
 async def test_a_relay_takes_nothing_while_another_replica_holds_the_lock(relaying: _Relaying, database_url: str) -> None:
     db, redis, keys, relay = relaying.db, relaying.redis, relaying.keys, relaying.relay
     other = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://", 1))

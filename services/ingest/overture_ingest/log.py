@@ -61,17 +61,43 @@ SELECT tenant FROM tenants WHERE tenant IS NOT NULL
 """)
 """The tenants with events, one index probe each (a skip scan of ingest_events_window)."""
 _RELAY_LOCK = "hashtext('overture-ingest-relay')"
-_TAKE_LOCK = sa.text(f"SELECT pg_try_advisory_xact_lock({_RELAY_LOCK})")
-"""One relay publishes at a time, so that a subject's events keep their order."""
+_TAKE_LOCK = sa.text(f"SELECT pg_try_advisory_xact_lock({_RELAY_LOCK}), "
+                     "set_config('enable_bitmapscan', 'off', true), set_config('enable_sort', 'off', true)")
+"""One relay publishes at a time, so that a subject's events keep their order.
+The same statement leaves the planner, for this transaction, one way to take
+the next events: down ingest_events_unpublished in order. On statistics
+taken before a backlog it read every unpublished event and sorted them, for
+each batch (85 ms a batch behind 300,000; 13 ms in order)."""
 # Take the next unpublished events and mark them, in one statement (the
 # relay's transaction is rolled back if they cannot be appended to the
 # stream). The ids are picked first, as an array, so the update probes the
 # primary key for them whatever the planner thinks of the table's size.
-_TAKE_UNPUBLISHED = sa.text(
-    "UPDATE ingest_events SET published_at = :now WHERE seq = ANY(ARRAY("
-    "SELECT seq FROM ingest_events WHERE published_at IS NULL ORDER BY seq LIMIT :limit)) "
-    "RETURNING seq, tenant, event_id, partition, payload"
-).columns(seq=sa.BigInteger, tenant=sa.Text, event_id=sa.Text, partition=sa.Integer, payload=sa.LargeBinary)
+#
+# They are picked in (txid, seq) order from the relay's floor, not from the
+# start of ingest_events_unpublished: each published event leaves a dead
+# entry in that index until a VACUUM, and reading them all on every cycle
+# grew with the log. The same statement raises the floor: to the oldest
+# running transaction's id (pg_snapshot_xmin of the statement's snapshot:
+# every lower txid has committed, visible here, or aborted) when it took all
+# there was, else to no further than the last txid it took (ADR 0023).
+_TAKE_UNPUBLISHED = sa.text(f"""
+WITH state AS (SELECT floor FROM ingest_relay_state WHERE name = '{EVENT_STREAM}'),
+picked AS (
+  SELECT seq, txid FROM ingest_events
+  WHERE published_at IS NULL AND txid >= coalesce((SELECT floor FROM state), 0)
+  ORDER BY txid, seq LIMIT :limit
+),
+horizon AS (
+  SELECT CASE WHEN (SELECT count(*) FROM picked) < :limit THEN x.xmin ELSE least(x.xmin, (SELECT max(txid) FROM picked)) END AS floor
+  FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin) x
+),
+raised AS (
+  UPDATE ingest_relay_state SET floor = horizon.floor FROM horizon, state
+  WHERE name = '{EVENT_STREAM}' AND horizon.floor > state.floor
+)
+UPDATE ingest_events SET published_at = :now WHERE seq = ANY(ARRAY(SELECT seq FROM picked))
+RETURNING seq, txid, tenant, event_id, partition, payload
+""").columns(seq=sa.BigInteger, txid=sa.BigInteger, tenant=sa.Text, event_id=sa.Text, partition=sa.Integer, payload=sa.LargeBinary)
 DIRECT_BATCH = 50
 """Batches at least this large are inserted on their own, not grouped."""
 _COLUMNS = ("tenant", "event_id", "event_type", "original_event_type", "subject_id", "occurred_at", "received_at", "commit_time",
@@ -334,12 +360,12 @@ class Relay:
             if not await self._epoch_holds():
                 await self.check_epoch(conn)
             rows: Sequence[Any] = sorted((await conn.execute(_TAKE_UNPUBLISHED, {"now": self._clock.now(), "limit": self._batch})).all(),
-                                         key=lambda r: r.seq)
+                                         key=lambda r: (r.txid, r.seq))
         else:
             await self.check_epoch(conn)
             rows = (await conn.execute(
                 sa.select(t.c.seq, t.c.tenant, t.c.event_id, t.c.partition, t.c.payload)
-                .where(t.c.published_at.is_(None)).order_by(t.c.seq).limit(self._batch)
+                .where(t.c.published_at.is_(None)).order_by(t.c.txid, t.c.seq).limit(self._batch)
             )).all()
             if rows:
                 await conn.execute(t.update().where(t.c.seq.in_([r.seq for r in rows])).values(published_at=self._clock.now()))

@@ -1,7 +1,8 @@
 """The ingest service's tables: the durable event log is the source of truth.
 
-``seq`` orders the log for the relay; ``(tenant, event_id)`` is unique, which
-is what drops duplicates.
+``seq`` orders the log, and the relay publishes in (``txid``, ``seq``) order:
+the inserting transaction's id, then the log order within it.
+``(tenant, event_id)`` is unique, which is what drops duplicates.
 """
 
 from __future__ import annotations
@@ -31,8 +32,12 @@ events = sa.Table(
     sa.Column("published_at", utc_datetime, nullable=True),
     sa.Column("profile_pending", sa.Boolean, nullable=False),
     sa.Column("profile_applied_at", utc_datetime, nullable=True),
+    # The inserting transaction's id (pg_current_xact_id(), the column's
+    # default on PostgreSQL; 0 on SQLite): the relay reads the unpublished
+    # events from its floor in this order (ADR 0023).
+    sa.Column("txid", sa.BigInteger, nullable=False, server_default=sa.text("0")),
     sa.UniqueConstraint("tenant", "event_id", name="ingest_events_tenant_event_id"),
-    sa.Index("ingest_events_unpublished", "seq", postgresql_where=sa.text("published_at IS NULL"),
+    sa.Index("ingest_events_unpublished", "txid", "seq", postgresql_where=sa.text("published_at IS NULL"),
              sqlite_where=sa.text("published_at IS NULL")),
     sa.Index("ingest_events_profile_pending", "seq", postgresql_where=sa.text("profile_pending"),
              sqlite_where=sa.text("profile_pending")),
@@ -50,5 +55,7 @@ relay_state = sa.Table(
     # A random marker also kept in Redis: when Redis no longer has it, Redis
     # lost data, and recently published events are published again.
     sa.Column("epoch", sa.String(64), nullable=False),
+    # Every event with a lower txid is published (PostgreSQL; ADR 0023).
+    sa.Column("floor", sa.BigInteger, nullable=False, server_default=sa.text("0")),
     sa.Column("update_time", utc_datetime, nullable=False),
 )
