@@ -22,6 +22,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 
 __all__ = ["SERVER_SETTINGS", "Database", "JSONType", "analyze_grown", "any_of", "insert_ignore", "migrate", "run_migrations_in_env", "schema_changed",
@@ -72,6 +73,14 @@ class Database:
         # COMMITTED each statement takes its own snapshot anyway, and a
         # driver-level transaction costs a BEGIN and a ROLLBACK round trip.
         self._autocommit = self.engine if self.is_sqlite else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    @property
+    def asyncpg_dsn(self) -> str:
+        """The database's DSN for asyncpg itself, for the hot paths that use
+        asyncpg directly, on connections of their own (PostgreSQL only)."""
+        if self.is_sqlite:
+            raise ValueError("SQLite has no asyncpg DSN")
+        return make_url(self.url).set(drivername="postgresql").render_as_string(hide_password=False)
 
     def connect(self) -> Any:
         """``async with db.connect() as conn``: a connection, no transaction

@@ -109,6 +109,31 @@ async def test_a_stream_lost_while_a_cycle_fails_is_published_again(relaying: _R
     assert await _stream_ids(redis, keys) == [f"e{g}" for g in range(15)]
 
 
+async def test_a_stream_lost_while_idle_or_between_cycles_is_published_again(relaying: _Relaying) -> None:
+    """Redis loses the stream while the relay has nothing to publish: its next cycle notices and publishes everything again.
+    Redis loses it again between a cycle's take and its append: the append script finds no epoch and appends nothing, the
+    cycle is rolled back, and the relay publishes everything again (the old events and the new), each once."""
+    db, redis, keys, relay = relaying.db, relaying.redis, relaying.keys, relaying.relay
+    await _commit(db, 0, 10)
+    assert await relay.publish_once() == 10
+    await redis.flushall()
+    assert await relay.publish_once() == 10
+    assert await _stream_ids(redis, keys) == [f"e{g}" for g in range(10)]
+    await _commit(db, 10, 5)
+    real_take = relay._connection
+
+    async def flush_first() -> asyncpg.Connection:
+        await redis.flushall()  # after the epoch was confirmed, before the take and the append
+        return await real_take()
+
+    relay._connection = flush_first  # type: ignore[method-assign]
+    published = await relay.publish_once()
+    relay._connection = real_take  # type: ignore[method-assign]
+    assert published + await relay.publish_once() == 15
+    assert await relay.publish_once() == 0
+    assert await _stream_ids(redis, keys) == [f"e{g}" for g in range(15)]
+
+
 async def test_an_event_whose_insert_commits_after_later_ones_were_published_is_published(
         relaying: _Relaying, database_url: str) -> None:
     """A slow insert takes its transaction id first and commits last, after the relay published 250 later events in full and

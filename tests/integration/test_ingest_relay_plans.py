@@ -2,9 +2,9 @@
 of 150,000 published events that grew after its statistics were taken
 (autovacuum is off here), and on a log whose 150,000 events the relay itself
 published, which leaves a dead entry per event in the index of unpublished
-events until a VACUUM. The statement the relay runs, explained with the
-values it binds (the custom plan of ``plan_cache_mode = force_custom_plan``),
-inside a transaction that is rolled back."""
+events until a VACUUM. The statement the relay runs, after its lock statement,
+explained with the values it binds (the custom plan of ``plan_cache_mode =
+force_custom_plan``), inside a transaction that is rolled back."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy.dialects import postgresql
 
 from overture_ingest.log import _TAKE_LOCK, _TAKE_UNPUBLISHED, EVENT_STREAM
 from overture_runtime.db import SERVER_SETTINGS, migrate
@@ -34,9 +33,7 @@ _INSERT = """
 """
 
 
-def _take(limit: int = 500) -> str:
-    return str(_TAKE_UNPUBLISHED.bindparams(now=T0 + dt.timedelta(days=1), limit=limit).compile(
-        dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+_NOW = T0 + dt.timedelta(days=1)
 
 
 @pytest.fixture
@@ -57,8 +54,8 @@ async def _explained_take(conn: asyncpg.Connection) -> tuple[dict[str, Any], int
     unpublished after it; rolled back."""
     try:
         async with conn.transaction():
-            assert await conn.fetchval(_TAKE_LOCK.text)
-            explained = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {_take()}")
+            assert await conn.fetchval(_TAKE_LOCK)
+            explained = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {_TAKE_UNPUBLISHED}", _NOW, 500)
             still = await conn.fetchval("SELECT count(*) FROM ingest_events WHERE published_at IS NULL")
             raise _RollBack
     except _RollBack:
@@ -93,8 +90,8 @@ async def test_the_events_the_relay_published_are_not_read_again(conn: asyncpg.C
         await conn.execute(_INSERT, first, first + 499, 0, T0)
     for _ in range(301):
         async with conn.transaction():
-            assert await conn.fetchval(_TAKE_LOCK.text)
-            await conn.execute(_take())
+            assert await conn.fetchval(_TAKE_LOCK)
+            await conn.execute(_TAKE_UNPUBLISHED, _NOW, 500)
     assert await conn.fetchval("SELECT count(*) FROM ingest_events WHERE published_at IS NULL") == 0
     await conn.execute(_INSERT, 150_001, 150_020, 0, T0)
     plan, still = await _explained_take(conn)

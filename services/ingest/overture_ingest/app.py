@@ -149,3 +149,4 @@ class IngestApp(BaseApp):
             self._http.should_exit = True
             await asyncio.wait_for(self._http_task, timeout=self.settings.shutdown_grace_seconds + 5)
         await self.log.close()
+        await self.relay.close()

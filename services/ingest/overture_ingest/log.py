@@ -31,12 +31,11 @@ import redis.asyncio as aioredis
 import sqlalchemy as sa
 import structlog
 from redis.exceptions import NoScriptError
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from overture.common.v1 import event_pb2
 from overture_runtime.clock import Clock
-from overture_runtime.db import Database, insert_ignore
+from overture_runtime.db import SERVER_SETTINGS, Database, insert_ignore
 from overture_runtime.group_commit import GroupWriter
 from overture_runtime.redis import Keys
 
@@ -61,8 +60,8 @@ SELECT tenant FROM tenants WHERE tenant IS NOT NULL
 """)
 """The tenants with events, one index probe each (a skip scan of ingest_events_window)."""
 _RELAY_LOCK = "hashtext('overture-ingest-relay')"
-_TAKE_LOCK = sa.text(f"SELECT pg_try_advisory_xact_lock({_RELAY_LOCK}), "
-                     "set_config('enable_bitmapscan', 'off', true), set_config('enable_sort', 'off', true)")
+_TAKE_LOCK = (f"SELECT pg_try_advisory_xact_lock({_RELAY_LOCK}), "
+              "set_config('enable_bitmapscan', 'off', true), set_config('enable_sort', 'off', true)")
 """One relay publishes at a time, so that a subject's events keep their order.
 The same statement leaves the planner, for this transaction, one way to take
 the next events: down ingest_events_unpublished in order. On statistics
@@ -80,24 +79,25 @@ each batch (85 ms a batch behind 300,000; 13 ms in order)."""
 # running transaction's id (pg_snapshot_xmin of the statement's snapshot:
 # every lower txid has committed, visible here, or aborted) when it took all
 # there was, else to no further than the last txid it took (ADR 0023).
-_TAKE_UNPUBLISHED = sa.text(f"""
+_TAKE_UNPUBLISHED = f"""
 WITH state AS (SELECT floor FROM ingest_relay_state WHERE name = '{EVENT_STREAM}'),
 picked AS (
   SELECT seq, txid FROM ingest_events
   WHERE published_at IS NULL AND txid >= coalesce((SELECT floor FROM state), 0)
-  ORDER BY txid, seq LIMIT :limit
+  ORDER BY txid, seq LIMIT $2
 ),
 horizon AS (
-  SELECT CASE WHEN (SELECT count(*) FROM picked) < :limit THEN x.xmin ELSE least(x.xmin, (SELECT max(txid) FROM picked)) END AS floor
+  SELECT CASE WHEN (SELECT count(*) FROM picked) < $2 THEN x.xmin ELSE least(x.xmin, (SELECT max(txid) FROM picked)) END AS floor
   FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin) x
 ),
 raised AS (
   UPDATE ingest_relay_state SET floor = horizon.floor FROM horizon, state
   WHERE name = '{EVENT_STREAM}' AND horizon.floor > state.floor
 )
-UPDATE ingest_events SET published_at = :now WHERE seq = ANY(ARRAY(SELECT seq FROM picked))
+UPDATE ingest_events SET published_at = $1 WHERE seq = ANY(ARRAY(SELECT seq FROM picked))
 RETURNING seq, txid, tenant, event_id, partition, payload
-""").columns(seq=sa.BigInteger, txid=sa.BigInteger, tenant=sa.Text, event_id=sa.Text, partition=sa.Integer, payload=sa.LargeBinary)
+"""
+"""The take, for asyncpg: $1 the publication time, $2 the batch size."""
 DIRECT_BATCH = 50
 """Batches at least this large are inserted on their own, not grouped."""
 _COLUMNS = ("tenant", "event_id", "event_type", "original_event_type", "subject_id", "occurred_at", "received_at", "commit_time",
@@ -144,7 +144,7 @@ class EventLog:
         self._clock = clock
         # max_delay 0: a group is whatever queued while the previous insert ran.
         self._writer = GroupWriter(self._insert, key=lambda row: (row["tenant"], row["event_id"]), name="events", max_delay=0.0)
-        self._dsn = None if db.is_sqlite else make_url(db.url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self._dsn = None if db.is_sqlite else db.asyncpg_dsn
         self._connections = connections
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
@@ -258,14 +258,17 @@ class EventLog:
 
 
 _APPEND = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 local n = #KEYS
-for i = 1, n do
-  local at = 1 + (i - 1) * 3
-  redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[1], '*', 'tenant', ARGV[at + 1], 'event_id', ARGV[at + 2], 'event', ARGV[at + 3])
+for i = 2, n do
+  local at = 2 + (i - 2) * 3
+  redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[2], '*', 'tenant', ARGV[at + 1], 'event_id', ARGV[at + 2], 'event', ARGV[at + 3])
 end
-return n
+return n - 1
 """
-"""XADD each entry (KEYS: its stream; ARGV: the trim length, then tenant, id and payload per entry), in order."""
+"""If Redis still holds the relay's epoch (KEYS[1], ARGV[1]), XADD each entry
+(KEYS: its stream; ARGV: the trim length, then tenant, id and payload per
+entry), in order; -1 when it does not: Redis lost the stream."""
 _APPEND_SHA = hashlib.sha1(_APPEND.encode()).hexdigest()
 
 
@@ -273,11 +276,18 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     """asyncpg's pool reset, for a pool whose statements leave no session state."""
 
 
+class _StreamLost(Exception):
+    """Redis no longer holds the relay's epoch: the batch is not appended."""
+
+
 class Relay:
     """Publishes committed events to the partitioned stream, in log order.
 
     On PostgreSQL, an advisory lock makes one relay replica the publisher at
     a time, so that a subject's events keep their order across replicas.
+    Each cycle there is one transaction on the relay's own asyncpg
+    connection (the lock, the take, the commit) and one script call to
+    Redis, which appends the batch only if Redis still holds the epoch.
 
     Redis may lose the stream (a flush, a restart without persistence). The
     relay keeps a random epoch marker both in PostgreSQL and in Redis; when
@@ -301,7 +311,8 @@ class Relay:
         self._epoch: str | None = None
         """The epoch last seen in PostgreSQL (committed) and Redis alike."""
         self._confirmed: str | None = None
-        """The epoch the current cycle found or wrote, remembered once it commits."""
+        """The epoch check_epoch found or wrote, the relay's once its transaction commits."""
+        self._conn: asyncpg.Connection | None = None
 
     async def _redis_epoch(self) -> str | None:
         """The epoch Redis holds, None when it has none (it lost it, or never had one)."""
@@ -316,7 +327,8 @@ class Relay:
         return current is not None and current == self._epoch
 
     async def check_epoch(self, conn: AsyncConnection) -> int:
-        """Detect a Redis that lost the stream; mark recent events unpublished. Returns how many."""
+        """Detect a Redis that lost the stream; mark recent events unpublished. Returns how many.
+        The epoch it found or wrote becomes the relay's once *conn*'s transaction commits."""
         current = await self._redis_epoch()
         stored = (await conn.execute(sa.select(relay_state.c.epoch).where(relay_state.c.name == EVENT_STREAM))).scalar()
         if stored is not None and current is not None and current == stored:
@@ -329,6 +341,7 @@ class Relay:
             result = await conn.execute(events.update().where(events.c.published_at >= now - self._horizon).values(published_at=None))
             reset = int(result.rowcount)
             log.warning("relay.stream_lost", republishing=reset, horizon_hours=self._horizon.total_seconds() / 3600)
+        # A new row: its floor is 0, so the events just reset are read again.
         await conn.execute(relay_state.delete().where(relay_state.c.name == EVENT_STREAM))
         await conn.execute(relay_state.insert().values(name=EVENT_STREAM, epoch=epoch, update_time=now))
         await self._redis.set(self._epoch_key, epoch)
@@ -337,31 +350,75 @@ class Relay:
 
     async def publish_once(self) -> int:
         """Publish one batch of unpublished events; return how many."""
-        self._confirmed = None
         try:
-            async with self._db.begin() as conn:
-                published = await self._publish(conn)
+            if self._db.is_sqlite:
+                return await self._publish_sqlite()
+            for _ in range(2):
+                if self._epoch is None and not await self._confirm_epoch():
+                    return 0  # another replica holds the lock
+                try:
+                    return await self._publish_postgres()
+                except _StreamLost:
+                    self._epoch = None  # nothing was appended or marked: check the epoch (republishing), then publish
+            return 0
         except BaseException:
             self._epoch = None  # what check_epoch wrote may be rolled back: check again next time
             raise
-        if self._confirmed is not None:  # committed: the epoch in PostgreSQL is this one
-            self._epoch = self._confirmed
-        return published
 
-    async def _publish(self, conn: AsyncConnection) -> int:
+    async def _confirm_epoch(self) -> bool:
+        """Under the relay's lock, check the epoch in a transaction of its own
+        (:meth:`check_epoch`); False when another replica holds the lock."""
+        self._confirmed = None
+        async with self._db.begin() as conn:
+            if not (await conn.exec_driver_sql(_TAKE_LOCK)).scalar():
+                return False
+            await self.check_epoch(conn)
+        self._epoch = self._confirmed
+        return True
+
+    async def _connection(self) -> asyncpg.Connection:
+        """The relay's own connection, opened again when it was lost."""
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await asyncpg.connect(self._db.asyncpg_dsn, server_settings={
+                **SERVER_SETTINGS, "application_name": "overture-ingest-relay"})
+        return self._conn
+
+    async def close(self) -> None:
+        """Close the relay's connection."""
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    async def _publish_postgres(self) -> int:
+        conn = await self._connection()
+        try:
+            async with conn.transaction():
+                # The lock first, in its own statement: the statement that
+                # takes the events then has a snapshot from after the last
+                # holder's commit (READ COMMITTED), so it sees what that relay
+                # published or reset.
+                if not await conn.fetchval(_TAKE_LOCK):
+                    return 0
+                rows = await conn.fetch(_TAKE_UNPUBLISHED, self._clock.now(), self._batch)
+                if not rows:
+                    if not await self._epoch_holds():  # idle: notice a Redis that lost the stream all the same
+                        raise _StreamLost
+                    return 0
+                rows.sort(key=lambda r: (r[1], r[0]))  # (txid, seq)
+                # Appended before the transaction commits: if this fails, the
+                # events stay unpublished; if the commit fails after it, they
+                # are appended again, and consumers deduplicate by event id.
+                stream = self._keys.stream
+                await self._append([(stream(EVENT_STREAM, r[4]), r[2], r[3], r[5]) for r in rows])
+                return len(rows)
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
+            await self.close()  # a connection in an unknown state is not reused
+            raise
+
+    async def _publish_sqlite(self) -> int:
         t = events
-        if conn.dialect.name == "postgresql":
-            # The lock first, in its own statement: the statement that takes
-            # the events then has a snapshot from after the last holder's
-            # commit (READ COMMITTED), so it sees what that relay published
-            # or reset.
-            if not (await conn.execute(_TAKE_LOCK)).scalar():
-                return 0
-            if not await self._epoch_holds():
-                await self.check_epoch(conn)
-            rows: Sequence[Any] = sorted((await conn.execute(_TAKE_UNPUBLISHED, {"now": self._clock.now(), "limit": self._batch})).all(),
-                                         key=lambda r: (r.txid, r.seq))
-        else:
+        self._confirmed = None
+        async with self._db.begin() as conn:
             await self.check_epoch(conn)
             rows = (await conn.execute(
                 sa.select(t.c.seq, t.c.tenant, t.c.event_id, t.c.partition, t.c.payload)
@@ -369,39 +426,39 @@ class Relay:
             )).all()
             if rows:
                 await conn.execute(t.update().where(t.c.seq.in_([r.seq for r in rows])).values(published_at=self._clock.now()))
-        if not rows:
-            return 0
-        # Appended before the transaction commits: if this fails, the
-        # events stay unpublished; if the commit fails after it, they are
-        # appended again, and consumers deduplicate by event id.
-        await self._append([(self._keys.stream(EVENT_STREAM, r.partition), r.tenant, r.event_id, r.payload) for r in rows])
+                await self._append([(self._keys.stream(EVENT_STREAM, r.partition), r.tenant, r.event_id, r.payload) for r in rows])
+        self._epoch = self._confirmed
         return len(rows)
 
     async def _append(self, entries: list[tuple[str, str, str, bytes]]) -> None:
         """XADD each (stream, tenant, event id, payload), in order, in one round
-        trip: one script call (:data:`_APPEND`) packed by hiredis on a pooled
-        connection, with one reply where a pipeline reads one per entry. A
-        Redis Cluster client, whose partitions live on several nodes, gets a
-        pipeline of XADDs."""
+        trip, if Redis still holds the relay's epoch (else raise
+        :class:`_StreamLost`): one script call (:data:`_APPEND`) packed by
+        hiredis on a pooled connection, with one reply where a pipeline reads
+        one per entry. A Redis Cluster client, whose partitions live on
+        several nodes, checks the epoch, then sends a pipeline of XADDs."""
         redis = self._redis
         pool = getattr(redis, "connection_pool", None)
         if not isinstance(redis, aioredis.Redis) or pool is None:
+            if not await self._epoch_holds():
+                raise _StreamLost
             pipe = redis.pipeline(transaction=False)
             for stream, tenant, event_id, payload in entries:
                 pipe.execute_command("XADD", stream, "MAXLEN", "~", _STREAM_MAXLEN, "*",  # type: ignore[no-untyped-call]
                                      "tenant", tenant, "event_id", event_id, "event", payload)
             await pipe.execute()
             return
-        args: list[Any] = [_STREAM_MAXLEN]
+        args: list[Any] = [self._epoch or "", _STREAM_MAXLEN]
         for _, tenant, event_id, payload in entries:
             args += (tenant, event_id, payload)
+        command = hiredis.pack_command(("EVALSHA", _APPEND_SHA, len(entries) + 1, self._epoch_key, *(e[0] for e in entries), *args))
         conn = await pool.get_connection()
         try:
             for attempt in range(2):
-                await conn.send_packed_command(hiredis.pack_command(("EVALSHA", _APPEND_SHA, len(entries), *(e[0] for e in entries), *args)))
+                await conn.send_packed_command(command)
                 try:
-                    await conn.read_response()
-                    return
+                    appended = await conn.read_response()
+                    break
                 except NoScriptError:  # a Redis that restarted or flushed its scripts
                     if attempt:
                         raise
@@ -413,6 +470,8 @@ class Relay:
             raise
         finally:
             await pool.release(conn)
+        if appended == -1:
+            raise _StreamLost
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Publish until *stopping* is set; sleep until woken when idle.

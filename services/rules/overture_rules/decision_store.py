@@ -22,7 +22,6 @@ from typing import Any
 
 import asyncpg
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 from overture.rules.v1 import decision_pb2
 from overture_runtime.db import Database, any_of, insert_ignore
@@ -60,7 +59,7 @@ class DecisionStore:
         # being written, so a lone decision waits for no timer.
         self._writer = GroupWriter(self._insert, key=lambda row: (row["tenant"], row["decision_id"]), name="decisions",
                                    durable=durable, max_delay=0.0)
-        self._dsn = None if db.is_sqlite else make_url(db.url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self._dsn = None if db.is_sqlite else db.asyncpg_dsn
         self._conn: asyncpg.Connection | None = None
 
     def start(self) -> None:
