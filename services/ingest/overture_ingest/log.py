@@ -412,7 +412,8 @@ class Relay:
                 await self._append([(stream(EVENT_STREAM, r[4]), r[2], r[3], r[5]) for r in rows])
                 return len(rows)
         except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
-            await self.close()  # a connection in an unknown state is not reused
+            conn.terminate()  # a connection in an unknown state is not reused (the next cycle opens another)
+            self._conn = None
             raise
 
     async def _publish_sqlite(self) -> int:
