@@ -21,14 +21,14 @@ import structlog
 from .clients import open_channel
 from .clock import Clock, IdGenerator, SystemClock
 from .config import ServiceName, Settings
-from .db import Database, analyze_grown, migrate
+from .db import Database, analyze_grown, migrate, vacuum_churned
 from .redis import Keys, create_redis
 
 __all__ = ["BaseApp"]
 
 log = structlog.get_logger("overture.app")
 _LOOP_GRACE = 3.0
-_ANALYZE_INTERVAL = 10.0
+_MAINTENANCE_INTERVAL = 10.0
 
 
 class BaseApp:
@@ -77,16 +77,21 @@ class BaseApp:
             await migrate(self.settings.database_url, script_location=self.migrations, version_table=f"{self.name}_alembic_version")
         await self.on_start()
         if not self._db.is_sqlite:
-            self.spawn("analyze", self._analyze)
+            self.spawn("maintenance", self._maintain)
 
-    async def _analyze(self) -> None:
-        """Keep the planner's statistics of this service's tables current (see :func:`analyze_grown`)."""
+    async def _maintain(self) -> None:
+        """Keep this service's tables fit to be read on the hot paths: their
+        statistics current (:func:`analyze_grown`) and their dead index
+        entries removed (:func:`vacuum_churned`), whatever autovacuum does."""
         while not self._stopping.is_set():
             grown = await analyze_grown(self.db, prefix=self.name)
             if grown:
                 log.info("db.analyzed", tables=grown, reason="grown since their statistics were taken")
+            churned = await vacuum_churned(self.db, prefix=self.name)
+            if churned:
+                log.info("db.vacuumed", tables=churned, reason="a tenth of their rows changed since their last vacuum")
             try:
-                await asyncio.wait_for(self._stopping.wait(), timeout=_ANALYZE_INTERVAL)
+                await asyncio.wait_for(self._stopping.wait(), timeout=_MAINTENANCE_INTERVAL)
             except TimeoutError:
                 pass
 

@@ -68,7 +68,7 @@ async def test_claiming_and_once_key_lookups_stay_on_their_indexes_as_tables_gro
                    'wait', 'welcome', 1
             FROM generate_series(1, 200000) g;
         """.replace("$1::timestamptz", f"'{NOW.isoformat()}'::timestamptz"))
-        # What every service's "analyze" loop does: the tables grew past twice
+        # What every service's "maintenance" loop does: the tables grew past twice
         # their size at their last ANALYZE, so their statistics are renewed.
         assert await analyze_grown(db, prefix="orchestrator") == ["orchestrator_runs", "orchestrator_tokens", "orchestrator_waits"]
         assert await analyze_grown(db, prefix="orchestrator") == []
