@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from overture.common.v1 import event_pb2
 from overture_ingest.log import _RELAY_LOCK, EVENT_STREAM, Relay
+from overture_ingest.tables import events
 from overture_runtime.clock import ManualClock
 from overture_runtime.db import Database, migrate
 from overture_runtime.redis import Keys
@@ -95,11 +96,11 @@ async def test_a_stream_lost_while_a_cycle_fails_is_published_again(relaying: _R
     real_append = relay._append
     failures = iter([RuntimeError("Redis went away again")])
 
-    async def flaky(entries: list[tuple[str, str, str, bytes]]) -> None:
+    async def flaky(entries: list[tuple[str, str, str, bytes]], *, epoch: str | None) -> None:
         failure = next(failures, None)
         if failure is not None:
             raise failure
-        await real_append(entries)
+        await real_append(entries, epoch=epoch)
 
     relay._append = flaky  # type: ignore[method-assign]
     with pytest.raises(RuntimeError):
@@ -156,6 +157,32 @@ async def test_an_event_whose_insert_commits_after_later_ones_were_published_is_
         assert await _stream_ids(redis, keys) == [f"e{g}" for g in range(250)] + ["e999"]
     finally:
         await slow.close()
+
+
+async def test_on_sqlite_the_relay_publishes_and_publishes_again_what_redis_lost(
+        tmp_path: Path, throwaway_redis: Callable[[], str]) -> None:
+    """``overture dev``'s relay (SQLite: no lock, the epoch checked in each cycle's transaction)."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ingest.db'}"
+    await migrate(url, script_location=ROOT / "services/ingest/overture_ingest/migrations", version_table="ingest_alembic_version")
+    db = Database(url)
+    redis = aioredis.Redis.from_url(throwaway_redis())
+    keys = Keys("relaytest")
+    relay = Relay(db, redis, keys, ManualClock(T0), batch_size=100)
+    try:
+        async with db.begin() as conn:
+            for g in range(5):
+                await conn.execute(events.insert().values(
+                    tenant="acme", event_id=f"e{g}", event_type="page.viewed", original_event_type="page.viewed", subject_id=f"s{g}",
+                    occurred_at=T0, received_at=T0, commit_time=T0, source="test", id_derived=False, partition=g % 3,
+                    payload=event_pb2.Event(event_id=f"e{g}").SerializeToString(), profile_pending=False))
+        assert [await relay.publish_once() for _ in range(2)] == [5, 0]
+        assert await _stream_ids(redis, keys) == [f"e{g}" for g in range(5)]
+        await redis.flushall()
+        assert [await relay.publish_once() for _ in range(2)] == [5, 0]
+        assert await _stream_ids(redis, keys) == [f"e{g}" for g in range(5)]
+    finally:
+        await redis.aclose()
+        await db.close()
 
 
 async def test_a_relay_takes_nothing_while_another_replica_holds_the_lock(relaying: _Relaying, database_url: str) -> None:

@@ -351,12 +351,12 @@ class Relay:
     async def publish_once(self) -> int:
         """Publish one batch of unpublished events; return how many."""
         try:
-            if self._db.is_sqlite:
-                return await self._publish_sqlite()
             for _ in range(2):
-                if self._epoch is None and not await self._confirm_epoch():
-                    return 0  # another replica holds the lock
                 try:
+                    if self._db.is_sqlite:
+                        return await self._publish_sqlite()
+                    if self._epoch is None and not await self._confirm_epoch():
+                        return 0  # another replica holds the lock
                     return await self._publish_postgres()
                 except _StreamLost:
                     self._epoch = None  # nothing was appended or marked: check the epoch (republishing), then publish
@@ -409,7 +409,7 @@ class Relay:
                 # events stay unpublished; if the commit fails after it, they
                 # are appended again, and consumers deduplicate by event id.
                 stream = self._keys.stream
-                await self._append([(stream(EVENT_STREAM, r[4]), r[2], r[3], r[5]) for r in rows])
+                await self._append([(stream(EVENT_STREAM, r[4]), r[2], r[3], r[5]) for r in rows], epoch=self._epoch)
                 return len(rows)
         except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
             conn.terminate()  # a connection in an unknown state is not reused (the next cycle opens another)
@@ -427,13 +427,14 @@ class Relay:
             )).all()
             if rows:
                 await conn.execute(t.update().where(t.c.seq.in_([r.seq for r in rows])).values(published_at=self._clock.now()))
-                await self._append([(self._keys.stream(EVENT_STREAM, r.partition), r.tenant, r.event_id, r.payload) for r in rows])
+                await self._append([(self._keys.stream(EVENT_STREAM, r.partition), r.tenant, r.event_id, r.payload) for r in rows],
+                                   epoch=self._confirmed)  # what check_epoch just found or wrote, in this transaction
         self._epoch = self._confirmed
         return len(rows)
 
-    async def _append(self, entries: list[tuple[str, str, str, bytes]]) -> None:
+    async def _append(self, entries: list[tuple[str, str, str, bytes]], *, epoch: str | None) -> None:
         """XADD each (stream, tenant, event id, payload), in order, in one round
-        trip, if Redis still holds the relay's epoch (else raise
+        trip, if Redis still holds *epoch* (else raise
         :class:`_StreamLost`): one script call (:data:`_APPEND`) packed by
         hiredis on a pooled connection, with one reply where a pipeline reads
         one per entry. A Redis Cluster client, whose partitions live on
@@ -441,7 +442,7 @@ class Relay:
         redis = self._redis
         pool = getattr(redis, "connection_pool", None)
         if not isinstance(redis, aioredis.Redis) or pool is None:
-            if not await self._epoch_holds():
+            if epoch is None or await self._redis_epoch() != epoch:
                 raise _StreamLost
             pipe = redis.pipeline(transaction=False)
             for stream, tenant, event_id, payload in entries:
@@ -449,7 +450,7 @@ class Relay:
                                      "tenant", tenant, "event_id", event_id, "event", payload)
             await pipe.execute()
             return
-        args: list[Any] = [self._epoch or "", _STREAM_MAXLEN]
+        args: list[Any] = [epoch or "", _STREAM_MAXLEN]
         for _, tenant, event_id, payload in entries:
             args += (tenant, event_id, payload)
         command = hiredis.pack_command(("EVALSHA", _APPEND_SHA, len(entries) + 1, self._epoch_key, *(e[0] for e in entries), *args))
