@@ -286,14 +286,7 @@ async def analyze_grown(db: Database, *, prefix: str, factor: float = 2.0) -> li
     is one catalog query (sizes are exact at once, unlike the statistics
     collector's counters), and doubling means a growing table is analyzed
     a logarithmic number of times. PostgreSQL only; SQLite is left alone."""
-    if db.is_sqlite:
-        return []
-    async with db.connect() as conn:
-        names = [str(n) for n in (await conn.execute(_GROWN, {"pattern": f"{prefix}\\_%", "factor": factor})).scalars()]
-    for name in names:
-        async with db.connect() as conn:  # outside a transaction, so each table's statistics are in as soon as it is done
-            await conn.execute(sa.text(f'ANALYZE "{name}"'))
-    return names
+    return await _each_table(db, _GROWN, {"pattern": f"{prefix}\\_%", "factor": factor}, "ANALYZE")
 
 
 _CHURNED = sa.text("""
@@ -318,12 +311,18 @@ async def vacuum_churned(db: Database, *, prefix: str, minimum: int = 2000, frac
     cost of a VACUUM is paid once per *fraction* of a table's rows changed.
     ``SKIP_LOCKED``: a table another replica is vacuuming is left to it.
     PostgreSQL only; SQLite is left alone."""
+    return await _each_table(db, _CHURNED, {"pattern": f"{prefix}\\_%", "minimum": minimum, "fraction": fraction}, "VACUUM (SKIP_LOCKED)")
+
+
+async def _each_table(db: Database, tables: sa.TextClause, params: dict[str, Any], command: str) -> list[str]:
+    """Run *command* on each table the query *tables* names; return their names.
+    Each runs outside a transaction, as VACUUM must, and so that an ANALYZE's
+    statistics are in as soon as it is done. PostgreSQL only."""
     if db.is_sqlite:
         return []
     async with db.connect() as conn:
-        names = [str(n) for n in (await conn.execute(_CHURNED, {"pattern": f"{prefix}\\_%", "minimum": minimum,
-                                                                 "fraction": fraction})).scalars()]
+        names = [str(n) for n in (await conn.execute(tables, params)).scalars()]
     for name in names:
-        async with db.connect() as conn:  # outside a transaction, as VACUUM must be
-            await conn.execute(sa.text(f'VACUUM (SKIP_LOCKED) "{name}"'))
+        async with db.connect() as conn:
+            await conn.execute(sa.text(f'{command} "{name}"'))
     return names

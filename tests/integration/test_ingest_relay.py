@@ -31,11 +31,10 @@ async def _commit(db: Database, first: int, count: int) -> None:
     async with db.begin() as conn:
         for g in range(first, first + count):
             payload = event_pb2.Event(event_id=f"e{g}", event_type="page.viewed", subject_id=f"s{g % 5}").SerializeToString()
-            await conn.exec_driver_sql(
-                "INSERT INTO ingest_events (tenant, event_id, event_type, original_event_type, subject_id, occurred_at, received_at, "
-                "commit_time, source, id_derived, partition, payload, profile_pending) "
-                "VALUES ('acme', $1, 'page.viewed', 'page.viewed', $2, $3, $3, $3, 'test', false, $4, $5, false)",
-                (f"e{g}", f"s{g % 5}", T0, g % 3, payload))
+            await conn.execute(events.insert().values(
+                tenant="acme", event_id=f"e{g}", event_type="page.viewed", original_event_type="page.viewed", subject_id=f"s{g % 5}",
+                occurred_at=T0, received_at=T0, commit_time=T0, source="test", id_derived=False, partition=g % 3, payload=payload,
+                profile_pending=False))
 
 
 @dataclass
@@ -169,12 +168,7 @@ async def test_on_sqlite_the_relay_publishes_and_publishes_again_what_redis_lost
     keys = Keys("relaytest")
     relay = Relay(db, redis, keys, ManualClock(T0), batch_size=100)
     try:
-        async with db.begin() as conn:
-            for g in range(5):
-                await conn.execute(events.insert().values(
-                    tenant="acme", event_id=f"e{g}", event_type="page.viewed", original_event_type="page.viewed", subject_id=f"s{g}",
-                    occurred_at=T0, received_at=T0, commit_time=T0, source="test", id_derived=False, partition=g % 3,
-                    payload=event_pb2.Event(event_id=f"e{g}").SerializeToString(), profile_pending=False))
+        await _commit(db, 0, 5)
         assert [await relay.publish_once() for _ in range(2)] == [5, 0]
         assert await _stream_ids(redis, keys) == [f"e{g}" for g in range(5)]
         await redis.flushall()

@@ -310,8 +310,6 @@ class Relay:
         self.wake = asyncio.Event()
         self._epoch: str | None = None
         """The epoch last seen in PostgreSQL (committed) and Redis alike."""
-        self._confirmed: str | None = None
-        """The epoch check_epoch found or wrote, the relay's once its transaction commits."""
         self._conn: asyncpg.Connection | None = None
 
     async def _redis_epoch(self) -> str | None:
@@ -319,34 +317,31 @@ class Relay:
         current: Any = await self._redis.get(self._epoch_key)
         return current.decode() if isinstance(current, bytes) else current
 
-    async def _epoch_holds(self) -> bool:
-        """Whether Redis still holds the epoch this relay last saw in PostgreSQL
-        too. PostgreSQL's epoch changes only with Redis's (by the relay that
-        holds the lock), so then neither changed, and nothing was lost."""
+    async def _epoch_holds(self, epoch: str | None) -> bool:
+        """Whether Redis still holds *epoch*, the one this relay saw in
+        PostgreSQL too. PostgreSQL's epoch changes only with Redis's (by the
+        relay that holds the lock), so then neither changed, and nothing was lost."""
         current = await self._redis_epoch()
-        return current is not None and current == self._epoch
+        return current is not None and current == epoch
 
-    async def check_epoch(self, conn: AsyncConnection) -> int:
-        """Detect a Redis that lost the stream; mark recent events unpublished. Returns how many.
-        The epoch it found or wrote becomes the relay's once *conn*'s transaction commits."""
+    async def check_epoch(self, conn: AsyncConnection) -> str:
+        """Detect a Redis that lost the stream, and mark recent events
+        unpublished; return the epoch found, or written, in PostgreSQL and Redis
+        alike (the relay's once *conn*'s transaction commits)."""
         current = await self._redis_epoch()
         stored = (await conn.execute(sa.select(relay_state.c.epoch).where(relay_state.c.name == EVENT_STREAM))).scalar()
         if stored is not None and current is not None and current == stored:
-            self._confirmed = stored
-            return 0
+            return current
         now = self._clock.now()
         epoch = secrets.token_hex(16)
-        reset = 0
         if stored is not None:  # we published before, and Redis forgot: it lost data
             result = await conn.execute(events.update().where(events.c.published_at >= now - self._horizon).values(published_at=None))
-            reset = int(result.rowcount)
-            log.warning("relay.stream_lost", republishing=reset, horizon_hours=self._horizon.total_seconds() / 3600)
+            log.warning("relay.stream_lost", republishing=int(result.rowcount), horizon_hours=self._horizon.total_seconds() / 3600)
         # A new row: its floor is 0, so the events just reset are read again.
         await conn.execute(relay_state.delete().where(relay_state.c.name == EVENT_STREAM))
         await conn.execute(relay_state.insert().values(name=EVENT_STREAM, epoch=epoch, update_time=now))
         await self._redis.set(self._epoch_key, epoch)
-        self._confirmed = epoch
-        return reset
+        return epoch
 
     async def publish_once(self) -> int:
         """Publish one batch of unpublished events; return how many."""
@@ -368,12 +363,11 @@ class Relay:
     async def _confirm_epoch(self) -> bool:
         """Under the relay's lock, check the epoch in a transaction of its own
         (:meth:`check_epoch`); False when another replica holds the lock."""
-        self._confirmed = None
         async with self._db.begin() as conn:
             if not (await conn.exec_driver_sql(_TAKE_LOCK)).scalar():
                 return False
-            await self.check_epoch(conn)
-        self._epoch = self._confirmed
+            epoch = await self.check_epoch(conn)
+        self._epoch = epoch
         return True
 
     async def _connection(self) -> asyncpg.Connection:
@@ -401,7 +395,7 @@ class Relay:
                     return 0
                 rows = await conn.fetch(_TAKE_UNPUBLISHED, self._clock.now(), self._batch)
                 if not rows:
-                    if not await self._epoch_holds():  # idle: notice a Redis that lost the stream all the same
+                    if not await self._epoch_holds(self._epoch):  # idle: notice a Redis that lost the stream all the same
                         raise _StreamLost
                     return 0
                 rows.sort(key=lambda r: (r[1], r[0]))  # (txid, seq)
@@ -418,9 +412,8 @@ class Relay:
 
     async def _publish_sqlite(self) -> int:
         t = events
-        self._confirmed = None
         async with self._db.begin() as conn:
-            await self.check_epoch(conn)
+            epoch = await self.check_epoch(conn)
             rows = (await conn.execute(
                 sa.select(t.c.seq, t.c.tenant, t.c.event_id, t.c.partition, t.c.payload)
                 .where(t.c.published_at.is_(None)).order_by(t.c.txid, t.c.seq).limit(self._batch)
@@ -428,8 +421,8 @@ class Relay:
             if rows:
                 await conn.execute(t.update().where(t.c.seq.in_([r.seq for r in rows])).values(published_at=self._clock.now()))
                 await self._append([(self._keys.stream(EVENT_STREAM, r.partition), r.tenant, r.event_id, r.payload) for r in rows],
-                                   epoch=self._confirmed)  # what check_epoch just found or wrote, in this transaction
-        self._epoch = self._confirmed
+                                   epoch=epoch)  # what check_epoch just found or wrote, in this transaction
+        self._epoch = epoch
         return len(rows)
 
     async def _append(self, entries: list[tuple[str, str, str, bytes]], *, epoch: str | None) -> None:
@@ -442,7 +435,7 @@ class Relay:
         redis = self._redis
         pool = getattr(redis, "connection_pool", None)
         if not isinstance(redis, aioredis.Redis) or pool is None:
-            if epoch is None or await self._redis_epoch() != epoch:
+            if not await self._epoch_holds(epoch):
                 raise _StreamLost
             pipe = redis.pipeline(transaction=False)
             for stream, tenant, event_id, payload in entries:
