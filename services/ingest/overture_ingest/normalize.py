@@ -12,12 +12,13 @@ stamped as Timestamp seconds and nanos, without a detour through dicts.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
@@ -51,9 +52,8 @@ class Limits:
     """How far in the past ``occurred_at`` may be."""
 
 
-@dataclass(frozen=True)
-class NormalizedEvent:
-    """A valid event, ready to store."""
+class NormalizedEvent(NamedTuple):
+    """A valid event, ready to store (a tuple: made once per event, at a third of a frozen dataclass's cost)."""
 
     event: event_pb2.Event
     """The normalized event."""
@@ -67,8 +67,11 @@ class NormalizedEvent:
     """When ingest received it (UTC)."""
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def partition_of(tenant: str, subject_id: str, partitions: int) -> int:
-    """The stream partition of a subject: stable, so a subject's events stay in order."""
+    """The stream partition of a subject: stable, so a subject's events stay
+    in order. Remembered for the most recent 65,536 subjects, since a
+    subject's events tend to come together."""
     digest = hashlib.sha256(f"{tenant}\x00{subject_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") % partitions
 
@@ -100,6 +103,20 @@ def _shape(value: struct_pb2.Struct, limit: int) -> tuple[int, bool]:
 
 
 _stamped: tuple[dt.datetime, int, int] | None = None
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_TYPES_KNOWN = 4096
+_valid_types: dict[str, bool] = {}
+
+
+def _type_ok(event_type: str) -> bool:
+    """Whether *event_type* is a well-formed name: remembered for the first
+    4,096 names seen, since a tenant sends few types many times."""
+    known = _valid_types.get(event_type)
+    if known is None:
+        known = len(event_type) <= EVENT_TYPE_MAX and EVENT_TYPE.fullmatch(event_type) is not None
+        if len(_valid_types) < _TYPES_KNOWN:
+            _valid_types[event_type] = known
+    return known
 
 
 def _seconds_nanos(when: dt.datetime) -> tuple[int, int]:
@@ -139,13 +156,14 @@ def normalize(
     event_type = (aliases or {}).get(original) or (aliases or {}).get(event.event_type, event.event_type)
     if not event_type:
         v.add("event_type", "event_type is required", "REQUIRED")
-    elif len(event_type) > EVENT_TYPE_MAX or not EVENT_TYPE.fullmatch(event_type):
+    elif not _type_ok(event_type):
         v.add("event_type", "event_type must be lower-case words separated by dots, for example 'user.signed_up'", "INVALID_EVENT_TYPE")
     check_identifier(v, "subject_id", event.subject_id)
     check_identifier(v, "event_id", event.event_id, required=False)
     occurred: dt.datetime | None = None
     if event.HasField("occurred_at"):
-        occurred = event.occurred_at.ToDatetime(tzinfo=dt.UTC)
+        stamp = event.occurred_at  # what ToDatetime gives, at half its cost (the edge checked the range)
+        occurred = _EPOCH + dt.timedelta(seconds=stamp.seconds, microseconds=stamp.nanos // 1000)
         if occurred > received_at + limits.max_future:
             v.add("occurred_at", f"occurred_at is more than {limits.max_future.total_seconds() / 3600:g} hours in the future", "TOO_FAR_IN_FUTURE")
         elif occurred < received_at - limits.max_age:
@@ -179,5 +197,4 @@ def normalize(
         normalized.id_derived = True
     else:
         normalized.id_derived = False
-    return NormalizedEvent(event=normalized, original_event_type=original, partition=partition_of(tenant, event.subject_id, partitions),
-                           occurred_at=occurred or received_at, received_at=received_at)
+    return NormalizedEvent(normalized, original, partition_of(tenant, event.subject_id, partitions), occurred or received_at, received_at)

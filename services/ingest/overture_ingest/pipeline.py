@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import grpc
 import structlog
@@ -31,15 +31,14 @@ log = structlog.get_logger("overture.ingest")
 ACCEPTED, DUPLICATE, REJECTED = "accepted", "duplicate", "rejected"
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What became of one event of a batch."""
+class Outcome(NamedTuple):
+    """What became of one event of a batch (a tuple: one is made per event)."""
 
     status: str
     """``accepted``, ``duplicate`` or ``rejected``."""
     event_id: str = ""
     """The given or derived id; empty when rejected without one."""
-    violations: tuple[FieldViolation, ...] = field(default_factory=tuple)
+    violations: tuple[FieldViolation, ...] = ()
     """Why it was rejected."""
 
 
