@@ -366,3 +366,27 @@ def test_occurred_at_is_kept_to_the_microsecond(nanos: int) -> None:
     expected = event_pb2.Event()
     expected.occurred_at.FromDatetime(e.occurred_at.ToDatetime(tzinfo=dt.UTC))
     assert accepted(e).event.occurred_at == expected.occurred_at
+
+
+@given(seconds=st.integers(min_value=int((RECEIVED - dt.timedelta(days=365)).timestamp()),
+                           max_value=int((RECEIVED + dt.timedelta(hours=72)).timestamp()) - 1),
+       nanos=st.integers(min_value=0, max_value=999_999_999))
+def test_occurred_at_is_the_instant_protobuf_gives_to_the_microsecond(seconds: int, nanos: int) -> None:
+    """occurred_at, converted without ToDatetime, is the datetime ToDatetime gives, and the stored Timestamp holds it."""
+    e = event()
+    e.occurred_at.seconds, e.occurred_at.nanos = seconds, nanos
+    result = accepted(e)
+    assert result.occurred_at == e.occurred_at.ToDatetime(tzinfo=dt.UTC)
+    assert result.event.occurred_at.ToDatetime(tzinfo=dt.UTC) == result.occurred_at
+    assert result.event.occurred_at.nanos == nanos - nanos % 1000
+
+
+def test_an_event_type_is_judged_the_same_every_time_and_past_the_names_remembered() -> None:
+    """The verdict on a type name is remembered, for good and bad names alike; names past the table's size are still checked."""
+    for _ in range(2):
+        assert rejected(event("Order Completed")) == {("event_type", "INVALID_EVENT_TYPE")}
+        accepted(event("order.completed"))
+    for i in range(5000):  # past the 4,096 remembered names
+        accepted(event(f"kind_{i}.seen"))
+    assert rejected(event("Kind.Unseen")) == {("event_type", "INVALID_EVENT_TYPE")}
+    accepted(event("kind.unseen_too"))
