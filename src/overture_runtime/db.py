@@ -25,7 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 
-__all__ = ["SERVER_SETTINGS", "Database", "JSONType", "analyze_grown", "any_of", "insert_ignore", "migrate", "run_migrations_in_env", "schema_changed",
+__all__ = ["SERVER_SETTINGS", "Database", "JSONType", "analyze_grown", "any_of", "any_param", "insert_ignore", "migrate", "run_migrations_in_env", "schema_changed",
            "storage_unavailable", "tenant_keys", "utc_datetime", "vacuum_churned"]
 
 
@@ -92,6 +92,15 @@ class Database:
         """``async with db.begin() as conn``: a connection in a transaction, committed on exit."""
         return self.engine.begin()
 
+    def one_statement(self) -> Any:
+        """``async with db.one_statement() as conn``: a connection for a single
+        statement that changes rows. On PostgreSQL it runs without a
+        transaction around it: a statement is atomic on its own, and a BEGIN
+        and a COMMIT would be two more round trips; its changes are committed
+        (and durable) before its result is returned. On SQLite, in a
+        transaction committed on exit."""
+        return self.begin() if self.is_sqlite else self._autocommit.connect()
+
     async def close(self) -> None:
         """Dispose of the connection pool."""
         await self.engine.dispose()
@@ -154,6 +163,16 @@ def any_of(conn: AsyncConnection, column: Any, values: Iterable[Any]) -> Any:
     if conn.dialect.name == "postgresql":
         return column == sa.any_(sa.bindparam(None, wanted, type_=postgresql.ARRAY(column.type)))
     return column.in_(wanted)
+
+
+def any_param(column: Any, name: str, *, on_postgresql: bool) -> Any:
+    """:func:`any_of` with the values bound later, as the parameter *name*,
+    for a statement built once (building one per call costs about 0.2 ms of
+    CPU, more than the rest of its execution): ``column = ANY(:name)`` on
+    PostgreSQL, an expanding ``IN`` elsewhere."""
+    if on_postgresql:
+        return column == sa.any_(sa.bindparam(name, type_=postgresql.ARRAY(column.type)))
+    return column.in_(sa.bindparam(name, expanding=True))
 
 
 def tenant_keys(conn: AsyncConnection, tenant_column: Any, key_column: Any, pairs: Iterable[tuple[str, str]]) -> Any:

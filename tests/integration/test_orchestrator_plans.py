@@ -84,7 +84,8 @@ async def test_claiming_and_once_key_lookups_stay_on_their_indexes_as_tables_gro
         async with db.connect() as pg:  # the statements as the services build them for PostgreSQL (keys as one array)
             once = sa.select(runs.c.run_id).where(tenant_keys(pg, runs.c.tenant, runs.c.trigger_event_id, [("acme", "e7"), ("acme", "e9")]))
             held = sa.select(tokens.c.run_id).where(tenant_keys(pg, tokens.c.tenant, tokens.c.run_id, [("acme", f"r{i}") for i in range(100)]))
-            ended = waiting_for(pg, "acme", ["order.completed", "email.clicked", ""], [f"s{i}" for i in range(1, 101)])
+            statement, params = waiting_for(pg, "acme", ["order.completed", "email.clicked", ""], [f"s{i}" for i in range(1, 101)])
+            ended = statement.params(**params)
         nodes = await _explain(conn, once)
         scans = [(n["Node Type"], n.get("Index Name")) for n in nodes if "Scan" in n["Node Type"]]
         assert all(kind in ("Index Scan", "Index Only Scan", "Bitmap Index Scan") for kind, _ in scans), scans

@@ -99,6 +99,9 @@ guard keeps a finished delivery finished; rows it skips are not returned.
 The insert branch is never taken (claimed rows are not deleted), which is
 why it carries the whole row."""
 
+_CLAIM, _READ, _FINISH = sa.text(CLAIM_SQL), sa.text(READ_SQL), sa.text(FINISH_SQL)
+"""Made once: building a TextClause parses its text (0.1 ms for FINISH_SQL), on every call."""
+
 _OPEN = ("sending", "in_doubt")
 """The states an outcome may be recorded over: a claim, or a claim a resolver already gave up on."""
 
@@ -167,11 +170,11 @@ class DeliveryStore:
         """Claim the keys of *claims* (distinct keys) durably; returns the claimed rows by key."""
         if not claims:
             return {}
-        async with self._db.begin() as conn:
+        async with self._db.one_statement() as conn:
             if self._db.is_sqlite:
                 rows = (await conn.execute(_sqlite_claim(tenant, claims, now))).all()
             else:
-                rows = (await conn.execute(sa.text(CLAIM_SQL), {
+                rows = (await conn.execute(_CLAIM, {
                     "tenant": tenant, "now": now, "keys": [c.idempotency_key for c in claims],
                     "delivery_ids": [c.delivery_id for c in claims], "connectors": [c.connector for c in claims],
                     "channels": [c.channel for c in claims], "subject_ids": [c.subject_id for c in claims],
@@ -188,18 +191,18 @@ class DeliveryStore:
                 t = deliveries
                 rows = (await conn.execute(sa.select(t).where((t.c.tenant == tenant) & t.c.idempotency_key.in_(keys)))).all()
             else:
-                rows = (await conn.execute(sa.text(READ_SQL), {"tenant": tenant, "keys": list(keys)})).all()
+                rows = (await conn.execute(_READ, {"tenant": tenant, "keys": list(keys)})).all()
         return {row.idempotency_key: row for row in rows}
 
     async def finish(self, tenant: str, outcomes: Sequence[Finish], now: dt.datetime) -> dict[str, Any]:
         """Record *outcomes* (distinct keys); returns the rows written, by key."""
         if not outcomes:
             return {}
-        async with self._db.begin() as conn:
+        async with self._db.one_statement() as conn:
             if self._db.is_sqlite:
                 rows = (await conn.execute(_sqlite_finish(tenant, outcomes, now))).all()
             else:
-                rows = (await conn.execute(sa.text(FINISH_SQL), {
+                rows = (await conn.execute(_FINISH, {
                     "tenant": tenant, "now": now, "keys": [o.row.idempotency_key for o in outcomes],
                     "delivery_ids": [o.row.delivery_id for o in outcomes], "connectors": [o.handler for o in outcomes],
                     "channels": [o.row.channel for o in outcomes], "subject_ids": [o.row.subject_id for o in outcomes],

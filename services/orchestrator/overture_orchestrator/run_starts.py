@@ -36,7 +36,7 @@ async def insert_runs(db: Database, batch: Sequence[NewRun], ids: Sequence[str],
     if db.is_sqlite:
         return await _insert_portable(db, batch, ids, now=now, due=due, lease_owner=lease_owner, skipped=skipped)
     counts = [(skipped[0], *key, n) for key, n in skipped[1].items() if n and key[0]] if skipped else []
-    async with db.connect() as conn:  # one statement: atomic without a transaction's round trips
+    async with db.one_statement() as conn:
         return set((await conn.execute(_START, {
             "tenant": [r.tenant for r in batch], "run_id": list(ids), "journey": [r.journey for r in batch],
             "version": [r.version for r in batch], "subject_id": [r.subject_id for r in batch],

@@ -47,7 +47,7 @@ def is_simple(outcome: Outcome) -> bool:
 
 async def record_simple(db: Database, ids: IdGenerator, *, owner: str, outcomes: Sequence[Outcome], now: dt.datetime) -> int:
     """Record simple *outcomes* (one per run) of the claim *owner*; returns how many it still held."""
-    async with db.connect() as conn:  # one statement: atomic without a transaction's round trips
+    async with db.one_statement() as conn:
         held = (await conn.execute(_RECORD, record_params(ids, owner=owner, outcomes=outcomes, now=now))).scalar()
     return int(held or 0)
 

@@ -22,7 +22,7 @@ from overture.common.v1 import event_pb2, messaging_pb2
 from overture.rules.v1 import audit_event_pb2, decision_pb2, profile_pb2
 from overture_runtime import limits
 from overture_runtime.clock import Clock
-from overture_runtime.db import Database, any_of, insert_ignore
+from overture_runtime.db import Database, any_of, any_param, insert_ignore
 from overture_runtime.errors import FieldViolation, NotFound, Violations
 from overture_runtime.privacy import pseudonymize
 from overture_runtime.protojson import struct_from_dict, struct_to_dict
@@ -41,6 +41,15 @@ log = structlog.get_logger("overture.rules")
 _PROFILE_EVENTS = {"identify", "consent.granted", "consent.revoked", "segment.entered", "segment.exited"}
 TRAITS_MAX_KEYS = 256
 """The most traits a profile may hold."""
+
+
+def _of_subjects(table: sa.Table, on_postgresql: bool) -> sa.Select[Any]:
+    return sa.select(table).where((table.c.tenant == sa.bindparam("tenant")) & any_param(table.c.subject_id, "subject_ids", on_postgresql=on_postgresql))
+
+
+_PROFILES = {on_postgresql: _of_subjects(profiles, on_postgresql) for on_postgresql in (True, False)}
+_CONSENTS = {on_postgresql: _of_subjects(consents, on_postgresql) for on_postgresql in (True, False)}
+"""A tenant's profiles and consents of some subjects (``tenant``, ``subject_ids``), by dialect: built once, for the batch reads."""
 
 
 def _channel_value(name: str) -> messaging_pb2.Channel.ValueType:
@@ -109,9 +118,9 @@ class ProfileStore:
                 # A decision must not hang on a locked or overloaded store: past
                 # the timeout the read fails and the decision fails closed.
                 await conn.execute(sa.text(f"SET LOCAL statement_timeout = {int(self._read_timeout_ms)}"))
-            rows = (await conn.execute(sa.select(profiles).where((profiles.c.tenant == tenant) & any_of(conn, profiles.c.subject_id, subject_ids)))).all()
-            consent_rows = (await conn.execute(sa.select(consents).where(
-                (consents.c.tenant == tenant) & any_of(conn, consents.c.subject_id, subject_ids)))).all()
+            on_postgresql, wanted = conn.dialect.name == "postgresql", {"tenant": tenant, "subject_ids": sorted(set(subject_ids))}
+            rows = (await conn.execute(_PROFILES[on_postgresql], wanted)).all()
+            consent_rows = (await conn.execute(_CONSENTS[on_postgresql], wanted)).all()
         by_subject: dict[str, list[Any]] = {}
         for c in consent_rows:
             by_subject.setdefault(c.subject_id, []).append(c)
@@ -386,7 +395,8 @@ class ProfileStore:
     @staticmethod
     async def load_protos(conn: AsyncConnection, tenant: str, subject_ids: Sequence[str]) -> dict[str, profile_pb2.Profile]:
         """The profiles of *subject_ids* that exist, in two statements on *conn*."""
-        rows = (await conn.execute(sa.select(profiles).where((profiles.c.tenant == tenant) & any_of(conn, profiles.c.subject_id, subject_ids)))).all()
+        on_postgresql = conn.dialect.name == "postgresql"
+        rows = (await conn.execute(_PROFILES[on_postgresql], {"tenant": tenant, "subject_ids": sorted(set(subject_ids))})).all()
         found: dict[str, profile_pb2.Profile] = {}
         for row in rows:
             profile = found[row.subject_id] = profile_pb2.Profile(
@@ -395,8 +405,7 @@ class ProfileStore:
             )
             profile.update_time.FromDatetime(row.update_time)
         if found:
-            held = (await conn.execute(sa.select(consents).where(
-                (consents.c.tenant == tenant) & any_of(conn, consents.c.subject_id, found)))).all()
+            held = (await conn.execute(_CONSENTS[on_postgresql], {"tenant": tenant, "subject_ids": sorted(found)})).all()
             for c in sorted(held, key=lambda c: (c.channel, c.purpose)):
                 consent = found[c.subject_id].consents.add(
                     channel=_channel_value(c.channel), purpose=c.purpose, source=c.source,
