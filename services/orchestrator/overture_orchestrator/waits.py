@@ -21,7 +21,7 @@ import structlog
 
 from overture.common.v1 import event_pb2
 from overture_runtime.clock import Clock
-from overture_runtime.db import Database, any_param
+from overture_runtime.db import Database, any_param, built_once
 from overture_runtime.errors import OvertureError
 from overture_runtime.protojson import struct_to_dict
 
@@ -39,17 +39,17 @@ PROFILE_EVENTS = ("identify", "consent.granted", "consent.revoked", "segment.ent
 _ANY_PROFILE_CHANGE = ""
 
 
-_WAITING = {on_postgresql: sa.select(waits).where(
+_WAITING = built_once(lambda on_postgresql: sa.select(waits).where(
     (waits.c.tenant == sa.bindparam("tenant")) & any_param(waits.c.event_type, "event_types", on_postgresql=on_postgresql)
-    & any_param(waits.c.subject_id, "subjects", on_postgresql=on_postgresql)) for on_postgresql in (True, False)}
+    & any_param(waits.c.subject_id, "subjects", on_postgresql=on_postgresql)))
 
 
 def waiting_for(conn: Any, tenant: str, event_types: Iterable[str], subjects: Iterable[str]) -> tuple[sa.Select[Any], dict[str, Any]]:
     """The statement, and its parameters, that reads the waits of *tenant*
     for any of *event_types* by any of *subjects*, on the (tenant, event
     type, subject) index: one statement whatever the batch, built once
-    (:func:`overture_runtime.db.any_param`)."""
-    return _WAITING[conn.dialect.name == "postgresql"], {
+    (:func:`overture_runtime.db.built_once`)."""
+    return _WAITING(conn), {
         "tenant": tenant, "event_types": sorted(set(event_types)), "subjects": sorted(set(subjects))}
 
 

@@ -24,7 +24,7 @@ import asyncpg
 import sqlalchemy as sa
 
 from overture.rules.v1 import decision_pb2
-from overture_runtime.db import Database, any_of, any_param, insert_ignore
+from overture_runtime.db import Database, any_of, any_param, built_once, insert_ignore
 from overture_runtime.group_commit import GroupWriter
 
 from .tables import decisions as decisions_table
@@ -43,10 +43,10 @@ _UNNEST = (
     f"SELECT * FROM unnest({', '.join(f'${i + 1}::{t}[]' for i, t in enumerate(_TYPES))}) "
     "ON CONFLICT (tenant, decision_id) DO NOTHING RETURNING tenant, decision_id"
 )
-_RECORDS = {on_postgresql: sa.select(decisions_table.c.record).where(
+_RECORDS = built_once(lambda on_postgresql: sa.select(decisions_table.c.record).where(
     (decisions_table.c.tenant == sa.bindparam("tenant"))
-    & any_param(decisions_table.c.decision_id, "decision_ids", on_postgresql=on_postgresql)) for on_postgresql in (True, False)}
-"""A tenant's records of some decisions (``tenant``, ``decision_ids``), by dialect: built once, for the replay of a batch."""
+    & any_param(decisions_table.c.decision_id, "decision_ids", on_postgresql=on_postgresql)))
+"""A tenant's records of some decisions (``tenant``, ``decision_ids``), for the replay of a batch."""
 
 
 def state_name(state: decision_pb2.ReservationState.ValueType) -> str:
@@ -97,7 +97,7 @@ class DecisionStore:
         rest = [d for d in decision_ids if d not in found]
         if rest:
             async with self._db.connect() as conn:
-                rows = (await conn.execute(_RECORDS[conn.dialect.name == "postgresql"], {"tenant": tenant, "decision_ids": sorted(set(rest))})).all()
+                rows = (await conn.execute(_RECORDS(conn), {"tenant": tenant, "decision_ids": sorted(set(rest))})).all()
             for row in rows:
                 decision = D.Decision.FromString(row.record)
                 found[decision.decision_id] = decision

@@ -22,7 +22,7 @@ from overture.common.v1 import event_pb2, messaging_pb2
 from overture.rules.v1 import audit_event_pb2, decision_pb2, profile_pb2
 from overture_runtime import limits
 from overture_runtime.clock import Clock
-from overture_runtime.db import Database, any_of, any_param, insert_ignore
+from overture_runtime.db import Database, any_of, any_param, built_once, insert_ignore
 from overture_runtime.errors import FieldViolation, NotFound, Violations
 from overture_runtime.privacy import pseudonymize
 from overture_runtime.protojson import struct_from_dict, struct_to_dict
@@ -47,9 +47,9 @@ def _of_subjects(table: sa.Table, on_postgresql: bool) -> sa.Select[Any]:
     return sa.select(table).where((table.c.tenant == sa.bindparam("tenant")) & any_param(table.c.subject_id, "subject_ids", on_postgresql=on_postgresql))
 
 
-_PROFILES = {on_postgresql: _of_subjects(profiles, on_postgresql) for on_postgresql in (True, False)}
-_CONSENTS = {on_postgresql: _of_subjects(consents, on_postgresql) for on_postgresql in (True, False)}
-"""A tenant's profiles and consents of some subjects (``tenant``, ``subject_ids``), by dialect: built once, for the batch reads."""
+_PROFILES = built_once(lambda on_postgresql: _of_subjects(profiles, on_postgresql))
+_CONSENTS = built_once(lambda on_postgresql: _of_subjects(consents, on_postgresql))
+"""A tenant's profiles and consents of some subjects (``tenant``, ``subject_ids``), for the batch reads."""
 
 
 def _channel_value(name: str) -> messaging_pb2.Channel.ValueType:
@@ -118,9 +118,9 @@ class ProfileStore:
                 # A decision must not hang on a locked or overloaded store: past
                 # the timeout the read fails and the decision fails closed.
                 await conn.execute(sa.text(f"SET LOCAL statement_timeout = {int(self._read_timeout_ms)}"))
-            on_postgresql, wanted = conn.dialect.name == "postgresql", {"tenant": tenant, "subject_ids": sorted(set(subject_ids))}
-            rows = (await conn.execute(_PROFILES[on_postgresql], wanted)).all()
-            consent_rows = (await conn.execute(_CONSENTS[on_postgresql], wanted)).all()
+            wanted = {"tenant": tenant, "subject_ids": sorted(set(subject_ids))}
+            rows = (await conn.execute(_PROFILES(conn), wanted)).all()
+            consent_rows = (await conn.execute(_CONSENTS(conn), wanted)).all()
         by_subject: dict[str, list[Any]] = {}
         for c in consent_rows:
             by_subject.setdefault(c.subject_id, []).append(c)
@@ -395,8 +395,7 @@ class ProfileStore:
     @staticmethod
     async def load_protos(conn: AsyncConnection, tenant: str, subject_ids: Sequence[str]) -> dict[str, profile_pb2.Profile]:
         """The profiles of *subject_ids* that exist, in two statements on *conn*."""
-        on_postgresql = conn.dialect.name == "postgresql"
-        rows = (await conn.execute(_PROFILES[on_postgresql], {"tenant": tenant, "subject_ids": sorted(set(subject_ids))})).all()
+        rows = (await conn.execute(_PROFILES(conn), {"tenant": tenant, "subject_ids": sorted(set(subject_ids))})).all()
         found: dict[str, profile_pb2.Profile] = {}
         for row in rows:
             profile = found[row.subject_id] = profile_pb2.Profile(
@@ -405,7 +404,7 @@ class ProfileStore:
             )
             profile.update_time.FromDatetime(row.update_time)
         if found:
-            held = (await conn.execute(_CONSENTS[on_postgresql], {"tenant": tenant, "subject_ids": sorted(found)})).all()
+            held = (await conn.execute(_CONSENTS(conn), {"tenant": tenant, "subject_ids": sorted(found)})).all()
             for c in sorted(held, key=lambda c: (c.channel, c.purpose)):
                 consent = found[c.subject_id].consents.add(
                     channel=_channel_value(c.channel), purpose=c.purpose, source=c.source,
