@@ -8,7 +8,9 @@ service's own connection (:class:`AutoExplained`)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -16,9 +18,27 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql import ClauseElement
 
-from overture_runtime.db import Database
+from overture_runtime.db import SERVER_SETTINGS, Database, migrate
 
-__all__ = ["AUTO_EXPLAIN", "AutoExplained", "buffers", "explain", "nodes"]
+__all__ = ["AUTO_EXPLAIN", "AutoExplained", "buffers", "explain", "nodes", "orchestrator_tables"]
+
+_ORCHESTRATOR_MIGRATIONS = Path(__file__).resolve().parents[2] / "services/orchestrator/overture_orchestrator/migrations"
+
+
+@asynccontextmanager
+async def orchestrator_tables(database_url: str) -> AsyncIterator[tuple[asyncpg.Connection, Database]]:
+    """The orchestrator's tables, migrated, with an asyncpg connection (to
+    fill them and explain statements) and a one-connection :class:`Database`
+    (for the service's own statements), both with the services' PostgreSQL
+    settings, and both closed on exit."""
+    await migrate(database_url, script_location=_ORCHESTRATOR_MIGRATIONS, version_table="orchestrator_alembic_version")
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://", 1), server_settings=dict(SERVER_SETTINGS))
+    db = Database(database_url, pool_size=1, max_overflow=0)
+    try:
+        yield conn, db
+    finally:
+        await conn.close()
+        await db.close()
 
 
 def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:

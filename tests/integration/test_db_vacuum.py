@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from pathlib import Path
 
 import asyncpg
 
-from overture_runtime.db import SERVER_SETTINGS, Database, migrate, vacuum_churned
+from overture_runtime.db import vacuum_churned
 
-ROOT = Path(__file__).resolve().parents[2]
+from .plans import orchestrator_tables
+
 NOW = dt.datetime(2026, 6, 1, 12, tzinfo=dt.UTC)
 _DUE = "SELECT tenant, run_id, token FROM orchestrator_tokens WHERE due_time <= $1 ORDER BY due_time LIMIT 100 FOR UPDATE SKIP LOCKED"
 
@@ -27,11 +27,7 @@ async def _claim_buffers(conn: asyncpg.Connection, now: dt.datetime) -> int:
 
 
 async def test_tables_that_churned_are_vacuumed_and_their_scans_stay_short(database_url: str) -> None:
-    await migrate(database_url, script_location=ROOT / "services/orchestrator/overture_orchestrator/migrations",
-                  version_table="orchestrator_alembic_version")
-    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://", 1), server_settings=dict(SERVER_SETTINGS))
-    db = Database(database_url, pool_size=1, max_overflow=0)
-    try:
+    async with orchestrator_tables(database_url) as (conn, db):
         await conn.execute("ANALYZE orchestrator_tokens")
         now = NOW
         for batch in range(60):  # runs start (a token due now), are claimed (due after the lease), and end (deleted)
@@ -50,6 +46,3 @@ async def test_tables_that_churned_are_vacuumed_and_their_scans_stay_short(datab
         assert await vacuum_churned(db, prefix="orchestrator") == []  # nothing changed since
         after = await _claim_buffers(conn, now)
         assert before > 100 and after < 10, (before, after)
-    finally:
-        await db.close()
-        await conn.close()

@@ -5,27 +5,19 @@ on a table that grew to 200,000 runs after its statistics were taken."""
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
-
-import asyncpg
 
 from overture_orchestrator.migrator import live_runs_page
-from overture_runtime.db import SERVER_SETTINGS, Database, analyze_grown, migrate
+from overture_runtime.db import analyze_grown
 
-from .plans import explain, nodes
+from .plans import explain, nodes, orchestrator_tables
 
-ROOT = Path(__file__).resolve().parents[2]
 NOW = dt.datetime(2026, 6, 1, 12, tzinfo=dt.UTC)
 
 
 async def test_a_migration_page_reads_its_live_runs_by_index_among_200000(database_url: str) -> None:
     """With 150,000 completed runs, 30,000 live runs on version 1 and 20,000 on version 2 inserted after ANALYZE, a page of 200
     live version-1 runs is two index ranges of orchestrator_runs_journey_state touching a few hundred buffers."""
-    await migrate(database_url, script_location=ROOT / "services/orchestrator/overture_orchestrator/migrations",
-                  version_table="orchestrator_alembic_version")
-    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://", 1), server_settings=dict(SERVER_SETTINGS))
-    db = Database(database_url, pool_size=1, max_overflow=0)
-    try:
+    async with orchestrator_tables(database_url) as (conn, db):
         await conn.execute("ANALYZE orchestrator_runs")  # statistics of an empty table
         await conn.execute(f"""
             INSERT INTO orchestrator_runs (tenant, run_id, journey, journey_version, subject_id, trigger_event_id, state, current_step,
@@ -42,6 +34,3 @@ async def test_a_migration_page_reads_its_live_runs_by_index_among_200000(databa
         assert plan["Actual Rows"] == 200
         touched = int(plan.get("Shared Hit Blocks", 0) + plan.get("Shared Read Blocks", 0))
         assert touched < 100, touched  # 30 here: a page of rows and their index pages; a scan of the table reads ~2,500
-    finally:
-        await db.close()
-        await conn.close()

@@ -6,17 +6,13 @@ each, each subject with one live run among twenty."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import asyncpg
 import sqlalchemy as sa
 
 from overture_orchestrator.tables import run_context, runs, waits
-from overture_runtime.db import SERVER_SETTINGS, Database, analyze_grown, migrate
+from overture_runtime.db import analyze_grown
 
-from .plans import buffers, explain, nodes
+from .plans import buffers, explain, nodes, orchestrator_tables
 
-ROOT = Path(__file__).resolve().parents[2]
 ROWS = 100_000
 
 
@@ -27,11 +23,7 @@ def _scans(plan: dict[str, object]) -> list[tuple[str, str | None]]:
 async def test_each_batch_lookup_of_the_journey_engine_stays_on_its_index(database_url: str) -> None:
     """Waits by (event type, subject), live runs by subject, context by run and last entries by (journey, subject)
     each use their index and touch a few buffers, where a scan would read thousands."""
-    await migrate(database_url, script_location=ROOT / "services/orchestrator/overture_orchestrator/migrations",
-                  version_table="orchestrator_alembic_version")
-    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://", 1), server_settings=dict(SERVER_SETTINGS))
-    db = Database(database_url, pool_size=1, max_overflow=0)
-    try:
+    async with orchestrator_tables(database_url) as (conn, db):
         await conn.execute("ANALYZE orchestrator_runs; ANALYZE orchestrator_waits; ANALYZE orchestrator_run_context")
         await conn.execute(f"""
             INSERT INTO orchestrator_runs (tenant, run_id, journey, journey_version, subject_id, trigger_event_id, state, current_step,
@@ -68,6 +60,3 @@ async def test_each_batch_lookup_of_the_journey_engine_stays_on_its_index(databa
             (r.c.tenant == "acme") & r.c.journey.in_(["j0", "j1"]) & r.c.subject_id.in_(subjects)).group_by(r.c.journey, r.c.subject_id))
         assert all(index == "orchestrator_runs_once_per_event" for _, index in _scans(plan)), _scans(plan)
         assert buffers(plan) < 1000
-    finally:
-        await conn.close()
-        await db.close()

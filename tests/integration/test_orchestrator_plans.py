@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -23,9 +22,10 @@ from overture_orchestrator.tables import runs, tokens
 from overture_orchestrator.waits import waiting_for
 from overture_orchestrator.work import Attempt, Effects, Outcome, Work
 from overture_runtime.clock import IdGenerator
-from overture_runtime.db import SERVER_SETTINGS, Database, analyze_grown, migrate, tenant_keys
+from overture_runtime.db import Database, analyze_grown, tenant_keys
 
-ROOT = Path(__file__).resolve().parents[2]
+from .plans import orchestrator_tables
+
 NOW = dt.datetime(2026, 6, 1, 12, tzinfo=dt.UTC)
 
 
@@ -52,11 +52,7 @@ async def _explain(conn: asyncpg.Connection, statement: Any) -> list[dict[str, A
 async def test_claiming_and_once_key_lookups_stay_on_their_indexes_as_tables_grow(database_url: str) -> None:
     """With 200,000 waiting tokens and runs inserted after ANALYZE, a claim reads the due-time index and touches a
     few buffers, and a once-key lookup reads its unique index."""
-    await migrate(database_url, script_location=ROOT / "services/orchestrator/overture_orchestrator/migrations",
-                  version_table="orchestrator_alembic_version")
-    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://", 1), server_settings=dict(SERVER_SETTINGS))
-    db = Database(database_url, pool_size=1, max_overflow=0)
-    try:
+    async with orchestrator_tables(database_url) as (conn, db):
         await conn.execute("ANALYZE orchestrator_tokens; ANALYZE orchestrator_runs; ANALYZE orchestrator_waits")  # of empty tables
         await conn.execute("""
             INSERT INTO orchestrator_runs SELECT 'acme', 'r' || g, 'welcome', 1, 's' || g, 'e' || g, 'waiting', 'wait', now(), now()
@@ -103,9 +99,6 @@ async def test_claiming_and_once_key_lookups_stay_on_their_indexes_as_tables_gro
         assert {n.get("Index Name") for n in nodes if n.get("Index Name")} == {"orchestrator_waits_event"}
         assert nodes[0]["Actual Rows"] == 100  # each subject waits for one of the types
         assert _buffers(nodes[0]) < 1500  # 3 types x 100 subjects probed
-    finally:
-        await conn.close()
-        await db.close()
 
 
 async def _explain_record(db: Database) -> None:
