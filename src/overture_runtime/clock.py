@@ -11,7 +11,10 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-__all__ = ["Clock", "IdGenerator", "ManualClock", "SystemClock", "new_id", "utcnow"]
+__all__ = ["EPOCH", "Clock", "IdGenerator", "ManualClock", "SystemClock", "new_id", "utcnow"]
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+"""The Unix epoch, in UTC."""
 
 
 class Clock(Protocol):

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from overture.common.v1 import event_pb2
+from overture_runtime.clock import EPOCH
 from overture_runtime.edge import item_violations
 from overture_runtime.errors import FieldViolation, Violations
 from overture_runtime.limits import EVENT_TYPE as EVENT_TYPE_MAX
@@ -103,7 +104,6 @@ def _shape(value: struct_pb2.Struct, limit: int) -> tuple[int, bool]:
 
 
 _stamped: tuple[dt.datetime, int, int] | None = None
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _TYPES_KNOWN = 4096
 _valid_types: dict[str, bool] = {}
 
@@ -163,7 +163,7 @@ def normalize(
     occurred: dt.datetime | None = None
     if event.HasField("occurred_at"):
         stamp = event.occurred_at  # what ToDatetime gives, at half its cost (the edge checked the range)
-        occurred = _EPOCH + dt.timedelta(seconds=stamp.seconds, microseconds=stamp.nanos // 1000)
+        occurred = EPOCH + dt.timedelta(seconds=stamp.seconds, microseconds=stamp.nanos // 1000)
         if occurred > received_at + limits.max_future:
             v.add("occurred_at", f"occurred_at is more than {limits.max_future.total_seconds() / 3600:g} hours in the future", "TOO_FAR_IN_FUTURE")
         elif occurred < received_at - limits.max_age:

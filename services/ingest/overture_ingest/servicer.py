@@ -11,7 +11,7 @@ from overture.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc, inge
 from overture.orchestrator.v1 import orchestrator_service_pb2, orchestrator_service_pb2_grpc
 from overture_runtime import NotFound, Violations, current_principal
 from overture_runtime.clients import call_metadata
-from overture_runtime.clock import Clock
+from overture_runtime.clock import EPOCH, Clock
 from overture_runtime.config import Settings
 from overture_runtime.validation import (
     check_batch,
@@ -32,7 +32,6 @@ log = structlog.get_logger("overture.ingest")
 IS = ingest_service_pb2
 BATCH_MAX = 1000
 _LIST_TYPES_MAX = 20
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _STATUS = {ACCEPTED: IS.EVENT_RESULT_STATUS_ACCEPTED, DUPLICATE: IS.EVENT_RESULT_STATUS_DUPLICATE}
 
 
@@ -101,13 +100,13 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         size = page_size(v, request.page_size, default=100, maximum=1000)
         v.raise_if_any("the listing is invalid")
         cursor = decode_page_token(request.page_token, at=int, seq=int)
-        after = (_EPOCH + dt.timedelta(microseconds=cursor["at"]), cursor["seq"]) if cursor else None
+        after = (EPOCH + dt.timedelta(microseconds=cursor["at"]), cursor["seq"]) if cursor else None
         found = await list_window(self._log.db, tenant=tenant, start=start, end=end, event_types=request.event_types,
                                   subject_id=request.subject_id, after=after, limit=size + 1)
         token = ""
         if len(found) > size:
             last, seq = found[size - 1]
-            token = encode_page_token({"at": (last.commit_time - _EPOCH) // dt.timedelta(microseconds=1), "seq": seq})
+            token = encode_page_token({"at": (last.commit_time - EPOCH) // dt.timedelta(microseconds=1), "seq": seq})
         return IS.ListEventsResponse(events=[_ingested(stored) for stored, _ in found[:size]], next_page_token=token)
 
 

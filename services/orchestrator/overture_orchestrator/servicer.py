@@ -11,7 +11,7 @@ import structlog
 from overture.common.v1 import messaging_pb2
 from overture.orchestrator.v1 import journey_pb2, orchestrator_service_pb2, orchestrator_service_pb2_grpc
 from overture_runtime import FailedPrecondition, Violations, current_principal
-from overture_runtime.clock import Clock
+from overture_runtime.clock import EPOCH, Clock
 from overture_runtime.idempotency import Idempotency
 from overture_runtime.validation import (
     check_identifier,
@@ -46,7 +46,6 @@ __all__ = ["OrchestratorServicer"]
 log = structlog.get_logger("overture.orchestrator")
 OS = orchestrator_service_pb2
 _CONTEXT_MAX = 32 * 1024
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _RUN_STATES = {state.proto: state.value for state in RunState}
 
 
@@ -347,7 +346,7 @@ class OrchestratorServicer(LifecycleRpcs, orchestrator_service_pb2_grpc.Orchestr
         size = page_size(v, request.page_size)
         v.raise_if_any()
         cursor = decode_page_token(request.page_token, after=str, at=int)
-        after = (_EPOCH + dt.timedelta(microseconds=cursor["at"]), cursor["after"]) if cursor else None
+        after = (EPOCH + dt.timedelta(microseconds=cursor["at"]), cursor["after"]) if cursor else None
         found = await self._approvals.pending(tenant, journey=request.journey, limit=size + 1, after=after)
         response = OS.ListApprovalsResponse()
         for item in found[:size]:
@@ -359,7 +358,7 @@ class OrchestratorServicer(LifecycleRpcs, orchestrator_service_pb2_grpc.Orchestr
         if len(found) > size:
             last = found[size - 1]
             response.next_page_token = encode_page_token(
-                {"after": last.run_id, "at": (last.request_time - _EPOCH) // dt.timedelta(microseconds=1)})
+                {"after": last.run_id, "at": (last.request_time - EPOCH) // dt.timedelta(microseconds=1)})
         return response
 
     async def StartJourneyBacktest(self, request: OS.StartJourneyBacktestRequest, context: grpc.aio.ServicerContext) -> OS.StartJourneyBacktestResponse:

@@ -24,6 +24,7 @@ from google.protobuf import timestamp_pb2
 
 from overture.common.v1 import messaging_pb2
 from overture.rules.v1 import decision_pb2, rule_set_pb2
+from overture_runtime.clock import EPOCH
 from overture_runtime.redis import Keys
 
 from .engine import channel_name
@@ -255,11 +256,10 @@ class CapLedger:
 
 def _timestamp(when: dt.datetime) -> timestamp_pb2.Timestamp:
     """``Timestamp.FromDatetime`` of an aware datetime, without its Python-level calendar conversion."""
-    delta = when - _EPOCH
+    delta = when - EPOCH
     return timestamp_pb2.Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)
 
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def _text(value: Any) -> str:

@@ -18,6 +18,7 @@ from overture.rules.v1 import (
     rules_service_pb2_grpc,
 )
 from overture_runtime import OvertureError, Violations, current_principal
+from overture_runtime.clock import EPOCH
 from overture_runtime.db import Database
 from overture_runtime.edge import item_violations
 from overture_runtime.errors import FieldViolation
@@ -47,7 +48,6 @@ from .rule_sets import RuleSetStore
 R = rules_service_pb2
 P = profile_service_pb2
 _REASON_MAX = 1024
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _TRAIT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _CHANGE_MAX = 100
 """The most tags or segments one UpdateProfile names in each of its lists."""
@@ -248,7 +248,7 @@ class RulesServicer(rules_service_pb2_grpc.RulesServiceServicer):
         size = page_size(v, request.page_size)
         v.raise_if_any()
         cursor = decode_page_token(request.page_token, before=str, at=int)
-        before = (_EPOCH + dt.timedelta(microseconds=cursor["at"]), cursor["before"]) if cursor else None
+        before = (EPOCH + dt.timedelta(microseconds=cursor["at"]), cursor["before"]) if cursor else None
         found = await self._decider.list_for_subject(tenant, request.subject_id, limit=size + 1, before=before)
         last = found[size - 1] if len(found) > size else None
         token = encode_page_token({"before": last.decision_id, "at": last.create_time.ToMicroseconds()}) if last else ""
