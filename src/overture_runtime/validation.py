@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Sized
 from typing import Any
 
-from google.protobuf import struct_pb2
+from google.protobuf import descriptor, field_mask_pb2, struct_pb2
 
 from overture.common.v1 import field_violation_pb2, messaging_pb2
 from overture.rules.v1 import profile_pb2
@@ -28,6 +28,7 @@ __all__ = [
     "check_identifier",
     "check_name",
     "check_profile",
+    "check_read_mask",
     "check_reason",
     "check_struct",
     "decode_page_token",
@@ -101,6 +102,26 @@ def check_batch(v: Violations, field: str, items: Sized, *, maximum: int = 1000)
         v.add(field, f"{field} must hold 1 to {maximum} items", "REQUIRED")
     elif len(items) > maximum:
         v.add(field, f"at most {maximum} {field} per call; split the batch", "TOO_MANY")
+
+
+def check_read_mask(v: Violations, field: str, mask: field_mask_pb2.FieldMask, message: descriptor.Descriptor) -> frozenset[str] | None:
+    """The top-level fields of *message* a read mask asks for (AIP-157); None
+    when it asks for all of them (unset or empty). An unknown or nested path,
+    or one named twice, is a violation of ``field.paths[i]``."""
+    if not mask.paths:
+        return None
+    if len(mask.paths) > len(message.fields):
+        v.add(f"{field}.paths", f"at most {len(message.fields)} paths, one per field of {message.name}", "TOO_MANY")
+        return frozenset()
+    seen: set[str] = set()
+    for i, path in enumerate(mask.paths):
+        if path not in message.fields_by_name:
+            shown = path[:64].encode("unicode_escape").decode("ascii")[:64]
+            v.add(f"{field}.paths[{i}]", f"{message.name} has no top-level field {shown!r}", "UNKNOWN_FIELD")
+        elif path in seen:
+            v.add(f"{field}.paths[{i}]", f"{path!r} is named twice", "DUPLICATE")
+        seen.add(path)
+    return frozenset(seen)
 
 
 def to_proto_violations(violations: Iterable[FieldViolation]) -> list[field_violation_pb2.FieldViolation]:

@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 
 from overture.common.v1 import event_pb2
 from overture.rules.v1 import profile_pb2
@@ -88,5 +89,35 @@ async def test_batch_get_profiles_refuses_an_empty_or_oversized_batch_and_bad_id
     for ids, field in (([], "subject_ids"), ([f"s{i}" for i in range(1001)], "subject_ids"), (["ok", ""], "subject_ids[1]")):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await svc.profiles.BatchGetProfiles(P.BatchGetProfilesRequest(subject_ids=ids), metadata=MD)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in str(caught.value.details()) + str(caught.value.trailing_metadata())
+
+
+async def test_batch_get_profiles_returns_only_the_fields_its_read_mask_names(svc: Rules) -> None:
+    """With a read mask, each profile carries only the named fields (and its subject id); without consents in
+    it, no consent is read. An empty mask returns everything."""
+    await svc.profile("ann", traits={"email": "ann@example.com"}, timezone="Europe/Berlin")
+    await svc.consent("ann")
+    masked = (await svc.profiles.BatchGetProfiles(P.BatchGetProfilesRequest(
+        subject_ids=["ann", "nobody"], read_mask=field_mask_pb2.FieldMask(paths=["traits", "erased"])), metadata=MD)).results
+    ann = masked[0].profile
+    assert ann.subject_id == "ann" and ann.traits["email"] == "ann@example.com"
+    assert not ann.consents and not ann.timezone and not ann.HasField("update_time")
+    assert not masked[1].HasField("profile")
+    with_consents = (await svc.profiles.BatchGetProfiles(P.BatchGetProfilesRequest(
+        subject_ids=["ann"], read_mask=field_mask_pb2.FieldMask(paths=["consents"])), metadata=MD)).results[0].profile
+    assert [c.purpose for c in with_consents.consents] == ["marketing"] and not with_consents.traits.fields
+    whole = (await svc.profiles.BatchGetProfiles(P.BatchGetProfilesRequest(
+        subject_ids=["ann"], read_mask=field_mask_pb2.FieldMask()), metadata=MD)).results[0].profile
+    assert whole == (await svc.profiles.GetProfile(P.GetProfileRequest(subject_id="ann"), metadata=MD)).profile
+
+
+async def test_batch_get_profiles_refuses_a_read_mask_naming_what_a_profile_lacks(svc: Rules) -> None:
+    """An unknown or nested path, or one named twice, is INVALID_ARGUMENT naming the path."""
+    for paths, field in ((["traits", "password"], "read_mask.paths[1]"), (["traits.email"], "read_mask.paths[0]"),
+                         (["tags", "tags"], "read_mask.paths[1]"), (["traits"] * 50, "read_mask.paths")):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await svc.profiles.BatchGetProfiles(P.BatchGetProfilesRequest(
+                subject_ids=["ann"], read_mask=field_mask_pb2.FieldMask(paths=paths)), metadata=MD)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field in str(caught.value.details()) + str(caught.value.trailing_metadata())

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 import grpc
+from google.protobuf import field_mask_pb2
 
 from overture.rules.v1 import profile_pb2, profile_service_pb2, profile_service_pb2_grpc
 from overture_runtime.config import Settings
@@ -36,6 +37,8 @@ ERASED: Final = Erased()
 Profiles = dict[tuple[str, str], dict[str, Any] | Transient | Erased]
 """Profiles by (tenant, subject id): the ``profile`` scope, :data:`ERASED`, or why it could not be read."""
 _CHUNK = 1000
+_SCOPE_FIELDS = field_mask_pb2.FieldMask(paths=["traits", "segments", "timezone", "tags", "erased"])
+"""What :func:`scope_of` and the erased check read: not the consents, which the rules service checks itself."""
 
 
 class ProfileReader:
@@ -79,7 +82,7 @@ class ProfileReader:
     async def _batch(self, tenant: str, subjects: list[str]) -> dict[str, dict[str, Any] | Erased]:
         try:
             response = await call(self._settings, self._profiles.BatchGetProfiles,
-                                  profile_service_pb2.BatchGetProfilesRequest(subject_ids=subjects), tenant, "profiles")
+                                  profile_service_pb2.BatchGetProfilesRequest(subject_ids=subjects, read_mask=_SCOPE_FIELDS), tenant, "profiles")
         except grpc.aio.AioRpcError as error:  # refused: the steps that need it retry, then fail with this error
             raise Transient(f"profiles: {error.code().name}: {error.details()}") from None
         found: dict[str, dict[str, Any] | Erased] = {}

@@ -49,6 +49,7 @@ def _of_subjects(table: sa.Table, on_postgresql: bool) -> sa.Select[Any]:
 
 _PROFILES = built_once(lambda on_postgresql: _of_subjects(profiles, on_postgresql))
 _CONSENTS = built_once(lambda on_postgresql: _of_subjects(consents, on_postgresql))
+_PROFILE_FIELDS = frozenset(profile_pb2.Profile.DESCRIPTOR.fields_by_name) - {"subject_id"}
 """A tenant's profiles and consents of some subjects (``tenant``, ``subject_ids``), for the batch reads."""
 
 
@@ -154,10 +155,16 @@ class ProfileStore:
             raise NotFound("the subject has no profile", reason="PROFILE_NOT_FOUND")
         return profile
 
-    async def get_many(self, *, tenant: str, subject_ids: Sequence[str]) -> dict[str, profile_pb2.Profile]:
-        """The profiles of those of *subject_ids* that have one, by subject id."""
+    async def get_many(self, *, tenant: str, subject_ids: Sequence[str], fields: frozenset[str] | None = None) -> dict[str, profile_pb2.Profile]:
+        """The profiles of those of *subject_ids* that have one, by subject id;
+        with *fields*, only those fields of each (and its ``subject_id``)."""
         async with self._db.connect() as conn:
-            return await self.load_protos(conn, tenant, subject_ids)
+            found = await self.load_protos(conn, tenant, subject_ids, with_consents=fields is None or "consents" in fields)
+        if fields is not None:
+            for profile in found.values():
+                for name in _PROFILE_FIELDS - fields:
+                    profile.ClearField(name)  # type: ignore[arg-type]  # a name of Profile's own descriptor
+        return found
 
     async def upsert(
         self, *, tenant: str, subject_id: str, traits: Mapping[str, Any] | None = None, timezone: str = "",
@@ -393,8 +400,9 @@ class ProfileStore:
         return (await self.load_protos(conn, tenant, [subject_id])).get(subject_id)
 
     @staticmethod
-    async def load_protos(conn: AsyncConnection, tenant: str, subject_ids: Sequence[str]) -> dict[str, profile_pb2.Profile]:
-        """The profiles of *subject_ids* that exist, in two statements on *conn*."""
+    async def load_protos(conn: AsyncConnection, tenant: str, subject_ids: Sequence[str], *, with_consents: bool = True) -> dict[str, profile_pb2.Profile]:
+        """The profiles of *subject_ids* that exist, in two statements on *conn*
+        (one without consents, when not *with_consents*)."""
         rows = (await conn.execute(_PROFILES(conn), {"tenant": tenant, "subject_ids": sorted(set(subject_ids))})).all()
         found: dict[str, profile_pb2.Profile] = {}
         for row in rows:
@@ -403,7 +411,7 @@ class ProfileStore:
                 suppression_lists=row.suppression_lists, erased=row.erased, tags=row.tags,
             )
             profile.update_time.FromDatetime(row.update_time)
-        if found:
+        if found and with_consents:
             held = (await conn.execute(_CONSENTS(conn), {"tenant": tenant, "subject_ids": sorted(found)})).all()
             for c in sorted(held, key=lambda c: (c.channel, c.purpose)):
                 consent = found[c.subject_id].consents.add(

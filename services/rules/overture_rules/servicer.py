@@ -28,6 +28,7 @@ from overture_runtime.validation import (
     check_batch,
     check_identifier,
     check_name,
+    check_read_mask,
     check_reason,
     check_struct,
     decode_page_token,
@@ -275,8 +276,9 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
         check_batch(v, "subject_ids", request.subject_ids)
         for i, subject_id in enumerate(request.subject_ids):
             check_identifier(v, f"subject_ids[{i}]", subject_id)
+        fields = check_read_mask(v, "read_mask", request.read_mask, profile_pb2.Profile.DESCRIPTOR)
         v.raise_if_any()
-        found = await self._profiles.get_many(tenant=tenant, subject_ids=request.subject_ids)
+        found = await self._profiles.get_many(tenant=tenant, subject_ids=request.subject_ids, fields=fields)
         return P.BatchGetProfilesResponse(results=[P.BatchGetProfilesResult(subject_id=s, profile=found.get(s))
                                                    for s in request.subject_ids])
 

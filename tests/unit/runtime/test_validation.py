@@ -6,12 +6,14 @@ import base64
 from typing import Any
 
 import pytest
-from google.protobuf import struct_pb2
+from google.protobuf import field_mask_pb2, struct_pb2
 
+from overture.rules.v1 import profile_pb2
 from overture_runtime.errors import FieldViolation, InvalidArgument, Violations
 from overture_runtime.validation import (
     check_identifier,
     check_name,
+    check_read_mask,
     check_struct,
     decode_page_token,
     encode_page_token,
@@ -217,3 +219,26 @@ def test_deeply_nested_page_token_is_invalid_argument() -> None:
     with pytest.raises(InvalidArgument) as caught:
         decode_page_token(token, after=str)
     assert [v.field for v in caught.value.violations] == ["page_token"]
+
+
+def test_check_read_mask_is_none_for_all_fields_else_the_named_ones() -> None:
+    """An unset or empty mask asks for every field (None); otherwise the set of top-level names."""
+    v = Violations()
+    assert check_read_mask(v, "read_mask", field_mask_pb2.FieldMask(), profile_pb2.Profile.DESCRIPTOR) is None
+    named = check_read_mask(v, "read_mask", field_mask_pb2.FieldMask(paths=["traits", "tags"]), profile_pb2.Profile.DESCRIPTOR)
+    assert named == {"traits", "tags"} and not v
+
+
+@pytest.mark.parametrize(("paths", "field", "reason"), [
+    (["traits", "nope"], "read_mask.paths[1]", "UNKNOWN_FIELD"),
+    (["traits.email"], "read_mask.paths[0]", "UNKNOWN_FIELD"),
+    (["\x00\n" * 100], "read_mask.paths[0]", "UNKNOWN_FIELD"),
+    (["erased", "erased"], "read_mask.paths[1]", "DUPLICATE"),
+    (["traits"] * 10, "read_mask.paths", "TOO_MANY"),
+])
+def test_check_read_mask_names_each_bad_path(paths: list[str], field: str, reason: str) -> None:
+    """Unknown or nested paths, repeats and more paths than fields are violations of the path (or the list)."""
+    v = Violations()
+    check_read_mask(v, "read_mask", field_mask_pb2.FieldMask(paths=paths), profile_pb2.Profile.DESCRIPTOR)
+    assert [(x.field, x.reason) for x in v.items] == [(field, reason)]
+    assert all(len(x.description) < 200 and "\n" not in x.description for x in v.items)

@@ -22,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from overture.common.v1 import auth_pb2 as overture_dot_common_dot_v1_dot_auth__pb2
@@ -32,7 +33,7 @@ from overture.common.v1 import validation_pb2 as overture_dot_common_dot_v1_dot_
 from overture.rules.v1 import profile_pb2 as overture_dot_rules_dot_v1_dot_profile__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'overture/rules/v1/profile_service.proto\x12\x11overture.rules.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1doverture/common/v1/auth.proto\x1a\x1eoverture/common/v1/event.proto\x1a(overture/common/v1/field_violation.proto\x1a\"overture/common/v1/messaging.proto\x1a#overture/common/v1/validation.proto\x1a\x1foverture/rules/v1/profile.proto\"\'\n\x11GetProfileRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\"A\n\x12GetProfileResponse\x12+\n\x07profile\x18\x01 \x01(\x0b\x32\x1a.overture.rules.v1.Profile\".\n\x17\x42\x61tchGetProfilesRequest\x12\x13\n\x0bsubject_ids\x18\x01 \x03(\t\"V\n\x18\x42\x61tchGetProfilesResponse\x12:\n\x07results\x18\x01 \x03(\x0b\x32).overture.rules.v1.BatchGetProfilesResult\"Y\n\x16\x42\x61tchGetProfilesResult\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12+\n\x07profile\x18\x02 \x01(\x0b\x32\x1a.overture.rules.v1.Profile\"\xa6\x01\n\x14UpsertProfileRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\'\n\x06traits\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08timezone\x18\x03 \x01(\t\x12\x1d\n\x15\x61\x64\x64_suppression_lists\x18\x04 \x03(\t\x12 \n\x18remove_suppression_lists\x18\x05 \x03(\t\"D\n\x15UpsertProfileResponse\x12+\n\x07profile\x18\x01 \x01(\x0b\x32\x1a.overture.rules.v1.Profile\"\xd8\x01\n\x11SetConsentRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12,\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x1b.overture.common.v1.Channel\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x30\n\x06status\x18\x04 \x01(\x0e\x32 .overture.rules.v1.ConsentStatus\x12\x0e\n\x06source\x18\x05 \x01(\t\x12.\n\noccur_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"A\n\x12SetConsentResponse\x12+\n\x07profile\x18\x01 \x01(\x0b\x32\x1a.overture.rules.v1.Profile\"L\n\x19\x41pplyProfileEventsRequest\x12/\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.overture.common.v1.EventB\x04\x90\xb5\x18\x01\"Y\n\x1a\x41pplyProfileEventsResponse\x12;\n\x07results\x18\x01 \x03(\x0b\x32*.overture.rules.v1.ApplyProfileEventResult\"q\n\x17\x41pplyProfileEventResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\x12\x36\n\nviolations\x18\x03 \x03(\x0b\x32\".overture.common.v1.FieldViolation\"9\n\x13\x45raseProfileRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"/\n\x14\x45raseProfileResponse\x12\x17\n\x0fpseudonymous_id\x18\x01 \x01(\t\"\xd4\x02\n\x14UpdateProfileRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12+\n\nset_traits\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x0cunset_traits\x18\x03 \x03(\t\x12I\n\tincrement\x18\x04 \x03(\x0b\x32\x36.overture.rules.v1.UpdateProfileRequest.IncrementEntry\x12\x10\n\x08\x61\x64\x64_tags\x18\x05 \x03(\t\x12\x13\n\x0bremove_tags\x18\x06 \x03(\t\x12\x16\n\x0e\x65nter_segments\x18\x07 \x03(\t\x12\x15\n\rexit_segments\x18\x08 \x03(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\x1a\x30\n\x0eIncrementEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"w\n\x15UpdateProfileResponse\x12+\n\x07profile\x18\x01 \x01(\x0b\x32\x1a.overture.rules.v1.Profile\x12\x18\n\x10\x65ntered_segments\x18\x02 \x03(\t\x12\x17\n\x0f\x65xited_segments\x18\x03 \x03(\t\"M\n\x13ListProfilesRequest\x12\x0f\n\x07segment\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x14ListProfilesResponse\x12,\n\x08profiles\x18\x01 \x03(\x0b\x32\x1a.overture.rules.v1.Profile\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xce\x07\n\x0eProfileService\x12l\n\nGetProfile\x12$.overture.rules.v1.GetProfileRequest\x1a%.overture.rules.v1.GetProfileResponse\"\x11\x8a\xb5\x18\rprofiles.read\x12~\n\x10\x42\x61tchGetProfiles\x12*.overture.rules.v1.BatchGetProfilesRequest\x1a+.overture.rules.v1.BatchGetProfilesResponse\"\x11\x8a\xb5\x18\rprofiles.read\x12v\n\rUpdateProfile\x12\'.overture.rules.v1.UpdateProfileRequest\x1a(.overture.rules.v1.UpdateProfileResponse\"\x12\x8a\xb5\x18\x0eprofiles.write\x12r\n\x0cListProfiles\x12&.overture.rules.v1.ListProfilesRequest\x1a\'.overture.rules.v1.ListProfilesResponse\"\x11\x8a\xb5\x18\rprofiles.read\x12v\n\rUpsertProfile\x12\'.overture.rules.v1.UpsertProfileRequest\x1a(.overture.rules.v1.UpsertProfileResponse\"\x12\x8a\xb5\x18\x0eprofiles.write\x12m\n\nSetConsent\x12$.overture.rules.v1.SetConsentRequest\x1a%.overture.rules.v1.SetConsentResponse\"\x12\x8a\xb5\x18\x0eprofiles.write\x12\x85\x01\n\x12\x41pplyProfileEvents\x12,.overture.rules.v1.ApplyProfileEventsRequest\x1a-.overture.rules.v1.ApplyProfileEventsResponse\"\x12\x8a\xb5\x18\x0eprofiles.write\x12s\n\x0c\x45raseProfile\x12&.overture.rules.v1.EraseProfileRequest\x1a\'.overture.rules.v1.EraseProfileResponse\"\x12\x8a\xb5\x18\x0eprofiles.eraseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'overture/rules/v1/profile_service.proto\x12\x11overture.rules.v1\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1doverture/common/v1/auth.proto\x1a\x1eoverture/common/v1/event.proto\x1a(overture/common/v1/field_violation.proto\x1a\"overture/common/v1/messaging.proto\x1a#overture/common/v1/validation.proto\x1a\x1foverture/rules/v1/profile.proto\"\'\n\x11GetProfileRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\"A\n\x12GetProfileResponse\x12+\n\x07profile\x18\x01 \x01(\x0b\x32\x1a.overture.rules.v1.Profile\"]\n\x17\x42\x61tchGetProfilesRequest\x12\x13\n\x0bsubject_ids\x18\x01 \x03(\t\x12-\n\tread_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"V\n\x18\x42\x61tchGetProfilesResponse\x12:\n\x07results\x18\x01 \x03(\x0b\x32).overture.rules.v1.BatchGetProfilesResult\"Y\n\x16\x42\x61tchGetProfilesResult\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12+\n\x07profile\x18\x02 \x01(\x0b\x32\x1a.overture.rules.v1.Profile\"\xa6\x01\n\x14UpsertProfileRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\'\n\x06traits\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08timezone\x18\x03 \x01(\t\x12\x1d\n\x15\x61\x64\x64_suppression_lists\x18\x04 \x03(\t\x12 \n\x18remove_suppression_lists\x18\x05 \x03(\t\"D\n\x15UpsertProfileResponse\x12+\n\x07profile\x18\x01 \x01(\x0b\x32\x1a.overture.rules.v1.Profile\"\xd8\x01\n\x11SetConsentRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12,\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x1b.overture.common.v1.Channel\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x30\n\x06status\x18\x04 \x01(\x0e\x32 .overture.rules.v1.ConsentStatus\x12\x0e\n\x06source\x18\x05 \x01(\t\x12.\n\noccur_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"A\n\x12SetConsentResponse\x12+\n\x07profile\x18\x01 \x01(\x0b\x32\x1a.overture.rules.v1.Profile\"L\n\x19\x41pplyProfileEventsRequest\x12/\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.overture.common.v1.EventB\x04\x90\xb5\x18\x01\"Y\n\x1a\x41pplyProfileEventsResponse\x12;\n\x07results\x18\x01 \x03(\x0b\x32*.overture.rules.v1.ApplyProfileEventResult\"q\n\x17\x41pplyProfileEventResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\x12\x36\n\nviolations\x18\x03 \x03(\x0b\x32\".overture.common.v1.FieldViolation\"9\n\x13\x45raseProfileRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"/\n\x14\x45raseProfileResponse\x12\x17\n\x0fpseudonymous_id\x18\x01 \x01(\t\"\xd4\x02\n\x14UpdateProfileRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12+\n\nset_traits\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x0cunset_traits\x18\x03 \x03(\t\x12I\n\tincrement\x18\x04 \x03(\x0b\x32\x36.overture.rules.v1.UpdateProfileRequest.IncrementEntry\x12\x10\n\x08\x61\x64\x64_tags\x18\x05 \x03(\t\x12\x13\n\x0bremove_tags\x18\x06 \x03(\t\x12\x16\n\x0e\x65nter_segments\x18\x07 \x03(\t\x12\x15\n\rexit_segments\x18\x08 \x03(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\x1a\x30\n\x0eIncrementEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"w\n\x15UpdateProfileResponse\x12+\n\x07profile\x18\x01 \x01(\x0b\x32\x1a.overture.rules.v1.Profile\x12\x18\n\x10\x65ntered_segments\x18\x02 \x03(\t\x12\x17\n\x0f\x65xited_segments\x18\x03 \x03(\t\"M\n\x13ListProfilesRequest\x12\x0f\n\x07segment\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x14ListProfilesResponse\x12,\n\x08profiles\x18\x01 \x03(\x0b\x32\x1a.overture.rules.v1.Profile\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xce\x07\n\x0eProfileService\x12l\n\nGetProfile\x12$.overture.rules.v1.GetProfileRequest\x1a%.overture.rules.v1.GetProfileResponse\"\x11\x8a\xb5\x18\rprofiles.read\x12~\n\x10\x42\x61tchGetProfiles\x12*.overture.rules.v1.BatchGetProfilesRequest\x1a+.overture.rules.v1.BatchGetProfilesResponse\"\x11\x8a\xb5\x18\rprofiles.read\x12v\n\rUpdateProfile\x12\'.overture.rules.v1.UpdateProfileRequest\x1a(.overture.rules.v1.UpdateProfileResponse\"\x12\x8a\xb5\x18\x0eprofiles.write\x12r\n\x0cListProfiles\x12&.overture.rules.v1.ListProfilesRequest\x1a\'.overture.rules.v1.ListProfilesResponse\"\x11\x8a\xb5\x18\rprofiles.read\x12v\n\rUpsertProfile\x12\'.overture.rules.v1.UpsertProfileRequest\x1a(.overture.rules.v1.UpsertProfileResponse\"\x12\x8a\xb5\x18\x0eprofiles.write\x12m\n\nSetConsent\x12$.overture.rules.v1.SetConsentRequest\x1a%.overture.rules.v1.SetConsentResponse\"\x12\x8a\xb5\x18\x0eprofiles.write\x12\x85\x01\n\x12\x41pplyProfileEvents\x12,.overture.rules.v1.ApplyProfileEventsRequest\x1a-.overture.rules.v1.ApplyProfileEventsResponse\"\x12\x8a\xb5\x18\x0eprofiles.write\x12s\n\x0c\x45raseProfile\x12&.overture.rules.v1.EraseProfileRequest\x1a\'.overture.rules.v1.EraseProfileResponse\"\x12\x8a\xb5\x18\x0eprofiles.eraseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -59,44 +60,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROFILESERVICE'].methods_by_name['ApplyProfileEvents']._serialized_options = b'\212\265\030\016profiles.write'
   _globals['_PROFILESERVICE'].methods_by_name['EraseProfile']._loaded_options = None
   _globals['_PROFILESERVICE'].methods_by_name['EraseProfile']._serialized_options = b'\212\265\030\016profiles.erase'
-  _globals['_GETPROFILEREQUEST']._serialized_start=336
-  _globals['_GETPROFILEREQUEST']._serialized_end=375
-  _globals['_GETPROFILERESPONSE']._serialized_start=377
-  _globals['_GETPROFILERESPONSE']._serialized_end=442
-  _globals['_BATCHGETPROFILESREQUEST']._serialized_start=444
-  _globals['_BATCHGETPROFILESREQUEST']._serialized_end=490
-  _globals['_BATCHGETPROFILESRESPONSE']._serialized_start=492
-  _globals['_BATCHGETPROFILESRESPONSE']._serialized_end=578
-  _globals['_BATCHGETPROFILESRESULT']._serialized_start=580
-  _globals['_BATCHGETPROFILESRESULT']._serialized_end=669
-  _globals['_UPSERTPROFILEREQUEST']._serialized_start=672
-  _globals['_UPSERTPROFILEREQUEST']._serialized_end=838
-  _globals['_UPSERTPROFILERESPONSE']._serialized_start=840
-  _globals['_UPSERTPROFILERESPONSE']._serialized_end=908
-  _globals['_SETCONSENTREQUEST']._serialized_start=911
-  _globals['_SETCONSENTREQUEST']._serialized_end=1127
-  _globals['_SETCONSENTRESPONSE']._serialized_start=1129
-  _globals['_SETCONSENTRESPONSE']._serialized_end=1194
-  _globals['_APPLYPROFILEEVENTSREQUEST']._serialized_start=1196
-  _globals['_APPLYPROFILEEVENTSREQUEST']._serialized_end=1272
-  _globals['_APPLYPROFILEEVENTSRESPONSE']._serialized_start=1274
-  _globals['_APPLYPROFILEEVENTSRESPONSE']._serialized_end=1363
-  _globals['_APPLYPROFILEEVENTRESULT']._serialized_start=1365
-  _globals['_APPLYPROFILEEVENTRESULT']._serialized_end=1478
-  _globals['_ERASEPROFILEREQUEST']._serialized_start=1480
-  _globals['_ERASEPROFILEREQUEST']._serialized_end=1537
-  _globals['_ERASEPROFILERESPONSE']._serialized_start=1539
-  _globals['_ERASEPROFILERESPONSE']._serialized_end=1586
-  _globals['_UPDATEPROFILEREQUEST']._serialized_start=1589
-  _globals['_UPDATEPROFILEREQUEST']._serialized_end=1929
-  _globals['_UPDATEPROFILEREQUEST_INCREMENTENTRY']._serialized_start=1881
-  _globals['_UPDATEPROFILEREQUEST_INCREMENTENTRY']._serialized_end=1929
-  _globals['_UPDATEPROFILERESPONSE']._serialized_start=1931
-  _globals['_UPDATEPROFILERESPONSE']._serialized_end=2050
-  _globals['_LISTPROFILESREQUEST']._serialized_start=2052
-  _globals['_LISTPROFILESREQUEST']._serialized_end=2129
-  _globals['_LISTPROFILESRESPONSE']._serialized_start=2131
-  _globals['_LISTPROFILESRESPONSE']._serialized_end=2224
-  _globals['_PROFILESERVICE']._serialized_start=2227
-  _globals['_PROFILESERVICE']._serialized_end=3201
+  _globals['_GETPROFILEREQUEST']._serialized_start=370
+  _globals['_GETPROFILEREQUEST']._serialized_end=409
+  _globals['_GETPROFILERESPONSE']._serialized_start=411
+  _globals['_GETPROFILERESPONSE']._serialized_end=476
+  _globals['_BATCHGETPROFILESREQUEST']._serialized_start=478
+  _globals['_BATCHGETPROFILESREQUEST']._serialized_end=571
+  _globals['_BATCHGETPROFILESRESPONSE']._serialized_start=573
+  _globals['_BATCHGETPROFILESRESPONSE']._serialized_end=659
+  _globals['_BATCHGETPROFILESRESULT']._serialized_start=661
+  _globals['_BATCHGETPROFILESRESULT']._serialized_end=750
+  _globals['_UPSERTPROFILEREQUEST']._serialized_start=753
+  _globals['_UPSERTPROFILEREQUEST']._serialized_end=919
+  _globals['_UPSERTPROFILERESPONSE']._serialized_start=921
+  _globals['_UPSERTPROFILERESPONSE']._serialized_end=989
+  _globals['_SETCONSENTREQUEST']._serialized_start=992
+  _globals['_SETCONSENTREQUEST']._serialized_end=1208
+  _globals['_SETCONSENTRESPONSE']._serialized_start=1210
+  _globals['_SETCONSENTRESPONSE']._serialized_end=1275
+  _globals['_APPLYPROFILEEVENTSREQUEST']._serialized_start=1277
+  _globals['_APPLYPROFILEEVENTSREQUEST']._serialized_end=1353
+  _globals['_APPLYPROFILEEVENTSRESPONSE']._serialized_start=1355
+  _globals['_APPLYPROFILEEVENTSRESPONSE']._serialized_end=1444
+  _globals['_APPLYPROFILEEVENTRESULT']._serialized_start=1446
+  _globals['_APPLYPROFILEEVENTRESULT']._serialized_end=1559
+  _globals['_ERASEPROFILEREQUEST']._serialized_start=1561
+  _globals['_ERASEPROFILEREQUEST']._serialized_end=1618
+  _globals['_ERASEPROFILERESPONSE']._serialized_start=1620
+  _globals['_ERASEPROFILERESPONSE']._serialized_end=1667
+  _globals['_UPDATEPROFILEREQUEST']._serialized_start=1670
+  _globals['_UPDATEPROFILEREQUEST']._serialized_end=2010
+  _globals['_UPDATEPROFILEREQUEST_INCREMENTENTRY']._serialized_start=1962
+  _globals['_UPDATEPROFILEREQUEST_INCREMENTENTRY']._serialized_end=2010
+  _globals['_UPDATEPROFILERESPONSE']._serialized_start=2012
+  _globals['_UPDATEPROFILERESPONSE']._serialized_end=2131
+  _globals['_LISTPROFILESREQUEST']._serialized_start=2133
+  _globals['_LISTPROFILESREQUEST']._serialized_end=2210
+  _globals['_LISTPROFILESRESPONSE']._serialized_start=2212
+  _globals['_LISTPROFILESRESPONSE']._serialized_end=2305
+  _globals['_PROFILESERVICE']._serialized_start=2308
+  _globals['_PROFILESERVICE']._serialized_end=3282
 # @@protoc_insertion_point(module_scope)

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -77,18 +78,29 @@ class BatchGetProfilesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SUBJECT_IDS_FIELD_NUMBER: _builtins.int
+    READ_MASK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def subject_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The subjects' ids, 1 to 1,000 of them. Repeats are answered each time."""
+
+    @_builtins.property
+    def read_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields of each profile to return, as top-level field names of
+        Profile (for example `traits`, `segments`); unset or empty returns them
+        all. `subject_id` is always returned. Leaving out `consents` spares the
+        read of the consent records. An unknown or nested path is a field
+        violation.
+        """
 
     def __init__(
         self,
         *,
         subject_ids: _abc.Iterable[_builtins.str] | None = ...,
+        read_mask: _field_mask_pb2.FieldMask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["read_mask", b"read_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["subject_ids", b"subject_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["read_mask", b"read_mask", "subject_ids", b"subject_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
