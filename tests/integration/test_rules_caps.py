@@ -14,6 +14,7 @@ import pytest
 from overture.rules.v1 import decision_pb2 as D
 from overture.rules.v1 import rules_service_pb2 as R
 from overture_runtime.config import Settings
+from tests.conftest import TENANT
 
 from .rules_support import MD, Rules, cap, running_rules, spec, utc
 
@@ -167,3 +168,52 @@ async def test_a_batch_settles_many_reservations_and_answers_each(svc: Rules) ->
     for d, state in zip(held, states, strict=True):
         stored = await svc.rules.GetDecision(R.GetDecisionRequest(decision_id=d.decision_id), metadata=MD)
         assert stored.decision.reservation_state == state
+
+
+async def test_a_decision_reads_only_the_entries_that_count(svc: Rules) -> None:
+    """Refused, released and preempted entries leave the sorted set each decision reads (they are kept
+    apart only to be pruned), so a subject refused again and again costs no more to decide for; the counts
+    stay those of the held and committed entries."""
+    await svc.publish("capped", spec(caps=[cap("two", 2)]))
+    await svc.consent("u")
+    redis, keys = svc.app.redis, svc.app.keys
+    counted, others, meta = (keys.subject(TENANT, "u", "caps", part) for part in "zoh")
+    committed = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE_AND_COMMIT)
+    low = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE, priority=1)
+    refused = [await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE) for _ in range(60)]
+    assert committed.allowed and low.allowed and not any(d.allowed for d in refused)
+    assert (await redis.zcard(counted), await redis.zcard(others), await redis.hlen(meta)) == (2, 60, 62)
+    high = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE, priority=9)
+    assert high.allowed and [(c.count, c.limit) for c in high.cap_counters] == [(2, 2)]
+    preempted = await svc.evaluate(decision_id=low.decision_id, mode=D.EVALUATION_MODE_COMMIT)
+    assert preempted.reservation_state == D.RESERVATION_STATE_PREEMPTED
+    await svc.evaluate(decision_id=committed.decision_id, mode=D.EVALUATION_MODE_RELEASE)
+    assert set(await redis.zrange(counted, 0, -1)) == {high.decision_id.encode()}
+    assert await redis.zcard(others) == 62
+    after = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE)
+    assert after.allowed and [c.count for c in after.cap_counters] == [1]
+    again = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE, decision_id=refused[0].decision_id)
+    assert again == refused[0]  # a refused decision is still found by its id
+
+
+async def test_entries_that_stopped_counting_under_the_previous_ledger_are_moved_when_met(svc: Rules) -> None:
+    """A ledger written before refused entries were kept apart (every entry in the one sorted set) still
+    counts right, and its refused and released entries move out of the set as a decision meets them."""
+    await svc.publish("capped", spec(caps=[cap("two", 2)]))
+    await svc.consent("u")
+    redis, keys = svc.app.redis, svc.app.keys
+    counted, others, meta = (keys.subject(TENANT, "u", "caps", part) for part in "zoh")
+    kept = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE_AND_COMMIT)
+    freed = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE_AND_COMMIT)
+    refused = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE)
+    await svc.evaluate(decision_id=freed.decision_id, mode=D.EVALUATION_MODE_RELEASE)
+    assert not refused.allowed
+    # As the previous ledger left them: the refused and the released entry in the counted set too.
+    for entry in await redis.zrange(others, 0, -1, withscores=True):
+        await redis.zadd(counted, {entry[0]: entry[1]})
+    await redis.delete(others)
+    assert await redis.zcard(counted) == 3 and await redis.hlen(meta) == 3
+    decision = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE)
+    assert decision.allowed and [c.count for c in decision.cap_counters] == [1]
+    assert set(await redis.zrange(counted, 0, -1)) == {kept.decision_id.encode(), decision.decision_id.encode()}
+    assert set(await redis.zrange(others, 0, -1)) == {freed.decision_id.encode(), refused.decision_id.encode()}

@@ -4,10 +4,18 @@
 -- This file holds functions only; caps.py appends the main chunk of each
 -- script that uses them (the ledger's own, and decide.lua's).
 --
--- z  sorted set: decision id -> time (ms) of every ledger entry (pruned at the horizon)
+-- z  sorted set: decision id -> time (ms) of every entry that counts (held or committed)
+-- o  sorted set: decision id -> time (ms) of every other entry (denied, released, preempted,
+--    expired), kept only so that its hash field is pruned at the horizon with it
 -- h  hash: decision id -> "state|priority|expires_ms|channel|tags|preempted_by"
 --    state: h held, c committed, p preempted, r released, d denied, x expired
--- Both keys carry the subject's hash tag, so every script is Redis-Cluster-safe.
+-- All three keys carry the subject's hash tag, so every script is Redis-Cluster-safe.
+--
+-- A decision reads the entries of z within the widest window, so its cost is
+-- bounded by what the caps admit, not by how often the subject was refused:
+-- an entry moves from z to o when it stops counting. Entries that stopped
+-- counting but are still in z (written by an earlier version of this script)
+-- are moved when a decision meets them.
 --
 -- Arguments of count_or_reserve, from A[o + 1] on:
 --   op (check | reserve | commit: a reservation committed as it is made), now_ms, decision_id, priority, hold_ms, retention_ms,
@@ -15,7 +23,7 @@
 --   id, kind (c channel | a all | t tag), value, limit, window_start_ms
 -- Reply: {outcome, replayed, {cap_id, count, limit}..., victims...}
 --   outcome: "allowed" | "denied"; counts are before this message.
--- settle(h, op, now_ms, decision_id) commits or releases; its reply is
+-- settle(z, o, h, op, now_ms, decision_id) commits or releases; its reply is
 -- {state after the call (or "missing"), preempting decision id}.
 
 local function parse(meta)
@@ -27,13 +35,23 @@ local function pack(e)
   return e.state .. '|' .. e.prio .. '|' .. e.exp .. '|' .. e.ch .. '|' .. e.tags .. '|' .. (e.by or '')
 end
 
-local function settle(h, op, now, id)
+-- Move an entry that no longer counts from z to o, at its time t (or z's).
+local function retire(z, o, id, t)
+  t = t or redis.call('ZSCORE', z, id)
+  if t then
+    redis.call('ZREM', z, id)
+    redis.call('ZADD', o, t, id)
+  end
+end
+
+local function settle(z, o, h, op, now, id)
   local meta = redis.call('HGET', h, id)
   if not meta then return {'missing', ''} end
   local e = parse(meta)
   if e.state == 'h' and e.exp < now then
     e.state = 'x'
     redis.call('HSET', h, id, pack(e))
+    retire(z, o, id)
     return {'x', ''}
   end
   if op == 'commit' and e.state == 'h' then
@@ -42,6 +60,7 @@ local function settle(h, op, now, id)
   elseif op == 'release' and (e.state == 'h' or e.state == 'c') then
     e.state = 'r'
     redis.call('HSET', h, id, pack(e))
+    retire(z, o, id)
   end
   return {e.state, e.by or ''}
 end
@@ -52,27 +71,29 @@ local function counts(cap, e)
   return string.find(',' .. e.tags .. ',', ',' .. cap.value .. ',', 1, true) ~= nil
 end
 
-local function count_or_reserve(z, h, A, o)
-  local op = A[o + 1]
-  local now = tonumber(A[o + 2])
-  local id = A[o + 3]
-  local prio = tonumber(A[o + 4])
-  local hold = tonumber(A[o + 5])
-  local retention = tonumber(A[o + 6])
-  local channel = A[o + 7]
-  local tags = A[o + 8]
-  local ncaps = tonumber(A[o + 9])
+local function count_or_reserve(z, o, h, A, at)
+  local op = A[at + 1]
+  local now = tonumber(A[at + 2])
+  local id = A[at + 3]
+  local prio = tonumber(A[at + 4])
+  local hold = tonumber(A[at + 5])
+  local retention = tonumber(A[at + 6])
+  local channel = A[at + 7]
+  local tags = A[at + 8]
+  local ncaps = tonumber(A[at + 9])
 
   -- Forget what no window can reach any more.
   local horizon = now - retention
-  local old = redis.call('ZRANGEBYSCORE', z, '-inf', '(' .. horizon)
-  for _, m in ipairs(old) do redis.call('HDEL', h, m) end
-  if #old > 0 then redis.call('ZREMRANGEBYSCORE', z, '-inf', '(' .. horizon) end
+  for _, key in ipairs({z, o}) do
+    local old = redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. horizon)
+    for _, m in ipairs(old) do redis.call('HDEL', h, m) end
+    if #old > 0 then redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. horizon) end
+  end
 
   local caps = {}
   local widest = now
   for i = 0, ncaps - 1 do
-    local b = o + 10 + i * 5
+    local b = at + 10 + i * 5
     local cap = {id = A[b], kind = A[b + 1], value = A[b + 2], limit = tonumber(A[b + 3]),
                  start = tonumber(A[b + 4]), count = 0, victim = nil}
     caps[#caps + 1] = cap
@@ -94,8 +115,11 @@ local function count_or_reserve(z, h, A, o)
       if e.state == 'h' and e.exp < now then
         e.state = 'x'
         redis.call('HSET', h, m, pack(e))
+        retire(z, o, m, members[i + 1])
       elseif e.state == 'h' or e.state == 'c' then
         entries[#entries + 1] = e
+      else
+        retire(z, o, m, members[i + 1])
       end
     end
   end
@@ -141,16 +165,18 @@ local function count_or_reserve(z, h, A, o)
         v.state = 'p'
         v.by = id
         redis.call('HSET', h, vid, pack(v))
+        retire(z, o, vid, v.t)
         reply[#reply + 1] = vid
       end
     end
     local state = 'd'
     if outcome == 'allowed' then state = op == 'commit' and 'c' or 'h' end
     redis.call('HSET', h, id, pack({state = state, prio = prio, exp = now + hold, ch = channel, tags = tags}))
-    -- Every entry stays in the sorted set until the horizon, so that the
-    -- hash is pruned with it; only held and committed entries are counted.
-    redis.call('ZADD', z, now, id)
+    -- Every entry stays in a sorted set until the horizon, so that the hash
+    -- is pruned with it: in z while it counts, in o otherwise.
+    redis.call('ZADD', state == 'd' and o or z, now, id)
     redis.call('PEXPIRE', z, retention)
+    redis.call('PEXPIRE', o, retention)
     redis.call('PEXPIRE', h, retention)
   end
   return reply

@@ -73,15 +73,17 @@ class SubjectKeys:
     generation: str
     """The profile's generation counter."""
     caps_z: str
-    """The cap ledger's sorted set."""
+    """The cap ledger's sorted set of the entries that count."""
     caps_h: str
     """The cap ledger's hash."""
+    caps_o: str
+    """The cap ledger's sorted set of the other entries (kept to prune the hash)."""
 
     @classmethod
     def of(cls, keys: Keys, tenant: str, subject_id: str) -> SubjectKeys:
         """The keys of *subject_id*: the same as ``keys.subject(tenant, subject_id, ...)``, hashed once."""
         base = keys.subject(tenant, subject_id)
-        return cls(f"{base}:profile", f"{base}:profile-gen", f"{base}:caps:z", f"{base}:caps:h")
+        return cls(f"{base}:profile", f"{base}:profile-gen", f"{base}:caps:z", f"{base}:caps:h", f"{base}:caps:o")
 
 
 _PUT = Script(_SET_IF_GENERATION)

@@ -17,7 +17,7 @@ def test_subject_keys_are_the_keys_of_the_subject() -> None:
     keys = SubjectKeys.of(KEYS, "acme", "u@example.com")
     assert keys.view == KEYS.subject("acme", "u@example.com", "profile")
     assert keys.generation == KEYS.subject("acme", "u@example.com", "profile-gen")
-    assert (keys.caps_z, keys.caps_h) == (KEYS.subject("acme", "u@example.com", "caps", "z"), KEYS.subject("acme", "u@example.com", "caps", "h"))
+    assert (keys.caps_z, keys.caps_h, keys.caps_o) == tuple(KEYS.subject("acme", "u@example.com", "caps", part) for part in "zho")
 
 
 def test_a_kept_view_expires_after_its_lifetime() -> None:
