@@ -35,6 +35,26 @@ async def test_a_wait_for_event_ends_by_a_matching_event_whose_data_a_later_temp
     assert mail["Subject"] == "Thanks for order B-2" and "your order of 25" in mail.get_content()
 
 
+async def test_one_event_ends_a_wait_and_starts_a_run_of_another_journey(world: World) -> None:
+    """The consumer resumes the waits an event ends while it starts the runs the event triggers: an order both
+    ends a waiting run (the thank-you email) and starts a run of a journey it triggers (its own email)."""
+    await world.publish("order-thanks")
+    routing = world.spec("order-routing")
+    routing.trigger.event.event_type = "order.placed"
+    routing.trigger.event.filter = 'attributes.order_id == "D-4"'  # this test's order only: the world is shared
+    await world.publish("order-placed-routing", routing)
+    address = await world.person("wait-and-start")
+    await world.ingest(event("cart.created", "wait-and-start"))
+    waiting = await world.waiting_at((await world.run_of("order-thanks", "wait-and-start")).run_id, "order")
+    await world.ingest(event("order.placed", "wait-and-start", "order-both", order_id="D-4", total=40))
+    done = await world.ended(waiting.run_id)
+    assert world.path(done) == [("order", "event"), ("thanks", "next")]
+    started = await world.ended((await world.run_of("order-placed-routing", "wait-and-start")).run_id)
+    assert world.path(started)[-1] == ("send-thanks", "next")
+    mails = await world.mail_settles([address], 2)
+    assert sorted(m["Subject"] for m in mails) == ["Thanks", "Thanks for order D-4"]
+
+
 async def test_a_wait_for_event_takes_its_timeout_edge_when_the_clock_passes_it(world: World) -> None:
     """With no order in three days, the wait wakes at its timeout on the clock and leaves by `timeout` to the nudge."""
     await world.publish("order-thanks")

@@ -12,6 +12,8 @@ journeys triggering each other stop.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -70,8 +72,25 @@ class Starter:
         return started
 
     async def _start_for(self, tenant: str, events: Sequence[event_pb2.Event]) -> int:
-        await self._waits.resume(tenant, events)
+        """End the runs *events* are the goal of; then resume the waits they
+        end while the runs they trigger start. Those two touch different runs
+        (a run started here has no wait yet), so a batch costs the longer of
+        their round trips, not both. A failure of either fails the batch (its
+        entries are delivered again; every step is idempotent)."""
         await self._goals.convert(tenant, events)
+        resuming = asyncio.create_task(self._waits.resume(tenant, events))
+        try:
+            started = await self._enter(tenant, events)
+        except BaseException:
+            resuming.cancel()
+            with contextlib.suppress(BaseException):
+                await resuming
+            raise
+        await resuming
+        return started
+
+    async def _enter(self, tenant: str, events: Sequence[event_pb2.Event]) -> int:
+        """Arm the inactivity timers *events* reset, then start the runs they trigger."""
         await self._inactivity.arm(tenant, events)
         candidates: list[tuple[CompiledJourney, NewRun]] = []
         for event in events:
