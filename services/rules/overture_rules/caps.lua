@@ -17,7 +17,7 @@
 -- counting but are still in z (written by an earlier version of this script)
 -- are moved when a decision meets them.
 --
--- Arguments of count_or_reserve, from A[o + 1] on:
+-- Arguments of count_or_reserve(z, o, h, A, at), from A[at + 1] on:
 --   op (check | reserve | commit: a reservation committed as it is made), now_ms, decision_id, priority, hold_ms, retention_ms,
 --   channel, tags (comma-separated), number of caps, then per cap:
 --   id, kind (c channel | a all | t tag), value, limit, window_start_ms

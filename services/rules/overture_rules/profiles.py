@@ -49,8 +49,9 @@ def _of_subjects(table: sa.Table, on_postgresql: bool) -> sa.Select[Any]:
 
 _PROFILES = built_once(lambda on_postgresql: _of_subjects(profiles, on_postgresql))
 _CONSENTS = built_once(lambda on_postgresql: _of_subjects(consents, on_postgresql))
-_PROFILE_FIELDS = frozenset(profile_pb2.Profile.DESCRIPTOR.fields_by_name) - {"subject_id"}
 """A tenant's profiles and consents of some subjects (``tenant``, ``subject_ids``), for the batch reads."""
+_PROFILE_FIELDS = frozenset(profile_pb2.Profile.DESCRIPTOR.fields_by_name) - {"subject_id"}
+"""The fields of a Profile a read mask may leave out (its subject id is always returned)."""
 
 
 def _channel_value(name: str) -> messaging_pb2.Channel.ValueType:
