@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Sequence
 
 import redis.asyncio as aioredis
@@ -135,3 +136,24 @@ async def test_a_reader_that_fails_ends_every_reader_and_the_starting_task(redis
         assert left == []
     finally:
         await redis.aclose()
+
+
+async def test_the_age_of_each_event_at_its_start_is_measured_from_its_receipt(redis_namespace: str) -> None:
+    """Events that ingest received two seconds ago show in the event-age histogram at two seconds or more; an
+    event without a receipt time is not counted."""
+    count_before = REGISTRY.get_sample_value("overture_orchestrator_event_age_seconds_count") or 0
+    sum_before = REGISTRY.get_sample_value("overture_orchestrator_event_age_seconds_sum") or 0
+    async with _consuming(redis_namespace, batch=100) as (redis, keys, starter, _):
+        starter.release.set()
+        received = time.time() - 2
+        async with redis.pipeline(transaction=True) as pipe:
+            for event_id in ("aged-1", "aged-2", "unstamped"):
+                event = event_pb2.Event(event_id=event_id, event_type="order.completed", subject_id="aged")
+                if event_id != "unstamped":
+                    event.received_at.FromNanoseconds(int(received * 1e9))
+                pipe.xadd(keys.stream(STREAM, 1), {"tenant": TENANT, "event_id": event_id, "event": event.SerializeToString()})
+            await pipe.execute()
+        await eventually(lambda: _async(sum(len(b) for b in starter.batches) == 3 or None), what="the three events handled")
+    assert (REGISTRY.get_sample_value("overture_orchestrator_event_age_seconds_count") or 0) - count_before == 2
+    aged = (REGISTRY.get_sample_value("overture_orchestrator_event_age_seconds_sum") or 0) - sum_before
+    assert 4 <= aged < 60

@@ -21,6 +21,7 @@ dead-letter queue (acked, so its partition moves on).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -45,6 +46,10 @@ START_SECONDS = Histogram("overture_orchestrator_start_seconds", "Time to start 
                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 START_ENTRIES = Histogram("overture_orchestrator_start_entries", "Stream entries per batch the consumer starts (every partition's reads since the last).",
                           buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
+EVENT_AGE = Histogram("overture_orchestrator_event_age_seconds",
+                      "From ingest's receipt of an event (its received_at, on the ingest host's clock) to the start of the batch that "
+                      "handles it: the relay's publication, the stream and the wait for the starter.",
+                      buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
 Entry = tuple[str, Any, dict[bytes, bytes], int]
 """A stream entry to handle: its stream, id, fields, and how many times it was delivered."""
 
@@ -182,6 +187,10 @@ class EventConsumer:
                 done.setdefault(stream, []).append(message_id)
                 continue
             readable.append((stream, message_id, tenant, event, deliveries, fields[b"event"]))
+        now = time.time()
+        for _, _, _, event, _, _ in readable:
+            if event.received_at.seconds:
+                EVENT_AGE.observe(max(0.0, now - event.received_at.seconds - event.received_at.nanos / 1e9))
         try:
             await self._handle([(tenant, event) for _, _, tenant, event, _, _ in readable])
             for stream, message_id, *_ in readable:

@@ -50,6 +50,9 @@ log = structlog.get_logger("overture.orchestrator.worker")
 CLAIMED = Counter("overture_orchestrator_tokens_claimed_total", "Due tokens claimed by workers (eagerly dispatched ones included).",
                   ["how"])
 RECORDED = Counter("overture_orchestrator_tokens_recorded_total", "Claimed tokens whose outcome was recorded.")
+QUEUE_SECONDS = Histogram("overture_orchestrator_queue_wait_seconds",
+                          "Time runs started in this replica wait in memory for a free worker, from the first start of their batch.",
+                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 BATCH_SECONDS = Histogram("overture_orchestrator_batch_seconds", "Time to execute and record one claimed batch.",
                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 
@@ -167,7 +170,9 @@ class WorkerPool:
         queued = self._queued.pop(owner)
         if owner == self._open:
             self._open = None
-        if self._clock.now() - queued.since > LEASE / 2:
+        waited = self._clock.now() - queued.since
+        QUEUE_SECONDS.observe(max(0.0, waited.total_seconds()))
+        if waited > LEASE / 2:
             # Held so long its lease may be running out: leave the tokens to a claim.
             log.warning("worker.queued_too_long", tokens=len(queued.work))
             return 0

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
+import pytest
+
 from overture.common.v1 import event_pb2
 from overture_orchestrator.model import RunState, TokenState
 from overture_orchestrator.runs import Outcome, Work
@@ -194,3 +196,20 @@ async def test_work_left_due_by_a_batch_wakes_the_workers() -> None:
     pool._wake.clear()
     assert await pool._take_queued() == 1
     assert pool._wake.is_set()
+
+
+async def test_the_wait_of_started_runs_for_a_worker_is_measured() -> None:
+    """The queue-wait histogram counts each batch a worker takes, from its first start (on the injected clock)."""
+    from prometheus_client import REGISTRY
+
+    count_before = REGISTRY.get_sample_value("overture_orchestrator_queue_wait_seconds_count") or 0
+    sum_before = REGISTRY.get_sample_value("overture_orchestrator_queue_wait_seconds_sum") or 0
+    clock = ManualClock()
+    pool = _pool(clock, _Runs())
+    name = pool.eager(1)
+    assert name is not None
+    pool.dispatch(name, [_work("a")])
+    clock.advance(dt.timedelta(milliseconds=40))
+    assert await _drain(pool) == 1
+    assert (REGISTRY.get_sample_value("overture_orchestrator_queue_wait_seconds_count") or 0) - count_before == 1
+    assert (REGISTRY.get_sample_value("overture_orchestrator_queue_wait_seconds_sum") or 0) - sum_before == pytest.approx(0.04)
