@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -31,6 +30,7 @@ from overture.common.v1 import messaging_pb2
 from overture.rules.v1 import rule_set_pb2
 from overture_rules.caps import CapLedger, CapWindow
 from overture_runtime.redis import Keys
+from overture_runtime.testing import free_port
 
 _BARE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2])
@@ -48,9 +48,7 @@ async def private_redis() -> AsyncIterator[aioredis.Redis]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server is not installed")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="cap-ledger-") as folder:
         server = await asyncio.create_subprocess_exec(binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                                                       "--dir", folder, stdout=subprocess.DEVNULL)

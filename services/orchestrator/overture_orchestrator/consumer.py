@@ -176,6 +176,7 @@ class EventConsumer:
         """Start the runs of *entries* (of any partitions) as one batch, then ack them."""
         readable: list[tuple[str, Any, str, event_pb2.Event, int, bytes]] = []
         done: dict[str, list[Any]] = {}
+        now = time.time()
         for stream, message_id, fields, deliveries in entries:
             tenant = _text(fields.get(b"tenant", b""))
             try:
@@ -187,8 +188,6 @@ class EventConsumer:
                 done.setdefault(stream, []).append(message_id)
                 continue
             readable.append((stream, message_id, tenant, event, deliveries, fields[b"event"]))
-        now = time.time()
-        for _, _, _, event, _, _ in readable:
             if event.received_at.seconds:
                 EVENT_AGE.observe(max(0.0, now - event.received_at.seconds - event.received_at.nanos / 1e9))
         try:
