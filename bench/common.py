@@ -22,6 +22,7 @@ import sys
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
 
+import asyncpg
 import redis.asyncio as aioredis
 
 from overture_runtime.testing import Processes, service_processes, temporary_database
@@ -134,6 +135,33 @@ class CpuMeter:
     def per_cpu_second(self, work: float) -> float:
         """*work* per CPU-second used, or 0 if none was measured."""
         return work / self.seconds if self.seconds > 0 else 0.0
+
+
+class BackendCpu:
+    """CPU seconds of the PostgreSQL backends connected to one database
+    between :meth:`start` and :meth:`stop` (from /proc: the server runs on
+    this machine). Backends are listed at each end; one that exits in
+    between loses its share."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.seconds = 0.0
+        self._started: dict[int, float] = {}
+
+    async def _read(self) -> dict[int, float]:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        finally:
+            await conn.close()
+        return {r["pid"]: cpu_seconds([r["pid"]]) for r in rows}
+
+    async def start(self) -> None:
+        self._started = await self._read()
+
+    async def stop(self) -> float:
+        self.seconds = sum(cpu - self._started.get(pid, 0.0) for pid, cpu in (await self._read()).items())
+        return self.seconds
 
 
 def goal(met: bool) -> str:

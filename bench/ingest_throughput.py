@@ -9,7 +9,10 @@
    concurrency. Goal 4 of issue 11: >= 0.5x the raw inserts, printed with
    met or NOT met. Goal 5: events per CPU-second of the ingest process
    (user + system time from /proc/<pid>/stat), beside the raw client's
-   events per CPU-second of this process.
+   events per CPU-second of this process. Also the PostgreSQL backends'
+   CPU per event, ingest's until the relay has put every event on the
+   stream (the seconds that took after the last ack are printed), beside
+   the raw inserts'; the raw inserts start once the relay has caught up.
 2. The Segment door: /v1/batch throughput with the official
    segment-analytics-python client (gzip, batches of 100).
 3. Ack latency on the Segment door at a fixed 2,000 events/s (batches of 20
@@ -28,13 +31,26 @@ import json
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 import grpc
 import httpx
+import redis.asyncio as aioredis
 import segment.analytics as analytics
-from common import METADATA, TOKEN, CpuMeter, goal, percentiles, service_pid, services, show  # type: ignore[import-not-found]
+from common import (  # type: ignore[import-not-found]
+    METADATA,
+    REDIS_URL,
+    TOKEN,
+    BackendCpu,
+    CpuMeter,
+    goal,
+    percentiles,
+    service_pid,
+    services,
+    show,
+)
 
 from overture.common.v1 import event_pb2
 from overture.ingest.v1 import ingest_service_pb2, ingest_service_pb2_grpc
@@ -60,7 +76,29 @@ def _fresh_ids(template: bytes, tag: str) -> ingest_service_pb2.IngestEventsRequ
     return request
 
 
-async def grpc_throughput(address: str, cpu: CpuMeter, *, batch: int, seconds: float, clients: int) -> dict[str, object]:
+@dataclass
+class Stream:
+    """The event stream ingest's relay publishes to, and how many events it should hold."""
+
+    redis: aioredis.Redis
+    namespace: str
+    expected: int = 0
+
+    async def published(self) -> int:
+        keys = [key async for key in self.redis.scan_iter(match=f"{self.namespace}:stream:events:{{p*", count=1000)]
+        return sum([await self.redis.xlen(key) for key in keys])
+
+    async def caught_up(self, *, within: float = 300) -> None:
+        """Wait until every accepted event is on the stream."""
+        deadline = time.monotonic() + within
+        while await self.published() < self.expected:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the relay published {await self.published()} of {self.expected} events within {within:.0f} s")
+            await asyncio.sleep(0.02)
+
+
+async def grpc_throughput(address: str, cpu: CpuMeter, pg: BackendCpu, stream: Stream, *, batch: int, seconds: float,
+                          clients: int) -> dict[str, object]:
     # One channel (one connection) per client, as the raw baseline has one
     # connection per client; with OVERTURE_WORKERS they spread over the workers.
     channels = [grpc.aio.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) for _ in range(clients)]
@@ -68,6 +106,8 @@ async def grpc_throughput(address: str, cpu: CpuMeter, *, batch: int, seconds: f
         stubs = [ingest_service_pb2_grpc.IngestServiceStub(channel) for channel in channels]
         for stub in stubs:
             await stub.IngestEvents(_batch(batch, f"warm{batch}-{id(stub)}"), metadata=METADATA)
+            stream.expected += batch
+        await stream.caught_up()
         template = _batch(batch, "template").SerializeToString()
         accepted = 0
         latencies: list[float] = []
@@ -84,19 +124,26 @@ async def grpc_throughput(address: str, cpu: CpuMeter, *, batch: int, seconds: f
                 latencies.append(time.perf_counter() - started)
                 accepted += sum(r.status == ingest_service_pb2.EVENT_RESULT_STATUS_ACCEPTED for r in reply.results)
 
+        await pg.start()
         started = time.perf_counter()
         with cpu.measure():
             await asyncio.gather(*(client(n) for n in range(clients)))
         elapsed = time.perf_counter() - started
+        stream.expected += accepted
+        await stream.caught_up()
+        behind = time.perf_counter() - started - elapsed
+        await pg.stop()
     finally:
         for channel in channels:
             await channel.close()
     return {"events/s": accepted / elapsed, "batch": batch, "clients": clients,
             **{f"batch ack {k} (ms)": v for k, v in percentiles(latencies).items()},
-            "ingest CPU (s)": cpu.seconds, "events per CPU-second": cpu.per_cpu_second(accepted)}
+            "ingest CPU (s)": cpu.seconds, "events per CPU-second": cpu.per_cpu_second(accepted),
+            "all published, s after the last ack": behind,
+            "PostgreSQL CPU per event, until published (us)": 1e6 * pg.seconds / accepted if accepted else 0.0}
 
 
-async def raw_asyncpg(dsn: str, *, batch: int, seconds: float, clients: int) -> tuple[float, float]:
+async def raw_asyncpg(dsn: str, pg: BackendCpu, *, batch: int, seconds: float, clients: int) -> tuple[float, float, float]:
     """The same rows, inserted in batches with asyncpg directly: the floor the pipeline is compared to."""
     pool = await asyncpg.create_pool(dsn, min_size=clients, max_size=clients)
     async with pool.acquire() as conn:
@@ -124,11 +171,13 @@ async def raw_asyncpg(dsn: str, *, batch: int, seconds: float, clients: int) -> 
                     *[list(col) for col in zip(*rows, strict=True)])
                 inserted += len(result)
 
+    await pg.start()
     started, cpu_started = time.perf_counter(), time.process_time()
     await asyncio.gather(*(client(n) for n in range(clients)))
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    await pg.stop()
     await pool.close()
-    return inserted / elapsed, inserted / cpu
+    return inserted / elapsed, inserted / cpu, 1e6 * pg.seconds / inserted
 
 
 def segment_throughput(http: str, cpu: CpuMeter, events: int) -> dict[str, object]:
@@ -194,13 +243,17 @@ async def main() -> None:
             http = f"http://127.0.0.1:{running.http_port}"
             dsn = running.env["DATABASE_URL"].replace("postgresql+asyncpg://", "postgresql://")
             cpu = CpuMeter(service_pid("ingest"))
+            pg = BackendCpu(dsn)
+            redis = aioredis.Redis.from_url(REDIS_URL)
+            stream = Stream(redis, running.env["OVERTURE_REDIS_NAMESPACE"])
             summary = []
             for batch in (100, 1000):
-                figures = await grpc_throughput(address, cpu, batch=batch, seconds=args.seconds, clients=args.clients)
-                raw, raw_cpu = await raw_asyncpg(dsn, batch=batch, seconds=args.seconds, clients=args.clients)
+                figures = await grpc_throughput(address, cpu, pg, stream, batch=batch, seconds=args.seconds, clients=args.clients)
+                raw, raw_cpu, raw_pg = await raw_asyncpg(dsn, pg, batch=batch, seconds=args.seconds, clients=args.clients)
                 ratio = float(figures["events/s"]) / raw  # type: ignore[arg-type]
                 figures["raw asyncpg inserts events/s"] = raw
                 figures["raw asyncpg client events per CPU-second"] = raw_cpu
+                figures["raw asyncpg PostgreSQL CPU per event (us)"] = raw_pg
                 figures["ratio (ingest / raw)"] = ratio
                 figures["goal >= 0.5x raw"] = goal(ratio >= 0.5)
                 show(f"IngestEvents over gRPC, durable, batches of {batch}", figures)
@@ -208,10 +261,13 @@ async def main() -> None:
                                 f"{ratio:.2f}x (>= 0.5)", goal(ratio >= 0.5)))
                 summary.append((f"5. events per ingest CPU-second ({batch})", f"{figures['events per CPU-second']:.0f}",
                                 f"raw client {raw_cpu:.0f}", "-", "printed"))
+                summary.append((f"   PostgreSQL CPU per event ({batch})", f"{figures['PostgreSQL CPU per event, until published (us)']:.1f} us",
+                                f"raw inserts {raw_pg:.1f} us", "-", "printed"))
             show("Segment /v1/batch with segment-analytics-python (gzip, batches of 100)",
                  await asyncio.to_thread(segment_throughput, http, cpu, 20_000))
             show("Segment /v1/batch ack latency at 2,000 events/s (batches of 20, open loop)",
                  await segment_latency(http, events_per_second=2000, per_request=20, seconds=args.seconds))
+            await redis.aclose()
     print("\nGoals (issue 11)")
     for row in summary:
         print(f"  {row[0]:<40} {row[1]:<20} {row[2]:<28} {row[3]:<16} {row[4]}")

@@ -33,7 +33,6 @@ from overture.orchestrator.v1 import run_pb2
 from overture.rules.v1 import audit_event_pb2 as A
 from overture.rules.v1 import rules_service_pb2 as R
 from overture_cli.specfile import load_spec
-from overture_ingest.tables import events
 from overture_orchestrator.consumer import GROUP, STREAM
 from overture_orchestrator.tables import tokens
 from overture_runtime.clock import ManualClock
@@ -205,9 +204,8 @@ class World:
         streams = [orchestrator.keys.stream(STREAM, p) for p in range(orchestrator.settings.stream_partitions)]
 
         async def handled() -> bool:
-            async with ingest.db.connect() as conn:
-                if (await conn.execute(sa.select(sa.func.count()).select_from(events).where(events.c.published_at.is_(None)))).scalar_one():
-                    return False
+            if await ingest.log.unpublished():
+                return False
             for stream in streams:
                 if not await orchestrator.redis.exists(stream):
                     continue

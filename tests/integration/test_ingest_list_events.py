@@ -119,7 +119,7 @@ async def test_events_past_the_retention_period_are_gone_from_every_tenant(inges
 
     async def published() -> bool | None:
         stored = [await ingest.app.log.get(tenant, event_id) for tenant, event_id in (("acme", "old"), ("globex", "old-x"), ("acme", "new"))]
-        return all(s is not None and s.published_at is not None for s in stored) or None
+        return all(s is not None and s.published for s in stored) or None
 
     await eventually(published, what="the events published")
     ingest.clock.set(T0 + dt.timedelta(days=21))

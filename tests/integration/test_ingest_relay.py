@@ -7,8 +7,9 @@ redis-server, since the tests flush it."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from overture.common.v1 import event_pb2
-from overture_ingest.log import _RELAY_LOCK, EVENT_STREAM, Relay
+from overture_ingest.log import _RELAY_LOCK, EVENT_STREAM, EventLog, Relay
 from overture_ingest.tables import events
 from overture_runtime.clock import ManualClock
 from overture_runtime.db import Database, migrate
@@ -27,14 +28,15 @@ ROOT = Path(__file__).resolve().parents[2]
 T0 = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 
 
-async def _commit(db: Database, first: int, count: int) -> None:
+async def _commit(db: Database, first: int, count: int, *, profile: Collection[int] = ()) -> None:
+    """Events e<first>.. in one transaction; those numbered in *profile* are profile events whose update is pending."""
     async with db.begin() as conn:
         for g in range(first, first + count):
             payload = event_pb2.Event(event_id=f"e{g}", event_type="page.viewed", subject_id=f"s{g % 5}").SerializeToString()
             await conn.execute(events.insert().values(
                 tenant="acme", event_id=f"e{g}", event_type="page.viewed", original_event_type="page.viewed", subject_id=f"s{g % 5}",
                 occurred_at=T0, received_at=T0, commit_time=T0, source="test", id_derived=False, partition=g % 3, payload=payload,
-                profile_pending=False))
+                profile_pending=g in profile))
 
 
 @dataclass
@@ -52,9 +54,11 @@ async def relaying(database_url: str, throwaway_redis: Callable[[], str]) -> Asy
     db = Database(database_url)
     redis = aioredis.Redis.from_url(throwaway_redis())
     keys = Keys("relaytest")
+    relay = Relay(db, redis, keys, ManualClock(T0), batch_size=100)
     try:
-        yield _Relaying(db, redis, keys, Relay(db, redis, keys, ManualClock(T0), batch_size=100))
+        yield _Relaying(db, redis, keys, relay)
     finally:
+        await relay.close()
         await redis.aclose()
         await db.close()
 
@@ -72,8 +76,34 @@ async def test_the_relay_appends_in_log_order_and_survives_a_redis_that_lost_its
         assert ids == [f"e{g}" for g in range(280) if g % 3 == partition]  # each partition in log order, each event once
         assert all(fields[b"tenant"] == b"acme" for _, fields in entries)
         assert [event_pb2.Event.FromString(fields[b"event"]).event_id for _, fields in entries] == ids
+    assert await relay.publish_once() == 0  # the take that saves the position the last one reached
+    assert await EventLog(db, ManualClock(T0)).unpublished() == 0
+
+
+async def test_the_relay_writes_no_event_and_records_when_it_published(relaying: _Relaying) -> None:
+    """ADR 0024: the relay saves a position, not a mark per event. Events are published (GetEvent's state) as far as the
+    saved position goes, including part of a window taken in full batches; a tick, at most one a second on the relay's
+    clock, records the position, and an event's publish time is the first tick that saw it."""
+    db, relay, log_ = relaying.db, relaying.relay, EventLog(relaying.db, ManualClock(T0))
+    clock = relay._clock
+    assert isinstance(clock, ManualClock)
+    await _commit(db, 0, 150)
+    assert await relay.publish_once() == 100  # a full batch: its window is published up to a cursor
+    assert await log_.unpublished() == 150  # appended, not yet saved
+    assert await relay.publish_once() == 50  # saves the cursor, takes the rest of the window
+    first, last = await log_.get("acme", "e0"), await log_.get("acme", "e149")
+    assert first is not None and first.published and first.published_at is None  # published; no tick has seen it yet
+    assert last is not None and not last.published
+    assert await log_.unpublished() == 50
+    clock.advance(dt.timedelta(seconds=1))
+    assert await relay.publish_once() == 0  # saves the window's end, and ticks
+    assert await log_.unpublished() == 0
+    stored = [await log_.get("acme", f"e{g}") for g in (0, 99, 100, 149)]
+    assert all(s is not None and s.published and s.published_at == T0 + dt.timedelta(seconds=1) for s in stored), stored
     async with db.connect() as conn:
-        assert (await conn.exec_driver_sql("SELECT count(*) FROM ingest_events WHERE published_at IS NULL")).scalar() == 0
+        assert (await conn.exec_driver_sql("SELECT count(*) FROM ingest_events WHERE published_at IS NOT NULL")).scalar() == 0
+        ticks = (await conn.exec_driver_sql("SELECT at FROM ingest_relay_ticks ORDER BY at")).scalars().all()
+    assert ticks == [T0, T0 + dt.timedelta(seconds=1)]  # the first cycle's, then one a second: not one per cycle
 
 
 async def _stream_ids(redis: aioredis.Redis, keys: Keys) -> list[str]:
@@ -191,3 +221,73 @@ async def test_a_relay_takes_nothing_while_another_replica_holds_the_lock(relayi
         assert await relay.publish_once() == 20  # the other replica let go
     finally:
         await other.close()
+
+
+async def test_a_replica_that_takes_over_goes_on_from_the_saved_position(relaying: _Relaying) -> None:
+    """Two replicas: the second takes nothing while the first holds the relay's lock. The first stops cleanly (saving where
+    it got to) and the second goes on from there, each event once; then the second is killed between a batch and the next
+    take, and the first, starting again, publishes that last batch again (consumers deduplicate by id), and nothing else."""
+    db, redis, keys, first = relaying.db, relaying.redis, relaying.keys, relaying.relay
+    second = Relay(db, redis, keys, ManualClock(T0), batch_size=100)
+    try:
+        await _commit(db, 0, 150)
+        assert await first.publish_once() == 100
+        assert await second.publish_once() == 0  # the first holds the lock
+        await first.close()
+        assert [await second.publish_once() for _ in range(2)] == [50, 0]
+        assert await _stream_ids(redis, keys) == [f"e{g}" for g in range(150)]
+        await _commit(db, 150, 30)
+        assert await second.publish_once() == 30
+        assert second._conn is not None
+        second._conn.terminate()  # killed: its position after the 30 was never saved
+        taken = 0
+        for _ in range(200):  # until PostgreSQL notices the dead session and lets its lock go
+            if taken := await first.publish_once():
+                break
+            await asyncio.sleep(0.05)
+        assert [taken, await first.publish_once()] == [30, 0]
+        assert await _stream_ids(redis, keys) == [f"e{g}" for g in range(150)] + sorted(2 * [f"e{g}" for g in range(150, 180)],
+                                                                                         key=lambda i: int(i[1:]))
+    finally:
+        await second.close()
+
+
+@pytest.mark.parametrize("sqlite", [False, True], ids=["postgresql", "sqlite"])
+async def test_a_profile_event_being_applied_holds_back_what_follows_it(
+        relaying: _Relaying, tmp_path: Path, throwaway_redis: Callable[[], str], sqlite: bool) -> None:
+    """A batch's identify is committed with the batch and applied to the profile after: the relay publishes what comes
+    before it, and holds it and what follows until the update is applied (a run started by the batch's other events
+    reads the profile it makes), or until the update's call deadline passed (the retry loop applies it later)."""
+    db, redis, keys, relay = relaying.db, relaying.redis, relaying.keys, relaying.relay
+    if sqlite:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'ingest.db'}"
+        await migrate(url, script_location=ROOT / "services/ingest/overture_ingest/migrations", version_table="ingest_alembic_version")
+        db, redis = Database(url), aioredis.Redis.from_url(throwaway_redis())
+        relay = Relay(db, redis, keys, ManualClock(T0), batch_size=100)
+    clock = relay._clock
+    assert isinstance(clock, ManualClock)
+    async def drain() -> int:
+        published = 0
+        for _ in range(10):
+            if not (n := await relay.publish_once()):
+                return published
+            published += n
+        raise AssertionError("the relay kept publishing")
+
+    try:
+        await _commit(db, 0, 5, profile={2})
+        assert await drain() == 2
+        assert await _stream_ids(redis, keys) == ["e0", "e1"]
+        async with db.begin() as conn:  # the update applied (EventLog.mark_profile_applied)
+            await conn.execute(events.update().where(events.c.event_id == "e2").values(profile_pending=False))
+        await _commit(db, 5, 3, profile={6})
+        assert await drain() == 4
+        assert await _stream_ids(redis, keys) == [f"e{g}" for g in range(6)]
+        clock.advance(dt.timedelta(seconds=5, microseconds=1))  # e6's update call is past its deadline
+        assert await drain() == 2
+        assert await _stream_ids(redis, keys) == [f"e{g}" for g in range(8)]
+    finally:
+        if sqlite:
+            await relay.close()
+            await redis.aclose()
+            await db.close()

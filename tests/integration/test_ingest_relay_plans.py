@@ -1,10 +1,9 @@
-"""The relay takes the next unpublished events by reading only them: on a log
-of 150,000 published events that grew after its statistics were taken
-(autovacuum is off here), and on a log whose 150,000 events the relay itself
-published, which leaves a dead entry per event in the index of unpublished
-events until a VACUUM. The statement the relay runs, after its lock statement,
-explained with the values it binds (the custom plan of ``plan_cache_mode =
-force_custom_plan``), inside a transaction that is rolled back."""
+"""The relay's take reads only the events it publishes (ADR 0023, ADR 0024):
+on a log of 150,000 events that grew after its statistics were taken
+(autovacuum is off here), and behind a backlog of 300,000. The statement the
+relay runs, on a connection with the relay's settings, explained with the
+values it binds (the custom plan of ``plan_cache_mode = force_custom_plan``),
+inside a transaction that is rolled back."""
 
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from overture_ingest.log import _TAKE_LOCK, _TAKE_UNPUBLISHED, EVENT_STREAM
+from overture_ingest.log import _RELAY_SETTINGS, _TAKE, EVENT_STREAM, _take_args
 from overture_runtime.db import SERVER_SETTINGS, migrate
 
 from .plans import nodes
@@ -26,21 +25,20 @@ ROOT = Path(__file__).resolve().parents[2]
 T0 = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 _INSERT = """
     INSERT INTO ingest_events (tenant, event_id, event_type, original_event_type, subject_id, occurred_at, received_at,
-                               commit_time, source, id_derived, partition, payload, published_at, profile_pending)
-    SELECT 'acme', 'e' || g, 'page.viewed', 'x', 's' || (g % 300), t, t, t, 'test', false, g % 8, '\\x00'::bytea,
-           CASE WHEN g > $3 THEN NULL ELSE t END, false
-    FROM generate_series($1::int, $2::int) g, LATERAL (SELECT $4::timestamptz + (g / 10) * interval '1 second' AS t) x
+                               commit_time, source, id_derived, partition, payload, profile_pending)
+    SELECT 'acme', 'e' || g, 'page.viewed', 'x', 's' || (g % 300), t, t, t, 'test', false, g % 8, '\\x00'::bytea, false
+    FROM generate_series($1::int, $2::int) g, LATERAL (SELECT $3::timestamptz + (g / 10) * interval '1 second' AS t) x
 """
-
-
+"""Events $1..$2, in one transaction (so with one txid)."""
 _NOW = T0 + dt.timedelta(days=1)
 
 
 @pytest.fixture
 async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    """A connection to a migrated, empty, analyzed log, with the relay's state row."""
+    """A connection with the relay's settings to a migrated, empty, analyzed log, with the relay's state row."""
     await migrate(database_url, script_location=ROOT / "services/ingest/overture_ingest/migrations", version_table="ingest_alembic_version")
-    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://", 1), server_settings=dict(SERVER_SETTINGS))
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://", 1),
+                                 server_settings={**SERVER_SETTINGS, **_RELAY_SETTINGS})
     try:
         await conn.execute("ANALYZE ingest_events")  # the statistics of an empty log
         await conn.execute("INSERT INTO ingest_relay_state (name, epoch, update_time) VALUES ($1, 'e', now())", EVENT_STREAM)
@@ -49,68 +47,89 @@ async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
-async def _explained_take(conn: asyncpg.Connection) -> tuple[dict[str, Any], int]:
-    """The executed plan of one take, after the relay's lock statement as the relay runs it, and how many events are
-    unpublished after it; rolled back."""
+async def _fill(conn: asyncpg.Connection, events: int, *, per_transaction: int) -> str:
+    """*events* more events, *per_transaction* to a transaction; the snapshot after them (one that sees them all)."""
+    first = 1 + int(await conn.fetchval("SELECT count(*) FROM ingest_events"))
+    for start in range(first, first + events, per_transaction):
+        await conn.execute(_INSERT, start, min(start + per_transaction, first + events) - 1, T0)
+    return str(await conn.fetchval("SELECT pg_current_snapshot()::text"))
+
+
+async def _explained_take(conn: asyncpg.Connection, lo: str, *, limit: int) -> dict[str, Any]:
+    """The executed plan of one take from the position *lo* (a new window), as the relay runs it; rolled back."""
     try:
         async with conn.transaction():
-            assert await conn.fetchval(_TAKE_LOCK)
-            explained = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {_TAKE_UNPUBLISHED}", _NOW, 500)
-            still = await conn.fetchval("SELECT count(*) FROM ingest_events WHERE published_at IS NULL")
+            explained = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {_TAKE}", _NOW, limit, lo, None, None, None, True,
+                                            *_take_args(lo, None))
             raise _RollBack
     except _RollBack:
         pass
-    return json.loads(explained)[0]["Plan"], int(still)
+    return json.loads(explained)[0]["Plan"]
 
 
-def _event_scans(plan: dict[str, Any]) -> list[dict[str, Any]]:
+def _event_scans(plan: dict[str, Any], *, limit: int) -> list[dict[str, Any]]:
+    """The take's two reads of the events (the transactions running when the lower snapshot was taken, and those begun
+    after), each a range of the index in order; the only sort merges what they returned (at most a batch each)."""
     scans = [n for n in nodes(plan) if "Scan" in n["Node Type"]
              and (n.get("Relation Name") == "ingest_events" or n.get("Index Name", "").startswith("ingest_events"))]
-    assert {n.get("Index Name") for n in scans} - {None} == {"ingest_events_unpublished", "ingest_events_pkey"}, scans
-    assert all(n["Node Type"] in ("Index Scan", "Index Only Scan", "Bitmap Index Scan", "Bitmap Heap Scan") for n in scans), scans
+    assert [n.get("Index Name") for n in scans] == ["ingest_events_unpublished"] * 2, scans
+    assert [n["Node Type"] for n in scans] == ["Index Scan"] * 2, scans
+    sorts = [n for n in nodes(plan) if n["Node Type"] == "Sort"]
+    assert all(sum(int(c["Actual Rows"]) for c in n.get("Plans", [])) <= 2 * limit for n in sorts), sorts
     return scans
 
 
-async def test_the_relay_reads_only_the_unpublished_events(conn: asyncpg.Connection) -> None:
-    await conn.execute(_INSERT, 1, 150_000, 149_700, T0)
-    plan, still = await _explained_take(conn)
-    assert still == 0  # the 300 were taken and marked
-    scans = _event_scans(plan)
-    # each scan returns the 300 unpublished events (to pick them, then to mark them), none of the 149,700 others
-    assert all(int(n["Actual Rows"]) * int(n["Actual Loops"]) == 300 for n in scans), scans
-    assert not any(n.get("Rows Removed by Filter") or n.get("Rows Removed by Index Recheck") for n in scans), scans
-    assert plan["Actual Rows"] == 300
-
-
-async def test_the_events_the_relay_published_are_not_read_again(conn: asyncpg.Connection) -> None:
-    """150,000 events in 300 transactions, published by the relay's own statement 500 at a time, no VACUUM: a take that
-    finds the next 20 reads about as many buffers as one on a fresh log, not the 150,000 dead index entries (before the
-    floor, 2,555 buffers and 8.6 ms for a take that found nothing, growing with every event published)."""
-    for first in range(1, 150_001, 500):
-        await conn.execute(_INSERT, first, first + 499, 0, T0)
-    for _ in range(301):
-        async with conn.transaction():
-            assert await conn.fetchval(_TAKE_LOCK)
-            await conn.execute(_TAKE_UNPUBLISHED, _NOW, 500)
-    assert await conn.fetchval("SELECT count(*) FROM ingest_events WHERE published_at IS NULL") == 0
-    await conn.execute(_INSERT, 150_001, 150_020, 0, T0)
-    plan, still = await _explained_take(conn)
-    assert still == 0 and plan["Actual Rows"] == 20
-    scans = _event_scans(plan)
-    assert all(int(n["Actual Rows"]) * int(n["Actual Loops"]) == 20 for n in scans), scans
-    unpublished = [n for n in scans if n.get("Index Name") == "ingest_events_unpublished"]
-    assert unpublished and all(int(n["Shared Hit Blocks"]) + int(n["Shared Read Blocks"]) < 20 for n in unpublished), unpublished
+async def test_the_take_reads_only_the_events_past_the_relay_position(conn: asyncpg.Connection, database_url: str) -> None:
+    """150,000 events in 300 transactions, all published (the position's snapshot sees them; none is marked), then 20 more,
+    while a transaction begun before them all is still open elsewhere on the server (the snapshot's xmin is older than
+    every event): the take reads the 20 down the index, a handful of buffers, not the 150,000 before them."""
+    idle = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        async with idle.transaction():
+            await idle.fetchval("SELECT pg_current_xact_id()")  # holds every snapshot's xmin from here on
+            lo = await _fill(conn, 150_000, per_transaction=500)
+            await _fill(conn, 20, per_transaction=20)
+            plan = await _explained_take(conn, lo, limit=500)
+    finally:
+        await idle.close()
+    scans = _event_scans(plan, limit=500)
+    assert sum(int(n["Actual Rows"]) * int(n["Actual Loops"]) for n in scans) == 20, scans
+    assert not any(n.get("Rows Removed by Filter") for n in scans), scans
+    assert sum(int(n["Shared Hit Blocks"]) + int(n["Shared Read Blocks"]) for n in scans) < 20, scans
+    assert plan["Actual Rows"] == 20
 
 
 async def test_a_backlog_is_taken_in_order_not_read_whole(conn: asyncpg.Connection) -> None:
-    """300,000 unpublished events (the stream was down), on the statistics of an empty log: a take reads its 500 down the
-    index, not all 300,000 to sort them (85 ms a batch, before the relay's lock statement ruled out that plan)."""
-    await conn.execute(_INSERT, 1, 300_000, 0, T0)
-    plan, still = await _explained_take(conn)
-    assert still == 299_500 and plan["Actual Rows"] == 500
-    scans = _event_scans(plan)
-    assert all(int(n["Actual Rows"]) * int(n["Actual Loops"]) == 500 for n in scans), scans
-    assert not any(n["Node Type"] == "Sort" for n in nodes(plan)), plan
+    """300,000 unpublished events (the stream was down) on the statistics of an empty log: a take reads its 500 down the
+    index, not all 300,000 to sort them (85 ms a batch, before the relay's settings ruled out that plan)."""
+    await _fill(conn, 300_000, per_transaction=10_000)
+    plan = await _explained_take(conn, "1:1:", limit=500)
+    scans = _event_scans(plan, limit=500)
+    assert sum(int(n["Actual Rows"]) * int(n["Actual Loops"]) for n in scans) == 500, scans
+    assert plan["Actual Rows"] == 500
+
+
+async def test_a_window_is_continued_from_its_cursor(conn: asyncpg.Connection) -> None:
+    """A window of 1,000 events taken 500 at a time: the second take starts at the cursor, reading the next 500 only."""
+    lo = await _fill(conn, 10, per_transaction=10)
+    await _fill(conn, 1_000, per_transaction=100)
+    rows = await conn.fetch(_TAKE, _NOW, 500, lo, None, None, None, False, *_take_args(lo, None))
+    hi, last = rows[0]["hi"], rows[-1]
+    assert len(rows) == 500 and [r["seq"] for r in rows] == sorted(r["seq"] for r in rows)
+    cursor = (last["txid"], last["seq"])
+    try:
+        async with conn.transaction():
+            explained = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {_TAKE}", _NOW, 500, lo, hi, *cursor, False,
+                                            *_take_args(lo, cursor))
+            raise _RollBack
+    except _RollBack:
+        pass
+    plan = json.loads(explained)[0]["Plan"]
+    scans = _event_scans(plan, limit=500)
+    assert sum(int(n["Actual Rows"]) * int(n["Actual Loops"]) for n in scans) == 500, scans
+    assert not any(n.get("Rows Removed by Filter") for n in scans), scans
+    rest = await conn.fetch(_TAKE, _NOW, 500, lo, hi, *cursor, False, *_take_args(lo, cursor))
+    assert [r["seq"] for r in rows + rest] == list(range(11, 1011))
 
 
 class _RollBack(Exception):

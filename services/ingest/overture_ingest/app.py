@@ -78,7 +78,8 @@ class IngestApp(BaseApp):
         s = self.settings
         self.log = EventLog(self.db, self.clock, connections=s.ingest_write_connections)
         self.log.start()
-        self.relay = Relay(self.db, self.redis, self.keys, self.clock, republish_horizon=dt.timedelta(hours=s.republish_horizon_hours))
+        self.relay = Relay(self.db, self.redis, self.keys, self.clock, republish_horizon=dt.timedelta(hours=s.republish_horizon_hours),
+                           profile_hold=dt.timedelta(seconds=s.rpc_timeout_seconds))
         limiter = RateLimiter(
             self.redis, self.keys, default=Limits(rate=s.ingest_rate_per_second, burst=s.ingest_burst, daily_quota=s.ingest_daily_quota),
             per_tenant={t: Limits(rate=v.get("rate", s.ingest_rate_per_second), burst=int(v.get("burst", s.ingest_burst)),

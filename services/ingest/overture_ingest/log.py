@@ -18,6 +18,7 @@ grouped with their neighbours (group commit) into one insert.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import secrets
@@ -40,9 +41,9 @@ from overture_runtime.group_commit import GroupWriter
 from overture_runtime.redis import Keys
 
 from .normalize import PROFILE_EVENT_TYPES, NormalizedEvent
-from .tables import events, relay_state
+from .tables import events, relay_state, relay_ticks
 
-__all__ = ["DIRECT_BATCH", "EVENT_STREAM", "EventLog", "Relay", "StoredEvent"]
+__all__ = ["DIRECT_BATCH", "EVENT_STREAM", "EventLog", "Relay", "Snapshot", "StoredEvent", "stored_events"]
 
 log = structlog.get_logger("overture.ingest")
 EVENT_STREAM = "events"
@@ -60,44 +61,77 @@ SELECT tenant FROM tenants WHERE tenant IS NOT NULL
 """)
 """The tenants with events, one index probe each (a skip scan of ingest_events_window)."""
 _RELAY_LOCK = "hashtext('overture-ingest-relay')"
-_TAKE_LOCK = (f"SELECT pg_try_advisory_xact_lock({_RELAY_LOCK}), "
-              "set_config('enable_bitmapscan', 'off', true), set_config('enable_sort', 'off', true)")
-"""One relay publishes at a time, so that a subject's events keep their order.
-The same statement leaves the planner, for this transaction, one way to take
-the next events: down ingest_events_unpublished in order. On statistics
-taken before a backlog it read every unpublished event and sorted them, for
-each batch (85 ms a batch behind 300,000; 13 ms in order)."""
-# Take the next unpublished events and mark them, in one statement (the
-# relay's transaction is rolled back if they cannot be appended to the
-# stream). The ids are picked first, as an array, so the update probes the
-# primary key for them whatever the planner thinks of the table's size.
+_LOCK = f"SELECT pg_try_advisory_lock({_RELAY_LOCK})"
+"""One relay publishes at a time, so that a subject's events keep their order:
+the lock of a session, taken on the relay's own connection and held while it
+lives (ADR 0024)."""
+_RELAY_SETTINGS = {"enable_bitmapscan": "off", "enable_sort": "off"}
+"""The relay's connection leaves the planner one way to take the next events:
+down ingest_events_unpublished in order. On statistics taken before a
+backlog it read every waiting event and sorted them, for each batch (85 ms a
+batch behind 300,000; 13 ms in order)."""
+# The take (ADR 0024): one statement, autocommitted, on the relay's connection.
+# It saves the position the relay reached ($3..$6: everything up to it was
+# appended to the stream; a crash before the next take publishes the last
+# batch again, which consumers deduplicate), records a tick when asked ($7),
+# and reads the next batch: the events that the window's upper snapshot sees
+# and its lower one does not, after the cursor, in (txid, seq) order. A new
+# window's upper snapshot is the statement's own, so it sees exactly what the
+# statement reads; it is returned, with the events or alone.
 #
-# They are picked in (txid, seq) order from the relay's floor, not from the
-# start of ingest_events_unpublished: each published event leaves a dead
-# entry in that index until a VACUUM, and reading them all on every cycle
-# grew with the log. The same statement raises the floor: to the oldest
-# running transaction's id (pg_snapshot_xmin of the statement's snapshot:
-# every lower txid has committed, visible here, or aborted) when it took all
-# there was, else to no further than the last txid it took (ADR 0023).
-_TAKE_UNPUBLISHED = f"""
-WITH state AS (SELECT floor FROM ingest_relay_state WHERE name = '{EVENT_STREAM}'),
-picked AS (
-  SELECT seq, txid FROM ingest_events
-  WHERE published_at IS NULL AND txid >= coalesce((SELECT floor FROM state), 0)
-  ORDER BY txid, seq LIMIT $2
+# What the lower snapshot does not see is what was running when it was taken
+# (its xip list, $10) and what began after (from its xmax): two ranges of the
+# index, each read from its own start ($8/$9, $11/$12), never the events
+# committed between its xmin and xmax, which a transaction left open anywhere
+# on the server would otherwise make it read again and again.
+#
+# Nothing is written to the events: no UPDATE, no dead row, no second copy of
+# the payload. Events marked published before ADR 0024 are skipped by the
+# index's predicate.
+_TAKE = f"""
+WITH saved AS (
+  UPDATE ingest_relay_state SET lo = $3::text, hi = $4::text, cursor_txid = $5::bigint, cursor_seq = $6::bigint, update_time = $1,
+    floor = pg_snapshot_xmin($3::text::pg_snapshot)::text::bigint
+  WHERE name = '{EVENT_STREAM}'
 ),
-horizon AS (
-  SELECT CASE WHEN (SELECT count(*) FROM picked) < $2 THEN x.xmin ELSE least(x.xmin, (SELECT max(txid) FROM picked)) END AS floor
-  FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin) x
+ticked AS (
+  INSERT INTO ingest_relay_ticks (name, at, snapshot) SELECT '{EVENT_STREAM}', $1, $3::text WHERE $7
+  ON CONFLICT (name, at) DO UPDATE SET snapshot = excluded.snapshot
 ),
-raised AS (
-  UPDATE ingest_relay_state SET floor = horizon.floor FROM horizon, state
-  WHERE name = '{EVENT_STREAM}' AND horizon.floor > state.floor
-)
-UPDATE ingest_events SET published_at = $1 WHERE seq = ANY(ARRAY(SELECT seq FROM picked))
-RETURNING seq, txid, tenant, event_id, partition, payload
+w AS (SELECT coalesce($4::text::pg_snapshot, pg_current_snapshot()) AS hi)
+SELECT w.hi::text AS hi, e.seq, e.txid, e.tenant, e.event_id, e.partition, e.payload, e.profile_pending, e.commit_time
+FROM w LEFT JOIN LATERAL (
+  SELECT * FROM (
+    (SELECT seq, txid, tenant, event_id, partition, payload, profile_pending, commit_time FROM ingest_events
+     WHERE published_at IS NULL AND txid = ANY($10::bigint[]) AND (txid, seq) > ($8::bigint, $9::bigint)
+       AND pg_visible_in_snapshot(txid::text::xid8, w.hi)
+     ORDER BY txid, seq LIMIT $2)
+    UNION ALL
+    (SELECT seq, txid, tenant, event_id, partition, payload, profile_pending, commit_time FROM ingest_events
+     WHERE published_at IS NULL AND (txid, seq) > ($11::bigint, $12::bigint) AND txid < pg_snapshot_xmax(w.hi)::text::bigint
+       AND pg_visible_in_snapshot(txid::text::xid8, w.hi)
+     ORDER BY txid, seq LIMIT $2)
+  ) window_events ORDER BY txid, seq LIMIT $2
+) e ON true
 """
-"""The take, for asyncpg: $1 the publication time, $2 the batch size."""
+"""The take, for asyncpg: $1 now, $2 the batch size, $3..$6 the position to
+save (lo, hi, cursor), $7 whether to record it as a tick, then what to read
+after it (:func:`_take_args`)."""
+
+
+def _take_args(lo: str, cursor: tuple[int, int] | None) -> tuple[int, int, list[int], int, int]:
+    """$8..$12 of :data:`_TAKE`: the (txid, seq) after which to read the
+    transactions running when *lo* was taken, their ids, and the (txid, seq)
+    after which to read those that began after it."""
+    snapshot = Snapshot.parse(lo)
+    after = cursor or (0, 0)
+    later = max(after, (snapshot.xmax, 0))
+    return (*after, sorted(snapshot.xip), *later)
+
+
+_STATE = f"SELECT epoch, floor, lo, hi, cursor_txid, cursor_seq FROM ingest_relay_state WHERE name = '{EVENT_STREAM}'"
+TICK_INTERVAL = dt.timedelta(seconds=1)
+"""The relay records its position at most this often."""
 DIRECT_BATCH = 50
 """Batches at least this large are inserted on their own, not grouped."""
 _COLUMNS = ("tenant", "event_id", "event_type", "original_event_type", "subject_id", "occurred_at", "received_at", "commit_time",
@@ -112,24 +146,111 @@ _UNNEST = (
 
 
 @dataclass(frozen=True)
+class Snapshot:
+    """A PostgreSQL ``pg_snapshot``: which transactions it sees."""
+
+    xmin: int
+    xmax: int
+    xip: frozenset[int]
+
+    @classmethod
+    def parse(cls, text: str) -> Snapshot:
+        """A snapshot of its text form, ``xmin:xmax:xip,...``."""
+        xmin, xmax, xip = text.split(":")
+        return cls(int(xmin), int(xmax), frozenset(int(x) for x in xip.split(",") if x))
+
+    def sees(self, txid: int) -> bool:
+        """Whether transaction *txid* had committed (or aborted) when the snapshot was taken: ``pg_visible_in_snapshot``."""
+        return txid < self.xmin or (txid < self.xmax and txid not in self.xip)
+
+
+def _floor_snapshot(floor: int) -> str:
+    """A snapshot that sees every transaction below *floor*, and no other."""
+    floor = max(floor, 1)
+    return f"{floor}:{floor}:"
+
+
+@dataclass(frozen=True)
+class _Position:
+    """How far the relay published (PostgreSQL; ADR 0024): every event whose
+    transaction *lo* sees, and, of those *hi* sees and *lo* does not, the
+    ones up to *cursor* in (txid, seq) order. *lo* and *hi* are pg_snapshot text."""
+
+    lo: str
+    hi: str | None
+    cursor: tuple[int, int] | None
+
+    def covers(self, txid: int, seq: int) -> bool:
+        """Whether the event (*txid*, *seq*) was published."""
+        if Snapshot.parse(self.lo).sees(txid):
+            return True
+        return self.hi is not None and self.cursor is not None and Snapshot.parse(self.hi).sees(txid) and (txid, seq) <= self.cursor
+
+
+@dataclass(frozen=True)
 class StoredEvent:
-    """One row of the log."""
+    """One row of the log, and whether the relay published it."""
 
     event: event_pb2.Event
     original_event_type: str
     partition: int
     commit_time: dt.datetime
+    published: bool
     published_at: dt.datetime | None
+    """When the relay published the event, to within a tick (PostgreSQL); None while unknown."""
     profile_applied_at: dt.datetime | None
 
     @classmethod
-    def of_row(cls, row: Any) -> StoredEvent:
-        """The event of a row of ``ingest_events``."""
+    def of_row(cls, row: Any, *, published: bool | None = None, published_at: dt.datetime | None = None) -> StoredEvent:
+        """The event of a row of ``ingest_events``; published as the row was marked, unless told."""
         return cls(
             event=event_pb2.Event.FromString(row.payload), original_event_type=row.original_event_type,
-            partition=row.partition, commit_time=row.commit_time, published_at=row.published_at,
-            profile_applied_at=row.profile_applied_at,
+            partition=row.partition, commit_time=row.commit_time,
+            published=row.published_at is not None if published is None else published,
+            published_at=row.published_at or published_at, profile_applied_at=row.profile_applied_at,
         )
+
+
+_POSITION = sa.select(relay_state.c.floor, relay_state.c.lo, relay_state.c.hi, relay_state.c.cursor_txid, relay_state.c.cursor_seq).where(
+    relay_state.c.name == EVENT_STREAM)
+_TICK_OF = sa.text(f"""
+SELECT e.seq, t.at FROM unnest(CAST(:seqs AS bigint[]), CAST(:txids AS bigint[]), CAST(:times AS timestamptz[])) AS e(seq, txid, commit_time)
+CROSS JOIN LATERAL (
+  SELECT at FROM ingest_relay_ticks
+  WHERE name = '{EVENT_STREAM}' AND at >= e.commit_time AND pg_visible_in_snapshot(e.txid::text::xid8, snapshot::pg_snapshot)
+  ORDER BY at LIMIT 1
+) t
+""")
+"""The first tick that saw each published event's transaction: its publish time (one range of the ticks' key each)."""
+
+
+async def _position(conn: AsyncConnection) -> _Position | None:
+    """The relay's saved position; None before it first ran, or on SQLite (which marks events instead)."""
+    if conn.dialect.name != "postgresql":
+        return None
+    state = (await conn.execute(_POSITION)).first()
+    if state is None:
+        return None
+    return _Position(state.lo or _floor_snapshot(state.floor), state.hi,
+                     (state.cursor_txid, state.cursor_seq) if state.hi is not None else None)
+
+
+async def stored_events(conn: AsyncConnection, rows: Sequence[Any]) -> list[StoredEvent]:
+    """The events of rows of ``ingest_events`` (every column), each with
+    whether and when the relay published it: on PostgreSQL, by the relay's
+    position and its ticks (ADR 0024); events marked before, and on SQLite,
+    by their mark."""
+    position = await _position(conn) if rows else None
+    if position is None:
+        return [StoredEvent.of_row(row) for row in rows]
+    covered = [row.published_at is None and position.covers(row.txid, row.seq) for row in rows]
+    times: dict[int, dt.datetime] = {}
+    if any(covered):
+        found = [row for row, c in zip(rows, covered, strict=True) if c]
+        times = {seq: at for seq, at in (await conn.execute(_TICK_OF, {
+            "seqs": [r.seq for r in found], "txids": [r.txid for r in found], "times": [r.commit_time for r in found]})).all()}
+    return [StoredEvent.of_row(row, published=c or row.published_at is not None, published_at=times.get(row.seq))
+            for row, c in zip(rows, covered, strict=True)]
 
 
 class EventLog:
@@ -221,7 +342,20 @@ class EventLog:
         t = events
         async with self._db.connect() as conn:
             row = (await conn.execute(sa.select(t).where((t.c.tenant == tenant) & (t.c.event_id == event_id)))).first()
-        return StoredEvent.of_row(row) if row is not None else None
+            return (await stored_events(conn, [row]))[0] if row is not None else None
+
+    async def unpublished(self) -> int:
+        """How many committed events the relay has not published (as far as its saved position says)."""
+        t = events
+        async with self._db.connect() as conn:
+            position = await _position(conn)
+            if position is None:
+                return int((await conn.execute(sa.select(sa.func.count()).select_from(t).where(t.c.published_at.is_(None)))).scalar_one())
+            # Only the events of transactions the lower snapshot does not see can be unpublished.
+            lo = Snapshot.parse(position.lo)
+            rows = (await conn.execute(sa.select(t.c.txid, t.c.seq).where(
+                t.c.published_at.is_(None) & ((t.c.txid >= lo.xmax) | t.c.txid.in_(sorted(lo.xip)))))).all()
+        return sum(1 for row in rows if not position.covers(row.txid, row.seq))
 
     async def pending_profile_events(self, *, older_than: dt.timedelta, limit: int = 500) -> list[tuple[str, event_pb2.Event]]:
         """Profile events whose update has not been applied, oldest first."""
@@ -240,11 +374,16 @@ class EventLog:
         cutoff = self._clock.now() - older_than
         deleted = 0
         async with self._db.begin() as conn:
+            position = await _position(conn)
+            published: sa.ColumnElement[bool] = t.c.published_at.is_not(None)
+            if position is not None:  # the events of every transaction the relay's lower snapshot sees (ADR 0024)
+                published |= sa.text("pg_visible_in_snapshot(txid::text::xid8, CAST(:lo AS pg_snapshot))").bindparams(lo=position.lo)
             # Tenant by tenant, each one range of ingest_events_window.
             for (tenant,) in (await conn.execute(_TENANTS)).all():
                 result = await conn.execute(t.delete().where(
-                    (t.c.tenant == tenant) & (t.c.commit_time < cutoff) & t.c.published_at.is_not(None) & ~t.c.profile_pending))
+                    (t.c.tenant == tenant) & (t.c.commit_time < cutoff) & published & ~t.c.profile_pending))
                 deleted += int(result.rowcount)
+            await conn.execute(relay_ticks.delete().where((relay_ticks.c.name == EVENT_STREAM) & (relay_ticks.c.at < cutoff)))
         return deleted
 
     async def mark_profile_applied(self, tenant: str, event_ids: Sequence[str]) -> None:
@@ -298,6 +437,7 @@ class Relay:
     def __init__(
         self, db: Database, redis: aioredis.Redis, keys: Keys, clock: Clock, *, batch_size: int = 500,
         republish_horizon: dt.timedelta = dt.timedelta(hours=24), gather: float = 0.01,
+        profile_hold: dt.timedelta = dt.timedelta(seconds=5),
     ) -> None:
         self._db = db
         self._redis = redis
@@ -306,11 +446,19 @@ class Relay:
         self._batch = batch_size
         self._gather = gather
         self._horizon = republish_horizon
+        self._profile_hold = profile_hold
+        """How long a profile event whose update is pending holds back publication (the update's call deadline)."""
         self._epoch_key = f"{keys.namespace}:stream:{EVENT_STREAM}:epoch"
         self.wake = asyncio.Event()
         self._epoch: str | None = None
         """The epoch last seen in PostgreSQL (committed) and Redis alike."""
         self._conn: asyncpg.Connection | None = None
+        self._locked = False
+        """Whether the relay's connection holds the relay's lock."""
+        self._position = _Position(_floor_snapshot(0), None, None)
+        """What was appended to the stream (PostgreSQL): saved by the next take."""
+        self._ticked: str | None = None
+        self._tick_time: dt.datetime | None = None
 
     async def _redis_epoch(self) -> str | None:
         """The epoch Redis holds, None when it has none (it lost it, or never had one)."""
@@ -325,7 +473,7 @@ class Relay:
         return current is not None and current == epoch
 
     async def check_epoch(self, conn: AsyncConnection) -> str:
-        """Detect a Redis that lost the stream, and mark recent events
+        """On SQLite: detect a Redis that lost the stream, and mark recent events
         unpublished; return the epoch found, or written, in PostgreSQL and Redis
         alike (the relay's once *conn*'s transaction commits)."""
         current = await self._redis_epoch()
@@ -337,7 +485,6 @@ class Relay:
         if stored is not None:  # we published before, and Redis forgot: it lost data
             result = await conn.execute(events.update().where(events.c.published_at >= now - self._horizon).values(published_at=None))
             log.warning("relay.stream_lost", republishing=int(result.rowcount), horizon_hours=self._horizon.total_seconds() / 3600)
-        # A new row: its floor is 0, so the events just reset are read again.
         await conn.execute(relay_state.delete().where(relay_state.c.name == EVENT_STREAM))
         await conn.execute(relay_state.insert().values(name=EVENT_STREAM, epoch=epoch, update_time=now))
         await self._redis.set(self._epoch_key, epoch)
@@ -350,64 +497,123 @@ class Relay:
                 try:
                     if self._db.is_sqlite:
                         return await self._publish_sqlite()
-                    if self._epoch is None and not await self._confirm_epoch():
-                        return 0  # another replica holds the lock
                     return await self._publish_postgres()
                 except _StreamLost:
-                    self._epoch = None  # nothing was appended or marked: check the epoch (republishing), then publish
+                    self._epoch = None  # nothing was appended: check the epoch (republishing), then publish
             return 0
         except BaseException:
-            self._epoch = None  # what check_epoch wrote may be rolled back: check again next time
+            self._epoch = None  # what the epoch check wrote may be rolled back: check again next time
             raise
-
-    async def _confirm_epoch(self) -> bool:
-        """Under the relay's lock, check the epoch in a transaction of its own
-        (:meth:`check_epoch`); False when another replica holds the lock."""
-        async with self._db.begin() as conn:
-            if not (await conn.exec_driver_sql(_TAKE_LOCK)).scalar():
-                return False
-            epoch = await self.check_epoch(conn)
-        self._epoch = epoch
-        return True
 
     async def _connection(self) -> asyncpg.Connection:
         """The relay's own connection, opened again when it was lost."""
         if self._conn is None or self._conn.is_closed():
+            self._locked = False
             self._conn = await asyncpg.connect(self._db.asyncpg_dsn, server_settings={
-                **SERVER_SETTINGS, "application_name": "overture-ingest-relay"})
+                **SERVER_SETTINGS, **_RELAY_SETTINGS, "application_name": "overture-ingest-relay"})
         return self._conn
 
     async def close(self) -> None:
-        """Close the relay's connection."""
+        """Save the relay's position, and close its connection (which lets go
+        of its lock): the replica that takes over goes on from there."""
         if self._conn is not None:
+            if self._locked and self._epoch is not None and not self._conn.is_closed():
+                with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    await self._take(self._conn, batch=0)
             await self._conn.close()
             self._conn = None
+            self._locked = False
+
+    async def _load(self, conn: asyncpg.Connection) -> None:
+        """Under the relay's lock, read its position and epoch, in a
+        transaction of their own; when Redis no longer holds the epoch (it
+        lost the stream), start again from the last tick before the republish
+        horizon, with a new epoch in both."""
+        async with conn.transaction():
+            stored = await conn.fetchrow(_STATE)
+            current = await self._redis_epoch()
+            if stored is not None and current is not None and current == stored["epoch"]:
+                lo = stored["lo"] or _floor_snapshot(stored["floor"])
+                cursor = (stored["cursor_txid"], stored["cursor_seq"]) if stored["hi"] is not None else None
+                self._position = _Position(lo, stored["hi"], cursor)
+                self._epoch = current
+                return
+            now = self._clock.now()
+            epoch = secrets.token_hex(16)
+            lo = _floor_snapshot(0)
+            if stored is not None:  # we published before, and Redis forgot: it lost data
+                since = now - self._horizon
+                lo = await conn.fetchval("SELECT snapshot FROM ingest_relay_ticks WHERE name = $1 AND at <= $2 ORDER BY at DESC LIMIT 1",
+                                         EVENT_STREAM, since) or lo
+                # Events marked published before ADR 0024, within the horizon (none, a day after the upgrade).
+                await conn.execute("UPDATE ingest_events SET published_at = NULL WHERE published_at >= $1", since)
+                log.warning("relay.stream_lost", republishing_from=lo.split(":", 1)[0], horizon_hours=self._horizon.total_seconds() / 3600)
+            await conn.execute("DELETE FROM ingest_relay_state WHERE name = $1", EVENT_STREAM)
+            await conn.execute("INSERT INTO ingest_relay_state (name, epoch, floor, update_time, lo) VALUES ($1, $2, $3, $4, $5)",
+                               EVENT_STREAM, epoch, Snapshot.parse(lo).xmin, now, lo)
+            await self._redis.set(self._epoch_key, epoch)
+        self._position = _Position(lo, None, None)
+        self._epoch = epoch
+
+    def _held(self, pending: Sequence[tuple[bool, dt.datetime]]) -> int:
+        """How many of the events whose (profile_pending, commit_time) are
+        *pending*, in publication order, may be published now. A
+        profile event whose update is being applied holds back itself and what
+        follows it, until the update is applied or its call's deadline has
+        passed (the retry loop applies it then): the runs that its batch's
+        other events start read the profile it makes."""
+        holding = self._clock.now() - self._profile_hold
+        return next((i for i, (waiting, committed) in enumerate(pending) if waiting and committed > holding), len(pending))
+
+    async def _take(self, conn: asyncpg.Connection, *, batch: int) -> list[asyncpg.Record]:
+        """Save the position, ticking when a second passed and it moved, and
+        read up to *batch* events after it (:data:`_TAKE`)."""
+        position, now = self._position, self._clock.now()
+        tick = position.lo != self._ticked and (self._tick_time is None or now - self._tick_time >= TICK_INTERVAL)
+        rows: list[asyncpg.Record] = await conn.fetch(_TAKE, now, batch, position.lo, position.hi, *(position.cursor or (None, None)),
+                                                      tick, *_take_args(position.lo, position.cursor))
+        if tick:
+            self._ticked, self._tick_time = position.lo, now
+        return rows
 
     async def _publish_postgres(self) -> int:
         conn = await self._connection()
         try:
-            async with conn.transaction():
-                # The lock first, in its own statement: the statement that
-                # takes the events then has a snapshot from after the last
-                # holder's commit (READ COMMITTED), so it sees what that relay
-                # published or reset.
-                if not await conn.fetchval(_TAKE_LOCK):
+            if not self._locked:
+                if not await conn.fetchval(_LOCK):
+                    return 0  # another replica publishes
+                self._locked = True
+                self._epoch = None  # the holder before may have moved the position: read it
+            if self._epoch is None:
+                await self._load(conn)
+            position = self._position
+            rows = await self._take(conn, batch=self._batch)
+            hi = rows[0]["hi"]
+            taken = [r for r in rows if r["seq"] is not None]
+            held: int | None = self._held([(r["profile_pending"], r["commit_time"]) for r in taken])
+            if held == len(taken):
+                held = None
+            else:
+                taken = taken[:held]
+            if not taken:
+                if held is not None:  # the window stays open where it was
+                    self._position = _Position(position.lo, hi, position.cursor or (0, 0))
                     return 0
-                rows = await conn.fetch(_TAKE_UNPUBLISHED, self._clock.now(), self._batch)
-                if not rows:
-                    if not await self._epoch_holds(self._epoch):  # idle: notice a Redis that lost the stream all the same
-                        raise _StreamLost
-                    return 0
-                rows.sort(key=lambda r: (r[1], r[0]))  # (txid, seq)
-                # Appended before the transaction commits: if this fails, the
-                # events stay unpublished; if the commit fails after it, they
-                # are appended again, and consumers deduplicate by event id.
-                stream = self._keys.stream
-                await self._append([(stream(EVENT_STREAM, r[4]), r[2], r[3], r[5]) for r in rows], epoch=self._epoch)
-                return len(rows)
+                self._position = _Position(hi, None, None)  # the window is published; saved by the next take
+                if not await self._epoch_holds(self._epoch):  # idle: notice a Redis that lost the stream all the same
+                    raise _StreamLost
+                return 0
+            stream = self._keys.stream
+            await self._append([(stream(EVENT_STREAM, r["partition"]), r["tenant"], r["event_id"], r["payload"]) for r in taken],
+                               epoch=self._epoch)
+            last = taken[-1]
+            self._position = (_Position(position.lo, hi, (last["txid"], last["seq"])) if len(rows) == self._batch or held is not None
+                              else _Position(hi, None, None))
+            return len(taken)
         except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
-            conn.terminate()  # a connection in an unknown state is not reused (the next cycle opens another)
+            conn.terminate()  # a connection in an unknown state is not reused (the next cycle opens another, and locks again)
             self._conn = None
+            self._locked = False
             raise
 
     async def _publish_sqlite(self) -> int:
@@ -415,9 +621,10 @@ class Relay:
         async with self._db.begin() as conn:
             epoch = await self.check_epoch(conn)
             rows = (await conn.execute(
-                sa.select(t.c.seq, t.c.tenant, t.c.event_id, t.c.partition, t.c.payload)
+                sa.select(t.c.seq, t.c.tenant, t.c.event_id, t.c.partition, t.c.payload, t.c.profile_pending, t.c.commit_time)
                 .where(t.c.published_at.is_(None)).order_by(t.c.txid, t.c.seq).limit(self._batch)
             )).all()
+            rows = rows[:self._held([(r.profile_pending, r.commit_time) for r in rows])]
             if rows:
                 await conn.execute(t.update().where(t.c.seq.in_([r.seq for r in rows])).values(published_at=self._clock.now()))
                 await self._append([(self._keys.stream(EVENT_STREAM, r.partition), r.tenant, r.event_id, r.payload) for r in rows],

@@ -85,11 +85,11 @@ class IngestPipeline:
             event_id = normalized.event.event_id
             outcomes[index] = Outcome(ACCEPTED if event_id in new_ids else DUPLICATE, event_id)
         accepted = [n.event for _, n in valid if n.event.event_id in new_ids]
-        if accepted and self._relay is not None:
-            self._relay.wake.set()
         profile_events = [e for e in accepted if e.event_type in PROFILE_EVENT_TYPES]
         if profile_events:
-            await self.apply_profiles(tenant, profile_events)
+            await self.apply_profiles(tenant, profile_events)  # the relay holds them back until then
+        if accepted and self._relay is not None:
+            self._relay.wake.set()
         return [o for o in outcomes if o is not None]
 
     async def apply_profiles(self, tenant: str, batch: Sequence[event_pb2.Event]) -> bool:

@@ -71,7 +71,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         if stored is None:
             raise NotFound(f"no accepted event with id {request.event_id!r}", reason="EVENT_NOT_FOUND")
         result = _ingested(stored)
-        if self._orchestrator is not None and stored.published_at:
+        if self._orchestrator is not None and stored.published:
             try:
                 runs = await self._orchestrator.ListRuns(
                     orchestrator_service_pb2.ListRunsRequest(trigger_event_id=request.event_id, page_size=100),
@@ -114,7 +114,7 @@ def _ingested(stored: StoredEvent) -> ingested_event_pb2.IngestedEvent:
     """An accepted event and its state, as the API shows it."""
     result = ingested_event_pb2.IngestedEvent(
         event=stored.event, original_event_type=stored.original_event_type, partition=stored.partition,
-        state=ingested_event_pb2.INGESTED_EVENT_STATE_PUBLISHED if stored.published_at else ingested_event_pb2.INGESTED_EVENT_STATE_COMMITTED,
+        state=ingested_event_pb2.INGESTED_EVENT_STATE_PUBLISHED if stored.published else ingested_event_pb2.INGESTED_EVENT_STATE_COMMITTED,
     )
     result.commit_time.FromDatetime(stored.commit_time)
     if stored.published_at:

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from overture_runtime.db import Database
 
-from .log import StoredEvent
+from .log import StoredEvent, stored_events
 from .tables import events
 
 __all__ = ["list_window", "window_query"]
@@ -72,4 +72,5 @@ async def list_window(
     query = window_query(tenant=tenant, start=start, end=end, event_types=event_types, subject_id=subject_id, after=after, limit=limit)
     async with db.connect() as conn:
         rows = (await conn.execute(query)).all()
-    return [(StoredEvent.of_row(row), int(row.seq)) for row in rows]
+        stored = await stored_events(conn, rows)
+    return [(event, int(row.seq)) for event, row in zip(stored, rows, strict=True)]

@@ -79,7 +79,10 @@ class IngestedEvent(_message.Message):
 
     @_builtins.property
     def publish_time(self) -> _timestamp_pb2.Timestamp:
-        """When the relay published the event to the event stream. Unset until then."""
+        """When the relay published the event to the event stream, to within a
+        second (the relay records how far it has published once a second).
+        Unset until then: for up to a second after `state` became PUBLISHED.
+        """
 
     @_builtins.property
     def profile_apply_time(self) -> _timestamp_pb2.Timestamp:
