@@ -1,9 +1,9 @@
 """The relay's take reads only the events it publishes (ADR 0023, ADR 0024):
 on a log of 150,000 events that grew after its statistics were taken
 (autovacuum is off here), and behind a backlog of 300,000. The statement the
-relay runs, on a connection with the relay's settings, explained with the
-values it binds (the custom plan of ``plan_cache_mode = force_custom_plan``),
-inside a transaction that is rolled back."""
+relay runs, prepared on a connection with the relay's settings (which plan it
+once, generically, for every cycle), explained as executed with the values
+it binds, inside a transaction that is rolled back."""
 
 from __future__ import annotations
 
@@ -55,16 +55,40 @@ async def _fill(conn: asyncpg.Connection, events: int, *, per_transaction: int) 
     return str(await conn.fetchval("SELECT pg_current_snapshot()::text"))
 
 
-async def _explained_take(conn: asyncpg.Connection, lo: str, *, limit: int) -> dict[str, Any]:
-    """The executed plan of one take from the position *lo* (a new window), as the relay runs it; rolled back."""
+def _literal(value: object) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list):
+        return f"'{{{','.join(str(int(v)) for v in value)}}}'::bigint[]"
+    if isinstance(value, dt.datetime):
+        return f"'{value.isoformat()}'::timestamptz"
+    assert isinstance(value, str) and "'" not in value
+    return f"'{value}'"
+
+
+async def _explained(conn: asyncpg.Connection, *args: object) -> dict[str, Any]:
+    """The executed plan of the take with *args*, prepared as the relay's connection plans it (one generic plan for
+    every cycle, under the relay's settings); rolled back."""
     try:
         async with conn.transaction():
-            explained = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {_TAKE}", _NOW, limit, lo, None, None, None, True,
-                                            *_take_args(lo, None))
+            await conn.execute("PREPARE relay_take (timestamptz, bigint, text, text, bigint, bigint, boolean, bigint, bigint, bigint[], "
+                               f"bigint, bigint) AS {_TAKE}")
+            explained = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE relay_take({', '.join(map(_literal, args))})")
             raise _RollBack
     except _RollBack:
         pass
+    finally:
+        await conn.execute("DEALLOCATE relay_take")
     return json.loads(explained)[0]["Plan"]
+
+
+async def _explained_take(conn: asyncpg.Connection, lo: str, *, limit: int) -> dict[str, Any]:
+    """The executed plan of one take from the position *lo* (a new window), as the relay runs it; rolled back."""
+    return await _explained(conn, _NOW, limit, lo, None, None, None, True, *_take_args(lo, None))
 
 
 def _event_scans(plan: dict[str, Any], *, limit: int) -> list[dict[str, Any]]:
@@ -117,14 +141,7 @@ async def test_a_window_is_continued_from_its_cursor(conn: asyncpg.Connection) -
     hi, last = rows[0]["hi"], rows[-1]
     assert len(rows) == 500 and [r["seq"] for r in rows] == sorted(r["seq"] for r in rows)
     cursor = (last["txid"], last["seq"])
-    try:
-        async with conn.transaction():
-            explained = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {_TAKE}", _NOW, 500, lo, hi, *cursor, False,
-                                            *_take_args(lo, cursor))
-            raise _RollBack
-    except _RollBack:
-        pass
-    plan = json.loads(explained)[0]["Plan"]
+    plan = await _explained(conn, _NOW, 500, lo, hi, *cursor, False, *_take_args(lo, cursor))
     scans = _event_scans(plan, limit=500)
     assert sum(int(n["Actual Rows"]) * int(n["Actual Loops"]) for n in scans) == 500, scans
     assert not any(n.get("Rows Removed by Filter") for n in scans), scans
