@@ -2,10 +2,11 @@
 relay that publishes committed events to the Redis stream.
 
 "Accepted" means committed to the database: a batch is acknowledged only
-after its transaction commits. The relay publishes in log order and marks
-what it published; what is committed and not marked is published again
-after a crash, so a consumer may see an event twice (and dedupes by id),
-but never misses one.
+after its transaction commits. The relay publishes in log order and keeps
+how far it published (on PostgreSQL a position of snapshots, ADR 0024; on
+SQLite a mark per event); what is past the saved position is published
+again after a crash, so a consumer may see an event twice (and dedupes by
+id), but never misses one.
 
 On PostgreSQL the inserts go through a small asyncpg pool of their own, as
 one ``INSERT ... SELECT FROM unnest(...)`` statement each, committed on its
