@@ -291,3 +291,22 @@ async def test_a_profile_event_being_applied_holds_back_what_follows_it(
             await relay.close()
             await redis.aclose()
             await db.close()
+
+
+async def test_events_marked_before_the_position_existed_are_not_published_again(relaying: _Relaying) -> None:
+    """A log the relay of ADR 0023 left: events it marked published, a floor, no position. The first cycle starts from the
+    floor's snapshot and publishes only the events not marked; the marked ones keep their publish time."""
+    db, redis, keys, relay = relaying.db, relaying.redis, relaying.keys, relaying.relay
+    assert await relay.publish_once() == 0  # the state row and epoch, as the old relay left them
+    await relay.close()  # stopped for the upgrade; started again, it reads the state row
+    await _commit(db, 0, 6)
+    marked_at = T0 - dt.timedelta(minutes=1)
+    async with db.begin() as conn:
+        await conn.execute(events.update().where(events.c.event_id.in_(["e0", "e2", "e4"])).values(published_at=marked_at))
+        await conn.exec_driver_sql("UPDATE ingest_relay_state SET lo = NULL, hi = NULL, cursor_txid = NULL, cursor_seq = NULL, floor = 1")
+    assert [await relay.publish_once() for _ in range(2)] == [3, 0]
+    assert await _stream_ids(redis, keys) == ["e1", "e3", "e5"]
+    log_ = EventLog(db, ManualClock(T0))
+    marked = await log_.get("acme", "e2")
+    assert marked is not None and marked.published and marked.published_at == marked_at
+    assert await log_.unpublished() == 0
