@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import secrets
 from collections.abc import Sequence
@@ -186,11 +187,19 @@ class _Position:
     hi: str | None
     cursor: tuple[int, int] | None
 
+    @functools.cached_property
+    def _lo(self) -> Snapshot:
+        return Snapshot.parse(self.lo)
+
+    @functools.cached_property
+    def _hi(self) -> Snapshot | None:
+        return Snapshot.parse(self.hi) if self.hi is not None else None
+
     def covers(self, txid: int, seq: int) -> bool:
         """Whether the event (*txid*, *seq*) was published."""
-        if Snapshot.parse(self.lo).sees(txid):
+        if self._lo.sees(txid):
             return True
-        return self.hi is not None and self.cursor is not None and Snapshot.parse(self.hi).sees(txid) and (txid, seq) <= self.cursor
+        return self._hi is not None and self.cursor is not None and self._hi.sees(txid) and (txid, seq) <= self.cursor
 
 
 @dataclass(frozen=True)
