@@ -16,6 +16,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
 
 from overture.common.v1 import event_pb2
 from overture_ingest.log import _RELAY_LOCK, EVENT_STREAM, EventLog, Relay
@@ -95,8 +96,13 @@ async def test_the_relay_writes_no_event_and_records_when_it_published(relaying:
     assert first is not None and first.published and first.published_at is None  # published; no tick has seen it yet
     assert last is not None and not last.published
     assert await log_.unpublished() == 50
+    assert REGISTRY.get_sample_value("overture_ingest_relay_lag_seconds") == 0  # the events were committed at T0, published at T0
     clock.advance(dt.timedelta(seconds=1))
+    await _commit(db, 150, 1)  # committed at T0: published a second late
+    assert await relay.publish_once() == 1
+    assert REGISTRY.get_sample_value("overture_ingest_relay_lag_seconds") == 1.0
     assert await relay.publish_once() == 0  # saves the window's end, and ticks
+    assert REGISTRY.get_sample_value("overture_ingest_relay_lag_seconds") == 0
     assert await log_.unpublished() == 0
     stored = [await log_.get("acme", f"e{g}") for g in (0, 99, 100, 149)]
     assert all(s is not None and s.published and s.published_at == T0 + dt.timedelta(seconds=1) for s in stored), stored

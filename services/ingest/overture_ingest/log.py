@@ -33,6 +33,7 @@ import hiredis
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 import structlog
+from prometheus_client import Gauge
 from redis.exceptions import NoScriptError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -48,6 +49,9 @@ from .tables import events, relay_state, relay_ticks
 __all__ = ["DIRECT_BATCH", "EVENT_STREAM", "EventLog", "Relay", "Snapshot", "StoredEvent", "stored_events"]
 
 log = structlog.get_logger("overture.ingest")
+RELAY_LAG = Gauge("overture_ingest_relay_lag_seconds",
+                  "How long after its commit the relay's last batch reached the stream (its last event's commit time to the append); "
+                  "0 when the relay found nothing to publish. It grows while the relay is behind.")
 EVENT_STREAM = "events"
 """The name of the partitioned event stream."""
 _STREAM_MAXLEN = 1_000_000
@@ -612,6 +616,7 @@ class Relay:
             else:
                 taken = taken[:held]
             if not taken:
+                RELAY_LAG.set(0)
                 if held is not None:  # the window stays open where it was
                     self._position = _Position(position.lo, hi, position.cursor or (0, 0))
                     return 0
@@ -623,6 +628,7 @@ class Relay:
             await self._append([(stream(EVENT_STREAM, r["partition"]), r["tenant"], r["event_id"], r["payload"]) for r in taken],
                                epoch=self._epoch)
             last = taken[-1]
+            RELAY_LAG.set(max(0.0, (self._clock.now() - last["commit_time"]).total_seconds()))
             self._position = (_Position(position.lo, hi, (last["txid"], last["seq"])) if len(rows) == self._batch or held is not None
                               else _Position(hi, None, None))
             return len(taken)
@@ -646,6 +652,7 @@ class Relay:
                 await self._append([(self._keys.stream(EVENT_STREAM, r.partition), r.tenant, r.event_id, r.payload) for r in rows],
                                    epoch=epoch)  # what check_epoch just found or wrote, in this transaction
         self._epoch = epoch
+        RELAY_LAG.set(max(0.0, (self._clock.now() - rows[-1].commit_time).total_seconds()) if rows else 0)
         return len(rows)
 
     async def _append(self, entries: list[tuple[str, str, str, bytes]], *, epoch: str | None) -> None:
