@@ -191,19 +191,26 @@ class _Position:
     hi: str | None
     cursor: tuple[int, int] | None
 
+    @classmethod
+    def saved(cls, *, lo: str | None, floor: int, hi: str | None, cursor_txid: int | None, cursor_seq: int | None) -> _Position:
+        """The position of the relay's state row (a floor's, before ADR 0024 wrote one)."""
+        cursor = (cursor_txid, cursor_seq) if hi is not None and cursor_txid is not None and cursor_seq is not None else None
+        return cls(lo or _floor_snapshot(floor), hi, cursor)
+
     @functools.cached_property
-    def _lo(self) -> Snapshot:
+    def lo_snapshot(self) -> Snapshot:
         return Snapshot.parse(self.lo)
 
     @functools.cached_property
-    def _hi(self) -> Snapshot | None:
+    def hi_snapshot(self) -> Snapshot | None:
         return Snapshot.parse(self.hi) if self.hi is not None else None
 
     def covers(self, txid: int, seq: int) -> bool:
         """Whether the event (*txid*, *seq*) was published."""
-        if self._lo.sees(txid):
+        if self.lo_snapshot.sees(txid):
             return True
-        return self._hi is not None and self.cursor is not None and self._hi.sees(txid) and (txid, seq) <= self.cursor
+        hi = self.hi_snapshot
+        return hi is not None and self.cursor is not None and hi.sees(txid) and (txid, seq) <= self.cursor
 
 
 @dataclass(frozen=True)
@@ -248,10 +255,7 @@ async def _position(conn: AsyncConnection) -> _Position | None:
     if conn.dialect.name != "postgresql":
         return None
     state = (await conn.execute(_POSITION)).first()
-    if state is None:
-        return None
-    return _Position(state.lo or _floor_snapshot(state.floor), state.hi,
-                     (state.cursor_txid, state.cursor_seq) if state.hi is not None else None)
+    return _Position.saved(**state._asdict()) if state is not None else None
 
 
 async def stored_events(conn: AsyncConnection, rows: Sequence[Any]) -> list[StoredEvent]:
@@ -371,7 +375,7 @@ class EventLog:
             if position is None:
                 return int((await conn.execute(sa.select(sa.func.count()).select_from(t).where(t.c.published_at.is_(None)))).scalar_one())
             # Only the events of transactions the lower snapshot does not see can be unpublished.
-            lo = Snapshot.parse(position.lo)
+            lo = position.lo_snapshot
             rows = (await conn.execute(sa.select(t.c.txid, t.c.seq).where(
                 t.c.published_at.is_(None) & ((t.c.txid >= lo.xmax) | t.c.txid.in_(sorted(lo.xip)))))).all()
         return sum(1 for row in rows if not position.covers(row.txid, row.seq))
@@ -428,6 +432,11 @@ return n - 1
 (KEYS: its stream; ARGV: the trim length, then tenant, id and payload per
 entry), in order; -1 when it does not: Redis lost the stream."""
 _APPEND_SHA = hashlib.sha1(_APPEND.encode()).hexdigest()
+
+
+def _observe_lag(last_commit: dt.datetime | None, clock: Clock) -> None:
+    """:data:`RELAY_LAG` after a cycle whose batch's last event committed at *last_commit* (None: it published nothing)."""
+    RELAY_LAG.set(max(0.0, (clock.now() - last_commit).total_seconds()) if last_commit is not None else 0)
 
 
 async def _keep_session(_conn: asyncpg.Connection) -> None:
@@ -553,9 +562,7 @@ class Relay:
             stored = await conn.fetchrow(_STATE)
             current = await self._redis_epoch()
             if stored is not None and current is not None and current == stored["epoch"]:
-                lo = stored["lo"] or _floor_snapshot(stored["floor"])
-                cursor = (stored["cursor_txid"], stored["cursor_seq"]) if stored["hi"] is not None else None
-                self._position = _Position(lo, stored["hi"], cursor)
+                self._position = _Position.saved(**{k: v for k, v in stored.items() if k != "epoch"})
                 self._epoch = current
                 return
             now = self._clock.now()
@@ -610,14 +617,12 @@ class Relay:
             rows = await self._take(conn, batch=self._batch)
             hi = rows[0]["hi"]
             taken = [r for r in rows if r["seq"] is not None]
-            held: int | None = self._held([(r["profile_pending"], r["commit_time"]) for r in taken])
-            if held == len(taken):
-                held = None
-            else:
-                taken = taken[:held]
+            publishable = self._held([(r["profile_pending"], r["commit_time"]) for r in taken])
+            holding = publishable < len(taken)
+            taken = taken[:publishable]
             if not taken:
-                RELAY_LAG.set(0)
-                if held is not None:  # the window stays open where it was
+                _observe_lag(None, self._clock)
+                if holding:  # the window stays open where it was
                     self._position = _Position(position.lo, hi, position.cursor or (0, 0))
                     return 0
                 self._position = _Position(hi, None, None)  # the window is published; saved by the next take
@@ -628,8 +633,8 @@ class Relay:
             await self._append([(stream(EVENT_STREAM, r["partition"]), r["tenant"], r["event_id"], r["payload"]) for r in taken],
                                epoch=self._epoch)
             last = taken[-1]
-            RELAY_LAG.set(max(0.0, (self._clock.now() - last["commit_time"]).total_seconds()))
-            self._position = (_Position(position.lo, hi, (last["txid"], last["seq"])) if len(rows) == self._batch or held is not None
+            _observe_lag(last["commit_time"], self._clock)
+            self._position = (_Position(position.lo, hi, (last["txid"], last["seq"])) if len(rows) == self._batch or holding
                               else _Position(hi, None, None))
             return len(taken)
         except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
@@ -652,7 +657,7 @@ class Relay:
                 await self._append([(self._keys.stream(EVENT_STREAM, r.partition), r.tenant, r.event_id, r.payload) for r in rows],
                                    epoch=epoch)  # what check_epoch just found or wrote, in this transaction
         self._epoch = epoch
-        RELAY_LAG.set(max(0.0, (self._clock.now() - rows[-1].commit_time).total_seconds()) if rows else 0)
+        _observe_lag(rows[-1].commit_time if rows else None, self._clock)
         return len(rows)
 
     async def _append(self, entries: list[tuple[str, str, str, bytes]], *, epoch: str | None) -> None:
