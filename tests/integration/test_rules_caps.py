@@ -13,6 +13,7 @@ import pytest
 
 from overture.rules.v1 import decision_pb2 as D
 from overture.rules.v1 import rules_service_pb2 as R
+from overture_rules.profile_cache import SubjectKeys
 from overture_runtime.config import Settings
 from tests.conftest import TENANT
 
@@ -182,13 +183,13 @@ async def test_a_decision_reads_only_the_entries_that_count(svc: Rules) -> None:
     low = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE, priority=1)
     refused = [await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE) for _ in range(60)]
     assert committed.allowed and low.allowed and not any(d.allowed for d in refused)
-    assert (await redis.zcard(counted), await redis.zcard(others), await redis.hlen(meta)) == (2, 60, 62)
+    assert (await redis.zcount(counted, "(0", "+inf"), await redis.zcard(others), await redis.hlen(meta)) == (2, 60, 62)
     high = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE, priority=9)
     assert high.allowed and [(c.count, c.limit) for c in high.cap_counters] == [(2, 2)]
     preempted = await svc.evaluate(decision_id=low.decision_id, mode=D.EVALUATION_MODE_COMMIT)
     assert preempted.reservation_state == D.RESERVATION_STATE_PREEMPTED
     await svc.evaluate(decision_id=committed.decision_id, mode=D.EVALUATION_MODE_RELEASE)
-    assert set(await redis.zrange(counted, 0, -1)) == {high.decision_id.encode()}
+    assert set(await redis.zrangebyscore(counted, "(0", "+inf")) == {high.decision_id.encode()}
     assert await redis.zcard(others) == 62
     after = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE)
     assert after.allowed and [c.count for c in after.cap_counters] == [1]
@@ -208,12 +209,14 @@ async def test_entries_that_stopped_counting_under_the_previous_ledger_are_moved
     refused = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE)
     await svc.evaluate(decision_id=freed.decision_id, mode=D.EVALUATION_MODE_RELEASE)
     assert not refused.allowed
-    # As the previous ledger left them: the refused and the released entry in the counted set too.
+    # As the previous ledger left them: the refused and the released entry in the counted set too, and
+    # none of the sets of this version (the held entries', the channels') nor their marker.
     for entry in await redis.zrange(others, 0, -1, withscores=True):
         await redis.zadd(counted, {entry[0]: entry[1]})
-    await redis.delete(others)
+    await redis.delete(others, *SubjectKeys.of(keys, TENANT, "u").ledger[3:])
+    await redis.zrem(counted, "~")
     assert await redis.zcard(counted) == 3 and await redis.hlen(meta) == 3
     decision = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE)
     assert decision.allowed and [c.count for c in decision.cap_counters] == [1]
-    assert set(await redis.zrange(counted, 0, -1)) == {kept.decision_id.encode(), decision.decision_id.encode()}
+    assert set(await redis.zrangebyscore(counted, "(0", "+inf")) == {kept.decision_id.encode(), decision.decision_id.encode()}
     assert set(await redis.zrange(others, 0, -1)) == {freed.decision_id.encode(), refused.decision_id.encode()}

@@ -14,7 +14,9 @@ import pytest
 from overture.rules.v1 import decision_pb2 as D
 from overture.rules.v1 import profile_service_pb2
 from overture.rules.v1 import rules_service_pb2 as R
+from overture_rules.profile_cache import SubjectKeys
 from overture_runtime.config import Settings
+from tests.conftest import TENANT
 
 from .rules_support import MD, Rules, cap, running_rules, spec
 
@@ -114,11 +116,16 @@ async def test_an_unreachable_cap_store_denies_capped_marketing(make_settings: C
 
 
 async def test_erasure_leaves_no_personal_data_in_decisions_or_audit(svc: Rules) -> None:
-    """After erasure the subject's decisions are filed under a pseudonym without the profile snapshot, and the audit entry names only the pseudonym."""
+    """After erasure the subject's decisions are filed under a pseudonym without the profile snapshot, the audit entry
+    names only the pseudonym, and no key of the subject's frequency-cap ledger is left in Redis."""
 
     await svc.profile("erin@example.com", traits={"first_name": "Erin"})
     await svc.consent("erin@example.com")
     decision = await svc.evaluate(rule_set="email", subject_id="erin@example.com")
+    await svc.publish("capped", spec(caps=[cap("three", 3)]))
+    held = await svc.evaluate(rule_set="capped", subject_id="erin@example.com", mode=D.EVALUATION_MODE_RESERVE)
+    ledger = SubjectKeys.of(svc.app.keys, TENANT, "erin@example.com").ledger
+    assert held.allowed and await svc.app.redis.exists(*ledger) == 4  # the counted, held and e-mail entries, and the hash
     erased = await svc.profiles.EraseProfile(profile_service_pb2.EraseProfileRequest(subject_id="erin@example.com", reason="GDPR"), metadata=MD)
     stored = (await svc.rules.GetDecision(R.GetDecisionRequest(decision_id=decision.decision_id), metadata=MD)).decision
     assert stored.subject_id == erased.pseudonymous_id and not stored.profile_snapshot.fields
@@ -126,6 +133,7 @@ async def test_erasure_leaves_no_personal_data_in_decisions_or_audit(svc: Rules)
     events = (await svc.rules.ListAuditEvents(R.ListAuditEventsRequest(), metadata=MD)).audit_events
     assert events[-1].target == f"profile/{erased.pseudonymous_id}" and "erin" not in str(events[-1]).lower()
     assert (await svc.rules.ListDecisions(R.ListDecisionsRequest(subject_id="erin@example.com"), metadata=MD)).decisions == []
+    assert await svc.app.redis.exists(*ledger) == 0
 
 
 async def test_a_subjects_decisions_list_newest_first_across_pages_whatever_their_ids(svc: Rules) -> None:

@@ -36,9 +36,9 @@ __all__ = ["DECIDE", "LEDGER", "CapLedger", "CapPlanner", "CapWindow", "LedgerRe
 _FUNCTIONS = (Path(__file__).parent / "caps.lua").read_text()
 _SCRIPT = _FUNCTIONS + """
 if ARGV[1] == 'commit' or ARGV[1] == 'release' then
-  return settle(KEYS[1], KEYS[3], KEYS[2], ARGV[1], tonumber(ARGV[2]), ARGV[3])
+  return settle(ledger_keys(1), ARGV[1], tonumber(ARGV[2]), ARGV[3])
 end
-return count_or_reserve(KEYS[1], KEYS[3], KEYS[2], ARGV, 0)
+return count_or_reserve(ledger_keys(1), ARGV, 0)
 """
 LEDGER = Script(_SCRIPT)
 """The ledger's own script: a check or reservation, or a settlement."""
@@ -174,8 +174,8 @@ class CapLedger:
         """How the ledger's keys are named."""
         return self._keys
 
-    def _keys_of(self, tenant: str, subject_id: str) -> list[str]:
-        return [self._keys.subject(tenant, subject_id, "caps", part) for part in ("z", "h", "o")]
+    def _keys_of(self, tenant: str, subject_id: str) -> tuple[str, ...]:
+        return SubjectKeys.of(self._keys, tenant, subject_id).ledger
 
     def args(
         self, op: str, *, decision_id: str, priority: int, channel: messaging_pb2.Channel.ValueType, tags: Sequence[str],
@@ -213,7 +213,7 @@ class CapLedger:
         *generation* is the subject's current profile generation and, only
         then, run *args* (a check or reservation) on its ledger; *args* None
         counts nothing. The reply is ``decide.lua``'s."""
-        return DECIDE, DECIDE.command([keys.generation, keys.view, keys.caps_z, keys.caps_h, keys.caps_o],
+        return DECIDE, DECIDE.command([keys.generation, keys.view, *keys.ledger],
                                       [generation, fresh_generation(), generation_ttl_ms, *(args if args is not None else ("none",))])
 
     @staticmethod

@@ -3,8 +3,8 @@
 -- count_or_reserve, which caps.py prepends to this chunk).
 --
 -- KEYS[1] the subject's profile generation, KEYS[2] its cached profile view,
--- KEYS[3], KEYS[4], KEYS[5] its cap ledger (counted entries, hash, other
--- entries; see caps.lua). All five carry the subject's hash tag.
+-- KEYS[3] on its cap ledger's keys (see caps.lua). All carry the subject's
+-- hash tag.
 -- ARGV[1] the generation the caller's view was read at ('' if it has none),
 -- ARGV[2] a fresh random generation, set when the key is missing, and
 -- ARGV[3] the generation key's lifetime (ms); from ARGV[4] on, the ledger
@@ -33,4 +33,4 @@ end
 if ARGV[4] == 'none' then
   return {'ok', gen}
 end
-return {'ok', gen, count_or_reserve(KEYS[3], KEYS[5], KEYS[4], ARGV, 3)}
+return {'ok', gen, count_or_reserve(ledger_keys(3), ARGV, 3)}

@@ -29,12 +29,13 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from overture.common.v1 import messaging_pb2
 from overture_runtime.redis import Keys
 
-from .engine import ProfileView
+from .engine import ProfileView, channel_name
 from .scripts import Script
 
-__all__ = ["LocalViews", "ProfileCache", "SubjectKeys", "fresh_generation", "load_view"]
+__all__ = ["LEDGER_PARTS", "LocalViews", "ProfileCache", "SubjectKeys", "fresh_generation", "load_view"]
 
 _SET_IF_GENERATION = """
 local current = redis.call('GET', KEYS[2]) or '0'
@@ -72,19 +73,23 @@ class SubjectKeys:
     """The cached profile view."""
     generation: str
     """The profile's generation counter."""
-    caps_z: str
-    """The cap ledger's sorted set of the entries that count."""
-    caps_h: str
-    """The cap ledger's hash."""
-    caps_o: str
-    """The cap ledger's sorted set of the other entries (kept to prune the hash)."""
+    ledger: tuple[str, ...]
+    """The cap ledger's keys, in the order ``caps.lua`` reads them (:data:`LEDGER_PARTS`)."""
 
     @classmethod
     def of(cls, keys: Keys, tenant: str, subject_id: str) -> SubjectKeys:
         """The keys of *subject_id*: the same as ``keys.subject(tenant, subject_id, ...)``, hashed once."""
         base = keys.subject(tenant, subject_id)
-        return cls(f"{base}:profile", f"{base}:profile-gen", f"{base}:caps:z", f"{base}:caps:h", f"{base}:caps:o")
+        return cls(f"{base}:profile", f"{base}:profile-gen", tuple(":".join((base, *part)) for part in LEDGER_PARTS))
 
+
+LEDGER_PARTS: tuple[tuple[str, ...], ...] = (
+    ("caps", "z"), ("caps", "h"), ("caps", "o"), ("caps", "x"),
+    *(("caps", "c", channel_name(channel)) for channel in messaging_pb2.Channel.values()),
+)
+"""The parts of a subject's cap-ledger keys, in the order ``caps.lua`` reads
+them: counted entries, hash, other entries, held entries, then one sorted set
+per channel (every channel, so that any entry a script retires has its key)."""
 
 _PUT = Script(_SET_IF_GENERATION)
 

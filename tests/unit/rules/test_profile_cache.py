@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from overture_rules.engine import ProfileView
+from overture.common.v1 import messaging_pb2
+from overture_rules.engine import ProfileView, channel_name
 from overture_rules.profile_cache import LocalViews, SubjectKeys, fresh_generation
 from overture_runtime.redis import Keys
 
@@ -17,7 +18,11 @@ def test_subject_keys_are_the_keys_of_the_subject() -> None:
     keys = SubjectKeys.of(KEYS, "acme", "u@example.com")
     assert keys.view == KEYS.subject("acme", "u@example.com", "profile")
     assert keys.generation == KEYS.subject("acme", "u@example.com", "profile-gen")
-    assert (keys.caps_z, keys.caps_h, keys.caps_o) == tuple(KEYS.subject("acme", "u@example.com", "caps", part) for part in "zho")
+    assert keys.ledger[:4] == tuple(KEYS.subject("acme", "u@example.com", "caps", part) for part in "zhox")
+    channels = [channel_name(c) for c in messaging_pb2.Channel.values()]
+    assert keys.ledger[4:] == tuple(KEYS.subject("acme", "u@example.com", "caps", "c", name) for name in channels)
+    # caps.lua finds a channel's set by the name that follows the counted set's prefix and "c:".
+    assert all(key == keys.ledger[0][:-1] + "c:" + name for key, name in zip(keys.ledger[4:], channels, strict=True))
 
 
 def test_a_kept_view_expires_after_its_lifetime() -> None:
