@@ -1,9 +1,11 @@
 """Frequency caps: which caps a message counts against, their windows, and
 the per-subject ledger in Redis that checks and reserves atomically.
 
-The ledger is one Lua script over three keys hash-tagged by subject
-(Redis-Cluster-safe); a decision runs it inside ``decide.lua``, after the
-check of the profile view it decided on, in one round trip. A reservation is *held* until it is committed (just
+The ledger is one Lua script (``caps.lua``) over a subject's keys, all under
+its hash tag (Redis-Cluster-safe): a channel cap counts its channel's sorted
+set, so a decision costs the same whatever the subject was sent (ADR 0025).
+A decision runs it inside ``decide.lua``, after the check of the profile
+view it decided on, in one round trip. A reservation is *held* until it is committed (just
 before the send) or released, and expires if neither comes. A message that
 finds a cap full only because of held reservations of lower priority
 preempts the lowest of them: higher priority wins a race, and the cap is
@@ -198,14 +200,6 @@ class CapLedger:
         """Check or reserve, as *args* say."""
         reply = await self._script(keys=self._keys_of(tenant, subject_id), args=args)
         return self.parse(reply, windows)
-
-    def pipeline(self) -> Any:
-        """A non-transactional pipeline on the ledger's Redis, for :meth:`queue`."""
-        return self._redis.pipeline(transaction=False)
-
-    async def queue(self, pipe: Any, tenant: str, subject_id: str, args: list[Any]) -> None:
-        """Queue a check or reservation on a pipeline (for batches)."""
-        await self._script(keys=self._keys_of(tenant, subject_id), args=args, client=pipe)
 
     @staticmethod
     def decide_command(keys: SubjectKeys, *, generation: str, generation_ttl_ms: int, args: list[Any] | None) -> tuple[Script, tuple[Any, ...]]:
