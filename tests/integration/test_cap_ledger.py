@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from overture.common.v1 import messaging_pb2 as M
 from overture.rules.v1 import decision_pb2 as D
 from overture.rules.v1 import rule_set_pb2 as R
-from overture_rules.caps import _FUNCTIONS, CapLedger, CapWindow
+from overture_rules.caps import CapLedger, CapWindow
 from overture_rules.profile_cache import SubjectKeys
 from overture_rules.scripts import Script, run_scripts
 from overture_runtime.clock import EPOCH
@@ -32,11 +32,10 @@ KEYS = Keys("ledger-test")
 CHANNELS = {"email": M.CHANNEL_EMAIL, "sms": M.CHANNEL_SMS}
 STATES = {"h": D.RESERVATION_STATE_HELD, "c": D.RESERVATION_STATE_COMMITTED, "r": D.RESERVATION_STATE_RELEASED,
           "x": D.RESERVATION_STATE_EXPIRED, "p": D.RESERVATION_STATE_PREEMPTED}
-# A decision's ledger step as decide.lua runs it (the ledger's own script reads "commit" as a settlement).
-_DECIDE = Script(_FUNCTIONS + "\nreturn count_or_reserve(ledger_keys(1), ARGV, 0)\n")
 _PREVIOUS_FUNCTIONS = (Path(__file__).parent / "data" / "caps_before_channel_sets.lua").read_text()
 _PREVIOUS_DECIDE = Script(_PREVIOUS_FUNCTIONS + "\nreturn count_or_reserve(KEYS[1], KEYS[3], KEYS[2], ARGV, 0)\n")
 _PREVIOUS_SETTLE = Script(_PREVIOUS_FUNCTIONS + "\nreturn settle(KEYS[1], KEYS[3], KEYS[2], ARGV[1], tonumber(ARGV[2]), ARGV[3])\n")
+_PREVIOUS_KEYS = [KEYS.subject("t", "s", "caps", part) for part in "zho"]
 """The ledger of the version before the channel sets (z, h and o only), as a replica not yet upgraded runs it."""
 
 
@@ -151,34 +150,41 @@ def _ledger(redis: aioredis.Redis) -> CapLedger:
 
 
 class Replica:
-    """One rules replica's ledger calls for one subject: this version's scripts, or the previous version's."""
+    """One rules replica's ledger calls for one subject: this version's scripts as the rules service runs them
+    (``decide.lua`` for a decision, the ledger's own script to settle), or the previous version's."""
 
     def __init__(self, redis: aioredis.Redis, *, previous: bool = False) -> None:
         self.redis, self.ledger, self.previous = redis, _ledger(redis), previous
+        self.generation = ""
+        """The subject's profile generation, as decide.lua last reported it."""
 
-    def _command(self, args: list[Any], *, settle: bool = False) -> tuple[Script, tuple[Any, ...]]:
-        if self.previous:
-            script = _PREVIOUS_SETTLE if settle else _PREVIOUS_DECIDE
-            if settle:
-                args = [args[0], int(_at(args[1]).timestamp() * 1000), args[2]]
-            return script, script.command([KEYS.subject("t", "s", "caps", part) for part in "zho"], args)
-        if settle:
-            return self.ledger.settle_command("t", "s", args[2], commit=args[0] == "commit", now=_at(args[1]))
-        return _DECIDE, _DECIDE.command(SubjectKeys.of(KEYS, "t", "s").ledger, args)
+    async def _run(self, command: tuple[Script, tuple[Any, ...]]) -> Any:
+        (reply,) = await run_scripts(self.redis, [command])
+        return reply
 
     async def decide(self, op: str, now: int, decision_id: str, prio: int, channel: str, tags: tuple[str, ...],
                      caps: list[Cap]) -> tuple[bool, bool, list[int], set[str]]:
         windows = [c.window(now) for c in caps]
         args = self.ledger.args(op, decision_id=decision_id, priority=prio, channel=CHANNELS[channel], tags=tags, windows=windows,
                                 now=_at(now))
-        (reply,) = await run_scripts(self.redis, [self._command(args)])
+        if self.previous:
+            reply = await self._run((_PREVIOUS_DECIDE, _PREVIOUS_DECIDE.command(_PREVIOUS_KEYS, args)))
+        else:
+            while True:  # as a decision does: the ledger step runs only once the profile generation it read is current
+                outcome, generation, *rest = await self._run(CapLedger.decide_command(
+                    SubjectKeys.of(KEYS, "t", "s"), generation=self.generation, generation_ttl_ms=3_600_000, args=args))
+                if outcome == b"ok":
+                    reply = rest[0]
+                    break
+                self.generation = generation.decode()
         result = CapLedger.parse(reply, windows)
         return result.allowed, result.replayed, [c.count for c in result.counters], set(result.preempted)
 
     async def settle(self, commit: bool, now: int, decision_id: str) -> tuple[int, str]:
-        op = "commit" if commit else "release"
-        (reply,) = await run_scripts(self.redis, [self._command([op, now, decision_id], settle=True)])
-        return CapLedger.settled(reply)
+        if self.previous:
+            args = ["commit" if commit else "release", int(_at(now).timestamp() * 1000), decision_id]
+            return CapLedger.settled(await self._run((_PREVIOUS_SETTLE, _PREVIOUS_SETTLE.command(_PREVIOUS_KEYS, args))))
+        return CapLedger.settled(await self._run(self.ledger.settle_command("t", "s", decision_id, commit=commit, now=_at(now))))
 
 
 caps_strategy = st.lists(
