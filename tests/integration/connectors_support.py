@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import ssl
 import subprocess
 import threading
@@ -43,6 +44,7 @@ class _Counts:
     max_in_data: int = 0
     keys: list[str] = field(default_factory=list)
     per_session: Counter[int] = field(default_factory=Counter)
+    """Messages carried by each connection, by its serial number (not its id(), which a later connection may reuse)."""
 
 
 class _Handler:
@@ -63,7 +65,7 @@ class _Handler:
 
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]) -> str:
         limit = self._sink.max_messages_per_session
-        if limit and self._sink.counts.per_session[id(server)] >= limit:
+        if limit and self._sink.counts.per_session[server.serial] >= limit:
             asyncio.get_running_loop().call_soon(server.transport.close)
             return "421 4.7.0 Too many messages on this connection"
         envelope.mail_from = address
@@ -88,7 +90,7 @@ class _Handler:
             key = str(message["X-Overture-Key"])
             with counts.lock:
                 counts.keys.append(key)
-                counts.per_session[id(server)] += 1
+                counts.per_session[server.serial] += 1
             if key in self._sink.drop_after_data:
                 server.transport.close()  # the message arrived, but the client never hears so
         finally:
@@ -98,9 +100,12 @@ class _Handler:
 
 
 class _CountingSMTP(SMTP):  # type: ignore[misc]
+    _serials = itertools.count()
+
     def __init__(self, *args: Any, sink: CountingSink, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._sink = sink
+        self.serial = next(self._serials)
 
     def connection_lost(self, error: Exception | None) -> None:
         with self._sink.counts.lock:
