@@ -71,36 +71,42 @@ local function retire(K, id, e, t)
   if key then redis.call('ZREM', key, id) end
 end
 
+-- Entry e (id), held past its expiry, becomes expired and stops counting;
+-- whether it did.
+local function expire_if_due(K, id, e, now, t)
+  if e.state ~= 'h' or e.exp >= now then return false end
+  e.state = 'x'
+  redis.call('HSET', K.h, id, pack(e))
+  retire(K, id, e, t)
+  return true
+end
+
 -- Fill the channel sets and x from z, and mark the ledger complete.
 local function rebuild(K, now, retention)
   for _, key in pairs(K.ch) do redis.call('DEL', key) end
   redis.call('DEL', K.x)
-  if redis.call('EXISTS', K.z) == 1 then
-    local members = redis.call('ZRANGEBYSCORE', K.z, '(0', '+inf', 'WITHSCORES')
-    for i = 1, #members, 2 do
-      local m, t = members[i], members[i + 1]
-      local meta = redis.call('HGET', K.h, m)
-      if not meta then
-        redis.call('ZREM', K.z, m)
-      else
-        local e = parse(meta)
+  local members = redis.call('ZRANGEBYSCORE', K.z, '(0', '+inf', 'WITHSCORES')
+  for i = 1, #members, 2 do
+    local m, t = members[i], members[i + 1]
+    local meta = redis.call('HGET', K.h, m)
+    if not meta then
+      redis.call('ZREM', K.z, m)
+    else
+      local e = parse(meta)
+      if expire_if_due(K, m, e, now, t) then
+        -- retired
+      elseif e.state == 'h' or e.state == 'c' then
         local key = K.ch[e.ch]
-        if e.state == 'h' and e.exp < now then
-          e.state = 'x'
-          redis.call('HSET', K.h, m, pack(e))
-          retire(K, m, e, t)
-        elseif e.state == 'h' or e.state == 'c' then
-          if key then
-            redis.call('ZADD', key, t, m)
-            redis.call('PEXPIRE', key, retention)
-          end
-          if e.state == 'h' then
-            redis.call('ZADD', K.x, e.exp, m)
-            redis.call('PEXPIRE', K.x, retention)
-          end
-        else
-          retire(K, m, e, t)
+        if key then
+          redis.call('ZADD', key, t, m)
+          redis.call('PEXPIRE', key, retention)
         end
+        if e.state == 'h' then
+          redis.call('ZADD', K.x, e.exp, m)
+          redis.call('PEXPIRE', K.x, retention)
+        end
+      else
+        retire(K, m, e, t)
       end
     end
   end
@@ -112,12 +118,7 @@ local function settle(K, op, now, id)
   local meta = redis.call('HGET', K.h, id)
   if not meta then return {'missing', ''} end
   local e = parse(meta)
-  if e.state == 'h' and e.exp < now then
-    e.state = 'x'
-    redis.call('HSET', K.h, id, pack(e))
-    retire(K, id, e)
-    return {'x', ''}
-  end
+  if expire_if_due(K, id, e, now) then return {'x', ''} end
   if op == 'commit' and e.state == 'h' then
     e.state = 'c'
     redis.call('HSET', K.h, id, pack(e))
@@ -168,15 +169,17 @@ local function count_or_reserve(K, A, at)
 
   if not redis.call('ZSCORE', K.z, MARKER) then rebuild(K, now, retention) end
 
-  -- Holds that expired stop counting.
+  -- Holds that expired stop counting; x forgets entries settled by other means.
   for _, m in ipairs(redis.call('ZRANGEBYSCORE', K.x, '-inf', '(' .. now)) do
     local meta = redis.call('HGET', K.h, m)
     local e = meta and parse(meta)
-    if e and e.state == 'h' then
-      e.state = 'x'
-      redis.call('HSET', K.h, m, pack(e))
+    if not e or e.state == 'c' then
+      redis.call('ZREM', K.x, m)
+    elseif e.state == 'h' then
+      expire_if_due(K, m, e, now)
+    else
+      retire(K, m, e)
     end
-    if e and e.state ~= 'c' then retire(K, m, e) else redis.call('ZREM', K.x, m) end
   end
 
   local previous = redis.call('HGET', K.h, id)
