@@ -50,7 +50,7 @@ from overture.common.v1 import validation_pb2
 from . import limits
 from .errors import FieldViolation, InvalidArgument
 
-__all__ = ["Unrepresentable", "check_request", "item_violations", "json_violations", "loads", "message_violations"]
+__all__ = ["StructShape", "Unrepresentable", "check_request", "item_violations", "json_violations", "loads", "message_violations"]
 
 _F = descriptor.FieldDescriptor
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -74,9 +74,23 @@ def check_request(request: Message) -> None:
         raise InvalidArgument(f"the request is invalid: {found[0].field}: {found[0].description}", violations=found)
 
 
-def item_violations(item: Message, *, prefix: str = "") -> list[FieldViolation]:
-    """What is wrong with one item of a per-item batch field."""
-    if _ok(item, False, 0):
+class StructShape:
+    """How the ``Struct`` values a check walked nest and spread, measured in
+    that same walk, for a caller with limits of its own (ingest's attributes):
+    the deepest nesting (a Struct or ListValue counts one level; a top-level
+    Struct is depth 1), the most keys of any one object, the most items of
+    any one list. Filled only when the check finds nothing wrong."""
+
+    __slots__ = ("depth", "items", "keys")
+
+    def __init__(self) -> None:
+        self.depth = self.keys = self.items = 0
+
+
+def item_violations(item: Message, *, prefix: str = "", shape: StructShape | None = None) -> list[FieldViolation]:
+    """What is wrong with one item of a per-item batch field. When it is
+    clean and *shape* is given, *shape* holds the shape of its Structs."""
+    if _ok(item, False, 0, shape):
         return []
     return list(_message(item, prefix, skip_items=False))
 
@@ -307,7 +321,7 @@ def _string_ok(value: str, maximum: int) -> bool:
     return value.isascii() or not _SURROGATE.search(value)
 
 
-def _ok(message: Message, skip_items: bool, depth: int) -> bool:
+def _ok(message: Message, skip_items: bool, depth: int, shape: StructShape | None = None) -> bool:
     """Whether :func:`_message` would find nothing wrong with *message*."""
     if depth > limits.STRUCT_DEPTH:
         return False
@@ -328,9 +342,9 @@ def _ok(message: Message, skip_items: bool, depth: int) -> bool:
         elif kind == _MESSAGE:
             if f.repeated:
                 for item in value:
-                    if not _ok(item, skip_items, depth + 1):
+                    if not _ok(item, skip_items, depth + 1, shape):
                         return False
-            elif not _ok(value, skip_items, depth + 1):
+            elif not _ok(value, skip_items, depth + 1, shape):
                 return False
         elif kind == _ENUM:
             if f.repeated:
@@ -353,7 +367,7 @@ def _ok(message: Message, skip_items: bool, depth: int) -> bool:
                     return False
         elif kind == _STRUCT:
             for item in value if f.repeated else (value,):
-                if not _struct_ok(item, depth):
+                if not _struct_ok(item, depth, shape):
                     return False
         elif kind == _FLOAT:
             if f.repeated:
@@ -400,9 +414,10 @@ def _submessage_of(kind: int, value: Any, depth: int) -> Iterator[FieldViolation
         yield from _struct(value, "", depth)
 
 
-def _struct_ok(value: Any, depth: int) -> bool:
+def _struct_ok(value: Any, depth: int, shape: StructShape | None = None) -> bool:
     """Whether :func:`_struct` would find nothing wrong, without its paths.
-    Values are checked as they are met; only containers go on the stack."""
+    Values are checked as they are met; only containers go on the stack,
+    and only they are measured into *shape*."""
     stack: list[tuple[Any, int]] = []
     if type(value) is struct_pb2.Value:
         if not _value_ok(value, depth, stack):
@@ -415,10 +430,16 @@ def _struct_ok(value: Any, depth: int) -> bool:
             return False
         if type(node) is struct_pb2.Struct:
             fields = node.fields
+            if shape is not None:
+                shape.depth = max(shape.depth, level - depth + 1)
+                shape.keys = max(shape.keys, len(fields))
             for key in fields:  # keys, then each value: twice as fast as items() on protobuf's maps
                 if not _string_ok(key, limits.TEXT) or not _value_ok(fields[key], level + 1, stack):
                     return False
         else:
+            if shape is not None:
+                shape.depth = max(shape.depth, level - depth + 1)
+                shape.items = max(shape.items, len(node.values))
             for item in node.values:
                 if not _value_ok(item, level + 1, stack):
                     return False

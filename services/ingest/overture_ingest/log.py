@@ -154,6 +154,15 @@ _UNNEST = (
     f"SELECT * FROM unnest({', '.join(f'${i + 1}::{t}[]' for i, t in enumerate(_TYPES))}) "
     "ON CONFLICT (tenant, event_id) DO NOTHING RETURNING tenant, event_id"
 )
+_SHARED = ("tenant", "received_at", "commit_time")
+"""The columns one batch of one tenant, received at one instant, holds once: sent as values, not arrays."""
+_DIRECT = (
+    f"INSERT INTO ingest_events ({', '.join(_COLUMNS)}) "
+    f"SELECT {', '.join(f'${i + 1}::{t}' if c in _SHARED else f'e.{c}' for i, (c, t) in enumerate(zip(_COLUMNS, _TYPES, strict=True)))} "
+    f"FROM unnest({', '.join(f'${i + 1}::{t}[]' for i, (c, t) in enumerate(zip(_COLUMNS, _TYPES, strict=True)) if c not in _SHARED)}) "
+    f"AS e({', '.join(c for c in _COLUMNS if c not in _SHARED)}) "
+    "ON CONFLICT (tenant, event_id) DO NOTHING RETURNING event_id"
+)
 
 
 @dataclass(frozen=True)
@@ -314,15 +323,16 @@ class EventLog:
         if not batch:
             return set()
         now = self._clock.now()
-        if self._dsn is not None and len(batch) >= DIRECT_BATCH:
-            ids = [n.event.event_id for n in batch]
-            inserted = await self._fetch([
-                [tenant] * len(batch), ids, [n.event.event_type for n in batch], [n.original_event_type for n in batch],
-                [n.event.subject_id for n in batch], [n.occurred_at for n in batch], [n.received_at for n in batch], [now] * len(batch),
-                [n.event.source for n in batch], [n.event.id_derived for n in batch], [n.partition for n in batch],
-                [n.event.SerializeToString() for n in batch], [n.event.event_type in PROFILE_EVENT_TYPES for n in batch],
+        received = batch[0].received_at
+        if self._dsn is not None and len(batch) >= DIRECT_BATCH and all(n.received_at == received for n in batch):
+            events_ = [n.event for n in batch]
+            inserted = await self._fetch(_DIRECT, [
+                tenant, [e.event_id for e in events_], [e.event_type for e in events_], [n.original_event_type for n in batch],
+                [e.subject_id for e in events_], [n.occurred_at for n in batch], received, now,
+                [e.source for e in events_], [e.id_derived for e in events_], [n.partition for n in batch],
+                [e.SerializeToString() for e in events_], [e.event_type in PROFILE_EVENT_TYPES for e in events_],
             ])
-            return {event_id for _, event_id in inserted}
+            return {row[0] for row in inserted}
         rows = [
             dict(
                 tenant=tenant, event_id=n.event.event_id, event_type=n.event.event_type,
@@ -336,8 +346,8 @@ class EventLog:
         fresh = await self._writer.write(rows)
         return {str(row["event_id"]) for row, new in zip(rows, fresh, strict=True) if new}
 
-    async def _fetch(self, columns: list[list[Any]]) -> list[tuple[str, str]]:
-        """Run the insert over *columns* (in ``_COLUMNS`` order); the (tenant, id) pairs inserted."""
+    async def _fetch(self, statement: str, columns: list[Any]) -> list[asyncpg.Record]:
+        """Run *statement*, an insert over *columns* (in ``_COLUMNS`` order); the rows it returned."""
         pool = self._pool
         if pool is None:
             async with self._opening:
@@ -350,11 +360,11 @@ class EventLog:
                                                            server_settings={"application_name": "overture-ingest-log"})
                 pool = self._pool
         async with pool.acquire() as conn:
-            return [(r[0], r[1]) for r in await conn.fetch(_UNNEST, *columns)]
+            return await conn.fetch(statement, *columns)  # type: ignore[no-any-return]
 
     async def _insert(self, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
         if self._dsn is not None:
-            return set(await self._fetch([[row[name] for row in rows] for name in _COLUMNS]))
+            return {(r[0], r[1]) for r in await self._fetch(_UNNEST, [[row[name] for row in rows] for name in _COLUMNS])}
         async with self._db.begin() as conn:
             statement = insert_ignore(conn, events, index_elements=["tenant", "event_id"]).returning(events.c.tenant, events.c.event_id)
             result = await conn.execute(statement, [{**row, "published_at": None, "profile_applied_at": None} for row in rows])

@@ -5,8 +5,8 @@ normalized: aliases resolved, times in UTC, ``received_at`` and ``source``
 stamped, and an id derived from the content when the sender gave none.
 
 It works on the proto itself, in one pass: the attributes' depth and key
-counts are measured in one walk (after the edge checks' own), and times are
-stamped as Timestamp seconds and nanos, without a detour through dicts.
+counts are measured in the edge checks' own walk (:class:`StructShape`), and
+times are stamped as Timestamp seconds and nanos, without a detour through dicts.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf import timestamp_pb2
 
 from overture.common.v1 import event_pb2
 from overture_runtime.clock import EPOCH
-from overture_runtime.edge import item_violations
+from overture_runtime.edge import StructShape, item_violations
 from overture_runtime.errors import FieldViolation, Violations
 from overture_runtime.limits import EVENT_TYPE as EVENT_TYPE_MAX
 from overture_runtime.protojson import struct_to_dict
@@ -77,33 +77,7 @@ def partition_of(tenant: str, subject_id: str, partitions: int) -> int:
     return int.from_bytes(digest[:8], "big") % partitions
 
 
-def _shape(value: struct_pb2.Struct, limit: int) -> tuple[int, bool]:
-    """The nesting depth of *value* (a Struct or ListValue counts one level;
-    an empty top-level Struct is depth 1), and whether any object in it holds
-    more than *limit* keys or any list more than 4x as many items: one walk."""
-    deepest, crowded = 1, False
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, level = stack.pop()
-        if level > deepest:
-            deepest = level
-        if type(node) is struct_pb2.Struct:
-            fields = node.fields
-            items: Any = [fields[key] for key in fields]  # faster than values() on protobuf's maps
-            crowded = crowded or len(items) > limit
-        else:
-            items = node.values
-            crowded = crowded or len(node.values) > limit * 4
-        for item in items:
-            kind = item.WhichOneof("kind")
-            if kind == "struct_value":
-                stack.append((item.struct_value, level + 1))
-            elif kind == "list_value":
-                stack.append((item.list_value, level + 1))
-    return deepest, crowded
-
-
-_stamped: tuple[dt.datetime, int, int] | None = None
+_stamped: tuple[dt.datetime, timestamp_pb2.Timestamp] | None = None
 _TYPES_KNOWN = 4096
 _valid_types: dict[str, bool] = {}
 
@@ -119,16 +93,16 @@ def _type_ok(event_type: str) -> bool:
     return known
 
 
-def _seconds_nanos(when: dt.datetime) -> tuple[int, int]:
-    """``Timestamp.FromDatetime`` of an aware datetime, as (seconds, nanos);
+def _timestamp(when: dt.datetime) -> timestamp_pb2.Timestamp:
+    """``Timestamp.FromDatetime`` of an aware datetime (not to be changed);
     the last one is kept, since every event of a batch has the same receipt time."""
     global _stamped
     if _stamped is not None and _stamped[0] is when:
-        return _stamped[1], _stamped[2]
+        return _stamped[1]
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(when)
-    _stamped = (when, stamp.seconds, stamp.nanos)
-    return stamp.seconds, stamp.nanos
+    _stamped = (when, stamp)
+    return stamp
 
 
 def derive_id(tenant: str, event: event_pb2.Event, occurred: dt.datetime | None, received: dt.datetime) -> str:
@@ -148,12 +122,15 @@ def normalize(
     """Validate *event*; return it normalized, or its violations. *sent_as* is
     the type as the producer named it, when a door already translated it
     (Segment's ``Order Completed``)."""
-    unstorable = item_violations(event)
+    shape = StructShape()
+    unstorable = item_violations(event, shape=shape)
     if unstorable:  # times, numbers or text that nothing downstream could hold
         return unstorable
     v = Violations()
-    original = sent_as or event.event_type
-    event_type = (aliases or {}).get(original) or (aliases or {}).get(event.event_type, event.event_type)
+    event_type = event.event_type
+    original = sent_as or event_type
+    if aliases:
+        event_type = aliases.get(original) or aliases.get(event_type, event_type)
     if not event_type:
         v.add("event_type", "event_type is required", "REQUIRED")
     elif not _type_ok(event_type):
@@ -161,9 +138,11 @@ def normalize(
     check_identifier(v, "subject_id", event.subject_id)
     check_identifier(v, "event_id", event.event_id, required=False)
     occurred: dt.datetime | None = None
+    nanos = 0
     if event.HasField("occurred_at"):
         stamp = event.occurred_at  # what ToDatetime gives, at half its cost (the edge checked the range)
-        occurred = EPOCH + dt.timedelta(seconds=stamp.seconds, microseconds=stamp.nanos // 1000)
+        nanos = stamp.nanos
+        occurred = EPOCH + dt.timedelta(seconds=stamp.seconds, microseconds=nanos // 1000)
         if occurred > received_at + limits.max_future:
             v.add("occurred_at", f"occurred_at is more than {limits.max_future.total_seconds() / 3600:g} hours in the future", "TOO_FAR_IN_FUTURE")
         elif occurred < received_at - limits.max_age:
@@ -171,12 +150,11 @@ def normalize(
     attributes = event.attributes
     if attributes.fields:
         size = attributes.ByteSize()
-        depth, crowded = _shape(attributes, limits.max_attribute_keys)
         if size > limits.max_attributes_bytes:
             v.add("attributes", f"attributes is {size} bytes; the limit is {limits.max_attributes_bytes}", "TOO_LARGE")
-        elif depth > limits.max_attribute_depth:
+        elif shape.depth > limits.max_attribute_depth:
             v.add("attributes", f"attributes nests deeper than {limits.max_attribute_depth} levels", "TOO_DEEP")
-        if crowded and not v:
+        if (shape.keys > limits.max_attribute_keys or shape.items > limits.max_attribute_keys * 4) and not v:
             v.add("attributes", f"attributes have more than {limits.max_attribute_keys} keys at one level", "TOO_MANY_KEYS")
     if event.causation.depth < 0:
         v.add("causation.depth", "depth must not be negative", "OUT_OF_RANGE")
@@ -186,12 +164,12 @@ def normalize(
     normalized.CopyFrom(event)
     normalized.event_type = event_type
     normalized.source = event.source or source
-    received_seconds, received_nanos = _seconds_nanos(received_at)
+    received = _timestamp(received_at)
     if occurred is None:
-        normalized.occurred_at.seconds, normalized.occurred_at.nanos = received_seconds, received_nanos
-    else:  # what FromDatetime(occurred) stores: the given instant, to the microsecond
-        normalized.occurred_at.nanos -= normalized.occurred_at.nanos % 1000
-    normalized.received_at.seconds, normalized.received_at.nanos = received_seconds, received_nanos
+        normalized.occurred_at.CopyFrom(received)
+    elif nanos % 1000:  # what FromDatetime(occurred) stores: the given instant, to the microsecond
+        normalized.occurred_at.nanos = nanos - nanos % 1000
+    normalized.received_at.CopyFrom(received)
     if not event.event_id:
         normalized.event_id = derive_id(tenant, event, occurred, received_at)
         normalized.id_derived = True

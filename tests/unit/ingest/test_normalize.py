@@ -334,28 +334,32 @@ def test_normalize_never_raises_for_any_occurred_at(offset: int) -> None:
         assert {v.field for v in result} == {"occurred_at"}
 
 
-json_trees = st.recursive(st.one_of(st.integers(0, 9), st.text(max_size=3), st.none()),
-                          lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=3), inner, max_size=4)),
-                          max_leaves=30)
+_clean_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=3)
+_clean_trees = st.recursive(st.one_of(st.integers(0, 9), _clean_text, st.none()),
+                            lambda inner: st.one_of(st.lists(inner, max_size=6), st.dictionaries(_clean_text, inner, max_size=4)),
+                            max_leaves=30)
 
 
 @settings(max_examples=300, deadline=None)
-@given(tree=st.dictionaries(st.text(max_size=3), json_trees, max_size=5), key_limit=st.integers(1, 4))
-def test_the_one_pass_shape_agrees_with_the_checks_it_replaces(tree: dict[str, Any], key_limit: int) -> None:
-    """The one walk over the attributes measures the depth check_struct measured and finds the crowding the key-count walk found."""
-    from overture_ingest.normalize import _shape
+@given(tree=st.dictionaries(_clean_text, _clean_trees, min_size=1, max_size=5))
+def test_the_shape_the_edge_measures_agrees_with_separate_walks(tree: dict[str, Any]) -> None:
+    """The edge check's walk over the attributes measures the depth check_struct measures, and the widest object and
+    longest list a walk of the plain dict finds."""
+    from overture_runtime.edge import StructShape, item_violations
     from overture_runtime.validation import _depth
 
-    attributes = struct_from_dict(tree)
+    def widest(value: Any) -> tuple[int, int]:
+        """(most keys of an object, most items of a list) anywhere in *value*."""
+        keys, items = (len(value), 0) if isinstance(value, dict) else (0, len(value)) if isinstance(value, list) else (0, 0)
+        for child in value.values() if isinstance(value, dict) else value if isinstance(value, list) else ():
+            k, i = widest(child)
+            keys, items = max(keys, k), max(items, i)
+        return keys, items
 
-    def crowded(value: Any) -> bool:
-        if isinstance(value, dict):
-            return len(value) > key_limit or any(crowded(v) for v in value.values())
-        if isinstance(value, list):
-            return len(value) > key_limit * 4 or any(crowded(v) for v in value)
-        return False
-
-    assert _shape(attributes, key_limit) == (_depth(attributes), crowded(tree))
+    e = event(attributes=tree)
+    shape = StructShape()
+    assert item_violations(e, shape=shape) == []
+    assert (shape.depth, shape.keys, shape.items) == (_depth(e.attributes), *widest(tree))
 
 
 @pytest.mark.parametrize("nanos", [0, 1, 999, 1000, 123_456_789, 999_999_999])
