@@ -47,6 +47,8 @@ class GroupWriter:
         self._max_delay = max_delay
         self._queue: list[tuple[dict[str, Any], asyncio.Future[bool] | None]] = []
         self._pending: dict[Key, Any] = {}
+        self._flying: dict[Key, asyncio.Future[None]] = {}
+        """The rows of the group being inserted, each with the future its insert resolves."""
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -80,13 +82,24 @@ class GroupWriter:
         return self._pending.get(key)
 
     def amend(self, key: Key, obj: Any, **changes: Any) -> bool:
-        """Change a row that is still queued; False if it was already inserted."""
+        """Change a row that is still queued; False if its group was taken
+        (see :meth:`landed`) or inserted."""
         for row, _ in self._queue:
             if self._key(row) == key:
                 row.update(changes)
                 self._pending[key] = obj
                 return True
         return False
+
+    async def landed(self, key: Key) -> bool:
+        """Wait for the insert of the group that holds *key*'s row, if one is
+        being made; whether one was. After it, the row is stored, or (when
+        the insert failed and the writer is not durable) queued again."""
+        flying = self._flying.get(key)
+        if flying is None:
+            return False
+        await asyncio.shield(flying)
+        return True
 
     async def _run(self) -> None:
         while not (self._closed and not self._queue):
@@ -97,20 +110,33 @@ class GroupWriter:
             while self._queue:
                 batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch:]
                 rows = [row for row, _ in batch]
+                flying = asyncio.get_running_loop().create_future()
+                for row in rows:
+                    self._flying[self._key(row)] = flying
+                retry = failed = False
                 try:
                     new = await self._insert(rows)
                 except Exception as error:  # noqa: BLE001 - reported to every waiter; logged when not durable
+                    failed = True
                     log.error("group_commit.failed", writer=self._name, rows=len(rows), error=type(error).__name__)
                     for _, future in batch:
                         if future is not None and not future.done():
                             future.set_exception(error)
-                    if not self.durable and not self._closed:
+                    retry = not self.durable and not self._closed
+                    if retry:
                         self._queue[:0] = batch  # keep them; retry on the next wake
-                        await asyncio.sleep(0.5)
-                        self._wake.set()
                     else:
                         for row in rows:
                             self._pending.pop(self._key(row), None)
+                finally:
+                    for row in rows:
+                        if self._flying.get(self._key(row)) is flying:
+                            del self._flying[self._key(row)]
+                    flying.set_result(None)
+                if failed:
+                    if retry:
+                        await asyncio.sleep(0.5)
+                        self._wake.set()
                     break
                 claimed: set[Key] = set()
                 for row, future in batch:

@@ -36,6 +36,8 @@ COLUMNS = ("tenant", "decision_id", "rule_set", "version", "subject_id", "allowe
            "evaluate_time", "create_time", "record", "replay")
 """The columns of a decision row, in the order of the insert."""
 _TYPES = ("text", "text", "text", "bigint", "text", "boolean", "text", "text", "timestamptz", "timestamptz", "bytea", "jsonb")
+ASYNC_DELAY = 0.01
+"""Not durable, a group gathers for this long: a record waits for no one, and a group shares one round trip."""
 COPY_ROWS = 100
 """Groups at least this large are written with COPY."""
 _UNNEST = (
@@ -59,10 +61,11 @@ class DecisionStore:
 
     def __init__(self, db: Database, *, durable: bool = True) -> None:
         self._db = db
-        # max_delay 0: a group is whatever queued while the previous one was
-        # being written, so a lone decision waits for no timer.
+        # Durable, max_delay 0: a group is whatever queued while the previous
+        # one was being written, so a lone decision waits for no timer. Not
+        # durable, nobody waits for the group, so it gathers (ADR 0010).
         self._writer = GroupWriter(self._insert, key=lambda row: (row["tenant"], row["decision_id"]), name="decisions",
-                                   durable=durable, max_delay=0.0)
+                                   durable=durable, max_delay=0.0 if durable else ASYNC_DELAY)
         self._dsn = None if db.is_sqlite else db.asyncpg_dsn
         self._conn: asyncpg.Connection | None = None
 
@@ -152,13 +155,22 @@ class DecisionStore:
             marked[decision_id] = decision
         for decision_id, decision in marked.items():
             record, state_text = decision.SerializeToString(), state_name(decision.reservation_state)
-            if decision_id in stored or not self._writer.amend((tenant, decision_id), decision, record=record,
-                                                               reservation_state=state_text):
+            if decision_id in stored or not await self._amend((tenant, decision_id), decision, record=record,
+                                                              reservation_state=state_text):
                 updates.append(dict(k_tenant=tenant, k_id=decision_id, v_state=state_text, v_record=record))
         if updates:
             await conn.execute(t.update().where((t.c.tenant == sa.bindparam("k_tenant")) & (t.c.decision_id == sa.bindparam("k_id")))
                                .values(reservation_state=sa.bindparam("v_state"), record=sa.bindparam("v_record")), updates)
         return marked
+
+    async def _amend(self, key: tuple[str, str], decision: decision_pb2.Decision, **changes: Any) -> bool:
+        """Change the queued row of *key*; False when it is not queued. A row
+        whose group is being inserted is waited for: afterwards it is stored
+        (False: update it) or queued again (the insert failed)."""
+        while not self._writer.amend(key, decision, **changes):
+            if not await self._writer.landed(key):
+                return False
+        return True
 
     async def _insert(self, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
         """Insert one group, skipping ids that exist; return the (tenant, id) inserted."""
