@@ -135,11 +135,18 @@ async def seed(address: str) -> None:
                 requests=[request(i, decision_pb2.EVALUATION_MODE_CHECK) for i in range(start, min(start + 1000, SUBJECTS))]), metadata=METADATA)
 
 
-async def fixed_rate(address: str, cpu: CpuMeter, *, rate: int, seconds: float, mode: int) -> dict[str, object]:
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = rules_service_pb2_grpc.RulesServiceStub(channel)
+def open_channels(address: str, count: int) -> list[grpc.aio.Channel]:
+    """*count* channels, each its own connection (with OVERTURE_WORKERS, the
+    kernel spreads connections, not calls, over the worker processes)."""
+    return [grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(count)]
+
+
+async def fixed_rate(address: str, cpu: CpuMeter, *, rate: int, seconds: float, mode: int, channels: int = 1) -> dict[str, object]:
+    opened = open_channels(address, channels)
+    try:
+        stubs = [rules_service_pb2_grpc.RulesServiceStub(channel) for channel in opened]
         for i in range(200):  # warm up: connections, caches, compiled rule set
-            await stub.Evaluate(request(i, mode), metadata=METADATA)
+            await stubs[i % channels].Evaluate(request(i, mode), metadata=METADATA)
         latencies: list[float] = []
         errors = 0
         allowed = 0
@@ -154,7 +161,7 @@ async def fixed_rate(address: str, cpu: CpuMeter, *, rate: int, seconds: float, 
             if delay > 0:
                 await asyncio.sleep(delay)
             try:
-                reply = await stub.Evaluate(request(i, mode), metadata=METADATA, timeout=2)
+                reply = await stubs[i % channels].Evaluate(request(i, mode), metadata=METADATA, timeout=2)
                 allowed += reply.decision.allowed
             except grpc.aio.AioRpcError:
                 errors += 1
@@ -163,6 +170,9 @@ async def fixed_rate(address: str, cpu: CpuMeter, *, rate: int, seconds: float, 
         with cpu.measure():
             await asyncio.gather(*(one(i) for i in range(total)))
         elapsed = loop.time() - start
+    finally:
+        for channel in opened:
+            await channel.close()
     return {"requests": total, "achieved rate (req/s)": total / elapsed, "errors": errors, "allowed": allowed,
             **{f"{k} (ms)": v for k, v in percentiles(latencies).items()},
             "service CPU (s)": cpu.seconds, "decisions per CPU-second": cpu.per_cpu_second(total - errors)}
@@ -182,19 +192,22 @@ async def floor(address: str, calls: int = 500) -> dict[str, object]:
     return {"calls": calls, **{f"{k} (ms)": v for k, v in percentiles(latencies).items()}}
 
 
-async def closed_loop(address: str, cpu: CpuMeter, *, seconds: float, workers: int, mode: int, echo: bool = False) -> dict[str, object]:
+async def closed_loop(address: str, cpu: CpuMeter, *, seconds: float, workers: int, mode: int, echo: bool = False,
+                      channels: int = 1) -> dict[str, object]:
     """Capacity: as many calls as *workers* concurrent callers get through
-    (Evaluate, or the echo server's method with the same request)."""
-    async with grpc.aio.insecure_channel(address) as channel:
-        call = echo_stub(channel) if echo else rules_service_pb2_grpc.RulesServiceStub(channel).Evaluate
+    (Evaluate, or the echo server's method with the same request), over *channels* connections."""
+    opened = open_channels(address, channels)
+    try:
+        calls = [echo_stub(channel) if echo else rules_service_pb2_grpc.RulesServiceStub(channel).Evaluate for channel in opened]
         for i in range(100):  # warm up
-            await call(request(i, mode), metadata=METADATA, timeout=10)  # type: ignore[operator]
+            await calls[i % channels](request(i, mode), metadata=METADATA, timeout=10)  # type: ignore[operator]
         latencies: list[float] = []
         done = 0
         end = time.perf_counter() + seconds
 
-        async def worker() -> None:
+        async def worker(n: int) -> None:
             nonlocal done
+            call = calls[n % channels]
             while time.perf_counter() < end:
                 started = time.perf_counter()
                 await call(request(done, mode), metadata=METADATA, timeout=10)  # type: ignore[operator]
@@ -203,8 +216,11 @@ async def closed_loop(address: str, cpu: CpuMeter, *, seconds: float, workers: i
 
         started = time.perf_counter()
         with cpu.measure():
-            await asyncio.gather(*(worker() for _ in range(workers)))
+            await asyncio.gather(*(worker(n) for n in range(workers)))
         elapsed = time.perf_counter() - started
+    finally:
+        for channel in opened:
+            await channel.close()
     unit = "calls" if echo else "decisions"
     return {"requests/s": done / elapsed, "workers": workers, **{f"{k} (ms)": v for k, v in percentiles(latencies).items()},
             "server CPU (s)": cpu.seconds, f"{unit} per CPU-second": cpu.per_cpu_second(done)}
@@ -266,18 +282,21 @@ async def main() -> None:
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop",
                         help="OVERTURE_EVENT_LOOP of the rules service, and the echo server's loop (the same, so the ratio is fair)")
     parser.add_argument("--workers", type=int, default=1, help="OVERTURE_WORKERS of the rules service")
+    parser.add_argument("--channels", type=int, default=0,
+                        help="connections the callers share (default 1, or 4 per worker process: the kernel spreads connections over them)")
     args = parser.parse_args()
+    channels = args.channels or (1 if args.workers == 1 else 4 * args.workers)
     short = min(args.seconds, 5)
     check, reserve = decision_pb2.EVALUATION_MODE_CHECK, decision_pb2.EVALUATION_MODE_RESERVE
     print(f"decision records written {args.writes} (OVERTURE_DECISION_WRITES={args.writes}); event loop {args.loop}; "
-          f"{args.workers} worker process(es)")
+          f"{args.workers} worker process(es); {channels} client connection(s)")
     summary: list[tuple[str, str, str, str, str]] = []
     with tempfile.TemporaryDirectory() as logs:
         async with echo_server(loop=args.loop) as (echo_address, echo_pid):
             echo_cpu = CpuMeter(echo_pid)
-            echo_one = await closed_loop(echo_address, echo_cpu, seconds=short, workers=1, mode=reserve, echo=True)
+            echo_one = await closed_loop(echo_address, echo_cpu, seconds=short, workers=1, mode=reserve, echo=True, channels=channels)
             show("Baseline: bare grpc.aio echo server, one caller at a time", echo_one)
-            echo_many = await closed_loop(echo_address, echo_cpu, seconds=short, workers=32, mode=reserve, echo=True)
+            echo_many = await closed_loop(echo_address, echo_cpu, seconds=short, workers=32, mode=reserve, echo=True, channels=channels)
             show("Baseline: bare grpc.aio echo server, 32 concurrent callers", echo_many)
         async with services(["rules"], log_dir=Path(logs), OVERTURE_DECISION_WRITES=args.writes, OVERTURE_EVENT_LOOP=args.loop,
                             OVERTURE_WORKERS=str(args.workers)) as running:
@@ -287,7 +306,7 @@ async def main() -> None:
             show("grpc.health.v1 Check on the rules server, one caller", await floor(address))
             figures: dict[str, dict[str, object]] = {}
             for mode, name in ((check, "CHECK"), (reserve, "RESERVE")):
-                one = figures[f"{name} one"] = await closed_loop(address, cpu, seconds=short, workers=1, mode=mode)
+                one = figures[f"{name} one"] = await closed_loop(address, cpu, seconds=short, workers=1, mode=mode, channels=channels)
                 if mode == reserve:
                     ratio = float(one["p50 (ms)"]) / float(echo_one["p50 (ms)"])  # type: ignore[arg-type]
                     one["p50 / echo p50"] = ratio
@@ -295,7 +314,7 @@ async def main() -> None:
                     summary.append(("1. Evaluate RESERVE one caller, p50", f"{one['p50 (ms)']:.3f} ms", f"echo {echo_one['p50 (ms)']:.3f} ms",
                                     f"{ratio:.2f}x (<= 3)", goal(ratio <= 3)))
                 show(f"Evaluate over gRPC, {name}, one caller at a time", one)
-                many = figures[f"{name} many"] = await closed_loop(address, cpu, seconds=short, workers=32, mode=mode)
+                many = figures[f"{name} many"] = await closed_loop(address, cpu, seconds=short, workers=32, mode=mode, channels=channels)
                 if mode == reserve:
                     ratio = float(many["requests/s"]) / float(echo_many["requests/s"])  # type: ignore[arg-type]
                     many["ratio to echo"] = ratio
@@ -303,7 +322,7 @@ async def main() -> None:
                     summary.append(("2. Evaluate RESERVE, 32 callers", f"{many['requests/s']:.0f} req/s", f"echo {echo_many['requests/s']:.0f} req/s",
                                     f"{ratio:.2f}x (>= 0.5)", goal(ratio >= 0.5)))
                 show(f"Evaluate over gRPC, {name}, capacity with 32 concurrent callers", many)
-                result = await fixed_rate(address, cpu, rate=args.rate, seconds=args.seconds, mode=mode)
+                result = await fixed_rate(address, cpu, rate=args.rate, seconds=args.seconds, mode=mode, channels=channels)
                 met = float(result["p99 (ms)"]) <= 2 and not result["errors"]  # type: ignore[arg-type]
                 result["goal p99 <= 2 ms"] = goal(met)
                 if mode == reserve:
