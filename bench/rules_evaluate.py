@@ -282,6 +282,8 @@ async def main() -> None:
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop",
                         help="OVERTURE_EVENT_LOOP of the rules service, and the echo server's loop (the same, so the ratio is fair)")
     parser.add_argument("--workers", type=int, default=1, help="OVERTURE_WORKERS of the rules service")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="OVERTURE_LOG_LEVEL of the rules service (info, its default: the canonical rpc lines cost CPU)")
     parser.add_argument("--channels", type=int, default=0,
                         help="connections the callers share (default 1, or 4 per worker process: the kernel spreads connections over them)")
     args = parser.parse_args()
@@ -289,7 +291,7 @@ async def main() -> None:
     short = min(args.seconds, 5)
     check, reserve = decision_pb2.EVALUATION_MODE_CHECK, decision_pb2.EVALUATION_MODE_RESERVE
     print(f"decision records written {args.writes} (OVERTURE_DECISION_WRITES={args.writes}); event loop {args.loop}; "
-          f"{args.workers} worker process(es); {channels} client connection(s)")
+          f"{args.workers} worker process(es); {channels} client connection(s); log level {args.log_level}")
     summary: list[tuple[str, str, str, str, str]] = []
     with tempfile.TemporaryDirectory() as logs:
         async with echo_server(loop=args.loop) as (echo_address, echo_pid):
@@ -299,7 +301,7 @@ async def main() -> None:
             echo_many = await closed_loop(echo_address, echo_cpu, seconds=short, workers=32, mode=reserve, echo=True, channels=channels)
             show("Baseline: bare grpc.aio echo server, 32 concurrent callers", echo_many)
         async with services(["rules"], log_dir=Path(logs), OVERTURE_DECISION_WRITES=args.writes, OVERTURE_EVENT_LOOP=args.loop,
-                            OVERTURE_WORKERS=str(args.workers)) as running:
+                            OVERTURE_WORKERS=str(args.workers), OVERTURE_LOG_LEVEL=args.log_level) as running:
             address = running["rules"]
             cpu = CpuMeter(service_pid("rules"))
             await seed(address)

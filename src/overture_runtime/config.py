@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console", "auto"] = "json"
     """``auto`` renders for humans on a TTY and JSON otherwise."""
+    rpc_log_per_second: int = Field(50, ge=0)
+    """Successful calls of one method that get their canonical ``rpc`` log line
+    each second; past it, the next line says how many were left out
+    (``unlogged``). Failed calls are always logged. 0: every call."""
     otel_exporter: Literal["none", "console", "otlp"] = "none"
     """Where traces go; they are always created and propagated."""
 

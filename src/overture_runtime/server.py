@@ -88,7 +88,8 @@ class Server:
         """Start the service and its server; return the bound gRPC port."""
         settings = self.settings
         self._server = grpc.aio.server(
-            interceptors=default_interceptors(tokens=self._tokens, domain=f"{self.app.name}.overture.dev"),
+            interceptors=default_interceptors(tokens=self._tokens, domain=f"{self.app.name}.overture.dev",
+                                              rpc_log_per_second=settings.rpc_log_per_second),
             # Past this many RPCs in flight, new ones are refused with
             # RESOURCE_EXHAUSTED instead of queueing without bound.
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,

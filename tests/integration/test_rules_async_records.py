@@ -23,8 +23,8 @@ async def test_reservations_settled_before_their_records_are_stored_are_stored_s
     async with running_rules(make_settings, decision_writes="async") as svc:
         await svc.publish("capped", spec(caps=[cap("five", 5)]))
         await svc.consent("u")
-        writer = svc.app.decider._records._writer  # noqa: SLF001 - the race needs the insert held at a known point
-        insert = writer._insert  # noqa: SLF001
+        writer = svc.app.decider._records._writer  # the race needs the insert held at a known point
+        insert = writer._insert
         entered, release = asyncio.Event(), asyncio.Event()
 
         async def held_back(rows: list[dict[str, Any]]) -> Any:
@@ -32,7 +32,7 @@ async def test_reservations_settled_before_their_records_are_stored_are_stored_s
             await release.wait()
             return await insert(rows)
 
-        writer._insert = held_back  # noqa: SLF001
+        writer._insert = held_back
         flying = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE, decision_id="flying")
         await entered.wait()  # its group is being inserted
         queued = await svc.evaluate(rule_set="capped", subject_id="u", mode=D.EVALUATION_MODE_RESERVE, decision_id="queued")

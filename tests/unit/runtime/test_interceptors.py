@@ -8,6 +8,7 @@ what each test tells it to.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,7 @@ from overture_runtime.auth import TENANT_HEADER, Principal, TokenTable
 from overture_runtime.config import TokenGrant
 from overture_runtime.context import CallState, current_call, current_principal
 from overture_runtime.errors import FieldViolation, InvalidArgument, NotFound
-from overture_runtime.interceptors import default_interceptors, required_role
+from overture_runtime.interceptors import LogBudget, default_interceptors, required_role
 
 DOMAIN = "test.overture.dev"
 LIST_CONNECTORS = "/overture.connectors.v1.ConnectorService/ListConnectors"
@@ -74,6 +75,12 @@ def _echo_handler() -> grpc.GenericRpcHandler:
 @pytest.fixture
 async def served() -> AsyncIterator[Served]:
     """A bare grpc.aio server with the default interceptors and the test servicer, on a free port."""
+    async with _serving() as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def _serving(**interceptor_options: Any) -> AsyncIterator[Served]:
     tokens = TokenTable(
         [
             TokenGrant(token=ADMIN, tenant="acme", roles=("*",), principal="ops-admin"),  # type: ignore[arg-type]
@@ -83,7 +90,7 @@ async def served() -> AsyncIterator[Served]:
         ],
         extra_tenants=["globex"],
     )
-    server = grpc.aio.server(interceptors=default_interceptors(tokens=tokens, domain=DOMAIN))
+    server = grpc.aio.server(interceptors=default_interceptors(tokens=tokens, domain=DOMAIN, **interceptor_options))
     servicer = Connectors()
     pb_grpc.add_ConnectorServiceServicer_to_server(servicer, server)
     server.add_generic_rpc_handlers((_echo_handler(),))
@@ -385,6 +392,40 @@ async def test_one_canonical_log_line_per_call(served: Served) -> None:
     ]
     assert all(line["log_level"] == "info" and line["duration_ms"] >= 0 for line in lines)
     assert all("error_id" not in line for line in lines)
+
+
+def test_the_log_budget_admits_a_rate_per_method_and_counts_what_it_leaves_out() -> None:
+    """Up to the rate a burst is logged; past it calls are left out and counted, and the method's next admitted line
+    says how many; methods have budgets of their own; 0 logs every call."""
+    now = [100.0]
+    budget = LogBudget(3, clock=lambda: now[0])
+    assert [budget.admit("/a") for _ in range(5)] == [0, 0, 0, None, None]
+    assert budget.admit("/b") == 0
+    now[0] += 0.5  # 1.5 calls' worth refilled
+    assert [budget.admit("/a") for _ in range(2)] == [2, None]
+    now[0] += 10  # refills to the burst size, not beyond
+    assert [budget.admit("/a") for _ in range(4)] == [1, 0, 0, None]
+    unlimited = LogBudget(0, clock=lambda: now[0])
+    assert [unlimited.admit("/a") for _ in range(100)] == [0] * 100
+
+
+async def test_successful_calls_past_the_budget_are_left_out_and_failures_are_always_logged() -> None:
+    """With a budget of two lines a second, five good calls log two; a failed call past the budget is logged; a second
+    later the next good call's line says how many were left out. The metrics count every call."""
+    now = [0.0]
+    async with _serving(rpc_log_per_second=2, clock=lambda: now[0]) as served:
+        before = REGISTRY.get_sample_value("overture_rpc_requests_total", {"method": LIST_CONNECTORS, "code": "OK"}) or 0
+        with capture_logs() as logs:
+            for _ in range(5):
+                await served.stub.ListConnectors(pb.ListConnectorsRequest(), metadata=_md(CONNECTOR_READER))
+            await _fail(served.stub.ListConnectors(pb.ListConnectorsRequest(), metadata=_md(RULES_READER)))
+            await _logged(logs, 3)
+            now[0] += 1
+            await served.stub.ListConnectors(pb.ListConnectorsRequest(), metadata=_md(CONNECTOR_READER))
+            lines = await _logged(logs, 4)
+        after = REGISTRY.get_sample_value("overture_rpc_requests_total", {"method": LIST_CONNECTORS, "code": "OK"})
+    assert [(line["code"], line.get("unlogged")) for line in lines] == [("OK", None), ("OK", None), ("PERMISSION_DENIED", None), ("OK", 3)]
+    assert after == before + 6
 
 
 async def test_log_lines_never_carry_tokens(served: Served) -> None:
