@@ -146,6 +146,8 @@ class GroupWriter:
                     claimed.add(key)
                     if future is not None and not future.done():
                         future.set_result(first)
+                if len(self._queue) < self._max_batch and not self._closed:
+                    break  # what queued meanwhile gathers for max_delay too, instead of going in ones and twos
 
     async def close(self) -> None:
         """Flush what is queued and stop."""
