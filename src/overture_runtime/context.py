@@ -34,6 +34,8 @@ class CallState:
     """The ``ErrorInfo`` reason of a failed call."""
     error_id: str = ""
     """The id under which an unexpected error was logged."""
+    metadata: dict[str, str] | None = None
+    """The call's text metadata, read once by the outermost interceptor."""
 
 
 _call: ContextVar[CallState | None] = ContextVar("overture_call", default=None)

@@ -106,20 +106,36 @@ def _encoding(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], byte
 
 
 class _AroundInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Wraps the behaviour of each intercepted unary-response method."""
+    """Wraps the behaviour of each intercepted unary-response method.
+
+    grpc asks every interceptor for the handler of every call; the wrapped
+    handler of a method is built once and kept, since a server's handlers are
+    fixed once it starts. The outermost interceptor then answers from what it
+    kept, and the chain below it is not asked again (asking it cost about a
+    third of the rules service's CPU per Evaluate beyond the echo server's)."""
 
     decodes_requests = False
     """Whether this interceptor decodes request bytes itself (see AuthInterceptor)."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
         method: str = handler_call_details.method  # type: ignore[attr-defined]
+        wrapped = self._handlers.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = await continuation(handler_call_details)
         if handler is None or not method.startswith("/overture."):
             return handler
+        wrapped = self._handlers[method] = self._wrap(method, handler)
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         deserializer = handler.request_deserializer
         if handler.unary_unary is not None:
             inner, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
@@ -184,15 +200,17 @@ class ObservabilityInterceptor(_AroundInterceptor):
     """Ids, tracing, the canonical log line and metrics of each RPC."""
 
     def __init__(self, budget: LogBudget | None = None) -> None:
+        super().__init__()
         self._budget = budget or LogBudget(0)
 
     async def around(
         self, method: str, call: Callable[[], Awaitable[Any]], context: grpc.aio.ServicerContext
     ) -> Any:
         metadata = _metadata(context)
-        state = CallState(method=method, request_id=metadata.get("x-request-id") or new_id())
+        state = CallState(method=method, request_id=metadata.get("x-request-id") or new_id(), metadata=metadata)
         token = set_call(state)
-        parent = propagate.extract(metadata)
+        # No header the propagators read, nothing to extract: the span starts a trace of its own.
+        parent = propagate.extract(metadata) if not _trace_fields().isdisjoint(metadata) else None
         started = time.perf_counter()
         with tracer.start_as_current_span(method.lstrip("/"), context=parent, kind=SpanKind.SERVER) as span:
             trace_id = format(span.get_span_context().trace_id, "032x")
@@ -209,8 +227,7 @@ class ObservabilityInterceptor(_AroundInterceptor):
                 span.set_attribute("rpc.grpc.status_code", state.code.value[0])
                 if state.code != grpc.StatusCode.OK:
                     span.set_status(Status(StatusCode.ERROR, state.reason or code))
-                RPC_TOTAL.labels(method, code).inc()
-                RPC_SECONDS.labels(method).observe(elapsed)
+                _count(method, code, elapsed)
                 left_out = 0 if state.code != grpc.StatusCode.OK else self._budget.admit(method)
                 if left_out is not None:
                     fields: dict[str, Any] = {"code": code, "duration_ms": round(elapsed * 1000, 3)}
@@ -228,6 +245,31 @@ class ObservabilityInterceptor(_AroundInterceptor):
                 reset_call(token)
 
 
+_fields: tuple[object, frozenset[str]] = (None, frozenset())
+
+
+def _trace_fields() -> frozenset[str]:
+    """The headers the global propagators read (W3C ``traceparent`` and
+    ``baggage`` by default), asked again only when the propagators change."""
+    global _fields
+    textmap = propagate.get_global_textmap()
+    if _fields[0] is not textmap:
+        _fields = (textmap, frozenset(textmap.fields))
+    return _fields[1]
+
+
+_counted: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+
+def _count(method: str, code: str, elapsed: float) -> None:
+    """Count a call in the RPC metrics (their labelled children, looked up once per method and code)."""
+    children = _counted.get((method, code))
+    if children is None:
+        children = _counted[(method, code)] = (RPC_TOTAL.labels(method, code), RPC_SECONDS.labels(method))
+    children[0].inc()
+    children[1].observe(elapsed)
+
+
 def _code_of(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     code = context.code()
     if isinstance(code, grpc.StatusCode):
@@ -241,6 +283,7 @@ class ErrorInterceptor(_AroundInterceptor):
     """Maps errors to rich statuses; hides bugs behind a logged id."""
 
     def __init__(self, *, domain: str) -> None:
+        super().__init__()
         self._domain = domain
 
     async def around(
@@ -304,6 +347,7 @@ class AuthInterceptor(_AroundInterceptor):
     decodes_requests = True
 
     def __init__(self, tokens: TokenTable) -> None:
+        super().__init__()
         self._tokens = tokens
         self._roles: dict[str, str] = {}
 
@@ -313,8 +357,8 @@ class AuthInterceptor(_AroundInterceptor):
         role = self._roles.get(method)
         if role is None:
             role = self._roles[method] = required_role(method)
-        principal = self._tokens.authenticate(_metadata(context))
         state = current_call()
+        principal = self._tokens.authenticate(state.metadata if state is not None and state.metadata is not None else _metadata(context))
         if state is not None:
             state.principal = principal
         structlog.contextvars.bind_contextvars(tenant=principal.tenant)

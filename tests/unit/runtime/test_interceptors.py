@@ -428,6 +428,21 @@ async def test_successful_calls_past_the_budget_are_left_out_and_failures_are_al
     assert after == before + 6
 
 
+async def test_a_callers_trace_is_continued_and_a_call_without_one_starts_its_own(served: Served) -> None:
+    """The server span joins the trace a traceparent header names; a later call without trace headers is not in it."""
+    from opentelemetry import trace
+
+    async def answer(request: pb.ListConnectorsRequest, context: grpc.aio.ServicerContext) -> pb.ListConnectorsResponse:
+        return pb.ListConnectorsResponse(next_page_token=format(trace.get_current_span().get_span_context().trace_id, "032x"))
+
+    served.servicer.behaviour = answer
+    caller = "4bf92f3577b34da6a3ce929d0e0e4736"
+    joined = await served.stub.ListConnectors(pb.ListConnectorsRequest(), metadata=_md(traceparent=f"00-{caller}-00f067aa0ba902b7-01"))
+    assert joined.next_page_token == caller
+    alone = await served.stub.ListConnectors(pb.ListConnectorsRequest(), metadata=_md())
+    assert alone.next_page_token != caller
+
+
 async def test_log_lines_never_carry_tokens(served: Served) -> None:
     """No bearer token, valid or not, appears in any log entry of a call."""
     with capture_logs() as logs:
