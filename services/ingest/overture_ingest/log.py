@@ -156,10 +156,13 @@ _UNNEST = (
 )
 _SHARED = ("tenant", "received_at", "commit_time")
 """The columns one batch of one tenant, received at one instant, holds once: sent as values, not arrays."""
+_SENT = {"occurred_at": ("bigint", "timestamptz 'epoch' + e.occurred_at * interval '1 microsecond'")}
+"""Columns sent in another type (as what, and the expression that makes the column): occurred_at as microseconds since the
+epoch, which asyncpg encodes at a third of a datetime's cost (exact: the edge keeps it near now, far inside 2^53 us)."""
 _DIRECT = (
     f"INSERT INTO ingest_events ({', '.join(_COLUMNS)}) "
-    f"SELECT {', '.join(f'${i + 1}::{t}' if c in _SHARED else f'e.{c}' for i, (c, t) in enumerate(zip(_COLUMNS, _TYPES, strict=True)))} "
-    f"FROM unnest({', '.join(f'${i + 1}::{t}[]' for i, (c, t) in enumerate(zip(_COLUMNS, _TYPES, strict=True)) if c not in _SHARED)}) "
+    f"SELECT {', '.join(f'${i + 1}::{t}' if c in _SHARED else _SENT[c][1] if c in _SENT else f'e.{c}' for i, (c, t) in enumerate(zip(_COLUMNS, _TYPES, strict=True)))} "
+    f"FROM unnest({', '.join(f'${i + 1}::{_SENT[c][0] if c in _SENT else t}[]' for i, (c, t) in enumerate(zip(_COLUMNS, _TYPES, strict=True)) if c not in _SHARED)}) "
     f"AS e({', '.join(c for c in _COLUMNS if c not in _SHARED)}) "
     "ON CONFLICT (tenant, event_id) DO NOTHING RETURNING event_id"
 )
@@ -328,7 +331,7 @@ class EventLog:
             events_ = [n.event for n in batch]
             inserted = await self._fetch(_DIRECT, [
                 tenant, [e.event_id for e in events_], [e.event_type for e in events_], [n.original_event_type for n in batch],
-                [e.subject_id for e in events_], [n.occurred_at for n in batch], received, now,
+                [e.subject_id for e in events_], [n.occurred_us for n in batch], received, now,
                 [e.source for e in events_], [e.id_derived for e in events_], [n.partition for n in batch],
                 [e.SerializeToString() for e in events_], [e.event_type in PROFILE_EVENT_TYPES for e in events_],
             ])
