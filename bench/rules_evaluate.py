@@ -30,11 +30,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import grpc
 import rule_engine
@@ -135,19 +138,24 @@ async def seed(address: str) -> None:
                 requests=[request(i, decision_pb2.EVALUATION_MODE_CHECK) for i in range(start, min(start + 1000, SUBJECTS))]), metadata=METADATA)
 
 
-def open_channels(address: str, count: int) -> list[grpc.aio.Channel]:
-    """*count* channels, each its own connection (with OVERTURE_WORKERS, the
-    kernel spreads connections, not calls, over the worker processes)."""
-    return [grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(count)]
+@contextlib.asynccontextmanager
+async def callables(address: str, count: int, *, echo: bool) -> AsyncIterator[list[Any]]:
+    """Evaluate (or the echo server's method) on *count* channels, each its
+    own connection (with OVERTURE_WORKERS, the kernel spreads connections,
+    not calls, over the worker processes); the channels are closed after."""
+    opened = [grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(count)]
+    try:
+        yield [echo_stub(channel) if echo else rules_service_pb2_grpc.RulesServiceStub(channel).Evaluate for channel in opened]
+    finally:
+        for channel in opened:
+            await channel.close()
 
 
 async def fixed_rate(address: str, cpu: CpuMeter, *, rate: int, seconds: float, mode: int, channels: int = 1,
                      echo: bool = False) -> dict[str, object]:
     """Open loop: *rate* calls a second, each timed from when it was due
     (Evaluate, or the echo server's method with the same request)."""
-    opened = open_channels(address, channels)
-    try:
-        calls = [echo_stub(channel) if echo else rules_service_pb2_grpc.RulesServiceStub(channel).Evaluate for channel in opened]
+    async with callables(address, channels, echo=echo) as calls:
         for i in range(200):  # warm up: connections, caches, compiled rule set
             await calls[i % channels](request(i, mode), metadata=METADATA)  # type: ignore[operator]
         latencies: list[float] = []
@@ -173,9 +181,6 @@ async def fixed_rate(address: str, cpu: CpuMeter, *, rate: int, seconds: float, 
         with cpu.measure():
             await asyncio.gather(*(one(i) for i in range(total)))
         elapsed = loop.time() - start
-    finally:
-        for channel in opened:
-            await channel.close()
     return {"requests": total, "achieved rate (req/s)": total / elapsed, "errors": errors, "allowed": allowed,
             **{f"{k} (ms)": v for k, v in percentiles(latencies).items()},
             "service CPU (s)": cpu.seconds, f"{'calls' if echo else 'decisions'} per CPU-second": cpu.per_cpu_second(total - errors)}
@@ -199,9 +204,7 @@ async def closed_loop(address: str, cpu: CpuMeter, *, seconds: float, workers: i
                       channels: int = 1) -> dict[str, object]:
     """Capacity: as many calls as *workers* concurrent callers get through
     (Evaluate, or the echo server's method with the same request), over *channels* connections."""
-    opened = open_channels(address, channels)
-    try:
-        calls = [echo_stub(channel) if echo else rules_service_pb2_grpc.RulesServiceStub(channel).Evaluate for channel in opened]
+    async with callables(address, channels, echo=echo) as calls:
         for i in range(100):  # warm up
             await calls[i % channels](request(i, mode), metadata=METADATA, timeout=10)  # type: ignore[operator]
         latencies: list[float] = []
@@ -221,9 +224,6 @@ async def closed_loop(address: str, cpu: CpuMeter, *, seconds: float, workers: i
         with cpu.measure():
             await asyncio.gather(*(worker(n) for n in range(workers)))
         elapsed = time.perf_counter() - started
-    finally:
-        for channel in opened:
-            await channel.close()
     unit = "calls" if echo else "decisions"
     return {"requests/s": done / elapsed, "workers": workers, **{f"{k} (ms)": v for k, v in percentiles(latencies).items()},
             "server CPU (s)": cpu.seconds, f"{unit} per CPU-second": cpu.per_cpu_second(done)}

@@ -110,9 +110,10 @@ class GroupWriter:
             while self._queue:
                 batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch:]
                 rows = [row for row, _ in batch]
+                keys = [self._key(row) for row in rows]
                 flying = asyncio.get_running_loop().create_future()
-                for row in rows:
-                    self._flying[self._key(row)] = flying
+                for key in keys:
+                    self._flying[key] = flying
                 retry = failed = False
                 try:
                     new = await self._insert(rows)
@@ -126,12 +127,12 @@ class GroupWriter:
                     if retry:
                         self._queue[:0] = batch  # keep them; retry on the next wake
                     else:
-                        for row in rows:
-                            self._pending.pop(self._key(row), None)
+                        for key in keys:
+                            self._pending.pop(key, None)
                 finally:
-                    for row in rows:
-                        if self._flying.get(self._key(row)) is flying:
-                            del self._flying[self._key(row)]
+                    for key in keys:
+                        if self._flying.get(key) is flying:
+                            del self._flying[key]
                     flying.set_result(None)
                 if failed:
                     if retry:
@@ -139,8 +140,7 @@ class GroupWriter:
                         self._wake.set()
                     break
                 claimed: set[Key] = set()
-                for row, future in batch:
-                    key = self._key(row)
+                for key, (_, future) in zip(keys, batch, strict=True):
                     self._pending.pop(key, None)
                     first = key in new and key not in claimed
                     claimed.add(key)

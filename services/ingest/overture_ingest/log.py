@@ -159,13 +159,26 @@ _SHARED = ("tenant", "received_at", "commit_time")
 _SENT = {"occurred_at": ("bigint", "timestamptz 'epoch' + e.occurred_at * interval '1 microsecond'")}
 """Columns sent in another type (as what, and the expression that makes the column): occurred_at as microseconds since the
 epoch, which asyncpg encodes at a third of a datetime's cost (exact: the edge keeps it near now, far inside 2^53 us)."""
-_DIRECT = (
-    f"INSERT INTO ingest_events ({', '.join(_COLUMNS)}) "
-    f"SELECT {', '.join(f'${i + 1}::{t}' if c in _SHARED else _SENT[c][1] if c in _SENT else f'e.{c}' for i, (c, t) in enumerate(zip(_COLUMNS, _TYPES, strict=True)))} "
-    f"FROM unnest({', '.join(f'${i + 1}::{_SENT[c][0] if c in _SENT else t}[]' for i, (c, t) in enumerate(zip(_COLUMNS, _TYPES, strict=True)) if c not in _SHARED)}) "
-    f"AS e({', '.join(c for c in _COLUMNS if c not in _SHARED)}) "
-    "ON CONFLICT (tenant, event_id) DO NOTHING RETURNING event_id"
-)
+
+
+def _direct_insert() -> str:
+    """The insert of one batch of one tenant (:meth:`EventLog.commit`): its
+    parameters are the columns in ``_COLUMNS`` order, each a value if it is
+    shared, else an array (of its sent type)."""
+    values, arrays = [], []
+    for i, (column, kind) in enumerate(zip(_COLUMNS, _TYPES, strict=True), start=1):
+        if column in _SHARED:
+            values.append(f"${i}::{kind}")
+            continue
+        sent, expression = _SENT.get(column, (kind, f"e.{column}"))
+        values.append(expression)
+        arrays.append((column, f"${i}::{sent}[]"))
+    return (f"INSERT INTO ingest_events ({', '.join(_COLUMNS)}) SELECT {', '.join(values)} "
+            f"FROM unnest({', '.join(a for _, a in arrays)}) AS e({', '.join(c for c, _ in arrays)}) "
+            "ON CONFLICT (tenant, event_id) DO NOTHING RETURNING event_id")
+
+
+_DIRECT = _direct_insert()
 
 
 @dataclass(frozen=True)

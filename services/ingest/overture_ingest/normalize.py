@@ -177,10 +177,11 @@ def normalize(
     elif nanos % 1000:  # what FromDatetime(occurred) stores: the given instant, to the microsecond
         normalized.occurred_at.nanos = nanos - nanos % 1000
     normalized.received_at.CopyFrom(received)
+    result = NormalizedEvent(normalized, original, partition_of(tenant, event.subject_id, partitions),
+                             received_us if occurred is None else occurred, received_at)
     if not event.event_id:
-        normalized.event_id = derive_id(tenant, event, None if occurred is None else EPOCH + dt.timedelta(microseconds=occurred), received_at)
+        normalized.event_id = derive_id(tenant, event, None if occurred is None else result.occurred_at, received_at)
         normalized.id_derived = True
     else:
         normalized.id_derived = False
-    return NormalizedEvent(normalized, original, partition_of(tenant, event.subject_id, partitions),
-                           received_us if occurred is None else occurred, received_at)
+    return result
